@@ -13,12 +13,19 @@ from pathlib import Path
 from mtc.errors import MtcError
 
 
-def _disk_error(path: Path, exc: OSError) -> MtcError:
+def disk_error(path: Path, exc: OSError) -> MtcError:
     if exc.errno == errno.ENOSPC:
         return MtcError(f"disk full while writing {path}", hint="free space on that disk or write elsewhere")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return MtcError(f"cannot write {path}: permission denied", hint="choose a writable output path")
     return MtcError(f"cannot write {path}: {exc.strerror or exc}", hint="check the output path")
+
+
+def give_default_permissions(path: Path, *, directory: bool = False) -> None:
+    """mkstemp/mkdtemp create owner-only entries; results should look as open()/mkdir() make them."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, (0o777 if directory else 0o666) & ~mask)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -38,18 +45,19 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     except OSError as exc:
-        raise _disk_error(path, exc) from None
+        raise disk_error(path, exc) from None
     tmp_path = Path(tmp)
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        give_default_permissions(tmp_path)
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)
-        raise _disk_error(path, exc) from None
+        raise disk_error(path, exc) from None
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
@@ -77,8 +85,9 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
+        give_default_permissions(tmp, directory=True)
     except OSError as exc:
-        raise _disk_error(path, exc) from None
+        raise disk_error(path, exc) from None
     try:
         yield tmp
         if path.exists():
@@ -91,7 +100,7 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
         _fsync_dir(path.parent)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise _disk_error(path, exc) from None
+        raise disk_error(path, exc) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -1,0 +1,3 @@
+from mtc.cli.main import main
+
+main()

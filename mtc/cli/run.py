@@ -1,0 +1,122 @@
+"""`mtc run`: matte an image, a folder of images, a video, or the built-in clip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+BUILTIN = "builtin"
+
+
+@click.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.argument("input", metavar="INPUT")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Output file (image or video) or folder (for a folder of images).")
+@click.option("--what", type=click.Choice(["composite", "alpha", "foreground"]), default="composite", show_default=True,
+              help="composite: over --background; alpha: the matte; foreground: RGBA (PNG, or .mov ProRes 4444 / .webm VP9).")
+@click.option("--background", default="green", show_default=True,
+              help="Composite background: a colour (green, #RRGGBB, R,G,B) or an image file.")
+@click.option("--ratio", type=float, help="Downsample ratio for recurrent models (default: auto, min(512/long side, 1)).")
+@click.option("--backend", default="auto", show_default=True, help="Execution backend.")
+@click.option("--threads", type=int, help="Inference threads (default: all available cores).")
+@click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
+def run(folder: Path, input: str, output: Path, what: str, background: str, ratio: float | None, backend: str,
+        threads: int | None, force: bool) -> None:
+    """Matte INPUT with the artifact in FOLDER and write OUTPUT.
+
+    INPUT is an image, a folder of images, a video, or `builtin` for the built-in demo clip.
+    A video's audio is carried over to the output.
+    """
+    from mtc.errors import MtcError
+    from mtc.runtime import load
+    from mtc.runtime.apply import make_renderer
+    from mtc.runtime.media import is_video
+
+    if ratio is not None and not 0 < ratio <= 1:
+        raise click.BadParameter("must be in (0, 1]", param_hint="--ratio")
+    if output.exists() and not force and not (output.is_dir() and Path(input).is_dir()):
+        raise MtcError(f"{output} already exists", hint="pass --force to overwrite it")
+    renderer = make_renderer(what, background)
+    session = load(folder, backend=backend, downsample_ratio=ratio, threads=threads)
+    source = Path(input)
+    if input == BUILTIN or is_video(source):
+        stats = _run_video(session, input, output, renderer)
+        click.echo(f"{stats.frames} frames -> {output}: {stats.fps:.1f} FPS end to end, "
+                   f"{stats.model_fps:.1f} FPS model ({session.backend.name})")
+    elif source.is_dir():
+        count = _run_images(session, source, output, renderer, force)
+        click.echo(f"{count} images -> {output}")
+    elif source.is_file():
+        _write_image(session, source, output, renderer)
+        click.echo(f"wrote {output}")
+    else:
+        raise MtcError(f"input not found: {input}", hint=f"pass an image, a folder, a video, or `{BUILTIN}`")
+
+
+def _image_path_for(output: Path, renderer) -> Path:
+    if renderer.has_alpha and output.suffix.lower() not in (".png", ".webp", ".tif", ".tiff"):
+        from mtc.errors import MtcError
+
+        raise MtcError(f"{output.name}: RGBA output needs a format with alpha", hint="use a .png output")
+    return output
+
+
+def _write_image(session, source: Path, output: Path, renderer) -> None:
+    from mtc.runtime.media import read_image, write_image
+
+    session.reset()  # images are independent: no state carried from the previous one
+    write_image(_image_path_for(output, renderer), renderer.render(session.process(read_image(source))))
+
+
+def _run_images(session, source: Path, output: Path, renderer, force: bool) -> int:
+    from mtc.errors import MtcError
+    from mtc.runtime.media import list_images
+    from mtc.runtime.progress import frame_progress
+
+    images = list_images(source)
+    output.mkdir(parents=True, exist_ok=True)
+    suffix = ".png" if renderer.has_alpha or renderer.kind == "alpha" else None
+    with frame_progress("matting images", total=len(images)) as advance:
+        for path in images:
+            target = output / (path.stem + (suffix or path.suffix))
+            if target.exists() and not force:
+                raise MtcError(f"{target} already exists", hint="pass --force to overwrite")
+            _write_image(session, path, target, renderer)
+            advance()
+    return len(images)
+
+
+def _run_video(session, input: str, output: Path, renderer):
+    from mtc.runtime.apply import matte_stream
+    from mtc.runtime.media import VideoReader, VideoWriter
+    from mtc.runtime.progress import frame_progress
+
+    kind = "rgba" if renderer.has_alpha else ("gray" if renderer.kind == "alpha" else "rgb")
+    if input == BUILTIN:
+        from calib_data.builtin_clip import ClipSpec, builtin_frames
+
+        spec = ClipSpec()
+        frames, fps, size, total, audio = builtin_frames(spec), spec.fps, (spec.width, spec.height), spec.frames, None
+        reader = None
+    else:
+        reader = VideoReader(Path(input))
+        frames, fps, size, total = iter(reader), reader.fps, (reader.width, reader.height), reader.frame_count
+        audio = Path(input) if reader.has_audio else None
+    try:
+        with VideoWriter(output, width=size[0], height=size[1], fps=fps, kind="rgb" if kind == "gray" else kind,
+                         audio_from=audio) as writer:
+            write = writer.write if kind != "gray" else (lambda a: writer.write(_gray_to_rgb(a)))
+            with frame_progress("matting video", total=total) as advance:
+                stats = matte_stream(session, frames, write, renderer, on_frame=lambda s: advance(fps=s.fps))
+    finally:
+        if reader is not None:
+            reader.close()
+    return stats
+
+
+def _gray_to_rgb(alpha):
+    import numpy as np
+
+    return np.repeat(alpha[..., None], 3, axis=2)

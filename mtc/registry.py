@@ -1,0 +1,92 @@
+"""Model registry: one `ModelSpec` per model family, registered by its file in `mtc/exporters/`.
+
+Configuration is data: weight sources, I/O contract, preprocessing and resolution rules live
+in the spec, so the exporter, the manifest and the runtime all read the same facts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mtc.errors import MtcError
+from mtc.manifest import ModelIO
+from mtc.weights import WeightFile
+
+if TYPE_CHECKING:
+    import onnx
+
+# Families register themselves on import; listed here so `mtc models` sees them all without
+# importing anything heavy (exporter modules keep torch imports inside functions).
+_FAMILY_MODULES = ("mtc.exporters.rvm",)
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """One downloadable model: its weights and how to turn them into an ONNX graph."""
+
+    name: str
+    weights: WeightFile
+    io: ModelIO
+    # Builds the FP32 ONNX from the verified weight file. Models that ship as ONNX use the
+    # ingest path; PyTorch ones build the module and export it.
+    build_onnx: Callable[[Path], onnx.ModelProto]
+    exporter: str = "onnx_ingest"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    task: str  # "video_matting" (recurrent) or "image_matting"
+    summary: str
+    license: str
+    paper: str
+    variants: dict[str, VariantSpec]
+    default_variant: str
+    input_description: str = "RGB frame, any size"
+    aliases: tuple[str, ...] = field(default=())
+
+    def variant(self, name: str | None) -> VariantSpec:
+        name = name or self.default_variant
+        if name not in self.variants:
+            raise MtcError(
+                f"model {self.name!r} has no variant {name!r}",
+                hint=f"choose one of: {', '.join(self.variants)}",
+            )
+        return self.variants[name]
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    for key in (spec.name, *spec.aliases):
+        if key in _REGISTRY and _REGISTRY[key] is not spec:
+            raise ValueError(f"model name {key!r} registered twice")
+        _REGISTRY[key] = spec
+    return spec
+
+
+def _load_families() -> None:
+    for module in _FAMILY_MODULES:
+        importlib.import_module(module)
+
+
+def list_models() -> list[ModelSpec]:
+    _load_families()
+    unique = {id(s): s for s in _REGISTRY.values()}
+    return sorted(unique.values(), key=lambda s: s.name)
+
+
+def get_model(name: str) -> ModelSpec:
+    _load_families()
+    key = name.lower()
+    if key in _REGISTRY:
+        return _REGISTRY[key]
+    close = difflib.get_close_matches(key, _REGISTRY, n=1)
+    suggestion = f"did you mean {close[0]!r}? " if close else ""
+    raise MtcError(f"unknown model {name!r}", hint=f"{suggestion}`mtc models` lists the available ones")

@@ -1,0 +1,157 @@
+"""Apply a matting session to files: images, image folders and videos.
+
+Video runs as a three-stage pipeline (decode thread -> inference -> encode thread) so that
+codec work overlaps with the model instead of adding to it.
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mtc.errors import MtcError
+from mtc.runtime.session import Matte, MattingSession
+
+OUTPUT_KINDS = ("composite", "alpha", "foreground")
+NAMED_COLORS = {"green": (0, 255, 0), "blue": (0, 71, 187), "white": (255, 255, 255), "black": (0, 0, 0),
+                "gray": (128, 128, 128), "grey": (128, 128, 128)}
+
+
+def parse_color(text: str) -> tuple[int, int, int]:
+    """'green', '#00ff00' or '0,255,0' -> an RGB tuple."""
+    text = text.strip().lower()
+    if text in NAMED_COLORS:
+        return NAMED_COLORS[text]
+    if re.fullmatch(r"#?[0-9a-f]{6}", text):
+        digits = text.lstrip("#")
+        return tuple(int(digits[i:i + 2], 16) for i in (0, 2, 4))
+    parts = text.split(",")
+    if len(parts) == 3 and all(p.strip().isdigit() and int(p) <= 255 for p in parts):
+        return tuple(int(p) for p in parts)
+    raise MtcError(f"background {text!r} is not a colour or an image file",
+                   hint=f"use a name ({', '.join(NAMED_COLORS)}), #RRGGBB, R,G,B, or an existing image path")
+
+
+@dataclass
+class Renderer:
+    """Turns a matte into the output picture the user asked for."""
+
+    kind: str = "composite"
+    color: tuple[int, int, int] = (0, 255, 0)
+    image: np.ndarray | None = None  # background picture, resized to each frame size on demand
+    _resized: dict = field(default_factory=dict)
+
+    @property
+    def has_alpha(self) -> bool:
+        return self.kind == "foreground"
+
+    def _background(self, height: int, width: int):
+        if self.image is None:
+            return self.color
+        if (height, width) not in self._resized:
+            from PIL import Image
+
+            self._resized[(height, width)] = np.asarray(Image.fromarray(self.image).resize((width, height), Image.BILINEAR))
+        return self._resized[(height, width)]
+
+    def render(self, matte: Matte) -> np.ndarray:
+        if self.kind == "alpha":
+            return matte.alpha_u8()
+        if self.kind == "foreground":
+            return matte.rgba()
+        return matte.composite(self._background(*matte.alpha.shape))
+
+
+def make_renderer(kind: str, background: str | None) -> Renderer:
+    if kind not in OUTPUT_KINDS:
+        raise MtcError(f"unknown output kind {kind!r}", hint=f"choose one of: {', '.join(OUTPUT_KINDS)}")
+    if background is None or kind != "composite":
+        return Renderer(kind=kind)
+    if Path(background).is_file():
+        from mtc.runtime.media import read_image
+
+        return Renderer(kind=kind, image=read_image(background))
+    return Renderer(kind=kind, color=parse_color(background))
+
+
+@dataclass
+class RunStats:
+    frames: int = 0
+    seconds: float = 0.0
+    model_seconds: float = 0.0
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds else 0.0
+
+    @property
+    def model_fps(self) -> float:
+        return self.frames / self.model_seconds if self.model_seconds else 0.0
+
+
+_DONE = object()
+
+
+def _produce(items: Iterable, out: queue.Queue, errors: list) -> None:
+    try:
+        for item in items:
+            out.put(item)
+    except BaseException as exc:  # re-raised in the main thread
+        errors.append(exc)
+    finally:
+        out.put(_DONE)
+
+
+def _drain(inbox: queue.Queue) -> Iterator:
+    while (item := inbox.get()) is not _DONE:
+        yield item
+
+
+def matte_stream(session: MattingSession, frames: Iterable[np.ndarray], write: Callable[[np.ndarray], None],
+                 renderer: Renderer, *, on_frame: Callable[[RunStats], None] | None = None) -> RunStats:
+    """Decode, matte and encode concurrently; returns timing statistics."""
+    errors: list[BaseException] = []
+    decoded: queue.Queue = queue.Queue(maxsize=4)
+    rendered: queue.Queue = queue.Queue(maxsize=4)
+    reader = threading.Thread(target=_produce, args=(frames, decoded, errors), daemon=True)
+    writer = threading.Thread(target=lambda: _consume(rendered, write, errors), daemon=True)
+    stats = RunStats()
+    started = time.perf_counter()
+    reader.start()
+    writer.start()
+    try:
+        for frame in _drain(decoded):
+            if errors:
+                break
+            t0 = time.perf_counter()
+            matte = session.process(frame)
+            stats.model_seconds += time.perf_counter() - t0
+            rendered.put(renderer.render(matte))
+            stats.frames += 1
+            stats.seconds = time.perf_counter() - started
+            if on_frame:
+                on_frame(stats)
+    finally:
+        rendered.put(_DONE)
+        writer.join()
+    stats.seconds = time.perf_counter() - started
+    if errors:
+        raise errors[0]
+    return stats
+
+
+def _consume(inbox: queue.Queue, write: Callable[[np.ndarray], None], errors: list) -> None:
+    for item in _drain(inbox):
+        if errors:
+            continue  # keep draining so the producer never blocks
+        try:
+            write(item)
+        except BaseException as exc:
+            errors.append(exc)

@@ -1,0 +1,623 @@
+"""Image and video I/O for the runtime and the CLI (Pillow + PyAV, no torch).
+
+Every frame crossing this module is an ``HxWx3`` (or ``HxWx4`` for alpha output) ``uint8``
+numpy array in RGB order. Inputs we cannot handle faithfully (grayscale, transparency,
+16-bit) are refused with an `MtcError` instead of being silently converted, because a matting
+model fed a flattened alpha or a truncated 16-bit image produces plausible-looking garbage.
+
+Outputs are written to a hidden temporary sibling and renamed into place only when complete,
+so an interrupted run never leaves a file that looks finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from mtc.errors import MtcError
+from mtc.fsutil import atomic_file, disk_error, give_default_permissions
+
+log = logging.getLogger("mtc")
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
+VIDEO_EXTENSIONS = frozenset(
+    {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".wmv", ".flv", ".3gp"}
+)
+
+_TO_8BIT_RGB = "convert it to 8-bit RGB, e.g. `convert in.png -alpha off -depth 8 -type TrueColor out.png`"
+
+
+def is_image(path: str | os.PathLike) -> bool:
+    """Return True if `path` has a still-image extension this module reads."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def is_video(path: str | os.PathLike) -> bool:
+    """Return True if `path` has a video container extension."""
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+
+
+# --------------------------------------------------------------------------------------------
+# Images
+# --------------------------------------------------------------------------------------------
+
+
+def _file_bit_depth(path: Path, img: Image.Image) -> int:
+    """Bits per channel as stored in the file, where Pillow's mode would hide it."""
+    if img.format == "PNG":
+        # Pillow opens 16-bit RGB PNGs as 8-bit 'RGB', dropping precision silently; the IHDR
+        # chunk (always first) stores the true depth at byte 24.
+        with contextlib.suppress(OSError), open(path, "rb") as handle:
+            header = handle.read(26)
+            if len(header) == 26 and header[12:16] == b"IHDR":
+                return header[24]
+    if img.format == "TIFF":
+        bits = getattr(img, "tag_v2", {}).get(258)  # BitsPerSample
+        if bits:
+            return max(bits) if isinstance(bits, tuple) else int(bits)
+    return 8
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as an RGB frame, honouring EXIF orientation.
+
+    Accepts 8-bit RGB, palette images without transparency, CMYK and YCbCr (converted to RGB).
+
+    Args:
+        path: Image file (PNG, JPEG, BMP, WebP, TIFF, ...).
+
+    Returns:
+        ``HxWx3`` ``uint8`` array in RGB order.
+
+    Raises:
+        MtcError: The file is missing, unreadable, or grayscale / transparent / 16-bit.
+    """
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder, not an image" if path.is_dir() else "not found"
+        raise MtcError(f"image {path} {what}", hint="check the path")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            rgb = _to_rgb(path, img)
+            rgb = ImageOps.exif_transpose(rgb)
+            return np.array(rgb, dtype=np.uint8)
+    except MtcError:
+        raise
+    except Image.DecompressionBombError:
+        raise MtcError(f"image {path} is too large to read safely", hint="downscale it first") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        # Pillow reports truncated/corrupt data as OSError, SyntaxError or ValueError by format.
+        raise MtcError(
+            f"cannot read image {path}: not an image or corrupt ({exc})",
+            hint="re-export the file as PNG or JPEG",
+        ) from None
+
+
+def _to_rgb(path: Path, img: Image.Image) -> Image.Image:
+    mode = img.mode
+    bits = 16 if mode.startswith("I;16") else 32 if mode in ("I", "F") else _file_bit_depth(path, img)
+    if bits > 8:
+        raise MtcError(
+            f"image {path} has {bits} bits per channel (mode {mode}); the model needs 8-bit RGB", hint=_TO_8BIT_RGB
+        )
+    if mode in ("LA", "La", "PA") or mode in ("RGBA", "RGBa") or "transparency" in img.info:
+        raise MtcError(
+            f"image {path} has transparency (mode {mode}); the model needs an opaque RGB image",
+            hint="flatten it, e.g. `convert in.png -background white -alpha remove -alpha off out.png`",
+        )
+    if mode in ("L", "1"):
+        raise MtcError(f"image {path} is grayscale (mode {mode}); the model needs RGB", hint=_TO_8BIT_RGB)
+    if mode == "RGB":
+        return img
+    if mode in ("P", "CMYK", "YCbCr", "RGBX"):
+        return img.convert("RGB")
+    raise MtcError(f"image {path} has unsupported pixel mode {mode}", hint=_TO_8BIT_RGB)
+
+
+def write_image(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write a ``uint8`` image atomically as PNG or JPEG, chosen by extension.
+
+    Args:
+        path: Destination ``.png``, ``.jpg`` or ``.jpeg`` file.
+        array: ``HxW`` (grayscale, e.g. an alpha matte), ``HxWx3`` (RGB) or ``HxWx4`` (RGBA).
+
+    Raises:
+        MtcError: Unsupported extension or array layout, RGBA to JPEG, or a disk error.
+    """
+    path = Path(path)
+    ext = path.suffix.lower()
+    fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}.get(ext)
+    if fmt is None:
+        raise MtcError(f"cannot write image {path}: unsupported extension {ext!r}", hint="use .png or .jpg")
+    array = np.asarray(array)
+    modes = {2: "L", 3: "RGB", 4: "RGBA"}
+    channels = 2 if array.ndim == 2 else (array.shape[2] if array.ndim == 3 else 0)
+    if array.dtype != np.uint8 or channels not in modes or array.ndim == 3 and channels == 2:
+        raise MtcError(
+            f"cannot write image {path}: expected uint8 HxW, HxWx3 or HxWx4, got {array.dtype} {array.shape}",
+            hint="convert to uint8 with values 0..255",
+        )
+    mode = modes[channels]
+    if mode == "RGBA" and fmt == "JPEG":
+        raise MtcError(f"cannot write {path}: JPEG has no alpha channel", hint="write .png to keep the alpha")
+    img = Image.fromarray(np.ascontiguousarray(array), mode=mode)
+    options = {"quality": 95} if fmt == "JPEG" else {}
+    with atomic_file(path, "wb") as handle:
+        img.save(handle, format=fmt, **options)
+
+
+def _natural_key(path: Path) -> list:
+    # frame_2.png sorts before frame_10.png, matching how sequences are numbered.
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """List the images in a folder (not recursive), in natural order (``2`` before ``10``).
+
+    Hidden files (leftover ``.part`` temporaries, macOS ``._`` files) are skipped.
+
+    Args:
+        folder: Folder to scan.
+
+    Returns:
+        Sorted image paths.
+
+    Raises:
+        MtcError: The folder is missing or contains no images.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MtcError(f"folder {folder} not found", hint="check the path")
+    images = [p for p in folder.iterdir() if p.is_file() and is_image(p) and not p.name.startswith(".")]
+    if not images:
+        exts = ", ".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS))
+        raise MtcError(f"no images in folder {folder}", hint=f"put image files there ({exts})")
+    return sorted(images, key=_natural_key)
+
+
+# --------------------------------------------------------------------------------------------
+# Video reading
+# --------------------------------------------------------------------------------------------
+
+
+def _open_input(path: Path) -> av.container.InputContainer:
+    if not path.is_file():
+        what = "is a folder, not a video" if path.is_dir() else "not found"
+        raise MtcError(f"video {path} {what}", hint="check the path")
+    if path.stat().st_size == 0:
+        raise MtcError(f"video {path} is an empty file", hint="re-export or re-download the video")
+    try:
+        return av.open(str(path), "r")
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise MtcError(
+            f"cannot read video {path}: not a video or corrupt ({exc.__class__.__name__})",
+            hint="check the file plays, or re-encode it: `ffmpeg -i in -c:v libx264 out.mp4`",
+        ) from None
+
+
+class VideoReader:
+    """Decode a video into RGB frames.
+
+    Use as a context manager and iterate once::
+
+        with VideoReader("in.mp4") as video:
+            for rgb in video:  # HxWx3 uint8
+                ...
+
+    A file truncated part-way yields the frames that decode, logs a warning, and stops.
+
+    Args:
+        path: Video file.
+
+    Raises:
+        MtcError: The file is missing, not a video, has no video stream, or (while iterating)
+            contains no decodable frame.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._container = _open_input(self.path)
+        if not self._container.streams.video:
+            self._container.close()
+            raise MtcError(f"{self.path} has no video stream", hint="pass a video file, or an image for single frames")
+        self._stream = self._container.streams.video[0]
+        if self._container.format.name == "tty":
+            # FFmpeg's ANSI-art demuxer accepts any text file as a "video" of rendered text.
+            self._container.close()
+            raise MtcError(f"{self.path} is a text file, not a video", hint="pass a video file")
+        self._stream.thread_type = "AUTO"
+        ctx = self._stream.codec_context
+        if not ctx.width or not ctx.height:
+            self._container.close()
+            raise MtcError(f"video {self.path} has no frame size (corrupt?)", hint="re-encode it with ffmpeg")
+        self._started = False
+
+    @property
+    def width(self) -> int:
+        """Frame width in pixels."""
+        return self._stream.codec_context.width
+
+    @property
+    def height(self) -> int:
+        """Frame height in pixels."""
+        return self._stream.codec_context.height
+
+    @property
+    def fps(self) -> float:
+        """Average frame rate; 25 when the container does not say."""
+        rate = self._stream.average_rate or self._stream.guessed_rate
+        return float(rate) if rate else 25.0
+
+    @property
+    def frame_count(self) -> int | None:
+        """Frame count from the container header, or None where the format does not store it."""
+        return self._stream.frames or None
+
+    @property
+    def has_audio(self) -> bool:
+        """Whether the file has at least one audio stream."""
+        return bool(self._container.streams.audio)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        if self._started:
+            raise RuntimeError("VideoReader can be iterated only once; open a new one")
+        self._started = True
+        produced = 0
+        try:
+            for frame in self._container.decode(self._stream):
+                yield frame.to_ndarray(format="rgb24")
+                produced += 1
+        except av.FFmpegError as exc:
+            if produced:
+                log.warning("%s: stopped after %d frames, the rest does not decode (%s)", self.path, produced, exc)
+            else:
+                raise MtcError(
+                    f"video {self.path} contains no decodable video frames ({exc.__class__.__name__})",
+                    hint="check the file plays, or re-encode it: `ffmpeg -i in -c:v libx264 out.mp4`",
+                ) from None
+        if not produced:
+            raise MtcError(
+                f"video {self.path} contains no decodable video frames",
+                hint="check the file plays, or re-encode it: `ffmpeg -i in -c:v libx264 out.mp4`",
+            )
+        expected = self.frame_count
+        if expected and produced < expected:
+            log.warning("%s: decoded %d of %d frames (file truncated?)", self.path, produced, expected)
+
+    def close(self) -> None:
+        """Release the file."""
+        self._container.close()
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Video writing
+# --------------------------------------------------------------------------------------------
+
+_RGB_EXTENSIONS = (".mp4", ".mkv", ".mov", ".webm")
+_VP9_OPTIONS = {"crf": "24", "b": "0", "deadline": "good", "cpu-used": "5", "row-mt": "1"}
+
+
+def _video_codec(path: Path, kind: str) -> tuple[str, str, dict[str, str]]:
+    """Pick (encoder, pix_fmt, encoder options) for an output file and kind."""
+    ext = path.suffix.lower()
+    if kind == "rgba":
+        if ext == ".mov":
+            return "prores_ks", "yuva444p10le", {"profile": "4444", "vendor": "apl0"}
+        if ext == ".webm":
+            return "libvpx-vp9", "yuva420p", dict(_VP9_OPTIONS)
+        raise MtcError(
+            f"cannot write a video with alpha to {path}: {ext or 'no extension'} has no alpha support",
+            hint="use .mov (ProRes 4444) or .webm (VP9 with alpha)",
+        )
+    if kind != "rgb":
+        raise ValueError(f"kind must be 'rgb' or 'rgba', got {kind!r}")
+    if ext not in _RGB_EXTENSIONS:
+        raise MtcError(
+            f"cannot write video {path}: unsupported extension {ext!r}", hint="use .mp4, .mkv, .mov or .webm"
+        )
+    if ext == ".webm":
+        return "libvpx-vp9", "yuv420p", dict(_VP9_OPTIONS)
+    if "libx264" in av.codecs_available:
+        return "libx264", "yuv420p", {"crf": "18", "preset": "veryfast"}
+    return "mpeg4", "yuv420p", {}
+
+
+def _frame_rate(fps: float | Fraction) -> Fraction:
+    # 1001 keeps NTSC rates exact (29.97 float -> 30000/1001) while integer rates stay integers.
+    try:
+        rate = fps if isinstance(fps, Fraction) else Fraction(fps).limit_denominator(1001)
+    except (ValueError, OverflowError, TypeError):
+        rate = Fraction(0)
+    if rate <= 0:
+        raise MtcError(f"frame rate must be positive, got {fps}", hint="pass the source video's fps")
+    return rate
+
+
+class _AudioCopy:
+    """Carries the audio of a source file into an output container, interleaved with video.
+
+    Packets are copied unchanged when the output container accepts the codec, otherwise
+    decoded and re-encoded (AAC, or Opus for WebM). Audio is trimmed to the video's length
+    and shifted so that it stays in sync with the source's first video frame.
+    """
+
+    def __init__(self, source: Path, output: av.container.OutputContainer):
+        self._input = av.open(str(source), "r")
+        try:
+            in_stream = self._input.streams.audio[0]
+            video = self._input.streams.video
+            start = video[0].start_time * video[0].time_base if video and video[0].start_time is not None else 0
+            self._start = Fraction(start)
+            self._copy = in_stream.codec_context.name in output.supported_codecs
+            if self._copy:
+                self._out_stream = output.add_stream_from_template(in_stream)
+            else:
+                codec = "libopus" if output.format.name == "webm" else "aac"
+                rate = 48000 if codec == "libopus" else in_stream.codec_context.sample_rate or 48000
+                self._out_stream = output.add_stream(codec, rate=rate)
+                stereo = in_stream.codec_context.layout.nb_channels > 1
+                self._out_stream.codec_context.layout = "stereo" if stereo else "mono"
+                self._next_sample = 0
+            self._output = output
+            self._packets = self._input.demux(in_stream)
+            self._pending: av.Packet | None = None
+            self._done = False
+        except BaseException:
+            self._input.close()
+            raise
+
+    def _seconds(self, ts: int | None, time_base: Fraction) -> Fraction | None:
+        return None if ts is None else ts * time_base - self._start
+
+    def pump(self, until: Fraction) -> None:
+        """Mux source audio up to `until` seconds of output time."""
+        while not self._done:
+            packet, self._pending = self._pending, None
+            if packet is None:
+                packet = next(self._packets, None)
+            if packet is None:
+                self._done = True
+                return
+            start = self._seconds(packet.pts, packet.time_base)
+            if start is None:
+                continue  # the demuxer's end-of-stream flush packet
+            if start >= until:
+                self._pending = packet
+                return
+            try:
+                self._mux(packet, start)
+            except av.FFmpegError as exc:
+                # Damaged audio should not cost the user their video: keep what we have.
+                log.warning("audio stops at %.1f s: cannot carry it further (%s)", float(start), exc)
+                self._done = True
+
+    def _mux(self, packet: av.Packet, start: Fraction) -> None:
+        tb = packet.time_base
+        end = start + (packet.duration or 0) * tb
+        if end <= 0 and packet.duration:
+            return  # entirely before the first video frame
+        if self._copy:
+            shift = round(self._start / tb)
+            packet.pts -= shift
+            if packet.dts is not None:
+                packet.dts -= shift
+            packet.stream = self._out_stream
+            self._output.mux(packet)
+            return
+        for frame in packet.decode():
+            if self._next_sample == 0 and start > 0:
+                self._next_sample = round(start * frame.sample_rate)
+            frame.pts = self._next_sample
+            frame.time_base = Fraction(1, frame.sample_rate)
+            self._next_sample += frame.samples
+            self._output.mux(self._out_stream.encode(frame))
+
+    def finish(self, end: Fraction) -> None:
+        """Mux the audio up to the video's end, flush the encoder and close the source."""
+        try:
+            self.pump(end)
+            if not self._copy:
+                self._output.mux(self._out_stream.encode(None))
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._input.close()
+
+
+class VideoWriter:
+    """Encode frames to a video file, written atomically.
+
+    ``kind="rgb"`` writes H.264 (``libx264``, yuv420p, CRF 18; ``mpeg4`` where libx264 is
+    missing) to .mp4/.mkv/.mov, or VP9 to .webm. ``kind="rgba"`` writes a video with an alpha
+    channel: ProRes 4444 (``prores_ks``, yuva444p10le) to .mov or VP9 (``libvpx-vp9``,
+    yuva420p) to .webm. Pixels are converted with BT.709 coefficients and tagged so.
+
+    4:2:0 formats need even dimensions: an odd width or height is padded by repeating the last
+    column/row, so the file is then one pixel wider/taller than the frames written.
+
+    The file is built as a hidden ``.<name>.<random>.part<ext>`` sibling and renamed over
+    `path` when the ``with`` block exits cleanly; on an exception the partial file is deleted.
+
+    Args:
+        path: Output file; the extension picks the container.
+        width: Frame width in pixels.
+        height: Frame height in pixels.
+        fps: Frame rate (float or Fraction; 29.97 is stored as 30000/1001).
+        kind: ``"rgb"`` or ``"rgba"``.
+        audio_from: A media file whose first audio stream is copied into the output, trimmed
+            to the video's length. If it has none, or it cannot be carried, the video is written
+            without audio (with a warning in the latter case).
+
+    Raises:
+        MtcError: Unsupported extension for `kind`, bad size/fps, frames of the wrong shape,
+            no frame written, or a disk error.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        width: int,
+        height: int,
+        fps: float | Fraction,
+        kind: str,
+        audio_from: str | os.PathLike | None = None,
+    ):
+        self.path = Path(path)
+        self.width, self.height, self.kind = int(width), int(height), kind
+        if self.width < 1 or self.height < 1:
+            raise MtcError(f"cannot write video {self.path}: bad size {width}x{height}", hint="pass the frame size")
+        codec, self._pix_fmt, options = _video_codec(self.path, kind)
+        self._rate = _frame_rate(fps)
+        self._channels = 4 if kind == "rgba" else 3
+        even = self._pix_fmt.endswith("420p")
+        self._pad = (self.height % 2 if even else 0, self.width % 2 if even else 0)
+        self._count = 0
+        self._audio: _AudioCopy | None = None
+        self._closed = False
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # The temp keeps the real extension: FFmpeg picks the container from it.
+            suffix = f".part{self.path.suffix}"
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=suffix, dir=self.path.parent)
+            os.close(fd)
+            give_default_permissions(Path(tmp))
+        except OSError as exc:
+            raise disk_error(self.path, exc) from None
+        self._tmp = Path(tmp)
+        try:
+            container_options = {"movflags": "+faststart"} if self.path.suffix.lower() in (".mp4", ".mov") else {}
+            self._container = av.open(str(self._tmp), "w", container_options=container_options)
+            self._stream = self._container.add_stream(codec, rate=self._rate)
+            ctx = self._stream.codec_context
+            ctx.width, ctx.height = self.width + self._pad[1], self.height + self._pad[0]
+            ctx.pix_fmt = self._pix_fmt
+            ctx.time_base = 1 / self._rate
+            ctx.options = options
+            # BT.709 tags make players decode with the same matrix we encode with.
+            ctx.colorspace = ctx.color_primaries = ctx.color_trc = 1
+            ctx.color_range = 1
+            if codec == "libvpx-vp9":
+                ctx.bit_rate = 0  # constant quality: crf alone, no bitrate target
+            if codec == "mpeg4":
+                ctx.qscale = True  # fixed quantiser 3 (in lambda units): visually clean
+                ctx.global_quality = 3 * 118
+            if audio_from is not None:
+                self._audio = self._open_audio(Path(audio_from))
+        except BaseException:
+            self._discard()
+            raise
+
+    def _open_audio(self, source: Path) -> _AudioCopy | None:
+        try:
+            with av.open(str(source), "r") as probe:
+                if not probe.streams.audio:
+                    return None
+            return _AudioCopy(source, self._container)
+        except (av.FFmpegError, OSError, ValueError, IndexError) as exc:
+            log.warning("%s: writing without audio, cannot carry the audio of %s (%s)", self.path, source, exc)
+            return None
+
+    def write(self, frame: np.ndarray) -> None:
+        """Encode one frame.
+
+        Args:
+            frame: ``HxWx3`` ``uint8`` RGB (``kind="rgb"``), or ``HxWx4`` RGBA
+                (``kind="rgba"``; RGB is accepted there and written fully opaque).
+        """
+        frame = np.asarray(frame)
+        allowed = (3, 4) if self._channels == 4 else (3,)
+        expected = (self.height, self.width)
+        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[:2] != expected or frame.shape[2] not in allowed:
+            want = f"{self.height}x{self.width}x{self._channels}"
+            raise MtcError(
+                f"cannot write frame {frame.dtype} {frame.shape} to {self.path}: expected uint8 {want}",
+                hint="write frames with the size and kind the writer was opened with",
+            )
+        if self._channels == 4 and frame.shape[2] == 3:
+            frame = np.concatenate([frame, np.full((*frame.shape[:2], 1), 255, np.uint8)], axis=2)
+        if any(self._pad):
+            frame = np.pad(frame, ((0, self._pad[0]), (0, self._pad[1]), (0, 0)), mode="edge")
+        source_format = "rgba" if self._channels == 4 else "rgb24"
+        image = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format=source_format)
+        # Threaded swscale corrupts whole rows converting odd-width RGBA to yuva444p10le
+        # (FFmpeg 8 via PyAV 18); a single thread is exact.
+        threads = 1 if frame.shape[1] % 2 else None
+        image = image.reformat(
+            format=self._pix_fmt, dst_colorspace="ITU709", dst_color_range="MPEG", threads=threads
+        )
+        image.pts = self._count
+        image.time_base = 1 / self._rate
+        try:
+            self._container.mux(self._stream.encode(image))
+            self._count += 1
+            if self._audio is not None:
+                self._audio.pump(self._count / self._rate)
+        except OSError as exc:  # PyAV's errno errors (disk full, ...) are OSErrors too
+            raise disk_error(self.path, exc) from None
+        except av.FFmpegError as exc:
+            raise MtcError(f"cannot encode video {self.path}: {exc}", hint="check the output path") from None
+
+    @property
+    def frames_written(self) -> int:
+        """Number of frames written so far."""
+        return self._count
+
+    def close(self) -> None:
+        """Flush the encoder and move the finished file into place."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._count == 0:
+                raise MtcError(f"no frames were written to {self.path}", hint="check that the input has frames")
+            self._container.mux(self._stream.encode(None))
+            if self._audio is not None:
+                self._audio.finish(self._count / self._rate)
+            self._container.close()
+            os.replace(self._tmp, self.path)
+        except OSError as exc:
+            self._discard()
+            raise disk_error(self.path, exc) from None
+        except av.FFmpegError as exc:
+            self._discard()
+            raise MtcError(f"cannot finish video {self.path}: {exc}", hint="check the output path") from None
+        except BaseException:
+            self._discard()
+            raise
+
+    def _discard(self) -> None:
+        self._closed = True
+        for closeable in (self._audio, getattr(self, "_container", None)):
+            if closeable is not None:
+                with contextlib.suppress(Exception):
+                    closeable.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._discard()

