@@ -141,7 +141,7 @@ def _video_with_audio(path, frames):
         video.width, video.height, video.pix_fmt = 160, 96, "yuv420p"
         audio = container.add_stream("aac", rate=16000)
         audio.layout = "mono"
-        for i, image in enumerate(clip):
+        for image in clip:
             for packet in video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
                 container.mux(packet)
         samples = (0.2 * np.sin(np.arange(16000 * frames // 10) * 0.05)).astype(np.float32)[None]

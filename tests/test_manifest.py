@@ -4,7 +4,7 @@ import pytest
 
 from mtc.errors import MtcError
 from mtc.exporters.rvm import RVM_IO
-from mtc.manifest import (MANIFEST_NAME, Manifest, Precision, file_entry, manifest_from_dict, read_manifest)
+from mtc.manifest import MANIFEST_NAME, Manifest, Precision, file_entry, manifest_from_dict, read_manifest
 
 
 def _manifest(tmp_path) -> Manifest:

@@ -5,8 +5,14 @@ import pytest
 from onnx import TensorProto, helper
 
 from mtc.errors import MtcError
-from mtc.exporters.onnx_ingest import (give_unique_dim_names, load_onnx, opset_of, route_consumed_outputs, sanitize,
-                                       upgrade_opset)
+from mtc.exporters.onnx_ingest import (
+    give_unique_dim_names,
+    load_onnx,
+    opset_of,
+    route_consumed_outputs,
+    sanitize,
+    upgrade_opset,
+)
 
 
 def _recurrent_toy(opset: int = 12) -> onnx.ModelProto:
