@@ -20,6 +20,8 @@ from mtc.weights import WeightFile
 if TYPE_CHECKING:
     import onnx
 
+    from mtc.runtime.backends import Backend
+
 # Families register themselves on import; listed here so `mtc models` sees them all without
 # importing anything heavy (exporter modules keep torch imports inside functions).
 _FAMILY_MODULES = ("mtc.exporters.rvm",)
@@ -35,7 +37,13 @@ class VariantSpec:
     # Builds the FP32 ONNX from the verified weight file. Models that ship as ONNX use the
     # ingest path; PyTorch ones build the module and export it.
     build_onnx: Callable[[Path], onnx.ModelProto]
+    # The reference the exported graph is checked against. None: the graph built by
+    # build_onnx itself, before sanitizing (ONNX ingest). PyTorch exporters return a
+    # TorchBackend around the module, so the check is PyTorch vs ONNX Runtime.
+    build_reference: Callable[[Path], Backend] | None = None
     exporter: str = "onnx_ingest"
+    # Resolutions (width, height, frames, fixed downsample ratio) the export is checked at.
+    parity_cases: tuple[tuple[int, int, int, float | None], ...] = ((512, 288, 12, None), (640, 360, 6, 0.5))
 
 
 @dataclass(frozen=True)

@@ -85,15 +85,17 @@ def test_corrupt_onnx_is_a_clear_error(tmp_path):
 
 
 def test_sanitize_real_rvm_matches_original_on_real_clip(rvm_onnx):
-    from mtc.exporters.pipeline import DEFAULT_PARITY_CASES, check_export_parity, io_from_graph
+    from mtc.exporters.pipeline import ParityCase, check_export_parity, io_from_graph
     from mtc.exporters.rvm import RVM_IO
+    from mtc.runtime.backends import OrtBackend
 
     original = load_onnx(rvm_onnx)
     cleaned, log = sanitize(original)
     assert log.opset >= 17 and log.nodes_after < log.nodes_before
     assert log.identity_routed_outputs == ["r1o", "r2o", "r3o", "r4o"]
-    results = check_export_parity(io_from_graph(RVM_IO, cleaned), original.SerializeToString(),
-                                  cleaned.SerializeToString(), DEFAULT_PARITY_CASES)
+    cases = (ParityCase(512, 288, 12), ParityCase(640, 360, 6, downsample_ratio=0.5))
+    results = check_export_parity(io_from_graph(RVM_IO, cleaned), OrtBackend(original.SerializeToString()),
+                                  OrtBackend(cleaned.SerializeToString()), cases)
     assert {r.downsample_ratio for r in results} == {1.0, 0.5}  # both the base path and the refiner
     for result in results:
         assert result.worst <= 1e-5, result.max_abs_diff

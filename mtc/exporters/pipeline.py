@@ -24,7 +24,7 @@ from mtc.exporters.parity import ParityResult, compare_on_frames
 from mtc.fsutil import atomic_dir, atomic_write_text
 from mtc.manifest import MANIFEST_NAME, REPORT_NAME, Manifest, ModelIO, Precision, TensorSpec, file_entry, sha256_file
 from mtc.registry import ModelSpec, VariantSpec, get_model
-from mtc.runtime.backends import OrtBackend
+from mtc.runtime.backends import Backend, OrtBackend
 from mtc.weights import fetch_weights
 
 log = logging.getLogger("mtc")
@@ -40,10 +40,6 @@ class ParityCase:
     height: int
     frames: int
     downsample_ratio: float | None = None
-
-
-# The second case runs RVM's refiner (ratio < 1), which the first never reaches.
-DEFAULT_PARITY_CASES = (ParityCase(512, 288, 12), ParityCase(640, 360, 6, downsample_ratio=0.5))
 
 
 def default_output_dir(spec: ModelSpec, variant: VariantSpec, precision: str = "fp32") -> Path:
@@ -70,12 +66,11 @@ def io_from_graph(io: ModelIO, model: onnx.ModelProto) -> ModelIO:
     return dataclasses.replace(io, inputs=tuple(map(fill, io.inputs)), outputs=tuple(map(fill, io.outputs)))
 
 
-def check_export_parity(io: ModelIO, reference: bytes, candidate: bytes,
-                        cases: tuple[ParityCase, ...] = DEFAULT_PARITY_CASES, *, tolerance: float = 1e-5) -> list[ParityResult]:
-    """Compare two graphs on the built-in clip at each case; raise if any output drifts."""
+def check_export_parity(io: ModelIO, ref_backend: Backend, cand_backend: Backend, cases: tuple[ParityCase, ...], *,
+                        tolerance: float = 1e-5) -> list[ParityResult]:
+    """Compare two backends on the built-in clip at each case; raise if any output drifts."""
     from calib_data.builtin_clip import ClipSpec, builtin_clip
 
-    ref_backend, cand_backend = OrtBackend(reference), OrtBackend(candidate)
     results = []
     for case in cases:
         frames = builtin_clip(ClipSpec(width=case.width, height=case.height, frames=case.frames))
@@ -84,7 +79,7 @@ def check_export_parity(io: ModelIO, reference: bytes, candidate: bytes,
         log.info("parity %dx%d ratio %s: max |diff| %.2e", case.width, case.height, result.downsample_ratio, result.worst)
         if not result.passed:
             raise MtcError(
-                f"sanitized model differs from the original by {result.worst:.2e} at {case.width}x{case.height} "
+                f"exported model differs from its reference by {result.worst:.2e} at {case.width}x{case.height} "
                 f"(tolerance {tolerance:.0e})",
                 hint="report this as a bug with the model file; export with --no-simplify to skip simplification",
             )
@@ -109,7 +104,7 @@ def tool_versions() -> dict[str, str]:
 
 def export_model(name: str, *, variant: str | None = None, output: Path | None = None,
                  weights_path: Path | None = None, offline: bool | None = None, overwrite: bool = False,
-                 simplify: bool = True, parity_cases: tuple[ParityCase, ...] = DEFAULT_PARITY_CASES) -> Path:
+                 simplify: bool = True, tolerance: float = 1e-5) -> Path:
     """Export a registered model to an FP32 artifact folder and return its path."""
     spec = get_model(name)
     var = spec.variant(variant)
@@ -130,7 +125,9 @@ def export_model(name: str, *, variant: str | None = None, output: Path | None =
     model_bytes = sanitized.SerializeToString()
 
     started = time.perf_counter()
-    parity = check_export_parity(io, original.SerializeToString(), model_bytes, parity_cases)
+    reference = var.build_reference(weights) if var.build_reference else OrtBackend(original.SerializeToString())
+    cases = tuple(ParityCase(*case) for case in var.parity_cases)
+    parity = check_export_parity(io, reference, OrtBackend(model_bytes), cases, tolerance=tolerance)
     timings["parity_s"] = time.perf_counter() - started
 
     with atomic_dir(output, overwrite=overwrite) as folder:
