@@ -14,6 +14,7 @@ from mtc import __version__
 COMMANDS = {
     "models": "mtc.cli.models:models",
     "export": "mtc.cli.export:export",
+    "quantize": "mtc.cli.quantize:quantize",
     "inspect": "mtc.cli.inspect:inspect",
     "run": "mtc.cli.run:run",
 }
@@ -38,6 +39,7 @@ class LazyGroup(click.Group):
 SUMMARIES = {
     "models": "List the models mtc can compile.",
     "export": "Export a model to a verified artifact folder.",
+    "quantize": "INT8 or FP16 from an FP32 artifact, gated frame by frame.",
     "inspect": "Show an artifact's manifest, graph and cost per frame.",
     "run": "Matte an image, a folder of images, or a video.",
 }

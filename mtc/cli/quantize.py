@@ -1,0 +1,27 @@
+"""`mtc quantize`: INT8 or FP16 from an existing FP32 artifact, gated against it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mtc.cli.options import quantization_options, run_quantization
+
+
+@click.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Folder for the new artifact.")
+@click.option("--int8", "precision", flag_value="int8", help="INT8 with Q/DQ (TensorRT-compatible, symmetric).")
+@click.option("--fp16", "precision", flag_value="fp16", help="FP16 with FP32 I/O; overflow-prone ops stay FP32.")
+@quantization_options
+@click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
+def quantize(folder: Path, output: Path, precision: str | None, force: bool, **options) -> None:
+    """Quantize the FP32 artifact FOLDER, check it against FP32 frame by frame, write -o.
+
+    A model that misses its gates is not written as an artifact: the command fails and the
+    folder holds only the report (report.json, report.html) and the rejected model.
+    """
+    if precision is None:
+        raise click.UsageError("choose --int8 or --fp16")
+    run_quantization(folder, output, precision=precision, force=force, **options)

@@ -1,0 +1,98 @@
+"""Calibration and check data: frames from videos, image folders or the built-in clip, and the
+exact model inputs (recurrent state included) that the FP32 model sees on them.
+
+Recurrent models are calibrated on the states the FP32 model itself produces over each clip in
+order; zero states would calibrate a situation that never occurs after the first frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mtc.errors import MtcError
+from mtc.manifest import ModelIO
+from mtc.runtime.backends import Backend, OrtBackend
+from mtc.runtime.session import MattingSession
+
+BUILTIN = "builtin"
+
+
+@dataclass(frozen=True)
+class Clip:
+    """Consecutive frames (TxHxWx3 uint8) and the downsample ratio to run them at."""
+
+    name: str
+    frames: np.ndarray
+    downsample_ratio: float | None = None
+
+
+def load_clips(source: str | Path, *, frames: int, size: tuple[int, int] | None = None, seed: int = 0,
+               downsample_ratio: float | None = None) -> list[Clip]:
+    """Clips from `source`: "builtin", a video file, or a folder of images (each image its own clip).
+
+    Args:
+        source: where the frames come from.
+        frames: at most this many frames in total.
+        size: (width, height) to resize to; the built-in clip is rendered at this size
+            (default 512x288); files keep their size when None.
+        seed: motion variant of the built-in clip (use another seed for held-out checks).
+        downsample_ratio: fixed ratio for recurrent models (None: the model's auto rule).
+    """
+    if str(source) == BUILTIN:
+        from calib_data.builtin_clip import ClipSpec, builtin_clip
+
+        width, height = size or (512, 288)
+        clip = builtin_clip(ClipSpec(width=width, height=height, frames=frames, seed=seed))
+        return [Clip(f"builtin-{width}x{height}-seed{seed}", clip, downsample_ratio)]
+    path = Path(source)
+    from mtc.runtime.media import is_video, list_images, read_image
+
+    if path.is_file() and is_video(path):
+        from mtc.runtime.media import VideoReader
+
+        collected = []
+        with VideoReader(path) as reader:
+            for frame in reader:
+                collected.append(_resize(frame, size))
+                if len(collected) >= frames:
+                    break
+        return [Clip(path.name, np.stack(collected), downsample_ratio)]
+    if path.is_dir():
+        images = list_images(path)[:frames]
+        return [Clip(p.name, _resize(read_image(p), size)[None], downsample_ratio) for p in images]
+    raise MtcError(f"calibration source not found or not a video/folder: {source}",
+                   hint=f"pass a video, a folder of images, or `{BUILTIN}`")
+
+
+def _resize(frame: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    if size is None or (frame.shape[1], frame.shape[0]) == size:
+        return frame
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(frame).resize(size, Image.BILINEAR))
+
+
+class _RecordingBackend:
+    """Passes runs through and keeps a copy of every input it was fed."""
+
+    def __init__(self, backend: Backend):
+        self.backend, self.name = backend, "recording"
+        self.input_names, self.output_names = backend.input_names, backend.output_names
+        self.feeds: list[dict[str, np.ndarray]] = []
+
+    def run(self, feeds):
+        self.feeds.append({k: np.array(v, copy=True) for k, v in feeds.items()})
+        return self.backend.run(feeds)
+
+
+def record_feeds(io: ModelIO, fp32_model: bytes | Path, clips: list[Clip]) -> list[dict[str, np.ndarray]]:
+    """The model inputs, recurrent state included, that the FP32 model gets when run over `clips`."""
+    recorder = _RecordingBackend(OrtBackend(fp32_model))
+    for clip in clips:
+        session = MattingSession(io, recorder, downsample_ratio=clip.downsample_ratio, scene_cut_threshold=None)
+        for frame in clip.frames:
+            session.step(frame)
+    return recorder.feeds

@@ -1,0 +1,115 @@
+"""Checks that gate a compiled model: run it and the FP32 reference side by side over held-out
+clips, each with its own recurrent state, and measure what quantization costs, frame by frame."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mtc import metrics
+from mtc.manifest import ModelIO
+from mtc.quant.calibration import Clip
+from mtc.quant.config import Gates
+from mtc.runtime.backends import Backend
+from mtc.runtime.session import MattingSession
+
+
+@dataclass
+class ClipCheck:
+    """One clip's comparison. Per-frame lists are what the report plots."""
+
+    name: str
+    resolution: str
+    downsample_ratio: float | None
+    mad: float
+    mse: float
+    grad: float
+    dtssd: float
+    mad_per_frame: list[float]
+    dtssd_per_frame: list[float]
+    nonfinite_frames: list[int]
+    worst_frame: int
+    worst_diff: np.ndarray = field(repr=False)  # |alpha - reference| of the worst frame, for the report
+    vs_ground_truth: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"clip": self.name, "resolution": self.resolution, "downsample_ratio": self.downsample_ratio,
+                "mad": self.mad, "mse": self.mse, "grad": self.grad, "dtssd": self.dtssd,
+                "mad_per_frame": self.mad_per_frame, "dtssd_per_frame": self.dtssd_per_frame,
+                "nonfinite_frames": self.nonfinite_frames, "worst_frame": self.worst_frame,
+                "vs_ground_truth": self.vs_ground_truth}
+
+
+def run_alphas(io: ModelIO, backend: Backend, clip: Clip) -> np.ndarray:
+    """Alpha mattes (TxHxW float32) of one clip, recurrent state carried from frame to frame."""
+    session = MattingSession(io, backend, downsample_ratio=clip.downsample_ratio, scene_cut_threshold=None)
+    return np.stack([session.process(frame).alpha.copy() for frame in clip.frames])
+
+
+def compare_clip(clip: Clip, reference: np.ndarray, candidate: np.ndarray, *, with_grad: bool = True,
+                 ground_truth: np.ndarray | None = None) -> ClipCheck:
+    finite = np.isfinite(candidate).all(axis=(1, 2))
+    nonfinite = [int(i) for i in np.flatnonzero(~finite)]
+    safe = np.where(np.isfinite(candidate), candidate, 0.0).clip(0.0, 1.0)
+    per_frame_mad = np.abs(safe - reference).mean(axis=(1, 2)) * 1e3
+    dtssd = metrics.dtssd_per_frame(safe, reference) if len(clip.frames) > 1 else np.zeros(1)
+    worst = int(np.argmax(per_frame_mad))
+    h, w = reference.shape[1:]
+    check = ClipCheck(
+        name=clip.name, resolution=f"{w}x{h}", downsample_ratio=clip.downsample_ratio,
+        mad=float(per_frame_mad.mean()) if not nonfinite else float("inf"),
+        mse=metrics.mse(safe, reference),
+        grad=metrics.grad(safe, reference) if with_grad else float("nan"),
+        dtssd=float(dtssd.mean()) if not nonfinite else float("inf"),
+        mad_per_frame=[float(v) for v in per_frame_mad], dtssd_per_frame=[float(v) for v in dtssd],
+        nonfinite_frames=nonfinite, worst_frame=worst, worst_diff=np.abs(safe[worst] - reference[worst]),
+    )
+    if ground_truth is not None:
+        for label, alphas in (("reference", reference), ("candidate", safe)):
+            check.vs_ground_truth[label] = {"mad": metrics.mad(alphas, ground_truth),
+                                            "dtssd": metrics.dtssd(alphas, ground_truth)}
+    return check
+
+
+@dataclass
+class CheckResult:
+    clips: list[ClipCheck]
+    gates: Gates
+
+    @property
+    def failures(self) -> list[str]:
+        problems = []
+        for clip in self.clips:
+            if clip.nonfinite_frames:
+                problems.append(f"{clip.name}: NaN/Inf in {len(clip.nonfinite_frames)} frames")
+            problems += [f"{clip.name}: {p}" for p in self.gates.failures(clip.mad, clip.dtssd)]
+        return problems
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    @property
+    def score(self) -> float:
+        """One number to rank candidates by: the worst clip's MAD + dtSSD."""
+        return max(c.mad + c.dtssd for c in self.clips)
+
+    def to_dict(self) -> dict:
+        return {"passed": self.passed, "failures": self.failures,
+                "gates": {"max_mad": self.gates.max_mad, "max_dtssd": self.gates.max_dtssd},
+                "clips": [c.to_dict() for c in self.clips]}
+
+
+class ReferenceAlphas:
+    """FP32 alphas of the check clips, computed once and reused for every candidate."""
+
+    def __init__(self, io: ModelIO, reference: Backend, clips: Sequence[Clip]):
+        self.io, self.clips = io, list(clips)
+        self.alphas = [run_alphas(io, reference, clip) for clip in self.clips]
+
+    def check(self, candidate: Backend, gates: Gates, *, with_grad: bool = True) -> CheckResult:
+        results = [compare_clip(clip, ref, run_alphas(self.io, candidate, clip), with_grad=with_grad)
+                   for clip, ref in zip(self.clips, self.alphas)]
+        return CheckResult(results, gates)

@@ -1,0 +1,63 @@
+"""Quantization settings: frozen dataclasses with named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from mtc.errors import MtcError
+
+
+@dataclass(frozen=True)
+class Gates:
+    """Limits the compiled model must meet against FP32 on every check clip (None: no limit)."""
+
+    max_mad: float | None = 2.0  # mean |alpha diff| x 1e3
+    max_dtssd: float | None = 2.0  # temporal flicker x 1e2
+
+    def failures(self, mad: float, dtssd: float) -> list[str]:
+        problems = []
+        if self.max_mad is not None and not mad <= self.max_mad:
+            problems.append(f"MAD {mad:.3f} > {self.max_mad}")
+        if self.max_dtssd is not None and not dtssd <= self.max_dtssd:
+            problems.append(f"dtSSD {dtssd:.3f} > {self.max_dtssd}")
+        return problems
+
+
+@dataclass(frozen=True)
+class Int8Config:
+    """How an FP32 graph becomes a Q/DQ INT8 graph.
+
+    Attributes:
+        method: activation range calibration: minmax, percentile, entropy or mse.
+        percentile: for method="percentile", the |x| percentile kept unclipped.
+        op_types: op types that get Q/DQ (see mtc.quant.qdq.RULES).
+        quantize_outputs: also quantize each op's output (after a fused Relu) so CPU
+            backends run integer kernels end to end instead of float convs on
+            dequantized inputs; TensorRT fuses either form.
+        exclude_nodes: nodes kept in float from the start.
+        fallback: let the gates move the most sensitive layers back to float.
+        max_fallback_fraction: give up (fail) rather than keep more than this share in float.
+    """
+
+    method: str = "mse"
+    percentile: float = 99.99
+    op_types: tuple[str, ...] = ("Conv",)
+    quantize_outputs: bool = True
+    exclude_nodes: tuple[str, ...] = ()
+    fallback: bool = True
+    max_fallback_fraction: float = 0.5
+
+
+PRESETS: dict[str, Int8Config] = {
+    # Integer kernels end to end on CPU backends; the gates decide what falls back.
+    "speed": Int8Config(),
+    # TensorRT/OpenVINO style: Q/DQ on conv inputs and weights only; the backend fuses outputs.
+    "tensorrt": Int8Config(quantize_outputs=False),
+}
+
+
+def preset(name: str, **overrides) -> Int8Config:
+    if name not in PRESETS:
+        raise MtcError(f"unknown INT8 preset {name!r}", hint=f"choose one of: {', '.join(PRESETS)}")
+    return dataclasses.replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})

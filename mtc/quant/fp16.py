@@ -1,0 +1,112 @@
+"""FP16 conversion that keeps graph I/O in FP32 and keeps overflow-prone ops in FP32.
+
+Which ops stay FP32 is measured, not guessed: any op whose output magnitude on the calibration
+data exceeds FP16's range (with headroom) stays FP32, as does any normalization whose input
+magnitude squared would overflow the variance it computes (MODNet's InstanceNorm).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from mtc.quant.qdq import float_tensors, topological_order
+
+FP16_MAX = 65504.0
+HEADROOM = 4.0  # an op whose calibration peak is above FP16_MAX / HEADROOM stays FP32
+VARIANCE_OPS = ("InstanceNormalization", "LayerNormalization", "GroupNormalization", "BatchNormalization")
+# Inputs the ONNX spec types independently of the data (they stay FP32 whatever the data is).
+FP32_INPUTS = {"Resize": (1, 2), "Upsample": (1,)}
+NEVER_FP16 = ("Cast", "Shape", "Size", "NonZero", "TopK", "RandomNormalLike", "RandomUniformLike")
+
+
+def overflow_prone_nodes(model: onnx.ModelProto, magnitudes: Mapping[str, float]) -> list[str]:
+    """Nodes whose measured outputs (or squared inputs, for normalizations) leave FP16's range."""
+    limit = FP16_MAX / HEADROOM
+    risky = []
+    for node in model.graph.node:
+        peak_out = max((magnitudes.get(o, 0.0) for o in node.output), default=0.0)
+        peak_in = max((magnitudes.get(i, 0.0) for i in node.input[:1]), default=0.0)
+        if peak_out > limit or (node.op_type in VARIANCE_OPS and peak_in * peak_in > limit):
+            risky.append(node.name)
+    return risky
+
+
+def convert_to_fp16(model: onnx.ModelProto, *, keep_fp32: Iterable[str] = ()) -> onnx.ModelProto:
+    """Return an FP16 copy of `model`; graph inputs and outputs keep their FP32 types."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    keep = set(keep_fp32)
+    floats = float_tensors(out)
+    initializers = {i.name: i for i in graph.initializer}
+    graph_inputs = {i.name for i in graph.input}
+    graph_outputs = {o.name for o in graph.output}
+
+    def runs_fp16(node: onnx.NodeProto) -> bool:
+        return node.name not in keep and node.op_type not in NEVER_FP16
+
+    dtype: dict[str, int] = {name: TensorProto.FLOAT for name in floats}  # current element type of each float tensor
+    new_nodes: list[onnx.NodeProto] = []
+    casts: dict[tuple[str, int], str] = {}
+    fp16_initializers: dict[str, str] = {}
+
+    def as_type(tensor: str, target: int) -> str:
+        if dtype.get(tensor) == target:
+            return tensor
+        if tensor in initializers and target == TensorProto.FLOAT16:
+            if tensor not in fp16_initializers:
+                values = numpy_helper.to_array(initializers[tensor])
+                name = f"{tensor}__fp16"
+                graph.initializer.append(numpy_helper.from_array(np.clip(values, -FP16_MAX, FP16_MAX).astype(np.float16), name))
+                fp16_initializers[tensor] = name
+                dtype[name] = TensorProto.FLOAT16
+            return fp16_initializers[tensor]
+        key = (tensor, target)
+        if key not in casts:
+            casts[key] = f"{tensor}__as{'16' if target == TensorProto.FLOAT16 else '32'}"
+            new_nodes.append(helper.make_node("Cast", [tensor], [casts[key]], to=target, name=f"{casts[key]}__Cast"))
+            dtype[casts[key]] = target
+        return casts[key]
+
+    for node in list(graph.node):
+        half = runs_fp16(node)
+        fp32_slots = FP32_INPUTS.get(node.op_type, ())
+        for index, name in enumerate(node.input):
+            if name and name in floats:
+                want = TensorProto.FLOAT16 if half and index not in fp32_slots else TensorProto.FLOAT
+                node.input[index] = as_type(name, want)
+        if node.op_type == "Constant" and half:
+            _constant_to_fp16(node)
+        if half:
+            for name in node.output:
+                if name in floats:
+                    dtype[name] = TensorProto.FLOAT16
+        new_nodes.append(node)
+
+    for output in graph.output:
+        if dtype.get(output.name) == TensorProto.FLOAT16:
+            inner = f"{output.name}__fp16"
+            for node in new_nodes:
+                node.output[:] = [inner if o == output.name else o for o in node.output]
+                node.input[:] = [inner if i == output.name else i for i in node.input]
+            new_nodes.append(helper.make_node("Cast", [inner], [output.name], to=TensorProto.FLOAT,
+                                              name=f"{output.name}__to_fp32"))
+    del graph.node[:]
+    graph.node.extend(topological_order(new_nodes, graph_inputs | {i.name for i in graph.initializer}))
+    del graph.value_info[:]
+    used = {i for n in graph.node for i in n.input} | graph_outputs
+    kept = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return onnx.shape_inference.infer_shapes(out)
+
+
+def _constant_to_fp16(node: onnx.NodeProto) -> None:
+    for attribute in node.attribute:
+        if attribute.name == "value" and attribute.t.data_type == TensorProto.FLOAT:
+            values = numpy_helper.to_array(attribute.t)
+            attribute.t.CopyFrom(numpy_helper.from_array(np.clip(values, -FP16_MAX, FP16_MAX).astype(np.float16)))

@@ -1,0 +1,236 @@
+"""`mtc quantize`: an FP32 artifact in, a checked INT8 or FP16 artifact out.
+
+calibrate (state-aware) -> ranges -> Q/DQ plan -> check against FP32 on held-out clips ->
+per-layer sensitivity and fallback until the gates pass -> artifact + report. A model that
+cannot pass its gates is not written as an artifact: the folder gets the report and the
+rejected model, no manifest, and the command fails.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from mtc.errors import MtcError
+from mtc.fsutil import atomic_dir, atomic_write_text
+from mtc.manifest import MANIFEST_NAME, REPORT_NAME, Manifest, Precision, file_entry, read_manifest, sha256_file
+from mtc.quant.calibration import BUILTIN, Clip, load_clips, record_feeds
+from mtc.quant.checks import CheckResult, ReferenceAlphas
+from mtc.quant.config import Gates, Int8Config
+from mtc.quant.fp16 import convert_to_fp16, overflow_prone_nodes
+from mtc.quant.qdq import insert_qdq, plan_qdq
+from mtc.quant.ranges import collect_stats, threshold
+from mtc.quant.sensitivity import fallback_until_gates_pass, layer_sensitivity
+from mtc.runtime.backends import OrtBackend
+from mtc.runtime.progress import frame_progress
+
+log = logging.getLogger("mtc")
+
+MODEL_FILE = "model.onnx"
+REJECTED_FILE = "rejected.onnx"
+HTML_REPORT = "report.html"
+DEFAULT_GATES = {"int8": Gates(max_mad=2.0, max_dtssd=2.0), "fp16": Gates(max_mad=0.1, max_dtssd=0.1)}
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    """Where calibration and check frames come from, and at which resolutions they run."""
+
+    calib: str | Path = BUILTIN
+    calib_frames: int = 24
+    check: str | Path | None = None
+    check_frames: int = 24
+    # (width, height, downsample ratio) settings; recurrent models are checked at the
+    # network's full resolution and at HD where the refiner runs.
+    settings: tuple[tuple[int, int, float | None], ...] = ((512, 288, 1.0), (1920, 1080, 0.25))
+
+
+@dataclass
+class Outcome:
+    folder: Path
+    passed: bool
+    check: CheckResult
+    report: dict
+
+
+def _settings_for(io, settings):
+    return settings if io.downsample is not None else tuple((w, h, None) for w, h, _ in settings[:1])
+
+
+def calibration_clips(io, data: DataPlan) -> list[Clip]:
+    clips = []
+    for width, height, ratio in _settings_for(io, data.settings):
+        # HD frames are heavy to record; half as many still cover the refiner's ranges.
+        frames = data.calib_frames if width * height <= 1024 * 576 else max(4, data.calib_frames // 2)
+        clips += load_clips(data.calib, frames=frames, size=(width, height), seed=0, downsample_ratio=ratio)
+    return clips
+
+
+def check_clips(io, data: DataPlan) -> list[Clip]:
+    clips = []
+    for width, height, ratio in _settings_for(io, data.settings):
+        frames = data.check_frames if width * height <= 1024 * 576 else max(4, data.check_frames // 2)
+        # Another seed: different motion than calibration saw.
+        source = data.check if data.check is not None else BUILTIN
+        clips += load_clips(source, frames=frames, size=(width, height), seed=1, downsample_ratio=ratio)
+    return clips
+
+
+def quantize_artifact(source: Path, output: Path, *, precision: str, config: Int8Config = Int8Config(),
+                      gates: Gates | None = None, data: DataPlan = DataPlan(), overwrite: bool = False) -> Outcome:
+    """Quantize the FP32 artifact at `source` into `output` (INT8 Q/DQ or FP16)."""
+    if precision not in ("int8", "fp16"):
+        raise MtcError(f"unknown precision {precision!r}", hint="use --int8 or --fp16")
+    manifest = read_manifest(source)
+    if manifest.precision.mode != "fp32":
+        raise MtcError(f"{source} is already {manifest.precision.mode}", hint="quantize the FP32 artifact it came from")
+    if output.exists() and not overwrite:
+        raise MtcError(f"{output} already exists", hint="pass --force to replace it, or choose another -o")
+    gates = gates or DEFAULT_GATES[precision]
+    io = manifest.io
+    fp32_path = Path(source) / manifest.model_file
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(fp32_path)))
+    timings: dict[str, float] = {}
+
+    started = time.perf_counter()
+    calib = calibration_clips(io, data)
+    feeds = record_feeds(io, fp32_path, calib)
+    reference = ReferenceAlphas(io, OrtBackend(fp32_path), check_clips(io, data))
+    timings["data_s"] = time.perf_counter() - started
+
+    if precision == "int8":
+        candidate, check, details = _int8(model, io, feeds, reference, config, gates, timings)
+    else:
+        candidate, check, details = _fp16(model, feeds, reference, gates, timings)
+
+    report = {
+        "model": manifest.model, "variant": manifest.variant, "precision": precision,
+        "passed": check.passed, "check": check.to_dict(), "timings": {k: round(v, 2) for k, v in timings.items()},
+        "calibration": {"source": str(data.calib), "frames": len(feeds),
+                        "clips": [{"name": c.name, "frames": len(c.frames), "downsample_ratio": c.downsample_ratio}
+                                  for c in calib]},
+        **details,
+    }
+    report["speed"] = measure_speed(io, fp32_path, candidate, reference.clips[0])
+    _write(output, source, manifest, candidate, check, report, precision, config, len(feeds), overwrite)
+    return Outcome(output, check.passed, check, report)
+
+
+def _int8(model, io, feeds, reference, config: Int8Config, gates: Gates, timings):
+    plan = plan_qdq(model, op_types=config.op_types, exclude_nodes=config.exclude_nodes,
+                    quantize_outputs=config.quantize_outputs)
+    if not plan.nodes:
+        raise MtcError("nothing to quantize: the model has no eligible layers", hint="check --op-types")
+    started = time.perf_counter()
+    with frame_progress("calibrating ranges", total=len(feeds)) as advance:
+        stats = collect_stats(model, plan.activation_tensors(), feeds, progress=advance)
+    amax = {name: threshold(s, config.method, percentile=config.percentile) for name, s in stats.items()}
+    timings["calibrate_s"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    first = reference.check(OrtBackend(insert_qdq(model, plan, amax).SerializeToString()), gates)
+    timings["check_s"] = time.perf_counter() - started
+    details = {"int8": {"method": config.method, "quantize_outputs": config.quantize_outputs,
+                        "op_types": list(config.op_types), "quantized_layers": len(plan.nodes),
+                        "all_int8_check": first.to_dict()}}
+    final_plan, check, fallback = plan, first, []
+    if not first.passed and config.fallback:
+        log.info("all-INT8 misses the gates (%s): measuring per-layer sensitivity", "; ".join(first.failures))
+        started = time.perf_counter()
+        probe = ReferenceAlphas(io, OrtBackend(model.SerializeToString()), reference.clips[:1])
+        probe.alphas = reference.alphas[:1]
+        with frame_progress("layer sensitivity", total=len(plan.nodes)) as advance:
+            sensitivity = layer_sensitivity(model, plan, amax, _shorter(probe, 12), progress=advance)
+        timings["sensitivity_s"] = time.perf_counter() - started
+        started = time.perf_counter()
+        result = fallback_until_gates_pass(model, plan, amax, reference, gates, sensitivity,
+                                           max_fraction=config.max_fallback_fraction)
+        timings["fallback_s"] = time.perf_counter() - started
+        final_plan, check, fallback = result.plan, result.check, result.fallback_nodes
+        details["sensitivity"] = sensitivity
+        details["fallback_steps"] = result.steps
+    details["int8"]["fallback_layers"] = fallback
+    details["int8"]["int8_layers"] = len(final_plan.nodes)
+    return insert_qdq(model, final_plan, amax), check, details
+
+
+def _shorter(probe: ReferenceAlphas, frames: int) -> ReferenceAlphas:
+    """The same probe on its first `frames` frames (sensitivity runs once per layer)."""
+    short = object.__new__(ReferenceAlphas)
+    short.io = probe.io
+    short.clips = [dataclasses.replace(c, frames=c.frames[:frames]) for c in probe.clips]
+    short.alphas = [a[:frames] for a in probe.alphas]
+    return short
+
+
+def _fp16(model, feeds, reference, gates: Gates, timings):
+    started = time.perf_counter()
+    # Constants are not activations (some hold +-inf as clip bounds); they are cast, not computed.
+    names = sorted({o for n in model.graph.node if n.op_type != "Constant" for o in n.output if o})
+    floats = {v.name for v in model.graph.value_info if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    stats = collect_stats(model, [n for n in names if n in floats], feeds)
+    magnitudes = {name: s.amax for name, s in stats.items()}
+    keep = overflow_prone_nodes(model, magnitudes)
+    candidate = convert_to_fp16(model, keep_fp32=keep)
+    timings["convert_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    check = reference.check(OrtBackend(candidate.SerializeToString()), gates)
+    timings["check_s"] = time.perf_counter() - started
+    peak = max((m for m in magnitudes.values() if np.isfinite(m)), default=0.0)
+    return candidate, check, {"fp16": {"kept_fp32": keep, "peak_activation": peak}}
+
+
+def measure_speed(io, fp32_path: Path, candidate: onnx.ModelProto, clip: Clip, rounds: int = 3) -> dict:
+    """Median frame time of FP32 vs the candidate on ONNX Runtime CPU, interleaved (indicative only;
+    benchmarks/ has the controlled comparison)."""
+    from mtc.runtime.session import MattingSession
+
+    frames = clip.frames[:8]
+    sessions = {name: MattingSession(io, OrtBackend(model, allow_spinning=False), downsample_ratio=clip.downsample_ratio,
+                                     scene_cut_threshold=None)
+                for name, model in (("fp32", fp32_path), ("candidate", candidate.SerializeToString()))}
+    times = {name: [] for name in sessions}
+    for r in range(rounds):
+        for name in (list(sessions) if r % 2 == 0 else list(reversed(sessions))):
+            for frame in frames:
+                t0 = time.perf_counter()
+                sessions[name].process(frame)
+                times[name].append(time.perf_counter() - t0)
+    fps = {name: 1.0 / float(np.median(t)) for name, t in times.items()}
+    return {"backend": "onnxruntime-cpu", "clip": clip.name, "fps_fp32": fps["fp32"], "fps": fps["candidate"],
+            "speedup": fps["candidate"] / fps["fp32"]}
+
+
+def _write(output: Path, source: Path, manifest: Manifest, candidate: onnx.ModelProto, check: CheckResult, report: dict,
+           precision: str, config: Int8Config, samples: int, overwrite: bool) -> None:
+    from mtc.quant.report import render_html
+
+    with atomic_dir(output, overwrite=overwrite) as folder:
+        atomic_write_text(folder / REPORT_NAME, json.dumps(report, indent=2) + "\n")
+        atomic_write_text(folder / HTML_REPORT, render_html(report, check))
+        if not check.passed:
+            onnx.save(candidate, str(folder / REJECTED_FILE))
+            return
+        onnx.save(candidate, str(folder / MODEL_FILE))
+        excluded = tuple(report.get("int8", {}).get("fallback_layers", ())) + tuple(
+            report.get("fp16", {}).get("kept_fp32", ()))
+        quantized = dataclasses.replace(
+            manifest, model_file=MODEL_FILE,
+            precision=Precision(mode=precision, calibration=config.method if precision == "int8" else None,
+                                samples=samples, excluded_nodes=excluded),
+            files={MODEL_FILE: file_entry(folder / MODEL_FILE)},
+            provenance={**manifest.provenance, "quantized_from": str(Path(source).resolve()),
+                        "reference_artifact": str(Path(source).resolve()),
+                        "reference_sha256": sha256_file(Path(source) / manifest.model_file),
+                        "gates": {"max_mad": check.gates.max_mad, "max_dtssd": check.gates.max_dtssd, "passed": True},
+                        "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+        )
+        atomic_write_text(folder / MANIFEST_NAME, quantized.to_json())

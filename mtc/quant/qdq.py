@@ -1,0 +1,230 @@
+"""Q/DQ placement and insertion.
+
+Placement is data: `RULES` says, per op type, which inputs are activations to quantize
+per-tensor, which are weights to quantize per-channel, and whether the output gets a Q/DQ pair
+so that a CPU backend can keep the next op in integer arithmetic. Everything without a rule
+stays float: shape paths, Resize scales and recurrent-state outputs never get Q/DQ here.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+INT8_MAX = 127
+
+# Activations a backend fuses into the preceding op: an output Q/DQ goes after them so the
+# fused kernel can emit INT8 directly (ReLU then only sets the range's lower end).
+FUSED_ACTIVATIONS = ("Relu",)
+
+
+@dataclass(frozen=True)
+class OpRule:
+    activations: tuple[int, ...] = (0,)
+    weights: tuple[tuple[int, int], ...] = ()  # (input index, channel axis)
+    output: bool = False
+
+
+RULES: dict[str, OpRule] = {
+    "Conv": OpRule(activations=(0,), weights=((1, 0),)),
+    "ConvTranspose": OpRule(activations=(0,), weights=((1, 1),)),
+    "Gemm": OpRule(activations=(0,), weights=((1, 0),)),
+    "MatMul": OpRule(activations=(0, 1)),
+}
+
+
+@dataclass(frozen=True)
+class NodeQuant:
+    """What quantizing one node means: its activation inputs, weights and (optionally) output."""
+
+    node: str
+    inputs: tuple[tuple[str, int], ...]  # (tensor, input index) read through Q/DQ
+    weights: tuple[tuple[int, int], ...]  # (input index, channel axis)
+    output: str | None = None  # tensor whose readers all get the dequantized copy
+    output_readers: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class QdqPlan:
+    """Per-node quantization decisions; any subset of nodes is itself a valid plan."""
+
+    nodes: tuple[NodeQuant, ...] = ()
+
+    @property
+    def node_names(self) -> list[str]:
+        return [n.node for n in self.nodes]
+
+    def activation_tensors(self) -> list[str]:
+        tensors = {t for n in self.nodes for t, _ in n.inputs} | {n.output for n in self.nodes if n.output}
+        return sorted(tensors)
+
+    def only(self, names) -> QdqPlan:
+        keep = set(names)
+        return QdqPlan(tuple(n for n in self.nodes if n.node in keep))
+
+    def without(self, names) -> QdqPlan:
+        """Drop these nodes, and stop quantizing upstream outputs on their way into them."""
+        drop = set(names)
+        kept = []
+        for n in self.nodes:
+            if n.node in drop:
+                continue
+            readers = tuple(r for r in n.output_readers if r[0] not in drop)
+            kept.append(replace(n, output=n.output if readers else None, output_readers=readers))
+        return QdqPlan(tuple(kept))
+
+    def activation_readers(self) -> dict[str, list[tuple[str, int]]]:
+        readers: dict[str, list[tuple[str, int]]] = defaultdict(list)
+        for n in self.nodes:
+            for tensor, index in n.inputs:
+                readers[tensor].append((n.node, index))
+            for reader in n.output_readers:
+                readers[n.output].append(reader)
+        return {t: list(dict.fromkeys(r)) for t, r in readers.items()}
+
+
+def float_tensors(model: onnx.ModelProto) -> set[str]:
+    """Names of tensors known to be float32 (graph inputs, value_info, initializers)."""
+    graph = model.graph
+    known = {v.name: v.type.tensor_type.elem_type for v in [*graph.input, *graph.value_info, *graph.output]}
+    known.update({i.name: i.data_type for i in graph.initializer})
+    return {name for name, elem in known.items() if elem == TensorProto.FLOAT}
+
+
+def plan_qdq(model: onnx.ModelProto, *, op_types: Iterable[str] = ("Conv",), exclude_nodes: Iterable[str] = (),
+             quantize_outputs: bool = False, rules: Mapping[str, OpRule] = RULES) -> QdqPlan:
+    """Decide Q/DQ positions for every node of `op_types` not in `exclude_nodes`.
+
+    The model needs inferred shapes (value_info) so activation types are known.
+    """
+    op_types, excluded = set(op_types), set(exclude_nodes)
+    initializers = {i.name for i in model.graph.initializer}
+    floats = float_tensors(model)
+    consumers: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    for node in model.graph.node:
+        for index, name in enumerate(node.input):
+            consumers[name].append((node.name, index))
+    graph_outputs = {o.name for o in model.graph.output}
+    nodes_by_name = {n.name: n for n in model.graph.node}
+    planned = []
+    for node in model.graph.node:
+        if node.op_type not in op_types or node.name in excluded or node.op_type not in rules:
+            continue
+        rule = rules[node.op_type]
+        weights = tuple((i, axis) for i, axis in rule.weights if i < len(node.input) and node.input[i] in initializers)
+        if len(weights) != len(rule.weights):
+            continue  # weights computed at run time: leave the node in float
+        inputs = tuple((node.input[i], i) for i in rule.activations
+                       if i < len(node.input) and node.input[i] in floats and node.input[i] not in initializers)
+        if len(inputs) != len(rule.activations):
+            continue
+        output, readers = None, ()
+        if quantize_outputs or rule.output:
+            tensor, tensor_readers = node.output[0], consumers[node.output[0]]
+            if len(tensor_readers) == 1 and nodes_by_name[tensor_readers[0][0]].op_type in FUSED_ACTIVATIONS:
+                tensor = nodes_by_name[tensor_readers[0][0]].output[0]
+                tensor_readers = consumers[tensor]
+            if tensor not in graph_outputs and tensor_readers:
+                output, readers = tensor, tuple(tensor_readers)
+        planned.append(NodeQuant(node.name, inputs, weights, output, readers))
+    return QdqPlan(tuple(planned))
+
+
+def quantize_weight(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel symmetric INT8: returns (int8 values, float32 scale per channel)."""
+    moved = np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1)
+    amax = np.abs(moved).max(axis=1)
+    scale = np.where(amax > 0, amax / INT8_MAX, 1.0).astype(np.float32)
+    shape = [1] * weight.ndim
+    shape[axis] = -1
+    values = np.clip(np.round(weight / scale.reshape(shape)), -INT8_MAX, INT8_MAX).astype(np.int8)
+    return values, scale
+
+
+def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, amax: Mapping[str, float]) -> onnx.ModelProto:
+    """Return a copy of `model` with symmetric INT8 Q/DQ pairs where `plan` says.
+
+    Activations: one Q/DQ pair per tensor (scale amax/127, zero point 0), shared by every
+    planned consumer; other consumers keep reading the float tensor. Weights: stored as INT8
+    initializers behind a per-channel DequantizeLinear.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    nodes = {n.name: n for n in graph.node}
+    initializers = {i.name: i for i in graph.initializer}
+    new_nodes: dict[str, list[onnx.NodeProto]] = defaultdict(list)  # inserted before the named consumer
+    new_inits: list[onnx.TensorProto] = []
+
+    for tensor, consumers in plan.activation_readers().items():
+        scale = max(float(amax[tensor]), 1e-8) / INT8_MAX
+        base = _safe(tensor)
+        new_inits += [numpy_helper.from_array(np.array(scale, np.float32), f"{base}__scale"),
+                      numpy_helper.from_array(np.array(0, np.int8), f"{base}__zero")]
+        q = helper.make_node("QuantizeLinear", [tensor, f"{base}__scale", f"{base}__zero"], [f"{base}__q"], name=f"{base}__Q")
+        dq = helper.make_node("DequantizeLinear", [f"{base}__q", f"{base}__scale", f"{base}__zero"], [f"{base}__dq"],
+                              name=f"{base}__DQ")
+        for node_name, index in consumers:
+            nodes[node_name].input[index] = f"{base}__dq"
+        new_nodes[consumers[0][0]].extend([q, dq])
+
+    weights = [(n.node, index, axis) for n in plan.nodes for index, axis in n.weights]
+    for node_name, index, axis in weights:
+        node = nodes[node_name]
+        weight_name = node.input[index]
+        values, scale = quantize_weight(numpy_helper.to_array(initializers[weight_name]), axis)
+        base = _safe(f"{node_name}_{weight_name}")
+        new_inits += [numpy_helper.from_array(values, f"{base}__int8"),
+                      numpy_helper.from_array(scale, f"{base}__wscale"),
+                      numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{base}__wzero")]
+        new_nodes[node_name].append(helper.make_node(
+            "DequantizeLinear", [f"{base}__int8", f"{base}__wscale", f"{base}__wzero"], [f"{base}__wdq"],
+            name=f"{base}__WDQ", axis=axis))
+        node.input[index] = f"{base}__wdq"
+
+    graph.initializer.extend(new_inits)
+    _place_nodes(graph, new_nodes)
+    _drop_unused_initializers(graph)
+    return out
+
+
+def _place_nodes(graph: onnx.GraphProto, before: dict) -> None:
+    """Insert new nodes right before their anchor, then restore topological order."""
+    ordered = []
+    for node in graph.node:
+        ordered.extend(before.get(node.name, ()))
+        ordered.append(node)
+    del graph.node[:]
+    graph.node.extend(topological_order(ordered, {i.name for i in graph.input} | {i.name for i in graph.initializer}))
+
+
+def topological_order(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
+    ready, pending, done = set(available) | {""}, list(nodes), []
+    while pending:
+        remaining = []
+        for node in pending:
+            if all(i in ready for i in node.input):
+                done.append(node)
+                ready.update(node.output)
+            else:
+                remaining.append(node)
+        if len(remaining) == len(pending):
+            raise ValueError(f"graph has a cycle or a missing input near {remaining[0].name}")
+        pending = remaining
+    return done
+
+
+def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    keep = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+
+
+def _safe(name: str) -> str:
+    return name.replace("/", "_").replace(":", "_")

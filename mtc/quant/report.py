@@ -1,0 +1,129 @@
+"""The human-readable quantization report: one self-contained HTML page (inline SVG and PNG)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+
+import numpy as np
+
+from mtc.quant.checks import CheckResult
+
+COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+
+
+def line_chart(series: dict[str, list[float]], *, title: str, y_label: str, limit: float | None = None,
+               width: int = 640, height: int = 220) -> str:
+    """An SVG line chart of per-frame values, with the gate as a dashed line."""
+    pad_l, pad_b, pad_t = 48, 28, 24
+    values = [v for s in series.values() for v in s if np.isfinite(v)]
+    top = max(values + ([limit] if limit is not None else []) + [1e-9]) * 1.1
+    frames = max((len(s) for s in series.values()), default=1)
+    sx = (width - pad_l - 10) / max(frames - 1, 1)
+    sy = (height - pad_b - pad_t) / top
+
+    def point(i, v):
+        return f"{pad_l + i * sx:.1f},{height - pad_b - min(v, top) * sy:.1f}"
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-size="11">',
+             f'<text x="{pad_l}" y="14" font-weight="bold">{html.escape(title)}</text>',
+             f'<line x1="{pad_l}" y1="{height - pad_b}" x2="{width - 10}" y2="{height - pad_b}" stroke="#444"/>',
+             f'<line x1="{pad_l}" y1="{pad_t}" x2="{pad_l}" y2="{height - pad_b}" stroke="#444"/>',
+             f'<text x="4" y="{pad_t + 8}">{top:.2g}</text><text x="4" y="{height - pad_b}">0</text>',
+             f'<text x="{width // 2}" y="{height - 6}">frame</text>',
+             f'<text x="{pad_l + 4}" y="{pad_t + 8}" fill="#666">{html.escape(y_label)}</text>']
+    if limit is not None:
+        y = height - pad_b - limit * sy
+        parts.append(f'<line x1="{pad_l}" y1="{y:.1f}" x2="{width - 10}" y2="{y:.1f}" stroke="#d62728" stroke-dasharray="4 3"/>')
+        parts.append(f'<text x="{width - 80}" y="{y - 3:.1f}" fill="#d62728">gate {limit:g}</text>')
+    for k, (name, values) in enumerate(series.items()):
+        color = COLORS[k % len(COLORS)]
+        points = " ".join(point(i, v if np.isfinite(v) else top) for i, v in enumerate(values))
+        parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{points}"/>')
+        parts.append(f'<text x="{width - 200}" y="{pad_t + 12 * (k + 1)}" fill="{color}">{html.escape(name)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def bar_chart(values: dict[str, float], *, title: str, highlight: set[str] = frozenset(), width: int = 640,
+              bar: int = 14) -> str:
+    """Horizontal bars, largest first; highlighted bars (layers kept in float) in red."""
+    items = sorted(values.items(), key=lambda kv: -kv[1])
+    top = max([v for _, v in items] + [1e-9])
+    height = 30 + bar * len(items)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-size="10">',
+             f'<text x="4" y="14" font-weight="bold">{html.escape(title)}</text>']
+    for i, (name, value) in enumerate(items):
+        y = 22 + i * bar
+        length = (width - 230) * value / top
+        color = "#d62728" if name in highlight else "#1f77b4"
+        parts.append(f'<text x="4" y="{y + 10}">{html.escape(name[:24])}</text>')
+        parts.append(f'<rect x="160" y="{y}" width="{length:.1f}" height="{bar - 3}" fill="{color}"/>')
+        parts.append(f'<text x="{165 + length:.1f}" y="{y + 10}">{value:.3f}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def diff_image(diff: np.ndarray) -> str:
+    """|alpha difference| as an inline PNG (white = 1.0 difference), scaled so faint errors show."""
+    from PIL import Image
+
+    scaled = np.clip(diff * 4.0, 0.0, 1.0)
+    image = Image.fromarray((scaled * 255).astype(np.uint8))
+    image.thumbnail((480, 480))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return f'<img alt="alpha difference" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}"/>'
+
+
+def render_html(report: dict, check: CheckResult) -> str:
+    status = "PASSED" if check.passed else "FAILED"
+    color = "#2ca02c" if check.passed else "#d62728"
+    rows = "".join(
+        f"<tr><td>{html.escape(c.name)}</td><td>{c.resolution}</td><td>{c.downsample_ratio}</td>"
+        f"<td>{c.mad:.3f}</td><td>{c.mse:.4f}</td><td>{c.grad:.3f}</td><td>{c.dtssd:.3f}</td>"
+        f"<td>{len(c.nonfinite_frames)}</td></tr>" for c in check.clips)
+    sections = [
+        f"<h1>{html.escape(report['model'])} / {html.escape(report['variant'])}: {report['precision'].upper()} "
+        f"<span style='color:{color}'>{status}</span></h1>",
+        f"<p>Gates vs FP32: MAD ≤ {check.gates.max_mad}, dtSSD ≤ {check.gates.max_dtssd} on every check clip."
+        + ("".join(f"<br><b>{html.escape(f)}</b>" for f in check.failures)) + "</p>",
+        "<table border=1 cellpadding=4><tr><th>clip</th><th>size</th><th>ratio</th><th>MAD ×1e3</th><th>MSE ×1e3</th>"
+        f"<th>Grad</th><th>dtSSD ×1e2</th><th>NaN/Inf frames</th></tr>{rows}</table>",
+    ]
+    speed = report.get("speed")
+    if speed:
+        sections.append(f"<p>ONNX Runtime CPU, {html.escape(speed['clip'])}: {speed['fps']:.1f} FPS vs FP32 "
+                        f"{speed['fps_fp32']:.1f} FPS (×{speed['speedup']:.2f}; indicative, see benchmarks/).</p>")
+    for c in check.clips:
+        limit_mad, limit_dt = check.gates.max_mad, check.gates.max_dtssd
+        sections.append(f"<h2>{html.escape(c.name)} ({c.resolution}, ratio {c.downsample_ratio})</h2>")
+        sections.append(line_chart({"MAD ×1e3": c.mad_per_frame}, title="per-frame MAD vs FP32", y_label="MAD", limit=limit_mad))
+        sections.append(line_chart({"dtSSD ×1e2": c.dtssd_per_frame}, title="per-frame dtSSD vs FP32", y_label="dtSSD",
+                                   limit=limit_dt))
+        sections.append(f"<p>Worst frame {c.worst_frame}: |alpha − FP32 alpha| ×4</p>{diff_image(c.worst_diff)}")
+    int8 = report.get("int8")
+    if int8:
+        sections.append(f"<h2>INT8 layers</h2><p>{int8['int8_layers']} of {int8['quantized_layers']} layers in INT8 "
+                        f"(ranges: {html.escape(int8['method'])}); kept in float: "
+                        f"{html.escape(', '.join(int8['fallback_layers']) or 'none')}.</p>")
+    if report.get("sensitivity"):
+        fallback = set(int8["fallback_layers"]) if int8 else set()
+        scores = {k: v["mad"] + v["dtssd"] for k, v in report["sensitivity"].items()}
+        sections.append(bar_chart(dict(sorted(scores.items(), key=lambda kv: -kv[1])[:40]),
+                                  title="per-layer sensitivity: MAD + dtSSD with only that layer in INT8 (red: kept in float)",
+                                  highlight=fallback))
+    if report.get("fallback_steps"):
+        steps = "".join(f"<tr><td>{s['float_layers']}</td><td>{s['mad']:.3f}</td><td>{s['dtssd']:.3f}</td>"
+                        f"<td>{'pass' if s['passed'] else 'fail'}</td></tr>" for s in report["fallback_steps"])
+        sections.append("<h2>Fallback search</h2><table border=1 cellpadding=4><tr><th>layers in float</th>"
+                        f"<th>worst MAD</th><th>worst dtSSD</th><th>gates</th></tr>{steps}</table>")
+    if report.get("fp16"):
+        kept = report["fp16"]["kept_fp32"]
+        sections.append(f"<h2>FP16</h2><p>Peak activation {report['fp16']['peak_activation']:.4g}; kept in FP32 "
+                        f"(measured overflow risk): {html.escape(', '.join(kept) or 'none')}.</p>")
+    body = "\n".join(sections)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>mtc report</title>"
+            f"<style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}}td,th{{font-size:13px}}</style>"
+            f"</head><body>{body}</body></html>\n")

@@ -1,0 +1,238 @@
+"""Quantization: placement structure on small graphs, ranges, FP16, gates and fallback."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from mtc.manifest import MANIFEST_NAME, Manifest, ModelIO, Preprocess, TensorSpec, file_entry
+from mtc.quant.config import Gates, Int8Config
+from mtc.quant.fp16 import convert_to_fp16, overflow_prone_nodes
+from mtc.quant.pipeline import DataPlan, quantize_artifact
+from mtc.quant.qdq import insert_qdq, plan_qdq
+from mtc.quant.ranges import TensorStats, threshold
+
+RNG = np.random.default_rng(0)
+
+
+def _conv(name, x, y, cin, cout, k=3, group=1, scale=0.3, weights=None):
+    w = weights if weights is not None else (RNG.standard_normal((cout, cin // group, k, k)) * scale).astype(np.float32)
+    init = numpy_helper.from_array(w, f"{name}_w")
+    bias = numpy_helper.from_array(np.zeros(cout, np.float32), f"{name}_b")
+    node = helper.make_node("Conv", [x, f"{name}_w", f"{name}_b"], [y], name=name, pads=[k // 2] * 4, group=group)
+    return node, [init, bias]
+
+
+def _model(nodes, inits, inputs, outputs):
+    graph = helper.make_graph(nodes, "toy", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return onnx.shape_inference.infer_shapes(model)
+
+
+def _toy_chain():
+    """x -> conv1 -> relu -> depthwise conv2 -> conv3 -> y; plus a Resize whose scales are computed."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    n1, i1 = _conv("conv1", "x", "a", 3, 8)
+    relu = helper.make_node("Relu", ["a"], ["a_relu"], name="relu1")
+    n2, i2 = _conv("conv2", "a_relu", "b", 8, 8, group=8)
+    n3, i3 = _conv("conv3", "b", "c", 8, 4, k=1)
+    scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+    resize = helper.make_node("Resize", ["c", "", "scales"], ["y"], name="up", mode="linear")
+    return _model([n1, relu, n2, n3, resize], i1 + i2 + i3 + [scales], [x], [y])
+
+
+def _run(model, feeds):
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)[0]
+
+
+def _ops(model):
+    return [n.op_type for n in model.graph.node]
+
+
+# ---- placement structure -------------------------------------------------------------------
+
+
+def test_tensorrt_placement_quantizes_conv_inputs_and_weights_only():
+    model = _toy_chain()
+    plan = plan_qdq(model, quantize_outputs=False)
+    assert plan.node_names == ["conv1", "conv2", "conv3"]
+    q = insert_qdq(model, plan, {t: 4.0 for t in plan.activation_tensors()})
+    producers = {o: n for n in q.graph.node for o in n.output}
+    for conv in (n for n in q.graph.node if n.op_type == "Conv"):
+        assert producers[conv.input[0]].op_type == "DequantizeLinear"  # activation via Q/DQ
+        weight_dq = producers[conv.input[1]]
+        assert weight_dq.op_type == "DequantizeLinear" and helper.get_attribute_value(weight_dq.attribute[0]) == 0
+        weight = next(i for i in q.graph.initializer if i.name == weight_dq.input[0])
+        assert weight.data_type == TensorProto.INT8
+        scales = next(i for i in q.graph.initializer if i.name == weight_dq.input[1])
+        assert list(scales.dims) == [numpy_helper.to_array(weight).shape[0]]  # per output channel
+    assert _ops(q).count("QuantizeLinear") == 3
+    # The Resize and its scales stay float: nothing but convs was touched.
+    resize = next(n for n in q.graph.node if n.op_type == "Resize")
+    assert producers[resize.input[0]].op_type == "Conv"
+    assert all(z.data_type == TensorProto.INT8 for z in q.graph.initializer if z.name.endswith("__zero"))
+
+
+def test_speed_placement_puts_output_qdq_after_the_fused_relu():
+    model = _toy_chain()
+    plan = plan_qdq(model, quantize_outputs=True)
+    conv1 = next(n for n in plan.nodes if n.node == "conv1")
+    assert conv1.output == "a_relu"  # after the Relu, so Conv+Relu fuses to one integer kernel
+    q = insert_qdq(model, plan, {t: 4.0 for t in plan.activation_tensors()})
+    producers = {o: n for n in q.graph.node for o in n.output}
+    relu = next(n for n in q.graph.node if n.op_type == "Relu")
+    assert producers[relu.input[0]].op_type == "Conv"  # no Q/DQ between conv and relu
+    # conv3 feeds the Resize: its output is quantized too, the Resize reads the dequantized copy.
+    resize = next(n for n in q.graph.node if n.op_type == "Resize")
+    assert producers[resize.input[0]].op_type == "DequantizeLinear"
+
+
+def test_qdq_model_stays_close_to_float_and_excluded_nodes_stay_float():
+    model = _toy_chain()
+    x = RNG.random((1, 3, 16, 16), dtype=np.float32)
+    reference = _run(model, {"x": x})
+    plan = plan_qdq(model, quantize_outputs=True, exclude_nodes=["conv2"])
+    assert "conv2" not in plan.node_names
+    amax = {t: float(np.abs(_tensor(model, t, x)).max()) for t in plan.activation_tensors()}
+    quantized = _run(insert_qdq(model, plan, amax), {"x": x})
+    assert np.abs(quantized - reference).max() < 0.05 * np.abs(reference).max()
+    assert np.abs(quantized - reference).max() > 0  # it really is quantized
+
+
+def _tensor(model, name, x):
+    from mtc.quant.ranges import expose_tensors
+
+    augmented = expose_tensors(model, [name])
+    session = ort.InferenceSession(augmented.SerializeToString(), providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, {"x": x})))[name]
+
+
+# ---- ranges --------------------------------------------------------------------------------
+
+
+def test_range_methods_on_data_with_an_outlier():
+    stats = TensorStats()
+    data = RNG.standard_normal(200_000).astype(np.float32)
+    stats.update(data[:1000])
+    stats.update(data[1000:])  # histogram grows as larger values arrive
+    stats.update(np.array([40.0], np.float32))
+    assert stats.hist.sum() == stats.count == 200_001
+    assert threshold(stats, "minmax") == pytest.approx(40.0)
+    p = threshold(stats, "percentile", percentile=99.99)
+    assert 3.0 < p < 6.0
+    for method in ("entropy", "mse"):
+        value = threshold(stats, method)
+        assert 1.0 < value < 40.0, method
+
+
+# ---- FP16 ----------------------------------------------------------------------------------
+
+
+def _norm_model():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    n1, i1 = _conv("conv", "x", "a", 4, 4, scale=1.0)
+    gamma = numpy_helper.from_array(np.ones(4, np.float32), "g")
+    beta = numpy_helper.from_array(np.zeros(4, np.float32), "b")
+    norm = helper.make_node("InstanceNormalization", ["a", "g", "b"], ["n"], name="norm")
+    scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+    resize = helper.make_node("Resize", ["n", "", "scales"], ["y"], name="up", mode="linear")
+    return _model([n1, norm, resize], i1 + [gamma, beta, scales], [x], [y])
+
+
+def test_fp16_keeps_io_types_and_the_measured_overflow_risk_in_fp32():
+    model = _norm_model()
+    big = {"a": 500.0, "n": 3.0, "y": 3.0}  # 500^2 overflows an FP16 variance
+    keep = overflow_prone_nodes(model, big)
+    assert keep == ["norm"]
+    half = convert_to_fp16(model, keep_fp32=keep)
+    assert half.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert half.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    conv_weight = next(i for i in half.graph.initializer if i.name == "conv_w__fp16")
+    assert conv_weight.data_type == TensorProto.FLOAT16
+    resize = next(n for n in half.graph.node if n.op_type == "Resize")
+    assert resize.input[2] == "scales"  # Resize scales stay float32, as the spec requires
+    x = (RNG.random((1, 4, 8, 8), dtype=np.float32) * 100).astype(np.float32)
+    np.testing.assert_allclose(_run(half, {"x": x}), _run(model, {"x": x}), atol=2e-2, rtol=1e-2)
+    assert overflow_prone_nodes(model, {"a": 5.0, "n": 3.0}) == []
+
+
+# ---- gates and fallback on a toy matting artifact ------------------------------------------
+
+
+def _toy_artifact(folder):
+    """A matting model where one layer's input has a huge, useless channel: per-tensor INT8 on
+    that input wipes out the useful channels, so exactly that layer must fall back."""
+    src = helper.make_tensor_value_info("src", TensorProto.FLOAT, [1, 3, "h", "w"])
+    alpha = helper.make_tensor_value_info("pha", TensorProto.FLOAT, [1, 1, "h", "w"])
+    w1 = (RNG.standard_normal((8, 3, 3, 3)) * 0.5).astype(np.float32)
+    w1[7] *= 400.0  # channel 7: enormous activations
+    w2 = (RNG.standard_normal((8, 8, 3, 3)) * 0.3).astype(np.float32)
+    w2[:, 7] = 0.0  # ... that nothing downstream uses
+    n1, i1 = _conv("conv1", "src", "a", 3, 8, weights=w1)
+    relu = helper.make_node("Relu", ["a"], ["a_relu"], name="relu1")
+    n2, i2 = _conv("conv2", "a_relu", "b", 8, 8, weights=w2)
+    n3, i3 = _conv("conv3", "b", "c", 8, 1, k=1)
+    sig = helper.make_node("Sigmoid", ["c"], ["pha"], name="sig")
+    model = _model([n1, relu, n2, n3, sig], i1 + i2 + i3, [src], [alpha])
+    folder.mkdir()
+    onnx.save(model, str(folder / "model.onnx"))
+    io = ModelIO(inputs=(TensorSpec("src", "image", shape=(1, 3, "h", "w")),),
+                 outputs=(TensorSpec("pha", "alpha", shape=(1, 1, "h", "w")),), preprocess=Preprocess())
+    manifest = Manifest(model="toy", variant="v", task="image_matting", license="MIT", model_file="model.onnx", io=io,
+                        files={"model.onnx": file_entry(folder / "model.onnx")})
+    (folder / MANIFEST_NAME).write_text(manifest.to_json())
+    return folder
+
+
+SMALL = DataPlan(calib_frames=6, check_frames=6, settings=((64, 48, None),))
+
+
+def test_fallback_moves_exactly_the_layer_that_needs_it(tmp_path):
+    source = _toy_artifact(tmp_path / "toy")
+    gates = Gates(max_mad=5.0, max_dtssd=5.0)
+    outcome = quantize_artifact(source, tmp_path / "int8", precision="int8",
+                                config=Int8Config(method="minmax"), gates=gates, data=SMALL)
+    all_int8 = outcome.report["int8"]["all_int8_check"]
+    assert not all_int8["passed"]  # the case is built to need fallback
+    assert outcome.passed
+    assert outcome.report["int8"]["fallback_layers"] == ["conv2"]
+    assert max(c.mad for c in outcome.check.clips) < min(c["mad"] for c in all_int8["clips"])
+    manifest = json.loads((tmp_path / "int8" / MANIFEST_NAME).read_text())
+    assert manifest["precision"]["mode"] == "int8" and manifest["precision"]["excluded_nodes"] == ["conv2"]
+    html = (tmp_path / "int8" / "report.html").read_text()
+    assert "<svg" in html and "conv2" in html and "data:image/png;base64" in html
+
+    import mtc.runtime
+
+    session = mtc.runtime.load(tmp_path / "int8")
+    assert session.process(np.zeros((48, 64, 3), np.uint8)).alpha.shape == (48, 64)
+
+
+def test_gate_failure_exits_nonzero_writes_report_and_no_artifact(tmp_path):
+    source = _toy_artifact(tmp_path / "toy")
+    out = tmp_path / "int8"
+    result = subprocess.run([sys.executable, "-m", "mtc", "quantize", str(source), "-o", str(out), "--int8",
+                             "--no-fallback", "--max-mad", "0.0001", "--calib-frames", "4"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1
+    assert "fails its gates" in result.stderr and "Traceback" not in result.stderr
+    assert (out / "report.json").exists() and (out / "report.html").exists() and (out / "rejected.onnx").exists()
+    assert not (out / MANIFEST_NAME).exists()
+    assert json.loads((out / "report.json").read_text())["passed"] is False
+
+
+def test_quantizing_a_quantized_artifact_is_refused(tmp_path):
+    from mtc.errors import MtcError
+
+    source = _toy_artifact(tmp_path / "toy")
+    quantize_artifact(source, tmp_path / "fp16", precision="fp16", data=SMALL, gates=Gates(None, None))
+    with pytest.raises(MtcError, match="already fp16"):
+        quantize_artifact(tmp_path / "fp16", tmp_path / "again", precision="int8", data=SMALL)
