@@ -236,3 +236,23 @@ def test_quantizing_a_quantized_artifact_is_refused(tmp_path):
     quantize_artifact(source, tmp_path / "fp16", precision="fp16", data=SMALL, gates=Gates(None, None))
     with pytest.raises(MtcError, match="already fp16"):
         quantize_artifact(tmp_path / "fp16", tmp_path / "again", precision="int8", data=SMALL)
+
+
+def test_affine_correction_reduces_quantization_error_at_zero_cost():
+    from mtc.quant.affine import apply_corrections, fit_corrections
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 12, 12])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    node, inits = _conv("conv", "x", "y", 4, 6)
+    model = _model([node], inits, [x], [y])
+    plan = plan_qdq(model)
+    feeds = [{"x": (RNG.random((1, 4, 12, 12), dtype=np.float32) * 2.0)} for _ in range(8)]
+    amax = {"x": 1.2}  # clips the top of the [0, 2) inputs: a systematic, per-channel bias
+    plain = insert_qdq(model, plan, amax)
+    corrected = apply_corrections(plain, fit_corrections(model, plan, amax, feeds))
+    assert _ops(corrected) == _ops(plain)  # folded into scales and bias: no extra nodes
+    test = {"x": RNG.random((1, 4, 12, 12), dtype=np.float32) * 2.0}
+    reference = _run(model, test)
+    error_plain = np.abs(_run(plain, test) - reference).mean()
+    error_corrected = np.abs(_run(corrected, test) - reference).mean()
+    assert error_corrected < 0.8 * error_plain

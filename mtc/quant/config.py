@@ -36,6 +36,8 @@ class Int8Config:
             backends run integer kernels end to end instead of float convs on
             dequantized inputs; TensorRT fuses either form.
         exclude_nodes: nodes kept in float from the start.
+        affine_correction: fit a per-channel gamma/beta against FP32 and fold it into the
+            weight scales and biases (mtc.quant.affine; zero inference cost).
         fallback: let the gates move the most sensitive layers back to float.
         max_fallback_fraction: give up (fail) rather than keep more than this share in float.
     """
@@ -45,6 +47,7 @@ class Int8Config:
     op_types: tuple[str, ...] = ("Conv",)
     quantize_outputs: bool = True
     exclude_nodes: tuple[str, ...] = ()
+    affine_correction: bool = True
     fallback: bool = True
     max_fallback_fraction: float = 0.5
 

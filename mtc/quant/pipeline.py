@@ -22,6 +22,7 @@ import onnx
 from mtc.errors import MtcError
 from mtc.fsutil import atomic_dir, atomic_write_text
 from mtc.manifest import MANIFEST_NAME, REPORT_NAME, Manifest, Precision, file_entry, read_manifest, sha256_file
+from mtc.quant.affine import apply_corrections, fit_corrections
 from mtc.quant.calibration import BUILTIN, Clip, load_clips, record_feeds
 from mtc.quant.checks import CheckResult, ReferenceAlphas
 from mtc.quant.config import Gates, Int8Config
@@ -135,10 +136,21 @@ def _int8(model, io, feeds, reference, config: Int8Config, gates: Gates, timings
     amax = {name: threshold(s, config.method, percentile=config.percentile) for name, s in stats.items()}
     timings["calibrate_s"] = time.perf_counter() - started
 
+    corrections = {}
+    if config.affine_correction:
+        started = time.perf_counter()
+        corrections = fit_corrections(model, plan, amax, feeds)
+        timings["affine_s"] = time.perf_counter() - started
+
+    def build(subplan):
+        chosen = set(subplan.node_names)
+        return apply_corrections(insert_qdq(model, subplan, amax), {k: v for k, v in corrections.items() if k in chosen})
+
     started = time.perf_counter()
-    first = reference.check(OrtBackend(insert_qdq(model, plan, amax).SerializeToString()), gates)
+    first = reference.check(OrtBackend(build(plan).SerializeToString()), gates)
     timings["check_s"] = time.perf_counter() - started
     details = {"int8": {"method": config.method, "quantize_outputs": config.quantize_outputs,
+                        "affine_correction": config.affine_correction,
                         "op_types": list(config.op_types), "quantized_layers": len(plan.nodes),
                         "all_int8_check": first.to_dict()}}
     final_plan, check, fallback = plan, first, []
@@ -148,10 +160,10 @@ def _int8(model, io, feeds, reference, config: Int8Config, gates: Gates, timings
         probe = ReferenceAlphas(io, OrtBackend(model.SerializeToString()), reference.clips[:1])
         probe.alphas = reference.alphas[:1]
         with frame_progress("layer sensitivity", total=len(plan.nodes)) as advance:
-            sensitivity = layer_sensitivity(model, plan, amax, _shorter(probe, 12), progress=advance)
+            sensitivity = layer_sensitivity(build, plan, _shorter(probe, 12), progress=advance)
         timings["sensitivity_s"] = time.perf_counter() - started
         started = time.perf_counter()
-        result = fallback_until_gates_pass(model, plan, amax, reference, gates, sensitivity,
+        result = fallback_until_gates_pass(build, plan, reference, gates, sensitivity,
                                            max_fraction=config.max_fallback_fraction)
         timings["fallback_s"] = time.perf_counter() - started
         final_plan, check, fallback = result.plan, result.check, result.fallback_nodes
@@ -159,7 +171,7 @@ def _int8(model, io, feeds, reference, config: Int8Config, gates: Gates, timings
         details["fallback_steps"] = result.steps
     details["int8"]["fallback_layers"] = fallback
     details["int8"]["int8_layers"] = len(final_plan.nodes)
-    return insert_qdq(model, final_plan, amax), check, details
+    return build(final_plan), check, details
 
 
 def _shorter(probe: ReferenceAlphas, frames: int) -> ReferenceAlphas:

@@ -180,10 +180,10 @@ def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, amax: Mapping[str, float])
         values, scale = quantize_weight(numpy_helper.to_array(initializers[weight_name]), axis)
         base = _safe(f"{node_name}_{weight_name}")
         new_inits += [numpy_helper.from_array(values, f"{base}__int8"),
-                      numpy_helper.from_array(scale, f"{base}__wscale"),
+                      numpy_helper.from_array(scale, weight_scale_name(node)),
                       numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{base}__wzero")]
         new_nodes[node_name].append(helper.make_node(
-            "DequantizeLinear", [f"{base}__int8", f"{base}__wscale", f"{base}__wzero"], [f"{base}__wdq"],
+            "DequantizeLinear", [f"{base}__int8", weight_scale_name(node), f"{base}__wzero"], [f"{base}__wdq"],
             name=f"{base}__WDQ", axis=axis))
         node.input[index] = f"{base}__wdq"
 
@@ -191,6 +191,11 @@ def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, amax: Mapping[str, float])
     _place_nodes(graph, new_nodes)
     _drop_unused_initializers(graph)
     return out
+
+
+def weight_scale_name(node: onnx.NodeProto) -> str:
+    """Name of the per-channel scale of `node`'s quantized weight (what corrections fold into)."""
+    return f"{_safe(node.name)}__wscale"
 
 
 def _place_nodes(graph: onnx.GraphProto, before: dict) -> None:

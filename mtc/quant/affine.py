@@ -1,0 +1,115 @@
+"""Affine correction: a training-free take on PTQ4VM's Global Affine Calibration.
+
+PTQ4VM learns a scalar y = gamma * conv_q(x) + beta per layer and folds it into the weights. We
+fit one (gamma, beta) per output channel in closed form instead: least squares of the FP32
+conv output on the output of a quantized copy of the same conv fed the same FP32 input, over
+the calibration frames. Fitting each layer in isolation (rather than with all layers quantized)
+keeps every correction valid for any subset of layers, which the fallback search needs. With
+per-channel symmetric weights the fold is exact: gamma scales that channel's dequantization
+scale, and the bias becomes gamma * b + beta. Inference cost: zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from mtc.quant.qdq import NodeQuant, QdqPlan, insert_qdq, weight_scale_name
+from mtc.quant.ranges import expose_tensors
+from mtc.runtime.backends import OrtBackend
+
+GAMMA_LIMITS = (0.5, 2.0)  # a correction outside this range means the fit is not to be trusted
+
+
+class _ChannelFit:
+    """Streaming sufficient statistics for y_fp ~ gamma * y_q + beta, per channel."""
+
+    def __init__(self, channels: int):
+        self.n = 0
+        self.sq = np.zeros(channels)
+        self.sqq = np.zeros(channels)
+        self.sf = np.zeros(channels)
+        self.sqf = np.zeros(channels)
+
+    def update(self, quantized: np.ndarray, reference: np.ndarray) -> None:
+        q = np.moveaxis(quantized, 1, 0).reshape(quantized.shape[1], -1).astype(np.float64)
+        f = np.moveaxis(reference, 1, 0).reshape(reference.shape[1], -1).astype(np.float64)
+        self.n += q.shape[1]
+        self.sq += q.sum(1)
+        self.sqq += (q * q).sum(1)
+        self.sf += f.sum(1)
+        self.sqf += (q * f).sum(1)
+
+    def solve(self) -> tuple[np.ndarray, np.ndarray]:
+        mean_q, mean_f = self.sq / self.n, self.sf / self.n
+        var_q = self.sqq / self.n - mean_q ** 2
+        cov = self.sqf / self.n - mean_q * mean_f
+        gamma = np.where(var_q > 1e-12, cov / np.maximum(var_q, 1e-12), 1.0)
+        gamma = np.where((gamma >= GAMMA_LIMITS[0]) & (gamma <= GAMMA_LIMITS[1]), gamma, 1.0)
+        beta = mean_f - gamma * mean_q
+        return gamma.astype(np.float32), beta.astype(np.float32)
+
+
+PROBE = "__probe"
+
+
+def probe_model(fp32: onnx.ModelProto, plan: QdqPlan, amax: dict[str, float]) -> onnx.ModelProto:
+    """The FP32 graph plus, for each planned Conv, a quantized copy reading the same FP32 input."""
+    model = onnx.ModelProto()
+    model.CopyFrom(fp32)
+    probes = []
+    for node in list(model.graph.node):
+        if node.op_type != "Conv" or node.name not in set(plan.node_names):
+            continue
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        copy.name, copy.output[:] = node.name + PROBE, [node.output[0] + PROBE]
+        model.graph.node.append(copy)
+        quant = next(n for n in plan.nodes if n.node == node.name)
+        probes.append(NodeQuant(copy.name, quant.inputs, quant.weights))
+    return insert_qdq(model, QdqPlan(tuple(probes)), amax)
+
+
+def fit_corrections(fp32: onnx.ModelProto, plan: QdqPlan, amax: dict[str, float],
+                    feeds: Iterable[dict[str, np.ndarray]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(gamma, beta) per output channel for every Conv in `plan`, each fitted in isolation."""
+    convs = [n for n in fp32.graph.node if n.op_type == "Conv" and n.name in set(plan.node_names)]
+    outputs = [t for n in convs for t in (n.output[0], n.output[0] + PROBE)]
+    runner = OrtBackend(expose_tensors(probe_model(fp32, plan, amax), outputs).SerializeToString(), optimization="basic")
+    fits: dict[str, _ChannelFit] = {}
+    for feed in feeds:
+        got = runner.run({k: v for k, v in feed.items() if k in runner.input_names})
+        for node in convs:
+            reference, quantized = got[node.output[0]], got[node.output[0] + PROBE]
+            fits.setdefault(node.name, _ChannelFit(reference.shape[1])).update(quantized, reference)
+    return {name: fit.solve() for name, fit in fits.items()}
+
+
+def apply_corrections(quantized: onnx.ModelProto, corrections: dict[str, tuple[np.ndarray, np.ndarray]]) -> onnx.ModelProto:
+    """Fold (gamma, beta) into the weight scales and biases of the quantized model (a new copy)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(quantized)
+    graph = out.graph
+    inits = {i.name: i for i in graph.initializer}
+    for node in graph.node:
+        if node.name not in corrections:
+            continue
+        gamma, beta = corrections[node.name]
+        scale_name = weight_scale_name(node)
+        if scale_name not in inits:
+            continue  # weights not quantized: nothing to fold into
+        scale = numpy_helper.to_array(inits[scale_name]) * gamma
+        inits[scale_name].CopyFrom(numpy_helper.from_array(scale.astype(np.float32), scale_name))
+        if len(node.input) > 2 and node.input[2] in inits:
+            bias = numpy_helper.to_array(inits[node.input[2]])
+            corrected_name = f"{node.name}__corrected_bias"  # biases may be shared with the FP32 graph elsewhere
+        else:
+            bias, corrected_name = np.zeros_like(beta), f"{node.name}__corrected_bias"
+        graph.initializer.append(numpy_helper.from_array((gamma * bias + beta).astype(np.float32), corrected_name))
+        while len(node.input) < 3:
+            node.input.append("")
+        node.input[2] = corrected_name
+    return out
