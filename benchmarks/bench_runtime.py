@@ -61,7 +61,7 @@ def ensure_artifact(path: Path | None) -> Path:
 def bench_case(artifact: Path, official: Path, width: int, height: int, ratio: float, rounds: int, block: int,
                threads: int) -> dict:
     frames = builtin_clip(ClipSpec(width=width, height=height, frames=block))
-    runtime = mtc.runtime.load(artifact, downsample_ratio=ratio, scene_cut_threshold=None, threads=threads,
+    runtime = mtc.runtime.load(artifact, backend="onnxruntime", downsample_ratio=ratio, scene_cut_threshold=None, threads=threads,
                                allow_spinning=False)
     plain = PlainRvm(official, threads)
     runners = {"mtc_runtime": lambda f: runtime.process(f), "plain_ort": lambda f: plain.process(f, ratio)}

@@ -3,32 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
-import re
 import statistics
-from datetime import datetime, timezone
 from pathlib import Path
 
+from mtc.bench.machine import machine_info as machine  # noqa: F401  (re-exported for the scripts)
+
 RESULTS = Path(__file__).with_name("RESULTS.md")
-
-
-def machine() -> dict:
-    """What the numbers were measured on, so they are never compared across machines by accident."""
-    cpu, flags = platform.processor() or "?", []
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        cpu = re.search(r"model name\s*:\s*(.*)", text)[1]
-        found = set(re.search(r"flags\s*:\s*(.*)", text)[1].split())
-        flags = sorted(found & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "fma"})
-    except (OSError, TypeError):
-        pass
-    import numpy
-    import onnxruntime
-
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "isa": flags, "python": platform.python_version(),
-            "numpy": numpy.__version__, "onnxruntime": onnxruntime.__version__,
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def summarize_times(seconds: list[float]) -> dict:

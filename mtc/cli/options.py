@@ -50,7 +50,10 @@ def build_gates(precision: str, max_mad: float | None, max_dtssd: float | None, 
 
     values = {"max_mad": DEFAULT_GATES[precision].max_mad, "max_dtssd": DEFAULT_GATES[precision].max_dtssd}
     if gates_file:
-        import tomllib
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            import tomli as tomllib
 
         try:
             data = tomllib.loads(open(gates_file, encoding="utf-8").read())

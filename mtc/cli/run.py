@@ -18,12 +18,19 @@ BUILTIN = "builtin"
               help="composite: over --background; alpha: the matte; foreground: RGBA (PNG, or .mov ProRes 4444 / .webm VP9).")
 @click.option("--background", default="green", show_default=True,
               help="Composite background: a colour (green, #RRGGBB, R,G,B) or an image file.")
+@click.option("--background-plate", "plate", type=click.Path(path_type=Path, dir_okay=False),
+              help="Picture of the scene without the subject, the size of the frames (BackgroundMattingV2).")
 @click.option("--ratio", type=float, help="Downsample ratio for recurrent models (default: auto, min(512/long side, 1)).")
-@click.option("--backend", default="auto", show_default=True, help="Execution backend.")
+@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "openvino", "tensorrt"]), default="auto",
+              show_default=True, help="Execution backend (auto: TensorRT, ORT-CUDA, OpenVINO, ORT-CPU, first present).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="OpenVINO inference precision (bf16 only when asked).")
+@click.option("--profile", "profiles", help="TensorRT profiles, e.g. hd,4k (default: one per frame size).")
 @click.option("--threads", type=int, help="Inference threads (default: all available cores).")
 @click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
-def run(folder: Path, input: str, output: Path, what: str, background: str, ratio: float | None, backend: str,
-        threads: int | None, force: bool) -> None:
+def run(folder: Path, input: str, output: Path, what: str, background: str, plate: Path | None, ratio: float | None,
+        backend: str,
+        precision: str, profiles: str | None, threads: int | None, force: bool) -> None:
     """Matte INPUT with the artifact in FOLDER and write OUTPUT.
 
     INPUT is an image, a folder of images, a video, or `builtin` for the built-in demo clip.
@@ -39,7 +46,12 @@ def run(folder: Path, input: str, output: Path, what: str, background: str, rati
     if output.exists() and not force and not (output.is_dir() and Path(input).is_dir()):
         raise MtcError(f"{output} already exists", hint="pass --force to overwrite it")
     renderer = make_renderer(what, background)
-    session = load(folder, backend=backend, downsample_ratio=ratio, threads=threads)
+    session = load(folder, backend=backend, downsample_ratio=ratio, threads=threads, precision=precision,
+                   profiles=profiles)
+    if plate is not None:
+        from mtc.runtime.media import read_image
+
+        session.set_background(read_image(plate))
     source = Path(input)
     if input == BUILTIN or is_video(source):
         stats = _run_video(session, input, output, renderer)

@@ -84,7 +84,7 @@ def give_unique_dim_names(model: onnx.ModelProto) -> dict[str, list[str]]:
         for dim in value.type.tensor_type.shape.dim:
             if dim.HasField("dim_param") or not dim.HasField("dim_value"):
                 base = dim.dim_param or f"d{len(names)}"
-                dim.dim_param = f"{value.name}_{base}"
+                dim.dim_param = base if base.startswith(f"{value.name}_") else f"{value.name}_{base}"
                 names.append(dim.dim_param)
         if names:
             renamed[value.name] = names

@@ -36,10 +36,16 @@ class ParityResult:
 
 
 def compare_on_frames(io: ModelIO, reference: Backend, candidate: Backend, frames: Sequence[np.ndarray], *,
-                      downsample_ratio: float | None = None, tolerance: float = 1e-5) -> ParityResult:
-    """Feed `frames` through both backends, each carrying its own recurrent state."""
+                      downsample_ratio: float | None = None, tolerance: float = 1e-5,
+                      background: np.ndarray | None = None) -> ParityResult:
+    """Feed `frames` through both backends, each carrying its own recurrent state.
+
+    `background` is the plate for models with a background input (the frames' size).
+    """
     sessions = [MattingSession(io, b, downsample_ratio=downsample_ratio, scene_cut_threshold=None)
                 for b in (reference, candidate)]
+    for session in sessions:
+        session.set_background(background)
     worst: dict[str, float] = {}
     for frame in frames:
         ref, cand = (s.step(frame) for s in sessions)

@@ -110,3 +110,63 @@ class TorchBackend:
         if not isinstance(outputs, (tuple, list)):
             outputs = (outputs,)
         return {name: out.numpy() for name, out in zip(self.output_names, outputs)}
+
+
+# Buffers that some official checkpoints lack because they were saved by a PyTorch that did
+# not have them yet (BatchNorm's counter appeared in 0.4.1). They play no part at inference.
+OPTIONAL_BUFFERS = ("num_batches_tracked",)
+
+
+def load_official_checkpoint(module, path: Path, *, strip_prefixes: Sequence[str] = ("module.",),
+                             optional_buffers: Sequence[str] = OPTIONAL_BUFFERS) -> None:
+    """`load_checkpoint`, but accepting checkpoints that lack `optional_buffers`.
+
+    Every other key must match by name and shape; mismatches are refused with the first few
+    listed, exactly as `load_checkpoint` does. Missing optional buffers keep the module's value.
+    """
+    state = read_state_dict(path, strip_prefixes=strip_prefixes)
+    expected = module.state_dict()
+    for key, value in expected.items():
+        if key not in state and key.rsplit(".", 1)[-1] in optional_buffers:
+            state[key] = value
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mis_shaped = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+                  if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or mis_shaped:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mis_shaped)):
+            if items:
+                shown = ", ".join(items[:MAX_LISTED_MISMATCHES])
+                more = f" (+{len(items) - MAX_LISTED_MISMATCHES} more)" if len(items) > MAX_LISTED_MISMATCHES else ""
+                parts.append(f"{len(items)} {label}: {shown}{more}")
+        raise MtcError(f"checkpoint {Path(path).name} does not fit {type(module).__name__}: " + "; ".join(parts),
+                       hint="pass the official checkpoint for this model and --variant")
+    module.load_state_dict(state, strict=True)
+
+
+def save_random_checkpoint(module, path: Path, *, prefix: str = "", seed: int = 0,
+                           drop_buffers: Sequence[str] = ()) -> Path:
+    """Save `module` with random weights in its own key layout, as a stand-in for an official file.
+
+    Norm layers get random affine parameters and running statistics (instead of the identity
+    they start with), so the network computes something non-trivial and parity checks exercise
+    every layer. `prefix` reproduces wrappers such as DataParallel's "module."; `drop_buffers`
+    leaves out buffers an old PyTorch would not have saved (e.g. "num_batches_tracked").
+    """
+    torch = require_torch()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for sub in module.modules():
+            if isinstance(sub, torch.nn.modules.batchnorm._BatchNorm):
+                n = sub.num_features
+                if sub.affine:
+                    sub.weight.copy_(torch.rand(n, generator=generator) * 0.5 + 0.75)
+                    sub.bias.copy_(torch.randn(n, generator=generator) * 0.1)
+                if sub.track_running_stats:
+                    sub.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
+                    sub.running_var.copy_(torch.rand(n, generator=generator) * 0.5 + 0.75)
+    state = {f"{prefix}{k}": v for k, v in module.state_dict().items() if k.rsplit(".", 1)[-1] not in drop_buffers}
+    path = Path(path)
+    torch.save(state, str(path))
+    return path

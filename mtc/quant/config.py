@@ -36,6 +36,9 @@ class Int8Config:
             backends run integer kernels end to end instead of float convs on
             dequantized inputs; TensorRT fuses either form.
         exclude_nodes: nodes kept in float from the start.
+        min_mac_share: quantize only layers holding at least this share of the model's
+            multiply-accumulates (0 = all). On CPU, a small layer costs more in Q/DQ
+            conversions than INT8 saves, and every quantized layer adds error.
         affine_correction: fit a per-channel gamma/beta against FP32 and fold it into the
             weight scales and biases (mtc.quant.affine; zero inference cost).
         fallback: let the gates move the most sensitive layers back to float.
@@ -47,15 +50,17 @@ class Int8Config:
     op_types: tuple[str, ...] = ("Conv",)
     quantize_outputs: bool = True
     exclude_nodes: tuple[str, ...] = ()
+    min_mac_share: float = 0.0
     affine_correction: bool = True
     fallback: bool = True
     max_fallback_fraction: float = 0.5
 
 
 PRESETS: dict[str, Int8Config] = {
-    # Integer kernels end to end on CPU backends; the gates decide what falls back.
-    "speed": Int8Config(),
-    # TensorRT/OpenVINO style: Q/DQ on conv inputs and weights only; the backend fuses outputs.
+    # CPU backends: integer kernels end to end for the layers that carry the compute (each
+    # holding >= 1.5% of the MACs); small and depthwise layers stay float.
+    "speed": Int8Config(min_mac_share=0.015),
+    # TensorRT style: every conv, Q/DQ on inputs and weights only; the builder fuses outputs.
     "tensorrt": Int8Config(quantize_outputs=False),
 }
 

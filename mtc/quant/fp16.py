@@ -20,7 +20,9 @@ HEADROOM = 4.0  # an op whose calibration peak is above FP16_MAX / HEADROOM stay
 VARIANCE_OPS = ("InstanceNormalization", "LayerNormalization", "GroupNormalization", "BatchNormalization")
 # Inputs the ONNX spec types independently of the data (they stay FP32 whatever the data is).
 FP32_INPUTS = {"Resize": (1, 2), "Upsample": (1,)}
-NEVER_FP16 = ("Cast", "Shape", "Size", "NonZero", "TopK", "RandomNormalLike", "RandomUniformLike")
+# Constants stay FP32 and are cast where FP16 ops read them (folded at load): an empty Constant
+# (e.g. Resize's unused `scales`) must stay recognisably constant.
+NEVER_FP16 = ("Constant", "Cast", "Shape", "Size", "NonZero", "TopK", "RandomNormalLike", "RandomUniformLike")
 
 
 def overflow_prone_nodes(model: onnx.ModelProto, magnitudes: Mapping[str, float]) -> list[str]:
@@ -79,8 +81,6 @@ def convert_to_fp16(model: onnx.ModelProto, *, keep_fp32: Iterable[str] = ()) ->
             if name and name in floats:
                 want = TensorProto.FLOAT16 if half and index not in fp32_slots else TensorProto.FLOAT
                 node.input[index] = as_type(name, want)
-        if node.op_type == "Constant" and half:
-            _constant_to_fp16(node)
         if half:
             for name in node.output:
                 if name in floats:
@@ -103,10 +103,3 @@ def convert_to_fp16(model: onnx.ModelProto, *, keep_fp32: Iterable[str] = ()) ->
     del graph.initializer[:]
     graph.initializer.extend(kept)
     return onnx.shape_inference.infer_shapes(out)
-
-
-def _constant_to_fp16(node: onnx.NodeProto) -> None:
-    for attribute in node.attribute:
-        if attribute.name == "value" and attribute.t.data_type == TensorProto.FLOAT:
-            values = numpy_helper.to_array(attribute.t)
-            attribute.t.CopyFrom(numpy_helper.from_array(np.clip(values, -FP16_MAX, FP16_MAX).astype(np.float16)))

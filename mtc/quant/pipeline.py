@@ -21,6 +21,7 @@ import onnx
 
 from mtc.errors import MtcError
 from mtc.fsutil import atomic_dir, atomic_write_text
+from mtc.graph_stats import node_macs
 from mtc.manifest import MANIFEST_NAME, REPORT_NAME, Manifest, Precision, file_entry, read_manifest, sha256_file
 from mtc.quant.affine import apply_corrections, fit_corrections
 from mtc.quant.calibration import BUILTIN, Clip, load_clips, record_feeds
@@ -126,8 +127,12 @@ def quantize_artifact(source: Path, output: Path, *, precision: str, config: Int
 
 
 def _int8(model, io, feeds, reference, config: Int8Config, gates: Gates, timings):
-    plan = plan_qdq(model, op_types=config.op_types, exclude_nodes=config.exclude_nodes,
-                    quantize_outputs=config.quantize_outputs)
+    excluded = set(config.exclude_nodes)
+    if config.min_mac_share > 0:
+        macs = node_macs(model, feeds[0])
+        total = sum(macs.values()) or 1
+        excluded |= {name for name, value in macs.items() if value / total < config.min_mac_share}
+    plan = plan_qdq(model, op_types=config.op_types, exclude_nodes=excluded, quantize_outputs=config.quantize_outputs)
     if not plan.nodes:
         raise MtcError("nothing to quantize: the model has no eligible layers", hint="check --op-types")
     started = time.perf_counter()
@@ -151,6 +156,7 @@ def _int8(model, io, feeds, reference, config: Int8Config, gates: Gates, timings
     timings["check_s"] = time.perf_counter() - started
     details = {"int8": {"method": config.method, "quantize_outputs": config.quantize_outputs,
                         "affine_correction": config.affine_correction,
+                        "min_mac_share": config.min_mac_share,
                         "op_types": list(config.op_types), "quantized_layers": len(plan.nodes),
                         "all_int8_check": first.to_dict()}}
     final_plan, check, fallback = plan, first, []

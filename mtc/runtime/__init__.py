@@ -11,34 +11,54 @@ from __future__ import annotations
 from pathlib import Path
 
 from mtc.manifest import Manifest, read_manifest
-from mtc.runtime.backends import create_backend
+from mtc.runtime.backends import BackendOptions, create_backend
 from mtc.runtime.session import Matte, MattingSession, check_frame
 
-__all__ = ["load", "Matte", "MattingSession", "check_frame", "Manifest"]
+__all__ = ["load", "BackendOptions", "Matte", "MattingSession", "check_frame", "Manifest"]
 
 
 def load(folder: str | Path, *, backend: str = "auto", downsample_ratio: float | None = None,
          scene_cut_threshold: float | None = 30.0, threads: int | None = None,
-         allow_spinning: bool = True) -> MattingSession:
+         allow_spinning: bool = True, precision: str = "fp32", providers: tuple[str, ...] | None = None,
+         profiles: str | tuple | None = None, cuda_graph: bool = False,
+         build_missing: bool = True) -> MattingSession:
     """Load an artifact folder written by `mtc export` and return a ready session.
 
     Args:
         folder: the artifact folder (holds manifest.json).
-        backend: "auto" or a backend name ("onnxruntime").
+        backend: "auto", "onnxruntime", "openvino" or "tensorrt". "auto" takes TensorRT when a
+            GPU and TensorRT are present, else ONNX Runtime with CUDA on a GPU, else OpenVINO
+            when installed (measured faster on CPUs), else ONNX Runtime on the CPU; the choice
+            and the reason are logged.
         downsample_ratio: fix the internal resolution ratio (RVM); None applies the auto rule
-            min(512 / max(h, w), 1) per frame size.
+            min(512 / max(h, w), 1) per frame size. With TensorRT, None lets each profile's
+            frozen ratio apply (RVM's recommended 0.25 at HD), a fixed value needs a profile
+            built for exactly that ratio.
         scene_cut_threshold: reset recurrent state when consecutive frames differ by more than
             this mean grey level (0..255); None disables.
-        threads: intra-op threads; defaults to the CPUs this process may use.
-        allow_spinning: let idle worker threads spin (faster alone, slower beside other sessions).
+        threads: CPU inference threads; defaults to the CPUs this process may use.
+        allow_spinning: let idle ONNX Runtime threads spin (faster alone, slower beside other sessions).
+        precision: OpenVINO inference precision, "fp32" (default) or "bf16"; never changed
+            silently (OpenVINO's own CPU default is bf16 where the CPU supports it).
+        providers: ONNX Runtime providers ("cpu", "cuda", "tensorrt"), best first; None: auto.
+        profiles: TensorRT resolution profiles, e.g. "hd,4k" (see mtc.engines.profiles); None
+            builds an exact profile per frame size on first use.
+        cuda_graph: TensorRT: replay each frame as a captured CUDA graph.
+        build_missing: TensorRT: build missing or stale plans into the cache (minutes, once)
+            instead of failing.
 
     Raises:
         MtcError: the folder is not a valid artifact, a file fails its hash, or the backend
-            cannot load the model.
+            cannot load the model (a missing optional backend names the extra to install).
     """
     folder = Path(folder)
     manifest = read_manifest(folder)
-    engine = create_backend(backend, folder / manifest.model_file, threads=threads, allow_spinning=allow_spinning)
+    options = BackendOptions(threads=threads, allow_spinning=allow_spinning, precision=precision,
+                             providers=tuple(providers) if providers is not None else None, profiles=profiles,
+                             ratio_policy="strict" if downsample_ratio is not None else "profile",
+                             cuda_graph=cuda_graph, build_missing=build_missing)
+    engine = create_backend(backend, folder / manifest.model_file, io=manifest.io, manifest=manifest, folder=folder,
+                            options=options)
     session = MattingSession(manifest.io, engine, downsample_ratio=downsample_ratio,
                              scene_cut_threshold=scene_cut_threshold)
     session.manifest = manifest

@@ -67,6 +67,7 @@ class MattingSession:
         self.downsample_ratio = downsample_ratio
         self.scene_cut_threshold = scene_cut_threshold
         self.image_input = io.input_with_role("image")
+        self.background_input = io.input_with_role("background")
         self.alpha_output = io.output_with_role("alpha")
         self.foreground_output = io.output_with_role("foreground")
         missing = {t.name for t in io.inputs} - set(backend.input_names)
@@ -79,6 +80,8 @@ class MattingSession:
         self._offset = (-np.asarray(pre.mean, np.float32) / np.asarray(pre.std, np.float32)).astype(np.float32)
         self._identity_norm = bool(np.all(self._offset == 0) and np.all(self._gain == self._gain[0]))
         self._buffer: np.ndarray | None = None
+        self._plate: np.ndarray | None = None  # the background plate as given (HxWx3 uint8)
+        self._plate_tensor: np.ndarray | None = None  # ... preprocessed at the last model size
         self._state: dict[str, np.ndarray] = {}
         self._frame_shape: tuple[int, int] | None = None
         self._thumb: np.ndarray | None = None
@@ -117,25 +120,66 @@ class MattingSession:
         if pre.resize == "fixed":
             return pre.fixed_size
         if pre.resize == "reference":
-            scale = pre.reference_side / max(height, width) if max(height, width) > pre.reference_side else 1.0
-            m = pre.multiple_of
-            return max(m, int(height * scale) // m * m), max(m, int(width * scale) // m * m)
-        return height, width
+            # MODNet's rule: when both sides are below the reference or both above it, the
+            # shorter side becomes the reference; otherwise the size is kept.
+            ref = pre.reference_side
+            if max(height, width) < ref or min(height, width) > ref:
+                if width >= height:
+                    height, width = ref, int(width / height * ref)
+                else:
+                    height, width = int(height / width * ref), ref
+        # Every mode floors to multiple_of ("none" with the default 1 keeps the size).
+        m = pre.multiple_of
+        return max(m, height // m * m), max(m, width // m * m)
+
+    def set_background(self, plate: np.ndarray | None) -> None:
+        """Give the clean background plate, for models with a background input (BackgroundMattingV2).
+
+        Args:
+            plate: HxWx3 uint8 RGB picture of the scene without the subject, the size of the
+                frames that follow; None forgets it.
+
+        Raises:
+            MtcError: the model takes no background, or the plate is not an RGB frame.
+        """
+        if plate is not None:
+            if self.background_input is None:
+                raise MtcError("this model takes no background plate", hint="drop the background plate")
+            check_frame(plate)
+            plate = np.ascontiguousarray(plate)
+        self._plate, self._plate_tensor = plate, None
+
+    def _background_tensor(self, height: int, width: int, model_h: int, model_w: int) -> np.ndarray:
+        if self._plate is None:
+            raise MtcError("this model needs a background plate (a picture of the scene without the subject)",
+                           hint="pass --background-plate IMAGE to `mtc run`, or call session.set_background(plate)")
+        if self._plate.shape[:2] != (height, width):
+            ph, pw = self._plate.shape[:2]
+            raise MtcError(f"the background plate is {pw}x{ph} but the frames are {width}x{height}",
+                           hint="capture the plate with the same camera and resolution as the footage")
+        if self._plate_tensor is None or self._plate_tensor.shape[2:] != (model_h, model_w):
+            plate = self._plate if (model_h, model_w) == (height, width) else _resize_rgb(self._plate, model_h, model_w)
+            self._plate_tensor = self._normalize(plate, np.empty((1, 3, model_h, model_w), np.float32))
+        return self._plate_tensor
 
     def _image_tensor(self, frame: np.ndarray) -> np.ndarray:
-        if self.io.preprocess.color_order == "BGR":
-            frame = frame[..., ::-1]
         h, w = frame.shape[:2]
         if self._buffer is None or self._buffer.shape[2:] != (h, w):
             self._buffer = np.empty((1, 3, h, w), dtype=np.float32)
+        return self._normalize(frame, self._buffer)
+
+    def _normalize(self, frame: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """HxWx3 uint8 -> 1x3xHxW float32 written into `out`, as the manifest's preprocessing says."""
+        if self.io.preprocess.color_order == "BGR":
+            frame = frame[..., ::-1]
         chw = frame.transpose(2, 0, 1)
         if self._identity_norm:
-            np.multiply(chw, self._gain[0], out=self._buffer[0], casting="unsafe")
+            np.multiply(chw, self._gain[0], out=out[0], casting="unsafe")
         else:
             for c in range(3):
-                np.multiply(chw[c], self._gain[c], out=self._buffer[0, c], casting="unsafe")
-                self._buffer[0, c] += self._offset[c]
-        return self._buffer
+                np.multiply(chw[c], self._gain[c], out=out[0, c], casting="unsafe")
+                out[0, c] += self._offset[c]
+        return out
 
     def step(self, frame: np.ndarray) -> dict[str, np.ndarray]:
         """Run one frame and return the model's raw outputs (recurrent state advanced)."""
@@ -157,6 +201,8 @@ class MattingSession:
         if (model_h, model_w) != (h, w):
             frame = _resize_rgb(frame, model_h, model_w)
         feeds = {self.image_input.name: self._image_tensor(frame), **self._state}
+        if self.background_input is not None:
+            feeds[self.background_input.name] = self._background_tensor(h, w, model_h, model_w)
         ratio = self.ratio_for(model_h, model_w)
         if ratio is not None:
             feeds[self.io.downsample.input] = np.array([ratio], dtype=np.float32)

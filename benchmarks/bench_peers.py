@@ -1,0 +1,454 @@
+"""Peers: how fast and how faithful is each way of running RVM on this CPU, side by side.
+
+Configurations, all run interleaved in one process on the same frames, each with its own
+recurrent state and thread spinning off:
+
+- `ort_fp32`: the official rvm_mobilenetv3_fp32.onnx in a plain ONNX Runtime session (the
+  reference every other alpha is compared with);
+- `ort_int8_qdq`: ONNX Runtime's stock `quantize_static` (QDQ, per-channel, min-max), after the
+  opset-17 upgrade that keeps it valid (mtc's sanitize; quantizing the opset-12 file silently
+  gives an invalid model), calibrated on the built-in clip at every benchmarked resolution
+  with the official model's recurrent states carried; no `quant_pre_process` (its symbolic
+  shape inference fails on RVM);
+- `openvino_fp32` / `openvino_int8_qdq`: OpenVINO on the official file and on the same QDQ
+  model, with FP32 inference precision asked for explicitly (it picks BF16 on CPUs that have
+  it), if `openvino` is importable;
+- `--artifact DIR[@BACKEND]` (repeatable): mtc artifacts through mtc.runtime (scene-cut
+  detection off, as the plain sessions have none), labelled by manifest precision and backend.
+
+Per configuration: FPS (1 / median per-frame time over interleaved rounds), MAD and dtSSD of
+its alpha vs the FP32 reference on the same frames, and with `--evalset` also vs ground truth:
+clips built by moving evalset foregrounds (images/ + alpha/) over the evalset videos, so every
+frame has an exact alpha. Evalset files are read in place, never copied.
+
+    python benchmarks/bench_peers.py [--artifact DIR[@BACKEND]]... [--evalset ../shared/evalset]
+        [--cases 512x288@1.0,1920x1080@0.25] [--frames 16] [--rounds 3] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import logging
+import math
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import update_results  # noqa: E402
+
+from calib_data.builtin_clip import ClipSpec, builtin_frames  # noqa: E402
+from mtc.bench.accuracy import StreamingMetrics, as_alpha  # noqa: E402
+from mtc.bench.machine import machine_info  # noqa: E402
+from mtc.bench.runner import report_json  # noqa: E402
+from mtc.exporters.rvm import MOBILENETV3_ONNX  # noqa: E402
+from mtc.weights import cache_dir, fetch_weights  # noqa: E402
+
+log = logging.getLogger("mtc.peers")
+DEFAULT_CASES = "512x288@1.0,1920x1080@0.25"
+STATES = ("r1i", "r2i", "r3i", "r4i")
+# Human subjects (RVM is a human matting model), paired with the evalset videos in turn.
+EVALSET_FOREGROUNDS = ("c1k_girl_longhair", "c1k_boy", "c1k_woman_furcoat", "am_gt05_pooh")
+PLOT = Path(__file__).with_name("peers.png")
+
+
+# ---- the configurations -----------------------------------------------------------------------
+
+
+class OrtRvm:
+    """RVM in a bare ONNX Runtime session, fed as typical user code does."""
+
+    def __init__(self, model: Path | bytes, ratio: float, threads: int):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
+                                            providers=["CPUExecutionProvider"])
+        self.ratio = np.array([ratio], np.float32)
+        self.reset()
+
+    def reset(self) -> None:
+        self.state = [np.zeros((1, 1, 1, 1), np.float32)] * 4
+
+    def process(self, frame: np.ndarray) -> np.ndarray:
+        src = frame.transpose(2, 0, 1)[None].astype(np.float32) * np.float32(1 / 255)
+        feeds = dict(zip(STATES, self.state), src=src, downsample_ratio=self.ratio)
+        _, pha, *self.state = self.session.run(["fgr", "pha", "r1o", "r2o", "r3o", "r4o"], feeds)
+        return pha[0, 0]
+
+
+class OpenVinoRvm:
+    """RVM on OpenVINO's CPU plugin with explicit FP32 inference precision (dynamic shapes)."""
+
+    def __init__(self, model: Path, ratio: float, threads: int):
+        import openvino as ov
+
+        core = ov.Core()
+        config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+        self.compiled = core.compile_model(core.read_model(str(model)), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.ratio = np.array([ratio], np.float32)
+        self.reset()
+
+    def reset(self) -> None:
+        self.state = [np.zeros((1, 1, 1, 1), np.float32)] * 4
+
+    def process(self, frame: np.ndarray) -> np.ndarray:
+        src = frame.transpose(2, 0, 1)[None].astype(np.float32) * np.float32(1 / 255)
+        out = self.request.infer(dict(zip(STATES, self.state), src=src, downsample_ratio=self.ratio))
+        by_name = {key.get_any_name(): value for key, value in out.items()}
+        self.state = [by_name[f"r{i}o"].copy() for i in range(1, 5)]
+        return by_name["pha"][0, 0].copy()
+
+
+class MtcRvm:
+    """An mtc artifact through mtc.runtime, labelled by its precision and the backend it got."""
+
+    def __init__(self, folder: Path, ratio: float, threads: int, backend: str = "auto"):
+        import mtc.runtime
+
+        self.session = mtc.runtime.load(folder, backend=backend, downsample_ratio=ratio, scene_cut_threshold=None,
+                                        threads=threads, allow_spinning=False)
+        self.label = f"mtc_{self.session.manifest.precision.mode}_{self.session.backend.name}"
+
+    def reset(self) -> None:
+        self.session.reset()
+
+    def process(self, frame: np.ndarray) -> np.ndarray:
+        return self.session.process(frame).alpha
+
+
+# ---- the stock INT8 peer ------------------------------------------------------------------------
+
+
+def _calibration_reader(official: Path, cases: list[tuple[int, int, float]], frames: int):
+    """Feeds for quantize_static: built-in clip frames with the FP32 model's states carried."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    def feeds():
+        for width, height, ratio in cases:
+            runner = OrtRvm(official, ratio, threads=2)
+            for frame in builtin_frames(ClipSpec(width=width, height=height, frames=frames)):
+                src = frame.transpose(2, 0, 1)[None].astype(np.float32) * np.float32(1 / 255)
+                yield dict(zip(STATES, runner.state), src=src, downsample_ratio=runner.ratio)
+                runner.process(frame)  # advance the FP32 state exactly as inference will
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._feeds = feeds()
+
+        def get_next(self):
+            return next(self._feeds, None)
+
+    return Reader()
+
+
+def stock_int8(official: Path, cases: list[tuple[int, int, float]], calib_frames: int) -> Path:
+    """ORT's quantize_static on the opset-17 official model; cached by inputs and ORT version."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+
+    from mtc.exporters.onnx_ingest import load_onnx, sanitize
+
+    key = hashlib.sha256(repr((MOBILENETV3_ONNX.sha256, ort.__version__, sorted(cases), calib_frames)).encode())
+    target = cache_dir() / "peers" / f"rvm_int8_qdq_{key.hexdigest()[:16]}.onnx"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("quantizing the official RVM with quantize_static (QDQ, per-channel, min-max) ...")
+    started = time.perf_counter()
+    sanitized, _ = sanitize(load_onnx(official))
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / "rvm_opset17.onnx"
+        fp32.write_bytes(sanitized.SerializeToString())
+        partial = Path(tmp) / "rvm_int8.onnx"
+        # The min-max calibrator keeps only per-tensor ReduceMin/ReduceMax outputs, so memory stays
+        # small. (Do not set CalibMaxIntermediateOutputs: in ORT 1.32 it discards what it collected.)
+        quantize_static(fp32, partial, _calibration_reader(official, cases, calib_frames),
+                        quant_format=QuantFormat.QDQ, per_channel=True, calibrate_method=CalibrationMethod.MinMax)
+        partial.replace(target)
+    log.info("quantized in %.0f s -> %s", time.perf_counter() - started, target)
+    return target
+
+
+# ---- frames -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Clip:
+    name: str
+    frames: list[np.ndarray]
+    gt: list[np.ndarray] | None = None  # HxW float32 alpha in [0, 1]
+
+
+def _cover(image: Image.Image, width: int, height: int) -> Image.Image:
+    """Centre-crop to the target aspect, then resize."""
+    scale = max(width / image.width, height / image.height)
+    crop_w, crop_h = width / scale, height / scale
+    left, top = (image.width - crop_w) / 2, (image.height - crop_h) / 2
+    return image.resize((width, height), Image.BILINEAR, box=(left, top, left + crop_w, top + crop_h))
+
+
+def evalset_clips(root: Path, width: int, height: int, frames: int, count: int) -> list[Clip]:
+    """Foregrounds with exact alpha moving over real background videos (I = aF + (1 - a)B)."""
+    from mtc.runtime.media import VideoReader, read_image
+
+    videos = sorted((root / "videos").glob("*.mp4"))
+    if not videos:
+        raise SystemExit(f"no videos in {root / 'videos'}")
+    clips = []
+    for index in range(count):
+        name = EVALSET_FOREGROUNDS[index % len(EVALSET_FOREGROUNDS)]
+        image_path = next((root / "images").glob(f"{name}.*"))
+        fg = Image.fromarray(read_image(image_path))
+        alpha = Image.open(root / "alpha" / f"{name}.png").convert("L")
+        # The subject fills ~90 % of the frame height, standing on the bottom edge.
+        scale = 0.9 * height / fg.height
+        size = (max(1, round(fg.width * scale)), max(1, round(fg.height * scale)))
+        fg, alpha = fg.resize(size, Image.LANCZOS), alpha.resize(size, Image.LANCZOS)
+        video = videos[index % len(videos)]
+        with VideoReader(video) as reader:
+            backgrounds = []
+            for frame in reader:
+                backgrounds.append(np.asarray(_cover(Image.fromarray(frame), width, height), np.float32))
+                if len(backgrounds) == frames:
+                    break
+        rgb_frames, gts = [], []
+        for t, bg in enumerate(backgrounds):
+            u = t / max(len(backgrounds) - 1, 1)
+            x = (0.15 + 0.5 * u) * width - size[0] * 0.25  # drifts right, sub-pixel
+            y = height - size[1] + 0.02 * height * math.sin(2 * math.pi * u)
+            # Inverse affine map output -> source: a pure sub-pixel translation.
+            coeffs = (1, 0, -x, 0, 1, -y)
+            a = np.asarray(alpha.transform((width, height), Image.AFFINE, coeffs, Image.BILINEAR), np.float32) / 255
+            f = np.asarray(fg.transform((width, height), Image.AFFINE, coeffs, Image.BILINEAR), np.float32)
+            composite = f * a[..., None] + bg * (1 - a[..., None])
+            rgb_frames.append(np.clip(composite + 0.5, 0, 255).astype(np.uint8))
+            gts.append(a)
+        clips.append(Clip(f"{name}@{video.stem}", rgb_frames, gts))
+    return clips
+
+
+def builtin_clips(width: int, height: int, frames: int) -> list[Clip]:
+    return [Clip("builtin", list(builtin_frames(ClipSpec(width=width, height=height, frames=frames))))]
+
+
+# ---- measuring ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    label: str
+    times: list[float] = field(default_factory=list)
+    vs_fp32: list[StreamingMetrics] = field(default_factory=list)
+    vs_gt: list[StreamingMetrics] = field(default_factory=list)
+
+
+def _mean_over_clips(accs: list[StreamingMetrics]) -> dict | None:
+    if not accs:
+        return None
+    results = [a.result() for a in accs]
+    total = sum(r["frames"] for r in results)
+    return {m: sum(r[m] * r["frames"] for r in results) / total for m in ("mad", "dtssd")}
+
+
+def bench_case(runners: dict, clips: list[Clip], rounds: int, warmup: int) -> dict[str, Result]:
+    """Interleave the configurations; round 0 (reference first) also scores accuracy."""
+    results = {label: Result(label) for label in runners}
+    for runner in runners.values():
+        for frame in clips[0].frames[:warmup]:
+            runner.process(frame)
+    reference_label = next(iter(runners))
+    for r in range(rounds):
+        order = list(runners) if r % 2 == 0 else list(reversed(runners))  # round 0: reference first
+        reference_alpha: dict[int, list[np.ndarray]] = {}
+        for label in order:
+            runner, result = runners[label], results[label]
+            for c, clip in enumerate(clips):
+                runner.reset()
+                vs_fp32 = StreamingMetrics(("mad", "dtssd")) if r == 0 else None
+                vs_gt = StreamingMetrics(("mad", "dtssd")) if r == 0 and clip.gt is not None else None
+                for t, frame in enumerate(clip.frames):
+                    start = time.perf_counter()
+                    alpha = runner.process(frame)
+                    result.times.append(time.perf_counter() - start)
+                    if r == 0:
+                        alpha = as_alpha(alpha)
+                        if label == reference_label:
+                            reference_alpha.setdefault(c, []).append(alpha)
+                        vs_fp32.add(alpha, reference_alpha[c][t])
+                        if vs_gt is not None:
+                            vs_gt.add(alpha, clip.gt[t])
+                if vs_fp32 is not None:
+                    result.vs_fp32.append(vs_fp32)
+                if vs_gt is not None:
+                    result.vs_gt.append(vs_gt)
+    return results
+
+
+def summarize(result: Result, reference_fps: float | None) -> dict:
+    ordered = sorted(result.times)
+    median = statistics.median(ordered)
+    fps = 1.0 / median
+    return {"label": result.label, "frames_timed": len(ordered), "fps": fps, "median_ms": median * 1e3,
+            "p90_ms": ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)] * 1e3,
+            "speedup_vs_ort_fp32": fps / reference_fps if reference_fps else 1.0,
+            "vs_fp32": _mean_over_clips(result.vs_fp32), "vs_gt": _mean_over_clips(result.vs_gt)}
+
+
+# ---- output ---------------------------------------------------------------------------------------
+
+
+def parse_artifact(spec: str, default_backend: str) -> tuple[Path, str]:
+    """'DIR' or 'DIR@BACKEND' (e.g. artifacts/rvm-int8@onnxruntime)."""
+    folder, _, backend = spec.rpartition("@")
+    if folder and backend in ("auto", "onnxruntime", "openvino", "tensorrt"):
+        return Path(folder), backend
+    return Path(spec), default_backend
+
+
+def parse_cases(text: str) -> list[tuple[int, int, float]]:
+    cases = []
+    for part in text.split(","):
+        size, _, ratio = part.strip().partition("@")
+        width, height = (int(v) for v in size.lower().split("x"))
+        cases.append((width, height, float(ratio) if ratio else min(512 / max(width, height), 1.0)))
+    return cases
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    source = "evalset composites (moving foregrounds with exact alpha over real videos)" if result["evalset"] \
+        else "the built-in clip"
+    lines = [
+        "## Peers: RVM MobileNetV3 on this CPU, side by side",
+        "",
+        f"`python benchmarks/bench_peers.py` — {m['date']}, {m['cpu']}, {m['cores']} cores, {result['threads']} "
+        f"threads, onnxruntime {m['onnxruntime']}, openvino {m['libraries'].get('openvino', 'absent')}"
+        + (f", load average {m['load_average'][0]:.1f} at start" if m.get("load_average") else "") + ". "
+        f"{result['frames']} frames per clip of {source}; FPS = 1 / median per-frame time over "
+        f"{result['rounds']} interleaved rounds (spinning off). MAD ×1e3 and dtSSD ×1e2 of alpha vs the "
+        "FP32 reference (`ort_fp32`) on the same frames" + (
+            ", and vs ground truth. The background videos have people of their own (a juggler, a dog walker), "
+            "whom every configuration mattes and the ground truth counts as background: GT errors carry that "
+            "share equally for all configurations." if result["evalset"] else "."),
+        "",
+        "| resolution | ratio | configuration | FPS | × ORT FP32 | MAD vs FP32 | dtSSD vs FP32 | MAD vs GT | dtSSD vs GT |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    fmt = lambda d, k: f"{d[k]:.3g}" if d else "–"  # noqa: E731  (3 significant digits: 2e-05 is not 0)
+    for case in result["cases"]:
+        for c in case["configs"]:
+            lines.append(f"| {case['resolution']} | {case['downsample_ratio']:g} | {c['label']} | {c['fps']:.1f} "
+                         f"| {c['speedup_vs_ort_fp32']:.2f} | {fmt(c['vs_fp32'], 'mad')} | {fmt(c['vs_fp32'], 'dtssd')} "
+                         f"| {fmt(c['vs_gt'], 'mad')} | {fmt(c['vs_gt'], 'dtssd')} |")
+    lines += ["", "![FPS vs temporal error](peers.png)" if result.get("plot") else ""]
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: skipping the plot (pip install matplotlib)", file=sys.stderr)
+        return False
+    use_gt = bool(result["evalset"])
+    key = "vs_gt" if use_gt else "vs_fp32"
+    fig, axes = plt.subplots(1, len(result["cases"]), figsize=(6 * len(result["cases"]), 4.5), squeeze=False)
+    for ax, case in zip(axes[0], result["cases"]):
+        for i, c in enumerate(case["configs"]):
+            x = c[key]["dtssd"] if c[key] else float("nan")
+            ax.scatter(x, c["fps"], s=40)
+            # alternate label sides so neighbouring points stay readable
+            ax.annotate(c["label"], (x, c["fps"]), textcoords="offset points", xytext=(5, 4 if i % 2 == 0 else -11),
+                        fontsize=8)
+        ax.set_title(f"{case['resolution']}, ratio {case['downsample_ratio']:g}")
+        ax.set_xlabel("dtSSD ×1e2 vs " + ("ground truth" if use_gt else "FP32 reference") + " (lower is better)")
+        ax.set_ylabel("frames / s (higher is better)")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"RVM MobileNetV3 peers — {result['machine']['cpu']}, {result['threads']} threads")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--artifact", action="append", default=[],
+                        help="mtc artifact DIR or DIR@BACKEND (repeatable)")
+    parser.add_argument("--artifact-backend", default="auto", help="mtc backend for --artifact (default: auto)")
+    parser.add_argument("--cases", default=DEFAULT_CASES, help="WxH@ratio list (default: %(default)s)")
+    parser.add_argument("--frames", type=int, default=16, help="frames per clip")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (round 0 also scores accuracy)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--evalset", type=Path, help="evalset folder (e.g. ../shared/evalset): GT composites")
+    parser.add_argument("--clips", type=int, default=3, help="evalset clips per resolution")
+    parser.add_argument("--calib-frames", type=int, default=16, help="built-in clip frames per case for INT8")
+    parser.add_argument("--no-openvino", action="store_true")
+    parser.add_argument("--json", help="also write the JSON here")
+    parser.add_argument("--plot", type=Path, default=PLOT, help="PNG plot path (default: %(default)s)")
+    parser.add_argument("--no-results", action="store_true", help="do not update RESULTS.md or the plot")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    cases = parse_cases(args.cases)
+    official = fetch_weights(MOBILENETV3_ONNX)
+    int8 = stock_int8(official, cases, args.calib_frames)
+    use_openvino = not args.no_openvino and importlib.util.find_spec("openvino") is not None
+    if not args.no_openvino and not use_openvino:
+        print("openvino is not installed: skipping the OpenVINO peers (pip install openvino)", file=sys.stderr)
+
+    out_cases = []
+    for width, height, ratio in cases:
+        log.info("%dx%d ratio %g: preparing frames", width, height, ratio)
+        clips = evalset_clips(args.evalset, width, height, args.frames, args.clips) if args.evalset \
+            else builtin_clips(width, height, args.frames)
+        runners = {"ort_fp32": OrtRvm(official, ratio, args.threads),
+                   "ort_int8_qdq": OrtRvm(int8, ratio, args.threads)}
+        if use_openvino:
+            runners["openvino_fp32"] = OpenVinoRvm(official, ratio, args.threads)
+            runners["openvino_int8_qdq"] = OpenVinoRvm(int8, ratio, args.threads)
+        for spec in args.artifact:
+            folder, backend = parse_artifact(spec, args.artifact_backend)
+            runner = MtcRvm(folder, ratio, args.threads, backend)
+            label = runner.label if runner.label not in runners else f"{runner.label}_{folder.name}"
+            runners[label] = runner
+        log.info("%dx%d: %d configurations x %d rounds x %d frames", width, height, len(runners), args.rounds,
+                 sum(len(c.frames) for c in clips))
+        results = bench_case(runners, clips, args.rounds, args.warmup)
+        reference_fps = 1.0 / statistics.median(results["ort_fp32"].times)
+        out_cases.append({"resolution": f"{width}x{height}", "downsample_ratio": ratio,
+                          "clips": [c.name for c in clips],
+                          "configs": [summarize(r, reference_fps) for r in results.values()]})
+        del runners, clips
+
+    result = {"benchmark": "peers", "machine": machine_info(), "threads": args.threads, "frames": args.frames,
+              "rounds": args.rounds, "calib_frames": args.calib_frames, "int8_model": str(int8),
+              "evalset": str(args.evalset) if args.evalset else None, "cases": out_cases}
+    text = report_json(result)
+    print(text, end="")
+    if args.json:
+        Path(args.json).write_text(text)
+    if not args.no_results:
+        result["plot"] = plot(result, args.plot)
+        update_results("bench_peers", markdown(result))
+
+
+if __name__ == "__main__":
+    main()

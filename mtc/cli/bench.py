@@ -1,0 +1,115 @@
+"""`mtc bench`: measure an artifact (speed, latency, memory, cost, accuracy) and check CI gates."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+
+def _resolutions(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]):
+    from mtc.bench.data import parse_resolutions
+    from mtc.errors import MtcError
+
+    try:
+        return tuple(parse_resolutions(values))
+    except MtcError as exc:
+        raise click.BadParameter(exc.message) from None
+
+
+def _metrics(ctx: click.Context, param: click.Parameter, value: str):
+    from mtc.bench.accuracy import parse_metric_names
+    from mtc.errors import MtcError
+
+    try:
+        return parse_metric_names(value)
+    except MtcError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _gates(ctx: click.Context, param: click.Parameter, value: Path | None):
+    if value is None:
+        return None
+    from mtc.bench.gates import load_gates
+    from mtc.errors import MtcError
+
+    try:  # a broken gates file is a usage error (exit 2), never a measured failure (exit 1)
+        return load_gates(value)
+    except MtcError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--backend", default="auto", show_default=True, help="Execution backend to measure.")
+@click.option("--resolution", "-r", "resolutions", multiple=True, callback=_resolutions,
+              help="WIDTHxHEIGHT; repeat or comma-separate for several (default: the gates file's, the "
+                   "input video's size, or 512x288).")
+@click.option("--frames", "-n", default=48, show_default=True, type=click.IntRange(min=1),
+              help="Frames measured per resolution.")
+@click.option("--warmup", default=5, show_default=True, type=click.IntRange(min=0), help="Untimed frames first.")
+@click.option("--input", "input_", default="builtin", show_default=True, metavar="VIDEO",
+              help="Video whose first frames are used (resized to each resolution), or `builtin`.")
+@click.option("--reference", type=click.Path(path_type=Path),
+              help="Artifact to compare alpha against (default: the manifest's provenance.reference_artifact).")
+@click.option("--no-reference", is_flag=True, help="Do not compare against any reference artifact.")
+@click.option("--gt", type=click.Path(path_type=Path),
+              help="Ground-truth alpha, frame-aligned with the input: a folder of alpha images or an alpha video.")
+@click.option("--metrics", default="mad,mse,grad,conn,dtssd", show_default=True, callback=_metrics,
+              help="Accuracy metrics (Grad and Conn take ~1.5 s per HD frame).")
+@click.option("--gate", "gates", type=click.Path(path_type=Path), callback=_gates,
+              help="TOML thresholds; exit code 1 if any gate fails.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path, allow_dash=True),
+              help="Write the mtc.bench/1 report here (`-` for stdout; the table then goes to stderr).")
+@click.option("--junit", type=click.Path(path_type=Path), help="Write gate results as JUnit XML.")
+@click.option("--ratio", type=float, help="Downsample ratio for recurrent models (default: auto per resolution).")
+@click.option("--threads", type=int, help="Inference threads (default: all available cores).")
+@click.option("--no-e2e", is_flag=True, help="Skip the end-to-end (decode -> matte -> encode) measurement.")
+@click.option("--no-gflops", is_flag=True, help="Skip counting GFLOPs per frame.")
+def bench(folder: Path, backend: str, resolutions, frames: int, warmup: int, input_: str, reference: Path | None,
+          no_reference: bool, gt: Path | None, metrics, gates, json_path: Path | None, junit: Path | None,
+          ratio: float | None, threads: int | None, no_e2e: bool, no_gflops: bool) -> None:
+    """Benchmark the artifact in FOLDER: FPS, latency percentiles, end-to-end FPS, peak memory,
+    GFLOPs, and alpha error vs a reference artifact and/or ground truth.
+
+    With --gate, exits 1 when any threshold fails (0 when all pass); --junit writes one
+    testcase per gate per resolution for CI dashboards.
+    """
+    from rich.console import Console
+
+    from mtc.bench.gates import junit_xml
+    from mtc.bench.runner import BenchConfig, report_json, run_bench
+    from mtc.bench.table import print_report
+    from mtc.fsutil import atomic_write_text
+
+    if ratio is not None and not 0 < ratio <= 1:
+        raise click.BadParameter("must be in (0, 1]", param_hint="--ratio")
+    if reference is not None and no_reference:
+        raise click.UsageError("--reference and --no-reference exclude each other")
+    if junit is not None and gates is None:
+        raise click.UsageError("--junit needs --gate (JUnit XML holds the gate results)")
+    config = BenchConfig(folder=folder, backend=backend, resolutions=resolutions, frames=frames, warmup=warmup,
+                         input=input_, reference=reference, use_manifest_reference=not no_reference, gt=gt,
+                         ratio=ratio, threads=threads, metrics=metrics, end_to_end=not no_e2e,
+                         gflops=not no_gflops, gates=gates)
+    report = run_bench(config)
+    text = report_json(report)
+    to_stdout = json_path is not None and str(json_path) == "-"
+    # CI logs are not terminals (rich would assume 80 columns): keep the table on one line per row.
+    stream = sys.stderr if to_stdout else sys.stdout
+    print_report(report, Console(stderr=to_stdout, width=None if stream.isatty() else 150))
+    if to_stdout:
+        click.echo(text, nl=False)
+    elif json_path is not None:
+        atomic_write_text(json_path, text)
+    if junit is not None and report["gates"] is not None:
+        from mtc.bench.gates import GateResult
+
+        results = [GateResult(**g) for g in report["gates"]["results"]]
+        atomic_write_text(junit, junit_xml(results, seconds=report["seconds"]))
+    if not report["passed"]:
+        # SystemExit, not click's Exit: `mtc`'s main() runs click with standalone_mode=False,
+        # where click turns Exit into a return value that would end the process with 0.
+        sys.exit(1)
+

@@ -1,0 +1,148 @@
+"""Which backend runs a model: availability probing and the `backend="auto"` order.
+
+The order, best first:
+
+1. `tensorrt` — an NVIDIA GPU is visible and TensorRT + cuda-python are installed;
+2. `onnxruntime` with the CUDA provider — a GPU and an onnxruntime build that has CUDA;
+3. on the CPU, `openvino` when installed, else `onnxruntime`. Measured with
+   benchmarks/bench_backends.py (FP32 RVM artifact, mtc.runtime sessions, interleaved, same
+   frames, 2 threads, AMD EPYC with AVX-512 VNNI/BF16; benchmarks/RESULTS.md): OpenVINO FP32 with
+   static shapes 12.9 vs ONNX Runtime 9.7 FPS at 512x288 ratio 1.0 (1.32x) and 6.6 vs 6.4 FPS at
+   1920x1080 ratio 0.25 (1.03x, a tie within noise), alpha max |diff| 5e-6 vs ONNX Runtime.
+   OpenVINO is pinned to FP32 here; BF16 (2.1x / 1.5x, alpha MAD 0.38e-3) only when asked.
+   Dynamic shapes would lose (1.02x / 0.77x), which is why the OpenVINO backend compiles a
+   static model per resolution.
+
+INT8 (Q/DQ) artifacts are the exception on the CPU: their accuracy gates are measured with
+ONNX Runtime, whose CPU kernels follow the Q/DQ graph closely, while OpenVINO's low-precision
+transformations fuse and requantize differently. Measured on RVM Q/DQ models (one 512x288 frame,
+alpha MAD x1e3 against ONNX Runtime running the same file): 14 for onnxruntime's own
+`quantize_static` output, 33 for an mtc INT8 artifact whose ONNX Runtime error vs FP32 is 1.8.
+So `auto` keeps INT8 artifacts on ONNX Runtime; `backend="openvino"` still runs them (logged).
+
+Probing is cheap and imports nothing heavy: `importlib.util.find_spec` for the optional
+packages, onnxruntime's provider list, and the CUDA driver (libcuda) for the GPU count.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import logging
+from dataclasses import dataclass
+
+from mtc.errors import MtcError
+
+log = logging.getLogger("mtc")
+
+BACKENDS = ("onnxruntime", "openvino", "tensorrt")
+CPU_PREFERENCE = ("openvino", "onnxruntime")  # by measurement, see the module docstring
+
+
+@dataclass(frozen=True)
+class Availability:
+    """What this machine offers."""
+
+    gpu_count: int = 0
+    tensorrt: bool = False  # tensorrt and cuda-python importable
+    polygraphy: bool = False  # needed only to build plans
+    openvino: bool = False
+    ort_providers: tuple[str, ...] = ("CPUExecutionProvider",)
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    name: str
+    reason: str
+    providers: tuple[str, ...] | None = None  # for onnxruntime
+
+
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def cuda_device_count() -> int:
+    """GPUs the CUDA driver sees (0 without a driver); needs no Python CUDA package."""
+    for library in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            cuda = ctypes.CDLL(library)
+        except OSError:
+            continue
+        count = ctypes.c_int(0)
+        if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+            return 0
+        return count.value
+    return 0
+
+
+def probe_availability() -> Availability:
+    import onnxruntime as ort
+
+    has_cuda_python = _has_module("cuda")
+    return Availability(
+        gpu_count=cuda_device_count(),
+        tensorrt=_has_module("tensorrt") and has_cuda_python,
+        polygraphy=_has_module("polygraphy"),
+        openvino=_has_module("openvino"),
+        ort_providers=tuple(ort.get_available_providers()),
+    )
+
+
+def choose_backend(requested: str, available: Availability, *, precision: str = "fp32",
+                   model_precision: str = "fp32") -> BackendChoice:
+    """Resolve "auto" (or check an explicit name) against what is available.
+
+    Args:
+        precision: the inference precision asked for (OpenVINO's bf16 is the only non-fp32).
+        model_precision: the artifact's precision (manifest precision.mode).
+
+    Raises:
+        MtcError: unknown name, or the named backend cannot run here (with the fix).
+    """
+    if requested not in ("auto", *BACKENDS):
+        raise MtcError(f"unknown backend {requested!r}", hint=f"choose one of: auto, {', '.join(BACKENDS)}")
+    gpu = available.gpu_count > 0
+    if requested in ("tensorrt", "onnxruntime") and precision != "fp32":
+        raise MtcError(f"{requested} runs the graph's own types; precision {precision!r} is an OpenVINO option",
+                       hint="use backend='openvino' for bf16, or precision='fp32'")
+    if requested == "tensorrt":
+        if not available.tensorrt:
+            raise MtcError("backend 'tensorrt' needs TensorRT and cuda-python", hint="pip install 'mtc[trt]'")
+        if not gpu:
+            raise MtcError("backend 'tensorrt' needs an NVIDIA GPU, and none is visible",
+                           hint="use backend='onnxruntime' or 'openvino' on this machine")
+        return BackendChoice("tensorrt", "requested")
+    if requested == "openvino":
+        if not available.openvino:
+            raise MtcError("backend 'openvino' is not installed", hint="pip install 'mtc[openvino]'")
+        if model_precision == "int8":
+            log.warning("openvino runs INT8 artifacts with its own int8 kernels; the artifact's accuracy report "
+                        "was measured with onnxruntime (on RVM, OpenVINO's alpha differed by MAD 14-33e-3)")
+        return BackendChoice("openvino", "requested")
+    if requested == "onnxruntime":
+        return BackendChoice("onnxruntime", "requested")
+
+    if precision != "fp32":  # only OpenVINO turns an FP32 graph into bf16/fp16 at run time
+        if available.openvino:
+            return BackendChoice("openvino", f"precision {precision} is only offered by OpenVINO")
+        raise MtcError(f"precision {precision!r} needs OpenVINO", hint="pip install 'mtc[openvino]', or use precision='fp32'")
+    if gpu and available.tensorrt:
+        return BackendChoice("tensorrt", f"{available.gpu_count} NVIDIA GPU(s) and TensorRT are available")
+    if gpu and "CUDAExecutionProvider" in available.ort_providers:
+        why = "an NVIDIA GPU and onnxruntime's CUDA provider are available"
+        if not available.tensorrt:
+            why += " (TensorRT is not installed: pip install 'mtc[trt]')"
+        return BackendChoice("onnxruntime", why, providers=("cuda",))
+    if model_precision == "int8":
+        return BackendChoice("onnxruntime", "CPU only; INT8 artifact, whose accuracy was verified with onnxruntime",
+                             providers=("cpu",))
+    for name in CPU_PREFERENCE:
+        if name == "openvino" and available.openvino:
+            return BackendChoice("openvino", "CPU only; OpenVINO FP32 (static shapes) measured faster than ONNX Runtime")
+        if name == "onnxruntime":
+            extra = "" if available.openvino else " (OpenVINO, faster on CPU, is not installed: pip install 'mtc[openvino]')"
+            return BackendChoice("onnxruntime", f"CPU only{extra}", providers=("cpu",))
+    raise AssertionError("unreachable: onnxruntime is always available")

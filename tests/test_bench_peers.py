@@ -1,0 +1,96 @@
+"""benchmarks/bench_peers.py: the interleaving/accuracy bookkeeping and the GT composites."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mtc.metrics import matting_metrics
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_peers.py"
+
+
+@pytest.fixture(scope="module")
+def peers():
+    spec = importlib.util.spec_from_file_location("bench_peers", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_peers"] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("bench_peers", None)
+
+
+class Replay:
+    """A peer that returns fixed alphas (its own recurrent position, reset per clip)."""
+
+    def __init__(self, alphas):
+        self.alphas, self.t, self.calls = alphas, 0, 0
+
+    def reset(self):
+        self.t = 0
+
+    def process(self, frame):
+        self.calls += 1
+        alpha = self.alphas[self.t]
+        self.t += 1
+        return alpha
+
+
+def test_parse_cases(peers):
+    assert peers.parse_cases("512x288@1.0, 1920x1080@0.25") == [(512, 288, 1.0), (1920, 1080, 0.25)]
+    assert peers.parse_cases("1024x576") == [(1024, 576, 0.5)]  # RVM's auto rule
+
+
+def test_parse_artifact(peers):
+    assert peers.parse_artifact("a/rvm-int8@onnxruntime", "auto") == (Path("a/rvm-int8"), "onnxruntime")
+    assert peers.parse_artifact("a/odd@name", "auto") == (Path("a/odd@name"), "auto")
+
+
+def test_bench_case_scores_against_the_first_configuration(peers):
+    rng = np.random.default_rng(1)
+    gt = rng.random((5, 8, 10)).astype(np.float32)
+    ref = np.clip(gt + rng.normal(0, 0.05, gt.shape), 0, 1).astype(np.float32)
+    other = np.clip(gt + rng.normal(0, 0.1, gt.shape), 0, 1).astype(np.float32)
+    clip = peers.Clip("c", [np.zeros((8, 10, 3), np.uint8)] * 5, list(gt))
+    runners = {"ort_fp32": Replay(ref), "other": Replay(other)}
+    results = peers.bench_case(runners, [clip], rounds=3, warmup=2)
+    assert runners["other"].calls == 2 + 3 * 5 and len(results["other"].times) == 15
+    summary = peers.summarize(results["other"], reference_fps=None)
+    assert summary["vs_fp32"]["mad"] == pytest.approx(matting_metrics(other, ref, which=("mad",))["mad"], rel=1e-9)
+    assert summary["vs_fp32"]["dtssd"] == pytest.approx(matting_metrics(other, ref, which=("dtssd",))["dtssd"],
+                                                         rel=1e-9)
+    assert summary["vs_gt"]["mad"] == pytest.approx(matting_metrics(other, gt, which=("mad",))["mad"], rel=1e-9)
+    assert peers.summarize(results["ort_fp32"], None)["vs_fp32"] == {"mad": 0.0, "dtssd": 0.0}
+
+
+def test_evalset_composites_have_exact_alpha(peers, tmp_path):
+    from mtc.runtime.media import VideoWriter
+
+    root = tmp_path / "evalset"
+    for sub in ("images", "alpha", "videos"):
+        (root / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    name = peers.EVALSET_FOREGROUNDS[0]
+    fg = rng.integers(0, 256, (60, 40, 3), dtype=np.uint8)
+    alpha = np.zeros((60, 40), np.uint8)
+    alpha[10:50, 8:32] = 255
+    alpha[10:50, 6:8] = 128
+    Image.fromarray(fg).save(root / "images" / f"{name}.png")
+    Image.fromarray(alpha, mode="L").save(root / "alpha" / f"{name}.png")
+    with VideoWriter(root / "videos" / "bg.mp4", width=96, height=54, fps=10, kind="rgb") as writer:
+        for _ in range(4):
+            writer.write(np.full((54, 96, 3), 40, np.uint8))
+    (clip,) = peers.evalset_clips(root, 64, 36, frames=3, count=1)
+    assert len(clip.frames) == len(clip.gt) == 3
+    for frame, gt in zip(clip.frames, clip.gt):
+        assert frame.shape == (36, 64, 3) and gt.shape == (36, 64) and gt.dtype == np.float32
+        assert 0 <= gt.min() and gt.max() <= 1 and gt.max() > 0.99
+        background = gt == 0
+        # Outside the subject the composite is the (flat, lossy-coded) background itself.
+        assert np.abs(frame[background].astype(int) - 40).max() <= 3
+    assert not np.array_equal(clip.gt[0], clip.gt[-1])  # the subject moves

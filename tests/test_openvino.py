@@ -1,0 +1,151 @@
+"""OpenVINO backend: parity with ONNX Runtime on the real RVM, explicit precision, static
+shapes per resolution, compiled-model cache, and Q/DQ (INT8) models."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+ov = pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'mtc[openvino]')")
+
+import mtc.runtime  # noqa: E402
+from calib_data.builtin_clip import ClipSpec, builtin_clip  # noqa: E402
+from mtc.errors import MtcError  # noqa: E402
+from mtc.metrics import mad  # noqa: E402
+from mtc.runtime.backends.openvino import OpenVinoBackend  # noqa: E402
+
+# FP32 on OpenVINO vs FP32 on ONNX Runtime: same math, different kernels and summation order.
+# Measured on RVM: max |alpha diff| ~2e-5 over a clip, MAD ~1e-7. Stated tolerances:
+ALPHA_MAX_ABS = 1e-4
+ALPHA_MAD_X1E3 = 1e-3
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MTC_CACHE", str(tmp_path / "cache"))
+
+
+def _alphas(session, frames):
+    return np.stack([session.process(f).alpha.copy() for f in frames])
+
+
+@pytest.mark.parametrize("width, height, ratio, frames", [(512, 288, 1.0, 16), (960, 540, 0.25, 6)])
+def test_fp32_alpha_matches_onnxruntime_over_a_clip(rvm_artifact, width, height, ratio, frames):
+    # 16 frames at 512x288 include the built-in clip's scene cut (state reset mid-clip).
+    clip = builtin_clip(ClipSpec(width=width, height=height, frames=frames))
+    reference = mtc.runtime.load(rvm_artifact, backend="onnxruntime", downsample_ratio=ratio)
+    candidate = mtc.runtime.load(rvm_artifact, backend="openvino", downsample_ratio=ratio)
+    a, b = _alphas(reference, clip), _alphas(candidate, clip)
+    assert candidate.backend.precision == "fp32"
+    assert np.abs(a - b).max() < ALPHA_MAX_ABS
+    assert mad(b, a) < ALPHA_MAD_X1E3
+    # the state really was carried (and reset at the cut) on both
+    assert reference.state_resets == candidate.state_resets
+    # one static model served the whole clip, frame 0's 1x1x1x1 states included
+    assert len(candidate.backend._compiled) == 1
+
+
+def test_default_precision_is_fp32_never_silently_bf16(rvm_artifact):
+    session = mtc.runtime.load(rvm_artifact, backend="openvino")
+    session.process(builtin_clip(ClipSpec(width=64, height=64, frames=1))[0])
+    assert session.backend.precision == "fp32"
+    assert "precision fp32" in session.backend.describe()
+
+
+def test_bf16_is_explicit_and_recorded(rvm_artifact):
+    core = ov.Core()
+    if "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        with pytest.raises(MtcError, match="no BF16 support"):
+            mtc.runtime.load(rvm_artifact, backend="openvino", precision="bf16")
+        return
+    clip = builtin_clip(ClipSpec(width=256, height=144, frames=4))
+    fp32 = _alphas(mtc.runtime.load(rvm_artifact, backend="onnxruntime"), clip)
+    session = mtc.runtime.load(rvm_artifact, backend="openvino", precision="bf16")
+    bf16 = _alphas(session, clip)
+    assert session.backend.precision == "bf16"
+    assert 0 < mad(bf16, fp32) < 5.0  # bf16 changes numbers (that's why it is opt-in), but not the matte
+
+
+def test_unknown_precision_is_refused(rvm_artifact):
+    with pytest.raises(MtcError, match="unknown precision"):
+        mtc.runtime.load(rvm_artifact, backend="openvino", precision="int4")
+
+
+def test_one_compile_per_resolution_and_ratio(rvm_artifact):
+    session = mtc.runtime.load(rvm_artifact, backend="openvino", scene_cut_threshold=None)
+    small = builtin_clip(ClipSpec(width=96, height=64, frames=2))
+    other = builtin_clip(ClipSpec(width=128, height=64, frames=2))
+    for frame in [*small, *other, *small]:
+        session.process(frame)
+    assert len(session.backend.compile_seconds) == 2
+    # the state shapes come from OpenVINO's shape inference and agree with the engines' rule
+    from mtc.engines.profiles import state_shapes
+
+    inferred = [entry.state_shapes for entry in session.backend._compiled.values()]
+    assert state_shapes(session.io, 64, 96, 1.0) in inferred and state_shapes(session.io, 64, 128, 1.0) in inferred
+
+
+def test_compiled_models_are_cached_on_disk(rvm_artifact, tmp_path):
+    from mtc.engines.build import build
+
+    results = build(rvm_artifact, backend="openvino", profiles="256x144@1.0")
+    assert "compiled" in results[0].what
+    cached = list((tmp_path / "cache" / "openvino").iterdir())
+    assert cached, "OpenVINO wrote nothing to CACHE_DIR"
+    # a new backend finds the compiled model in the cache instead of compiling again
+    session = mtc.runtime.load(rvm_artifact, backend="openvino", downsample_ratio=1.0)
+    session.process(builtin_clip(ClipSpec(width=256, height=144, frames=1))[0])
+    assert sorted(p.name for p in (tmp_path / "cache" / "openvino").iterdir()) == sorted(p.name for p in cached)
+
+
+def _qdq_model(path):
+    """x -> Q/DQ -> Conv(DQ(int8 weights)) -> Q/DQ -> y: the shape of an mtc INT8 artifact."""
+    rng = np.random.default_rng(0)
+    weight = rng.integers(-127, 128, (4, 3, 3, 3), dtype=np.int8)
+    w_scale = (rng.random(4, dtype=np.float32) * 0.01 + 0.001).astype(np.float32)
+    inits = [
+        numpy_helper.from_array(weight, "w_q"),
+        numpy_helper.from_array(w_scale, "w_scale"),
+        numpy_helper.from_array(np.zeros(4, np.int8), "w_zero"),
+        numpy_helper.from_array(np.array(1 / 127, np.float32), "x_scale"),
+        numpy_helper.from_array(np.array(0, np.int8), "x_zero"),
+        numpy_helper.from_array(np.array(0.05, np.float32), "y_scale"),
+        numpy_helper.from_array(np.array(0, np.int8), "y_zero"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zero"], ["x_q"]),
+        helper.make_node("DequantizeLinear", ["x_q", "x_scale", "x_zero"], ["x_dq"]),
+        helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zero"], ["w_dq"], axis=0),
+        helper.make_node("Conv", ["x_dq", "w_dq"], ["conv"], pads=[1, 1, 1, 1]),
+        helper.make_node("QuantizeLinear", ["conv", "y_scale", "y_zero"], ["y_q"]),
+        helper.make_node("DequantizeLinear", ["y_q", "y_scale", "y_zero"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "h", "w"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, "h", "w"])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def test_qdq_int8_model_loads_and_matches_onnxruntime(tmp_path):
+    from mtc.runtime.backends import OrtBackend
+
+    path = _qdq_model(tmp_path / "qdq.onnx")
+    x = np.random.default_rng(1).uniform(-1, 1, (1, 3, 16, 24)).astype(np.float32)
+    backend = OpenVinoBackend(path)
+    y = backend.run({"x": x})["y"]
+    expected = OrtBackend(path).run({"x": x})["y"]
+    assert y.shape == (1, 4, 16, 24)
+    # both quantize the output to steps of 0.05; kernels may round a rare value one step apart
+    assert np.mean(np.abs(y - expected) < 1e-6) > 0.99 and np.abs(y - expected).max() <= 0.05 + 1e-6
+    assert backend.precision == "fp32"
+
+
+def test_unreadable_model_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(MtcError, match="openvino cannot read"):
+        OpenVinoBackend(bad)

@@ -1,0 +1,58 @@
+"""Quantization of the real pretrained RVM, checked against its FP32 artifact on the built-in clip."""
+
+import json
+
+import numpy as np
+import pytest
+
+import mtc.runtime
+from mtc.quant.config import Gates, preset
+from mtc.quant.pipeline import DataPlan, quantize_artifact
+
+# One setting keeps CI time reasonable; benchmarks/ covers HD at ratio 0.25 as well.
+DATA = DataPlan(calib_frames=12, check_frames=12, settings=((512, 288, 1.0),))
+
+
+@pytest.fixture(scope="module")
+def rvm_int8(rvm_artifact, tmp_path_factory):
+    out = tmp_path_factory.mktemp("quant") / "rvm-int8"
+    return quantize_artifact(rvm_artifact, out, precision="int8", config=preset("speed"),
+                             gates=Gates(max_mad=2.0, max_dtssd=2.0), data=DATA)
+
+
+def test_int8_rvm_passes_its_gates(rvm_int8):
+    assert rvm_int8.passed, rvm_int8.check.failures
+    for clip in rvm_int8.check.clips:
+        assert clip.mad <= 2.0 and clip.dtssd <= 2.0 and not clip.nonfinite_frames
+    report = json.loads((rvm_int8.folder / "report.json").read_text())
+    assert report["int8"]["int8_layers"] >= report["int8"]["quantized_layers"] // 2  # mostly INT8, not all fallback
+
+
+def test_int8_rvm_artifact_is_really_int8_and_runs(rvm_int8, rvm_artifact):
+    import onnx
+
+    model = onnx.load(str(rvm_int8.folder / "model.onnx"))
+    ops = [n.op_type for n in model.graph.node]
+    report = json.loads((rvm_int8.folder / "report.json").read_text())
+    int8_weights = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4]
+    # The speed preset quantizes the layers carrying the compute (>= 1.5% of the MACs each).
+    assert len(int8_weights) == report["int8"]["int8_layers"] >= 8
+    assert ops.count("QuantizeLinear") >= report["int8"]["int8_layers"]
+    session = mtc.runtime.load(rvm_int8.folder)
+    assert session.manifest.precision.mode == "int8"
+    assert session.manifest.provenance["reference_artifact"] == str(rvm_artifact.resolve())
+    frame = np.full((288, 512, 3), 128, np.uint8)
+    assert np.isfinite(session.process(frame).alpha).all()
+
+
+def test_fp16_rvm_has_no_nan_and_stays_within_tolerance(rvm_artifact, tmp_path):
+    outcome = quantize_artifact(rvm_artifact, tmp_path / "rvm-fp16", precision="fp16",
+                                gates=Gates(max_mad=0.1, max_dtssd=0.1), data=DATA)
+    assert outcome.passed, outcome.check.failures
+    clip = outcome.check.clips[0]
+    assert not clip.nonfinite_frames and clip.mad <= 0.1
+    import onnx
+
+    model = onnx.load(str(tmp_path / "rvm-fp16" / "model.onnx"))
+    assert sum(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer) > 50
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # I/O stays FP32
