@@ -268,3 +268,15 @@ def test_min_mac_share_leaves_small_layers_in_float(tmp_path):
     conv3 = next(n for n in model.graph.node if n.name == "conv3")
     weight = next(i for i in model.graph.initializer if i.name == conv3.input[1])
     assert weight.data_type == TensorProto.FLOAT  # read straight from the float initializer
+
+
+def test_uint8_activations_are_the_same_symmetric_arithmetic():
+    model = _toy_chain()
+    plan = plan_qdq(model, quantize_outputs=True)
+    amax = {t: 3.0 for t in plan.activation_tensors()}
+    signed = insert_qdq(model, plan, amax, activation_type="int8")
+    shifted = insert_qdq(model, plan, amax, activation_type="uint8")
+    zeros = [i for i in shifted.graph.initializer if i.name.endswith("__zero")]
+    assert zeros and all(i.data_type == TensorProto.UINT8 and numpy_helper.to_array(i) == 128 for i in zeros)
+    x = RNG.random((1, 3, 16, 16), dtype=np.float32)
+    np.testing.assert_allclose(_run(shifted, {"x": x}), _run(signed, {"x": x}), atol=1e-6)

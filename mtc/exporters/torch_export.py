@@ -157,6 +157,14 @@ def save_random_checkpoint(module, path: Path, *, prefix: str = "", seed: int = 
     torch = require_torch()
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
+        # Every weight from the seeded generator, so the file does not depend on the global RNG
+        # (i.e. on which tests ran before).
+        for sub in module.modules():
+            if isinstance(sub, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)):
+                fan_in = sub.weight[0].numel()
+                sub.weight.copy_(torch.randn(sub.weight.shape, generator=generator) / fan_in ** 0.5)
+                if sub.bias is not None:
+                    sub.bias.copy_(torch.randn(sub.bias.shape, generator=generator) * 0.1)
         for sub in module.modules():
             if isinstance(sub, torch.nn.modules.batchnorm._BatchNorm):
                 n = sub.num_features

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from mtc.quant.qdq import NodeQuant, QdqPlan, insert_qdq, weight_scale_name
+from mtc.quant.qdq import NodeQuant, QdqPlan, drop_unused_initializers, insert_qdq, weight_scale_name
 from mtc.quant.ranges import expose_tensors
 from mtc.runtime.backends import OrtBackend
 
@@ -56,7 +56,8 @@ class _ChannelFit:
 PROBE = "__probe"
 
 
-def probe_model(fp32: onnx.ModelProto, plan: QdqPlan, amax: dict[str, float]) -> onnx.ModelProto:
+def probe_model(fp32: onnx.ModelProto, plan: QdqPlan, amax: dict[str, float], *,
+                activation_type: str = "int8") -> onnx.ModelProto:
     """The FP32 graph plus, for each planned Conv, a quantized copy reading the same FP32 input."""
     model = onnx.ModelProto()
     model.CopyFrom(fp32)
@@ -70,15 +71,17 @@ def probe_model(fp32: onnx.ModelProto, plan: QdqPlan, amax: dict[str, float]) ->
         model.graph.node.append(copy)
         quant = next(n for n in plan.nodes if n.node == node.name)
         probes.append(NodeQuant(copy.name, quant.inputs, quant.weights))
-    return insert_qdq(model, QdqPlan(tuple(probes)), amax)
+    return insert_qdq(model, QdqPlan(tuple(probes)), amax, activation_type=activation_type)
 
 
 def fit_corrections(fp32: onnx.ModelProto, plan: QdqPlan, amax: dict[str, float],
-                    feeds: Iterable[dict[str, np.ndarray]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+                    feeds: Iterable[dict[str, np.ndarray]], *,
+                    activation_type: str = "int8") -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """(gamma, beta) per output channel for every Conv in `plan`, each fitted in isolation."""
     convs = [n for n in fp32.graph.node if n.op_type == "Conv" and n.name in set(plan.node_names)]
     outputs = [t for n in convs for t in (n.output[0], n.output[0] + PROBE)]
-    runner = OrtBackend(expose_tensors(probe_model(fp32, plan, amax), outputs).SerializeToString(), optimization="basic")
+    probes = probe_model(fp32, plan, amax, activation_type=activation_type)
+    runner = OrtBackend(expose_tensors(probes, outputs).SerializeToString(), optimization="basic")
     fits: dict[str, _ChannelFit] = {}
     for feed in feeds:
         got = runner.run({k: v for k, v in feed.items() if k in runner.input_names})
@@ -112,4 +115,5 @@ def apply_corrections(quantized: onnx.ModelProto, corrections: dict[str, tuple[n
         while len(node.input) < 3:
             node.input.append("")
         node.input[2] = corrected_name
+    drop_unused_initializers(graph)
     return out

@@ -144,19 +144,20 @@ def _int8(model, io, feeds, reference, config: Int8Config, gates: Gates, timings
     corrections = {}
     if config.affine_correction:
         started = time.perf_counter()
-        corrections = fit_corrections(model, plan, amax, feeds)
+        corrections = fit_corrections(model, plan, amax, feeds, activation_type=config.activation_type)
         timings["affine_s"] = time.perf_counter() - started
 
     def build(subplan):
         chosen = set(subplan.node_names)
-        return apply_corrections(insert_qdq(model, subplan, amax), {k: v for k, v in corrections.items() if k in chosen})
+        quantized = insert_qdq(model, subplan, amax, activation_type=config.activation_type)
+        return apply_corrections(quantized, {k: v for k, v in corrections.items() if k in chosen})
 
     started = time.perf_counter()
     first = reference.check(OrtBackend(build(plan).SerializeToString()), gates)
     timings["check_s"] = time.perf_counter() - started
     details = {"int8": {"method": config.method, "quantize_outputs": config.quantize_outputs,
                         "affine_correction": config.affine_correction,
-                        "min_mac_share": config.min_mac_share,
+                        "min_mac_share": config.min_mac_share, "activation_type": config.activation_type,
                         "op_types": list(config.op_types), "quantized_layers": len(plan.nodes),
                         "all_int8_check": first.to_dict()}}
     final_plan, check, fallback = plan, first, []

@@ -146,13 +146,20 @@ def quantize_weight(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarr
     return values, scale
 
 
-def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, amax: Mapping[str, float]) -> onnx.ModelProto:
-    """Return a copy of `model` with symmetric INT8 Q/DQ pairs where `plan` says.
+# Zero points that make a symmetric activation range: int8 (TensorRT) or uint8 shifted by 128,
+# which is the same arithmetic but what ONNX Runtime's fast x86 kernels (U8S8) expect.
+ACTIVATION_ZERO = {"int8": np.array(0, np.int8), "uint8": np.array(128, np.uint8)}
 
-    Activations: one Q/DQ pair per tensor (scale amax/127, zero point 0), shared by every
-    planned consumer; other consumers keep reading the float tensor. Weights: stored as INT8
-    initializers behind a per-channel DequantizeLinear.
+
+def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, amax: Mapping[str, float], *,
+               activation_type: str = "int8") -> onnx.ModelProto:
+    """Return a copy of `model` with symmetric 8-bit Q/DQ pairs where `plan` says.
+
+    Activations: one Q/DQ pair per tensor (scale amax/127, symmetric zero point), shared by
+    every planned consumer; other consumers keep reading the float tensor. Weights: stored as
+    INT8 initializers behind a per-channel DequantizeLinear.
     """
+    zero = ACTIVATION_ZERO[activation_type]
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
@@ -165,7 +172,7 @@ def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, amax: Mapping[str, float])
         scale = max(float(amax[tensor]), 1e-8) / INT8_MAX
         base = _safe(tensor)
         new_inits += [numpy_helper.from_array(np.array(scale, np.float32), f"{base}__scale"),
-                      numpy_helper.from_array(np.array(0, np.int8), f"{base}__zero")]
+                      numpy_helper.from_array(zero, f"{base}__zero")]
         q = helper.make_node("QuantizeLinear", [tensor, f"{base}__scale", f"{base}__zero"], [f"{base}__q"], name=f"{base}__Q")
         dq = helper.make_node("DequantizeLinear", [f"{base}__q", f"{base}__scale", f"{base}__zero"], [f"{base}__dq"],
                               name=f"{base}__DQ")
@@ -189,7 +196,7 @@ def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, amax: Mapping[str, float])
 
     graph.initializer.extend(new_inits)
     _place_nodes(graph, new_nodes)
-    _drop_unused_initializers(graph)
+    drop_unused_initializers(graph)
     return out
 
 
@@ -224,7 +231,7 @@ def topological_order(nodes: list[onnx.NodeProto], available: set[str]) -> list[
     return done
 
 
-def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
+def drop_unused_initializers(graph: onnx.GraphProto) -> None:
     used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
     keep = [i for i in graph.initializer if i.name in used]
     del graph.initializer[:]
