@@ -323,10 +323,10 @@ def build_network(backbone: str, refine_mode: str = "full", *, refine_threshold:
 
 
 def load_network(backbone: str, weights: Path, refine_mode: str = "full"):
-    from mtc.exporters.torch_export import load_official_checkpoint
+    from mtc.exporters.torch_export import load_checkpoint
 
     net = build_network(backbone, refine_mode)
-    load_official_checkpoint(net, weights, strip_prefixes=("module.",))
+    load_checkpoint(net, weights, strip_prefixes=("module.",))
     return net
 
 

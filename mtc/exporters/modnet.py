@@ -249,10 +249,10 @@ def build_network():
 
 def load_network(weights: Path):
     """MODNet with an official checkpoint loaded (DataParallel's `module.` prefix is stripped)."""
-    from mtc.exporters.torch_export import load_official_checkpoint
+    from mtc.exporters.torch_export import load_checkpoint
 
     net = build_network()
-    load_official_checkpoint(net, weights, strip_prefixes=("module.",))
+    load_checkpoint(net, weights, strip_prefixes=("module.",))
     return net
 
 

@@ -52,14 +52,23 @@ def read_state_dict(path: Path, *, strip_prefixes: Sequence[str] = ("module.",))
     return cleaned
 
 
-def load_checkpoint(module, path: Path, *, strip_prefixes: Sequence[str] = ("module.",)) -> None:
+# Buffers that some official checkpoints lack because they were saved by a PyTorch that did
+# not have them yet (BatchNorm's counter appeared in 0.4.1). They play no part at inference.
+OPTIONAL_BUFFERS = ("num_batches_tracked",)
+
+
+def load_checkpoint(module, path: Path, *, strip_prefixes: Sequence[str] = ("module.",),
+                    optional_buffers: Sequence[str] = OPTIONAL_BUFFERS) -> None:
     """Load `path` into `module`, refusing any missing, unexpected or mis-shaped key.
 
     The error lists the first mismatches, which is what tells a user they passed the
-    checkpoint of another model or variant.
+    checkpoint of another model or variant. Missing `optional_buffers` keep the module's value.
     """
     state = read_state_dict(path, strip_prefixes=strip_prefixes)
     expected = module.state_dict()
+    for key, value in expected.items():
+        if key not in state and key.rsplit(".", 1)[-1] in optional_buffers:
+            state[key] = value
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     mis_shaped = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
@@ -110,39 +119,6 @@ class TorchBackend:
         if not isinstance(outputs, (tuple, list)):
             outputs = (outputs,)
         return {name: out.numpy() for name, out in zip(self.output_names, outputs)}
-
-
-# Buffers that some official checkpoints lack because they were saved by a PyTorch that did
-# not have them yet (BatchNorm's counter appeared in 0.4.1). They play no part at inference.
-OPTIONAL_BUFFERS = ("num_batches_tracked",)
-
-
-def load_official_checkpoint(module, path: Path, *, strip_prefixes: Sequence[str] = ("module.",),
-                             optional_buffers: Sequence[str] = OPTIONAL_BUFFERS) -> None:
-    """`load_checkpoint`, but accepting checkpoints that lack `optional_buffers`.
-
-    Every other key must match by name and shape; mismatches are refused with the first few
-    listed, exactly as `load_checkpoint` does. Missing optional buffers keep the module's value.
-    """
-    state = read_state_dict(path, strip_prefixes=strip_prefixes)
-    expected = module.state_dict()
-    for key, value in expected.items():
-        if key not in state and key.rsplit(".", 1)[-1] in optional_buffers:
-            state[key] = value
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    mis_shaped = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
-                  if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    if missing or unexpected or mis_shaped:
-        parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mis_shaped)):
-            if items:
-                shown = ", ".join(items[:MAX_LISTED_MISMATCHES])
-                more = f" (+{len(items) - MAX_LISTED_MISMATCHES} more)" if len(items) > MAX_LISTED_MISMATCHES else ""
-                parts.append(f"{len(items)} {label}: {shown}{more}")
-        raise MtcError(f"checkpoint {Path(path).name} does not fit {type(module).__name__}: " + "; ".join(parts),
-                       hint="pass the official checkpoint for this model and --variant")
-    module.load_state_dict(state, strict=True)
 
 
 def save_random_checkpoint(module, path: Path, *, prefix: str = "", seed: int = 0,

@@ -222,10 +222,10 @@ def build_network(arch: str):
 
 def load_network(arch: str, weights: Path):
     """The official network with `weights` loaded strictly (a u2netp file is refused by u2net)."""
-    from mtc.exporters.torch_export import load_official_checkpoint
+    from mtc.exporters.torch_export import load_checkpoint
 
     net = build_network(arch)
-    load_official_checkpoint(net, weights)
+    load_checkpoint(net, weights)
     return net
 
 

@@ -3,6 +3,7 @@ clips, each with its own recurrent state, and measure what quantization costs, f
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -105,9 +106,15 @@ class CheckResult:
 class ReferenceAlphas:
     """FP32 alphas of the check clips, computed once and reused for every candidate."""
 
-    def __init__(self, io: ModelIO, reference: Backend, clips: Sequence[Clip]):
+    def __init__(self, io: ModelIO, reference: Backend | None, clips: Sequence[Clip],
+                 alphas: Sequence[np.ndarray] | None = None):
         self.io, self.clips = io, list(clips)
-        self.alphas = [run_alphas(io, reference, clip) for clip in self.clips]
+        self.alphas = list(alphas) if alphas is not None else [run_alphas(io, reference, clip) for clip in self.clips]
+
+    def head(self, *, clips: int, frames: int) -> ReferenceAlphas:
+        """The first `frames` frames of the first `clips` clips, without re-running the reference."""
+        short = [dataclasses.replace(c, frames=c.frames[:frames]) for c in self.clips[:clips]]
+        return ReferenceAlphas(self.io, None, short, [a[:frames] for a in self.alphas[:clips]])
 
     def check(self, candidate: Backend, gates: Gates, *, with_grad: bool = True) -> CheckResult:
         results = [compare_clip(clip, ref, run_alphas(self.io, candidate, clip), with_grad=with_grad)

@@ -109,7 +109,7 @@ def quantize_artifact(source: Path, output: Path, *, precision: str, config: Int
     timings["data_s"] = time.perf_counter() - started
 
     if precision == "int8":
-        candidate, check, details = _int8(model, io, feeds, reference, config, gates, timings)
+        candidate, check, details = _int8(model, feeds, reference, config, gates, timings)
     else:
         candidate, check, details = _fp16(model, feeds, reference, gates, timings)
 
@@ -126,7 +126,7 @@ def quantize_artifact(source: Path, output: Path, *, precision: str, config: Int
     return Outcome(output, check.passed, check, report)
 
 
-def _int8(model, io, feeds, reference, config: Int8Config, gates: Gates, timings):
+def _int8(model, feeds, reference, config: Int8Config, gates: Gates, timings):
     excluded = set(config.exclude_nodes)
     if config.min_mac_share > 0:
         macs = node_macs(model, feeds[0])
@@ -164,10 +164,9 @@ def _int8(model, io, feeds, reference, config: Int8Config, gates: Gates, timings
     if not first.passed and config.fallback:
         log.info("all-INT8 misses the gates (%s): measuring per-layer sensitivity", "; ".join(first.failures))
         started = time.perf_counter()
-        probe = ReferenceAlphas(io, OrtBackend(model.SerializeToString()), reference.clips[:1])
-        probe.alphas = reference.alphas[:1]
+        probe = reference.head(clips=1, frames=12)  # one layer at a time: keep the probe short
         with frame_progress("layer sensitivity", total=len(plan.nodes)) as advance:
-            sensitivity = layer_sensitivity(build, plan, _shorter(probe, 12), progress=advance)
+            sensitivity = layer_sensitivity(build, plan, probe, progress=advance)
         timings["sensitivity_s"] = time.perf_counter() - started
         started = time.perf_counter()
         result = fallback_until_gates_pass(build, plan, reference, gates, sensitivity,
@@ -179,15 +178,6 @@ def _int8(model, io, feeds, reference, config: Int8Config, gates: Gates, timings
     details["int8"]["fallback_layers"] = fallback
     details["int8"]["int8_layers"] = len(final_plan.nodes)
     return build(final_plan), check, details
-
-
-def _shorter(probe: ReferenceAlphas, frames: int) -> ReferenceAlphas:
-    """The same probe on its first `frames` frames (sensitivity runs once per layer)."""
-    short = object.__new__(ReferenceAlphas)
-    short.io = probe.io
-    short.clips = [dataclasses.replace(c, frames=c.frames[:frames]) for c in probe.clips]
-    short.alphas = [a[:frames] for a in probe.alphas]
-    return short
 
 
 def _fp16(model, feeds, reference, gates: Gates, timings):
