@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import dump, machine, summarize_times, update_results  # noqa: E402
+from common import dump, ensure_artifact, machine, summarize_times, update_results  # noqa: E402
 
 import mtc.runtime  # noqa: E402
 from calib_data.builtin_clip import ClipSpec, builtin_clip  # noqa: E402
@@ -34,17 +34,6 @@ from mtc.runtime.session import MattingSession  # noqa: E402
 
 CASES = ((512, 288, 1.0), (1920, 1080, 0.25))
 REFERENCE = "onnxruntime_fp32"
-
-
-def ensure_artifact(path: Path | None) -> Path:
-    if path is not None:
-        return path
-    default = Path("artifacts/rvm-mobilenetv3-fp32")
-    if not (default / "manifest.json").exists():
-        from mtc.exporters.pipeline import export_model
-
-        export_model("rvm", output=default)
-    return default
 
 
 def make_sessions(artifact: Path, ratio: float, threads: int, dynamic: bool) -> dict[str, MattingSession]:

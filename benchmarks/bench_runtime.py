@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import dump, machine, summarize_times, update_results  # noqa: E402
+from common import dump, ensure_artifact, machine, summarize_times, update_results  # noqa: E402
 
 import mtc.runtime  # noqa: E402
 from calib_data.builtin_clip import ClipSpec, builtin_clip  # noqa: E402
@@ -45,17 +45,6 @@ class PlainRvm:
                  "downsample_ratio": np.array([ratio], np.float32)}
         fgr, pha, *self.state = self.session.run(None, feeds)
         return pha
-
-
-def ensure_artifact(path: Path | None) -> Path:
-    if path is not None:
-        return path
-    default = Path("artifacts/rvm-mobilenetv3-fp32")
-    if not (default / "manifest.json").exists():
-        from mtc.exporters.pipeline import export_model
-
-        export_model("rvm", output=default)
-    return default
 
 
 def bench_case(artifact: Path, official: Path, width: int, height: int, ratio: float, rounds: int, block: int,

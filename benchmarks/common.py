@@ -11,6 +11,18 @@ from mtc.bench.machine import machine_info as machine  # noqa: F401  (re-exporte
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
+def ensure_artifact(path: Path | None) -> Path:
+    """The FP32 RVM artifact to benchmark: `path`, or the default one, exported on first use."""
+    if path is not None:
+        return path
+    default = Path("artifacts/rvm-mobilenetv3-fp32")
+    if not (default / "manifest.json").exists():
+        from mtc.exporters.pipeline import export_model
+
+        export_model("rvm", output=default)
+    return default
+
+
 def summarize_times(seconds: list[float]) -> dict:
     ordered = sorted(seconds)
     pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731

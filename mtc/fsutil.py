@@ -28,7 +28,8 @@ def give_default_permissions(path: Path, *, directory: bool = False) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~mask)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside `path` durable; filesystems that cannot open folders are harmless."""
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -54,7 +55,7 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator:
             os.fsync(handle.fileno())
         give_default_permissions(tmp_path)
         os.replace(tmp_path, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)
         raise disk_error(path, exc) from None
@@ -97,7 +98,7 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise disk_error(path, exc) from None

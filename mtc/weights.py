@@ -48,7 +48,7 @@ from rich.progress import (
 
 from mtc import __version__
 from mtc.errors import MtcError
-from mtc.fsutil import atomic_file
+from mtc.fsutil import atomic_file, fsync_dir
 
 try:
     import fcntl
@@ -511,7 +511,7 @@ def _fetch_url(source: UrlSource, weight: WeightFile, target: Path, progress: bo
         os.replace(partial, target)
     except OSError as exc:
         raise _write_error(weight, target, exc) from None
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
 
 
 def _receive(
@@ -578,16 +578,6 @@ def _receive(
     if total is None and ended:
         total = have  # no announced size: a cleanly ended body is the whole file
     return have, digest, total
-
-
-def _fsync_dir(path: Path) -> None:
-    # Makes the rename durable; some filesystems cannot open folders, which is harmless.
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 @contextlib.contextmanager
