@@ -82,6 +82,8 @@ class Precision:
     calibration: str | None = None
     samples: int = 0
     excluded_nodes: tuple[str, ...] = ()
+    # INT8 only: "int8" or "uint8" (zero point 128) activations; backends differ on which they run faithfully.
+    activation_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -311,6 +313,8 @@ def manifest_from_dict(data: Any, *, source: str = MANIFEST_NAME) -> Manifest:
             calibration=pr.get("calibration", str, None),
             samples=pr.get("samples", int, 0),
             excluded_nodes=tuple(pr.get("excluded_nodes", list, [])),
+            activation_type=pr.choice("activation_type", ("int8", "uint8"), None)
+            if pr.get("activation_type", str, None) is not None else None,
         ),
         files=files,
         provenance=r.get("provenance", dict, {}),

@@ -66,14 +66,24 @@ def test_explicit_backends_that_cannot_run_say_how_to_fix():
         choose_backend("tflite", CPU_ONLY)
 
 
-def test_int8_artifacts_stay_on_onnxruntime_on_the_cpu(caplog):
+def test_signed_int8_artifacts_stay_on_onnxruntime_on_the_cpu(caplog):
     on_cpu = Availability(openvino=True)
-    choice = choose_backend("auto", on_cpu, model_precision="int8")
-    assert choice.name == "onnxruntime" and "INT8" in choice.reason
+    for activations in ("int8", None):  # None: artifacts written before the field existed
+        choice = choose_backend("auto", on_cpu, model_precision="int8", activation_type=activations)
+        assert choice.name == "onnxruntime" and "INT8" in choice.reason
     assert choose_backend("auto", on_cpu, model_precision="fp32").name == "openvino"
     with caplog.at_level(logging.WARNING, logger="mtc"):
-        assert choose_backend("openvino", on_cpu, model_precision="int8").name == "openvino"
-    assert "accuracy report" in caplog.text
+        assert choose_backend("openvino", on_cpu, model_precision="int8", activation_type="int8").name == "openvino"
+    assert "signed activations" in caplog.text
+
+
+def test_uint8_activation_int8_artifacts_go_to_openvino_on_the_cpu(caplog):
+    on_cpu = Availability(openvino=True)
+    assert choose_backend("auto", on_cpu, model_precision="int8", activation_type="uint8").name == "openvino"
+    with caplog.at_level(logging.WARNING, logger="mtc"):
+        choose_backend("openvino", on_cpu, model_precision="int8", activation_type="uint8")
+    assert "signed activations" not in caplog.text
+    assert choose_backend("auto", Availability(), model_precision="int8", activation_type="uint8").name == "onnxruntime"
     gpu = Availability(gpu_count=1, tensorrt=True)
     assert choose_backend("auto", gpu, model_precision="int8").name == "tensorrt"
 

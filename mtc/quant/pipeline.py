@@ -234,7 +234,8 @@ def _write(output: Path, source: Path, manifest: Manifest, candidate: onnx.Model
         quantized = dataclasses.replace(
             manifest, model_file=MODEL_FILE,
             precision=Precision(mode=precision, calibration=config.method if precision == "int8" else None,
-                                samples=samples, excluded_nodes=excluded),
+                                samples=samples, excluded_nodes=excluded,
+                                activation_type=config.activation_type if precision == "int8" else None),
             files={MODEL_FILE: file_entry(folder / MODEL_FILE)},
             provenance={**manifest.provenance, "quantized_from": str(Path(source).resolve()),
                         "reference_artifact": str(Path(source).resolve()),

@@ -101,7 +101,8 @@ def create_backend(name: str, model_path: Path, *, io: ModelIO | None = None, ma
         choice = BackendChoice("onnxruntime", "requested")  # the common path skips probing
     else:
         choice = choose_backend(name, availability or probe_availability(), precision=options.precision,
-                                model_precision=manifest.precision.mode if manifest is not None else "fp32")
+                                model_precision=manifest.precision.mode if manifest is not None else "fp32",
+                                activation_type=manifest.precision.activation_type if manifest is not None else None)
     if choice.name == "onnxruntime":
         providers = options.providers if options.providers is not None else choice.providers
         optimized = None

@@ -13,12 +13,15 @@ The order, best first:
    Dynamic shapes would lose (1.02x / 0.77x), which is why the OpenVINO backend compiles a
    static model per resolution.
 
-INT8 (Q/DQ) artifacts are the exception on the CPU: their accuracy gates are measured with
-ONNX Runtime, whose CPU kernels follow the Q/DQ graph closely, while OpenVINO's low-precision
-transformations fuse and requantize differently. Measured on RVM Q/DQ models (one 512x288 frame,
-alpha MAD x1e3 against ONNX Runtime running the same file): 14 for onnxruntime's own
-`quantize_static` output, 33 for an mtc INT8 artifact whose ONNX Runtime error vs FP32 is 1.8.
-So `auto` keeps INT8 artifacts on ONNX Runtime; `backend="openvino"` still runs them (logged).
+INT8 (Q/DQ) artifacts follow the activation type. With signed int8 activations OpenVINO's
+low-precision transformations lose accuracy: on RVM, alpha MAD x1e3 vs FP32 of 30-44 for both
+onnxruntime's `quantize_static` output and an mtc int8-activation artifact, where ONNX Runtime
+running the same files gives 6-7 and 1-3 (benchmarks/bench_peers.py). With uint8 activations
+(mtc's `speed` preset, zero point 128) OpenVINO matches ONNX Runtime (MAD 1.37 vs 1.35, dtSSD
+0.844 vs 0.843 on evalset composites at 512x288) and runs 2.1x plain ONNX Runtime FP32 (23.7 vs
+11.6 FPS; 1.29x at 1920x1080 ratio 0.25). So `auto` sends uint8-activation INT8 artifacts to
+OpenVINO like FP32 ones and keeps int8-activation ones on ONNX Runtime; `backend="openvino"`
+still runs those (logged).
 
 Probing is cheap and imports nothing heavy: `importlib.util.find_spec` for the optional
 packages, onnxruntime's provider list, and the CUDA driver (libcuda) for the GPU count.
@@ -92,12 +95,13 @@ def probe_availability() -> Availability:
 
 
 def choose_backend(requested: str, available: Availability, *, precision: str = "fp32",
-                   model_precision: str = "fp32") -> BackendChoice:
+                   model_precision: str = "fp32", activation_type: str | None = None) -> BackendChoice:
     """Resolve "auto" (or check an explicit name) against what is available.
 
     Args:
         precision: the inference precision asked for (OpenVINO's bf16 is the only non-fp32).
         model_precision: the artifact's precision (manifest precision.mode).
+        activation_type: for INT8 artifacts, "int8" or "uint8" activations (manifest precision).
 
     Raises:
         MtcError: unknown name, or the named backend cannot run here (with the fix).
@@ -118,9 +122,9 @@ def choose_backend(requested: str, available: Availability, *, precision: str = 
     if requested == "openvino":
         if not available.openvino:
             raise MtcError("backend 'openvino' is not installed", hint="pip install 'mtc[openvino]'")
-        if model_precision == "int8":
-            log.warning("openvino runs INT8 artifacts with its own int8 kernels; the artifact's accuracy report "
-                        "was measured with onnxruntime (on RVM, OpenVINO's alpha differed by MAD 14-33e-3)")
+        if model_precision == "int8" and activation_type != "uint8":
+            log.warning("openvino loses accuracy on INT8 artifacts with signed activations (on RVM, alpha MAD "
+                        "30-44e-3 vs FP32); re-quantize with --preset speed (uint8 activations) for OpenVINO")
         return BackendChoice("openvino", "requested")
     if requested == "onnxruntime":
         return BackendChoice("onnxruntime", "requested")
@@ -136,12 +140,12 @@ def choose_backend(requested: str, available: Availability, *, precision: str = 
         if not available.tensorrt:
             why += " (TensorRT is not installed: pip install 'mtc[trt]')"
         return BackendChoice("onnxruntime", why, providers=("cuda",))
-    if model_precision == "int8":
-        return BackendChoice("onnxruntime", "CPU only; INT8 artifact, whose accuracy was verified with onnxruntime",
-                             providers=("cpu",))
+    if model_precision == "int8" and activation_type != "uint8":
+        return BackendChoice("onnxruntime", "CPU only; INT8 artifact with signed activations, which OpenVINO "
+                             "runs less faithfully", providers=("cpu",))
     for name in CPU_PREFERENCE:
         if name == "openvino" and available.openvino:
-            return BackendChoice("openvino", "CPU only; OpenVINO FP32 (static shapes) measured faster than ONNX Runtime")
+            return BackendChoice("openvino", "CPU only; OpenVINO (static shapes) measured faster than ONNX Runtime")
         if name == "onnxruntime":
             extra = "" if available.openvino else " (OpenVINO, faster on CPU, is not installed: pip install 'mtc[openvino]')"
             return BackendChoice("onnxruntime", f"CPU only{extra}", providers=("cpu",))
