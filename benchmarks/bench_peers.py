@@ -45,7 +45,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import update_results  # noqa: E402
+from common import STATES, OrtRvm, update_results  # noqa: E402
 
 from calib_data.builtin_clip import ClipSpec, builtin_frames  # noqa: E402
 from mtc.bench.accuracy import StreamingMetrics, as_alpha  # noqa: E402
@@ -56,37 +56,12 @@ from mtc.weights import cache_dir, fetch_weights  # noqa: E402
 
 log = logging.getLogger("mtc.peers")
 DEFAULT_CASES = "512x288@1.0,1920x1080@0.25"
-STATES = ("r1i", "r2i", "r3i", "r4i")
 # Human subjects (RVM is a human matting model), paired with the evalset videos in turn.
 EVALSET_FOREGROUNDS = ("c1k_girl_longhair", "c1k_boy", "c1k_woman_furcoat", "am_gt05_pooh")
 PLOT = Path(__file__).with_name("peers.png")
 
 
 # ---- the configurations -----------------------------------------------------------------------
-
-
-class OrtRvm:
-    """RVM in a bare ONNX Runtime session, fed as typical user code does."""
-
-    def __init__(self, model: Path | bytes, ratio: float, threads: int):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
-                                            providers=["CPUExecutionProvider"])
-        self.ratio = np.array([ratio], np.float32)
-        self.reset()
-
-    def reset(self) -> None:
-        self.state = [np.zeros((1, 1, 1, 1), np.float32)] * 4
-
-    def process(self, frame: np.ndarray) -> np.ndarray:
-        src = frame.transpose(2, 0, 1)[None].astype(np.float32) * np.float32(1 / 255)
-        feeds = dict(zip(STATES, self.state), src=src, downsample_ratio=self.ratio)
-        _, pha, *self.state = self.session.run(["fgr", "pha", "r1o", "r2o", "r3o", "r4o"], feeds)
-        return pha[0, 0]
 
 
 class OpenVinoRvm:

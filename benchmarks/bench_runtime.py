@@ -15,11 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import onnxruntime as ort
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import dump, ensure_artifact, machine, summarize_times, update_results  # noqa: E402
+from common import OrtRvm, dump, ensure_artifact, machine, summarize_times, update_results  # noqa: E402
 
 import mtc.runtime  # noqa: E402
 from calib_data.builtin_clip import ClipSpec, builtin_clip  # noqa: E402
@@ -29,31 +26,13 @@ from mtc.weights import fetch_weights  # noqa: E402
 CASES = ((512, 288, 1.0), (1920, 1080, 0.25))
 
 
-class PlainRvm:
-    """The baseline: the official file in a bare ONNX Runtime session, fed the usual way."""
-
-    def __init__(self, path: Path, threads: int):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.state = [np.zeros((1, 1, 1, 1), np.float32)] * 4
-
-    def process(self, frame: np.ndarray, ratio: float) -> np.ndarray:
-        src = frame.transpose(2, 0, 1)[None].astype(np.float32) / 255.0
-        feeds = {"src": src, "r1i": self.state[0], "r2i": self.state[1], "r3i": self.state[2], "r4i": self.state[3],
-                 "downsample_ratio": np.array([ratio], np.float32)}
-        fgr, pha, *self.state = self.session.run(None, feeds)
-        return pha
-
-
 def bench_case(artifact: Path, official: Path, width: int, height: int, ratio: float, rounds: int, block: int,
                threads: int) -> dict:
     frames = builtin_clip(ClipSpec(width=width, height=height, frames=block))
     runtime = mtc.runtime.load(artifact, backend="onnxruntime", downsample_ratio=ratio, scene_cut_threshold=None, threads=threads,
                                allow_spinning=False)
-    plain = PlainRvm(official, threads)
-    runners = {"mtc_runtime": lambda f: runtime.process(f), "plain_ort": lambda f: plain.process(f, ratio)}
+    plain = OrtRvm(official, ratio, threads)
+    runners = {"mtc_runtime": lambda f: runtime.process(f), "plain_ort": lambda f: plain.process(f)}
     for run in runners.values():  # warm-up: allocations and first-run kernels
         run(frames[0])
     times: dict[str, list[float]] = {name: [] for name in runners}

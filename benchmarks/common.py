@@ -6,9 +6,13 @@ import json
 import statistics
 from pathlib import Path
 
+import numpy as np
+import onnxruntime as ort
+
 from mtc.bench.machine import machine_info as machine  # noqa: F401  (re-exported for the scripts)
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
+STATES = ("r1i", "r2i", "r3i", "r4i")
 
 
 def ensure_artifact(path: Path | None) -> Path:
@@ -48,3 +52,27 @@ def dump(result: dict, path: str | None) -> None:
     print(text)
     if path:
         Path(path).write_text(text + "\n")
+
+
+class OrtRvm:
+    """RVM in a bare ONNX Runtime session, fed as typical user code does."""
+
+    def __init__(self, model: Path | bytes, ratio: float, threads: int):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
+                                            providers=["CPUExecutionProvider"])
+        self.ratio = np.array([ratio], np.float32)
+        self.reset()
+
+    def reset(self) -> None:
+        self.state = [np.zeros((1, 1, 1, 1), np.float32)] * 4
+
+    def process(self, frame: np.ndarray) -> np.ndarray:
+        src = frame.transpose(2, 0, 1)[None].astype(np.float32) * np.float32(1 / 255)
+        feeds = dict(zip(STATES, self.state), src=src, downsample_ratio=self.ratio)
+        _, pha, *self.state = self.session.run(["fgr", "pha", "r1o", "r2o", "r3o", "r4o"], feeds)
+        return pha[0, 0]
