@@ -280,3 +280,50 @@ def test_uint8_activations_are_the_same_symmetric_arithmetic():
     assert zeros and all(i.data_type == TensorProto.UINT8 and numpy_helper.to_array(i) == 128 for i in zeros)
     x = RNG.random((1, 3, 16, 16), dtype=np.float32)
     np.testing.assert_allclose(_run(shifted, {"x": x}), _run(signed, {"x": x}), atol=1e-6)
+
+
+def _ort_fused_ops(model, tmp_path):
+    """Op types of the graph ONNX Runtime actually runs (after its QDQ fusions)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+
+
+def test_one_sided_uint8_range_lets_onnxruntime_fuse_conv_relu_into_an_integer_kernel(tmp_path):
+    model = _toy_chain()
+    plan = plan_qdq(model, quantize_outputs=True).only(["conv1"])
+    amax = {t: 3.0 for t in plan.activation_tensors()}
+    symmetric = insert_qdq(model, plan, amax, activation_type="uint8")
+    one_sided = insert_qdq(model, plan, amax, activation_type="uint8", one_sided={"a_relu"})
+    zero = next(i for i in one_sided.graph.initializer if i.name == "a_relu__zero")
+    scale = next(i for i in one_sided.graph.initializer if i.name == "a_relu__scale")
+    assert numpy_helper.to_array(zero) == 0 and numpy_helper.to_array(scale) == pytest.approx(3.0 / 255)
+    # Zero point 128 keeps the Relu between Conv and Q, so the conv runs in float.
+    assert "QLinearConv" not in _ort_fused_ops(symmetric, tmp_path)
+    fused = _ort_fused_ops(one_sided, tmp_path)
+    assert "QLinearConv" in fused and "Relu" not in fused
+    # Same values as the float Relu path, at twice the resolution of the symmetric range.
+    x = RNG.random((1, 3, 16, 16), dtype=np.float32)
+    exact = _run(model, {"x": x})
+    assert np.abs(_run(one_sided, {"x": x}) - exact).mean() < np.abs(_run(symmetric, {"x": x}) - exact).mean()
+
+
+def test_int8_activations_ignore_one_sided_ranges():
+    model = _toy_chain()
+    plan = plan_qdq(model, quantize_outputs=True)
+    amax = {t: 3.0 for t in plan.activation_tensors()}
+    q = insert_qdq(model, plan, amax, activation_type="int8", one_sided={"a_relu"})
+    zero = next(i for i in q.graph.initializer if i.name == "a_relu__zero")
+    assert zero.data_type == TensorProto.INT8 and numpy_helper.to_array(zero) == 0  # TensorRT needs symmetric
+
+
+def test_one_sided_stats_and_mse_clip_with_more_levels():
+    stats = TensorStats()
+    stats.update(np.abs(RNG.standard_normal(100_000)).astype(np.float32))
+    assert stats.one_sided
+    assert threshold(stats, "mse", levels=255) > threshold(stats, "mse", levels=127)  # finer steps: clip later
+    signed = TensorStats()
+    signed.update(RNG.standard_normal(1000).astype(np.float32))
+    assert not signed.one_sided and not TensorStats().one_sided

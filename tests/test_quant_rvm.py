@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 import mtc.runtime
@@ -38,6 +39,13 @@ def test_int8_rvm_artifact_is_really_int8_and_runs(rvm_int8, rvm_artifact):
     # The speed preset quantizes the layers carrying the compute (>= 1.5% of the MACs each).
     assert len(int8_weights) == report["int8"]["int8_layers"] >= 8
     assert ops.count("QuantizeLinear") >= report["int8"]["int8_layers"]
+    # ONNX Runtime must turn every quantized conv into an integer kernel, or INT8 buys no speed.
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(rvm_int8.folder.parent / "ort-optimized.onnx")
+    ort.InferenceSession(str(rvm_int8.folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    fused = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    assert fused.count("QLinearConv") == report["int8"]["int8_layers"]
     session = mtc.runtime.load(rvm_int8.folder, backend="onnxruntime")
     assert session.manifest.precision.mode == "int8" and session.manifest.precision.activation_type == "uint8"
     assert session.manifest.provenance["reference_artifact"] == str(rvm_artifact.resolve())

@@ -28,7 +28,7 @@ from mtc.quant.calibration import BUILTIN, Clip, load_clips, record_feeds
 from mtc.quant.checks import CheckResult, ReferenceAlphas
 from mtc.quant.config import Gates, Int8Config
 from mtc.quant.fp16 import convert_to_fp16, overflow_prone_nodes
-from mtc.quant.qdq import insert_qdq, plan_qdq
+from mtc.quant.qdq import INT8_MAX, UINT8_MAX, insert_qdq, plan_qdq
 from mtc.quant.ranges import collect_stats, threshold
 from mtc.quant.sensitivity import fallback_until_gates_pass, layer_sensitivity
 from mtc.runtime.backends import OrtBackend
@@ -138,18 +138,22 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, timings):
     started = time.perf_counter()
     with frame_progress("calibrating ranges", total=len(feeds)) as advance:
         stats = collect_stats(model, plan.activation_tensors(), feeds, progress=advance)
-    amax = {name: threshold(s, config.method, percentile=config.percentile) for name, s in stats.items()}
+    one_sided = {name for name, s in stats.items() if s.one_sided} if config.activation_type == "uint8" else set()
+    amax = {name: threshold(s, config.method, percentile=config.percentile,
+                            levels=UINT8_MAX if name in one_sided else INT8_MAX)
+            for name, s in stats.items()}
     timings["calibrate_s"] = time.perf_counter() - started
 
     corrections = {}
     if config.affine_correction:
         started = time.perf_counter()
-        corrections = fit_corrections(model, plan, amax, feeds, activation_type=config.activation_type)
+        corrections = fit_corrections(model, plan, amax, feeds, activation_type=config.activation_type,
+                                      one_sided=one_sided)
         timings["affine_s"] = time.perf_counter() - started
 
     def build(subplan):
         chosen = set(subplan.node_names)
-        quantized = insert_qdq(model, subplan, amax, activation_type=config.activation_type)
+        quantized = insert_qdq(model, subplan, amax, activation_type=config.activation_type, one_sided=one_sided)
         return apply_corrections(quantized, {k: v for k, v in corrections.items() if k in chosen})
 
     started = time.perf_counter()
@@ -159,6 +163,7 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, timings):
                         "affine_correction": config.affine_correction,
                         "min_mac_share": config.min_mac_share, "activation_type": config.activation_type,
                         "op_types": list(config.op_types), "quantized_layers": len(plan.nodes),
+                        "one_sided_tensors": len(one_sided),
                         "all_int8_check": first.to_dict()}}
     final_plan, check, fallback = plan, first, []
     if not first.passed and config.fallback:

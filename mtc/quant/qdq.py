@@ -9,7 +9,7 @@ stays float: shape paths, Resize scales and recurrent-state outputs never get Q/
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -149,17 +149,32 @@ def quantize_weight(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarr
 # Zero points that make a symmetric activation range: int8 (TensorRT) or uint8 shifted by 128,
 # which is the same arithmetic but what ONNX Runtime's fast x86 kernels (U8S8) expect.
 ACTIVATION_ZERO = {"int8": np.array(0, np.int8), "uint8": np.array(128, np.uint8)}
+UINT8_MAX = 255
+
+
+def activation_quant(amax: float, activation_type: str, one_sided: bool = False) -> tuple[float, np.ndarray]:
+    """(scale, zero point) of one activation tensor.
+
+    A one-sided uint8 tensor (never negative, e.g. after ReLU) gets zero point 0 and all 256
+    levels on [0, amax]: twice the resolution, and ONNX Runtime then drops the ReLU before the
+    QuantizeLinear (the clamp at 0 is the same), which is what lets it fuse Conv+ReLU into
+    QLinearConv. TensorRT wants zero point 0 on int8, so int8 stays symmetric.
+    """
+    amax = max(float(amax), 1e-8)
+    if activation_type == "uint8" and one_sided:
+        return amax / UINT8_MAX, np.array(0, np.uint8)
+    return amax / INT8_MAX, ACTIVATION_ZERO[activation_type]
 
 
 def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, amax: Mapping[str, float], *,
-               activation_type: str = "int8") -> onnx.ModelProto:
-    """Return a copy of `model` with symmetric 8-bit Q/DQ pairs where `plan` says.
+               activation_type: str = "int8", one_sided: Collection[str] = ()) -> onnx.ModelProto:
+    """Return a copy of `model` with 8-bit Q/DQ pairs where `plan` says.
 
-    Activations: one Q/DQ pair per tensor (scale amax/127, symmetric zero point), shared by
-    every planned consumer; other consumers keep reading the float tensor. Weights: stored as
-    INT8 initializers behind a per-channel DequantizeLinear.
+    Activations: one Q/DQ pair per tensor (see `activation_quant`), shared by every planned
+    consumer; other consumers keep reading the float tensor. Weights: stored as INT8
+    initializers behind a per-channel DequantizeLinear.
     """
-    zero = ACTIVATION_ZERO[activation_type]
+    one_sided = set(one_sided)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
@@ -169,7 +184,7 @@ def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, amax: Mapping[str, float],
     new_inits: list[onnx.TensorProto] = []
 
     for tensor, consumers in plan.activation_readers().items():
-        scale = max(float(amax[tensor]), 1e-8) / INT8_MAX
+        scale, zero = activation_quant(amax[tensor], activation_type, tensor in one_sided)
         base = _safe(tensor)
         new_inits += [numpy_helper.from_array(np.array(scale, np.float32), f"{base}__scale"),
                       numpy_helper.from_array(zero, f"{base}__zero")]

@@ -33,6 +33,11 @@ class TensorStats:
     def amax(self) -> float:
         return max(abs(self.minimum), abs(self.maximum))
 
+    @property
+    def one_sided(self) -> bool:
+        """Never negative over the calibration data (ReLU outputs, images)."""
+        return self.count > 0 and self.minimum >= 0
+
     def update(self, values: np.ndarray) -> None:
         """Fold one batch of values into the running statistics."""
         if values.size == 0:
@@ -63,8 +68,9 @@ class TensorStats:
         self.hist_max *= factor
 
 
-def threshold(stats: TensorStats, method: str, *, percentile: float = 99.999) -> float:
-    """The symmetric clipping value (amax) for one tensor."""
+def threshold(stats: TensorStats, method: str, *, percentile: float = 99.999, levels: int = 127) -> float:
+    """The clipping value (amax) for one tensor quantized to `levels` steps on [0, amax]
+    (127 for symmetric int8, 255 for a one-sided uint8 range)."""
     if method == "minmax" or stats.hist.sum() == 0:
         return stats.amax
     edges = np.linspace(0.0, stats.hist_max, HISTOGRAM_BINS + 1)
@@ -75,7 +81,7 @@ def threshold(stats: TensorStats, method: str, *, percentile: float = 99.999) ->
     if method == "entropy":
         return _entropy_threshold(stats.hist, edges)
     if method == "mse":
-        return _mse_threshold(stats.hist, edges)
+        return _mse_threshold(stats.hist, edges, levels)
     raise MtcError(f"unknown calibration method {method!r}", hint=f"choose one of: {', '.join(METHODS)}")
 
 
