@@ -327,3 +327,61 @@ def test_one_sided_stats_and_mse_clip_with_more_levels():
     signed = TensorStats()
     signed.update(RNG.standard_normal(1000).astype(np.float32))
     assert not signed.one_sided and not TensorStats().one_sided
+
+
+def _concat_slice_model():
+    """x -> conv1 -> relu -> Slice -> Concat(with x) -> conv2 -> y: the RVM decoder's shape."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    n1, i1 = _conv("conv1", "x", "a", 3, 8)
+    relu = helper.make_node("Relu", ["a"], ["a_relu"], name="relu1")
+    bounds = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
+              (("starts", [0, 0]), ("ends", [16, 16]), ("axes", [2, 3]))]
+    crop = helper.make_node("Slice", ["a_relu", "starts", "ends", "axes"], ["cropped"], name="crop")
+    cat = helper.make_node("Concat", ["cropped", "x"], ["joined"], name="cat", axis=1)
+    n2, i2 = _conv("conv2", "joined", "y", 11, 4)
+    return _model([n1, relu, crop, cat, n2], i1 + i2 + bounds, [x], [y])
+
+
+def test_quantization_is_hoisted_through_slice_and_concat_exactly(tmp_path):
+    model = _concat_slice_model()
+    plan = plan_qdq(model, quantize_outputs=True).only(["conv2"])
+    assert plan.activation_tensors() == ["joined"]
+    amax = {"joined": 2.5}
+    q = insert_qdq(model, plan, amax, activation_type="uint8", one_sided={"joined"})
+    producers = {o: n for n in q.graph.node for o in n.output}
+    cat, crop = (next(n for n in q.graph.node if n.name == name) for name in ("cat", "crop"))
+    # Concat and Slice now read dequantized inputs that share the output's scale and zero point.
+    for node in (cat, crop):
+        dq = producers[node.input[0]]
+        assert dq.op_type == "DequantizeLinear" and dq.input[1:] == ["joined__scale", "joined__zero"]
+    assert producers[cat.input[1]].op_type == "DequantizeLinear"
+    # conv1's float output keeps no Q of its own; ONNX Runtime runs the movers on uint8.
+    fused = _ort_fused_ops(q, tmp_path)
+    assert "QLinearConcat" in fused and "Concat" not in fused
+    # Same integers as quantizing the Concat's output alone: the result is identical.
+    x = RNG.random((1, 3, 16, 16), dtype=np.float32)
+    session = ort.SessionOptions()
+    session.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), session, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
+    output_only = plan_qdq(model, quantize_outputs=True).only(["conv2"])
+    reference = insert_qdq(_with_extra_reader(model), output_only, amax, activation_type="uint8", one_sided={"joined"})
+    np.testing.assert_allclose(run(q), run(reference), atol=1e-6)
+
+
+def _with_extra_reader(model):
+    """The same model with a second, float reader of `joined`, which blocks hoisting."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    copy.graph.node.append(helper.make_node("Identity", ["joined"], ["joined_copy"], name="float_reader"))
+    copy.graph.output.append(helper.make_tensor_value_info("joined_copy", TensorProto.FLOAT, None))
+    return copy
+
+
+def test_no_hoisting_when_the_mover_output_has_float_readers():
+    model = _with_extra_reader(_concat_slice_model())
+    plan = plan_qdq(model, quantize_outputs=True).only(["conv2"])
+    q = insert_qdq(model, plan, {"joined": 2.5}, activation_type="uint8")
+    producers = {o: n for n in q.graph.node for o in n.output}
+    cat = next(n for n in q.graph.node if n.name == "cat")
+    assert producers[cat.input[0]].op_type == "Slice" and cat.input[1] == "x"

@@ -90,7 +90,10 @@ class QdqPlan:
 
 def float_tensors(model: onnx.ModelProto) -> set[str]:
     """Names of tensors known to be float32 (graph inputs, value_info, initializers)."""
-    graph = model.graph
+    return float_tensors_of(model.graph)
+
+
+def float_tensors_of(graph: onnx.GraphProto) -> set[str]:
     known = {v.name: v.type.tensor_type.elem_type for v in [*graph.input, *graph.value_info, *graph.output]}
     known.update({i.name: i.data_type for i in graph.initializer})
     return {name for name, elem in known.items() if elem == TensorProto.FLOAT}
@@ -183,14 +186,17 @@ def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, amax: Mapping[str, float],
     new_nodes: dict[str, list[onnx.NodeProto]] = defaultdict(list)  # inserted before the named consumer
     new_inits: list[onnx.TensorProto] = []
 
-    for tensor, consumers in plan.activation_readers().items():
-        scale, zero = activation_quant(amax[tensor], activation_type, tensor in one_sided)
-        base = _safe(tensor)
-        new_inits += [numpy_helper.from_array(np.array(scale, np.float32), f"{base}__scale"),
-                      numpy_helper.from_array(zero, f"{base}__zero")]
-        q = helper.make_node("QuantizeLinear", [tensor, f"{base}__scale", f"{base}__zero"], [f"{base}__q"], name=f"{base}__Q")
-        dq = helper.make_node("DequantizeLinear", [f"{base}__q", f"{base}__scale", f"{base}__zero"], [f"{base}__dq"],
-                              name=f"{base}__DQ")
+    readers = plan.activation_readers()
+    shared = hoist_through_movers(graph, readers)
+    for tensor, consumers in readers.items():
+        root = shared.get(tensor, tensor)
+        if root == tensor:
+            scale, zero = activation_quant(amax[tensor], activation_type, tensor in one_sided)
+            new_inits += [numpy_helper.from_array(np.array(scale, np.float32), f"{_safe(tensor)}__scale"),
+                          numpy_helper.from_array(zero, f"{_safe(tensor)}__zero")]
+        base, params = _safe(tensor), [f"{_safe(root)}__scale", f"{_safe(root)}__zero"]
+        q = helper.make_node("QuantizeLinear", [tensor, *params], [f"{base}__q"], name=f"{base}__Q")
+        dq = helper.make_node("DequantizeLinear", [f"{base}__q", *params], [f"{base}__dq"], name=f"{base}__DQ")
         for node_name, index in consumers:
             nodes[node_name].input[index] = f"{base}__dq"
         new_nodes[consumers[0][0]].extend([q, dq])
@@ -213,6 +219,46 @@ def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, amax: Mapping[str, float],
     _place_nodes(graph, new_nodes)
     drop_unused_initializers(graph)
     return out
+
+
+# Data-movement ops and the inputs that carry data. Quantizing those inputs with the output's
+# scale and zero point gives exactly the integers that quantizing the output gives (Q is
+# elementwise and monotone), and lets ONNX Runtime run the op on uint8 (DQ -> op -> Q) instead
+# of moving floats. Resize is not one: interpolating rounded values rounds twice.
+MOVERS: dict[str, tuple[int, ...] | None] = {"Concat": None, "Slice": (0,), "Transpose": (0,), "Reshape": (0,),
+                                             "MaxPool": (0,)}
+
+
+def hoist_through_movers(graph: onnx.GraphProto, readers: dict[str, list[tuple[str, int]]]) -> dict[str, str]:
+    """Extend `readers` (tensor -> quantized consumers) upward through data-movement ops.
+
+    A quantized tensor made by a mover and read only through its Q/DQ gets its mover's data
+    inputs quantized instead, with the same parameters. Returns {hoisted tensor: the tensor
+    whose scale and zero point it shares}.
+    """
+    producers = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, set[tuple[str, int]]] = defaultdict(set)
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            consumers[name].add((node.name, index))
+    constants = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    outputs, floats = {o.name for o in graph.output}, float_tensors_of(graph)
+    shared: dict[str, str] = {}
+    pending = list(readers)
+    while pending:
+        tensor = pending.pop()
+        mover = producers.get(tensor)
+        if mover is None or mover.op_type not in MOVERS or tensor in outputs or consumers[tensor] != set(readers[tensor]):
+            continue
+        indices = MOVERS[mover.op_type]
+        for index in range(len(mover.input)) if indices is None else indices:
+            source = mover.input[index]
+            if source in readers or source in constants or source not in floats:
+                continue  # already quantized on its own terms, or not an activation
+            readers[source] = [(mover.name, index)]
+            shared[source] = shared.get(tensor, tensor)
+            pending.append(source)
+    return shared
 
 
 def weight_scale_name(node: onnx.NodeProto) -> str:
