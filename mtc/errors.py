@@ -16,3 +16,14 @@ class MtcError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message} (hint: {self.hint})" if self.hint else self.message
+
+
+def exception_summary(exc: BaseException, limit: int = 300) -> str:
+    """One line that says what went wrong inside a library exception.
+
+    Native libraries put source locations first ("Exception from src/...cpp:117:") and the cause
+    further down; the first line that is not such a location is the one worth showing.
+    """
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    meaningful = [line for line in lines if not (line.startswith("Exception from ") and line.endswith(":"))]
+    return ((meaningful or lines or [type(exc).__name__])[0])[:limit]

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from mtc.errors import MtcError
+from mtc.errors import MtcError, exception_summary
 
 # Ops whose cost is multiply-accumulates -> indices of the inputs whose shapes that cost
 # reads: the weight for the Conv family (C_out, C_in/group, k...), data and weight for
@@ -357,7 +357,7 @@ def _run_for_shapes(
         names = [o.name for o in session.get_outputs()]
         results = session.run(names, feeds)
     except Exception as exc:  # onnxruntime raises its own exception types
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first_line = exception_summary(exc)
         raise MtcError(
             f"onnxruntime could not run the model to measure its cost: {first_line}",
             hint="check that the feeds' shapes and dtypes match the model's inputs",

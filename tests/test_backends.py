@@ -279,3 +279,14 @@ def test_damaged_optimized_model_falls_back_to_the_source(tiny_model, tmp_path, 
     backend = OrtBackend(tiny_model, optimized_model=damaged)
     assert backend.optimized_model is None
     assert "ignoring the cached optimized model" in caplog.text
+
+
+def test_library_errors_are_summarised_by_their_cause_not_their_source_location():
+    from mtc.errors import exception_summary
+
+    nested = RuntimeError("Exception from src/inference/src/cpp/core.cpp:117:\n"
+                          "Exception from src/core/src/pass/graph_rewrite.cpp:298:\n"
+                          "[ConcatTransformation] END: node Concat_199 failed\nmore detail")
+    assert exception_summary(nested) == "[ConcatTransformation] END: node Concat_199 failed"
+    assert exception_summary(ValueError("")) == "ValueError"
+    assert exception_summary(ValueError("x" * 500), 10) == "x" * 10

@@ -385,3 +385,58 @@ def test_no_hoisting_when_the_mover_output_has_float_readers():
     producers = {o: n for n in q.graph.node for o in n.output}
     cat = next(n for n in q.graph.node if n.name == "cat")
     assert producers[cat.input[0]].op_type == "Slice" and cat.input[1] == "x"
+
+
+def _image_concat_model(cin_image=3, features=8):
+    """x -> conv1 -> relu -> Concat(relu, x) -> conv2 -> y, with 8 + 3 = 11 channels into conv2."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin_image, 16, 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    n1, i1 = _conv("conv1", "x", "a", cin_image, features)
+    relu = helper.make_node("Relu", ["a"], ["a_relu"], name="relu1")
+    cat = helper.make_node("Concat", ["a_relu", "x"], ["joined"], name="cat", axis=1)
+    n2, i2 = _conv("conv2", "joined", "y", features + cin_image, 4)
+    return _model([n1, relu, cat, n2], i1 + i2, [x], [y])
+
+
+def test_channel_alignment_pads_the_concats_small_input_and_computes_the_same():
+    from mtc.quant.align import align_conv_inputs
+
+    model = _image_concat_model()
+    aligned, padded = align_conv_inputs(model, ["conv1", "conv2"])
+    assert padded == ["conv1", "conv2"]  # 3 -> 4 and 11 -> 12 input channels
+    nodes = {n.name: n for n in aligned.graph.node}
+    producers = {o: n for n in aligned.graph.node for o in n.output}
+    assert producers[nodes["cat"].input[1]].op_type == "Pad"  # the 3-channel image, not the 12-channel concat
+    assert producers[nodes["conv1"].input[0]].op_type == "Pad"  # no concat: the conv input itself
+    weight = next(i for i in aligned.graph.initializer if i.name == nodes["conv2"].input[1])
+    assert list(weight.dims)[1] == 12 and not numpy_helper.to_array(weight)[:, 11].any()
+    x = RNG.random((1, 3, 16, 16), dtype=np.float32)
+    np.testing.assert_allclose(_run(aligned, {"x": x}), _run(model, {"x": x}), rtol=1e-5, atol=1e-6)
+    # Already aligned or grouped convs are left alone.
+    assert align_conv_inputs(_image_concat_model(cin_image=4), ["conv1", "conv2"])[1] == []
+    assert align_conv_inputs(_toy_chain(), ["conv2"])[1] == []  # depthwise
+
+
+def test_aligned_pad_runs_on_integers_and_compiles_on_openvino(tmp_path):
+    from mtc.quant.align import align_conv_inputs
+
+    model = _image_concat_model()
+    aligned, _ = align_conv_inputs(model, ["conv2"])
+    plan = plan_qdq(aligned, quantize_outputs=True).only(["conv2"])
+    q = insert_qdq(aligned, plan, {t: 2.0 for t in plan.activation_tensors()}, activation_type="uint8",
+                   one_sided=set(plan.activation_tensors()))
+    producers = {o: n for n in q.graph.node for o in n.output}
+    pad = next(n for n in q.graph.node if n.op_type == "Pad")
+    # Pad reads the quantized image and pads with the zero point; no float round trip around it.
+    assert producers[pad.input[0]].op_type == "QuantizeLinear" and pad.input[2].endswith("__zero")
+    x = RNG.random((1, 3, 16, 16), dtype=np.float32)
+    unaligned_plan = plan_qdq(model, quantize_outputs=True).only(["conv2"])
+    unaligned = insert_qdq(model, unaligned_plan, {t: 2.0 for t in unaligned_plan.activation_tensors()},
+                           activation_type="uint8", one_sided=set(unaligned_plan.activation_tensors()))
+    np.testing.assert_allclose(_run(q, {"x": x}), _run(unaligned, {"x": x}), atol=1e-5)
+    ov = pytest.importorskip("openvino")
+    # OpenVINO takes the integer Pad (on the real RVM, the float form made its low-precision
+    # Concat pass throw; tests/test_quant_rvm.py runs that artifact on OpenVINO).
+    compiled = ov.Core().compile_model(ov.Core().read_model(q.SerializeToString(), b""), "CPU")
+    got = compiled.create_infer_request().infer({"x": x})
+    np.testing.assert_allclose(next(iter(got.values())), _run(unaligned, {"x": x}), atol=0.05)

@@ -46,6 +46,8 @@ def test_int8_rvm_artifact_is_really_int8_and_runs(rvm_int8, rvm_artifact):
     ort.InferenceSession(str(rvm_int8.folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
     fused = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
     assert fused.count("QLinearConv") == report["int8"]["int8_layers"]
+    # The full-resolution decoder conv reads 32 + 3 image channels: padded to 36 for the fast kernel.
+    assert "Conv_290" in report["int8"]["channel_aligned_layers"]
     session = mtc.runtime.load(rvm_int8.folder, backend="onnxruntime")
     assert session.manifest.precision.mode == "int8" and session.manifest.precision.activation_type == "uint8"
     assert session.manifest.provenance["reference_artifact"] == str(rvm_artifact.resolve())

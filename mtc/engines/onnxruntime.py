@@ -16,7 +16,7 @@ import os
 import time
 from pathlib import Path
 
-from mtc.errors import MtcError
+from mtc.errors import MtcError, exception_summary
 
 log = logging.getLogger("mtc")
 
@@ -55,7 +55,7 @@ def save_optimized_model(model_path: Path, model_sha256: str, *, providers=None,
     except OSError as exc:
         raise MtcError(f"cannot write {target}: {exc.strerror or exc}", hint="set MTC_CACHE to a writable folder") from None
     except Exception as exc:
-        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        detail = exception_summary(exc, 300)
         raise MtcError(f"onnxruntime could not optimize {model_path}: {detail}", hint="re-export the artifact") from None
     finally:
         partial.unlink(missing_ok=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 import onnx
 from onnx import version_converter
 
-from mtc.errors import MtcError
+from mtc.errors import MtcError, exception_summary
 
 log = logging.getLogger("mtc")
 
@@ -50,7 +50,7 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = exception_summary(exc)
         raise MtcError(f"{path} fails the ONNX checker: {first}", hint="the file is corrupt or malformed") from None
     return model
 

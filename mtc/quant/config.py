@@ -41,6 +41,8 @@ class Int8Config:
         min_mac_share: quantize only layers holding at least this share of the model's
             multiply-accumulates (0 = all). On CPU, a small layer costs more in Q/DQ
             conversions than INT8 saves, and every quantized layer adds error.
+        align_channels: pad quantized convs' inputs with zero channels to a multiple of 4,
+            the shape ONNX Runtime's fast x86 integer kernels need (exact; mtc.quant.align).
         affine_correction: fit a per-channel gamma/beta against FP32 and fold it into the
             weight scales and biases (mtc.quant.affine; zero inference cost).
         fallback: let the gates move the most sensitive layers back to float.
@@ -54,6 +56,7 @@ class Int8Config:
     exclude_nodes: tuple[str, ...] = ()
     min_mac_share: float = 0.0
     activation_type: str = "int8"
+    align_channels: bool = False
     affine_correction: bool = True
     fallback: bool = True
     max_fallback_fraction: float = 0.5
@@ -62,7 +65,7 @@ class Int8Config:
 PRESETS: dict[str, Int8Config] = {
     # CPU backends: integer kernels end to end for the layers that carry the compute (each
     # holding >= 1.5% of the MACs); small and depthwise layers stay float.
-    "speed": Int8Config(min_mac_share=0.015, activation_type="uint8"),
+    "speed": Int8Config(min_mac_share=0.015, activation_type="uint8", align_channels=True),
     # TensorRT style: every conv, Q/DQ on inputs and weights only; the builder fuses outputs.
     "tensorrt": Int8Config(quantize_outputs=False),
 }

@@ -24,6 +24,7 @@ from mtc.fsutil import atomic_dir, atomic_write_text
 from mtc.graph_stats import node_macs
 from mtc.manifest import MANIFEST_NAME, REPORT_NAME, Manifest, Precision, file_entry, read_manifest, sha256_file
 from mtc.quant.affine import apply_corrections, fit_corrections
+from mtc.quant.align import align_conv_inputs
 from mtc.quant.calibration import BUILTIN, Clip, load_clips, record_feeds
 from mtc.quant.checks import CheckResult, ReferenceAlphas
 from mtc.quant.config import Gates, Int8Config
@@ -135,6 +136,11 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, timings):
     plan = plan_qdq(model, op_types=config.op_types, exclude_nodes=excluded, quantize_outputs=config.quantize_outputs)
     if not plan.nodes:
         raise MtcError("nothing to quantize: the model has no eligible layers", hint="check --op-types")
+    aligned = []
+    if config.align_channels:
+        model, aligned = align_conv_inputs(model, plan.node_names)
+        plan = plan_qdq(model, op_types=config.op_types, exclude_nodes=excluded,
+                        quantize_outputs=config.quantize_outputs)
     started = time.perf_counter()
     with frame_progress("calibrating ranges", total=len(feeds)) as advance:
         stats = collect_stats(model, plan.activation_tensors(), feeds, progress=advance)
@@ -163,7 +169,7 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, timings):
                         "affine_correction": config.affine_correction,
                         "min_mac_share": config.min_mac_share, "activation_type": config.activation_type,
                         "op_types": list(config.op_types), "quantized_layers": len(plan.nodes),
-                        "one_sided_tensors": len(one_sided),
+                        "one_sided_tensors": len(one_sided), "channel_aligned_layers": aligned,
                         "all_int8_check": first.to_dict()}}
     final_plan, check, fallback = plan, first, []
     if not first.passed and config.fallback:

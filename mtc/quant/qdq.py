@@ -217,8 +217,52 @@ def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, amax: Mapping[str, float],
 
     graph.initializer.extend(new_inits)
     _place_nodes(graph, new_nodes)
+    _pad_integers(graph)
     drop_unused_initializers(graph)
     return out
+
+
+def _pad_integers(graph: onnx.GraphProto) -> None:
+    """Rewrite DQ -> Pad(0) -> Q with one scale and zero point as Pad(zero point) on the integers.
+
+    The same values, one float round trip fewer, and OpenVINO's low-precision Concat pass (which
+    fails on a dequantized Pad feeding a Concat, as channel alignment makes) never sees it.
+    """
+    producers = {out: node for node in graph.node for out in node.output}
+    readers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            readers[name].append(node)
+    initializers = {i.name: i for i in graph.initializer}
+    dropped, retyped = set(), set()
+    for pad in (n for n in graph.node if n.op_type == "Pad"):
+        dq = producers.get(pad.input[0])
+        after = readers[pad.output[0]]
+        if dq is None or dq.op_type != "DequantizeLinear" or len(after) != 1 or after[0].op_type != "QuantizeLinear":
+            continue
+        q = after[0]
+        value = pad.input[2] if len(pad.input) > 2 else ""
+        if list(q.input[1:]) != list(dq.input[1:]) or (value and not _is_zero(initializers.get(value))):
+            continue
+        pad.input[0] = dq.input[0]
+        del pad.input[2:]
+        pad.input.append(dq.input[2])  # a zero in the integer domain is the zero point
+        for reader in readers[q.output[0]]:
+            reader.input[:] = [pad.output[0] if name == q.output[0] else name for name in reader.input]
+        dropped.add(q.name)
+        if len(readers[dq.output[0]]) == 1:
+            dropped.add(dq.name)
+        retyped.add(pad.output[0])
+    kept = [n for n in graph.node if n.name not in dropped]
+    del graph.node[:]
+    graph.node.extend(kept)
+    value_info = [v for v in graph.value_info if v.name not in retyped]
+    del graph.value_info[:]
+    graph.value_info.extend(value_info)
+
+
+def _is_zero(tensor: onnx.TensorProto | None) -> bool:
+    return tensor is not None and not numpy_helper.to_array(tensor).any()
 
 
 # Data-movement ops and the inputs that carry data. Quantizing those inputs with the output's
@@ -226,7 +270,7 @@ def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, amax: Mapping[str, float],
 # elementwise and monotone), and lets ONNX Runtime run the op on uint8 (DQ -> op -> Q) instead
 # of moving floats. Resize is not one: interpolating rounded values rounds twice.
 MOVERS: dict[str, tuple[int, ...] | None] = {"Concat": None, "Slice": (0,), "Transpose": (0,), "Reshape": (0,),
-                                             "MaxPool": (0,)}
+                                             "MaxPool": (0,), "Pad": (0,)}
 
 
 def hoist_through_movers(graph: onnx.GraphProto, readers: dict[str, list[tuple[str, int]]]) -> dict[str, str]:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mtc.errors import MtcError
+from mtc.errors import MtcError, exception_summary
 from mtc.manifest import ModelIO
 from mtc.runtime.backends.base import default_threads, is_broadcast_initial, require
 
@@ -107,7 +107,7 @@ class OpenVinoBackend:
         try:
             self.model = self.core.read_model(str(model))
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses with long messages
-            detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            detail = exception_summary(exc, 300)
             raise MtcError(f"openvino cannot read {model}: {detail}",
                            hint="the file is corrupt or uses an op OpenVINO does not support; try backend='onnxruntime'") from None
         self.input_names = tuple(i.get_any_name() for i in self.model.inputs)
@@ -171,14 +171,14 @@ class OpenVinoBackend:
                     shapes.update({n: list(s) for n, s in state_shapes.items()})
                     model.reshape(shapes)
             except Exception as exc:  # OpenVINO raises plain RuntimeErrors from shape inference
-                detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                detail = exception_summary(exc, 300)
                 raise MtcError(f"openvino cannot make the model static for {self._describe_signature(feeds)}: {detail}",
                                hint="pass static_shapes=False to OpenVinoBackend, or use backend='onnxruntime'") from None
         started = time.perf_counter()
         try:
             compiled = self.core.compile_model(model, self.device, self.config)
         except Exception as exc:
-            detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            detail = exception_summary(exc, 300)
             raise MtcError(f"openvino cannot compile the model for {self.device}: {detail}",
                            hint="try backend='onnxruntime'") from None
         seconds = time.perf_counter() - started

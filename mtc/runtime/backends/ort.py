@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mtc.errors import MtcError
+from mtc.errors import MtcError, exception_summary
 from mtc.runtime.backends.base import DeviceState, default_threads
 
 log = logging.getLogger("mtc")
@@ -136,14 +136,14 @@ class OrtBackend:
                 log.debug("onnxruntime: loaded the pre-optimized model %s", optimized_model)
             except Exception as exc:  # a damaged cache entry must not stop the run: use the source
                 log.warning("onnxruntime: ignoring the cached optimized model %s (%s)", optimized_model,
-                            str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__)
+                            exception_summary(exc, 200))
         if self.session is None:
             options = session_options(threads=threads, allow_spinning=allow_spinning, optimization=optimization)
             try:
                 self.session = ort.InferenceSession(source, options, providers=provider_list)
             except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
                 what = "the model" if isinstance(model, bytes) else str(model)
-                detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                detail = exception_summary(exc, 300)
                 raise MtcError(f"onnxruntime cannot load {what}: {detail}",
                                hint="the file is corrupt or uses an op this onnxruntime does not support; re-export it") from None
         self.input_names = tuple(i.name for i in self.session.get_inputs())
