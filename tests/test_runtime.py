@@ -1,5 +1,6 @@
 import subprocess
 import sys
+import time
 
 import numpy as np
 import onnxruntime as ort
@@ -175,3 +176,30 @@ def test_cli_help_and_version_import_nothing_heavy():
             "    except SystemExit: pass\n")
     modules = _modules_after(code)
     assert not modules & {"torch", "onnx", "onnxruntime", "numpy", "av", "PIL"}
+
+
+def test_matte_stream_renders_each_frame_even_when_the_backend_reuses_its_buffers():
+    from mtc.runtime.apply import Renderer, matte_stream
+    from mtc.runtime.session import Matte
+
+    class ReusingSession:
+        """Like OpenVINO: every result is a view of the same output buffer."""
+
+        def __init__(self):
+            self.alpha = np.zeros((4, 6), np.float32)
+            self.foreground = np.ones((4, 6, 3), np.float32)
+
+        def process(self, frame):
+            self.alpha[:] = frame[0, 0, 0] / 255.0
+            return Matte(self.alpha, self.foreground)
+
+    frames = [np.full((4, 6, 3), value, np.uint8) for value in (0, 51, 102, 153, 204, 255)]
+    written = []
+
+    def slow_write(picture):  # lets inference run ahead and overwrite the buffer before rendering
+        time.sleep(0.02)
+        written.append(picture)
+
+    stats = matte_stream(ReusingSession(), iter(frames), slow_write, Renderer(kind="alpha"))
+    assert stats.frames == len(frames)
+    assert [int(out[0, 0]) for out in written] == [0, 51, 102, 153, 204, 255]

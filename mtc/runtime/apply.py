@@ -121,7 +121,10 @@ def matte_stream(session: MattingSession, frames: Iterable[np.ndarray], write: C
     decoded: queue.Queue = queue.Queue(maxsize=4)
     rendered: queue.Queue = queue.Queue(maxsize=4)
     reader = threading.Thread(target=_produce, args=(frames, decoded, errors), daemon=True)
-    writer = threading.Thread(target=lambda: _consume(rendered, write, errors), daemon=True)
+    # Rendering (compositing a full frame in numpy) runs on the writer thread, overlapped with
+    # the next inference; the matte is copied first because backends may reuse output buffers.
+    writer = threading.Thread(target=lambda: _consume(rendered, lambda m: write(renderer.render(m)), errors),
+                              daemon=True)
     stats = RunStats()
     started = time.perf_counter()
     reader.start()
@@ -133,7 +136,7 @@ def matte_stream(session: MattingSession, frames: Iterable[np.ndarray], write: C
             t0 = time.perf_counter()
             matte = session.process(frame)
             stats.model_seconds += time.perf_counter() - t0
-            rendered.put(renderer.render(matte))
+            rendered.put(Matte(np.array(matte.alpha), np.array(matte.foreground)))
             stats.frames += 1
             stats.seconds = time.perf_counter() - started
             if on_frame:
