@@ -3,6 +3,8 @@ the official ONNX on real weights (transplanted), plus the TensorRT-friendly fix
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -276,3 +278,34 @@ def test_export_pipeline_end_to_end_on_real_weights(rvm_onnx, tmp_path):
         matte, expected = session.process(frame), official.process(frame)
         assert matte.alpha.shape == (96, 160) and matte.foreground.shape == (96, 160, 3)
         assert float(np.abs(matte.alpha - expected.alpha).max()) <= 1e-4
+
+
+def test_refiner_tail_fold_removes_the_full_resolution_residual_add_and_keeps_the_values(rvm_onnx):
+    import onnxruntime as ort
+
+    from mtc.exporters.rvm import fuse_refiner_tail
+
+    original, _ = sanitize(onnx.load(str(rvm_onnx)))
+    folded, applied = fuse_refiner_tail(original)
+    assert applied
+    producers = {o: n for n in folded.graph.node for o in n.output}
+    fgr_clip = producers["fgr"]
+    assert producers[fgr_clip.input[0]].op_type == "Split"  # no full-resolution "+ src" any more
+    assert len(folded.graph.node) == len(original.graph.node)  # one Add moved to low resolution
+    rng = np.random.default_rng(0)
+    sessions = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]) for m in (original, folded)]
+    for height, width, ratio in ((288, 512, 1.0), (361, 641, 0.25)):
+        feeds = {"src": rng.random((1, 3, height, width), dtype=np.float32),
+                 "downsample_ratio": np.array([ratio], np.float32),
+                 **{f"r{i}i": np.zeros((1, 1, 1, 1), np.float32) for i in range(1, 5)}}
+        expected, got = (s.run(None, feeds) for s in sessions)
+        for a, b in zip(expected, got):
+            np.testing.assert_allclose(b, a, atol=1e-6)
+    # A graph without that tail is returned as is.
+    untouched, applied = fuse_refiner_tail(folded)
+    assert not applied and untouched is folded
+
+
+def test_rvm_export_reports_its_rewrites(rvm_artifact):
+    report = json.loads((rvm_artifact / "report.json").read_text())
+    assert report["rewrites"] == ["fuse_refiner_tail"]

@@ -124,6 +124,11 @@ def export_model(name: str, *, variant: str | None = None, output: Path | None =
     started = time.perf_counter()
     original = var.build_onnx(weights)
     sanitized, sanitize_log = sanitize(original, run_simplifier=simplify)
+    rewrites = []
+    for rewrite in var.rewrites:
+        sanitized, applied = rewrite(sanitized)
+        if applied:
+            rewrites.append(rewrite.__name__)
     timings["sanitize_s"] = time.perf_counter() - started
     io = io_from_graph(var.io, sanitized)
     model_bytes = sanitized.SerializeToString()
@@ -152,6 +157,7 @@ def export_model(name: str, *, variant: str | None = None, output: Path | None =
             },
         )
         report = export_report(spec, var, sanitize_log, parity, timings)
+        report["rewrites"] = rewrites
         atomic_write_text(folder / REPORT_NAME, json.dumps(report, indent=2) + "\n")
         # The manifest goes last: a folder without it is never mistaken for an artifact.
         atomic_write_text(folder / MANIFEST_NAME, manifest.to_json())

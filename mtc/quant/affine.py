@@ -17,7 +17,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from mtc.quant.qdq import NodeQuant, QdqPlan, drop_unused_initializers, insert_qdq, weight_scale_name
+from mtc.graph_edit import drop_unused_initializers
+from mtc.quant.qdq import NodeQuant, QdqPlan, insert_qdq, weight_scale_name
 from mtc.quant.ranges import expose_tensors
 from mtc.runtime.backends import OrtBackend
 

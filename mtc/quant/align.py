@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from mtc.quant.qdq import drop_unused_initializers
+from mtc.graph_edit import drop_unused_initializers
 
 CHANNEL_MULTIPLE = 4
 

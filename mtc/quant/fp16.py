@@ -13,7 +13,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from mtc.quant.qdq import float_tensors, topological_order
+from mtc.graph_edit import topological_order
+from mtc.quant.qdq import float_tensors
 
 FP16_MAX = 65504.0
 HEADROOM = 4.0  # an op whose calibration peak is above FP16_MAX / HEADROOM stays FP32

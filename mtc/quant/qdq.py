@@ -16,6 +16,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from mtc.graph_edit import drop_unused_initializers, topological_order
+
 INT8_MAX = 127
 
 # Activations a backend fuses into the preceding op: an output Q/DQ goes after them so the
@@ -318,29 +320,6 @@ def _place_nodes(graph: onnx.GraphProto, before: dict) -> None:
         ordered.append(node)
     del graph.node[:]
     graph.node.extend(topological_order(ordered, {i.name for i in graph.input} | {i.name for i in graph.initializer}))
-
-
-def topological_order(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
-    ready, pending, done = set(available) | {""}, list(nodes), []
-    while pending:
-        remaining = []
-        for node in pending:
-            if all(i in ready for i in node.input):
-                done.append(node)
-                ready.update(node.output)
-            else:
-                remaining.append(node)
-        if len(remaining) == len(pending):
-            raise ValueError(f"graph has a cycle or a missing input near {remaining[0].name}")
-        pending = remaining
-    return done
-
-
-def drop_unused_initializers(graph: onnx.GraphProto) -> None:
-    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
-    keep = [i for i in graph.initializer if i.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
 
 
 def _safe(name: str) -> str:
