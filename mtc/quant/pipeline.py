@@ -209,18 +209,22 @@ def _fp16(model, feeds, reference, gates: Gates, timings):
 
 
 def measure_speed(io, fp32_path: Path, candidate: onnx.ModelProto, clip: Clip, rounds: int = 3) -> dict:
-    """Median frame time of FP32 vs the candidate on ONNX Runtime CPU, interleaved (indicative only;
-    benchmarks/ has the controlled comparison)."""
+    """Median frame time of FP32 vs the candidate on ONNX Runtime CPU, interleaved frame by frame
+    (indicative only; benchmarks/ has the controlled comparison)."""
     from mtc.runtime.session import MattingSession
 
     frames = clip.frames[:8]
     sessions = {name: MattingSession(io, OrtBackend(model, allow_spinning=False), downsample_ratio=clip.downsample_ratio,
                                      scene_cut_threshold=None)
                 for name, model in (("fp32", fp32_path), ("candidate", candidate.SerializeToString()))}
+    for session in sessions.values():
+        session.process(frames[0])  # warm-up
     times = {name: [] for name in sessions}
-    for r in range(rounds):
-        for name in (list(sessions) if r % 2 == 0 else list(reversed(sessions))):
-            for frame in frames:
+    for _ in range(rounds):
+        for session in sessions.values():
+            session.reset()
+        for i, frame in enumerate(frames):
+            for name in (list(sessions) if i % 2 == 0 else list(reversed(sessions))):
                 t0 = time.perf_counter()
                 sessions[name].process(frame)
                 times[name].append(time.perf_counter() - t0)
