@@ -35,7 +35,7 @@ from mtc.weights import cache_dir, fetch_weights  # noqa: E402
 NO_GATES = Gates(max_mad=None, max_dtssd=None)
 
 
-def fps_vs_fp32(io, fp32: Path, candidate: Path, clips, rounds: int = 4, frames: int = 8) -> list[tuple[float, float]]:
+def fps_vs_fp32(io, fp32: Path, candidate: Path, clips, rounds: int = 8, frames: int = 8) -> list[tuple[float, float]]:
     """(candidate FPS, FP32 FPS) per clip: median frame time, spinning off, interleaved frame by
     frame (who goes first alternates) so bursts of load on a shared machine hit both alike."""
     results = []
@@ -122,7 +122,7 @@ def main() -> None:
 
 `python benchmarks/bench_quant.py` — {m['date']}, {m['cpu']}, {m['cores']} cores, onnxruntime {m['onnxruntime']}.
 Alpha error vs the FP32 artifact on held-out built-in clips (other motion than calibration), each model with
-its own recurrent state: MAD ×1e3, dtSSD ×1e2. FPS: ONNX Runtime CPU, 2 threads, median frame time over 4 rounds
+its own recurrent state: MAD ×1e3, dtSSD ×1e2. FPS: ONNX Runtime CPU, 2 threads, median frame time over 8 rounds
 of 8 frames, interleaved frame by frame with FP32 on the same frames. "vs stock": how many times lower MAD + dtSSD is than quantize_static's.
 Calibration time includes checks (and, for the gated preset, the sensitivity search).
 Targets (issue 4): MAD ≤ 0.8 and dtSSD ≤ 0.8 at both sizes, ≥ 3× better than stock, INT8 ≥ 1.5× FP32 FPS.
