@@ -18,8 +18,8 @@ Three measurements per case (512x288 at ratio 1.0, 1920x1080 at ratio 0.25), in 
      of the pass), and
    - pipeline: `mtc.runtime.apply.matte_stream`, the decode -> matte -> encode threads of
      `mtc run`, via `mtc.bench.measure.measure_end_to_end` (green composite to H.264 in the
-     temporary folder; FPS = frames / wall time from the first decode to the closed output,
-     encoder flush included).
+     temporary folder, x264 preset from `--x264-preset`, default mtc run's; FPS = frames / wall
+     time from the first decode to the closed output, encoder flush included).
    The session is warmed up first, so its load and first-run allocations are in neither.
    Claim: pipeline FPS at least 90% of model-only FPS (ratio of the medians over rounds).
    Decoding and encoding threads share the machine's cores with inference: on a 2-core CPU
@@ -45,7 +45,7 @@ import mtc.runtime  # noqa: E402
 from calib_data.builtin_clip import ClipSpec, builtin_clip, write_builtin_clip  # noqa: E402
 from mtc.bench.measure import measure_end_to_end  # noqa: E402
 from mtc.exporters.rvm import MOBILENETV3_ONNX  # noqa: E402
-from mtc.runtime.media import VideoReader  # noqa: E402
+from mtc.runtime.media import DEFAULT_X264_PRESET, X264_PRESETS, VideoReader  # noqa: E402
 from mtc.weights import fetch_weights  # noqa: E402
 
 CASES = ((512, 288, 1.0), (1920, 1080, 0.25))
@@ -121,7 +121,7 @@ def bench_case(artifact: Path, official: Path, width: int, height: int, ratio: f
 
 
 def bench_pipeline(artifact: Path, width: int, height: int, ratio: float, rounds: int, clip_frames: int,
-                   threads: int) -> dict:
+                   threads: int, x264_preset: str = DEFAULT_X264_PRESET) -> dict:
     session = mtc.runtime.load(artifact, backend="onnxruntime", downsample_ratio=ratio, threads=threads)
     model_fps: list[float] = []
     pipeline_fps: list[float] = []
@@ -141,7 +141,7 @@ def bench_pipeline(artifact: Path, width: int, height: int, ratio: float, rounds
                         session.process(frame)
                     model_fps.append(len(frames) / (time.perf_counter() - t0))
                 else:
-                    e2e = measure_end_to_end(session, source, Path(tmp) / "out.mp4")
+                    e2e = measure_end_to_end(session, source, Path(tmp) / "out.mp4", x264_preset=x264_preset)
                     if e2e["frames"] != len(frames):
                         raise RuntimeError(f"pipeline ran {e2e['frames']} of {len(frames)} frames")
                     pipeline_fps.append(e2e["fps"])
@@ -184,7 +184,8 @@ shim around the session's backend; overhead = median over frames of 1 − backen
 |---|---|---|---|---|---|
 {overhead_rows}
 
-Video pipeline (`mtc run`'s decode → matte → encode threads, green composite to H.264) vs model
+Video pipeline (`mtc run`'s decode → matte → encode threads, green composite to H.264, x264 preset
+{result.get('x264_preset', 'veryfast')}) vs model
 only (`session.process` on the same decoded frames), {result['clip_frames']}-frame built-in clip as H.264 .mp4,
 one warm session loaded like `mtc run --backend onnxruntime` (spinning on), the two alternated over
 {result['rounds']} rounds; medians over rounds. Pipeline FPS = frames / wall time from first decode to the closed
@@ -204,6 +205,8 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=8, help="frames per interleaved block")
     parser.add_argument("--clip-frames", type=int, default=48, help="frames of the video for the pipeline comparison")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--x264-preset", default=DEFAULT_X264_PRESET, choices=X264_PRESETS,
+                        help="encoder preset of the pipeline's output (default: mtc run's)")
     parser.add_argument("--json", help="also write the JSON here")
     parser.add_argument("--no-results", action="store_true", help="do not update RESULTS.md")
     args = parser.parse_args()
@@ -213,10 +216,12 @@ def main() -> None:
     cases = []
     for w, h, r in CASES:
         case = bench_case(artifact, official, w, h, r, args.rounds, args.block, args.threads)
-        case["pipeline"] = bench_pipeline(artifact, w, h, r, args.rounds, args.clip_frames, args.threads)
+        case["pipeline"] = bench_pipeline(artifact, w, h, r, args.rounds, args.clip_frames, args.threads,
+                                          args.x264_preset)
         cases.append(case)
     result = {"benchmark": "runtime_overhead", "machine": machine(), "threads": args.threads,
-              "rounds": args.rounds, "block": args.block, "clip_frames": args.clip_frames, "cases": cases}
+              "rounds": args.rounds, "block": args.block, "clip_frames": args.clip_frames,
+              "x264_preset": args.x264_preset, "cases": cases}
     dump(result, args.json)
     if not args.no_results:
         update_results("bench_runtime", results_markdown(result))

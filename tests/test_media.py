@@ -444,3 +444,24 @@ def test_truncated_video_yields_what_it_can(tmp_path, caplog, ext):
     assert 3 <= len(frames) < 24
     if ext == "mp4":  # only mp4 stores the frame count to compare against
         assert "truncated" in caplog.text
+
+
+def test_x264_preset_reaches_the_encoder_and_a_bad_one_is_refused(tmp_path):
+    import click
+
+    from mtc.cli.run import run
+    from mtc.runtime.media import X264_PRESETS
+
+    frames = [_smooth(64, 96, i) for i in range(8)]
+    sizes = {}
+    for preset in ("ultrafast", "veryfast"):
+        path = _write(tmp_path / f"{preset}.mp4", frames, x264_preset=preset)
+        with av.open(str(path)) as container:
+            sizes[preset] = path.stat().st_size
+            assert container.streams.video[0].codec_context.name == "h264"
+    assert sizes["ultrafast"] > sizes["veryfast"]  # the faster preset spends bits instead of CPU
+    with pytest.raises(MtcError, match="unknown x264 preset"):
+        VideoWriter(tmp_path / "bad.mp4", width=96, height=64, fps=24, kind="rgb", x264_preset="warp")
+    assert not list(tmp_path.glob("bad*"))
+    option = next(p for p in run.params if p.name == "x264_preset")
+    assert isinstance(option.type, click.Choice) and tuple(option.type.choices) == X264_PRESETS

@@ -73,7 +73,7 @@ def write_source_video(frames: Sequence[np.ndarray], path: Path, *, fps: float =
 
 
 def measure_end_to_end(session, video: Path, output: Path, *, frames: int | None = None,
-                       clock: Clock = time.perf_counter) -> dict:
+                       clock: Clock = time.perf_counter, x264_preset: str | None = None) -> dict:
     """Decode -> matte -> encode with the runtime's video pipeline and time it.
 
     Uses `mtc.runtime.apply.matte_stream` (decoding, inference and encoding overlap in three
@@ -85,6 +85,7 @@ def measure_end_to_end(session, video: Path, output: Path, *, frames: int | None
         output: where to write the composited video (a temporary file).
         frames: stop after this many frames (default: the whole video).
         clock: timestamps each finished frame for the interval statistics.
+        x264_preset: the encoder's speed preset (default: VideoWriter's).
 
     Returns:
         ``{"frames", "seconds", "fps", "model_fps", "interval_ms": {...}}``: the wall time from
@@ -98,7 +99,8 @@ def measure_end_to_end(session, video: Path, output: Path, *, frames: int | None
     _reset(session)
     with VideoReader(video) as reader:
         decoded = itertools.islice(iter(reader), frames) if frames else iter(reader)
-        writer = VideoWriter(output, width=reader.width, height=reader.height, fps=reader.fps, kind="rgb")
+        preset = {"x264_preset": x264_preset} if x264_preset else {}
+        writer = VideoWriter(output, width=reader.width, height=reader.height, fps=reader.fps, kind="rgb", **preset)
         stamps = [clock()]
         with writer:  # closing flushes the encoder's look-ahead: part of the end-to-end time
             stats = matte_stream(session, decoded, writer.write, Renderer(kind="composite"),

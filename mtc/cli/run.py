@@ -27,10 +27,13 @@ BUILTIN = "builtin"
               help="OpenVINO inference precision (bf16 only when asked).")
 @click.option("--profile", "profiles", help="TensorRT profiles, e.g. hd,4k (default: one per frame size).")
 @click.option("--threads", type=int, help="Inference threads (default: all available cores).")
+@click.option("--x264-preset", type=click.Choice(["ultrafast", "superfast", "veryfast", "faster", "fast", "medium",
+                                                  "slow"]), default="veryfast", show_default=True,
+              help="H.264 encoder speed: faster presets leave more CPU to matting, files get larger.")
 @click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
 def run(folder: Path, input: str, output: Path, what: str, background: str, plate: Path | None, ratio: float | None,
         backend: str,
-        precision: str, profiles: str | None, threads: int | None, force: bool) -> None:
+        precision: str, profiles: str | None, threads: int | None, x264_preset: str, force: bool) -> None:
     """Matte INPUT with the artifact in FOLDER and write OUTPUT.
 
     INPUT is an image, a folder of images, a video, or `builtin` for the built-in demo clip.
@@ -54,7 +57,7 @@ def run(folder: Path, input: str, output: Path, what: str, background: str, plat
         session.set_background(read_image(plate))
     source = Path(input)
     if input == BUILTIN or is_video(source):
-        stats = _run_video(session, input, output, renderer)
+        stats = _run_video(session, input, output, renderer, x264_preset)
         click.echo(f"{stats.frames} frames -> {output}: {stats.fps:.1f} FPS end to end, "
                    f"{stats.model_fps:.1f} FPS model ({session.backend.name})")
     elif source.is_dir():
@@ -100,7 +103,7 @@ def _run_images(session, source: Path, output: Path, renderer, force: bool) -> i
     return len(images)
 
 
-def _run_video(session, input: str, output: Path, renderer):
+def _run_video(session, input: str, output: Path, renderer, x264_preset: str):
     from mtc.runtime.apply import matte_stream
     from mtc.runtime.media import VideoReader, VideoWriter
     from mtc.runtime.progress import frame_progress
@@ -118,7 +121,7 @@ def _run_video(session, input: str, output: Path, renderer):
         audio = Path(input) if reader.has_audio else None
     try:
         with VideoWriter(output, width=size[0], height=size[1], fps=fps, kind="rgb" if kind == "gray" else kind,
-                         audio_from=audio) as writer:
+                         audio_from=audio, x264_preset=x264_preset) as writer:
             write = writer.write if kind != "gray" else (lambda a: writer.write(_gray_to_rgb(a)))
             with frame_progress("matting video", total=total) as advance:
                 stats = matte_stream(session, frames, write, renderer, on_frame=lambda s: advance(fps=s.fps))
