@@ -37,7 +37,8 @@ class Int8Config:
             dequantized inputs; TensorRT fuses either form.
         exclude_nodes: nodes kept in float from the start.
         activation_type: "int8" (TensorRT) or "uint8" with zero point 128: the same
-            symmetric range, in the type ONNX Runtime's fast x86 kernels take.
+            symmetric range, in the type ONNX Runtime's fast x86 kernels take; with uint8,
+            never-negative tensors get zero point 0 instead (qdq.activation_quant).
         min_mac_share: quantize only layers holding at least this share of the model's
             multiply-accumulates (0 = all). On CPU, a small layer costs more in Q/DQ
             conversions than INT8 saves, and every quantized layer adds error.
