@@ -203,3 +203,28 @@ def test_matte_stream_renders_each_frame_even_when_the_backend_reuses_its_buffer
     stats = matte_stream(ReusingSession(), iter(frames), slow_write, Renderer(kind="alpha"))
     assert stats.frames == len(frames)
     assert [int(out[0, 0]) for out in written] == [0, 51, 102, 153, 204, 255]
+
+
+def test_matte_stream_skips_the_copy_when_the_backend_returns_fresh_arrays():
+    from types import SimpleNamespace
+
+    from mtc.runtime.apply import Renderer, matte_stream
+    from mtc.runtime.session import Matte
+
+    returned, rendered = [], []
+
+    class FreshSession:
+        backend = SimpleNamespace(fresh_outputs=True)  # like ONNX Runtime
+
+        def process(self, frame):
+            returned.append(np.full((4, 6), frame[0, 0, 0] / 255.0, np.float32))
+            return Matte(returned[-1], np.ones((4, 6, 3), np.float32))
+
+    class Recording(Renderer):
+        def render(self, matte):
+            rendered.append(matte.alpha)
+            return super().render(matte)
+
+    frames = [np.full((4, 6, 3), value, np.uint8) for value in (0, 128, 255)]
+    matte_stream(FreshSession(), iter(frames), lambda picture: None, Recording(kind="alpha"))
+    assert len(rendered) == 3 and all(a is b for a, b in zip(rendered, returned))

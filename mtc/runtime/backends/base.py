@@ -28,6 +28,10 @@ class Backend(Protocol):
     name: str
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
+    # True when every run returns arrays that no later run writes into (ONNX Runtime); False
+    # when outputs are views of buffers the next run reuses (OpenVINO, TensorRT's pinned host
+    # memory), so whoever keeps a result past the next frame must copy it.
+    fresh_outputs: bool
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 

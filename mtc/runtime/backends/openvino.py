@@ -89,6 +89,7 @@ class OpenVinoBackend:
     """
 
     name = "openvino"
+    fresh_outputs = False
 
     def __init__(self, model: str | Path, *, io: ModelIO | None = None, precision: str = "fp32",
                  threads: int | None = None, static_shapes: bool = True, cache: bool = True, device: str = "CPU"):

@@ -116,6 +116,7 @@ class OrtBackend:
     """
 
     name = "onnxruntime"
+    fresh_outputs = True
 
     def __init__(self, model: str | Path | bytes, *, threads: int | None = None, allow_spinning: bool = True,
                  optimization: str = "all", providers: tuple[str, ...] | list[str] | None = None,

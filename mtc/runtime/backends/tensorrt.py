@@ -118,6 +118,7 @@ class TensorRTBackend:
     """
 
     name = "tensorrt"
+    fresh_outputs = False
 
     def __init__(self, folder: str | Path, manifest: Manifest, *, profiles=None, ratio_policy: str = "profile",
                  cuda_graph: bool = False, build_missing: bool = True, device: int = 0,
