@@ -246,9 +246,9 @@ def _pad_integers(graph: onnx.GraphProto) -> None:
         value = pad.input[2] if len(pad.input) > 2 else ""
         if list(q.input[1:]) != list(dq.input[1:]) or (value and not _is_zero(initializers.get(value))):
             continue
-        pad.input[0] = dq.input[0]
-        del pad.input[2:]
-        pad.input.append(dq.input[2])  # a zero in the integer domain is the zero point
+        inputs = list(pad.input) + [""] * (3 - len(pad.input))
+        inputs[0], inputs[2] = dq.input[0], dq.input[2]  # a zero in the integer domain is the zero point
+        pad.input[:] = inputs  # axes (input 3), if any, stay
         for reader in readers[q.output[0]]:
             reader.input[:] = [pad.output[0] if name == q.output[0] else name for name in reader.input]
         dropped.add(q.name)
