@@ -17,8 +17,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_peers import stock_int8  # noqa: E402
 from common import dump, machine, update_results  # noqa: E402
@@ -27,34 +25,17 @@ from mtc.exporters.rvm import MOBILENETV3_ONNX  # noqa: E402
 from mtc.manifest import read_manifest  # noqa: E402
 from mtc.quant.checks import ReferenceAlphas  # noqa: E402
 from mtc.quant.config import Gates, preset  # noqa: E402
-from mtc.quant.pipeline import DataPlan, check_clips, quantize_artifact  # noqa: E402
+from mtc.quant.pipeline import DataPlan, check_clips, interleaved_fps, quantize_artifact  # noqa: E402
 from mtc.runtime.backends import OrtBackend  # noqa: E402
-from mtc.runtime.session import MattingSession  # noqa: E402
 from mtc.weights import cache_dir, fetch_weights  # noqa: E402
 
 NO_GATES = Gates(max_mad=None, max_dtssd=None)
 
 
-def fps_vs_fp32(io, fp32: Path, candidate: Path, clips, rounds: int = 8, frames: int = 8) -> list[tuple[float, float]]:
-    """(candidate FPS, FP32 FPS) per clip: median frame time, spinning off, interleaved frame by
-    frame (who goes first alternates) so bursts of load on a shared machine hit both alike."""
-    results = []
-    for clip in clips:
-        sessions = [MattingSession(io, OrtBackend(path, allow_spinning=False), downsample_ratio=clip.downsample_ratio,
-                                   scene_cut_threshold=None) for path in (candidate, fp32)]
-        for session in sessions:
-            session.process(clip.frames[0])  # warm-up
-        times = [[], []]
-        for _ in range(rounds):
-            for session in sessions:
-                session.reset()
-            for i, frame in enumerate(clip.frames[:frames]):
-                for k in ((0, 1) if i % 2 == 0 else (1, 0)):
-                    t0 = time.perf_counter()
-                    sessions[k].process(frame)
-                    times[k].append(time.perf_counter() - t0)
-        results.append(tuple(1.0 / float(np.median(t)) for t in times))
-    return results
+def fps_vs_fp32(io, fp32: Path, candidate: Path, clips, rounds: int = 8) -> list[tuple[float, float]]:
+    """(candidate FPS, FP32 FPS) per clip, interleaved frame by frame on the same frames."""
+    speeds = [interleaved_fps(io, {"candidate": candidate, "fp32": fp32}, clip, rounds=rounds) for clip in clips]
+    return [(s["candidate"], s["fp32"]) for s in speeds]
 
 
 def row(name: str, check, speeds, seconds: float, layers: str) -> dict:

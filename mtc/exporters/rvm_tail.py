@@ -38,12 +38,12 @@ class _Tail:
 
 def fuse_refiner_tail(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
     """Return (rewritten copy, True), or (the model, False) if the tail is not found."""
-    if _match(model.graph) is None:
-        return model, False
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
     tail = _match(graph)
+    if tail is None:
+        return model, False
     offset = numpy_helper.from_array(np.array([1, 1, 1, 0], np.float32).reshape(1, 4, 1, 1), f"{PREFIX}/rgb_offset")
     shifted = f"{PREFIX}/a_plus_offset"
     graph.initializer.append(offset)

@@ -33,7 +33,7 @@ def align_conv_inputs(model: onnx.ModelProto, conv_names: Iterable[str],
     graph = out.graph
     wanted = set(conv_names)
     initializers = {i.name: i for i in graph.initializer}
-    producers = {out: node for node in graph.node for out in node.output}
+    producers = {tensor: node for node in graph.node for tensor in node.output}
     readers: dict[str, int] = {}
     for node in graph.node:
         for name in node.input:

@@ -208,27 +208,34 @@ def _fp16(model, feeds, reference, gates: Gates, timings):
     return candidate, check, {"fp16": {"kept_fp32": keep, "peak_activation": peak}}
 
 
-def measure_speed(io, fp32_path: Path, candidate: onnx.ModelProto, clip: Clip, rounds: int = 3) -> dict:
-    """Median frame time of FP32 vs the candidate on ONNX Runtime CPU, interleaved frame by frame
-    (indicative only; benchmarks/ has the controlled comparison)."""
+def interleaved_fps(io, models: dict[str, Path | bytes], clip: Clip, *, rounds: int = 3, frames: int = 8
+                    ) -> dict[str, float]:
+    """FPS (1 / median frame time) of each model on ONNX Runtime CPU over the same frames,
+    spinning off, interleaved frame by frame (who goes first alternates) so bursts of load on
+    a shared machine hit every model alike."""
     from mtc.runtime.session import MattingSession
 
-    frames = clip.frames[:8]
+    frames_used = clip.frames[:frames]
     sessions = {name: MattingSession(io, OrtBackend(model, allow_spinning=False), downsample_ratio=clip.downsample_ratio,
                                      scene_cut_threshold=None)
-                for name, model in (("fp32", fp32_path), ("candidate", candidate.SerializeToString()))}
+                for name, model in models.items()}
     for session in sessions.values():
-        session.process(frames[0])  # warm-up
+        session.process(frames_used[0])  # warm-up
     times = {name: [] for name in sessions}
     for _ in range(rounds):
         for session in sessions.values():
             session.reset()
-        for i, frame in enumerate(frames):
+        for i, frame in enumerate(frames_used):
             for name in (list(sessions) if i % 2 == 0 else list(reversed(sessions))):
                 t0 = time.perf_counter()
                 sessions[name].process(frame)
                 times[name].append(time.perf_counter() - t0)
-    fps = {name: 1.0 / float(np.median(t)) for name, t in times.items()}
+    return {name: 1.0 / float(np.median(t)) for name, t in times.items()}
+
+
+def measure_speed(io, fp32_path: Path, candidate: onnx.ModelProto, clip: Clip) -> dict:
+    """FP32 vs the candidate (indicative only; benchmarks/ has the controlled comparison)."""
+    fps = interleaved_fps(io, {"fp32": fp32_path, "candidate": candidate.SerializeToString()}, clip)
     return {"backend": "onnxruntime-cpu", "clip": clip.name, "fps_fp32": fps["fp32"], "fps": fps["candidate"],
             "speedup": fps["candidate"] / fps["fp32"]}
 
