@@ -26,3 +26,18 @@ def drop_unused_initializers(graph: onnx.GraphProto) -> None:
     keep = [i for i in graph.initializer if i.name in used]
     del graph.initializer[:]
     graph.initializer.extend(keep)
+
+
+def remove_dead_nodes(graph: onnx.GraphProto) -> None:
+    """Delete nodes no graph output depends on, and the initializers only they read."""
+    producers = {out: n for n in graph.node for out in n.output}
+    needed, stack = set(), [o.name for o in graph.output]
+    while stack:
+        node = producers.get(stack.pop())
+        if node is not None and id(node) not in needed:
+            needed.add(id(node))
+            stack.extend(i for i in node.input if i)
+    live = [n for n in graph.node if id(n) in needed]
+    del graph.node[:]
+    graph.node.extend(live)
+    drop_unused_initializers(graph)

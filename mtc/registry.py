@@ -6,6 +6,7 @@ in the spec, so the exporter, the manifest and the runtime all read the same fac
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 from collections.abc import Callable
@@ -50,6 +51,20 @@ class VariantSpec:
     # Exact graph rewrites run after sanitizing, each returning (model, applied); the parity
     # check covers them like every other export step.
     rewrites: tuple[Callable[[onnx.ModelProto], tuple[onnx.ModelProto, bool]], ...] = ()
+    # The rewrites that give the alpha-only form (no foreground output, less full-resolution
+    # work); None: the model has no such form.
+    alpha_only_rewrites: tuple[Callable[[onnx.ModelProto], tuple[onnx.ModelProto, bool]], ...] | None = None
+
+    def alpha_only(self) -> VariantSpec:
+        """This variant without its foreground output (the runtime composites the source frame)."""
+        if self.io.output_with_role("foreground") is None:
+            raise MtcError(f"variant {self.name!r} has no foreground output: it is alpha-only already",
+                           hint="drop --alpha-only")
+        if self.alpha_only_rewrites is None:
+            raise MtcError(f"variant {self.name!r} has no alpha-only form", hint="drop --alpha-only (it exists for rvm)")
+        outputs = tuple(t for t in self.io.outputs if t.role != "foreground")
+        return dataclasses.replace(self, name=f"{self.name}-alpha", io=dataclasses.replace(self.io, outputs=outputs),
+                                   rewrites=self.alpha_only_rewrites, alpha_only_rewrites=None)
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,12 @@ def test_export_offline_with_empty_cache(tmp_path):
     assert_clean_error(result, "offline")
 
 
+def test_export_alpha_only_refuses_a_model_without_foreground(tmp_path):
+    assert_clean_error(mtc("export", "modnet", "--alpha-only", "-o", tmp_path / "out"), "alpha-only already",
+                       "drop --alpha-only")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_export_will_not_overwrite_without_force(rvm_artifact):
     assert_clean_error(mtc("export", "rvm", "-o", rvm_artifact), "already exists", "--force")
 

@@ -309,3 +309,56 @@ def test_refiner_tail_fold_removes_the_full_resolution_residual_add_and_keeps_th
 def test_rvm_export_reports_its_rewrites(rvm_artifact):
     report = json.loads((rvm_artifact / "report.json").read_text())
     assert report["rewrites"] == ["fuse_refiner_tail"]
+
+
+def test_alpha_only_tail_drops_fgr_upsamples_one_channel_and_keeps_alpha_bit_identical(rvm_onnx):
+    import onnxruntime as ort
+
+    from mtc.exporters.rvm import alpha_only_tail
+
+    original, _ = sanitize(onnx.load(str(rvm_onnx)))
+    alpha, applied = alpha_only_tail(original)
+    assert applied
+    onnx.checker.check_model(alpha)
+    assert [o.name for o in alpha.graph.output] == ["pha", "r1o", "r2o", "r3o", "r4o"]
+    # No four-channel tensor at full resolution any more: the guide's Concat and the Split are gone.
+    producers = {o: n for n in alpha.graph.node for o in n.output}
+    assert producers[producers["pha"].input[0]].op_type == "Add"
+    assert not any(n.op_type == "Concat" and "src" in n.input for n in alpha.graph.node)
+    rng = np.random.default_rng(0)
+    sessions = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]) for m in (original, alpha)]
+    for height, width, ratio in ((288, 512, 1.0), (361, 641, 0.25)):
+        feeds = {"src": rng.random((1, 3, height, width), dtype=np.float32),
+                 "downsample_ratio": np.array([ratio], np.float32),
+                 **{f"r{i}i": np.zeros((1, 1, 1, 1), np.float32) for i in range(1, 5)}}
+        expected = dict(zip([o.name for o in sessions[0].get_outputs()], sessions[0].run(None, feeds)))
+        got = dict(zip([o.name for o in sessions[1].get_outputs()], sessions[1].run(None, feeds)))
+        assert got["pha"].shape == (1, 1, height, width)
+        for name, value in got.items():
+            np.testing.assert_array_equal(value, expected[name])
+    untouched, applied = alpha_only_tail(alpha)
+    assert not applied and untouched is alpha
+
+
+def test_alpha_only_export_writes_an_artifact_without_foreground(rvm_onnx, tmp_path):
+    import mtc.runtime
+    from mtc.manifest import read_manifest
+
+    folder = export_model("rvm", output=tmp_path / "alpha", weights_path=rvm_onnx, alpha_only=True)
+    manifest = read_manifest(folder)
+    assert manifest.variant == "mobilenetv3-alpha"
+    assert manifest.io.output_with_role("foreground") is None
+    assert json.loads((folder / "report.json").read_text())["rewrites"] == ["alpha_only_tail"]
+    frame = builtin_clip(ClipSpec(width=160, height=96, frames=1))[0]
+    matte = mtc.runtime.load(folder, scene_cut_threshold=None).process(frame)
+    assert matte.alpha.shape == (96, 160)
+    np.testing.assert_array_equal(matte.rgba()[..., :3], frame)  # the source is the foreground
+
+
+def test_alpha_only_is_refused_where_it_means_nothing():
+    from mtc.registry import get_model
+
+    with pytest.raises(MtcError, match="alpha-only already"):
+        get_model("modnet").variant(None).alpha_only()
+    with pytest.raises(MtcError, match="no alpha-only form"):
+        get_model("bgmv2").variant(None).alpha_only()

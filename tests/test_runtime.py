@@ -228,3 +228,32 @@ def test_matte_stream_skips_the_copy_when_the_backend_returns_fresh_arrays():
     frames = [np.full((4, 6, 3), value, np.uint8) for value in (0, 128, 255)]
     matte_stream(FreshSession(), iter(frames), lambda picture: None, Recording(kind="alpha"))
     assert len(rendered) == 3 and all(a is b for a, b in zip(rendered, returned))
+
+
+def test_alpha_only_model_composites_the_source_frame_without_a_float_copy():
+    from mtc.runtime.session import Matte
+
+    frame, plate = _frame(30, 40, seed=1), _frame(30, 40, seed=2)
+    session = MattingSession(_toy_io(), RecordingBackend())  # no foreground output
+    matte = session.process(frame)
+    assert matte._foreground is None  # nothing converted until someone reads .foreground
+    # The same pictures as the float path the model-foreground case takes.
+    reference = Matte(matte.alpha.copy(), frame.astype(np.float32) / 255.0)
+    for background in ((0, 255, 0), plate):
+        got, expected = matte.composite(background), reference.composite(background)
+        assert got.dtype == np.uint8 and int(np.abs(got.astype(int) - expected).max()) <= 1
+    np.testing.assert_array_equal(matte.rgba()[..., :3], frame)
+    np.testing.assert_array_equal(matte.rgba()[..., 3], reference.alpha_u8())
+    np.testing.assert_allclose(matte.foreground, frame / 255.0, atol=1e-6)
+
+
+def test_matte_copy_owns_alpha_and_foreground():
+    from mtc.runtime.session import Matte
+
+    alpha, foreground = np.zeros((2, 3), np.float32), np.zeros((2, 3, 3), np.float32)
+    copied = Matte(alpha, foreground).copy()
+    alpha += 1
+    foreground += 1
+    assert copied.alpha.max() == 0 and copied.foreground.max() == 0
+    with pytest.raises(ValueError, match="foreground or the source frame"):
+        Matte(alpha)

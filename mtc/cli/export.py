@@ -21,9 +21,12 @@ from mtc.cli.options import quantization_options, run_quantization
 @click.option("--offline", is_flag=True, default=None, help="Never download; use the cache or --weights (also MTC_OFFLINE=1).")
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists (only once the new one is complete).")
 @click.option("--no-simplify", is_flag=True, help="Skip the onnxsim simplification step.")
+@click.option("--alpha-only", is_flag=True,
+              help="Drop the foreground output (RVM): alpha only, less full-resolution work; "
+                   "composites use the source frame as foreground.")
 @quantization_options
 def export(model: str, variant: str | None, output: Path | None, precision: str | None, weights_path: Path | None,
-           offline: bool | None, force: bool, no_simplify: bool, **quant_options) -> None:
+           offline: bool | None, force: bool, no_simplify: bool, alpha_only: bool, **quant_options) -> None:
     """Export MODEL to an artifact folder: ONNX, manifest.json and report.json.
 
     The graph is sanitized (opset 17, unique dim names, state outputs routed, simplified) and
@@ -34,26 +37,29 @@ def export(model: str, variant: str | None, output: Path | None, precision: str 
     from mtc.registry import get_model
 
     spec = get_model(model)
-    output = output or default_output_dir(spec, spec.variant(variant), precision or "fp32")
-    export_options = dict(variant=variant, weights_path=weights_path, offline=offline, simplify=not no_simplify)
+    var = spec.variant(variant).alpha_only() if alpha_only else spec.variant(variant)
+    output = output or default_output_dir(spec, var, precision or "fp32")
+    export_options = dict(variant=variant, weights_path=weights_path, offline=offline, simplify=not no_simplify,
+                          alpha_only=alpha_only)
     if precision is None:
         folder = export_model(model, output=output, overwrite=force, **export_options)
         click.echo(f"artifact: {folder}")
         return
     # The FP32 artifact stays beside the quantized one: it is the reference `mtc bench` compares against.
-    fp32 = output.parent / default_output_dir(spec, spec.variant(variant), "fp32").name
-    if not _is_artifact(fp32) or force:
+    fp32 = output.parent / default_output_dir(spec, var, "fp32").name
+    if not _is_fp32_artifact_of(fp32, spec.name, var.name) or force:
         export_model(model, output=fp32, overwrite=force, **export_options)
     else:
         click.echo(f"reusing FP32 artifact {fp32}")
     run_quantization(fp32, output, precision=precision, force=force, **quant_options)
 
 
-def _is_artifact(folder: Path) -> bool:
+def _is_fp32_artifact_of(folder: Path, model: str, variant: str) -> bool:
     from mtc.errors import MtcError
     from mtc.manifest import read_manifest
 
     try:
-        return read_manifest(folder).precision.mode == "fp32"
+        manifest = read_manifest(folder)
     except MtcError:
         return False
+    return manifest.precision.mode == "fp32" and (manifest.model, manifest.variant) == (model, variant)

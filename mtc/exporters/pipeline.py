@@ -108,10 +108,15 @@ def tool_versions() -> dict[str, str]:
 
 def export_model(name: str, *, variant: str | None = None, output: Path | None = None,
                  weights_path: Path | None = None, offline: bool | None = None, overwrite: bool = False,
-                 simplify: bool = True, tolerance: float | None = None) -> Path:
-    """Export a registered model to an FP32 artifact folder and return its path."""
+                 simplify: bool = True, tolerance: float | None = None, alpha_only: bool = False) -> Path:
+    """Export a registered model to an FP32 artifact folder and return its path.
+
+    alpha_only: drop the foreground output (VariantSpec.alpha_only) where the model has one.
+    """
     spec = get_model(name)
     var = spec.variant(variant)
+    if alpha_only:
+        var = var.alpha_only()
     output = Path(output) if output else default_output_dir(spec, var)
     if output.exists() and not overwrite:
         raise MtcError(f"{output} already exists", hint="pass --force to replace it, or choose another -o")

@@ -853,6 +853,13 @@ def fuse_refiner_tail(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
     return rvm_tail.fuse_refiner_tail(model)
 
 
+def alpha_only_tail(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
+    """See mtc.exporters.rvm_tail."""
+    from mtc.exporters import rvm_tail
+
+    return rvm_tail.alpha_only_tail(model)
+
+
 def _ingest_official_onnx(weights: Path):
     from mtc.exporters.onnx_ingest import load_onnx
 
@@ -879,7 +886,8 @@ def _checkpoint_variant(name: str, backbone: str, weights: WeightFile, *,
     extra = {"parity_cases": RESNET50_PARITY_CASES} if backbone == "resnet50" else {}
     return VariantSpec(name=name, weights=weights, io=RVM_IO if fixed_ratio is None else RVM_FIXED_RATIO_IO,
                        build_onnx=build_onnx, build_reference=build_reference, exporter="torch",
-                       parity_tolerance=PARITY_TOLERANCE, rewrites=(fuse_refiner_tail,), **extra)
+                       parity_tolerance=PARITY_TOLERANCE, rewrites=(fuse_refiner_tail,),
+                       alpha_only_rewrites=(alpha_only_tail,), **extra)
 
 
 # (backbone, weights) of the PyTorch variants, by variant name.
@@ -919,6 +927,7 @@ register(
                 build_onnx=_ingest_official_onnx,
                 exporter="onnx_ingest",
                 rewrites=(fuse_refiner_tail,),
+                alpha_only_rewrites=(alpha_only_tail,),
             ),
             **{name: _checkpoint_variant(name, backbone, weights)
                for name, (backbone, weights) in CHECKPOINT_VARIANTS.items()},

@@ -138,7 +138,7 @@ def matte_stream(session: MattingSession, frames: Iterable[np.ndarray], write: C
             t0 = time.perf_counter()
             matte = session.process(frame)
             stats.model_seconds += time.perf_counter() - t0
-            rendered.put(matte if fresh else Matte(np.array(matte.alpha), np.array(matte.foreground)))
+            rendered.put(matte if fresh else matte.copy())
             stats.frames += 1
             stats.seconds = time.perf_counter() - started
             if on_frame:

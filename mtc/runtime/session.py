@@ -7,7 +7,6 @@ downsample ratio, recurrent state, scene cuts) so application code only passes f
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -19,42 +18,71 @@ from mtc.runtime.frames import check_frame
 log = logging.getLogger("mtc")
 
 
-@dataclass
 class Matte:
-    """One frame's result. Arrays may be views of backend buffers: copy them to keep them."""
+    """One frame's result. Arrays may be views of backend buffers or of the input frame: copy
+    them (or the matte, `copy()`) to keep them.
 
-    alpha: np.ndarray  # HxW float32 in [0, 1]
-    foreground: np.ndarray  # HxWx3 float32 in [0, 1] (the input frame when the model has none)
+    Attributes:
+        alpha: HxW float32 in [0, 1].
+        foreground: HxWx3 float32 in [0, 1]; for models without a foreground output, the input
+            frame, converted only when read (compositing uses the uint8 frame directly).
+    """
+
+    __slots__ = ("alpha", "_foreground", "_source")
+
+    def __init__(self, alpha: np.ndarray, foreground: np.ndarray | None = None, *, source: np.ndarray | None = None):
+        if foreground is None and source is None:
+            raise ValueError("a Matte needs the model's foreground or the source frame")
+        self.alpha = alpha
+        self._foreground = foreground
+        self._source = source
+
+    @property
+    def foreground(self) -> np.ndarray:
+        if self._foreground is None:
+            self._foreground = self._source.astype(np.float32) * (1.0 / 255.0)
+        return self._foreground
+
+    def copy(self) -> Matte:
+        """A matte that owns its arrays (the source frame is kept by reference: nothing reuses it)."""
+        foreground = None if self._foreground is None else np.array(self._foreground)
+        return Matte(np.array(self.alpha), foreground, source=self._source)
 
     def alpha_u8(self) -> np.ndarray:
         return _to_u8(self.alpha)
 
     def rgba(self) -> np.ndarray:
         """Straight-alpha RGBA uint8, as PNG and ProRes 4444 expect."""
-        return np.concatenate([_to_u8(self.foreground), self.alpha_u8()[..., None]], axis=2)
+        rgb = self._source if self._foreground is None else _to_u8(self._foreground)
+        return np.concatenate([rgb, self.alpha_u8()[..., None]], axis=2)
 
     def composite(self, background: np.ndarray | tuple[int, int, int]) -> np.ndarray:
         """Foreground over `background` (an HxWx3 uint8 image or an RGB colour) as uint8."""
+        # The uint8 source frame is blended in 0..255 units as it is: no float copy of it.
+        foreground, scale = (self._source, 255.0) if self._foreground is None else (self._foreground, 1.0)
         if isinstance(background, tuple):
-            bg = np.asarray(background, dtype=np.float32) / 255.0
+            bg = np.asarray(background, dtype=np.float32) * (scale / 255.0)
+        elif scale == 255.0:
+            bg = background
         else:
             bg = background.astype(np.float32) * (1.0 / 255.0)
         # bg + (fg - bg) * alpha, in one scratch array: at HD this runs once per video frame
         # next to inference on the same cores, so every full-frame temporary costs FPS.
-        out = np.subtract(self.foreground, bg, dtype=np.float32)
+        out = np.subtract(foreground, bg, dtype=np.float32)
         out *= self.alpha[..., None]
         out += bg
-        return _scratch_to_u8(out)
+        return _scratch_to_u8(out, scale)
 
 
 def _to_u8(x: np.ndarray) -> np.ndarray:
     return _scratch_to_u8(np.array(x, dtype=np.float32))
 
 
-def _scratch_to_u8(x: np.ndarray) -> np.ndarray:
-    """uint8 of a float array in [0, 1] that the caller owns (it is overwritten)."""
-    np.clip(x, 0.0, 1.0, out=x)
-    x *= 255.0
+def _scratch_to_u8(x: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """uint8 of a float array in [0, scale] that the caller owns (it is overwritten)."""
+    np.clip(x, 0.0, scale, out=x)
+    if scale != 255.0:
+        x *= 255.0 / scale
     x += 0.5
     return x.astype(np.uint8)
 
@@ -230,13 +258,12 @@ class MattingSession:
         alpha = outputs[self.alpha_output.name][0, 0]
         if alpha.shape != (h, w):
             alpha = _resize_plane(alpha, h, w)
-        if self.foreground_output is not None:
-            foreground = outputs[self.foreground_output.name][0].transpose(1, 2, 0)
-            if foreground.shape[:2] != (h, w):
-                foreground = np.stack([_resize_plane(foreground[..., c], h, w) for c in range(3)], axis=2)
-        else:
-            foreground = frame.astype(np.float32) * (1.0 / 255.0)
-        return Matte(alpha=alpha, foreground=foreground)
+        if self.foreground_output is None:
+            return Matte(alpha, source=frame)
+        foreground = outputs[self.foreground_output.name][0].transpose(1, 2, 0)
+        if foreground.shape[:2] != (h, w):
+            foreground = np.stack([_resize_plane(foreground[..., c], h, w) for c in range(3)], axis=2)
+        return Matte(alpha, foreground)
 
 
 def _resize_rgb(frame: np.ndarray, height: int, width: int) -> np.ndarray:
