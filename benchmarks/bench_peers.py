@@ -14,7 +14,8 @@ recurrent state and thread spinning off:
   model, with FP32 inference precision asked for explicitly (it picks BF16 on CPUs that have
   it), if `openvino` is importable;
 - `--artifact DIR[@BACKEND]` (repeatable): mtc artifacts through mtc.runtime (scene-cut
-  detection off, as the plain sessions have none), labelled by manifest precision and backend.
+  detection off, as the plain sessions have none), labelled by manifest precision and backend
+  (`_alpha`: an alpha-only export, `mtc export rvm --alpha-only`, which has no foreground output).
 
 Per configuration: FPS (1 / median per-frame time over rounds, configurations interleaved
 frame by frame), MAD and dtSSD of its alpha vs the FP32 reference on the same frames, and with `--evalset` also vs ground truth:
@@ -96,7 +97,9 @@ class MtcRvm:
 
         self.session = mtc.runtime.load(folder, backend=backend, downsample_ratio=ratio, scene_cut_threshold=None,
                                         threads=threads, allow_spinning=False)
-        self.label = f"mtc_{self.session.manifest.precision.mode}_{self.session.backend.name}"
+        io = self.session.manifest.io
+        alpha_only = "_alpha" if io.output_with_role("foreground") is None else ""
+        self.label = f"mtc_{self.session.manifest.precision.mode}{alpha_only}_{self.session.backend.name}"
 
     def reset(self) -> None:
         self.session.reset()

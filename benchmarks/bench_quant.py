@@ -6,7 +6,11 @@ held-out built-in clips (other motion than calibration) at 512x288 (ratio 1.0) a
 FP32 on the same frames. The stock baseline is quantize_static (QDQ, per-channel, min-max,
 calibrated on the same built-in clip with states carried).
 
+The last row repeats the speed preset on the alpha-only export (`mtc export rvm --alpha-only`:
+no foreground output, alpha bit-identical), timed against the alpha-only FP32 export.
+
     python benchmarks/bench_quant.py [--artifact artifacts/rvm] [--methods mse,minmax,percentile,entropy]
+        [--no-alpha-only]
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_peers import stock_int8  # noqa: E402
 from common import dump, machine, update_results  # noqa: E402
 
+from mtc.exporters.pipeline import export_model  # noqa: E402
 from mtc.exporters.rvm import MOBILENETV3_ONNX  # noqa: E402
 from mtc.manifest import read_manifest  # noqa: E402
 from mtc.quant.checks import ReferenceAlphas  # noqa: E402
@@ -44,11 +49,30 @@ def row(name: str, check, speeds, seconds: float, layers: str) -> dict:
                       for c, s in zip(check.clips, speeds)]}
 
 
+def alpha_only_row(manifest, clips, data: DataPlan) -> dict:
+    """The speed preset on the alpha-only export, scored and timed against the alpha-only FP32
+    export (whose alpha is bit-identical to the full export's)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = export_model(manifest.model, variant=manifest.variant, output=Path(tmp) / "fp32", alpha_only=True)
+        io, fp32_model = read_manifest(fp32).io, fp32 / "model.onnx"
+        started = time.perf_counter()
+        outcome = quantize_artifact(fp32, Path(tmp) / "int8", precision="int8", data=data, gates=NO_GATES,
+                                    config=preset("speed", fallback=False))
+        seconds = time.perf_counter() - started
+        model = Path(tmp) / "int8" / ("model.onnx" if outcome.passed else "rejected.onnx")
+        int8 = outcome.report["int8"]
+        check = ReferenceAlphas(io, OrtBackend(fp32_model), clips).check(OrtBackend(model), NO_GATES, with_grad=False)
+        speeds = fps_vs_fp32(io, fp32_model, model, clips)
+    return row("mtc speed / mse, alpha-only export (FPS vs FP32 alpha-only)", check, speeds, seconds,
+               f"{int8['int8_layers']}/{int8['quantized_layers']}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--artifact", type=Path, default=Path("artifacts/rvm"), help="FP32 RVM artifact")
     parser.add_argument("--methods", default="mse,minmax,percentile,entropy")
     parser.add_argument("--calib-frames", type=int, default=24)
+    parser.add_argument("--no-alpha-only", action="store_true", help="skip the alpha-only export row")
     parser.add_argument("--json")
     parser.add_argument("--no-results", action="store_true")
     args = parser.parse_args()
@@ -70,6 +94,9 @@ def main() -> None:
     rows.append(row("ORT quantize_static (QDQ, per-channel, min-max)", check,
                     fps_vs_fp32(io, fp32, stock, reference.clips), seconds, "all"))
 
+    # Run first, listed last: a failure here costs minutes, not the whole run.
+    alpha_row = None if args.no_alpha_only else alpha_only_row(manifest, reference.clips, data)
+
     configs = [(f"mtc speed / {m}", "int8", preset("speed", method=m, fallback=False)) for m in args.methods.split(",")]
     configs += [("mtc tensorrt / mse (gated, fallback)", "int8", preset("tensorrt")), ("mtc fp16", "fp16", preset("speed"))]
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,6 +112,8 @@ def main() -> None:
             check = reference.check(OrtBackend(model), NO_GATES, with_grad=False)
             rows.append(row(name, check, fps_vs_fp32(io, fp32, model, reference.clips), seconds, layers))
             print(f"{name}: done in {seconds:.0f} s", file=sys.stderr)
+    if alpha_row is not None:
+        rows.append(alpha_row)
 
     result = {"benchmark": "quantization", "machine": machine(), "calib_frames": args.calib_frames, "rows": rows}
     dump(result, args.json)

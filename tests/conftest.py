@@ -22,3 +22,12 @@ def rvm_artifact(rvm_onnx: Path, tmp_path_factory) -> Path:
     from mtc.exporters.pipeline import export_model
 
     return export_model("rvm", output=tmp_path_factory.mktemp("artifacts") / "rvm", weights_path=rvm_onnx)
+
+
+@pytest.fixture(scope="session")
+def rvm_alpha_artifact(rvm_onnx: Path, tmp_path_factory) -> Path:
+    """The alpha-only RVM export (`mtc export rvm --alpha-only`; shared, do not modify)."""
+    from mtc.exporters.pipeline import export_model
+
+    return export_model("rvm", output=tmp_path_factory.mktemp("artifacts") / "rvm-alpha", weights_path=rvm_onnx,
+                        alpha_only=True)

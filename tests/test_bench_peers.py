@@ -51,6 +51,13 @@ def test_parse_artifact(peers):
     assert peers.parse_artifact("a/odd@name", "auto") == (Path("a/odd@name"), "auto")
 
 
+def test_mtc_runner_labels_precision_backend_and_alpha_only_exports(peers, rvm_artifact, rvm_alpha_artifact):
+    assert peers.MtcRvm(rvm_artifact, 1.0, 2, "onnxruntime").label == "mtc_fp32_onnxruntime"
+    alpha = peers.MtcRvm(rvm_alpha_artifact, 1.0, 2, "onnxruntime")
+    assert alpha.label == "mtc_fp32_alpha_onnxruntime"
+    assert alpha.process(np.zeros((36, 64, 3), np.uint8)).shape == (36, 64)
+
+
 def test_bench_case_scores_against_the_first_configuration(peers):
     rng = np.random.default_rng(1)
     gt = rng.random((5, 8, 10)).astype(np.float32)

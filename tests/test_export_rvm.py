@@ -340,11 +340,11 @@ def test_alpha_only_tail_drops_fgr_upsamples_one_channel_and_keeps_alpha_bit_ide
     assert not applied and untouched is alpha
 
 
-def test_alpha_only_export_writes_an_artifact_without_foreground(rvm_onnx, tmp_path):
+def test_alpha_only_export_writes_an_artifact_without_foreground(rvm_alpha_artifact):
     import mtc.runtime
     from mtc.manifest import read_manifest
 
-    folder = export_model("rvm", output=tmp_path / "alpha", weights_path=rvm_onnx, alpha_only=True)
+    folder = rvm_alpha_artifact
     manifest = read_manifest(folder)
     assert manifest.variant == "mobilenetv3-alpha"
     assert manifest.io.output_with_role("foreground") is None
