@@ -440,3 +440,66 @@ def test_aligned_pad_runs_on_integers_and_compiles_on_openvino(tmp_path):
     compiled = ov.Core().compile_model(ov.Core().read_model(q.SerializeToString(), b""), "CPU")
     got = compiled.create_infer_request().infer({"x": x})
     np.testing.assert_allclose(next(iter(got.values())), _run(unaligned, {"x": x}), atol=0.05)
+
+
+# ---- GPTQ weight rounding -------------------------------------------------------------------
+
+@pytest.mark.parametrize("stride,dilation,group,pads", [(1, 1, 1, [1, 1, 1, 1]), (2, 1, 2, [0, 1, 1, 0]),
+                                                          (1, 2, 6, [2, 2, 2, 2])])
+def test_gptq_patches_are_the_convs_own_im2col(stride, dilation, group, pads):
+    from mtc.quant.gptq import _ConvGeometry
+
+    w = RNG.standard_normal((6, 6 // group, 3, 3)).astype(np.float32)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="c", strides=[stride] * 2, dilations=[dilation] * 2,
+                            group=group, pads=pads)
+    x = RNG.standard_normal((1, 6, 11, 13)).astype(np.float32)
+    model = _model([node], [numpy_helper.from_array(w, "w")],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 11, 13])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    expected = _run(model, {"x": x})[0]  # C_out, H', W'
+    rows = _ConvGeometry.of(node, w.shape).patches(x[0], np.random.default_rng(0), limit=10 ** 6)
+    assert rows.shape[0] == expected.shape[1] * expected.shape[2]  # every output position, once
+    per_group = 6 // group
+    got = np.concatenate([rows[:, g] @ w[g * per_group:(g + 1) * per_group].reshape(per_group, -1).T
+                          for g in range(group)], axis=1)
+    # Rows come in a random order: compare the sorted values of each output channel.
+    np.testing.assert_allclose(np.sort(got, axis=0), np.sort(expected.reshape(6, -1).T, axis=0), atol=1e-4)
+
+
+def test_gptq_rounding_lowers_the_layer_output_error_with_the_same_scales():
+    from mtc.quant.gptq import output_error, round_weights
+    from mtc.quant.qdq import quantize_weight
+
+    # Strongly correlated inputs (as neighbouring pixels and channels are) with a padding
+    # channel that is always zero, as channel alignment adds.
+    base = RNG.standard_normal((4000, 1))
+    inputs = np.concatenate([base + 0.1 * RNG.standard_normal((4000, 8)), np.zeros((4000, 1))], axis=1)
+    hessian = (inputs.T @ inputs)[None]
+    weight = (RNG.standard_normal((5, 9, 1, 1)) * 0.2).astype(np.float64)
+    nearest, scale = quantize_weight(weight, 0)
+    values, gptq_scale = round_weights(weight, hessian)
+    np.testing.assert_array_equal(gptq_scale, scale)
+    assert values.dtype == np.int8 and np.abs(values.astype(int)).max() <= 127
+    assert np.all(values[:, 8] == 0)  # the dead input gets zero, not NaN
+    assert output_error(weight, values, scale, hessian) < 0.5 * output_error(weight, nearest, scale, hessian)
+
+
+def test_gptq_weights_flow_into_the_qdq_graph_and_the_affine_fit(tmp_path):
+    from mtc.quant.affine import fit_corrections
+    from mtc.quant.gptq import conv_hessians, gptq_weights
+
+    model = _toy_chain()
+    feeds = [{"x": RNG.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(6)]
+    plan = plan_qdq(model)
+    hessians = conv_hessians(model, plan.node_names, feeds)
+    assert hessians["conv2"].shape == (8, 9, 9)  # depthwise: one 3x3 problem per channel
+    rounded, gains = gptq_weights(model, hessians)
+    assert rounded
+    assert set(gains) == {"conv1", "conv2", "conv3"} and all(g >= 1.0 for g in gains.values())
+    amax = {t: 4.0 for t in plan.activation_tensors()}
+    quantized = insert_qdq(model, plan, amax, rounded=rounded)
+    inits = {i.name: numpy_helper.to_array(i) for i in quantized.graph.initializer}
+    for weight_name, (values, _) in rounded.items():
+        stored = next(v for k, v in inits.items() if k.endswith(f"{weight_name}__int8"))
+        np.testing.assert_array_equal(stored, values)
+    assert fit_corrections(model, plan, amax, feeds, rounded=rounded).keys() == {"conv1", "conv2", "conv3"}

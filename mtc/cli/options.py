@@ -25,6 +25,9 @@ def quantization_options(command):
                           "tensorrt (conv inputs and weights only; the backend fuses the rest)."),
         click.option("--method", type=click.Choice(["mse", "minmax", "percentile", "entropy"]), default=None,
                      help="Activation range calibration [default: mse]."),
+        click.option("--weight-rounding", type=click.Choice(["gptq", "nearest"]), default=None,
+                     help="INT8 conv weights: gptq (Hessian-aware, lower output error, same speed) or nearest "
+                          "[default: gptq]."),
         click.option("--calib", default="builtin", show_default=True,
                      help="Calibration frames: a video, a folder of images, or `builtin`."),
         click.option("--calib-frames", type=click.IntRange(1, 10000), default=24, show_default=True,
@@ -72,8 +75,8 @@ def build_gates(precision: str, max_mad: float | None, max_dtssd: float | None, 
     return Gates(**values)
 
 
-def run_quantization(source, output, *, precision, preset, method, calib, calib_frames, check_source, max_mad,
-                     max_dtssd, gates_file, no_fallback, force):
+def run_quantization(source, output, *, precision, preset, method, weight_rounding, calib, calib_frames, check_source,
+                     max_mad, max_dtssd, gates_file, no_fallback, force):
     """Call the library and turn a gate failure into a one-line error after the report is written."""
     from pathlib import Path
 
@@ -81,7 +84,8 @@ def run_quantization(source, output, *, precision, preset, method, calib, calib_
     from mtc.quant.config import preset as make_preset
     from mtc.quant.pipeline import DataPlan, quantize_artifact
 
-    config = make_preset(preset, method=method, fallback=False if no_fallback else None)
+    config = make_preset(preset, method=method, weight_rounding=weight_rounding,
+                         fallback=False if no_fallback else None)
     gates = build_gates(precision, max_mad, max_dtssd, gates_file)
     data = DataPlan(calib=calib, calib_frames=calib_frames, check=check_source)
     outcome = quantize_artifact(Path(source), Path(output), precision=precision, config=config, gates=gates,

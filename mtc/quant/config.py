@@ -44,6 +44,8 @@ class Int8Config:
             conversions than INT8 saves, and every quantized layer adds error.
         align_channels: pad quantized convs' inputs with zero channels to a multiple of 4,
             the shape ONNX Runtime's fast x86 integer kernels need (exact; mtc.quant.align).
+        weight_rounding: "gptq" (Hessian-aware rounding of conv weights on the calibration
+            data; same scales and graph, lower output error; mtc.quant.gptq) or "nearest".
         affine_correction: fit a per-channel gamma/beta against FP32 and fold it into the
             weight scales and biases (mtc.quant.affine; zero inference cost).
         fallback: let the gates move the most sensitive layers back to float.
@@ -58,6 +60,7 @@ class Int8Config:
     min_mac_share: float = 0.0
     activation_type: str = "int8"
     align_channels: bool = False
+    weight_rounding: str = "gptq"
     affine_correction: bool = True
     fallback: bool = True
     max_fallback_fraction: float = 0.5
@@ -72,7 +75,14 @@ PRESETS: dict[str, Int8Config] = {
 }
 
 
+WEIGHT_ROUNDING = ("gptq", "nearest")
+
+
 def preset(name: str, **overrides) -> Int8Config:
     if name not in PRESETS:
         raise MtcError(f"unknown INT8 preset {name!r}", hint=f"choose one of: {', '.join(PRESETS)}")
-    return dataclasses.replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
+    config = dataclasses.replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
+    if config.weight_rounding not in WEIGHT_ROUNDING:
+        raise MtcError(f"unknown weight rounding {config.weight_rounding!r}",
+                       hint=f"choose one of: {', '.join(WEIGHT_ROUNDING)}")
+    return config

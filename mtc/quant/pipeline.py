@@ -29,6 +29,7 @@ from mtc.quant.calibration import BUILTIN, Clip, load_clips, record_feeds
 from mtc.quant.checks import CheckResult, ReferenceAlphas
 from mtc.quant.config import Gates, Int8Config
 from mtc.quant.fp16 import convert_to_fp16, overflow_prone_nodes
+from mtc.quant.gptq import conv_hessians, gptq_weights
 from mtc.quant.qdq import INT8_MAX, UINT8_MAX, insert_qdq, plan_qdq
 from mtc.quant.ranges import collect_stats, threshold
 from mtc.quant.sensitivity import fallback_until_gates_pass, layer_sensitivity
@@ -150,23 +151,34 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, timings):
             for name, s in stats.items()}
     timings["calibrate_s"] = time.perf_counter() - started
 
+    rounded, rounding_gains = {}, {}
+    if config.weight_rounding == "gptq":
+        started = time.perf_counter()
+        with frame_progress("weight rounding (GPTQ)", total=len(feeds)) as advance:
+            hessians = conv_hessians(model, plan.node_names, feeds, progress=advance)
+        rounded, rounding_gains = gptq_weights(model, hessians)
+        timings["gptq_s"] = time.perf_counter() - started
+
     corrections = {}
     if config.affine_correction:
         started = time.perf_counter()
         corrections = fit_corrections(model, plan, amax, feeds, activation_type=config.activation_type,
-                                      one_sided=one_sided)
+                                      one_sided=one_sided, rounded=rounded)
         timings["affine_s"] = time.perf_counter() - started
 
     def build(subplan):
         chosen = set(subplan.node_names)
-        quantized = insert_qdq(model, subplan, amax, activation_type=config.activation_type, one_sided=one_sided)
+        quantized = insert_qdq(model, subplan, amax, activation_type=config.activation_type, one_sided=one_sided,
+                               rounded=rounded)
         return apply_corrections(quantized, {k: v for k, v in corrections.items() if k in chosen})
 
     started = time.perf_counter()
     first = reference.check(OrtBackend(build(plan).SerializeToString()), gates)
     timings["check_s"] = time.perf_counter() - started
     details = {"int8": {"method": config.method, "quantize_outputs": config.quantize_outputs,
-                        "affine_correction": config.affine_correction,
+                        "affine_correction": config.affine_correction, "weight_rounding": config.weight_rounding,
+                        # per conv: layer-output error of round-to-nearest over GPTQ's (>= 1)
+                        "gptq_error_ratio": {k: round(v, 2) for k, v in rounding_gains.items()},
                         "min_mac_share": config.min_mac_share, "activation_type": config.activation_type,
                         "op_types": list(config.op_types), "quantized_layers": len(plan.nodes),
                         "one_sided_tensors": len(one_sided), "channel_aligned_layers": aligned,

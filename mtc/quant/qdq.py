@@ -172,13 +172,16 @@ def activation_quant(amax: float, activation_type: str, one_sided: bool = False)
 
 
 def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, amax: Mapping[str, float], *,
-               activation_type: str = "int8", one_sided: Collection[str] = ()) -> onnx.ModelProto:
+               activation_type: str = "int8", one_sided: Collection[str] = (),
+               rounded: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> onnx.ModelProto:
     """Return a copy of `model` with 8-bit Q/DQ pairs where `plan` says.
 
     Activations: one Q/DQ pair per tensor (see `activation_quant`), shared by every planned
     consumer; other consumers keep reading the float tensor. Weights: stored as INT8
-    initializers behind a per-channel DequantizeLinear.
+    initializers behind a per-channel DequantizeLinear; `rounded` gives (int8 values, scale) by
+    weight name where they were chosen elsewhere (mtc.quant.gptq), else round-to-nearest.
     """
+    rounded = rounded or {}
     one_sided = set(one_sided)
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -207,7 +210,10 @@ def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, amax: Mapping[str, float],
     for node_name, index, axis in weights:
         node = nodes[node_name]
         weight_name = node.input[index]
-        values, scale = quantize_weight(numpy_helper.to_array(initializers[weight_name]), axis)
+        if weight_name in rounded:
+            values, scale = rounded[weight_name]
+        else:
+            values, scale = quantize_weight(numpy_helper.to_array(initializers[weight_name]), axis)
         base = _safe(f"{node_name}_{weight_name}")
         new_inits += [numpy_helper.from_array(values, f"{base}__int8"),
                       numpy_helper.from_array(scale, weight_scale_name(node)),

