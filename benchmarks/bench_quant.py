@@ -98,7 +98,8 @@ def main() -> None:
     alpha_row = None if args.no_alpha_only else alpha_only_row(manifest, reference.clips, data)
 
     configs = [(f"mtc speed / {m}", "int8", preset("speed", method=m, fallback=False)) for m in args.methods.split(",")]
-    configs += [("mtc tensorrt / mse (gated, fallback)", "int8", preset("tensorrt")), ("mtc fp16", "fp16", preset("speed"))]
+    configs += [("mtc speed / mse, GPTQ weights", "int8", preset("speed", weight_rounding="gptq", fallback=False)),
+                ("mtc tensorrt / mse (gated, fallback)", "int8", preset("tensorrt")), ("mtc fp16", "fp16", preset("speed"))]
     with tempfile.TemporaryDirectory() as tmp:
         for name, precision, config in configs:
             out = Path(tmp) / name.replace(" ", "_").replace("/", "")

@@ -202,7 +202,8 @@ def test_fallback_moves_exactly_the_layer_that_needs_it(tmp_path):
     # Inputs-and-weights placement: the huge channel then hurts conv2's input quantization
     # alone (quantizing conv1's output too would put the same tensor on the grid there).
     outcome = quantize_artifact(source, tmp_path / "int8", precision="int8",
-                                config=Int8Config(method="minmax", quantize_outputs=False), gates=gates, data=SMALL)
+                                config=Int8Config(method="minmax", quantize_outputs=False, weight_rounding="gptq"),
+                                gates=gates, data=SMALL)
     all_int8 = outcome.report["int8"]["all_int8_check"]
     assert not all_int8["passed"]  # the case is built to need fallback
     assert outcome.passed

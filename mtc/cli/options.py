@@ -26,8 +26,8 @@ def quantization_options(command):
         click.option("--method", type=click.Choice(["mse", "minmax", "percentile", "entropy"]), default=None,
                      help="Activation range calibration [default: mse]."),
         click.option("--weight-rounding", type=click.Choice(["gptq", "nearest"]), default=None,
-                     help="INT8 conv weights: gptq (Hessian-aware, lower output error, same speed) or nearest "
-                          "[default: gptq]."),
+                     help="INT8 conv weights: nearest, or gptq (Hessian-aware on the calibration frames, same "
+                          "speed; use with --calib on footage like yours) [default: nearest]."),
         click.option("--calib", default="builtin", show_default=True,
                      help="Calibration frames: a video, a folder of images, or `builtin`."),
         click.option("--calib-frames", type=click.IntRange(1, 10000), default=24, show_default=True,

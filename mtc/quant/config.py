@@ -44,8 +44,10 @@ class Int8Config:
             conversions than INT8 saves, and every quantized layer adds error.
         align_channels: pad quantized convs' inputs with zero channels to a multiple of 4,
             the shape ONNX Runtime's fast x86 integer kernels need (exact; mtc.quant.align).
-        weight_rounding: "gptq" (Hessian-aware rounding of conv weights on the calibration
-            data; same scales and graph, lower output error; mtc.quant.gptq) or "nearest".
+        weight_rounding: "nearest", or "gptq": Hessian-aware rounding of conv weights on the
+            calibration data's statistics (same scales and graph; mtc.quant.gptq). Opt-in: it
+            fits the calibration footage, which helps with your own --calib and hurt on real
+            footage when calibrated on the built-in clip (measured, see mtc.quant.gptq).
         affine_correction: fit a per-channel gamma/beta against FP32 and fold it into the
             weight scales and biases (mtc.quant.affine; zero inference cost).
         fallback: let the gates move the most sensitive layers back to float.
@@ -60,7 +62,7 @@ class Int8Config:
     min_mac_share: float = 0.0
     activation_type: str = "int8"
     align_channels: bool = False
-    weight_rounding: str = "gptq"
+    weight_rounding: str = "nearest"
     affine_correction: bool = True
     fallback: bool = True
     max_fallback_fraction: float = 0.5
