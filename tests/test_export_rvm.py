@@ -355,6 +355,18 @@ def test_alpha_only_export_writes_an_artifact_without_foreground(rvm_alpha_artif
     np.testing.assert_array_equal(matte.rgba()[..., :3], frame)  # the source is the foreground
 
 
+def test_alpha_only_export_fails_cleanly_when_the_rewrite_does_not_match(rvm_onnx, tmp_path, monkeypatch):
+    import dataclasses
+
+    spec = get_model("rvm")
+    variant = spec.variants["mobilenetv3"]
+    unmatched = dataclasses.replace(variant, alpha_only_rewrites=(lambda model: (model, False),))
+    monkeypatch.setitem(spec.variants, "mobilenetv3", unmatched)
+    with pytest.raises(MtcError, match="does not match"):
+        export_model("rvm", output=tmp_path / "alpha", weights_path=rvm_onnx, alpha_only=True)
+    assert not (tmp_path / "alpha").exists()
+
+
 def test_alpha_only_is_refused_where_it_means_nothing():
     from mtc.registry import get_model
 

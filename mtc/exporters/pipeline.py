@@ -134,6 +134,9 @@ def export_model(name: str, *, variant: str | None = None, output: Path | None =
         sanitized, applied = rewrite(sanitized)
         if applied:
             rewrites.append(rewrite.__name__)
+        elif alpha_only:  # without it the graph still computes (and outputs) the foreground
+            raise MtcError(f"the alpha-only rewrite {rewrite.__name__} does not match this {spec.name} graph",
+                           hint="export without --alpha-only, or report the model file as a bug")
     timings["sanitize_s"] = time.perf_counter() - started
     io = io_from_graph(var.io, sanitized)
     model_bytes = sanitized.SerializeToString()
