@@ -49,22 +49,30 @@ def row(name: str, check, speeds, seconds: float, layers: str) -> dict:
                       for c, s in zip(check.clips, speeds)]}
 
 
+def config_row(name: str, source: Path, out: Path, precision: str, config, gates: Gates, data: DataPlan,
+               reference: ReferenceAlphas) -> dict:
+    """Quantize the FP32 artifact `source` into `out`; score it against `reference` and time it
+    against `source`, interleaved."""
+    started = time.perf_counter()
+    outcome = quantize_artifact(source, out, precision=precision, config=config, gates=gates, data=data)
+    seconds = time.perf_counter() - started
+    model = out / ("model.onnx" if outcome.passed else "rejected.onnx")
+    int8 = outcome.report.get("int8")
+    layers = f"{int8['int8_layers']}/{int8['quantized_layers']}" if int8 else "-"
+    check = reference.check(OrtBackend(model), NO_GATES, with_grad=False)
+    fp32 = source / read_manifest(source).model_file
+    print(f"{name}: done in {seconds:.0f} s", file=sys.stderr)
+    return row(name, check, fps_vs_fp32(reference.io, fp32, model, reference.clips), seconds, layers)
+
+
 def alpha_only_row(manifest, clips, data: DataPlan) -> dict:
     """The speed preset on the alpha-only export, scored and timed against the alpha-only FP32
     export (whose alpha is bit-identical to the full export's)."""
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = export_model(manifest.model, variant=manifest.variant, output=Path(tmp) / "fp32", alpha_only=True)
-        io, fp32_model = read_manifest(fp32).io, fp32 / "model.onnx"
-        started = time.perf_counter()
-        outcome = quantize_artifact(fp32, Path(tmp) / "int8", precision="int8", data=data, gates=NO_GATES,
-                                    config=preset("speed", fallback=False))
-        seconds = time.perf_counter() - started
-        model = Path(tmp) / "int8" / ("model.onnx" if outcome.passed else "rejected.onnx")
-        int8 = outcome.report["int8"]
-        check = ReferenceAlphas(io, OrtBackend(fp32_model), clips).check(OrtBackend(model), NO_GATES, with_grad=False)
-        speeds = fps_vs_fp32(io, fp32_model, model, clips)
-    return row("mtc speed / mse, alpha-only export (FPS vs FP32 alpha-only)", check, speeds, seconds,
-               f"{int8['int8_layers']}/{int8['quantized_layers']}")
+        reference = ReferenceAlphas(read_manifest(fp32).io, OrtBackend(fp32 / "model.onnx"), clips)
+        return config_row("mtc speed / mse, alpha-only export (FPS vs FP32 alpha-only)", fp32, Path(tmp) / "int8",
+                          "int8", preset("speed", fallback=False), NO_GATES, data, reference)
 
 
 def main() -> None:
@@ -104,15 +112,7 @@ def main() -> None:
         for name, precision, config in configs:
             out = Path(tmp) / name.replace(" ", "_").replace("/", "")
             gates = Gates(max_mad=0.8, max_dtssd=0.8) if "gated" in name else NO_GATES
-            started = time.perf_counter()
-            outcome = quantize_artifact(args.artifact, out, precision=precision, config=config, gates=gates, data=data)
-            seconds = time.perf_counter() - started
-            model = out / ("model.onnx" if outcome.passed else "rejected.onnx")
-            int8 = outcome.report.get("int8")
-            layers = f"{int8['int8_layers']}/{int8['quantized_layers']}" if int8 else "-"
-            check = reference.check(OrtBackend(model), NO_GATES, with_grad=False)
-            rows.append(row(name, check, fps_vs_fp32(io, fp32, model, reference.clips), seconds, layers))
-            print(f"{name}: done in {seconds:.0f} s", file=sys.stderr)
+            rows.append(config_row(name, args.artifact, out, precision, config, gates, data, reference))
     if alpha_row is not None:
         rows.append(alpha_row)
 

@@ -21,6 +21,19 @@ def topological_order(nodes: list[onnx.NodeProto], available: set[str]) -> list[
     return done
 
 
+def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    """The node that writes each tensor."""
+    return {out: node for node in graph.node for out in node.output}
+
+
+def sort_nodes(graph: onnx.GraphProto, nodes: list[onnx.NodeProto] | None = None) -> None:
+    """Make `nodes` (default: the graph's own) the graph's nodes, in topological order."""
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer}
+    ordered = topological_order(list(graph.node) if nodes is None else nodes, available)
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
 def drop_unused_initializers(graph: onnx.GraphProto) -> None:
     used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
     keep = [i for i in graph.initializer if i.name in used]
@@ -30,10 +43,10 @@ def drop_unused_initializers(graph: onnx.GraphProto) -> None:
 
 def remove_dead_nodes(graph: onnx.GraphProto) -> None:
     """Delete nodes no graph output depends on, and the initializers only they read."""
-    producers = {out: n for n in graph.node for out in n.output}
+    writers = producers(graph)
     needed, stack = set(), [o.name for o in graph.output]
     while stack:
-        node = producers.get(stack.pop())
+        node = writers.get(stack.pop())
         if node is not None and id(node) not in needed:
             needed.add(id(node))
             stack.extend(i for i in node.input if i)

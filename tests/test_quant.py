@@ -482,8 +482,7 @@ def test_gptq_rounding_lowers_the_layer_output_error_with_the_same_scales():
     hessian = (inputs.T @ inputs)[None]
     weight = (RNG.standard_normal((5, 9, 1, 1)) * 0.2).astype(np.float64)
     nearest, scale = quantize_weight(weight, 0)
-    values, gptq_scale = round_weights(weight, hessian)
-    np.testing.assert_array_equal(gptq_scale, scale)
+    values = round_weights(weight, hessian, scale)
     assert values.dtype == np.int8 and np.abs(values.astype(int)).max() <= 127
     assert np.all(values[:, 8] == 0)  # the dead input gets zero, not NaN
     assert output_error(weight, values, scale, hessian) < 0.5 * output_error(weight, nearest, scale, hessian)
@@ -492,6 +491,7 @@ def test_gptq_rounding_lowers_the_layer_output_error_with_the_same_scales():
 def test_gptq_weights_flow_into_the_qdq_graph_and_the_affine_fit(tmp_path):
     from mtc.quant.affine import fit_corrections
     from mtc.quant.gptq import conv_hessians, gptq_weights
+    from mtc.quant.qdq import quantize_weight
 
     model = _toy_chain()
     feeds = [{"x": RNG.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(6)]
@@ -504,7 +504,18 @@ def test_gptq_weights_flow_into_the_qdq_graph_and_the_affine_fit(tmp_path):
     amax = {t: 4.0 for t in plan.activation_tensors()}
     quantized = insert_qdq(model, plan, amax, rounded=rounded)
     inits = {i.name: numpy_helper.to_array(i) for i in quantized.graph.initializer}
-    for weight_name, (values, _) in rounded.items():
+    original = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for weight_name, (values, scale) in rounded.items():
         stored = next(v for k, v in inits.items() if k.endswith(f"{weight_name}__int8"))
         np.testing.assert_array_equal(stored, values)
+        np.testing.assert_array_equal(scale, quantize_weight(original[weight_name], 0)[1])  # nearest's scales
     assert fit_corrections(model, plan, amax, feeds, rounded=rounded).keys() == {"conv1", "conv2", "conv3"}
+
+
+def test_unknown_weight_rounding_is_refused_wherever_the_config_is_made():
+    from mtc.errors import MtcError
+    from mtc.quant.config import preset
+
+    for make in (lambda: Int8Config(weight_rounding="stochastic"), lambda: preset("speed", weight_rounding="x")):
+        with pytest.raises(MtcError, match="unknown weight rounding"):
+            make()

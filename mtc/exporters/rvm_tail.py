@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from mtc.graph_edit import remove_dead_nodes, topological_order
+from mtc.graph_edit import producers, remove_dead_nodes, sort_nodes
 
 PREFIX = "refiner_tail"
 
@@ -67,7 +67,7 @@ def fuse_refiner_tail(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
     tail.a_resize.input[0] = shifted
     tail.fgr_clip.input[0] = next(i for i in tail.residual.input if i != "src")
     graph.node.remove(tail.residual)
-    _reorder(graph)
+    sort_nodes(graph)
     _drop_value_info(graph)
     return out, True
 
@@ -83,7 +83,7 @@ def alpha_only_tail(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
-    tail = _match_filter(graph, _producers(graph))
+    tail = _match_filter(graph, producers(graph))
     if tail is None or "fgr" not in {o.name for o in graph.output}:
         return model, False
     graph.initializer.extend([
@@ -105,7 +105,7 @@ def alpha_only_tail(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
     del graph.output[:]
     graph.output.extend(outputs)
     remove_dead_nodes(graph)
-    _reorder(graph)
+    sort_nodes(graph)
     _drop_value_info(graph)
     return out, True
 
@@ -132,16 +132,6 @@ def _upsample_alpha_channel(graph: onnx.GraphProto, resize: onnx.NodeProto, name
     return upsampled
 
 
-def _producers(graph):
-    return {out: n for n in graph.node for out in n.output}
-
-
-def _reorder(graph):
-    ordered = topological_order(list(graph.node), {i.name for i in graph.input} | {i.name for i in graph.initializer})
-    del graph.node[:]
-    graph.node.extend(ordered)
-
-
 def _drop_value_info(graph):
     """Forget shapes of tensors that no longer exist."""
     alive = {o for n in graph.node for o in n.output}
@@ -150,28 +140,28 @@ def _drop_value_info(graph):
     graph.value_info.extend(kept)
 
 
-def _made_by(producers, tensor, op):
-    node = producers.get(tensor)
+def _made_by(writers, tensor, op):
+    node = writers.get(tensor)
     return node if node is not None and node.op_type == op else None
 
 
-def _match_filter(graph: onnx.GraphProto, producers) -> _Filter | None:
-    pha_clip = _made_by(producers, "pha", "Clip")
-    split = _made_by(producers, pha_clip.input[0], "Split") if pha_clip is not None else None
+def _match_filter(graph: onnx.GraphProto, writers) -> _Filter | None:
+    pha_clip = _made_by(writers, "pha", "Clip")
+    split = _made_by(writers, pha_clip.input[0], "Split") if pha_clip is not None else None
     if split is None or len(split.output) != 2 or split.output[1] != pha_clip.input[0] or not _splits_3_1(split, graph):
         return None
-    combine = _made_by(producers, split.input[0], "Add")
+    combine = _made_by(writers, split.input[0], "Add")
     if combine is None or len(combine.input) != 2:
         return None
-    scaled = next((producers[i] for i in combine.input if _made_by(producers, i, "Mul")), None)
-    b_resize = next((producers[i] for i in combine.input if _made_by(producers, i, "Resize")), None)
+    scaled = next((writers[i] for i in combine.input if _made_by(writers, i, "Mul")), None)
+    b_resize = next((writers[i] for i in combine.input if _made_by(writers, i, "Resize")), None)
     if scaled is None or b_resize is None or len(scaled.input) != 2:
         return None
-    a_resize = next((producers[i] for i in scaled.input if _made_by(producers, i, "Resize")), None)
-    guide = next((producers[i] for i in scaled.input if _made_by(producers, i, "Concat")), None)
+    a_resize = next((writers[i] for i in scaled.input if _made_by(writers, i, "Resize")), None)
+    guide = next((writers[i] for i in scaled.input if _made_by(writers, i, "Concat")), None)
     if a_resize is None or guide is None or len(guide.input) != 2 or guide.input[0] != "src":
         return None
-    mean = _made_by(producers, guide.input[1], "ReduceMean")
+    mean = _made_by(writers, guide.input[1], "ReduceMean")
     if mean is None or list(mean.input[:1]) != ["src"] or _attr(guide, "axis") not in (1, -3):
         return None
     if _reduce_axes(mean, graph) != [1] or _attr(mean, "keepdims", 1) != 1:
@@ -180,14 +170,14 @@ def _match_filter(graph: onnx.GraphProto, producers) -> _Filter | None:
 
 
 def _match_fold(graph: onnx.GraphProto) -> _Tail | None:
-    producers = _producers(graph)
+    writers = producers(graph)
     if not {"fgr", "pha", "src"} <= {o.name for o in graph.output} | {i.name for i in graph.input}:
         return None
-    core = _match_filter(graph, producers)
-    fgr_clip = _made_by(producers, "fgr", "Clip")
+    core = _match_filter(graph, writers)
+    fgr_clip = _made_by(writers, "fgr", "Clip")
     if core is None or fgr_clip is None:
         return None
-    residual = _made_by(producers, fgr_clip.input[0], "Add")
+    residual = _made_by(writers, fgr_clip.input[0], "Add")
     if residual is None or sum(fgr_clip.input[0] in n.input for n in graph.node) != 1:
         return None  # the residual sum is read elsewhere too: it must stay
     if sorted(residual.input) != sorted(["src", core.split.output[0]]):

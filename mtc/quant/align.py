@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from mtc.graph_edit import drop_unused_initializers
+from mtc.graph_edit import drop_unused_initializers, producers
 
 CHANNEL_MULTIPLE = 4
 
@@ -33,7 +33,7 @@ def align_conv_inputs(model: onnx.ModelProto, conv_names: Iterable[str],
     graph = out.graph
     wanted = set(conv_names)
     initializers = {i.name: i for i in graph.initializer}
-    producers = {tensor: node for node in graph.node for tensor in node.output}
+    writers = producers(graph)
     readers: dict[str, int] = {}
     for node in graph.node:
         for name in node.input:
@@ -53,7 +53,7 @@ def align_conv_inputs(model: onnx.ModelProto, conv_names: Iterable[str],
         graph.initializer.append(numpy_helper.from_array(np.array([0, 0, 0, 0, 0, missing, 0, 0], np.int64),
                                                          f"{base}_pads"))
         target, index = node, 0
-        concat = producers.get(node.input[0])
+        concat = writers.get(node.input[0])
         if concat is not None and concat.op_type == "Concat" and readers[node.input[0]] == 1 and _axis(concat) in (1, -3):
             target, index = concat, len(concat.input) - 1
         pads.append((target.name, helper.make_node("Pad", [target.input[index], f"{base}_pads"], [f"{base}_input"],

@@ -24,6 +24,9 @@ class Gates:
         return problems
 
 
+WEIGHT_ROUNDING = ("nearest", "gptq")
+
+
 @dataclass(frozen=True)
 class Int8Config:
     """How an FP32 graph becomes a Q/DQ INT8 graph.
@@ -67,6 +70,11 @@ class Int8Config:
     fallback: bool = True
     max_fallback_fraction: float = 0.5
 
+    def __post_init__(self):
+        if self.weight_rounding not in WEIGHT_ROUNDING:
+            raise MtcError(f"unknown weight rounding {self.weight_rounding!r}",
+                           hint=f"choose one of: {', '.join(WEIGHT_ROUNDING)}")
+
 
 PRESETS: dict[str, Int8Config] = {
     # CPU backends: integer kernels end to end for the layers that carry the compute (each
@@ -77,14 +85,7 @@ PRESETS: dict[str, Int8Config] = {
 }
 
 
-WEIGHT_ROUNDING = ("gptq", "nearest")
-
-
 def preset(name: str, **overrides) -> Int8Config:
     if name not in PRESETS:
         raise MtcError(f"unknown INT8 preset {name!r}", hint=f"choose one of: {', '.join(PRESETS)}")
-    config = dataclasses.replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
-    if config.weight_rounding not in WEIGHT_ROUNDING:
-        raise MtcError(f"unknown weight rounding {config.weight_rounding!r}",
-                       hint=f"choose one of: {', '.join(WEIGHT_ROUNDING)}")
-    return config
+    return dataclasses.replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})

@@ -43,10 +43,11 @@ class _ConvGeometry:
     groups: int
 
     @classmethod
-    def of(cls, node: onnx.NodeProto, weight_shape) -> _ConvGeometry:
+    def of(cls, node: onnx.NodeProto, weight_shape) -> _ConvGeometry | None:
+        """The geometry of a 2-D conv with explicit pads; None for anything else."""
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-            raise ValueError("auto_pad")
+        if len(weight_shape) != 4 or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            return None
         pads = tuple(attrs.get("pads", (0, 0, 0, 0)))
         return cls(tuple(weight_shape[2:]), tuple(attrs.get("strides", (1, 1))), tuple(attrs.get("dilations", (1, 1))),
                    (pads[0], pads[1], pads[2], pads[3]), int(attrs.get("group", 1)))
@@ -78,13 +79,9 @@ def conv_hessians(model: onnx.ModelProto, conv_names: Iterable[str], feeds: Iter
     convs = {}
     for node in model.graph.node:
         if node.op_type == "Conv" and node.name in wanted and node.input[1] in initializers:
-            shape = tuple(initializers[node.input[1]].dims)
-            if len(shape) != 4:
-                continue
-            try:
-                convs[node.name] = (node.input[0], _ConvGeometry.of(node, shape))
-            except ValueError:
-                continue
+            geometry = _ConvGeometry.of(node, tuple(initializers[node.input[1]].dims))
+            if geometry is not None:
+                convs[node.name] = (node.input[0], geometry)
     runner = OrtBackend(expose_tensors(model, sorted({t for t, _ in convs.values()})).SerializeToString(),
                         optimization="basic")
     rng = np.random.default_rng(seed)
@@ -101,11 +98,9 @@ def conv_hessians(model: onnx.ModelProto, conv_names: Iterable[str], feeds: Iter
     return sums
 
 
-def round_weights(weight: np.ndarray, hessian: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """GPTQ-rounded per-output-channel INT8 weights of an OIHW conv: (int8 values, scale).
-
-    `hessian` is [groups, D, D] from `conv_hessians`; the scales are round-to-nearest's."""
-    _, scale = quantize_weight(weight, 0)
+def round_weights(weight: np.ndarray, hessian: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """GPTQ-rounded INT8 values of an OIHW conv's weights on the given per-output-channel
+    scales (round-to-nearest's); `hessian` is [groups, D, D] from `conv_hessians`."""
     groups = hessian.shape[0]
     per_group = weight.shape[0] // groups
     flat = weight.reshape(weight.shape[0], -1).astype(np.float64)
@@ -113,7 +108,7 @@ def round_weights(weight: np.ndarray, hessian: np.ndarray) -> tuple[np.ndarray, 
     for g in range(groups):
         rows = slice(g * per_group, (g + 1) * per_group)
         values[rows] = _gptq(flat[rows], hessian[g], scale[rows].astype(np.float64))
-    return values.reshape(weight.shape), scale
+    return values.reshape(weight.shape)
 
 
 def _gptq(weight: np.ndarray, hessian: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -153,8 +148,8 @@ def gptq_weights(model: onnx.ModelProto, hessians: Mapping[str, np.ndarray]
         if node.name not in hessians:
             continue
         weight = numpy_helper.to_array(initializers[node.input[1]]).astype(np.float64)
-        values, scale = round_weights(weight, hessians[node.name])
-        nearest, _ = quantize_weight(weight, 0)
+        nearest, scale = quantize_weight(weight, 0)
+        values = round_weights(weight, hessians[node.name], scale)
         before = output_error(weight, nearest, scale, hessians[node.name])
         after = output_error(weight, values, scale, hessians[node.name])
         if after < before:  # never worse than round-to-nearest on the calibration data

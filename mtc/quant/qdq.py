@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from mtc.graph_edit import drop_unused_initializers, topological_order
+from mtc.graph_edit import drop_unused_initializers, producers, sort_nodes
 
 INT8_MAX = 127
 
@@ -236,7 +236,7 @@ def _pad_integers(graph: onnx.GraphProto) -> None:
     The same values, one float round trip fewer, and OpenVINO's low-precision Concat pass (which
     fails on a dequantized Pad feeding a Concat, as channel alignment makes) never sees it.
     """
-    producers = {out: node for node in graph.node for out in node.output}
+    writers = producers(graph)
     readers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
     for node in graph.node:
         for name in node.input:
@@ -244,7 +244,7 @@ def _pad_integers(graph: onnx.GraphProto) -> None:
     initializers = {i.name: i for i in graph.initializer}
     dropped, retyped = set(), set()
     for pad in (n for n in graph.node if n.op_type == "Pad"):
-        dq = producers.get(pad.input[0])
+        dq = writers.get(pad.input[0])
         after = readers[pad.output[0]]
         if dq is None or dq.op_type != "DequantizeLinear" or len(after) != 1 or after[0].op_type != "QuantizeLinear":
             continue
@@ -288,7 +288,7 @@ def hoist_through_movers(graph: onnx.GraphProto, readers: dict[str, list[tuple[s
     inputs quantized instead, with the same parameters. Returns {hoisted tensor: the tensor
     whose scale and zero point it shares}.
     """
-    producers = {out: node for node in graph.node for out in node.output}
+    writers = producers(graph)
     consumers: dict[str, set[tuple[str, int]]] = defaultdict(set)
     for node in graph.node:
         for index, name in enumerate(node.input):
@@ -299,7 +299,7 @@ def hoist_through_movers(graph: onnx.GraphProto, readers: dict[str, list[tuple[s
     pending = list(readers)
     while pending:
         tensor = pending.pop()
-        mover = producers.get(tensor)
+        mover = writers.get(tensor)
         if mover is None or mover.op_type not in MOVERS or tensor in outputs or consumers[tensor] != set(readers[tensor]):
             continue
         indices = MOVERS[mover.op_type]
@@ -324,8 +324,7 @@ def _place_nodes(graph: onnx.GraphProto, before: dict) -> None:
     for node in graph.node:
         ordered.extend(before.get(node.name, ()))
         ordered.append(node)
-    del graph.node[:]
-    graph.node.extend(topological_order(ordered, {i.name for i in graph.input} | {i.name for i in graph.initializer}))
+    sort_nodes(graph, ordered)
 
 
 def _safe(name: str) -> str:
