@@ -118,6 +118,9 @@ class MattingSession:
         self._gain = (pre.scale / np.asarray(pre.std, np.float32)).astype(np.float32)
         self._offset = (-np.asarray(pre.mean, np.float32) / np.asarray(pre.std, np.float32)).astype(np.float32)
         self._identity_norm = bool(np.all(self._offset == 0) and np.all(self._gain == self._gain[0]))
+        # A GPU backend may lend the pinned host buffer it uploads the image from (TensorRT's
+        # `host_input`): preprocessing straight into it saves a full-frame host copy per frame.
+        self._host_input = getattr(backend, "host_input", None)
         self._buffer: np.ndarray | None = None
         self._plate: np.ndarray | None = None  # the background plate as given (HxWx3 uint8)
         self._plate_tensor: np.ndarray | None = None  # ... preprocessed at the last model size
@@ -203,6 +206,9 @@ class MattingSession:
 
     def _image_tensor(self, frame: np.ndarray) -> np.ndarray:
         h, w = frame.shape[:2]
+        pinned = self._host_input(self.image_input.name, (1, 3, h, w)) if self._host_input else None
+        if pinned is not None:
+            return self._normalize(frame, pinned)
         if self._buffer is None or self._buffer.shape[2:] != (h, w):
             self._buffer = np.empty((1, 3, h, w), dtype=np.float32)
         return self._normalize(frame, self._buffer)

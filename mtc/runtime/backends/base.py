@@ -35,6 +35,9 @@ class Backend(Protocol):
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
+    # Optional: `host_input(name, shape) -> np.ndarray | None`, a host buffer the backend uploads
+    # `name` from; the session writes the preprocessed image there instead of its own array.
+
 
 def default_threads() -> int:
     """Physical-core count is what ORT wants; on these 2-core machines that is os.cpu_count()."""

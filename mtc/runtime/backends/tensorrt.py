@@ -10,7 +10,9 @@ shapes and pinned host buffers only for tensors that cross to the host (image in
 foreground out); state outputs are copied device-to-device into their paired input buffers
 after each frame and returned as `DeviceState` handles, so the session's usual "feed the
 state outputs back" costs nothing. Optionally the whole frame (upload, inference, downloads,
-state copies) is captured once into a CUDA graph and replayed.
+state copies) is captured once into a CUDA graph and replayed. The session preprocesses each
+frame straight into the image's pinned buffer (`host_input`), so the only host-side copy of
+the image is the uint8 -> float conversion itself.
 
 The backend is told the state pairs by the manifest at construction; no session change is
 needed. Frame 0 (and every reset) feeds numpy 1x1x1x1 zeros, which become a memset of the
