@@ -10,19 +10,24 @@ recurrent state and thread spinning off:
   gives an invalid model), calibrated on the built-in clip at every benchmarked resolution
   with the official model's recurrent states carried; no `quant_pre_process` (its symbolic
   shape inference fails on RVM);
-- `openvino_fp32` / `openvino_int8_qdq`: OpenVINO on the official file and on the same QDQ
-  model, with FP32 inference precision asked for explicitly (it picks BF16 on CPUs that have
-  it), if `openvino` is importable;
-- `--artifact DIR[@BACKEND]` (repeatable): mtc artifacts through mtc.runtime (scene-cut
-  detection off, as the plain sessions have none), labelled by manifest precision and backend
-  (`_alpha`: an alpha-only export, `mtc export rvm --alpha-only`, which has no foreground output).
+- OpenVINO, if `openvino` is importable, each compiled with static shapes per resolution (the
+  ratio frozen, states reshaped: measured faster than dynamic shapes) and an explicit
+  inference precision: `openvino_fp32` and `openvino_bf16` (where the CPU has BF16) on the
+  official file, `openvino_int8_qdq` on the stock QDQ model, and, if `nncf` is importable,
+  `nncf_int8_openvino`: `nncf.quantize` with its defaults on the official model, calibrated
+  on the same built-in frames and states as the stock INT8;
+- `--artifact DIR[@BACKEND[:PRECISION]]` (repeatable): mtc artifacts through mtc.runtime
+  (scene-cut detection off, as the plain sessions have none), labelled by manifest precision
+  and backend (`_alpha`: an alpha-only export, `mtc export rvm --alpha-only`, which has no
+  foreground output; `_bf16`: OpenVINO asked to run the float parts in BF16,
+  e.g. `artifacts/rvm-int8@openvino:bf16`).
 
 Per configuration: FPS (1 / median per-frame time over rounds, configurations interleaved
 frame by frame), MAD and dtSSD of its alpha vs the FP32 reference on the same frames, and with `--evalset` also vs ground truth:
 clips built by moving evalset foregrounds (images/ + alpha/) over the evalset videos, so every
 frame has an exact alpha. Evalset files are read in place, never copied.
 
-    python benchmarks/bench_peers.py [--artifact DIR[@BACKEND]]... [--evalset ../shared/evalset]
+    python benchmarks/bench_peers.py [--artifact DIR[@BACKEND[:PRECISION]]]... [--evalset ../shared/evalset]
         [--cases 512x288@1.0,1920x1080@0.25] [--frames 16] [--rounds 3] [--json out.json]
 """
 
@@ -66,15 +71,14 @@ PLOT = Path(__file__).with_name("peers.png")
 
 
 class OpenVinoRvm:
-    """RVM on OpenVINO's CPU plugin with explicit FP32 inference precision (dynamic shapes)."""
+    """RVM on OpenVINO's CPU plugin: static shapes for this resolution and ratio, explicit
+    inference precision (mtc.runtime's OpenVINO backend does exactly that to any RVM file)."""
 
-    def __init__(self, model: Path, ratio: float, threads: int):
-        import openvino as ov
+    def __init__(self, model: Path, ratio: float, threads: int, precision: str = "fp32"):
+        from mtc.exporters.rvm import RVM_IO
+        from mtc.runtime.backends.openvino import OpenVinoBackend
 
-        core = ov.Core()
-        config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
-        self.compiled = core.compile_model(core.read_model(str(model)), "CPU", config)
-        self.request = self.compiled.create_infer_request()
+        self.backend = OpenVinoBackend(model, io=RVM_IO, precision=precision, threads=threads, cache=False)
         self.ratio = np.array([ratio], np.float32)
         self.reset()
 
@@ -83,23 +87,23 @@ class OpenVinoRvm:
 
     def process(self, frame: np.ndarray) -> np.ndarray:
         src = frame.transpose(2, 0, 1)[None].astype(np.float32) * np.float32(1 / 255)
-        out = self.request.infer(dict(zip(STATES, self.state), src=src, downsample_ratio=self.ratio))
-        by_name = {key.get_any_name(): value for key, value in out.items()}
-        self.state = [by_name[f"r{i}o"].copy() for i in range(1, 5)]
-        return by_name["pha"][0, 0].copy()
+        out = self.backend.run(dict(zip(STATES, self.state), src=src, downsample_ratio=self.ratio))
+        self.state = [out[f"r{i}o"].copy() for i in range(1, 5)]
+        return out["pha"][0, 0].copy()
 
 
 class MtcRvm:
     """An mtc artifact through mtc.runtime, labelled by its precision and the backend it got."""
 
-    def __init__(self, folder: Path, ratio: float, threads: int, backend: str = "auto"):
+    def __init__(self, folder: Path, ratio: float, threads: int, backend: str = "auto", precision: str = "fp32"):
         import mtc.runtime
 
-        self.session = mtc.runtime.load(folder, backend=backend, downsample_ratio=ratio, scene_cut_threshold=None,
-                                        threads=threads, allow_spinning=False)
+        self.session = mtc.runtime.load(folder, backend=backend, precision=precision, downsample_ratio=ratio,
+                                        scene_cut_threshold=None, threads=threads, allow_spinning=False)
         io = self.session.manifest.io
         alpha_only = "_alpha" if io.output_with_role("foreground") is None else ""
-        self.label = f"mtc_{self.session.manifest.precision.mode}{alpha_only}_{self.session.backend.name}"
+        inference = "" if precision == "fp32" else f"_{precision}"
+        self.label = f"mtc_{self.session.manifest.precision.mode}{alpha_only}_{self.session.backend.name}{inference}"
 
     def reset(self) -> None:
         self.session.reset()
@@ -111,26 +115,32 @@ class MtcRvm:
 # ---- the stock INT8 peer ------------------------------------------------------------------------
 
 
-def _calibration_reader(official: Path, cases: list[tuple[int, int, float]], frames: int):
-    """Feeds for quantize_static: built-in clip frames with the FP32 model's states carried."""
-    from onnxruntime.quantization import CalibrationDataReader
+def calibration_feeds(official: Path, cases: list[tuple[int, int, float]], frames: int):
+    """Model inputs for INT8 calibration: built-in clip frames with the FP32 model's states carried."""
+    for width, height, ratio in cases:
+        runner = OrtRvm(official, ratio, threads=2)
+        for frame in builtin_frames(ClipSpec(width=width, height=height, frames=frames)):
+            src = frame.transpose(2, 0, 1)[None].astype(np.float32) * np.float32(1 / 255)
+            yield dict(zip(STATES, runner.state), src=src, downsample_ratio=runner.ratio)
+            runner.process(frame)  # advance the FP32 state exactly as inference will
 
-    def feeds():
-        for width, height, ratio in cases:
-            runner = OrtRvm(official, ratio, threads=2)
-            for frame in builtin_frames(ClipSpec(width=width, height=height, frames=frames)):
-                src = frame.transpose(2, 0, 1)[None].astype(np.float32) * np.float32(1 / 255)
-                yield dict(zip(STATES, runner.state), src=src, downsample_ratio=runner.ratio)
-                runner.process(frame)  # advance the FP32 state exactly as inference will
+
+def _calibration_reader(official: Path, cases: list[tuple[int, int, float]], frames: int):
+    from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self._feeds = feeds()
+            self._feeds = calibration_feeds(official, cases, frames)
 
         def get_next(self):
             return next(self._feeds, None)
 
     return Reader()
+
+
+def _peer_cache(name: str, *key) -> Path:
+    digest = hashlib.sha256(repr((MOBILENETV3_ONNX.sha256, *key)).encode()).hexdigest()[:16]
+    return cache_dir() / "peers" / f"{name}_{digest}"
 
 
 def stock_int8(official: Path, cases: list[tuple[int, int, float]], calib_frames: int) -> Path:
@@ -139,8 +149,7 @@ def stock_int8(official: Path, cases: list[tuple[int, int, float]], calib_frames
 
     from mtc.exporters.onnx_ingest import load_onnx, sanitize
 
-    key = hashlib.sha256(repr((MOBILENETV3_ONNX.sha256, ort.__version__, sorted(cases), calib_frames)).encode())
-    target = cache_dir() / "peers" / f"rvm_int8_qdq_{key.hexdigest()[:16]}.onnx"
+    target = _peer_cache("rvm_int8_qdq", ort.__version__, sorted(cases), calib_frames).with_suffix(".onnx")
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -158,6 +167,29 @@ def stock_int8(official: Path, cases: list[tuple[int, int, float]], calib_frames
         partial.replace(target)
     log.info("quantized in %.0f s -> %s", time.perf_counter() - started, target)
     return target
+
+
+def nncf_int8(official: Path, cases: list[tuple[int, int, float]], calib_frames: int) -> Path:
+    """NNCF post-training INT8 (defaults) of the official model as OpenVINO IR; cached like stock_int8."""
+    import nncf
+    import openvino as ov
+
+    target = _peer_cache("rvm_nncf_int8", nncf.__version__, ov.__version__, sorted(cases), calib_frames)
+    xml = target.with_suffix(".xml")
+    if xml.is_file() and xml.with_suffix(".bin").is_file():
+        return xml
+    xml.parent.mkdir(parents=True, exist_ok=True)
+    log.info("quantizing the official RVM with nncf.quantize (defaults) ...")
+    started = time.perf_counter()
+    items = list(calibration_feeds(official, cases, calib_frames))
+    quantized = nncf.quantize(ov.Core().read_model(str(official)), nncf.Dataset(items), subset_size=len(items))
+    with tempfile.TemporaryDirectory(dir=xml.parent) as tmp:
+        partial = Path(tmp) / xml.name
+        ov.save_model(quantized, str(partial))
+        partial.with_suffix(".bin").replace(xml.with_suffix(".bin"))
+        partial.replace(xml)
+    log.info("quantized in %.0f s -> %s", time.perf_counter() - started, xml)
+    return xml
 
 
 # ---- frames -------------------------------------------------------------------------------------
@@ -290,12 +322,13 @@ def summarize(result: Result, reference_fps: float | None) -> dict:
 # ---- output ---------------------------------------------------------------------------------------
 
 
-def parse_artifact(spec: str, default_backend: str) -> tuple[Path, str]:
-    """'DIR' or 'DIR@BACKEND' (e.g. artifacts/rvm-int8@onnxruntime)."""
+def parse_artifact(spec: str, default_backend: str) -> tuple[Path, str, str]:
+    """'DIR', 'DIR@BACKEND' or 'DIR@BACKEND:PRECISION' -> (folder, backend, inference precision)."""
     folder, _, backend = spec.rpartition("@")
+    backend, _, precision = backend.partition(":")
     if folder and backend in ("auto", "onnxruntime", "openvino", "tensorrt"):
-        return Path(folder), backend
-    return Path(spec), default_backend
+        return Path(folder), backend, precision or "fp32"
+    return Path(spec), default_backend, "fp32"
 
 
 def parse_cases(text: str) -> list[tuple[int, int, float]]:
@@ -324,6 +357,12 @@ def markdown(result: dict) -> str:
             ", and vs ground truth. The background videos have people of their own (a juggler, a dog walker), "
             "whom every configuration mattes and the ground truth counts as background: GT errors carry that "
             "share equally for all configurations." if result["evalset"] else "."),
+        "",
+        "Peers: `ort_*` plain ONNX Runtime sessions on the official file (`ort_int8_qdq`: its stock "
+        "`quantize_static`); `openvino_*` and `nncf_int8_openvino` (NNCF's `nncf.quantize` with defaults) "
+        "compiled with static shapes per resolution and explicit inference precision; both INT8 peers calibrated "
+        f"on {result['calib_frames']} built-in frames per resolution with the FP32 states carried. `mtc_*`: mtc "
+        "artifacts through mtc.runtime (`_bf16`: OpenVINO runs the float parts in BF16).",
         "",
         "| resolution | ratio | configuration | FPS | × ORT FP32 | MAD vs FP32 | dtSSD vs FP32 | MAD vs GT | dtSSD vs GT |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -368,10 +407,16 @@ def plot(result: dict, path: Path) -> bool:
     return True
 
 
+def _cpu_has_bf16() -> bool:
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--artifact", action="append", default=[],
-                        help="mtc artifact DIR or DIR@BACKEND (repeatable)")
+                        help="mtc artifact DIR, DIR@BACKEND or DIR@BACKEND:PRECISION (repeatable)")
     parser.add_argument("--artifact-backend", default="auto", help="mtc backend for --artifact (default: auto)")
     parser.add_argument("--cases", default=DEFAULT_CASES, help="WxH@ratio list (default: %(default)s)")
     parser.add_argument("--frames", type=int, default=16, help="frames per clip")
@@ -394,6 +439,11 @@ def main() -> None:
     use_openvino = not args.no_openvino and importlib.util.find_spec("openvino") is not None
     if not args.no_openvino and not use_openvino:
         print("openvino is not installed: skipping the OpenVINO peers (pip install openvino)", file=sys.stderr)
+    use_nncf = use_openvino and importlib.util.find_spec("nncf") is not None
+    if use_openvino and not use_nncf:
+        print("nncf is not installed: skipping the NNCF peer (pip install 'mtc[peers]')", file=sys.stderr)
+    nncf_model = nncf_int8(official, cases, args.calib_frames) if use_nncf else None
+    use_bf16 = use_openvino and _cpu_has_bf16()
 
     out_cases = []
     for width, height, ratio in cases:
@@ -404,10 +454,14 @@ def main() -> None:
                    "ort_int8_qdq": OrtRvm(int8, ratio, args.threads)}
         if use_openvino:
             runners["openvino_fp32"] = OpenVinoRvm(official, ratio, args.threads)
+            if use_bf16:
+                runners["openvino_bf16"] = OpenVinoRvm(official, ratio, args.threads, "bf16")
             runners["openvino_int8_qdq"] = OpenVinoRvm(int8, ratio, args.threads)
+            if nncf_model is not None:
+                runners["nncf_int8_openvino"] = OpenVinoRvm(nncf_model, ratio, args.threads)
         for spec in args.artifact:
-            folder, backend = parse_artifact(spec, args.artifact_backend)
-            runner = MtcRvm(folder, ratio, args.threads, backend)
+            folder, backend, precision = parse_artifact(spec, args.artifact_backend)
+            runner = MtcRvm(folder, ratio, args.threads, backend, precision)
             label = runner.label if runner.label not in runners else f"{runner.label}_{folder.name}"
             runners[label] = runner
         log.info("%dx%d: %d configurations x %d rounds x %d frames", width, height, len(runners), args.rounds,
@@ -421,6 +475,7 @@ def main() -> None:
 
     result = {"benchmark": "peers", "machine": machine_info(), "threads": args.threads, "frames": args.frames,
               "rounds": args.rounds, "calib_frames": args.calib_frames, "int8_model": str(int8),
+              "nncf_model": str(nncf_model) if nncf_model else None,
               "evalset": str(args.evalset) if args.evalset else None, "cases": out_cases}
     text = report_json(result)
     print(text, end="")

@@ -47,8 +47,9 @@ def test_parse_cases(peers):
 
 
 def test_parse_artifact(peers):
-    assert peers.parse_artifact("a/rvm-int8@onnxruntime", "auto") == (Path("a/rvm-int8"), "onnxruntime")
-    assert peers.parse_artifact("a/odd@name", "auto") == (Path("a/odd@name"), "auto")
+    assert peers.parse_artifact("a/rvm-int8@onnxruntime", "auto") == (Path("a/rvm-int8"), "onnxruntime", "fp32")
+    assert peers.parse_artifact("a/rvm-int8@openvino:bf16", "auto") == (Path("a/rvm-int8"), "openvino", "bf16")
+    assert peers.parse_artifact("a/odd@name", "auto") == (Path("a/odd@name"), "auto", "fp32")
 
 
 def test_mtc_runner_labels_precision_backend_and_alpha_only_exports(peers, rvm_artifact, rvm_alpha_artifact):
@@ -56,6 +57,15 @@ def test_mtc_runner_labels_precision_backend_and_alpha_only_exports(peers, rvm_a
     alpha = peers.MtcRvm(rvm_alpha_artifact, 1.0, 2, "onnxruntime")
     assert alpha.label == "mtc_fp32_alpha_onnxruntime"
     assert alpha.process(np.zeros((36, 64, 3), np.uint8)).shape == (36, 64)
+
+
+def test_openvino_peer_runs_static_and_matches_onnxruntime(peers, rvm_onnx):
+    pytest.importorskip("openvino")
+    frames = [np.full((36, 64, 3), v, np.uint8) for v in (30, 200, 90)]
+    ov_peer, ort_peer = peers.OpenVinoRvm(rvm_onnx, 1.0, 2), peers.OrtRvm(rvm_onnx, 1.0, 2)
+    for frame in frames:
+        np.testing.assert_allclose(ov_peer.process(frame), ort_peer.process(frame), atol=1e-4)
+    assert ov_peer.backend.static_shapes and ov_peer.backend.precision == "fp32"
 
 
 def test_bench_case_scores_against_the_first_configuration(peers):
