@@ -362,8 +362,9 @@ def test_alpha_only_export_fails_cleanly_when_the_rewrite_does_not_match(rvm_onn
     variant = spec.variants["mobilenetv3"]
     unmatched = dataclasses.replace(variant, alpha_only_rewrites=(lambda model: (model, False),))
     monkeypatch.setitem(spec.variants, "mobilenetv3", unmatched)
-    with pytest.raises(MtcError, match="does not match"):
+    with pytest.raises(MtcError, match=r"outputs its I/O contract does not declare: \['fgr'\]") as err:
         export_model("rvm", output=tmp_path / "alpha", weights_path=rvm_onnx, alpha_only=True)
+    assert "--alpha-only" in err.value.hint
     assert not (tmp_path / "alpha").exists()
 
 

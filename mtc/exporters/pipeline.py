@@ -51,8 +51,19 @@ def _dtype_name(elem_type: int) -> str:
 
 
 def io_from_graph(io: ModelIO, model: onnx.ModelProto) -> ModelIO:
-    """Fill dtypes and shapes (named dims) of the spec's tensors from the sanitized graph."""
+    """Fill dtypes and shapes (named dims) of the spec's tensors from the sanitized graph.
+
+    Raises:
+        MtcError: a declared tensor is missing, or the graph has outputs the contract does not
+            declare (nobody reads them, yet every frame would compute them; for example the
+            foreground when an --alpha-only rewrite did not match the graph).
+    """
     graph_values = {v.name: v for v in [*model.graph.input, *model.graph.output]}
+    undeclared = [o.name for o in model.graph.output if o.name not in {spec.name for spec in io.outputs}]
+    if undeclared:
+        raise MtcError(f"the model graph has outputs its I/O contract does not declare: {undeclared}",
+                       hint="the graph rewrite that removes them did not match this model file "
+                            "(e.g. --alpha-only): export without it, or report the model file as a bug")
 
     def fill(spec: TensorSpec) -> TensorSpec:
         value = graph_values.get(spec.name)
@@ -134,9 +145,6 @@ def export_model(name: str, *, variant: str | None = None, output: Path | None =
         sanitized, applied = rewrite(sanitized)
         if applied:
             rewrites.append(rewrite.__name__)
-        elif alpha_only:  # without it the graph still computes (and outputs) the foreground
-            raise MtcError(f"the alpha-only rewrite {rewrite.__name__} does not match this {spec.name} graph",
-                           hint="export without --alpha-only, or report the model file as a bug")
     timings["sanitize_s"] = time.perf_counter() - started
     io = io_from_graph(var.io, sanitized)
     model_bytes = sanitized.SerializeToString()
