@@ -68,6 +68,25 @@ def test_openvino_peer_runs_static_and_matches_onnxruntime(peers, rvm_onnx):
     assert ov_peer.backend.static_shapes and ov_peer.backend.precision == "fp32"
 
 
+def test_a_peer_running_the_network_at_another_resolution_is_flagged(peers, rvm_onnx):
+    assert peers.network_resolution_problem(peers.OrtRvm(rvm_onnx, 0.5, 1), rvm_onnx, 96, 64, 0.5) is None
+    # what NNCF did: the ratio input folded to another value
+    problem = peers.network_resolution_problem(peers.OrtRvm(rvm_onnx, 1.0, 1), rvm_onnx, 96, 64, 0.5)
+    assert problem.startswith("states [(32, 48)") and "instead of [(16, 24)" in problem
+
+
+def test_markdown_marks_peers_at_another_resolution(peers):
+    config = {"fps": 10.0, "speedup_vs_ort_fp32": 1.0, "vs_fp32": None, "vs_gt": None}
+    result = {"machine": {"date": "d", "cpu": "c", "cores": 2, "onnxruntime": "1", "libraries": {}}, "threads": 2,
+              "frames": 4, "rounds": 1, "evalset": None, "calib_frames": 4,
+              "cases": [{"resolution": "96x64", "downsample_ratio": 0.5, "configs": [
+                  {**config, "label": "ort_fp32", "network_resolution_problem": None},
+                  {**config, "label": "ort_int8_qdq", "network_resolution_problem": "states X instead of Y"}]}]}
+    text = peers.markdown(result)
+    assert "| ort_int8_qdq † |" in text and "| ort_fp32 |" in text
+    assert "96x64 ort_int8_qdq: states X instead of Y" in text
+
+
 def test_bench_case_scores_against_the_first_configuration(peers):
     rng = np.random.default_rng(1)
     gt = rng.random((5, 8, 10)).astype(np.float32)
