@@ -106,7 +106,9 @@ def main() -> None:
     alpha_row = None if args.no_alpha_only else alpha_only_row(manifest, reference.clips, data)
 
     configs = [(f"mtc speed / {m}", "int8", preset("speed", method=m, fallback=False)) for m in args.methods.split(",")]
-    configs += [("mtc speed / mse, GPTQ weights", "int8", preset("speed", weight_rounding="gptq", fallback=False)),
+    configs += [("mtc speed / mse, no concat equalization", "int8",
+                 preset("speed", equalize_concats=False, fallback=False)),
+                ("mtc speed / mse, GPTQ weights", "int8", preset("speed", weight_rounding="gptq", fallback=False)),
                 ("mtc tensorrt / mse (gated, fallback)", "int8", preset("tensorrt")), ("mtc fp16", "fp16", preset("speed"))]
     with tempfile.TemporaryDirectory() as tmp:
         for name, precision, config in configs:

@@ -519,3 +519,65 @@ def test_unknown_weight_rounding_is_refused_wherever_the_config_is_made():
     for make in (lambda: Int8Config(weight_rounding="stochastic"), lambda: preset("speed", weight_rounding="x")):
         with pytest.raises(MtcError, match="unknown weight rounding"):
             make()
+
+
+# ---- concat-input equalization --------------------------------------------------------------
+
+
+def _concat_conv_model(extra_reader=False):
+    """image (3 ch, range 1) and skip (8 ch, range ~50) -> Concat -> conv -> y, where the output
+    leans on the image (as a matting decoder's last convs do)."""
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 12, 12])
+    skip = helper.make_tensor_value_info("skip", TensorProto.FLOAT, [1, 8, 12, 12])
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    concat = helper.make_node("Concat", ["image", "skip"], ["cat"], name="cat", axis=1)
+    weights = np.random.default_rng(11).standard_normal((6, 11, 3, 3)).astype(np.float32)
+    weights[:, 3:] *= 0.02
+    conv, inits = _conv("conv", "cat", "y", 11, 6, weights=weights)
+    nodes = [concat, conv]
+    if extra_reader:
+        nodes.append(helper.make_node("Relu", ["cat"], ["cat_relu"], name="other"))
+        outputs.append(helper.make_tensor_value_info("cat_relu", TensorProto.FLOAT, None))
+    return _model(nodes, inits, [image, skip], outputs)
+
+
+def _concat_feeds(count, seed=0):
+    rng = np.random.default_rng(seed)
+    return [{"image": rng.random((1, 3, 12, 12), dtype=np.float32),
+             "skip": (rng.standard_normal((1, 8, 12, 12)) * 15).astype(np.float32)} for _ in range(count)]
+
+
+def test_equalizing_concat_inputs_keeps_the_float_function_and_lowers_int8_error():
+    from mtc.quant.equalize import equalize_concat_inputs
+    from mtc.quant.ranges import collect_stats
+
+    model = _concat_conv_model()
+    calibration = _concat_feeds(6)
+    equalized, scales = equalize_concat_inputs(model, ["conv"], calibration)
+    # the widest group (skip, 8 channels) stays; the image is scaled up by sqrt(w/a) relative to it
+    assert [(g.conv, g.tensor) for g in scales] == [("conv", "image")]
+    stats = collect_stats(model, ["image", "skip"], calibration)
+    weight = numpy_helper.to_array(model.graph.initializer[0])
+    balance = [np.sqrt(np.abs(weight[:, a:b]).max() / stats[t].amax) for (a, b), t in (((0, 3), "image"),
+                                                                                       ((3, 11), "skip"))]
+    assert scales[0].scale == pytest.approx(balance[0] / balance[1], rel=1e-5) and scales[0].scale > 2
+    test = _concat_feeds(4, seed=1)
+    for feed in test:
+        np.testing.assert_allclose(_run(equalized, feed), _run(model, feed), rtol=1e-5, atol=1e-4)
+
+    def int8_error(candidate):
+        plan = plan_qdq(candidate)
+        tensors = plan.activation_tensors()
+        amax = {t: s.amax for t, s in collect_stats(candidate, tensors, calibration).items()}
+        quantized = insert_qdq(candidate, plan, amax)
+        return np.mean([np.abs(_run(quantized, f) - _run(model, f)).mean() for f in test])
+
+    assert int8_error(equalized) < 0.5 * int8_error(model)
+
+
+def test_a_concat_with_other_readers_is_not_equalized():
+    from mtc.quant.equalize import equalize_concat_inputs
+
+    model = _concat_conv_model(extra_reader=True)
+    unchanged, scales = equalize_concat_inputs(model, ["conv"], _concat_feeds(2))
+    assert scales == [] and unchanged is model

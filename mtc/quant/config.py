@@ -51,6 +51,9 @@ class Int8Config:
             calibration data's statistics (same scales and graph; mtc.quant.gptq). Opt-in: it
             fits the calibration footage, which helps with your own --calib and hurt on real
             footage when calibrated on the built-in clip (measured, see mtc.quant.gptq).
+        equalize_concats: rescale the inputs of a quantized conv's channel Concat so each
+            group gets a fair share of the one activation range, folding the inverse into the
+            conv's weights (same float function; mtc.quant.equalize).
         affine_correction: fit a per-channel gamma/beta against FP32 and fold it into the
             weight scales and biases (mtc.quant.affine; zero inference cost).
         fallback: let the gates move the most sensitive layers back to float.
@@ -66,6 +69,7 @@ class Int8Config:
     activation_type: str = "int8"
     align_channels: bool = False
     weight_rounding: str = "nearest"
+    equalize_concats: bool = True
     affine_correction: bool = True
     fallback: bool = True
     max_fallback_fraction: float = 0.5

@@ -28,6 +28,7 @@ from mtc.quant.align import align_conv_inputs
 from mtc.quant.calibration import BUILTIN, Clip, load_clips, record_feeds
 from mtc.quant.checks import CheckResult, ReferenceAlphas
 from mtc.quant.config import Gates, Int8Config
+from mtc.quant.equalize import equalize_concat_inputs
 from mtc.quant.fp16 import convert_to_fp16, overflow_prone_nodes
 from mtc.quant.gptq import conv_hessians, gptq_weights
 from mtc.quant.qdq import INT8_MAX, UINT8_MAX, insert_qdq, plan_qdq
@@ -137,9 +138,16 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, timings):
     plan = plan_qdq(model, op_types=config.op_types, exclude_nodes=excluded, quantize_outputs=config.quantize_outputs)
     if not plan.nodes:
         raise MtcError("nothing to quantize: the model has no eligible layers", hint="check --op-types")
+    equalized = []
+    if config.equalize_concats:
+        started = time.perf_counter()
+        with frame_progress("equalizing concat inputs", total=len(feeds)) as advance:
+            model, equalized = equalize_concat_inputs(model, plan.node_names, feeds, progress=advance)
+        timings["equalize_s"] = time.perf_counter() - started
     aligned = []
     if config.align_channels:
         model, aligned = align_conv_inputs(model, plan.node_names)
+    if equalized or aligned:  # the graph around the planned convs changed: plan it again
         plan = plan_qdq(model, op_types=config.op_types, exclude_nodes=excluded,
                         quantize_outputs=config.quantize_outputs)
     started = time.perf_counter()
@@ -182,6 +190,8 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, timings):
                         "min_mac_share": config.min_mac_share, "activation_type": config.activation_type,
                         "op_types": list(config.op_types), "quantized_layers": len(plan.nodes),
                         "one_sided_tensors": len(one_sided), "channel_aligned_layers": aligned,
+                        "equalized_concat_inputs": [{"conv": g.conv, "input": g.tensor, "scale": round(g.scale, 4)}
+                                                    for g in equalized],
                         "all_int8_check": first.to_dict()}}
     final_plan, check, fallback = plan, first, []
     if not first.passed and config.fallback:

@@ -28,6 +28,7 @@ class TensorStats:
     hist: np.ndarray = field(default_factory=lambda: np.zeros(HISTOGRAM_BINS, np.float64))
     hist_max: float = 0.0  # upper edge of the |x| histogram
     count: int = 0
+    shape: tuple[int, ...] = ()  # of the last batch (channel counts for mtc.quant.equalize)
 
     @property
     def amax(self) -> float:
@@ -42,6 +43,7 @@ class TensorStats:
         """Fold one batch of values into the running statistics."""
         if values.size == 0:
             return
+        self.shape = tuple(values.shape)
         values = values.astype(np.float32, copy=False).ravel()
         self.minimum = min(self.minimum, float(values.min()))
         self.maximum = max(self.maximum, float(values.max()))
