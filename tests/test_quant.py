@@ -182,7 +182,11 @@ def _toy_artifact(folder):
     n2, i2 = _conv("conv2", "a_relu", "b", 8, 8, weights=w2)
     n3, i3 = _conv("conv3", "b", "c", 8, 1, k=1, weights=(rng.standard_normal((1, 8, 1, 1)) * 0.3).astype(np.float32))
     sig = helper.make_node("Sigmoid", ["c"], ["pha"], name="sig")
-    model = _model([n1, relu, n2, n3, sig], i1 + i2 + i3, [src], [alpha])
+    return _save_artifact(folder, _model([n1, relu, n2, n3, sig], i1 + i2 + i3, [src], [alpha]))
+
+
+def _save_artifact(folder, model):
+    """`model` (src -> pha) as an FP32 artifact folder."""
     folder.mkdir()
     onnx.save(model, str(folder / "model.onnx"))
     io = ModelIO(inputs=(TensorSpec("src", "image", shape=(1, 3, "h", "w")),),
@@ -581,3 +585,27 @@ def test_a_concat_with_other_readers_is_not_equalized():
     model = _concat_conv_model(extra_reader=True)
     unchanged, scales = equalize_concat_inputs(model, ["conv"], _concat_feeds(2))
     assert scales == [] and unchanged is model
+
+
+def test_quantize_artifact_equalizes_a_decoder_style_concat_and_reports_it(tmp_path):
+    """src -> conv (large activations) = skip; Concat(src, skip) -> conv that leans on src."""
+    src = helper.make_tensor_value_info("src", TensorProto.FLOAT, [1, 3, "h", "w"])
+    alpha = helper.make_tensor_value_info("pha", TensorProto.FLOAT, [1, 1, "h", "w"])
+    rng = np.random.default_rng(5)
+    n1, i1 = _conv("encoder", "src", "skip", 3, 8, weights=(rng.standard_normal((8, 3, 3, 3)) * 8).astype(np.float32))
+    concat = helper.make_node("Concat", ["src", "skip"], ["cat"], name="cat", axis=1)
+    w2 = rng.standard_normal((1, 11, 3, 3)).astype(np.float32)
+    w2[:, 3:] *= 0.01
+    n2, i2 = _conv("decoder", "cat", "logit", 11, 1, weights=w2)
+    sig = helper.make_node("Sigmoid", ["logit"], ["pha"], name="sig")
+    source = _save_artifact(tmp_path / "toy", _model([n1, concat, n2, sig], i1 + i2, [src], [alpha]))
+    mads = {}
+    for equalize in (True, False):
+        out = tmp_path / f"int8-{equalize}"
+        outcome = quantize_artifact(source, out, precision="int8", gates=Gates(None, None), data=SMALL,
+                                    config=Int8Config(equalize_concats=equalize, fallback=False))
+        mads[equalize] = max(c.mad for c in outcome.check.clips)
+        groups = outcome.report["int8"]["equalized_concat_inputs"]
+        assert [(g["conv"], g["input"]) for g in groups] == ([("decoder", "src")] if equalize else [])
+        assert ("concat-input equalization" in (out / "report.html").read_text()) == equalize
+    assert mads[True] < 0.5 * mads[False]

@@ -108,6 +108,10 @@ def render_html(report: dict, check: CheckResult) -> str:
         sections.append(f"<h2>INT8 layers</h2><p>{int8['int8_layers']} of {int8['quantized_layers']} layers in INT8 "
                         f"(ranges: {html.escape(int8['method'])}); kept in float: "
                         f"{html.escape(', '.join(int8['fallback_layers']) or 'none')}.</p>")
+    if int8 and int8.get("equalized_concat_inputs"):
+        scales = {f"{g['conv']} ← {g['input']}": g["scale"] for g in int8["equalized_concat_inputs"]}
+        sections.append(bar_chart(scales, title="concat-input equalization: scale applied to each input group "
+                                                "(its weights take the inverse)"))
     if int8 and int8.get("gptq_error_ratio"):
         gains = int8["gptq_error_ratio"]
         sections.append(bar_chart(dict(sorted(gains.items(), key=lambda kv: -kv[1])[:40]),
