@@ -14,7 +14,7 @@ rescaled group on the Concat's inputs.
 Measured on RVM (speed preset, built-in calibration; alpha vs FP32, benchmarks/RESULTS.md):
 held-out built-in MAD/dtSSD 0.50/0.54 -> 0.42/0.45 at 512x288 and 0.73/0.67 -> 0.67/0.57 at
 1920x1080; on real footage (evalset composites) 1.33/0.83 -> 1.22/0.76 and 1.21/0.90 ->
-1.12/0.83, at the same speed within noise (12 groups on 12 convs get a Mul).
+1.12/0.83, at the same speed within noise (12 input groups of 9 convs get a Mul).
 """
 
 from __future__ import annotations
