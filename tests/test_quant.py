@@ -587,7 +587,7 @@ def test_a_concat_with_other_readers_is_not_equalized():
     assert scales == [] and unchanged is model
 
 
-def test_quantize_artifact_equalizes_a_decoder_style_concat_and_reports_it(tmp_path):
+def _decoder_concat_artifact(folder):
     """src -> conv (large activations) = skip; Concat(src, skip) -> conv that leans on src."""
     src = helper.make_tensor_value_info("src", TensorProto.FLOAT, [1, 3, "h", "w"])
     alpha = helper.make_tensor_value_info("pha", TensorProto.FLOAT, [1, 1, "h", "w"])
@@ -598,7 +598,11 @@ def test_quantize_artifact_equalizes_a_decoder_style_concat_and_reports_it(tmp_p
     w2[:, 3:] *= 0.01
     n2, i2 = _conv("decoder", "cat", "logit", 11, 1, weights=w2)
     sig = helper.make_node("Sigmoid", ["logit"], ["pha"], name="sig")
-    source = _save_artifact(tmp_path / "toy", _model([n1, concat, n2, sig], i1 + i2, [src], [alpha]))
+    return _save_artifact(folder, _model([n1, concat, n2, sig], i1 + i2, [src], [alpha]))
+
+
+def test_quantize_artifact_equalizes_a_decoder_style_concat_and_reports_it(tmp_path):
+    source = _decoder_concat_artifact(tmp_path / "toy")
     mads = {}
     for equalize in (True, False):
         out = tmp_path / f"int8-{equalize}"
@@ -609,3 +613,15 @@ def test_quantize_artifact_equalizes_a_decoder_style_concat_and_reports_it(tmp_p
         assert [(g["conv"], g["input"]) for g in groups] == ([("decoder", "src")] if equalize else [])
         assert ("concat-input equalization" in (out / "report.html").read_text()) == equalize
     assert mads[True] < 0.5 * mads[False]
+
+
+def test_no_equalize_flag_turns_equalization_off(tmp_path):
+    source = _decoder_concat_artifact(tmp_path / "toy")
+    for flags, expected in (([], [["decoder", "src"]]), (["--no-equalize"], [])):
+        out = tmp_path / f"int8{len(flags)}"
+        result = subprocess.run([sys.executable, "-m", "mtc", "quantize", str(source), "-o", str(out), "--int8",
+                                 "--no-fallback", "--max-mad", "1000", "--max-dtssd", "1000", "--calib-frames", "4",
+                                 *flags], capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr
+        groups = json.loads((out / "report.json").read_text())["int8"]["equalized_concat_inputs"]
+        assert [[g["conv"], g["input"]] for g in groups] == expected
