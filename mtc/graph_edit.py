@@ -26,6 +26,20 @@ def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
     return {out: node for node in graph.node for out in node.output}
 
 
+def reader_counts(graph: onnx.GraphProto) -> dict[str, int]:
+    """How many node inputs read each tensor (a node reading it twice counts twice)."""
+    counts: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def attribute(node: onnx.NodeProto, name: str, default=None):
+    """The value of `node`'s attribute `name`, or `default` when it is not set."""
+    return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
 def sort_nodes(graph: onnx.GraphProto, nodes: list[onnx.NodeProto] | None = None) -> None:
     """Make `nodes` (default: the graph's own) the graph's nodes, in topological order."""
     available = {i.name for i in graph.input} | {i.name for i in graph.initializer}

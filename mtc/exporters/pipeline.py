@@ -59,7 +59,8 @@ def io_from_graph(io: ModelIO, model: onnx.ModelProto) -> ModelIO:
             foreground when an --alpha-only rewrite did not match the graph).
     """
     graph_values = {v.name: v for v in [*model.graph.input, *model.graph.output]}
-    undeclared = [o.name for o in model.graph.output if o.name not in {spec.name for spec in io.outputs}]
+    declared = {spec.name for spec in io.outputs}
+    undeclared = [o.name for o in model.graph.output if o.name not in declared]
     if undeclared:
         raise MtcError(f"the model graph has outputs its I/O contract does not declare: {undeclared}",
                        hint="the graph rewrite that removes them did not match this model file "

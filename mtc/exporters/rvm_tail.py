@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from mtc.graph_edit import producers, remove_dead_nodes, sort_nodes
+from mtc.graph_edit import attribute, producers, remove_dead_nodes, sort_nodes
 
 PREFIX = "refiner_tail"
 
@@ -162,9 +162,9 @@ def _match_filter(graph: onnx.GraphProto, writers) -> _Filter | None:
     if a_resize is None or guide is None or len(guide.input) != 2 or guide.input[0] != "src":
         return None
     mean = _made_by(writers, guide.input[1], "ReduceMean")
-    if mean is None or list(mean.input[:1]) != ["src"] or _attr(guide, "axis") not in (1, -3):
+    if mean is None or list(mean.input[:1]) != ["src"] or attribute(guide, "axis") not in (1, -3):
         return None
-    if _reduce_axes(mean, graph) != [1] or _attr(mean, "keepdims", 1) != 1:
+    if _reduce_axes(mean, graph) != [1] or attribute(mean, "keepdims", 1) != 1:
         return None
     return _Filter(split, pha_clip, a_resize, b_resize, mean)
 
@@ -185,20 +185,16 @@ def _match_fold(graph: onnx.GraphProto) -> _Tail | None:
     return _Tail(fgr_clip, residual, core.a_resize)
 
 
-def _attr(node, name, default=None):
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
-
-
 def _constant(graph, name):
     init = next((i for i in graph.initializer if i.name == name), None)
     return None if init is None else numpy_helper.to_array(init).tolist()
 
 
 def _splits_3_1(split, graph) -> bool:
-    sizes = _constant(graph, split.input[1]) if len(split.input) > 1 else _attr(split, "split")
-    return sizes == [3, 1] and _attr(split, "axis", 0) in (1, -3)
+    sizes = _constant(graph, split.input[1]) if len(split.input) > 1 else attribute(split, "split")
+    return sizes == [3, 1] and attribute(split, "axis", 0) in (1, -3)
 
 
 def _reduce_axes(node, graph):
-    axes = _constant(graph, node.input[1]) if len(node.input) > 1 else _attr(node, "axes")
+    axes = _constant(graph, node.input[1]) if len(node.input) > 1 else attribute(node, "axes")
     return axes if axes != [-3] else [1]

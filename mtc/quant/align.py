@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from mtc.graph_edit import drop_unused_initializers, producers
+from mtc.graph_edit import attribute, drop_unused_initializers, producers, reader_counts
 
 CHANNEL_MULTIPLE = 4
 
@@ -33,16 +33,12 @@ def align_conv_inputs(model: onnx.ModelProto, conv_names: Iterable[str],
     graph = out.graph
     wanted = set(conv_names)
     initializers = {i.name: i for i in graph.initializer}
-    writers = producers(graph)
-    readers: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers[name] = readers.get(name, 0) + 1
+    writers, readers = producers(graph), reader_counts(graph)
     padded, pads = [], []
     for node in graph.node:
         if node.op_type != "Conv" or node.name not in wanted or node.input[1] not in initializers:
             continue
-        group = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "group"), 1)
+        group = attribute(node, "group", 1)
         weight = numpy_helper.to_array(initializers[node.input[1]])
         missing = -weight.shape[1] % multiple
         if group != 1 or missing == 0 or weight.ndim != 4:
@@ -54,7 +50,7 @@ def align_conv_inputs(model: onnx.ModelProto, conv_names: Iterable[str],
                                                          f"{base}_pads"))
         target, index = node, 0
         concat = writers.get(node.input[0])
-        if concat is not None and concat.op_type == "Concat" and readers[node.input[0]] == 1 and _axis(concat) in (1, -3):
+        if concat is not None and concat.op_type == "Concat" and readers[node.input[0]] == 1 and attribute(concat, "axis", 0) in (1, -3):
             target, index = concat, len(concat.input) - 1
         pads.append((target.name, helper.make_node("Pad", [target.input[index], f"{base}_pads"], [f"{base}_input"],
                                                    name=f"{base}_Pad", mode="constant")))
@@ -72,7 +68,3 @@ def align_conv_inputs(model: onnx.ModelProto, conv_names: Iterable[str],
     graph.node.extend(ordered)
     drop_unused_initializers(graph)
     return onnx.shape_inference.infer_shapes(out), padded
-
-
-def _axis(node: onnx.NodeProto) -> int:
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)

@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from mtc.graph_edit import drop_unused_initializers, producers, sort_nodes
+from mtc.graph_edit import attribute, drop_unused_initializers, producers, reader_counts, sort_nodes
 from mtc.quant.ranges import collect_stats
 
 # Groups whose scale would change by less than this are left alone (a Mul for nothing).
@@ -94,25 +94,17 @@ def equalize_concat_inputs(model: onnx.ModelProto, conv_names: Iterable[str], fe
 def _concat_convs(model: onnx.ModelProto, wanted: set[str]) -> list[tuple[str, onnx.NodeProto]]:
     graph = model.graph
     initializers = {i.name for i in graph.initializer}
-    writers = producers(graph)
-    reads: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            reads[name] = reads.get(name, 0) + 1
+    writers, reads = producers(graph), reader_counts(graph)
     found = []
     for node in graph.node:
         if node.op_type != "Conv" or node.name not in wanted or node.input[1] not in initializers:
             continue
-        if _attr(node, "group", 1) != 1:
+        if attribute(node, "group", 1) != 1:
             continue
         concat = writers.get(node.input[0])
-        if concat is None or concat.op_type != "Concat" or _attr(concat, "axis", 0) not in (1, -3):
+        if concat is None or concat.op_type != "Concat" or attribute(concat, "axis", 0) not in (1, -3):
             continue
         if reads[node.input[0]] != 1 or any(name in initializers or not name for name in concat.input):
             continue
         found.append((node.name, concat))
     return found
-
-
-def _attr(node: onnx.NodeProto, name: str, default):
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
