@@ -54,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import STATES, OrtRvm, update_results  # noqa: E402
 
-from calib_data.builtin_clip import ClipSpec, builtin_frames  # noqa: E402
+from calib_data.builtin_clip import CALIBRATION_SHOTS, ClipSpec, builtin_frames  # noqa: E402
 from mtc.bench.accuracy import StreamingMetrics, as_alpha  # noqa: E402
 from mtc.bench.machine import machine_info  # noqa: E402
 from mtc.bench.runner import report_json  # noqa: E402
@@ -117,10 +117,11 @@ class MtcRvm:
 
 
 def calibration_feeds(official: Path, cases: list[tuple[int, int, float]], frames: int):
-    """Model inputs for INT8 calibration: built-in clip frames with the FP32 model's states carried."""
+    """Model inputs for INT8 calibration: the built-in clip as mtc calibrates on it (every
+    background photo a shot), with the FP32 model's states carried."""
     for width, height, ratio in cases:
         runner = OrtRvm(official, ratio, threads=2)
-        for frame in builtin_frames(ClipSpec(width=width, height=height, frames=frames)):
+        for frame in builtin_frames(ClipSpec(width=width, height=height, frames=frames, shots=CALIBRATION_SHOTS)):
             src = frame.transpose(2, 0, 1)[None].astype(np.float32) * np.float32(1 / 255)
             yield dict(zip(STATES, runner.state), src=src, downsample_ratio=runner.ratio)
             runner.process(frame)  # advance the FP32 state exactly as inference will

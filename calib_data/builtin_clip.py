@@ -1,8 +1,10 @@
 """The built-in demo/calibration clip, composed from public-domain photos in scikit-image.
 
 A portrait (NASA's photo of astronaut Eileen Collins) is cut out with a hand-drawn, feathered
-person-shaped mask and composited over slowly panning, zooming background photos. The clip
-has two shots with different backgrounds, so it also exercises scene-cut handling.
+person-shaped mask and composited over slowly panning, zooming background photos. The demo clip
+has two shots with different backgrounds, so it also exercises scene-cut handling; calibration
+uses one shot per background photo (`CALIBRATION_SHOTS`), because INT8 ranges fitted on two
+scenes fit real footage worse (measured in mtc.quant.calibration).
 
 The alpha is an approximation drawn from ellipses and a polygon, not a ground-truth matte:
 use the clip for INT8 calibration, demos and smoke tests, never to measure matting accuracy.
@@ -43,9 +45,19 @@ SOURCES = (
         "background, shot 2: espresso cup on a wooden table",
         "Rachel Michetti, courtesy of Pikolo Espresso Bar; CC0, no copyright restrictions",
     ),
+    ("chelsea.png", "background, shot 3: Chelsea the cat", "Stefan van der Walt; CC0, no copyright restrictions"),
+    (
+        "hubble_deep_field.jpg",
+        "background, shot 4: Hubble eXtreme Deep Field",
+        "NASA (HubbleSite, release 2012-37); public domain",
+    ),
+    ("camera.png", "background, shot 5: a man with a camera (grey)", "Lav Varshney; CC0, no copyright restrictions"),
+    ("brick.png", "background, shot 6: a brick wall (grey)", "CC0Textures (Bricks25); CC0"),
 )
 _FOREGROUND = SOURCES[0][0]
 _BACKGROUNDS = tuple(name for name, _, _ in SOURCES[1:])
+#: One shot per background photo: the scene variety INT8 calibration wants.
+CALIBRATION_SHOTS = len(_BACKGROUNDS)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,9 +67,10 @@ class ClipSpec:
     Attributes:
         width: Frame width in pixels (at least 16).
         height: Frame height in pixels (at least 16).
-        frames: Number of frames (at least 1); the second shot starts at ``frames // 2``.
+        frames: Number of frames (at least 1), split evenly into the shots.
         fps: Frame rate used when the clip is written as a video.
         seed: Varies the camera and subject motion; the same spec always gives the same clip.
+        shots: Number of shots (1 to CALIBRATION_SHOTS), each over the next background photo.
     """
 
     width: int = 512
@@ -65,6 +78,7 @@ class ClipSpec:
     frames: int = 48
     fps: float = 24.0
     seed: int = 0
+    shots: int = 2
 
     def __post_init__(self):
         if min(self.width, self.height) < 16 or self.frames < 1 or not self.fps > 0:
@@ -72,6 +86,9 @@ class ClipSpec:
                 f"bad built-in clip spec {self.width}x{self.height}, {self.frames} frames at {self.fps} fps",
                 hint="use width and height >= 16, frames >= 1 and fps > 0",
             )
+        if not 1 <= self.shots <= CALIBRATION_SHOTS:
+            raise MtcError(f"bad built-in clip spec: {self.shots} shots",
+                           hint=f"use 1 to {CALIBRATION_SHOTS} shots (one per background photo)")
 
 
 def _data_dir() -> Path:
@@ -152,9 +169,11 @@ def scene_cut_frames(spec: ClipSpec = ClipSpec()) -> list[int]:
         spec: The clip.
 
     Returns:
-        ``[spec.frames // 2]``, or ``[]`` for a one-frame clip.
+        Evenly spaced cuts (``[spec.frames // 2]`` for the two-shot demo clip); a clip shorter
+        than its shot count has one shot per frame.
     """
-    return [spec.frames // 2] if spec.frames >= 2 else []
+    shots = min(spec.shots, spec.frames)
+    return [spec.frames * i // shots for i in range(1, shots)]
 
 
 def _shots(spec: ClipSpec) -> list[range]:

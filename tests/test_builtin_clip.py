@@ -11,6 +11,7 @@ import pytest
 
 import calib_data.builtin_clip as clip_module
 from calib_data.builtin_clip import (
+    CALIBRATION_SHOTS,
     SOURCES,
     ClipSpec,
     builtin_alpha,
@@ -34,6 +35,9 @@ def test_default_spec():
         ClipSpec(width=8)
     with pytest.raises(MtcError):
         ClipSpec(frames=0)
+    for shots in (0, CALIBRATION_SHOTS + 1):
+        with pytest.raises(MtcError, match="shots"):
+            ClipSpec(shots=shots)
 
 
 def test_deterministic_for_a_spec():
@@ -57,15 +61,6 @@ def test_shapes_and_dtypes(spec):
     assert first.shape == (spec.height, spec.width, 3) and first.dtype == np.uint8 and first.flags.writeable
 
 
-def test_default_clip_is_fast():
-    import time
-
-    builtin_clip(ClipSpec(frames=1))  # load the photos once
-    start = time.perf_counter()
-    builtin_clip(ClipSpec())
-    assert time.perf_counter() - start < 2.0
-
-
 def test_frames_move_and_the_cut_is_the_biggest_change():
     spec = ClipSpec(width=256, height=144, frames=20)
     frames = builtin_clip(spec).astype(np.int16)
@@ -81,6 +76,22 @@ def test_scene_cut_frames():
     assert scene_cut_frames(ClipSpec()) == [24]
     assert scene_cut_frames(ClipSpec(frames=1)) == []
     assert scene_cut_frames(ClipSpec(frames=2)) == [1]
+    assert scene_cut_frames(ClipSpec(frames=24, shots=6)) == [4, 8, 12, 16, 20]
+    assert scene_cut_frames(ClipSpec(frames=3, shots=6)) == [1, 2]  # one shot per frame
+
+
+def test_calibration_clip_has_a_shot_per_background_photo():
+    spec = ClipSpec(width=128, height=72, frames=12 * CALIBRATION_SHOTS, shots=CALIBRATION_SHOTS)
+    frames = builtin_clip(spec).astype(np.int16)
+    diffs = np.abs(np.diff(frames, axis=0)).mean(axis=(1, 2, 3))
+    cuts = scene_cut_frames(spec)
+    assert len(cuts) == CALIBRATION_SHOTS - 1
+    # Each cut is a bigger change than any motion inside a shot: every shot is another photo.
+    inside = np.delete(diffs, [c - 1 for c in cuts])
+    assert diffs[[c - 1 for c in cuts]].min() > 1.5 * inside.max()
+    # The first shots are the demo clip's.
+    demo = builtin_clip(ClipSpec(width=128, height=72, frames=8))
+    np.testing.assert_array_equal(frames[0], demo[0])
 
 
 def test_alpha_is_a_soft_person_matte():
