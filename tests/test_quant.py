@@ -14,8 +14,8 @@ from mtc.manifest import MANIFEST_NAME, Manifest, ModelIO, Preprocess, TensorSpe
 from mtc.quant.config import Gates, Int8Config
 from mtc.quant.fp16 import convert_to_fp16, overflow_prone_nodes
 from mtc.quant.pipeline import DataPlan, quantize_artifact
-from mtc.quant.qdq import insert_qdq, plan_qdq
-from mtc.quant.ranges import TensorStats, threshold
+from mtc.quant.qdq import activation_quant, insert_qdq, plan_qdq
+from mtc.quant.ranges import TensorStats, asymmetric_range, threshold
 
 RNG = np.random.default_rng(0)
 
@@ -63,7 +63,7 @@ def test_tensorrt_placement_quantizes_conv_inputs_and_weights_only():
     model = _toy_chain()
     plan = plan_qdq(model, quantize_outputs=False)
     assert plan.node_names == ["conv1", "conv2", "conv3"]
-    q = insert_qdq(model, plan, {t: 4.0 for t in plan.activation_tensors()})
+    q = insert_qdq(model, plan, {t: (-4.0, 4.0) for t in plan.activation_tensors()})
     producers = {o: n for n in q.graph.node for o in n.output}
     for conv in (n for n in q.graph.node if n.op_type == "Conv"):
         assert producers[conv.input[0]].op_type == "DequantizeLinear"  # activation via Q/DQ
@@ -85,7 +85,7 @@ def test_speed_placement_puts_output_qdq_after_the_fused_relu():
     plan = plan_qdq(model, quantize_outputs=True)
     conv1 = next(n for n in plan.nodes if n.node == "conv1")
     assert conv1.output == "a_relu"  # after the Relu, so Conv+Relu fuses to one integer kernel
-    q = insert_qdq(model, plan, {t: 4.0 for t in plan.activation_tensors()})
+    q = insert_qdq(model, plan, {t: (-4.0, 4.0) for t in plan.activation_tensors()})
     producers = {o: n for n in q.graph.node for o in n.output}
     relu = next(n for n in q.graph.node if n.op_type == "Relu")
     assert producers[relu.input[0]].op_type == "Conv"  # no Q/DQ between conv and relu
@@ -100,10 +100,14 @@ def test_qdq_model_stays_close_to_float_and_excluded_nodes_stay_float():
     reference = _run(model, {"x": x})
     plan = plan_qdq(model, quantize_outputs=True, exclude_nodes=["conv2"])
     assert "conv2" not in plan.node_names
-    amax = {t: float(np.abs(_tensor(model, t, x)).max()) for t in plan.activation_tensors()}
-    quantized = _run(insert_qdq(model, plan, amax), {"x": x})
+    ranges = {t: _symmetric(float(np.abs(_tensor(model, t, x)).max())) for t in plan.activation_tensors()}
+    quantized = _run(insert_qdq(model, plan, ranges), {"x": x})
     assert np.abs(quantized - reference).max() < 0.05 * np.abs(reference).max()
     assert np.abs(quantized - reference).max() > 0  # it really is quantized
+
+
+def _symmetric(amax):
+    return -amax, amax
 
 
 def _tensor(model, name, x):
@@ -256,9 +260,9 @@ def test_affine_correction_reduces_quantization_error_at_zero_cost():
     model = _model([node], inits, [x], [y])
     plan = plan_qdq(model)
     feeds = [{"x": (RNG.random((1, 4, 12, 12), dtype=np.float32) * 2.0)} for _ in range(8)]
-    amax = {"x": 1.2}  # clips the top of the [0, 2) inputs: a systematic, per-channel bias
-    plain = insert_qdq(model, plan, amax)
-    corrected = apply_corrections(plain, fit_corrections(model, plan, amax, feeds))
+    ranges = {"x": (-1.2, 1.2)}  # clips the top of the [0, 2) inputs: a systematic, per-channel bias
+    plain = insert_qdq(model, plan, ranges)
+    corrected = apply_corrections(plain, fit_corrections(model, plan, ranges, feeds))
     assert _ops(corrected) == _ops(plain)  # folded into scales and bias: no extra nodes
     test = {"x": RNG.random((1, 4, 12, 12), dtype=np.float32) * 2.0}
     reference = _run(model, test)
@@ -279,16 +283,27 @@ def test_min_mac_share_leaves_small_layers_in_float(tmp_path):
     assert weight.data_type == TensorProto.FLOAT  # read straight from the float initializer
 
 
-def test_uint8_activations_are_the_same_symmetric_arithmetic():
+def test_activation_quant_int8_is_symmetric_and_uint8_spans_the_range():
+    assert activation_quant((-0.5, 3.0), "int8") == (pytest.approx(3.0 / 127), 0)
+    scale, zero = activation_quant((-0.5, 3.0), "uint8")
+    assert scale == pytest.approx(3.5 / 255) and zero.dtype == np.uint8 and zero == 36  # 0.5 / scale, rounded
+    assert activation_quant((0.0, 3.0), "uint8") == (pytest.approx(3.0 / 255), 0)
+    assert activation_quant((-3.0, 3.0), "uint8")[1] == 128
+
+
+def test_uint8_activations_on_their_measured_range_beat_symmetric_int8():
     model = _toy_chain()
     plan = plan_qdq(model, quantize_outputs=True)
-    amax = {t: 3.0 for t in plan.activation_tensors()}
-    signed = insert_qdq(model, plan, amax, activation_type="int8")
-    shifted = insert_qdq(model, plan, amax, activation_type="uint8")
-    zeros = [i for i in shifted.graph.initializer if i.name.endswith("__zero")]
-    assert zeros and all(i.data_type == TensorProto.UINT8 and numpy_helper.to_array(i) == 128 for i in zeros)
     x = RNG.random((1, 3, 16, 16), dtype=np.float32)
-    np.testing.assert_allclose(_run(shifted, {"x": x}), _run(signed, {"x": x}), atol=1e-6)
+    values = {t: _tensor(model, t, x) for t in plan.activation_tensors()}
+    ranges = {t: (float(v.min()), float(v.max())) for t, v in values.items()}
+    assert any(lo < 0 < hi < -3 * lo or 0 < -lo < hi / 3 for lo, hi in ranges.values())  # lopsided somewhere
+    signed = insert_qdq(model, plan, ranges, activation_type="int8")
+    shifted = insert_qdq(model, plan, ranges, activation_type="uint8")
+    zeros = [numpy_helper.to_array(i) for i in shifted.graph.initializer if i.name.endswith("__zero")]
+    assert zeros and all(z.dtype == np.uint8 for z in zeros) and any(0 < z < 128 for z in zeros)
+    exact = _run(model, {"x": x})
+    assert np.abs(_run(shifted, {"x": x}) - exact).mean() < np.abs(_run(signed, {"x": x}) - exact).mean()
 
 
 def _ort_fused_ops(model, tmp_path):
@@ -303,9 +318,9 @@ def _ort_fused_ops(model, tmp_path):
 def test_one_sided_uint8_range_lets_onnxruntime_fuse_conv_relu_into_an_integer_kernel(tmp_path):
     model = _toy_chain()
     plan = plan_qdq(model, quantize_outputs=True).only(["conv1"])
-    amax = {t: 3.0 for t in plan.activation_tensors()}
-    symmetric = insert_qdq(model, plan, amax, activation_type="uint8")
-    one_sided = insert_qdq(model, plan, amax, activation_type="uint8", one_sided={"a_relu"})
+    ranges = {t: (-3.0, 3.0) for t in plan.activation_tensors()}
+    symmetric = insert_qdq(model, plan, ranges, activation_type="uint8")
+    one_sided = insert_qdq(model, plan, {**ranges, "a_relu": (0.0, 3.0)}, activation_type="uint8")
     zero = next(i for i in one_sided.graph.initializer if i.name == "a_relu__zero")
     scale = next(i for i in one_sided.graph.initializer if i.name == "a_relu__scale")
     assert numpy_helper.to_array(zero) == 0 and numpy_helper.to_array(scale) == pytest.approx(3.0 / 255)
@@ -319,23 +334,42 @@ def test_one_sided_uint8_range_lets_onnxruntime_fuse_conv_relu_into_an_integer_k
     assert np.abs(_run(one_sided, {"x": x}) - exact).mean() < np.abs(_run(symmetric, {"x": x}) - exact).mean()
 
 
-def test_int8_activations_ignore_one_sided_ranges():
+def test_int8_activations_stay_symmetric_on_one_sided_ranges():
     model = _toy_chain()
     plan = plan_qdq(model, quantize_outputs=True)
-    amax = {t: 3.0 for t in plan.activation_tensors()}
-    q = insert_qdq(model, plan, amax, activation_type="int8", one_sided={"a_relu"})
+    q = insert_qdq(model, plan, {t: (0.0, 3.0) for t in plan.activation_tensors()}, activation_type="int8")
     zero = next(i for i in q.graph.initializer if i.name == "a_relu__zero")
     assert zero.data_type == TensorProto.INT8 and numpy_helper.to_array(zero) == 0  # TensorRT needs symmetric
 
 
-def test_one_sided_stats_and_mse_clip_with_more_levels():
+def _stats(values):
     stats = TensorStats()
-    stats.update(np.abs(RNG.standard_normal(100_000)).astype(np.float32))
-    assert stats.one_sided
-    assert threshold(stats, "mse", levels=255) > threshold(stats, "mse", levels=127)  # finer steps: clip later
-    signed = TensorStats()
-    signed.update(RNG.standard_normal(1000).astype(np.float32))
-    assert not signed.one_sided and not TensorStats().one_sided
+    stats.update(np.asarray(values, np.float32))
+    return stats
+
+
+def _fake_quant_error(values, lo, hi, levels=255):
+    scale = (hi - lo) / levels
+    zero = np.round(-lo / scale)
+    q = np.clip(np.round(values / scale) + zero, 0, levels)
+    return float(np.mean(((q - zero) * scale - values) ** 2))
+
+
+def test_asymmetric_ranges_follow_the_sides_the_values_are_on():
+    normal = RNG.standard_normal(100_000).astype(np.float32)
+    one_sided = _stats(np.abs(normal))
+    assert asymmetric_range(one_sided, "mse")[0] == 0.0  # zero point 0
+    assert threshold(one_sided, "mse", levels=255) > threshold(one_sided, "mse", levels=127)  # finer: clip later
+    lo, hi = asymmetric_range(_stats(normal), "mse")
+    assert lo == pytest.approx(-hi, rel=0.1)
+    hardswish = np.maximum(normal * 2, -3) * np.clip(normal * 2 + 3, 0, 6) / 6  # in [-0.375, ...)
+    stats = _stats(hardswish)
+    lo, hi = asymmetric_range(stats, "mse")
+    assert stats.minimum <= lo <= -0.3 and 1.0 < hi <= stats.maximum
+    assert asymmetric_range(stats, "minmax") == (stats.minimum, stats.maximum)
+    amax = threshold(stats, "mse")
+    assert _fake_quant_error(hardswish, lo, hi) < 0.5 * _fake_quant_error(hardswish, -amax, amax)
+    assert asymmetric_range(TensorStats(), "mse") == (0.0, 0.0)
 
 
 def _concat_slice_model():
@@ -356,8 +390,8 @@ def test_quantization_is_hoisted_through_slice_and_concat_exactly(tmp_path):
     model = _concat_slice_model()
     plan = plan_qdq(model, quantize_outputs=True).only(["conv2"])
     assert plan.activation_tensors() == ["joined"]
-    amax = {"joined": 2.5}
-    q = insert_qdq(model, plan, amax, activation_type="uint8", one_sided={"joined"})
+    ranges = {"joined": (0.0, 2.5)}
+    q = insert_qdq(model, plan, ranges, activation_type="uint8")
     producers = {o: n for n in q.graph.node for o in n.output}
     cat, crop = (next(n for n in q.graph.node if n.name == name) for name in ("cat", "crop"))
     # Concat and Slice now read dequantized inputs that share the output's scale and zero point.
@@ -374,7 +408,7 @@ def test_quantization_is_hoisted_through_slice_and_concat_exactly(tmp_path):
     session.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     run = lambda m: ort.InferenceSession(m.SerializeToString(), session, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
     output_only = plan_qdq(model, quantize_outputs=True).only(["conv2"])
-    reference = insert_qdq(_with_extra_reader(model), output_only, amax, activation_type="uint8", one_sided={"joined"})
+    reference = insert_qdq(_with_extra_reader(model), output_only, ranges, activation_type="uint8")
     np.testing.assert_allclose(run(q), run(reference), atol=1e-6)
 
 
@@ -390,7 +424,7 @@ def _with_extra_reader(model):
 def test_no_hoisting_when_the_mover_output_has_float_readers():
     model = _with_extra_reader(_concat_slice_model())
     plan = plan_qdq(model, quantize_outputs=True).only(["conv2"])
-    q = insert_qdq(model, plan, {"joined": 2.5}, activation_type="uint8")
+    q = insert_qdq(model, plan, {"joined": (-2.5, 2.5)}, activation_type="uint8")
     producers = {o: n for n in q.graph.node for o in n.output}
     cat = next(n for n in q.graph.node if n.name == "cat")
     assert producers[cat.input[0]].op_type == "Slice" and cat.input[1] == "x"
@@ -432,16 +466,15 @@ def test_aligned_pad_runs_on_integers_and_compiles_on_openvino(tmp_path):
     model = _image_concat_model()
     aligned, _ = align_conv_inputs(model, ["conv2"])
     plan = plan_qdq(aligned, quantize_outputs=True).only(["conv2"])
-    q = insert_qdq(aligned, plan, {t: 2.0 for t in plan.activation_tensors()}, activation_type="uint8",
-                   one_sided=set(plan.activation_tensors()))
+    q = insert_qdq(aligned, plan, {t: (0.0, 2.0) for t in plan.activation_tensors()}, activation_type="uint8")
     producers = {o: n for n in q.graph.node for o in n.output}
     pad = next(n for n in q.graph.node if n.op_type == "Pad")
     # Pad reads the quantized image and pads with the zero point; no float round trip around it.
     assert producers[pad.input[0]].op_type == "QuantizeLinear" and pad.input[2].endswith("__zero")
     x = RNG.random((1, 3, 16, 16), dtype=np.float32)
     unaligned_plan = plan_qdq(model, quantize_outputs=True).only(["conv2"])
-    unaligned = insert_qdq(model, unaligned_plan, {t: 2.0 for t in unaligned_plan.activation_tensors()},
-                           activation_type="uint8", one_sided=set(unaligned_plan.activation_tensors()))
+    unaligned = insert_qdq(model, unaligned_plan, {t: (0.0, 2.0) for t in unaligned_plan.activation_tensors()},
+                           activation_type="uint8")
     np.testing.assert_allclose(_run(q, {"x": x}), _run(unaligned, {"x": x}), atol=1e-5)
     ov = pytest.importorskip("openvino")
     # OpenVINO takes the integer Pad (on the real RVM, the float form made its low-precision
@@ -505,15 +538,15 @@ def test_gptq_weights_flow_into_the_qdq_graph_and_the_affine_fit(tmp_path):
     rounded, gains = gptq_weights(model, hessians)
     assert rounded
     assert set(gains) == {"conv1", "conv2", "conv3"} and all(g >= 1.0 for g in gains.values())
-    amax = {t: 4.0 for t in plan.activation_tensors()}
-    quantized = insert_qdq(model, plan, amax, rounded=rounded)
+    ranges = {t: (-4.0, 4.0) for t in plan.activation_tensors()}
+    quantized = insert_qdq(model, plan, ranges, rounded=rounded)
     inits = {i.name: numpy_helper.to_array(i) for i in quantized.graph.initializer}
     original = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     for weight_name, (values, scale) in rounded.items():
         stored = next(v for k, v in inits.items() if k.endswith(f"{weight_name}__int8"))
         np.testing.assert_array_equal(stored, values)
         np.testing.assert_array_equal(scale, quantize_weight(original[weight_name], 0)[1])  # nearest's scales
-    assert fit_corrections(model, plan, amax, feeds, rounded=rounded).keys() == {"conv1", "conv2", "conv3"}
+    assert fit_corrections(model, plan, ranges, feeds, rounded=rounded).keys() == {"conv1", "conv2", "conv3"}
 
 
 def test_unknown_weight_rounding_is_refused_wherever_the_config_is_made():
@@ -572,8 +605,8 @@ def test_equalizing_concat_inputs_keeps_the_float_function_and_lowers_int8_error
     def int8_error(candidate):
         plan = plan_qdq(candidate)
         tensors = plan.activation_tensors()
-        amax = {t: s.amax for t, s in collect_stats(candidate, tensors, calibration).items()}
-        quantized = insert_qdq(candidate, plan, amax)
+        ranges = {t: _symmetric(s.amax) for t, s in collect_stats(candidate, tensors, calibration).items()}
+        quantized = insert_qdq(candidate, plan, ranges)
         return np.mean([np.abs(_run(quantized, f) - _run(model, f)).mean() for f in test])
 
     assert int8_error(equalized) < 0.5 * int8_error(model)
@@ -625,3 +658,22 @@ def test_no_equalize_flag_turns_equalization_off(tmp_path):
         assert result.returncode == 0, result.stderr
         groups = json.loads((out / "report.json").read_text())["int8"]["equalized_concat_inputs"]
         assert [[g["conv"], g["input"]] for g in groups] == expected
+
+
+def test_keep_float_flag_keeps_the_named_layer_float_and_refuses_unknown_names(tmp_path):
+    source = _decoder_concat_artifact(tmp_path / "toy")
+    base = [sys.executable, "-m", "mtc", "quantize", str(source), "--int8", "--no-fallback", "--max-mad", "1000",
+            "--max-dtssd", "1000", "--calib-frames", "4"]
+    result = subprocess.run([*base, "-o", str(tmp_path / "kept"), "--keep-float", "decoder"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    model = onnx.load(str(tmp_path / "kept" / "model.onnx"))
+    decoder = next(n for n in model.graph.node if n.name == "decoder")
+    assert any(i.name == decoder.input[1] and i.data_type == TensorProto.FLOAT for i in model.graph.initializer)
+    report = json.loads((tmp_path / "kept" / "report.json").read_text())["int8"]
+    assert "decoder" not in [g["conv"] for g in report["equalized_concat_inputs"]]
+
+    result = subprocess.run([*base, "-o", str(tmp_path / "bad"), "--keep-float", "decoder,Conv_999"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0 and "no layer named Conv_999" in result.stderr
+    assert not (tmp_path / "bad").exists()

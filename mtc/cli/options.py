@@ -39,6 +39,9 @@ def quantization_options(command):
         click.option("--gates", "gates_file", type=click.Path(exists=True, dir_okay=False),
                      help="TOML file with max_mad / max_dtssd (top level or under [gates])."),
         click.option("--no-fallback", is_flag=True, help="Do not move sensitive layers back to float."),
+        click.option("--keep-float", default=None, metavar="LAYER[,LAYER...]",
+                     help="Layers (ONNX node names) kept in float from the start, e.g. the most sensitive ones "
+                          "in report.html (on RVM: Conv_158)."),
         click.option("--no-equalize", is_flag=True,
                      help="Do not rescale the inputs of quantized convs' channel Concats (on by default: same "
                           "function in float, lower INT8 error; see the README)."),
@@ -79,7 +82,7 @@ def build_gates(precision: str, max_mad: float | None, max_dtssd: float | None, 
 
 
 def run_quantization(source, output, *, precision, preset, method, weight_rounding, calib, calib_frames, check_source,
-                     max_mad, max_dtssd, gates_file, no_fallback, no_equalize, force):
+                     max_mad, max_dtssd, gates_file, no_fallback, no_equalize, keep_float, force):
     """Call the library and turn a gate failure into a one-line error after the report is written."""
     from pathlib import Path
 
@@ -87,7 +90,8 @@ def run_quantization(source, output, *, precision, preset, method, weight_roundi
     from mtc.quant.config import preset as make_preset
     from mtc.quant.pipeline import DataPlan, quantize_artifact
 
-    config = make_preset(preset, method=method, weight_rounding=weight_rounding,
+    keep = tuple(name.strip() for name in keep_float.split(",") if name.strip()) if keep_float else None
+    config = make_preset(preset, method=method, weight_rounding=weight_rounding, exclude_nodes=keep,
                          fallback=False if no_fallback else None, equalize_concats=False if no_equalize else None)
     gates = build_gates(precision, max_mad, max_dtssd, gates_file)
     data = DataPlan(calib=calib, calib_frames=calib_frames, check=check_source)

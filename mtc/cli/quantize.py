@@ -12,7 +12,7 @@ from mtc.cli.options import quantization_options, run_quantization
 @click.command()
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Folder for the new artifact.")
-@click.option("--int8", "precision", flag_value="int8", help="INT8 with Q/DQ (TensorRT-compatible, symmetric).")
+@click.option("--int8", "precision", flag_value="int8", help="INT8 with Q/DQ (TensorRT-compatible).")
 @click.option("--fp16", "precision", flag_value="fp16", help="FP16 with FP32 I/O; overflow-prone ops stay FP32.")
 @quantization_options
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")

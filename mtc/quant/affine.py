@@ -11,14 +11,14 @@ scale, and the bias becomes gamma * b + beta. Inference cost: zero.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from mtc.graph_edit import drop_unused_initializers
-from mtc.quant.qdq import NodeQuant, QdqPlan, insert_qdq, weight_scale_name
+from mtc.quant.qdq import ActivationRange, NodeQuant, QdqPlan, insert_qdq, weight_scale_name
 from mtc.quant.ranges import expose_tensors
 from mtc.runtime.backends import OrtBackend
 
@@ -57,9 +57,8 @@ class _ChannelFit:
 PROBE = "__probe"
 
 
-def probe_model(fp32: onnx.ModelProto, plan: QdqPlan, amax: dict[str, float], *,
-                activation_type: str = "int8", one_sided: Collection[str] = (),
-                rounded: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> onnx.ModelProto:
+def probe_model(fp32: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, ActivationRange], *,
+                activation_type: str = "int8", rounded: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> onnx.ModelProto:
     """The FP32 graph plus, for each planned Conv, a quantized copy reading the same FP32 input."""
     model = onnx.ModelProto()
     model.CopyFrom(fp32)
@@ -73,19 +72,18 @@ def probe_model(fp32: onnx.ModelProto, plan: QdqPlan, amax: dict[str, float], *,
         model.graph.node.append(copy)
         quant = next(n for n in plan.nodes if n.node == node.name)
         probes.append(NodeQuant(copy.name, quant.inputs, quant.weights))
-    return insert_qdq(model, QdqPlan(tuple(probes)), amax, activation_type=activation_type, one_sided=one_sided,
-                      rounded=rounded)
+    return insert_qdq(model, QdqPlan(tuple(probes)), ranges, activation_type=activation_type, rounded=rounded)
 
 
-def fit_corrections(fp32: onnx.ModelProto, plan: QdqPlan, amax: dict[str, float],
+def fit_corrections(fp32: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, ActivationRange],
                     feeds: Iterable[dict[str, np.ndarray]], *, activation_type: str = "int8",
-                    one_sided: Collection[str] = (), rounded: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None
+                    rounded: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None
                     ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """(gamma, beta) per output channel for every Conv in `plan`, each fitted in isolation
     (with the INT8 weights `rounded` gives, where it gives them)."""
     convs = [n for n in fp32.graph.node if n.op_type == "Conv" and n.name in set(plan.node_names)]
     outputs = [t for n in convs for t in (n.output[0], n.output[0] + PROBE)]
-    probes = probe_model(fp32, plan, amax, activation_type=activation_type, one_sided=one_sided, rounded=rounded)
+    probes = probe_model(fp32, plan, ranges, activation_type=activation_type, rounded=rounded)
     runner = OrtBackend(expose_tensors(probes, outputs).SerializeToString(), optimization="basic")
     fits: dict[str, _ChannelFit] = {}
     for feed in feeds:

@@ -39,9 +39,9 @@ class Int8Config:
             backends run integer kernels end to end instead of float convs on
             dequantized inputs; TensorRT fuses either form.
         exclude_nodes: nodes kept in float from the start.
-        activation_type: "int8" (TensorRT) or "uint8" with zero point 128: the same
-            symmetric range, in the type ONNX Runtime's fast x86 kernels take; with uint8,
-            never-negative tensors get zero point 0 instead (qdq.activation_quant).
+        activation_type: "int8" (TensorRT: symmetric, zero point 0) or "uint8" (the type
+            ONNX Runtime's fast x86 kernels take): each tensor's own [lo, hi] range with a zero
+            point (ranges.asymmetric_range, qdq.activation_quant).
         min_mac_share: quantize only layers holding at least this share of the model's
             multiply-accumulates (0 = all). On CPU, a small layer costs more in Q/DQ
             conversions than INT8 saves, and every quantized layer adds error.

@@ -9,7 +9,7 @@ stays float: shape paths, Resize scales and recurrent-state outputs never get Q/
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -151,38 +151,39 @@ def quantize_weight(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarr
     return values, scale
 
 
-# Zero points that make a symmetric activation range: int8 (TensorRT) or uint8 shifted by 128,
-# which is the same arithmetic but what ONNX Runtime's fast x86 kernels (U8S8) expect.
-ACTIVATION_ZERO = {"int8": np.array(0, np.int8), "uint8": np.array(128, np.uint8)}
 UINT8_MAX = 255
 
+ActivationRange = tuple[float, float]  # (lo, hi) with lo <= 0 <= hi
 
-def activation_quant(amax: float, activation_type: str, one_sided: bool = False) -> tuple[float, np.ndarray]:
-    """(scale, zero point) of one activation tensor.
 
-    A one-sided uint8 tensor (never negative, e.g. after ReLU) gets zero point 0 and all 256
-    levels on [0, amax]: twice the resolution, and ONNX Runtime then drops the ReLU before the
-    QuantizeLinear (the clamp at 0 is the same), which is what lets it fuse Conv+ReLU into
-    QLinearConv. TensorRT wants zero point 0 on int8, so int8 stays symmetric.
+def activation_quant(value_range: ActivationRange, activation_type: str) -> tuple[float, np.ndarray]:
+    """(scale, zero point) of one activation tensor clipped to `value_range`.
+
+    int8 (TensorRT) is symmetric: zero point 0, scale max(|lo|, hi) / 127. uint8 (ONNX Runtime's
+    fast x86 U8S8 kernels, OpenVINO) spans [lo, hi] with all 256 levels and the zero point where
+    0.0 lands, so 0 stays exact (zero padding, ReLU). A never-negative tensor (lo = 0) gets zero
+    point 0, and ONNX Runtime then drops a ReLU before its QuantizeLinear (the clamp at 0 is
+    the same), which is what lets it fuse Conv+ReLU into QLinearConv.
     """
-    amax = max(float(amax), 1e-8)
-    if activation_type == "uint8" and one_sided:
-        return amax / UINT8_MAX, np.array(0, np.uint8)
-    return amax / INT8_MAX, ACTIVATION_ZERO[activation_type]
+    lo, hi = min(float(value_range[0]), 0.0), max(float(value_range[1]), 0.0)
+    if activation_type == "int8":
+        return max(-lo, hi, 1e-8) / INT8_MAX, np.array(0, np.int8)
+    scale = max(hi - lo, 1e-8) / UINT8_MAX
+    return scale, np.array(np.clip(round(-lo / scale), 0, UINT8_MAX), np.uint8)
 
 
-def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, amax: Mapping[str, float], *,
-               activation_type: str = "int8", one_sided: Collection[str] = (),
+def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, ActivationRange], *,
+               activation_type: str = "int8",
                rounded: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> onnx.ModelProto:
     """Return a copy of `model` with 8-bit Q/DQ pairs where `plan` says.
 
-    Activations: one Q/DQ pair per tensor (see `activation_quant`), shared by every planned
+    Activations: one Q/DQ pair per tensor, clipped to its range in `ranges` (see
+    `activation_quant`), shared by every planned
     consumer; other consumers keep reading the float tensor. Weights: stored as INT8
     initializers behind a per-channel DequantizeLinear; `rounded` gives (int8 values, scale) by
     weight name where they were chosen elsewhere (mtc.quant.gptq), else round-to-nearest.
     """
     rounded = rounded or {}
-    one_sided = set(one_sided)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
@@ -196,7 +197,7 @@ def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, amax: Mapping[str, float],
     for tensor, consumers in readers.items():
         root = shared.get(tensor, tensor)
         if root == tensor:
-            scale, zero = activation_quant(amax[tensor], activation_type, tensor in one_sided)
+            scale, zero = activation_quant(ranges[tensor], activation_type)
             new_inits += [numpy_helper.from_array(np.array(scale, np.float32), f"{_safe(tensor)}__scale"),
                           numpy_helper.from_array(zero, f"{_safe(tensor)}__zero")]
         base, params = _safe(tensor), [f"{_safe(root)}__scale", f"{_safe(root)}__zero"]

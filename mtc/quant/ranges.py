@@ -1,8 +1,9 @@
 """Activation range calibration: one pass over the data, three ways to pick the clipping range.
 
-Every candidate tensor keeps its min, max and a histogram of |x| that is re-binned when a
-larger value arrives, so min-max, percentile and entropy (KL) thresholds all come from the
-same single pass. Ranges are symmetric (amax), as TensorRT's INT8 expects.
+Every candidate tensor keeps its min, max and histograms of |x| (all values, and the negative
+ones apart) that are re-binned when a larger value arrives, so min-max, percentile, entropy (KL)
+and MSE ranges all come from the same single pass. `threshold` gives a symmetric range (amax),
+as TensorRT's INT8 expects; `asymmetric_range` a [lo, hi] one for uint8 with a zero point.
 """
 
 from __future__ import annotations
@@ -26,18 +27,14 @@ class TensorStats:
     minimum: float = np.inf
     maximum: float = -np.inf
     hist: np.ndarray = field(default_factory=lambda: np.zeros(HISTOGRAM_BINS, np.float64))
-    hist_max: float = 0.0  # upper edge of the |x| histogram
+    neg_hist: np.ndarray = field(default_factory=lambda: np.zeros(HISTOGRAM_BINS, np.float64))  # |x| of x < 0
+    hist_max: float = 0.0  # upper edge of the |x| histograms
     count: int = 0
     shape: tuple[int, ...] = ()  # of the last batch (channel counts for mtc.quant.equalize)
 
     @property
     def amax(self) -> float:
         return max(abs(self.minimum), abs(self.maximum))
-
-    @property
-    def one_sided(self) -> bool:
-        """Never negative over the calibration data (ReLU outputs, images)."""
-        return self.count > 0 and self.minimum >= 0
 
     def update(self, values: np.ndarray) -> None:
         """Fold one batch of values into the running statistics."""
@@ -55,6 +52,8 @@ class TensorStats:
         if self.hist_max > 0:
             idx = np.minimum((magnitudes * (HISTOGRAM_BINS / self.hist_max)).astype(np.int64), HISTOGRAM_BINS - 1)
             self.hist += np.bincount(idx, minlength=HISTOGRAM_BINS)
+            if self.minimum < 0:
+                self.neg_hist += np.bincount(idx[values < 0], minlength=HISTOGRAM_BINS)
 
     def _grow(self, new_max: float) -> None:
         """Widen the histogram to cover new_max, merging old bins (power-of-two growth keeps it exact)."""
@@ -64,10 +63,15 @@ class TensorStats:
         factor = 1
         while self.hist_max * factor < new_max:
             factor *= 2
-        merged = self.hist.reshape(-1, factor).sum(axis=1) if factor <= HISTOGRAM_BINS else self.hist.sum(keepdims=True)
-        self.hist = np.zeros(HISTOGRAM_BINS, np.float64)
-        self.hist[: merged.size] = merged
+        self.hist, self.neg_hist = _merge_bins(self.hist, factor), _merge_bins(self.neg_hist, factor)
         self.hist_max *= factor
+
+
+def _merge_bins(hist: np.ndarray, factor: int) -> np.ndarray:
+    merged = hist.reshape(-1, factor).sum(axis=1) if factor <= HISTOGRAM_BINS else hist.sum(keepdims=True)
+    out = np.zeros(HISTOGRAM_BINS, np.float64)
+    out[: merged.size] = merged
+    return out
 
 
 def threshold(stats: TensorStats, method: str, *, percentile: float = 99.999, levels: int = 127) -> float:
@@ -85,6 +89,46 @@ def threshold(stats: TensorStats, method: str, *, percentile: float = 99.999, le
     if method == "mse":
         return _mse_threshold(stats.hist, edges, levels)
     raise MtcError(f"unknown calibration method {method!r}", hint=f"choose one of: {', '.join(METHODS)}")
+
+
+def asymmetric_range(stats: TensorStats, method: str, *, percentile: float = 99.999,
+                     levels: int = 255) -> tuple[float, float]:
+    """The clipping range [lo, hi] (lo <= 0 <= hi) for one tensor quantized to `levels` steps
+    with a zero point. A tensor that is mostly one-signed (after hardswish: -0.375 to 7; a
+    ConvGRU concat: -1 to 10) gets nearly all the steps on the side its values are, where a
+    symmetric range spends half of them on values that never occur; a never-negative one gets
+    lo = 0 (zero point 0)."""
+    low, high = min(stats.minimum, 0.0), max(stats.maximum, 0.0)
+    if stats.count == 0:
+        return 0.0, 0.0
+    if method == "mse" and stats.hist.sum() > 0:
+        lo, hi = _mse_range(stats, levels)
+    else:  # the symmetric clip, cut to the side each value occurs on
+        t = threshold(stats, method, percentile=percentile, levels=levels)
+        lo, hi = -t, t
+    return max(lo, low), min(hi, high)
+
+
+def _mse_range(stats: TensorStats, levels: int) -> tuple[float, float]:
+    """MSE over both sides at once: one step (hi - lo) / levels for the rounding noise inside,
+    each side's own clipping error outside."""
+    edges = np.linspace(0.0, stats.hist_max, HISTOGRAM_BINS + 1)
+    centers = (edges[:-1] + edges[1:]) / 2
+    candidates = np.arange(0, HISTOGRAM_BINS + 1, 4)
+    clip = edges[candidates]
+
+    def clipping(hist):  # sum over bins j >= i of hist[j] * (center[j] - clip[i])^2, and their count
+        suffix = [np.append(np.cumsum((hist * centers ** p)[::-1])[::-1], 0.0)[candidates] for p in (0, 1, 2)]
+        return suffix[2] - 2 * clip * suffix[1] + clip ** 2 * suffix[0], suffix[0]
+
+    positive_error, positive_out = clipping(stats.hist - stats.neg_hist)
+    negative_error, negative_out = clipping(stats.neg_hist)
+    step = (clip[:, None] + clip[None, :]) / levels  # rows: hi, columns: -lo
+    inside = stats.hist.sum() - positive_out[:, None] - negative_out[None, :]
+    cost = inside * step ** 2 / 12 + positive_error[:, None] + negative_error[None, :]
+    cost[0, 0] = np.inf  # an empty range
+    high, low = np.unravel_index(int(np.argmin(cost)), cost.shape)
+    return -float(clip[low]), float(clip[high])
 
 
 def _entropy_threshold(hist: np.ndarray, edges: np.ndarray, levels: int = 128) -> float:
