@@ -141,7 +141,8 @@ def _calibration_reader(official: Path, cases: list[tuple[int, int, float]], fra
 
 
 def _peer_cache(name: str, *key) -> Path:
-    digest = hashlib.sha256(repr((MOBILENETV3_ONNX.sha256, *key)).encode()).hexdigest()[:16]
+    # The calibration clip's shot count is in the key: a peer calibrated on other scenes is stale.
+    digest = hashlib.sha256(repr((MOBILENETV3_ONNX.sha256, CALIBRATION_SHOTS, *key)).encode()).hexdigest()[:16]
     return cache_dir() / "peers" / f"{name}_{digest}"
 
 

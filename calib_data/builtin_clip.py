@@ -58,6 +58,8 @@ _FOREGROUND = SOURCES[0][0]
 _BACKGROUNDS = tuple(name for name, _, _ in SOURCES[1:])
 #: One shot per background photo: the scene variety INT8 calibration wants.
 CALIBRATION_SHOTS = len(_BACKGROUNDS)
+#: The demo clip's shots (and the held-out check clip's).
+DEMO_SHOTS = 2
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,7 +80,7 @@ class ClipSpec:
     frames: int = 48
     fps: float = 24.0
     seed: int = 0
-    shots: int = 2
+    shots: int = DEMO_SHOTS
 
     def __post_init__(self):
         if min(self.width, self.height) < 16 or self.frames < 1 or not self.fps > 0:

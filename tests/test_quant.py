@@ -677,3 +677,18 @@ def test_keep_float_flag_keeps_the_named_layer_float_and_refuses_unknown_names(t
                             capture_output=True, text=True, timeout=600)
     assert result.returncode != 0 and "no layer named Conv_999" in result.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_calibration_sees_every_builtin_scene_and_checks_use_the_demo_clip(tmp_path):
+    from calib_data.builtin_clip import CALIBRATION_SHOTS, DEMO_SHOTS, ClipSpec, builtin_clip
+
+    from mtc.manifest import read_manifest
+    from mtc.quant.pipeline import calibration_clips, check_clips
+
+    io = read_manifest(_toy_artifact(tmp_path / "toy")).io
+    plan = DataPlan(calib_frames=12, check_frames=12, settings=((64, 48, None),))
+    (calib,), (check,) = calibration_clips(io, plan), check_clips(io, plan)
+    np.testing.assert_array_equal(
+        calib.frames, builtin_clip(ClipSpec(width=64, height=48, frames=12, shots=CALIBRATION_SHOTS)))
+    np.testing.assert_array_equal(
+        check.frames, builtin_clip(ClipSpec(width=64, height=48, frames=12, seed=1, shots=DEMO_SHOTS)))

@@ -30,7 +30,7 @@ class Clip:
 
 
 def load_clips(source: str | Path, *, frames: int, size: tuple[int, int] | None = None, seed: int = 0,
-               downsample_ratio: float | None = None) -> list[Clip]:
+               downsample_ratio: float | None = None, builtin_shots: int | None = None) -> list[Clip]:
     """Clips from `source`: "builtin", a video file, or a folder of images (each image its own clip).
 
     Args:
@@ -40,6 +40,8 @@ def load_clips(source: str | Path, *, frames: int, size: tuple[int, int] | None 
             (default 512x288); files keep their size when None.
         seed: motion variant of the built-in clip (use another seed for held-out checks).
         downsample_ratio: fixed ratio for recurrent models (None: the model's auto rule).
+        builtin_shots: shots of the built-in clip (None: one per background photo, as
+            calibration wants).
     """
     if str(source) == BUILTIN:
         from calib_data.builtin_clip import CALIBRATION_SHOTS, ClipSpec, builtin_clip
@@ -47,8 +49,9 @@ def load_clips(source: str | Path, *, frames: int, size: tuple[int, int] | None 
         width, height = size or (512, 288)
         # Every background photo gets a shot: calibrated on the two-shot demo clip instead, the
         # speed preset's MAD on real footage (evalset composites, RVM at 512x288) was 1.22, on
-        # six scenes 0.8 (benchmarks/RESULTS.md).
-        clip = builtin_clip(ClipSpec(width=width, height=height, frames=frames, seed=seed, shots=CALIBRATION_SHOTS))
+        # six scenes 0.81 (and 0.66 with asymmetric ranges; benchmarks/RESULTS.md).
+        shots = builtin_shots or CALIBRATION_SHOTS
+        clip = builtin_clip(ClipSpec(width=width, height=height, frames=frames, seed=seed, shots=shots))
         return [Clip(f"builtin-{width}x{height}-seed{seed}", clip, downsample_ratio)]
     path = Path(source)
     from mtc.runtime.media import is_video, list_images, read_image

@@ -49,8 +49,8 @@ class Int8Config:
             the shape ONNX Runtime's fast x86 integer kernels need (exact; mtc.quant.align).
         weight_rounding: "nearest", or "gptq": Hessian-aware rounding of conv weights on the
             calibration data's statistics (same scales and graph; mtc.quant.gptq). Opt-in: it
-            fits the calibration footage, which helps with your own --calib and hurt on real
-            footage when calibrated on the built-in clip (measured, see mtc.quant.gptq).
+            fits the calibration footage; on real footage it helped RVM at HD and hurt at
+            512x288 (measured, see mtc.quant.gptq).
         equalize_concats: rescale the inputs of a quantized conv's channel Concat so each
             group gets a fair share of the one activation range, folding the inverse into the
             conv's weights (same float function; mtc.quant.equalize).

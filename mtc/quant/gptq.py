@@ -11,9 +11,10 @@ so the Q/DQ graph and its speed are identical.
 Measured on RVM MobileNetV3 (the speed preset's 16 convs, calibrated on the built-in clip):
 the layer-output error falls 2.6-28x per layer; with weights alone quantized, alpha MAD vs FP32
 on held-out built-in frames falls from 0.28 / 0.33 to 0.09 / 0.11 (512x288 / 1920x1080), and
-in the full INT8 model (with concat equalization) from 0.42 / 0.67 to 0.40 / 0.64. But on real
-footage (evalset composites) the same model is worse than round-to-nearest: MAD 1.22 -> 1.45
-and 1.12 -> 1.22.
+in the full INT8 model (with concat equalization) from 0.42 / 0.67 to 0.40 / 0.64. On real
+footage (evalset composites) it depends on the calibration data: calibrated on the two-scene
+clip, MAD went 1.22 -> 1.45 and 1.12 -> 1.22 (worse); on the six-scene clip with asymmetric
+ranges, 0.66 -> 0.74 at 512x288 (worse) and 0.86 -> 0.67 at 1920x1080 (better).
 The integers fit the statistics of the calibration frames, so GPTQ is opt-in
 (`--weight-rounding gptq`), for calibration on footage like the deployment's (`--calib`).
 """
