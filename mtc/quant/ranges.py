@@ -1,4 +1,4 @@
-"""Activation range calibration: one pass over the data, three ways to pick the clipping range.
+"""Activation range calibration: one pass over the data, four ways to pick the clipping range.
 
 Every candidate tensor keeps its min, max and histograms of |x| (all values, and the negative
 ones apart) that are re-binned when a larger value arrives, so min-max, percentile, entropy (KL)
@@ -98,7 +98,6 @@ def asymmetric_range(stats: TensorStats, method: str, *, percentile: float = 99.
     ConvGRU concat: -1 to 10) gets nearly all the steps on the side its values are, where a
     symmetric range spends half of them on values that never occur; a never-negative one gets
     lo = 0 (zero point 0)."""
-    low, high = min(stats.minimum, 0.0), max(stats.maximum, 0.0)
     if stats.count == 0:
         return 0.0, 0.0
     if method == "mse" and stats.hist.sum() > 0:
@@ -106,23 +105,17 @@ def asymmetric_range(stats: TensorStats, method: str, *, percentile: float = 99.
     else:  # the symmetric clip, cut to the side each value occurs on
         t = threshold(stats, method, percentile=percentile, levels=levels)
         lo, hi = -t, t
-    return max(lo, low), min(hi, high)
+    return max(lo, min(stats.minimum, 0.0)), min(hi, max(stats.maximum, 0.0))
 
 
 def _mse_range(stats: TensorStats, levels: int) -> tuple[float, float]:
     """MSE over both sides at once: one step (hi - lo) / levels for the rounding noise inside,
     each side's own clipping error outside."""
     edges = np.linspace(0.0, stats.hist_max, HISTOGRAM_BINS + 1)
-    centers = (edges[:-1] + edges[1:]) / 2
     candidates = np.arange(0, HISTOGRAM_BINS + 1, 4)
     clip = edges[candidates]
-
-    def clipping(hist):  # sum over bins j >= i of hist[j] * (center[j] - clip[i])^2, and their count
-        suffix = [np.append(np.cumsum((hist * centers ** p)[::-1])[::-1], 0.0)[candidates] for p in (0, 1, 2)]
-        return suffix[2] - 2 * clip * suffix[1] + clip ** 2 * suffix[0], suffix[0]
-
-    positive_error, positive_out = clipping(stats.hist - stats.neg_hist)
-    negative_error, negative_out = clipping(stats.neg_hist)
+    positive_error, positive_out = _clipping_errors(stats.hist - stats.neg_hist, edges, candidates)
+    negative_error, negative_out = _clipping_errors(stats.neg_hist, edges, candidates)
     step = (clip[:, None] + clip[None, :]) / levels  # rows: hi, columns: -lo
     inside = stats.hist.sum() - positive_out[:, None] - negative_out[None, :]
     cost = inside * step ** 2 / 12 + positive_error[:, None] + negative_error[None, :]
@@ -153,17 +146,20 @@ def _entropy_threshold(hist: np.ndarray, edges: np.ndarray, levels: int = 128) -
 
 def _mse_threshold(hist: np.ndarray, edges: np.ndarray, levels: int = 127) -> float:
     """The clip minimising expected squared error: rounding noise inside, clipping error outside."""
+    candidates = np.arange(64, HISTOGRAM_BINS + 1, 8)
+    clipping, outside = _clipping_errors(hist, edges, candidates)
+    clip = edges[candidates]
+    cost = (hist.sum() - outside) * (clip / levels) ** 2 / 12 + clipping
+    return float(clip[int(np.argmin(cost))])
+
+
+def _clipping_errors(hist: np.ndarray, edges: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For a clip at each candidate edge i: sum over bins j >= i of hist[j] * (center[j] -
+    edge[i])^2, and how many values lie there (suffix sums, so every candidate costs O(1))."""
     centers = (edges[:-1] + edges[1:]) / 2
-    candidates = edges[64::8]
-    inside_count = np.cumsum(hist)
-    best, best_error = edges[-1], np.inf
-    for t in candidates:
-        k = np.searchsorted(centers, t)
-        rounding = inside_count[k - 1] * (t / levels) ** 2 / 12 if k > 0 else 0.0
-        clipping = float(np.sum(hist[k:] * (centers[k:] - t) ** 2))
-        if rounding + clipping < best_error:
-            best, best_error = t, rounding + clipping
-    return float(best)
+    clip = edges[candidates]
+    suffix = [np.append(np.cumsum((hist * centers ** p)[::-1])[::-1], 0.0)[candidates] for p in (0, 1, 2)]
+    return suffix[2] - 2 * clip * suffix[1] + clip ** 2 * suffix[0], suffix[0]
 
 
 def collect_stats(model: onnx.ModelProto, tensor_names: Sequence[str], feeds: Iterable[dict[str, np.ndarray]],
