@@ -290,3 +290,23 @@ def test_library_errors_are_summarised_by_their_cause_not_their_source_location(
     assert exception_summary(nested) == "[ConcatTransformation] END: node Concat_199 failed"
     assert exception_summary(ValueError("")) == "ValueError"
     assert exception_summary(ValueError("x" * 500), 10) == "x" * 10
+
+
+@pytest.mark.parametrize("source, spinning", [("builtin", False), ("photo.png", True)])
+def test_run_command_stops_onnxruntime_spinning_beside_the_codec_threads(rvm_artifact, tmp_path, monkeypatch,
+                                                                         source, spinning):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    import mtc.runtime
+    from mtc.cli.run import run
+
+    Image.fromarray(np.full((96, 128, 3), 120, np.uint8)).save(tmp_path / "photo.png")
+    monkeypatch.chdir(tmp_path)
+    loaded = []
+    real_load = mtc.runtime.load
+    monkeypatch.setattr(mtc.runtime, "load", lambda *a, **kw: loaded.append(kw) or real_load(*a, **kw))
+    output = "out.mp4" if source == "builtin" else "out.png"
+    result = CliRunner().invoke(run, [str(rvm_artifact), source, "-o", output, "--backend", "onnxruntime"])
+    assert result.exit_code == 0, result.output
+    assert [kw["allow_spinning"] for kw in loaded] == [spinning]

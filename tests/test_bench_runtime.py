@@ -32,12 +32,15 @@ def test_overhead_is_the_median_per_frame_share(bench):
         bench.overhead_summary([1.0, 2.0], [0.5])
 
 
-def test_pipeline_ratio_compares_medians_over_rounds(bench):
-    p = bench.pipeline_summary([10.0, 12.0, 11.0], [9.0, 10.5, 8.0], [10.0, 9.0, 9.5])
+def test_pipeline_ratio_compares_medians_over_rounds_against_the_faster_model_only_session(bench):
+    model = {"spinning": [10.0, 12.0, 11.0], "no_spinning": [10.0, 10.5, 10.0]}
+    p = bench.pipeline_summary(model, [9.0, 10.5, 8.0], [10.0, 9.0, 9.5], "veryfast")
     assert (p["model_only_fps"], p["pipeline_fps"], p["pipeline_model_fps"]) == (11.0, 9.0, 9.5)
+    assert p["model_only_by_session"] == {"spinning": 11.0, "no_spinning": 10.0}
     assert p["pipeline_vs_model"] == pytest.approx(9 / 11) and not p["within_90pct"]
-    assert p["rounds"]["pipeline_fps"] == [9.0, 10.5, 8.0]
-    assert bench.pipeline_summary([10.0], [9.0], [9.0])["within_90pct"]
+    assert p["rounds"]["pipeline_fps"] == [9.0, 10.5, 8.0] and p["x264_preset"] == "veryfast"
+    assert bench.pipeline_summary({"a": [10.0], "b": [8.0]}, [9.0], [9.0], "ultrafast")["within_90pct"]
+    assert not bench.pipeline_summary({"a": [8.0], "b": [10.0]}, [8.9], [9.0], "ultrafast")["within_90pct"]
 
 
 def test_timed_backend_times_run_and_delegates_the_rest(bench):
@@ -62,8 +65,10 @@ def test_results_markdown_has_the_three_tables(bench):
                 "mtc_runtime": {"fps": 10.2}, "runtime_vs_plain_fps": 1.02, "within_5pct": True,
                 "overhead": {"total_median_ms": 100.0, "backend_median_ms": 100 * (1 - share), "share": share,
                              "within_10pct": share <= 0.10},
-                "pipeline": {"model_only_fps": 10.0, "pipeline_fps": 10 * pipeline_ratio, "pipeline_model_fps": 9.6,
-                             "pipeline_vs_model": pipeline_ratio, "within_90pct": pipeline_ratio >= 0.90}}
+                "pipeline": [{"x264_preset": preset, "model_only_fps": 10.0, "pipeline_fps": 10 * pipeline_ratio,
+                              "pipeline_model_fps": 9.6, "pipeline_vs_model": pipeline_ratio,
+                              "within_90pct": pipeline_ratio >= 0.90}
+                             for preset in ("veryfast", "ultrafast")]}
 
     result = {"machine": {"date": "today", "cpu": "CPU", "cores": 2, "onnxruntime": "1.0"}, "threads": 2,
               "rounds": 6, "block": 8, "clip_frames": 48,
@@ -72,6 +77,6 @@ def test_results_markdown_has_the_three_tables(bench):
     assert "| 512x288 | 1.0 | 10.0 | 10.2 | 1.020 | yes |" in text
     assert "| 512x288 | 1.0 | 100.0 | 98.0 | 2.0% | yes |" in text
     assert "| 1920x1080 | 0.25 | 100.0 | 87.5 | 12.5% | NO |" in text
-    assert "| 512x288 | 1.0 | 10.0 | 9.5 | 9.6 | 0.950 | yes |" in text
-    assert "| 1920x1080 | 0.25 | 10.0 | 8.0 | 9.6 | 0.800 | NO |" in text
+    assert "| 512x288 | 1.0 | veryfast | 10.0 | 9.5 | 9.6 | 0.950 | yes |" in text
+    assert "| 1920x1080 | 0.25 | ultrafast | 10.0 | 8.0 | 9.6 | 0.800 | NO |" in text
     assert "48-frame built-in clip" in text

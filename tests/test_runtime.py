@@ -230,6 +230,37 @@ def test_matte_stream_skips_the_copy_when_the_backend_returns_fresh_arrays():
     assert len(rendered) == 3 and all(a is b for a, b in zip(rendered, returned))
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priorities are a Linux feature")
+def test_matte_stream_runs_codec_threads_below_inference_priority():
+    import os
+    import threading
+
+    from mtc.runtime.apply import CODEC_NICENESS, Renderer, matte_stream
+    from mtc.runtime.session import Matte
+
+    def niceness():
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    seen = {}
+
+    class Session:
+        def process(self, frame):
+            seen["inference"] = niceness()
+            return Matte(np.zeros(frame.shape[:2], np.float32), None, source=frame)
+
+    def decoded():
+        seen["decode"] = niceness()
+        yield np.zeros((4, 6, 3), np.uint8)
+
+    def write(picture):
+        seen["encode"] = niceness()
+
+    before = niceness()
+    matte_stream(Session(), decoded(), write, Renderer(kind="alpha"))
+    assert seen["inference"] == before == niceness()  # the caller's thread keeps its priority
+    assert seen["decode"] == seen["encode"] == min(before + CODEC_NICENESS, 19)
+
+
 def test_alpha_only_model_composites_the_source_frame_without_a_float_copy():
     from mtc.runtime.session import Matte
 

@@ -6,8 +6,10 @@ codec work overlaps with the model instead of adding to it.
 
 from __future__ import annotations
 
+import os
 import queue
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -97,9 +99,29 @@ class RunStats:
 
 
 _DONE = object()
+CODEC_NICENESS = 10
+
+
+def _yield_cores_to_inference() -> None:
+    """Lower the calling codec thread's CPU priority (Linux; elsewhere a no-op).
+
+    Inference is the pipeline's critical path and the queues let decoding and encoding run late,
+    so the codec threads take the cycles inference leaves idle instead of preempting one of its
+    worker threads (which stalls the other at the next barrier). The decoder's and x264's own
+    threads are created from these threads and inherit the priority. Measured at 1920x1080 on
+    2 cores with the FP32 RVM artifact: 6.9 -> 7.5 FPS end to end (veryfast), 8.3 with ultrafast.
+    """
+    if not sys.platform.startswith("linux"):
+        return  # elsewhere PRIO_PROCESS takes a process id, not a thread id
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
+                       os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) + CODEC_NICENESS)
+    except OSError:
+        pass  # best effort: a sandbox may forbid it, and the pipeline works without it
 
 
 def _produce(items: Iterable, out: queue.Queue, errors: list) -> None:
+    _yield_cores_to_inference()
     try:
         for item in items:
             out.put(item)
@@ -153,6 +175,7 @@ def matte_stream(session: MattingSession, frames: Iterable[np.ndarray], write: C
 
 
 def _consume(inbox: queue.Queue, write: Callable[[np.ndarray], None], errors: list) -> None:
+    _yield_cores_to_inference()
     for item in _drain(inbox):
         if errors:
             continue  # keep draining so the producer never blocks
