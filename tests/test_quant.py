@@ -681,7 +681,6 @@ def test_keep_float_flag_keeps_the_named_layer_float_and_refuses_unknown_names(t
 
 def test_calibration_sees_every_builtin_scene_and_checks_use_the_demo_clip(tmp_path):
     from calib_data.builtin_clip import CALIBRATION_SHOTS, DEMO_SHOTS, ClipSpec, builtin_clip
-
     from mtc.manifest import read_manifest
     from mtc.quant.pipeline import calibration_clips, check_clips
 
@@ -692,3 +691,50 @@ def test_calibration_sees_every_builtin_scene_and_checks_use_the_demo_clip(tmp_p
         calib.frames, builtin_clip(ClipSpec(width=64, height=48, frames=12, shots=CALIBRATION_SHOTS)))
     np.testing.assert_array_equal(
         check.frames, builtin_clip(ClipSpec(width=64, height=48, frames=12, seed=1, shots=DEMO_SHOTS)))
+
+
+def test_float_budget_spends_the_macs_on_the_most_error_removed_per_mac():
+    from mtc.quant.sensitivity import spend_float_budget
+
+    baseline = {"mad": 1.0, "dtssd": 1.0}  # all-INT8 error 2.0
+    removal = {"big": {"mad": 0.4, "dtssd": 0.4},     # removes 1.2 for 10% of the MACs
+               "small": {"mad": 0.8, "dtssd": 0.8},   # removes 0.4 for 1%: the best per MAC
+               "tiny": {"mad": 0.97, "dtssd": 0.98},  # removes 0.05 (2.5%): below the 5% floor
+               "worse": {"mad": 1.1, "dtssd": 1.0}}   # float here makes it worse
+    shares = {"big": 0.10, "small": 0.01, "tiny": 0.001, "worse": 0.001}
+    assert spend_float_budget(baseline, removal, shares, 0.02) == ["small"]
+    assert spend_float_budget(baseline, removal, shares, 0.11) == ["small", "big"]
+    assert spend_float_budget(baseline, removal, shares, 0.105) == ["small"]  # "big" no longer fits
+    assert spend_float_budget(baseline, removal, shares, 0.005) == []
+    assert spend_float_budget(baseline, removal, shares, 1.0, min_gain=0.0) == ["tiny", "small", "big"]  # 50, 40, 12 per MAC
+
+
+def test_float_budget_keeps_the_layer_whose_return_to_float_pays_and_reports_its_cost(tmp_path):
+    source = _toy_artifact(tmp_path / "toy")
+    lenient = Gates(max_mad=1000.0, max_dtssd=1000.0)  # the budget acts even when the gates pass
+    config = Int8Config(method="minmax", quantize_outputs=False, float_budget=0.8)  # conv2 holds 72% of the MACs
+    outcome = quantize_artifact(source, tmp_path / "int8", precision="int8", config=config, gates=lenient, data=SMALL)
+    int8 = outcome.report["int8"]
+    assert int8["float_budget"]["layers"] == ["conv2"] and int8["fallback_layers"] == ["conv2"]
+    assert int8["float_budget"]["mac_share"] == pytest.approx(0.72)
+    removal = outcome.report["removal_sensitivity"]
+    assert set(removal["layers"]) == {"conv1", "conv2", "conv3"}
+    assert removal["layers"]["conv2"]["mad"] < removal["all_int8"]["mad"]
+    assert max(c.mad for c in outcome.check.clips) < min(c["mad"] for c in int8["all_int8_check"]["clips"])
+    assert "sensitivity" not in outcome.report  # the gates passed: no fallback search
+    speed = outcome.report["speed"]
+    assert speed["fps_all_int8"] > 0 and speed["float_layers_cost"] == pytest.approx(1 - speed["fps"] / speed["fps_all_int8"])
+    html = (tmp_path / "int8" / "report.html").read_text()
+    assert "float budget" in html and "All-INT8 ran" in html
+
+    small = quantize_artifact(source, tmp_path / "small", precision="int8",
+                              config=Int8Config(method="minmax", quantize_outputs=False, float_budget=0.3),
+                              gates=lenient, data=SMALL)
+    assert "conv2" not in small.report["int8"]["float_budget"]["layers"]
+
+
+def test_float_budget_outside_zero_to_one_is_refused():
+    from mtc.errors import MtcError
+
+    with pytest.raises(MtcError, match="float budget"):
+        Int8Config(float_budget=2.0)

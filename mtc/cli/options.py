@@ -41,7 +41,11 @@ def quantization_options(command):
         click.option("--no-fallback", is_flag=True, help="Do not move sensitive layers back to float."),
         click.option("--keep-float", default=None, metavar="LAYER[,LAYER...]",
                      help="Layers (ONNX node names) kept in float from the start, e.g. the most sensitive ones "
-                          "in report.html (on RVM: Conv_158)."),
+                          "in report.html."),
+        click.option("--float-budget", type=click.FloatRange(0, 100), default=None, metavar="PERCENT",
+                     help="Share of the model's MACs that may stay in float where returning a layer to float "
+                          "removes the most error per MAC (measured one layer at a time; 0 turns it off) "
+                          "[default: speed 4, tensorrt 0]."),
         click.option("--no-equalize", is_flag=True,
                      help="Do not rescale the inputs of quantized convs' channel Concats (on by default: same "
                           "function in float, lower INT8 error; see the README)."),
@@ -82,7 +86,7 @@ def build_gates(precision: str, max_mad: float | None, max_dtssd: float | None, 
 
 
 def run_quantization(source, output, *, precision, preset, method, weight_rounding, calib, calib_frames, check_source,
-                     max_mad, max_dtssd, gates_file, no_fallback, no_equalize, keep_float, force):
+                     max_mad, max_dtssd, gates_file, no_fallback, no_equalize, keep_float, float_budget, force):
     """Call the library and turn a gate failure into a one-line error after the report is written."""
     from pathlib import Path
 
@@ -92,7 +96,8 @@ def run_quantization(source, output, *, precision, preset, method, weight_roundi
 
     keep = tuple(name.strip() for name in keep_float.split(",") if name.strip()) if keep_float else None
     config = make_preset(preset, method=method, weight_rounding=weight_rounding, exclude_nodes=keep,
-                         fallback=False if no_fallback else None, equalize_concats=False if no_equalize else None)
+                         fallback=False if no_fallback else None, equalize_concats=False if no_equalize else None,
+                         float_budget=None if float_budget is None else float_budget / 100)
     gates = build_gates(precision, max_mad, max_dtssd, gates_file)
     data = DataPlan(calib=calib, calib_frames=calib_frames, check=check_source)
     outcome = quantize_artifact(Path(source), Path(output), precision=precision, config=config, gates=gates,

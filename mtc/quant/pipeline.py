@@ -1,7 +1,8 @@
 """`mtc quantize`: an FP32 artifact in, a checked INT8 or FP16 artifact out.
 
 calibrate (state-aware) -> ranges -> Q/DQ plan -> check against FP32 on held-out clips ->
-per-layer sensitivity and fallback until the gates pass -> artifact + report. A model that
+float budget (remove-one-at-a-time sensitivity) -> per-layer sensitivity and fallback until the
+gates pass -> artifact + report. A model that
 cannot pass its gates is not written as an artifact: the folder gets the report and the
 rejected model, no manifest, and the command fails.
 """
@@ -33,7 +34,7 @@ from mtc.quant.fp16 import convert_to_fp16, overflow_prone_nodes
 from mtc.quant.gptq import conv_hessians, gptq_weights
 from mtc.quant.qdq import INT8_MAX, UINT8_MAX, ActivationRange, insert_qdq, plan_qdq
 from mtc.quant.ranges import TensorStats, asymmetric_range, collect_stats, threshold
-from mtc.quant.sensitivity import fallback_until_gates_pass, layer_sensitivity
+from mtc.quant.sensitivity import fallback_until_gates_pass, layer_sensitivity, removal_sensitivity, spend_float_budget
 from mtc.runtime.backends import OrtBackend
 from mtc.runtime.progress import frame_progress
 
@@ -121,8 +122,9 @@ def quantize_artifact(source: Path, output: Path, *, precision: str, config: Int
     reference = ReferenceAlphas(io, OrtBackend(fp32_path), check_clips(io, data))
     timings["data_s"] = time.perf_counter() - started
 
+    all_int8 = None
     if precision == "int8":
-        candidate, check, details = _int8(model, feeds, reference, config, gates, timings)
+        candidate, all_int8, check, details = _int8(model, feeds, reference, config, gates, timings)
     else:
         candidate, check, details = _fp16(model, feeds, reference, gates, timings)
 
@@ -134,17 +136,19 @@ def quantize_artifact(source: Path, output: Path, *, precision: str, config: Int
                                   for c in calib]},
         **details,
     }
-    report["speed"] = measure_speed(io, fp32_path, candidate, reference.clips[0])
+    report["speed"] = measure_speed(io, fp32_path, candidate, reference.clips[0], all_int8=all_int8)
     _write(output, source, manifest, candidate, check, report, precision, config, len(feeds), overwrite)
     return Outcome(output, check.passed, check, report)
 
 
 def _int8(model, feeds, reference, config: Int8Config, gates: Gates, timings):
     excluded = set(config.exclude_nodes)
-    if config.min_mac_share > 0:
+    mac_share = {}
+    if config.min_mac_share > 0 or config.float_budget > 0:
         macs = node_macs(model, feeds[0])
         total = sum(macs.values()) or 1
-        excluded |= {name for name, value in macs.items() if value / total < config.min_mac_share}
+        mac_share = {name: value / total for name, value in macs.items()}
+        excluded |= {name for name, share in mac_share.items() if share < config.min_mac_share}
     plan = plan_qdq(model, op_types=config.op_types, exclude_nodes=excluded, quantize_outputs=config.quantize_outputs)
     if not plan.nodes:
         raise MtcError("nothing to quantize: the model has no eligible layers", hint="check --op-types")
@@ -200,24 +204,41 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, timings):
                         "equalized_concat_inputs": [{"conv": g.conv, "input": g.tensor, "scale": round(g.scale, 4)}
                                                     for g in equalized],
                         "all_int8_check": first.to_dict()}}
-    final_plan, check, fallback = plan, first, []
-    if not first.passed and config.fallback:
-        log.info("all-INT8 misses the gates (%s): measuring per-layer sensitivity", "; ".join(first.failures))
+    final_plan, check, budget_layers = plan, first, []
+    affordable = [n for n in plan.node_names if 0 < mac_share.get(n, 0.0) <= config.float_budget]
+    if affordable and len(plan.nodes) > 1:
+        started = time.perf_counter()
+        probe = reference.head(clips=len(reference.clips), frames=12)  # every setting: HD has its own weak spots
+        with frame_progress("float budget: layers back to float one at a time", total=len(affordable) + 1) as advance:
+            baseline, removal = removal_sensitivity(build, plan, probe, affordable, progress=advance)
+        budget_layers = spend_float_budget(baseline, removal, mac_share, config.float_budget)
+        if budget_layers:
+            final_plan = plan.without(budget_layers)
+            check = reference.check(OrtBackend(build(final_plan).SerializeToString()), gates)
+        timings["float_budget_s"] = time.perf_counter() - started
+        details["removal_sensitivity"] = {"all_int8": baseline, "layers": removal}
+        details["int8"]["float_budget"] = {
+            "budget_mac_share": config.float_budget, "layers": budget_layers,
+            "mac_share": round(sum(mac_share.get(n, 0.0) for n in budget_layers), 4)}
+    fallback = []
+    if not check.passed and config.fallback:
+        log.info("INT8 misses the gates (%s): measuring per-layer sensitivity", "; ".join(check.failures))
         started = time.perf_counter()
         probe = reference.head(clips=1, frames=12)  # one layer at a time: keep the probe short
-        with frame_progress("layer sensitivity", total=len(plan.nodes)) as advance:
-            sensitivity = layer_sensitivity(build, plan, probe, progress=advance)
+        with frame_progress("layer sensitivity", total=len(final_plan.nodes)) as advance:
+            sensitivity = layer_sensitivity(build, final_plan, probe, progress=advance)
         timings["sensitivity_s"] = time.perf_counter() - started
         started = time.perf_counter()
-        result = fallback_until_gates_pass(build, plan, reference, gates, sensitivity,
+        result = fallback_until_gates_pass(build, final_plan, reference, gates, sensitivity,
                                            max_fraction=config.max_fallback_fraction)
         timings["fallback_s"] = time.perf_counter() - started
         final_plan, check, fallback = result.plan, result.check, result.fallback_nodes
         details["sensitivity"] = sensitivity
         details["fallback_steps"] = result.steps
-    details["int8"]["fallback_layers"] = fallback
+    details["int8"]["fallback_layers"] = budget_layers + fallback
     details["int8"]["int8_layers"] = len(final_plan.nodes)
-    return build(final_plan), check, details
+    all_int8 = build(plan) if final_plan is not plan else None
+    return build(final_plan), all_int8, check, details
 
 
 def activation_range(stats: TensorStats, config: Int8Config) -> ActivationRange:
@@ -272,11 +293,20 @@ def interleaved_fps(io, models: dict[str, Path | bytes], clip: Clip, *, rounds: 
     return {name: 1.0 / float(np.median(t)) for name, t in times.items()}
 
 
-def measure_speed(io, fp32_path: Path, candidate: onnx.ModelProto, clip: Clip) -> dict:
-    """FP32 vs the candidate (indicative only; benchmarks/ has the controlled comparison)."""
-    fps = interleaved_fps(io, {"fp32": fp32_path, "candidate": candidate.SerializeToString()}, clip)
-    return {"backend": "onnxruntime-cpu", "clip": clip.name, "fps_fp32": fps["fp32"], "fps": fps["candidate"],
-            "speedup": fps["candidate"] / fps["fp32"]}
+def measure_speed(io, fp32_path: Path, candidate: onnx.ModelProto, clip: Clip, *,
+                  all_int8: onnx.ModelProto | None = None) -> dict:
+    """FP32 vs the candidate, and vs the all-INT8 model when layers went back to float: what
+    the fallback cost (indicative only; benchmarks/ has the controlled comparison)."""
+    models = {"fp32": fp32_path, "candidate": candidate.SerializeToString()}
+    if all_int8 is not None:
+        models["all_int8"] = all_int8.SerializeToString()
+    fps = interleaved_fps(io, models, clip)
+    speed = {"backend": "onnxruntime-cpu", "clip": clip.name, "fps_fp32": fps["fp32"], "fps": fps["candidate"],
+             "speedup": fps["candidate"] / fps["fp32"]}
+    if all_int8 is not None:
+        speed["fps_all_int8"] = fps["all_int8"]
+        speed["float_layers_cost"] = 1.0 - fps["candidate"] / fps["all_int8"]  # share of all-INT8 FPS given up
+    return speed
 
 
 def _write(output: Path, source: Path, manifest: Manifest, candidate: onnx.ModelProto, check: CheckResult, report: dict,

@@ -56,7 +56,7 @@ def bar_chart(values: dict[str, float], *, title: str, highlight: set[str] = fro
              f'<text x="4" y="14" font-weight="bold">{html.escape(title)}</text>']
     for i, (name, value) in enumerate(items):
         y = 22 + i * bar
-        length = (width - 230) * value / top
+        length = max(0.0, (width - 230) * value / top)  # a negative value (e.g. a gain that is a loss) has no bar
         color = "#d62728" if name in highlight else "#1f77b4"
         parts.append(f'<text x="4" y="{y + 10}">{html.escape(name[:24])}</text>')
         parts.append(f'<rect x="160" y="{y}" width="{length:.1f}" height="{bar - 3}" fill="{color}"/>')
@@ -94,8 +94,10 @@ def render_html(report: dict, check: CheckResult) -> str:
     ]
     speed = report.get("speed")
     if speed:
+        cost = (f" All-INT8 ran {speed['fps_all_int8']:.1f} FPS: the layers kept in float cost "
+                f"{speed['float_layers_cost']:.1%} of it." if "fps_all_int8" in speed else "")
         sections.append(f"<p>ONNX Runtime CPU, {html.escape(speed['clip'])}: {speed['fps']:.1f} FPS vs FP32 "
-                        f"{speed['fps_fp32']:.1f} FPS (×{speed['speedup']:.2f}; indicative, see benchmarks/).</p>")
+                        f"{speed['fps_fp32']:.1f} FPS (×{speed['speedup']:.2f}; indicative, see benchmarks/).{cost}</p>")
     for c in check.clips:
         limit_mad, limit_dt = check.gates.max_mad, check.gates.max_dtssd
         sections.append(f"<h2>{html.escape(c.name)} ({c.resolution}, ratio {c.downsample_ratio})</h2>")
@@ -116,6 +118,16 @@ def render_html(report: dict, check: CheckResult) -> str:
         gains = int8["gptq_error_ratio"]
         sections.append(bar_chart(dict(sorted(gains.items(), key=lambda kv: -kv[1])[:40]),
                                   title="GPTQ weight rounding: layer-output error of round-to-nearest / GPTQ (×)"))
+    if report.get("removal_sensitivity"):
+        removal = report["removal_sensitivity"]
+        base = removal["all_int8"]["mad"] + removal["all_int8"]["dtssd"]
+        gains = {k: base - (v["mad"] + v["dtssd"]) for k, v in removal["layers"].items()}
+        budget = int8.get("float_budget", {}) if int8 else {}
+        sections.append(bar_chart(dict(sorted(gains.items(), key=lambda kv: -kv[1])[:40]),
+                                  title="float budget: MAD + dtSSD removed by returning that layer alone to float "
+                                        f"(all-INT8 {base:.3f}; red: kept in float, "
+                                        f"{budget.get('mac_share', 0):.1%} of the MACs)",
+                                  highlight=set(budget.get("layers", ()))))
     if report.get("sensitivity"):
         fallback = set(int8["fallback_layers"]) if int8 else set()
         scores = {k: v["mad"] + v["dtssd"] for k, v in report["sensitivity"].items()}

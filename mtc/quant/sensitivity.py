@@ -1,7 +1,11 @@
-"""Per-layer sensitivity and automatic fallback.
+"""Per-layer sensitivity, the float budget and automatic fallback.
 
-Sensitivity of a layer = the temporal and spatial error (dtSSD + MAD vs FP32) when that layer
-alone is quantized. Fallback keeps the most sensitive layers in float, doubling how many until
+Two views of a layer's sensitivity, each the temporal and spatial error (dtSSD + MAD vs FP32):
+- quantize one at a time: the error with that layer alone in INT8 (what it adds on its own);
+- remove one at a time: the error with every layer but that one in INT8 (what returning it to
+  float buys in the real, fully quantized model, where errors compound).
+The float budget spends a small share of the model's MACs on the layers whose removal buys the
+most error per MAC. Fallback keeps the most sensitive layers in float, doubling how many until
 the gates pass, then trims the set back down (layers whose return to INT8 keeps the gates green
 go back), so the artifact keeps as much INT8 as the gates allow.
 """
@@ -9,7 +13,7 @@ go back), so the artifact keeps as much INT8 as the gates allow.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import onnx
@@ -29,17 +33,54 @@ def candidate_backend(build: Builder, plan: QdqPlan) -> OrtBackend:
     return OrtBackend(build(plan).SerializeToString())
 
 
+def _worst(result: CheckResult) -> dict[str, float]:
+    return {"mad": max(c.mad for c in result.clips), "dtssd": max(c.dtssd for c in result.clips)}
+
+
 def layer_sensitivity(build: Builder, plan: QdqPlan, probe: ReferenceAlphas, *,
                       progress: Callable[[], None] | None = None) -> dict[str, dict[str, float]]:
     """MAD and dtSSD vs FP32 on the probe clips with only one layer quantized, for every layer."""
     scores = {}
     no_gates = Gates(max_mad=None, max_dtssd=None)
     for name in plan.node_names:
-        result = probe.check(candidate_backend(build, plan.only([name])), no_gates, with_grad=False)
-        scores[name] = {"mad": max(c.mad for c in result.clips), "dtssd": max(c.dtssd for c in result.clips)}
+        scores[name] = _worst(probe.check(candidate_backend(build, plan.only([name])), no_gates, with_grad=False))
         if progress:
             progress()
     return scores
+
+
+def removal_sensitivity(build: Builder, plan: QdqPlan, probe: ReferenceAlphas, layers: Sequence[str], *,
+                        progress: Callable[[], None] | None = None
+                        ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Worst-clip MAD and dtSSD vs FP32 on the probe clips with every layer in INT8 (the
+    baseline), then with every layer but one, for each of `layers`."""
+    no_gates = Gates(max_mad=None, max_dtssd=None)
+    baseline = _worst(probe.check(candidate_backend(build, plan), no_gates, with_grad=False))
+    if progress:
+        progress()
+    scores = {}
+    for name in layers:
+        scores[name] = _worst(probe.check(candidate_backend(build, plan.without([name])), no_gates, with_grad=False))
+        if progress:
+            progress()
+    return baseline, scores
+
+
+def spend_float_budget(baseline: dict[str, float], removal: dict[str, dict[str, float]], mac_share: dict[str, float],
+                       budget: float, *, min_gain: float = 0.05) -> list[str]:
+    """The layers to keep in float: most error removed per MAC first, while their MACs fit in
+    `budget` (a share of the model's). A layer qualifies only if returning it to float lowers the
+    probe's MAD + dtSSD by at least `min_gain` of the all-INT8 value: below that the gain is
+    indistinguishable from how the probe's error varies between layers that do not matter."""
+    total = baseline["mad"] + baseline["dtssd"]
+    gains = {name: total - (s["mad"] + s["dtssd"]) for name, s in removal.items()}
+    qualified = [name for name, gain in gains.items() if gain >= min_gain * total and gain > 0]
+    chosen, spent = [], 0.0
+    for name in sorted(qualified, key=lambda n: -gains[n] / max(mac_share.get(n, 0.0), 1e-9)):
+        if spent + mac_share.get(name, 0.0) <= budget:
+            chosen.append(name)
+            spent += mac_share.get(name, 0.0)
+    return chosen
 
 
 @dataclass
@@ -58,8 +99,7 @@ def fallback_until_gates_pass(build: Builder, plan: QdqPlan, check: ReferenceAlp
 
     def attempt(excluded: list[str]) -> CheckResult:
         result = check.check(candidate_backend(build, plan.without(excluded)), gates, with_grad=False)
-        steps.append({"float_layers": len(excluded), "mad": max(c.mad for c in result.clips),
-                      "dtssd": max(c.dtssd for c in result.clips), "passed": result.passed})
+        steps.append({"float_layers": len(excluded), **_worst(result), "passed": result.passed})
         log.info("fallback: %d layers in float -> worst MAD %.3f, dtSSD %.3f (%s)", len(excluded), steps[-1]["mad"],
                  steps[-1]["dtssd"], "pass" if result.passed else "fail")
         return result
