@@ -738,3 +738,52 @@ def test_float_budget_outside_zero_to_one_is_refused():
 
     with pytest.raises(MtcError, match="float budget"):
         Int8Config(float_budget=2.0)
+
+
+def test_shortest_passing_prefix_doubles_then_bisects():
+    from mtc.quant.fp16 import shortest_passing_prefix
+
+    order = [f"op{i}" for i in range(100)]
+    trials = []
+
+    def needs_nine(prefix):
+        trials.append(len(prefix))
+        return len(prefix) >= 9
+
+    assert shortest_passing_prefix(order, needs_nine, limit=50) == order[:9]
+    assert trials[:5] == [1, 2, 4, 8, 16] and len(trials) <= 2 * 7
+    assert shortest_passing_prefix(order, needs_nine, limit=8) is None  # not within the limit
+    assert shortest_passing_prefix(order, lambda prefix: True, limit=50) == order[:1]
+    assert shortest_passing_prefix(order[:3], lambda prefix: len(prefix) == 3, limit=50) == order[:3]
+
+
+def _fp16_sensitive_stem_artifact(folder):
+    """A stem whose weights FP16 cannot hold (1000.3 becomes 1000.5) feeding a scaled sigmoid."""
+    src = helper.make_tensor_value_info("src", TensorProto.FLOAT, [1, 3, "h", "w"])
+    alpha = helper.make_tensor_value_info("pha", TensorProto.FLOAT, [1, 1, "h", "w"])
+    stem, inits = _conv("stem", "src", "a", 3, 1, k=1,
+                        weights=np.array([1000.3, -1000.1, 0.0], np.float32).reshape(1, 3, 1, 1))
+    nodes = [stem, helper.make_node("Mul", ["a", "k"], ["b"], name="scale"),
+             helper.make_node("Relu", ["b"], ["c"], name="relu"), helper.make_node("Sigmoid", ["c"], ["pha"], name="sig")]
+    scale = numpy_helper.from_array(np.array(0.01, np.float32), "k")
+    return _save_artifact(folder, _model(nodes, inits + [scale], [src], [alpha]))
+
+
+def test_fp16_fallback_keeps_the_shortest_fp32_prefix_that_passes(tmp_path):
+    source = _fp16_sensitive_stem_artifact(tmp_path / "toy")
+    gates = Gates(max_mad=0.1, max_dtssd=0.1)
+    outcome = quantize_artifact(source, tmp_path / "fp16", precision="fp16", gates=gates, data=SMALL)
+    fp16 = outcome.report["fp16"]
+    all_fp16 = max(c["mad"] for c in fp16["all_fp16_check"]["clips"])
+    assert all_fp16 > 0.1  # the case is built to need fallback
+    assert outcome.passed and fp16["fp32_prefix"] == ["stem"] and fp16["kept_fp32"] == ["stem"]
+    assert max(c.mad for c in outcome.check.clips) < all_fp16 / 4
+    assert [s["float_layers"] for s in outcome.report["fallback_steps"]] == [1]
+    model = onnx.load(str(tmp_path / "fp16" / "model.onnx"))
+    stem = next(n for n in model.graph.node if n.name == "stem")
+    assert next(i for i in model.graph.initializer if i.name == stem.input[1]).data_type == TensorProto.FLOAT
+    assert "shortest graph prefix that passes the gates: stem" in (tmp_path / "fp16" / "report.html").read_text()
+
+    refused = quantize_artifact(source, tmp_path / "strict", precision="fp16", gates=gates, data=SMALL,
+                                config=Int8Config(fallback=False))
+    assert not refused.passed and refused.report["fp16"]["fp32_prefix"] == []

@@ -27,6 +27,10 @@ def test_int8_rvm_passes_its_gates(rvm_int8):
         assert clip.mad <= 2.0 and clip.dtssd <= 2.0 and not clip.nonfinite_frames
     report = json.loads((rvm_int8.folder / "report.json").read_text())
     assert report["int8"]["int8_layers"] >= report["int8"]["quantized_layers"] // 2  # mostly INT8, not all fallback
+    # The float budget measured every layer it could afford and spent at most 4% of the MACs.
+    budget = report["int8"]["float_budget"]
+    assert budget["mac_share"] <= 0.04 and set(budget["layers"]) <= set(report["removal_sensitivity"]["layers"])
+    assert len(report["removal_sensitivity"]["layers"]) >= 5
 
 
 def test_int8_rvm_artifact_is_really_int8_and_runs(rvm_int8, rvm_artifact):

@@ -30,7 +30,7 @@ from mtc.quant.calibration import BUILTIN, Clip, load_clips, record_feeds
 from mtc.quant.checks import CheckResult, ReferenceAlphas
 from mtc.quant.config import Gates, Int8Config
 from mtc.quant.equalize import equalize_concat_inputs
-from mtc.quant.fp16 import convert_to_fp16, overflow_prone_nodes
+from mtc.quant.fp16 import convert_to_fp16, fp16_compute_nodes, overflow_prone_nodes, shortest_passing_prefix
 from mtc.quant.gptq import conv_hessians, gptq_weights
 from mtc.quant.qdq import INT8_MAX, UINT8_MAX, ActivationRange, insert_qdq, plan_qdq
 from mtc.quant.ranges import TensorStats, asymmetric_range, collect_stats, threshold
@@ -126,7 +126,7 @@ def quantize_artifact(source: Path, output: Path, *, precision: str, config: Int
     if precision == "int8":
         candidate, all_int8, check, details = _int8(model, feeds, reference, config, gates, timings)
     else:
-        candidate, check, details = _fp16(model, feeds, reference, gates, timings)
+        candidate, check, details = _fp16(model, feeds, reference, config, gates, timings)
 
     report = {
         "model": manifest.model, "variant": manifest.variant, "precision": precision,
@@ -251,21 +251,50 @@ def activation_range(stats: TensorStats, config: Int8Config) -> ActivationRange:
     return -amax, amax
 
 
-def _fp16(model, feeds, reference, gates: Gates, timings):
+def _fp16(model, feeds, reference, config: Int8Config, gates: Gates, timings):
     started = time.perf_counter()
     # Constants are not activations (some hold +-inf as clip bounds); they are cast, not computed.
     names = sorted({o for n in model.graph.node if n.op_type != "Constant" for o in n.output if o})
     floats = {v.name for v in model.graph.value_info if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
     stats = collect_stats(model, [n for n in names if n in floats], feeds)
     magnitudes = {name: s.amax for name, s in stats.items()}
-    keep = overflow_prone_nodes(model, magnitudes)
-    candidate = convert_to_fp16(model, keep_fp32=keep)
+    overflow = overflow_prone_nodes(model, magnitudes)
+    candidate = convert_to_fp16(model, keep_fp32=overflow)
     timings["convert_s"] = time.perf_counter() - started
     started = time.perf_counter()
     check = reference.check(OrtBackend(candidate.SerializeToString()), gates)
     timings["check_s"] = time.perf_counter() - started
     peak = max((m for m in magnitudes.values() if np.isfinite(m)), default=0.0)
-    return candidate, check, {"fp16": {"kept_fp32": keep, "peak_activation": peak}}
+    details = {"fp16": {"kept_fp32": overflow, "overflow_prone": overflow, "fp32_prefix": [], "all_fp16_check": None,
+                        "peak_activation": peak}}
+    if check.passed or not config.fallback:
+        return candidate, check, details
+
+    log.info("FP16 misses the gates (%s): searching the shortest FP32 prefix that passes", "; ".join(check.failures))
+    started = time.perf_counter()
+    order = fp16_compute_nodes(model, overflow)
+    steps = []
+
+    def passes(prefix: list[str]) -> bool:
+        trial = convert_to_fp16(model, keep_fp32=overflow + prefix)
+        result = reference.check(OrtBackend(trial.SerializeToString()), gates, with_grad=False)
+        steps.append({"float_layers": len(prefix), "mad": max(c.mad for c in result.clips),
+                      "dtssd": max(c.dtssd for c in result.clips), "passed": result.passed})
+        log.info("FP16 fallback: first %d ops in FP32 -> worst MAD %.3f (%s)", len(prefix), steps[-1]["mad"],
+                 "pass" if result.passed else "fail")
+        return result.passed
+
+    prefix = shortest_passing_prefix(order, passes, limit=max(1, int(len(order) * config.max_fallback_fraction)))
+    timings["fallback_s"] = time.perf_counter() - started
+    details["fallback_steps"] = steps
+    details["fp16"]["all_fp16_check"] = check.to_dict()
+    if prefix is None:
+        return candidate, check, details
+    details["fp16"]["fp32_prefix"] = prefix
+    details["fp16"]["kept_fp32"] = overflow + prefix
+    # The search's checks skip Grad; the final one is the full check of the model that ships.
+    final = convert_to_fp16(model, keep_fp32=overflow + prefix)
+    return final, reference.check(OrtBackend(final.SerializeToString()), gates), details
 
 
 def interleaved_fps(io, models: dict[str, Path | bytes], clip: Clip, *, rounds: int = 3, frames: int = 8

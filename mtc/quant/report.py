@@ -140,9 +140,12 @@ def render_html(report: dict, check: CheckResult) -> str:
         sections.append("<h2>Fallback search</h2><table border=1 cellpadding=4><tr><th>layers in float</th>"
                         f"<th>worst MAD</th><th>worst dtSSD</th><th>gates</th></tr>{steps}</table>")
     if report.get("fp16"):
-        kept = report["fp16"]["kept_fp32"]
-        sections.append(f"<h2>FP16</h2><p>Peak activation {report['fp16']['peak_activation']:.4g}; kept in FP32 "
-                        f"(measured overflow risk): {html.escape(', '.join(kept) or 'none')}.</p>")
+        fp16 = report["fp16"]
+        prefix = fp16.get("fp32_prefix", [])
+        sections.append(f"<h2>FP16</h2><p>Peak activation {fp16['peak_activation']:.4g}; kept in FP32 for measured "
+                        f"overflow risk: {html.escape(', '.join(fp16.get('overflow_prone', fp16['kept_fp32'])) or 'none')}"
+                        f"; kept in FP32 as the shortest graph prefix that passes the gates: "
+                        f"{html.escape(', '.join(prefix) or 'none')}.</p>")
     body = "\n".join(sections)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>mtc report</title>"
             f"<style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}}td,th{{font-size:13px}}</style>"
