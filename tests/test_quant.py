@@ -787,3 +787,20 @@ def test_fp16_fallback_keeps_the_shortest_fp32_prefix_that_passes(tmp_path):
     refused = quantize_artifact(source, tmp_path / "strict", precision="fp16", gates=gates, data=SMALL,
                                 config=Int8Config(fallback=False))
     assert not refused.passed and refused.report["fp16"]["fp32_prefix"] == []
+
+
+def test_float_budget_flag_sets_the_share_in_percent_and_zero_turns_it_off(tmp_path):
+    source = _toy_artifact(tmp_path / "toy")
+    base = [sys.executable, "-m", "mtc", "quantize", str(source), "--int8", "--preset", "tensorrt", "--method", "minmax",
+            "--no-fallback", "--max-mad", "1000", "--max-dtssd", "1000", "--calib-frames", "4"]
+    for budget, folder in (("80", "spent"), ("0", "off")):
+        result = subprocess.run([*base, "--float-budget", budget, "-o", str(tmp_path / folder)],
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr
+    spent = json.loads((tmp_path / "spent" / "report.json").read_text())
+    assert spent["int8"]["float_budget"]["budget_mac_share"] == pytest.approx(0.8)
+    assert spent["int8"]["float_budget"]["layers"] == ["conv2"]
+    off = json.loads((tmp_path / "off" / "report.json").read_text())
+    assert "float_budget" not in off["int8"] and "removal_sensitivity" not in off
+    result = subprocess.run([*base, "--float-budget", "150", "-o", str(tmp_path / "bad")], capture_output=True, text=True)
+    assert result.returncode != 0 and "150" in result.stderr and not (tmp_path / "bad").exists()

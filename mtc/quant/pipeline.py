@@ -2,9 +2,8 @@
 
 calibrate (state-aware) -> ranges -> Q/DQ plan -> check against FP32 on held-out clips ->
 float budget (remove-one-at-a-time sensitivity) -> per-layer sensitivity and fallback until the
-gates pass -> artifact + report. A model that
-cannot pass its gates is not written as an artifact: the folder gets the report and the
-rejected model, no manifest, and the command fails.
+gates pass -> artifact + report. A model that cannot pass its gates is not written as an
+artifact: the folder gets the report and the rejected model, no manifest, and the command fails.
 """
 
 from __future__ import annotations
@@ -34,7 +33,13 @@ from mtc.quant.fp16 import convert_to_fp16, fp16_compute_nodes, overflow_prone_n
 from mtc.quant.gptq import conv_hessians, gptq_weights
 from mtc.quant.qdq import INT8_MAX, UINT8_MAX, ActivationRange, insert_qdq, plan_qdq
 from mtc.quant.ranges import TensorStats, asymmetric_range, collect_stats, threshold
-from mtc.quant.sensitivity import fallback_until_gates_pass, layer_sensitivity, removal_sensitivity, spend_float_budget
+from mtc.quant.sensitivity import (
+    fallback_until_gates_pass,
+    layer_sensitivity,
+    removal_sensitivity,
+    spend_float_budget,
+    worst_clip_errors,
+)
 from mtc.runtime.backends import OrtBackend
 from mtc.runtime.progress import frame_progress
 
@@ -278,8 +283,7 @@ def _fp16(model, feeds, reference, config: Int8Config, gates: Gates, timings):
     def passes(prefix: list[str]) -> bool:
         trial = convert_to_fp16(model, keep_fp32=overflow + prefix)
         result = reference.check(OrtBackend(trial.SerializeToString()), gates, with_grad=False)
-        steps.append({"float_layers": len(prefix), "mad": max(c.mad for c in result.clips),
-                      "dtssd": max(c.dtssd for c in result.clips), "passed": result.passed})
+        steps.append({"float_layers": len(prefix), **worst_clip_errors(result), "passed": result.passed})
         log.info("FP16 fallback: first %d ops in FP32 -> worst MAD %.3f (%s)", len(prefix), steps[-1]["mad"],
                  "pass" if result.passed else "fail")
         return result.passed

@@ -33,7 +33,8 @@ def candidate_backend(build: Builder, plan: QdqPlan) -> OrtBackend:
     return OrtBackend(build(plan).SerializeToString())
 
 
-def _worst(result: CheckResult) -> dict[str, float]:
+def worst_clip_errors(result: CheckResult) -> dict[str, float]:
+    """The worst clip's MAD and the worst clip's dtSSD."""
     return {"mad": max(c.mad for c in result.clips), "dtssd": max(c.dtssd for c in result.clips)}
 
 
@@ -43,7 +44,8 @@ def layer_sensitivity(build: Builder, plan: QdqPlan, probe: ReferenceAlphas, *,
     scores = {}
     no_gates = Gates(max_mad=None, max_dtssd=None)
     for name in plan.node_names:
-        scores[name] = _worst(probe.check(candidate_backend(build, plan.only([name])), no_gates, with_grad=False))
+        result = probe.check(candidate_backend(build, plan.only([name])), no_gates, with_grad=False)
+        scores[name] = worst_clip_errors(result)
         if progress:
             progress()
     return scores
@@ -55,12 +57,13 @@ def removal_sensitivity(build: Builder, plan: QdqPlan, probe: ReferenceAlphas, l
     """Worst-clip MAD and dtSSD vs FP32 on the probe clips with every layer in INT8 (the
     baseline), then with every layer but one, for each of `layers`."""
     no_gates = Gates(max_mad=None, max_dtssd=None)
-    baseline = _worst(probe.check(candidate_backend(build, plan), no_gates, with_grad=False))
+    baseline = worst_clip_errors(probe.check(candidate_backend(build, plan), no_gates, with_grad=False))
     if progress:
         progress()
     scores = {}
     for name in layers:
-        scores[name] = _worst(probe.check(candidate_backend(build, plan.without([name])), no_gates, with_grad=False))
+        result = probe.check(candidate_backend(build, plan.without([name])), no_gates, with_grad=False)
+        scores[name] = worst_clip_errors(result)
         if progress:
             progress()
     return baseline, scores
@@ -99,7 +102,7 @@ def fallback_until_gates_pass(build: Builder, plan: QdqPlan, check: ReferenceAlp
 
     def attempt(excluded: list[str]) -> CheckResult:
         result = check.check(candidate_backend(build, plan.without(excluded)), gates, with_grad=False)
-        steps.append({"float_layers": len(excluded), **_worst(result), "passed": result.passed})
+        steps.append({"float_layers": len(excluded), **worst_clip_errors(result), "passed": result.passed})
         log.info("fallback: %d layers in float -> worst MAD %.3f, dtSSD %.3f (%s)", len(excluded), steps[-1]["mad"],
                  steps[-1]["dtssd"], "pass" if result.passed else "fail")
         return result
