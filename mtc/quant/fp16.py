@@ -4,8 +4,9 @@ Which ops stay FP32 is measured, not guessed: any op whose output magnitude on t
 data exceeds FP16's range (with headroom) stays FP32, as does any normalization whose input
 magnitude squared would overflow the variance it computes (MODNet's InstanceNorm). When the
 result still misses its gates, the shortest FP32 prefix of the graph that passes is searched:
-FP16 rounding early in the graph reaches every later layer (on RVM at HD the stem, the first
-nine ops, is what separates MAD 0.16 from 0.098 on a grey scene).
+FP16 rounding early in the graph reaches every later layer. On RVM checked on a six-scene
+video, the first 5 ops (input resize and normalisation, the stem conv) in FP32 took the worst
+MAD vs FP32 from 0.112 to 0.097.
 """
 
 from __future__ import annotations
