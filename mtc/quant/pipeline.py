@@ -197,7 +197,8 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, timings):
         return apply_corrections(quantized, {k: v for k, v in corrections.items() if k in chosen})
 
     started = time.perf_counter()
-    first = reference.check(OrtBackend(build(plan).SerializeToString()), gates)
+    all_int8 = build(plan)
+    first = reference.check(OrtBackend(all_int8.SerializeToString()), gates)
     timings["check_s"] = time.perf_counter() - started
     details = {"int8": {"method": config.method, "quantize_outputs": config.quantize_outputs,
                         "affine_correction": config.affine_correction, "weight_rounding": config.weight_rounding,
@@ -243,7 +244,8 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, timings):
         details["fallback_steps"] = result.steps
     details["int8"]["fallback_layers"] = budget_layers + fallback
     details["int8"]["int8_layers"] = len(final_plan.nodes)
-    all_int8 = build(plan) if final_plan is not plan else None
+    if final_plan is plan:
+        return all_int8, None, check, details
     return build(final_plan), all_int8, check, details
 
 
@@ -279,11 +281,13 @@ def _fp16(model, feeds, reference, config: Int8Config, gates: Gates, timings):
     log.info("FP16 misses the gates (%s): searching the shortest FP32 prefix that passes", "; ".join(check.failures))
     started = time.perf_counter()
     order = fp16_compute_nodes(model, overflow)
-    steps = []
+    steps, passing = [], {}  # passing: prefix length -> (model, its check), so the winner is not redone
 
     def passes(prefix: list[str]) -> bool:
         trial = convert_to_fp16(model, keep_fp32=overflow + prefix)
-        result = reference.check(OrtBackend(trial.SerializeToString()), gates, with_grad=False)
+        result = reference.check(OrtBackend(trial.SerializeToString()), gates)
+        if result.passed:
+            passing[len(prefix)] = trial, result
         steps.append({"float_layers": len(prefix), **worst_clip_errors(result), "passed": result.passed})
         log.info("FP16 fallback: first %d ops in FP32 -> worst MAD %.3f (%s)", len(prefix), steps[-1]["mad"],
                  "pass" if result.passed else "fail")
@@ -297,9 +301,8 @@ def _fp16(model, feeds, reference, config: Int8Config, gates: Gates, timings):
         return candidate, check, details
     details["fp16"]["fp32_prefix"] = prefix
     details["fp16"]["kept_fp32"] = overflow + prefix
-    # The search's checks skip Grad; the final one is the full check of the model that ships.
-    final = convert_to_fp16(model, keep_fp32=overflow + prefix)
-    return final, reference.check(OrtBackend(final.SerializeToString()), gates), details
+    final, final_check = passing[len(prefix)]
+    return final, final_check, details
 
 
 def interleaved_fps(io, models: dict[str, Path | bytes], clip: Clip, *, rounds: int = 3, frames: int = 8
