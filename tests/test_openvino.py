@@ -149,3 +149,24 @@ def test_unreadable_model_is_a_clear_error(tmp_path):
     bad.write_bytes(b"not a model")
     with pytest.raises(MtcError, match="openvino cannot read"):
         OpenVinoBackend(bad)
+
+
+def test_rvm_fgr_and_pha_come_from_one_merged_output_bit_identical(rvm_artifact, monkeypatch):
+    # OpenVINO returns RVM's Split/Clip ending as one 4-channel tensor that the backend slices
+    # (mtc.runtime.backends.split_outputs); the values must be exactly those of the unmerged graph.
+    import mtc.runtime.backends.openvino as openvino_backend
+
+    io = mtc.runtime.load(rvm_artifact, backend="onnxruntime").io
+    feeds = io.example_feeds(128, 192, downsample_ratio=0.5)
+    feeds["src"] = np.stack([builtin_clip(ClipSpec(width=192, height=128, frames=1))[0].transpose(2, 0, 1)]) / 255
+    merged = OpenVinoBackend(rvm_artifact / "model.onnx", io=io, cache=False)
+    assert [m.parts for m in merged._merged.values()] == [(("fgr", 0, 3), ("pha", 3, 4))]
+    assert merged.output_names[:2] == ("fgr", "pha")
+    got = {k: v.copy() for k, v in merged.run(dict(feeds)).items()}
+    monkeypatch.setattr(openvino_backend, "merge_split_outputs", lambda model: (model, ()))
+    plain = OpenVinoBackend(rvm_artifact / "model.onnx", io=io, cache=False)
+    assert not plain._merged
+    expected = plain.run(dict(feeds))
+    assert got.keys() == expected.keys()
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name])

@@ -29,6 +29,7 @@ import numpy as np
 from mtc.errors import MtcError, exception_summary
 from mtc.manifest import ModelIO
 from mtc.runtime.backends.base import default_threads, is_broadcast_initial, require
+from mtc.runtime.backends.split_outputs import MergedOutput, merge_split_outputs
 
 log = logging.getLogger("mtc")
 
@@ -105,14 +106,15 @@ class OpenVinoBackend:
             if "BF16" not in capabilities:
                 raise MtcError("this CPU has no BF16 support, so OpenVINO would silently run FP32",
                                hint="use precision='fp32' (or a CPU with AVX-512 BF16 / AMX)")
+        graph, self._merged = _onnx_with_merged_outputs(Path(model))
         try:
-            self.model = self.core.read_model(str(model))
+            self.model = self.core.read_model(graph)
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses with long messages
             detail = exception_summary(exc, 300)
             raise MtcError(f"openvino cannot read {model}: {detail}",
                            hint="the file is corrupt or uses an op OpenVINO does not support; try backend='onnxruntime'") from None
         self.input_names = tuple(i.get_any_name() for i in self.model.inputs)
-        self.output_names = tuple(o.get_any_name() for o in self.model.outputs)
+        self.output_names = tuple(name for o in self.model.outputs for name in self._output_parts(o.get_any_name()))
         self.static_shapes = static_shapes
         self._states = {p.input: p.output for p in io.states} if io is not None else {}
         self._frozen = (io.downsample.input,) if io is not None and io.downsample is not None else ()
@@ -193,7 +195,7 @@ class OpenVinoBackend:
             raise MtcError(f"openvino compiled the model in {self.precision}, not the requested {self.requested_precision}",
                            hint="this OpenVINO/CPU cannot honour the precision; use precision='fp32'")
         inputs = tuple(_port_name(i, self.input_names) for i in compiled.inputs)
-        outputs = tuple(_port_name(o, self.output_names) for o in compiled.outputs)
+        outputs = tuple(_port_name(o, (*self._merged, *self.output_names)) for o in compiled.outputs)
         return _Compiled(compiled.create_infer_request(), state_shapes, inputs, outputs, seconds)
 
     def _describe_signature(self, feeds: dict) -> str:
@@ -244,8 +246,37 @@ class OpenVinoBackend:
         result = {}
         for index, name in enumerate(entry.output_names):
             data = request.get_output_tensor(index).data
-            result[name] = data.copy() if name in self._states.values() else data
+            if name in self._merged:
+                result.update(self._merged[name].split(data))
+            else:
+                result[name] = data.copy() if name in self._states.values() else data
         return result
+
+    def _output_parts(self, name: str) -> tuple[str, ...]:
+        merged = self._merged.get(name)
+        return (name,) if merged is None else tuple(part for part, _, _ in merged.parts)
+
+
+def _onnx_with_merged_outputs(path: Path) -> tuple[str | bytes, dict[str, MergedOutput]]:
+    """The model for read_model (its path, or the rewritten bytes) and the outputs merged in it.
+
+    See mtc.runtime.backends.split_outputs. Files that onnx cannot parse, or that keep their
+    weights outside, go to OpenVINO as they are (its reader gives the error, if any).
+    """
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not ONNX, or corrupt: OpenVINO's reader says which
+        return str(path), {}
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+        return str(path), {}
+    proto, merged = merge_split_outputs(proto)
+    if not merged:
+        return str(path), {}
+    log.debug("openvino: outputs %s read as one tensor each and sliced in numpy",
+              ", ".join("+".join(p for p, _, _ in m.parts) for m in merged))
+    return proto.SerializeToString(), {m.name: m for m in merged}
 
 
 def _port_name(port, known: tuple[str, ...]) -> str:
