@@ -17,11 +17,12 @@ INT8 (Q/DQ) artifacts follow the activation type. With signed int8 activations O
 low-precision transformations lose accuracy: on RVM, alpha MAD x1e3 vs FP32 of 30-44 for both
 onnxruntime's `quantize_static` output and an mtc int8-activation artifact, where ONNX Runtime
 running the same files gives 6-7 and 1-3 (benchmarks/bench_peers.py). With uint8 activations
-(mtc's `speed` preset, zero point 128) OpenVINO matches ONNX Runtime (MAD 1.37 vs 1.35, dtSSD
-0.844 vs 0.843 on evalset composites at 512x288) and runs 2.1x plain ONNX Runtime FP32 (23.7 vs
-11.6 FPS; 1.29x at 1920x1080 ratio 0.25). So `auto` sends uint8-activation INT8 artifacts to
-OpenVINO like FP32 ones and keeps int8-activation ones on ONNX Runtime; `backend="openvino"`
-still runs those (logged).
+(mtc's `speed` preset, zero point 128) OpenVINO matches ONNX Runtime (MAD 0.66 vs 0.62, dtSSD
+0.49 vs 0.48 on evalset composites at 512x288) and runs 1.91x plain ONNX Runtime FP32 where
+ONNX Runtime runs the same file at 1.57x; at 1920x1080 ratio 0.25 it is 1.35x against 1.44x
+(bench_peers, one run; the backend is chosen before the frame size is known). So `auto` sends
+uint8-activation INT8 artifacts to OpenVINO like FP32 ones and keeps int8-activation ones on
+ONNX Runtime; `backend="openvino"` still runs those (logged).
 
 Probing is cheap and imports nothing heavy: `importlib.util.find_spec` for the optional
 packages, onnxruntime's provider list, and the CUDA driver (libcuda) for the GPU count.
