@@ -311,7 +311,7 @@ def test_rvm_export_reports_its_rewrites(rvm_artifact):
     assert report["rewrites"] == ["fuse_refiner_tail"]
 
 
-def test_alpha_only_tail_drops_fgr_upsamples_one_channel_and_keeps_alpha_bit_identical(rvm_onnx):
+def test_alpha_only_tail_drops_fgr_upsamples_two_channels_and_keeps_alpha_bit_identical(rvm_onnx):
     import onnxruntime as ort
 
     from mtc.exporters.rvm import alpha_only_tail
@@ -321,10 +321,13 @@ def test_alpha_only_tail_drops_fgr_upsamples_one_channel_and_keeps_alpha_bit_ide
     assert applied
     onnx.checker.check_model(alpha)
     assert [o.name for o in alpha.graph.output] == ["pha", "r1o", "r2o", "r3o", "r4o"]
-    # No four-channel tensor at full resolution any more: the guide's Concat and the Split are gone.
+    # No four-channel tensor at full resolution any more: the guide's Concat and the Split are gone,
+    # and A's and b's alpha channels go up in one 2-channel Resize.
     producers = {o: n for n in alpha.graph.node for o in n.output}
-    assert producers[producers["pha"].input[0]].op_type == "Add"
-    assert not any(n.op_type == "Concat" and "src" in n.input for n in alpha.graph.node)
+    assert producers[producers["pha"].input[0]].op_type == "ReduceSum"
+    assert not any(n.op_type in ("Concat", "Split") and ("src" in n.input or "fgr" in n.output) for n in alpha.graph.node)
+    full_resolution = [n for n in alpha.graph.node if n.op_type == "Resize" and len(n.input) > 3 and n.input[3]]
+    assert len(full_resolution) == 1 and producers[full_resolution[0].input[0]].op_type == "Concat"
     rng = np.random.default_rng(0)
     sessions = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]) for m in (original, alpha)]
     for height, width, ratio in ((288, 512, 1.0), (361, 641, 0.25)):
