@@ -7,11 +7,11 @@ The order, best first:
 3. on the CPU, `openvino` when installed, else `onnxruntime`. Measured with
    benchmarks/bench_backends.py (FP32 RVM artifact, mtc.runtime sessions, interleaved, same
    frames, 2 threads, AMD EPYC with AVX-512 VNNI/BF16; benchmarks/RESULTS.md): OpenVINO FP32 with
-   static shapes 12.9 vs ONNX Runtime 9.7 FPS at 512x288 ratio 1.0 (1.32x) and 6.6 vs 6.4 FPS at
-   1920x1080 ratio 0.25 (1.03x, a tie within noise), alpha max |diff| 5e-6 vs ONNX Runtime.
-   OpenVINO is pinned to FP32 here; BF16 (2.1x / 1.5x, alpha MAD 0.38e-3) only when asked.
-   Dynamic shapes would lose (1.02x / 0.77x), which is why the OpenVINO backend compiles a
-   static model per resolution.
+   static shapes 14.8 vs ONNX Runtime 11.5 FPS at 512x288 ratio 1.0 (1.28x) and 8.8 vs 9.0 FPS at
+   1920x1080 ratio 0.25 (0.98x, a tie within noise; bench_peers measured 1.05x), alpha max |diff|
+   5e-6 vs ONNX Runtime. OpenVINO is pinned to FP32 here; BF16 (2.0x / 1.34x, alpha MAD 0.38e-3)
+   only when asked. Dynamic shapes would lose (1.03x / 0.86x), which is why the OpenVINO backend
+   compiles a static model per resolution.
 
 INT8 (Q/DQ) artifacts follow the activation type. With signed int8 activations OpenVINO's
 low-precision transformations lose accuracy: on RVM, alpha MAD x1e3 vs FP32 of 30-44 for both
