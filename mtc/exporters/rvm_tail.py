@@ -1,5 +1,6 @@
 """RVM's full-resolution refiner tail: the residual Add folded into low resolution, and the
-alpha-only form that upsamples one channel instead of four.
+alpha-only form that upsamples A's and b's alpha channels (one 2-channel Resize) instead of
+all four channels of each.
 
 The Deep Guided Filter ends with (official graph and our PyTorch export alike)::
 
