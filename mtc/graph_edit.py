@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import onnx
+import onnx.numpy_helper
 
 
 def topological_order(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
@@ -38,6 +39,19 @@ def reader_counts(graph: onnx.GraphProto) -> dict[str, int]:
 def attribute(node: onnx.NodeProto, name: str, default=None):
     """The value of `node`'s attribute `name`, or `default` when it is not set."""
     return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
+def initializer_value(graph: onnx.GraphProto, name: str):
+    """An initializer's value as a (nested) Python list, or None if `name` is not one."""
+    init = next((i for i in graph.initializer if i.name == name), None)
+    return None if init is None else onnx.numpy_helper.to_array(init).tolist()
+
+
+def split_sizes(graph: onnx.GraphProto, split: onnx.NodeProto) -> list[int] | None:
+    """A Split's part sizes, from its `split` input (opset >= 13) or attribute; None if not constant."""
+    if len(split.input) > 1 and split.input[1]:
+        return initializer_value(graph, split.input[1])
+    return attribute(split, "split")
 
 
 def sort_nodes(graph: onnx.GraphProto, nodes: list[onnx.NodeProto] | None = None) -> None:

@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from mtc.graph_edit import attribute, producers, remove_dead_nodes, sort_nodes
+from mtc.graph_edit import attribute, initializer_value, producers, remove_dead_nodes, sort_nodes, split_sizes
 
 PREFIX = "refiner_tail"
 
@@ -193,16 +193,10 @@ def _match_fold(graph: onnx.GraphProto) -> _Tail | None:
     return _Tail(fgr_clip, residual, core.a_resize)
 
 
-def _constant(graph, name):
-    init = next((i for i in graph.initializer if i.name == name), None)
-    return None if init is None else numpy_helper.to_array(init).tolist()
-
-
 def _splits_3_1(split, graph) -> bool:
-    sizes = _constant(graph, split.input[1]) if len(split.input) > 1 else attribute(split, "split")
-    return sizes == [3, 1] and attribute(split, "axis", 0) in (1, -3)
+    return split_sizes(graph, split) == [3, 1] and attribute(split, "axis", 0) in (1, -3)
 
 
 def _reduce_axes(node, graph):
-    axes = _constant(graph, node.input[1]) if len(node.input) > 1 else attribute(node, "axes")
+    axes = initializer_value(graph, node.input[1]) if len(node.input) > 1 else attribute(node, "axes")
     return axes if axes != [-3] else [1]

@@ -211,7 +211,7 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, timings):
                         "equalized_concat_inputs": [{"conv": g.conv, "input": g.tensor, "scale": round(g.scale, 4)}
                                                     for g in equalized],
                         "all_int8_check": first.to_dict()}}
-    final_plan, check, budget_layers = plan, first, []
+    final_plan, final_model, check, budget_layers = plan, all_int8, first, []
     affordable = [n for n in plan.node_names if 0 < mac_share.get(n, 0.0) <= config.float_budget]
     if affordable and len(plan.nodes) > 1:
         started = time.perf_counter()
@@ -221,7 +221,8 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, timings):
         budget_layers = spend_float_budget(baseline, removal, mac_share, config.float_budget)
         if budget_layers:
             final_plan = plan.without(budget_layers)
-            check = reference.check(OrtBackend(build(final_plan).SerializeToString()), gates)
+            final_model = build(final_plan)
+            check = reference.check(OrtBackend(final_model.SerializeToString()), gates)
         timings["float_budget_s"] = time.perf_counter() - started
         details["removal_sensitivity"] = {"all_int8": baseline, "layers": removal}
         details["int8"]["float_budget"] = {
@@ -240,13 +241,12 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, timings):
                                            max_fraction=config.max_fallback_fraction)
         timings["fallback_s"] = time.perf_counter() - started
         final_plan, check, fallback = result.plan, result.check, result.fallback_nodes
+        final_model = build(final_plan)
         details["sensitivity"] = sensitivity
         details["fallback_steps"] = result.steps
     details["int8"]["fallback_layers"] = budget_layers + fallback
     details["int8"]["int8_layers"] = len(final_plan.nodes)
-    if final_plan is plan:
-        return all_int8, None, check, details
-    return build(final_plan), all_int8, check, details
+    return final_model, (None if final_model is all_int8 else all_int8), check, details
 
 
 def activation_range(stats: TensorStats, config: Int8Config) -> ActivationRange:

@@ -141,9 +141,9 @@ def render_html(report: dict, check: CheckResult) -> str:
                         f"<th>worst MAD</th><th>worst dtSSD</th><th>gates</th></tr>{steps}</table>")
     if report.get("fp16"):
         fp16 = report["fp16"]
-        prefix = fp16.get("fp32_prefix", [])
+        prefix = fp16["fp32_prefix"]
         sections.append(f"<h2>FP16</h2><p>Peak activation {fp16['peak_activation']:.4g}; kept in FP32 for measured "
-                        f"overflow risk: {html.escape(', '.join(fp16.get('overflow_prone', fp16['kept_fp32'])) or 'none')}"
+                        f"overflow risk: {html.escape(', '.join(fp16['overflow_prone']) or 'none')}"
                         f"; kept in FP32 as the shortest graph prefix that passes the gates: "
                         f"{html.escape(', '.join(prefix) or 'none')}.</p>")
     body = "\n".join(sections)

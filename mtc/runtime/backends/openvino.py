@@ -258,22 +258,24 @@ class OpenVinoBackend:
 
 
 def _onnx_with_merged_outputs(path: Path) -> tuple[str | bytes, dict[str, MergedOutput]]:
-    """The model for read_model (its path, or the rewritten bytes) and the outputs merged in it.
+    """The model for read_model (its path, or its bytes, rewritten or not: the file is read once)
+    and the outputs merged in it.
 
     See mtc.runtime.backends.split_outputs. Files that onnx cannot parse, or that keep their
-    weights outside, go to OpenVINO as they are (its reader gives the error, if any).
+    weights outside, go to OpenVINO by path (its reader gives the error, if any).
     """
     import onnx
 
     try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception:  # not ONNX, or corrupt: OpenVINO's reader says which
+        data = path.read_bytes()
+        proto = onnx.load_from_string(data)
+    except Exception:  # missing, not ONNX, or corrupt: OpenVINO's reader says which
         return str(path), {}
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
         return str(path), {}
     proto, merged = merge_split_outputs(proto)
     if not merged:
-        return str(path), {}
+        return data, {}
     log.debug("openvino: outputs %s read as one tensor each and sliced in numpy",
               ", ".join("+".join(p for p, _, _ in m.parts) for m in merged))
     return proto.SerializeToString(), {m.name: m for m in merged}

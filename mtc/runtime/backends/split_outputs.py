@@ -17,9 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
-from mtc.graph_edit import attribute, reader_counts
+from mtc.graph_edit import attribute, reader_counts, split_sizes
 
 PREFIX = "mtc_merged"
 
@@ -79,7 +79,7 @@ def _merge(graph: onnx.GraphProto, match: _Match) -> MergedOutput:
 
 def _match(graph: onnx.GraphProto, split: onnx.NodeProto) -> _Match | None:
     """The Split's parts when each is a graph output, directly or through the same Clip."""
-    sizes = _constant(graph, split.input[1]) if len(split.input) > 1 and split.input[1] else attribute(split, "split")
+    sizes = split_sizes(graph, split)
     if sizes is None or len(sizes) != len(split.output) or attribute(split, "axis", 0) != 1:
         return None
     readers = reader_counts(graph)
@@ -89,17 +89,11 @@ def _match(graph: onnx.GraphProto, split: onnx.NodeProto) -> _Match | None:
     else:
         clips = tuple(next((n for n in graph.node if part in n.input), None) for part in split.output)
         if any(c is None or c.op_type != "Clip" or c.attribute or c.input[0] != part or readers[part] != 1
-               or c.output[0] not in outputs or c.output[0] in readers for c, part in zip(clips, split.output)):
+               or part in outputs or c.output[0] not in outputs or c.output[0] in readers
+               for c, part in zip(clips, split.output)):
             return None
         if len({tuple(c.input[1:]) for c in clips}) != 1:
             return None
         ends = [c.output[0] for c in clips]
-    if any(part in outputs for part in split.output) and clips:
-        return None
     starts = [sum(sizes[:i]) for i in range(len(sizes))]
     return _Match(split, clips, tuple((end, start, start + size) for end, start, size in zip(ends, starts, sizes)))
-
-
-def _constant(graph: onnx.GraphProto, name: str):
-    init = next((i for i in graph.initializer if i.name == name), None)
-    return None if init is None else [int(v) for v in numpy_helper.to_array(init).ravel()]
