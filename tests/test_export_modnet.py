@@ -108,6 +108,15 @@ def test_runtime_returns_alpha_of_the_frame_size(artifact):
     assert 0.0 <= matte.alpha.min() and matte.alpha.max() <= 1.0
 
 
+def test_openvino_gives_the_alpha_onnxruntime_gives(artifact, assert_cpu_backends_agree):
+    rng = np.random.default_rng(6)
+    frames = [rng.integers(0, 256, (150, 250, 3), dtype=np.uint8) for _ in range(2)]
+
+    alphas, _ = assert_cpu_backends_agree(artifact, frames)
+
+    assert alphas.std() > 0.01  # a real matte, not a constant both backends could agree on
+
+
 def test_checkpoint_without_prefix_or_batch_counters_loads(tmp_path):
     import torch
 

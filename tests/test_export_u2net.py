@@ -149,6 +149,15 @@ def test_runtime_returns_alpha_of_the_frame_size(artifact):
     assert 0.0 <= matte.alpha.min() and matte.alpha.max() <= 1.0
 
 
+def test_openvino_gives_the_alpha_onnxruntime_gives(artifact, assert_cpu_backends_agree):
+    rng = np.random.default_rng(5)
+    frames = [rng.integers(0, 256, (90, 161, 3), dtype=np.uint8) for _ in range(2)]
+
+    alphas, _ = assert_cpu_backends_agree(artifact, frames)
+
+    assert alphas.std() > 0.01  # a real matte, not a constant both backends could agree on
+
+
 def test_u2netp_checkpoint_given_to_u2net_is_refused(u2netp_checkpoint, tmp_path):
     with pytest.raises(MtcError) as info:
         export_model("u2net", variant="u2net", weights_path=u2netp_checkpoint, output=tmp_path / "out")
