@@ -29,12 +29,13 @@ from mtc.exporters.pipeline import export_model  # noqa: E402
 from mtc.exporters.rvm import MOBILENETV3_ONNX  # noqa: E402
 from mtc.manifest import read_manifest  # noqa: E402
 from mtc.quant.checks import ReferenceAlphas  # noqa: E402
-from mtc.quant.config import Gates, preset  # noqa: E402
+from mtc.quant.config import Fallback, Gates, Int8Config, preset  # noqa: E402
 from mtc.quant.pipeline import DataPlan, check_clips, interleaved_fps, quantize_artifact  # noqa: E402
 from mtc.runtime.backends import OrtBackend  # noqa: E402
 from mtc.weights import cache_dir, fetch_weights  # noqa: E402
 
 NO_GATES = Gates(max_mad=None, max_dtssd=None)
+NO_FALLBACK = Fallback(enabled=False)
 
 
 def fps_vs_fp32(io, fp32: Path, candidate: Path, clips, rounds: int = 8) -> list[tuple[float, float]]:
@@ -50,11 +51,12 @@ def row(name: str, check, speeds, seconds: float, layers: str) -> dict:
 
 
 def config_row(name: str, source: Path, out: Path, precision: str, config, gates: Gates, data: DataPlan,
-               reference: ReferenceAlphas) -> dict:
+               reference: ReferenceAlphas, fallback: Fallback = NO_FALLBACK) -> dict:
     """Quantize the FP32 artifact `source` into `out`; score it against `reference` and time it
     against `source`, interleaved."""
     started = time.perf_counter()
-    outcome = quantize_artifact(source, out, precision=precision, config=config, gates=gates, data=data)
+    outcome = quantize_artifact(source, out, precision=precision, config=config, gates=gates, fallback=fallback,
+                                data=data)
     seconds = time.perf_counter() - started
     model = out / ("model.onnx" if outcome.passed else "rejected.onnx")
     int8 = outcome.report.get("int8")
@@ -72,7 +74,7 @@ def alpha_only_row(manifest, clips, data: DataPlan) -> dict:
         fp32 = export_model(manifest.model, variant=manifest.variant, output=Path(tmp) / "fp32", alpha_only=True)
         reference = ReferenceAlphas(read_manifest(fp32).io, OrtBackend(fp32 / "model.onnx"), clips)
         return config_row("mtc speed / mse, alpha-only export (FPS vs FP32 alpha-only)", fp32, Path(tmp) / "int8",
-                          "int8", preset("speed", fallback=False), NO_GATES, data, reference)
+                          "int8", preset("speed"), NO_GATES, data, reference)
 
 
 def main() -> None:
@@ -108,19 +110,20 @@ def main() -> None:
     # The default (mse) row spends the speed preset's float budget; the rows that compare range
     # methods and equalization run without it, against the "float budget off" row.
     configs = [(f"mtc speed / {m}" + ("" if m == "mse" else ", float budget off"), "int8",
-                preset("speed", method=m, fallback=False, float_budget=None if m == "mse" else 0.0))
+                preset("speed", method=m, float_budget=None if m == "mse" else 0.0))
                for m in args.methods.split(",")]
     configs += [("mtc speed / mse, float budget off (--float-budget 0)", "int8",
-                 preset("speed", float_budget=0.0, fallback=False)),
+                 preset("speed", float_budget=0.0)),
                 ("mtc speed / mse, no concat equalization, float budget off", "int8",
-                 preset("speed", equalize_concats=False, float_budget=0.0, fallback=False)),
-                ("mtc speed / mse, GPTQ weights", "int8", preset("speed", weight_rounding="gptq", fallback=False)),
-                ("mtc tensorrt / mse (gated, fallback)", "int8", preset("tensorrt")), ("mtc fp16", "fp16", preset("speed"))]
+                 preset("speed", equalize_concats=False, float_budget=0.0)),
+                ("mtc speed / mse, GPTQ weights", "int8", preset("speed", weight_rounding="gptq")),
+                ("mtc tensorrt / mse (gated, fallback)", "int8", preset("tensorrt")), ("mtc fp16", "fp16", None)]
     with tempfile.TemporaryDirectory() as tmp:
         for name, precision, config in configs:
             out = Path(tmp) / name.replace(" ", "_").replace("/", "")
             gates = Gates(max_mad=0.8, max_dtssd=0.8) if "gated" in name else NO_GATES
-            rows.append(config_row(name, args.artifact, out, precision, config, gates, data, reference))
+            rows.append(config_row(name, args.artifact, out, precision, config or Int8Config(), gates, data, reference,
+                                   Fallback() if "gated" in name else NO_FALLBACK))
     if alpha_row is not None:
         rows.append(alpha_row)
 

@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from mtc.manifest import MANIFEST_NAME, Manifest, ModelIO, Preprocess, TensorSpec, file_entry
-from mtc.quant.config import Gates, Int8Config
+from mtc.quant.config import Fallback, Gates, Int8Config
 from mtc.quant.fp16 import convert_to_fp16, overflow_prone_nodes
 from mtc.quant.pipeline import DataPlan, quantize_artifact
 from mtc.quant.qdq import activation_quant, insert_qdq, plan_qdq
@@ -252,7 +252,7 @@ def test_quantizing_a_quantized_artifact_is_refused(tmp_path):
 
 
 def test_affine_correction_reduces_quantization_error_at_zero_cost():
-    from mtc.quant.affine import apply_corrections, fit_corrections
+    from mtc.quant.affine import apply_corrections, fit_layers
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 12, 12])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
@@ -262,19 +262,22 @@ def test_affine_correction_reduces_quantization_error_at_zero_cost():
     feeds = [{"x": (RNG.random((1, 4, 12, 12), dtype=np.float32) * 2.0)} for _ in range(8)]
     ranges = {"x": (-1.2, 1.2)}  # clips the top of the [0, 2) inputs: a systematic, per-channel bias
     plain = insert_qdq(model, plan, ranges)
-    corrected = apply_corrections(plain, fit_corrections(model, plan, ranges, feeds))
+    fits = fit_layers(model, plan, ranges, feeds)
+    corrected = apply_corrections(plain, fits)
     assert _ops(corrected) == _ops(plain)  # folded into scales and bias: no extra nodes
     test = {"x": RNG.random((1, 4, 12, 12), dtype=np.float32) * 2.0}
     reference = _run(model, test)
     error_plain = np.abs(_run(plain, test) - reference).mean()
     error_corrected = np.abs(_run(corrected, test) - reference).mean()
     assert error_corrected < 0.8 * error_plain
+    # the fit's own error measure agrees: the correction lowers it, and both are relative errors
+    assert 0 < fits["conv"].error < 0.8 * fits["conv"].uncorrected_error < 1
 
 
 def test_min_mac_share_leaves_small_layers_in_float(tmp_path):
     source = _toy_artifact(tmp_path / "toy")
     outcome = quantize_artifact(source, tmp_path / "int8", precision="int8", gates=Gates(None, None), data=SMALL,
-                                config=Int8Config(min_mac_share=0.05, fallback=False))
+                                config=Int8Config(min_mac_share=0.05), fallback=Fallback(enabled=False))
     # conv3 (1x1, 8 -> 1) holds under 2% of the MACs; the two 3x3 convs hold the rest.
     assert outcome.report["int8"]["quantized_layers"] == 2
     model = onnx.load(str(tmp_path / "int8" / "model.onnx"))
@@ -526,7 +529,7 @@ def test_gptq_rounding_lowers_the_layer_output_error_with_the_same_scales():
 
 
 def test_gptq_weights_flow_into_the_qdq_graph_and_the_affine_fit(tmp_path):
-    from mtc.quant.affine import fit_corrections
+    from mtc.quant.affine import fit_layers
     from mtc.quant.gptq import conv_hessians, gptq_weights
     from mtc.quant.qdq import quantize_weight
 
@@ -546,7 +549,7 @@ def test_gptq_weights_flow_into_the_qdq_graph_and_the_affine_fit(tmp_path):
         stored = next(v for k, v in inits.items() if k.endswith(f"{weight_name}__int8"))
         np.testing.assert_array_equal(stored, values)
         np.testing.assert_array_equal(scale, quantize_weight(original[weight_name], 0)[1])  # nearest's scales
-    assert fit_corrections(model, plan, ranges, feeds, rounded=rounded).keys() == {"conv1", "conv2", "conv3"}
+    assert fit_layers(model, plan, ranges, feeds, rounded=rounded).keys() == {"conv1", "conv2", "conv3"}
 
 
 def test_unknown_weight_rounding_is_refused_wherever_the_config_is_made():
@@ -640,7 +643,8 @@ def test_quantize_artifact_equalizes_a_decoder_style_concat_and_reports_it(tmp_p
     for equalize in (True, False):
         out = tmp_path / f"int8-{equalize}"
         outcome = quantize_artifact(source, out, precision="int8", gates=Gates(None, None), data=SMALL,
-                                    config=Int8Config(equalize_concats=equalize, fallback=False))
+                                    config=Int8Config(equalize_concats=equalize),
+                                    fallback=Fallback(enabled=False))
         mads[equalize] = max(c.mad for c in outcome.check.clips)
         groups = outcome.report["int8"]["equalized_concat_inputs"]
         assert [(g["conv"], g["input"]) for g in groups] == ([("decoder", "src")] if equalize else [])
@@ -726,6 +730,7 @@ def test_float_budget_keeps_the_layer_whose_return_to_float_pays_and_reports_its
     assert speed["fps_all_int8"] > 0 and speed["float_layers_cost"] == pytest.approx(1 - speed["fps"] / speed["fps_all_int8"])
     html = (tmp_path / "int8" / "report.html").read_text()
     assert "float budget" in html and "All-INT8 ran" in html
+    assert "probed 3 of the 3 layers" in html and "isolated INT8 error" in html
 
     small = quantize_artifact(source, tmp_path / "small", precision="int8",
                               config=Int8Config(method="minmax", quantize_outputs=False, float_budget=0.3),
@@ -738,6 +743,57 @@ def test_float_budget_outside_zero_to_one_is_refused():
 
     with pytest.raises(MtcError, match="float budget"):
         Int8Config(float_budget=2.0)
+    with pytest.raises(MtcError, match="float budget probes"):
+        Int8Config(float_budget_probes=0)
+
+
+def test_float_budget_probes_are_capped_to_the_layers_with_most_error_per_mac(tmp_path):
+    from mtc.graph_stats import node_macs
+
+    source = _toy_artifact(tmp_path / "toy")
+    # every layer fits 80% of the MACs; one probe allowed. Without the affine correction the
+    # per-layer fit runs only to rank the probes.
+    config = Int8Config(method="minmax", quantize_outputs=False, float_budget=0.8, float_budget_probes=1,
+                        affine_correction=False)
+    outcome = quantize_artifact(source, tmp_path / "int8", precision="int8", config=config,
+                                gates=Gates(max_mad=1000.0, max_dtssd=1000.0), data=SMALL)
+
+    int8 = outcome.report["int8"]
+    assert int8["float_budget"]["fitting_layers"] == 3 and int8["float_budget"]["probed_layers"] == 1
+    errors = int8["isolated_layer_error"]
+    assert set(errors) == {"conv1", "conv2", "conv3"} and all(e > 0 for e in errors.values())
+    macs = node_macs(onnx.load(str(source / "model.onnx")), {"src": np.zeros((1, 3, 48, 64), np.float32)})
+    expected = max(errors, key=lambda n: errors[n] / macs[n])
+    assert list(outcome.report["removal_sensitivity"]["layers"]) == [expected]
+
+
+def test_layers_are_probed_in_order_of_error_per_mac_and_unmeasured_ones_last():
+    from mtc.quant.sensitivity import most_error_per_mac
+
+    shares = {"a": 0.01, "b": 0.02, "c": 0.04, "d": 0.01}
+    errors = {"a": 0.02, "b": 0.1, "c": 0.1}  # per MAC: 2, 5, 2.5; "d" was not measured
+    assert most_error_per_mac(["d", "a", "b", "c"], errors, shares) == ["b", "c", "a", "d"]
+
+
+def test_layer_fit_relative_error_matches_a_direct_computation():
+    from mtc.quant.affine import _ChannelFit
+
+    rng = np.random.default_rng(3)
+    reference = rng.standard_normal((2, 3, 5, 7)) * np.array([1.0, 4.0, 0.5])[None, :, None, None]
+    quantized = 0.9 * reference + 0.1 + rng.standard_normal(reference.shape) * 0.05
+    fit = _ChannelFit(3)
+    fit.update(quantized[:1], reference[:1])
+    fit.update(quantized[1:], reference[1:])
+    gamma, beta = fit.solve()
+
+    def direct(g, b):
+        predicted = g[None, :, None, None] * quantized + b[None, :, None, None]
+        centred = reference - reference.mean(axis=(0, 2, 3), keepdims=True)
+        return ((predicted - reference) ** 2).sum() / (centred ** 2).sum()
+
+    assert fit.relative_error(gamma, beta) == pytest.approx(direct(gamma, beta), rel=1e-4)
+    assert fit.relative_error() == pytest.approx(direct(np.ones(3), np.zeros(3)), rel=1e-4)
+    assert fit.relative_error(gamma, beta) < fit.relative_error()
 
 
 def test_shortest_passing_prefix_doubles_then_bisects():
@@ -785,7 +841,7 @@ def test_fp16_fallback_keeps_the_shortest_fp32_prefix_that_passes(tmp_path):
     assert "shortest graph prefix that passes the gates: stem" in (tmp_path / "fp16" / "report.html").read_text()
 
     refused = quantize_artifact(source, tmp_path / "strict", precision="fp16", gates=gates, data=SMALL,
-                                config=Int8Config(fallback=False))
+                                fallback=Fallback(enabled=False))
     assert not refused.passed and refused.report["fp16"]["fp32_prefix"] == []
 
 
@@ -804,3 +860,8 @@ def test_float_budget_flag_sets_the_share_in_percent_and_zero_turns_it_off(tmp_p
     assert "float_budget" not in off["int8"] and "removal_sensitivity" not in off
     result = subprocess.run([*base, "--float-budget", "150", "-o", str(tmp_path / "bad")], capture_output=True, text=True)
     assert result.returncode != 0 and "150" in result.stderr and not (tmp_path / "bad").exists()
+    result = subprocess.run([*base, "--float-budget", "80", "--float-budget-probes", "2", "-o", str(tmp_path / "capped")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    capped = json.loads((tmp_path / "capped" / "report.json").read_text())["int8"]["float_budget"]
+    assert capped["fitting_layers"] == 3 and capped["probed_layers"] == 2

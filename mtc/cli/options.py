@@ -46,6 +46,9 @@ def quantization_options(command):
                      help="Share of the model's MACs that may stay in float where returning a layer to float "
                           "removes the most error per MAC (measured one layer at a time; 0 turns it off) "
                           "[default: speed 4, tensorrt 0]."),
+        click.option("--float-budget-probes", type=click.IntRange(1, None), default=None, metavar="N",
+                     help="Probe at most N layers for the float budget (one check each); when more fit it, "
+                          "the ones with the largest isolated INT8 error per MAC [default: 24]."),
         click.option("--no-equalize", is_flag=True,
                      help="Do not rescale the inputs of quantized convs' channel Concats (on by default: same "
                           "function in float, lower INT8 error; see the README)."),
@@ -86,22 +89,25 @@ def build_gates(precision: str, max_mad: float | None, max_dtssd: float | None, 
 
 
 def run_quantization(source, output, *, precision, preset, method, weight_rounding, calib, calib_frames, check_source,
-                     max_mad, max_dtssd, gates_file, no_fallback, no_equalize, keep_float, float_budget, force):
+                     max_mad, max_dtssd, gates_file, no_fallback, no_equalize, keep_float, float_budget,
+                     float_budget_probes, force):
     """Call the library and turn a gate failure into a one-line error after the report is written."""
     from pathlib import Path
 
     from mtc.errors import MtcError
-    from mtc.quant.config import preset as make_preset
+    from mtc.quant.config import Fallback
+    from mtc.quant.config import preset as make_preset  # "preset" is this function's CLI argument
     from mtc.quant.pipeline import DataPlan, quantize_artifact
 
     keep = tuple(name.strip() for name in keep_float.split(",") if name.strip()) if keep_float else None
     config = make_preset(preset, method=method, weight_rounding=weight_rounding, exclude_nodes=keep,
-                         fallback=False if no_fallback else None, equalize_concats=False if no_equalize else None,
-                         float_budget=None if float_budget is None else float_budget / 100)
+                         equalize_concats=False if no_equalize else None,
+                         float_budget=None if float_budget is None else float_budget / 100,
+                         float_budget_probes=float_budget_probes)
     gates = build_gates(precision, max_mad, max_dtssd, gates_file)
     data = DataPlan(calib=calib, calib_frames=calib_frames, check=check_source)
     outcome = quantize_artifact(Path(source), Path(output), precision=precision, config=config, gates=gates,
-                                data=data, overwrite=force)
+                                fallback=Fallback(enabled=not no_fallback), data=data, overwrite=force)
     worst = max(outcome.check.clips, key=lambda c: c.mad + c.dtssd)
     if not outcome.passed:
         raise MtcError(f"{precision.upper()} model fails its gates ({'; '.join(outcome.check.failures)}); "

@@ -7,11 +7,15 @@ the calibration frames. Fitting each layer in isolation (rather than with all la
 keeps every correction valid for any subset of layers, which the fallback search needs. With
 per-channel symmetric weights the fold is exact: gamma scales that channel's dequantization
 scale, and the bias becomes gamma * b + beta. Inference cost: zero.
+
+The same pass measures each layer's output error in isolation (relative to its FP32 output's
+variance), a cheap ranking of where INT8 hurts that the float budget uses to choose its probes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -33,6 +37,7 @@ class _ChannelFit:
         self.sq = np.zeros(channels)
         self.sqq = np.zeros(channels)
         self.sf = np.zeros(channels)
+        self.sff = np.zeros(channels)
         self.sqf = np.zeros(channels)
 
     def update(self, quantized: np.ndarray, reference: np.ndarray) -> None:
@@ -42,6 +47,7 @@ class _ChannelFit:
         self.sq += q.sum(1)
         self.sqq += (q * q).sum(1)
         self.sf += f.sum(1)
+        self.sff += (f * f).sum(1)
         self.sqf += (q * f).sum(1)
 
     def solve(self) -> tuple[np.ndarray, np.ndarray]:
@@ -52,6 +58,24 @@ class _ChannelFit:
         gamma = np.where((gamma >= GAMMA_LIMITS[0]) & (gamma <= GAMMA_LIMITS[1]), gamma, 1.0)
         beta = mean_f - gamma * mean_q
         return gamma.astype(np.float32), beta.astype(np.float32)
+
+    def relative_error(self, gamma: np.ndarray | float = 1.0, beta: np.ndarray | float = 0.0) -> float:
+        """Mean squared error of gamma * y_q + beta against y_fp, over the FP32 output's variance."""
+        squared = (self.sff - 2 * gamma * self.sqf - 2 * beta * self.sf + gamma ** 2 * self.sqq
+                   + 2 * gamma * beta * self.sq + self.n * beta ** 2)
+        variance = self.sff - self.sf ** 2 / self.n
+        return float(max(squared.sum(), 0.0) / max(variance.sum(), 1e-12))
+
+
+@dataclass(frozen=True)
+class LayerFit:
+    """One quantized conv fitted in isolation: its per-channel correction, and its output error
+    relative to the FP32 output's variance with the correction (`error`) and without it."""
+
+    gamma: np.ndarray
+    beta: np.ndarray
+    error: float
+    uncorrected_error: float
 
 
 PROBE = "__probe"
@@ -75,12 +99,11 @@ def probe_model(fp32: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, Activ
     return insert_qdq(model, QdqPlan(tuple(probes)), ranges, activation_type=activation_type, rounded=rounded)
 
 
-def fit_corrections(fp32: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, ActivationRange],
-                    feeds: Iterable[dict[str, np.ndarray]], *, activation_type: str = "int8",
-                    rounded: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None
-                    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """(gamma, beta) per output channel for every Conv in `plan`, each fitted in isolation
-    (with the INT8 weights `rounded` gives, where it gives them)."""
+def fit_layers(fp32: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, ActivationRange],
+               feeds: Iterable[dict[str, np.ndarray]], *, activation_type: str = "int8",
+               rounded: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, LayerFit]:
+    """A LayerFit for every Conv in `plan`, each quantized alone (with the INT8 weights `rounded`
+    gives, where it gives them) and fed FP32 inputs, in one pass over `feeds`."""
     convs = [n for n in fp32.graph.node if n.op_type == "Conv" and n.name in set(plan.node_names)]
     outputs = [t for n in convs for t in (n.output[0], n.output[0] + PROBE)]
     probes = probe_model(fp32, plan, ranges, activation_type=activation_type, rounded=rounded)
@@ -91,10 +114,14 @@ def fit_corrections(fp32: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, A
         for node in convs:
             reference, quantized = got[node.output[0]], got[node.output[0] + PROBE]
             fits.setdefault(node.name, _ChannelFit(reference.shape[1])).update(quantized, reference)
-    return {name: fit.solve() for name, fit in fits.items()}
+    layers = {}
+    for name, fit in fits.items():
+        gamma, beta = fit.solve()
+        layers[name] = LayerFit(gamma, beta, fit.relative_error(gamma, beta), fit.relative_error())
+    return layers
 
 
-def apply_corrections(quantized: onnx.ModelProto, corrections: dict[str, tuple[np.ndarray, np.ndarray]]) -> onnx.ModelProto:
+def apply_corrections(quantized: onnx.ModelProto, corrections: Mapping[str, LayerFit]) -> onnx.ModelProto:
     """Fold (gamma, beta) into the weight scales and biases of the quantized model (a new copy)."""
     out = onnx.ModelProto()
     out.CopyFrom(quantized)
@@ -103,7 +130,7 @@ def apply_corrections(quantized: onnx.ModelProto, corrections: dict[str, tuple[n
     for node in graph.node:
         if node.name not in corrections:
             continue
-        gamma, beta = corrections[node.name]
+        gamma, beta = corrections[node.name].gamma, corrections[node.name].beta
         scale_name = weight_scale_name(node)
         if scale_name not in inits:
             continue  # weights not quantized: nothing to fold into

@@ -24,6 +24,21 @@ class Gates:
         return problems
 
 
+@dataclass(frozen=True)
+class Fallback:
+    """What may return to higher precision when a model misses its gates: INT8 moves its most
+    sensitive layers back to float, FP16 keeps the shortest prefix of ops in FP32 that passes.
+
+    Attributes:
+        enabled: search for a fallback at all (off: a model that misses its gates fails).
+        max_fraction: give up (fail) rather than keep more than this share of the layers (INT8)
+            or ops (FP16) in higher precision.
+    """
+
+    enabled: bool = True
+    max_fraction: float = 0.5
+
+
 WEIGHT_ROUNDING = ("nearest", "gptq")
 
 
@@ -61,8 +76,9 @@ class Int8Config:
             returned to float one at a time on the check clips, and the layers removing the most
             error per MAC are kept in float while they fit
             (mtc.quant.sensitivity.spend_float_budget). 0 = off.
-        fallback: let the gates move the most sensitive layers back to float.
-        max_fallback_fraction: give up (fail) rather than keep more than this share in float.
+        float_budget_probes: at most this many layers are probed for the float budget (each
+            probe is one check on every check clip). When more fit the budget, the ones whose
+            isolated INT8 output error per MAC is largest are probed (mtc.quant.affine).
     """
 
     method: str = "mse"
@@ -77,13 +93,15 @@ class Int8Config:
     equalize_concats: bool = True
     affine_correction: bool = True
     float_budget: float = 0.0
-    fallback: bool = True
-    max_fallback_fraction: float = 0.5
+    float_budget_probes: int = 24
 
     def __post_init__(self):
         if not 0.0 <= self.float_budget <= 1.0:
             raise MtcError(f"float budget {self.float_budget:g} is not a share of the MACs in [0, 1]",
                            hint="pass --float-budget as a percentage, e.g. 2")
+        if self.float_budget_probes < 1:
+            raise MtcError(f"float budget probes {self.float_budget_probes} must be at least 1",
+                           hint="pass --float-budget 0 to turn the float budget off instead")
         if self.weight_rounding not in WEIGHT_ROUNDING:
             raise MtcError(f"unknown weight rounding {self.weight_rounding!r}",
                            hint=f"choose one of: {', '.join(WEIGHT_ROUNDING)}")

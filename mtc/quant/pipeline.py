@@ -23,11 +23,11 @@ from mtc.errors import MtcError
 from mtc.fsutil import atomic_dir, atomic_write_text
 from mtc.graph_stats import node_macs
 from mtc.manifest import MANIFEST_NAME, REPORT_NAME, Manifest, Precision, file_entry, read_manifest, sha256_file
-from mtc.quant.affine import apply_corrections, fit_corrections
+from mtc.quant.affine import apply_corrections, fit_layers
 from mtc.quant.align import align_conv_inputs
 from mtc.quant.calibration import BUILTIN, Clip, load_clips, record_feeds
 from mtc.quant.checks import CheckResult, ReferenceAlphas
-from mtc.quant.config import Gates, Int8Config
+from mtc.quant.config import Fallback, Gates, Int8Config
 from mtc.quant.equalize import equalize_concat_inputs
 from mtc.quant.fp16 import convert_to_fp16, fp16_compute_nodes, overflow_prone_nodes, shortest_passing_prefix
 from mtc.quant.gptq import conv_hessians, gptq_weights
@@ -36,6 +36,7 @@ from mtc.quant.ranges import TensorStats, asymmetric_range, collect_stats, thres
 from mtc.quant.sensitivity import (
     fallback_until_gates_pass,
     layer_sensitivity,
+    most_error_per_mac,
     removal_sensitivity,
     spend_float_budget,
     worst_clip_errors,
@@ -103,8 +104,10 @@ def check_clips(io, data: DataPlan) -> list[Clip]:
 
 
 def quantize_artifact(source: Path, output: Path, *, precision: str, config: Int8Config = Int8Config(),
-                      gates: Gates | None = None, data: DataPlan = DataPlan(), overwrite: bool = False) -> Outcome:
-    """Quantize the FP32 artifact at `source` into `output` (INT8 Q/DQ or FP16)."""
+                      gates: Gates | None = None, fallback: Fallback = Fallback(), data: DataPlan = DataPlan(),
+                      overwrite: bool = False) -> Outcome:
+    """Quantize the FP32 artifact at `source` into `output` (INT8 Q/DQ or FP16; `config` is for
+    INT8 only)."""
     if precision not in ("int8", "fp16"):
         raise MtcError(f"unknown precision {precision!r}", hint="use --int8 or --fp16")
     manifest = read_manifest(source)
@@ -130,9 +133,9 @@ def quantize_artifact(source: Path, output: Path, *, precision: str, config: Int
 
     all_int8 = None
     if precision == "int8":
-        candidate, all_int8, check, details = _int8(model, feeds, reference, config, gates, timings)
+        candidate, all_int8, check, details = _int8(model, feeds, reference, config, gates, fallback, timings)
     else:
-        candidate, check, details = _fp16(model, feeds, reference, config, gates, timings)
+        candidate, check, details = _fp16(model, feeds, reference, gates, fallback, timings)
 
     report = {
         "model": manifest.model, "variant": manifest.variant, "precision": precision,
@@ -147,7 +150,7 @@ def quantize_artifact(source: Path, output: Path, *, precision: str, config: Int
     return Outcome(output, check.passed, check, report)
 
 
-def _int8(model, feeds, reference, config: Int8Config, gates: Gates, timings):
+def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: Fallback, timings):
     excluded = set(config.exclude_nodes)
     mac_share = {}
     if config.min_mac_share > 0 or config.float_budget > 0:
@@ -184,12 +187,15 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, timings):
         rounded, rounding_gains = gptq_weights(model, hessians)
         timings["gptq_s"] = time.perf_counter() - started
 
-    corrections = {}
-    if config.affine_correction:
+    affordable = [n for n in plan.node_names if 0 < mac_share.get(n, 0.0) <= config.float_budget]
+    fits = {}
+    if config.affine_correction or len(affordable) > config.float_budget_probes:
         started = time.perf_counter()
-        corrections = fit_corrections(model, plan, ranges, feeds, activation_type=config.activation_type,
-                                      rounded=rounded)
+        fits = fit_layers(model, plan, ranges, feeds, activation_type=config.activation_type, rounded=rounded)
         timings["affine_s"] = time.perf_counter() - started
+    corrections = fits if config.affine_correction else {}
+    # each layer's output error with only it in INT8 (and its correction, if any), over its variance
+    errors = {n: fit.error if config.affine_correction else fit.uncorrected_error for n, fit in fits.items()}
 
     def build(subplan):
         chosen = set(subplan.node_names)
@@ -208,16 +214,20 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, timings):
                         "op_types": list(config.op_types), "quantized_layers": len(plan.nodes),
                         "one_sided_tensors": sum(lo == 0 for lo, _ in ranges.values()),
                         "channel_aligned_layers": aligned,
+                        "isolated_layer_error": {n: round(e, 6) for n, e in errors.items()},
                         "equalized_concat_inputs": [{"conv": g.conv, "input": g.tensor, "scale": round(g.scale, 4)}
                                                     for g in equalized],
                         "all_int8_check": first.to_dict()}}
     final_plan, final_model, check, budget_layers = plan, all_int8, first, []
-    affordable = [n for n in plan.node_names if 0 < mac_share.get(n, 0.0) <= config.float_budget]
     if affordable and len(plan.nodes) > 1:
         started = time.perf_counter()
+        probed = most_error_per_mac(affordable, errors, mac_share)[:config.float_budget_probes]
+        if len(probed) < len(affordable):
+            log.info("float budget: %d layers fit it; probing the %d with the most INT8 error per MAC",
+                     len(affordable), len(probed))
         probe = reference.head(clips=len(reference.clips), frames=12)  # every setting: HD has its own weak spots
-        with frame_progress("float budget: layers back to float one at a time", total=len(affordable) + 1) as advance:
-            baseline, removal = removal_sensitivity(build, plan, probe, affordable, progress=advance)
+        with frame_progress("float budget: layers back to float one at a time", total=len(probed) + 1) as advance:
+            baseline, removal = removal_sensitivity(build, plan, probe, probed, progress=advance)
         budget_layers = spend_float_budget(baseline, removal, mac_share, config.float_budget)
         if budget_layers:
             final_plan = plan.without(budget_layers)
@@ -226,10 +236,11 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, timings):
         timings["float_budget_s"] = time.perf_counter() - started
         details["removal_sensitivity"] = {"all_int8": baseline, "layers": removal}
         details["int8"]["float_budget"] = {
-            "budget_mac_share": config.float_budget, "layers": budget_layers,
+            "budget_mac_share": config.float_budget, "layers": budget_layers, "fitting_layers": len(affordable),
+            "probed_layers": len(probed),
             "mac_share": round(sum(mac_share.get(n, 0.0) for n in budget_layers), 4)}
-    fallback = []
-    if not check.passed and config.fallback:
+    fallback_layers = []
+    if not check.passed and fallback.enabled:
         log.info("INT8 misses the gates (%s): measuring per-layer sensitivity", "; ".join(check.failures))
         started = time.perf_counter()
         probe = reference.head(clips=1, frames=12)  # one layer at a time: keep the probe short
@@ -238,13 +249,13 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, timings):
         timings["sensitivity_s"] = time.perf_counter() - started
         started = time.perf_counter()
         result = fallback_until_gates_pass(build, final_plan, reference, gates, sensitivity,
-                                           max_fraction=config.max_fallback_fraction)
+                                           max_fraction=fallback.max_fraction)
         timings["fallback_s"] = time.perf_counter() - started
-        final_plan, check, fallback = result.plan, result.check, result.fallback_nodes
+        final_plan, check, fallback_layers = result.plan, result.check, result.fallback_nodes
         final_model = build(final_plan)
         details["sensitivity"] = sensitivity
         details["fallback_steps"] = result.steps
-    details["int8"]["fallback_layers"] = budget_layers + fallback
+    details["int8"]["fallback_layers"] = budget_layers + fallback_layers
     details["int8"]["int8_layers"] = len(final_plan.nodes)
     return final_model, (None if final_model is all_int8 else all_int8), check, details
 
@@ -259,7 +270,7 @@ def activation_range(stats: TensorStats, config: Int8Config) -> ActivationRange:
     return -amax, amax
 
 
-def _fp16(model, feeds, reference, config: Int8Config, gates: Gates, timings):
+def _fp16(model, feeds, reference, gates: Gates, fallback: Fallback, timings):
     started = time.perf_counter()
     # Constants are not activations (some hold +-inf as clip bounds); they are cast, not computed.
     names = sorted({o for n in model.graph.node if n.op_type != "Constant" for o in n.output if o})
@@ -275,7 +286,7 @@ def _fp16(model, feeds, reference, config: Int8Config, gates: Gates, timings):
     peak = max((m for m in magnitudes.values() if np.isfinite(m)), default=0.0)
     details = {"fp16": {"kept_fp32": overflow, "overflow_prone": overflow, "fp32_prefix": [], "all_fp16_check": None,
                         "peak_activation": peak}}
-    if check.passed or not config.fallback:
+    if check.passed or not fallback.enabled:
         return candidate, check, details
 
     log.info("FP16 misses the gates (%s): searching the shortest FP32 prefix that passes", "; ".join(check.failures))
@@ -293,7 +304,7 @@ def _fp16(model, feeds, reference, config: Int8Config, gates: Gates, timings):
                  "pass" if result.passed else "fail")
         return result.passed
 
-    prefix = shortest_passing_prefix(order, passes, limit=max(1, int(len(order) * config.max_fallback_fraction)))
+    prefix = shortest_passing_prefix(order, passes, limit=max(1, int(len(order) * fallback.max_fraction)))
     timings["fallback_s"] = time.perf_counter() - started
     details["fallback_steps"] = steps
     details["fp16"]["all_fp16_check"] = check.to_dict()

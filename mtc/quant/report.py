@@ -118,16 +118,22 @@ def render_html(report: dict, check: CheckResult) -> str:
         gains = int8["gptq_error_ratio"]
         sections.append(bar_chart(dict(sorted(gains.items(), key=lambda kv: -kv[1])[:40]),
                                   title="GPTQ weight rounding: layer-output error of round-to-nearest / GPTQ (×)"))
+    if int8 and int8.get("isolated_layer_error"):
+        errors = int8["isolated_layer_error"]
+        sections.append(bar_chart(dict(sorted(errors.items(), key=lambda kv: -kv[1])[:40]),
+                                  title="isolated INT8 error: each conv's output error with only it in INT8, "
+                                        "relative to its FP32 output's variance"))
     if report.get("removal_sensitivity"):
         removal = report["removal_sensitivity"]
         base = removal["all_int8"]["mad"] + removal["all_int8"]["dtssd"]
         gains = {k: base - (v["mad"] + v["dtssd"]) for k, v in removal["layers"].items()}
-        budget = int8.get("float_budget", {}) if int8 else {}
+        budget = int8["float_budget"]
         sections.append(bar_chart(dict(sorted(gains.items(), key=lambda kv: -kv[1])[:40]),
                                   title="float budget: MAD + dtSSD removed by returning that layer alone to float "
-                                        f"(all-INT8 {base:.3f}; red: kept in float, "
-                                        f"{budget.get('mac_share', 0):.1%} of the MACs)",
-                                  highlight=set(budget.get("layers", ()))))
+                                        f"(all-INT8 {base:.3f}; red: kept in float, {budget['mac_share']:.1%} of the "
+                                        f"MACs; probed {budget['probed_layers']} of the {budget['fitting_layers']} "
+                                        "layers that fit the budget)",
+                                  highlight=set(budget["layers"])))
     if report.get("sensitivity"):
         fallback = set(int8["fallback_layers"]) if int8 else set()
         scores = {k: v["mad"] + v["dtssd"] for k, v in report["sensitivity"].items()}

@@ -69,6 +69,14 @@ def removal_sensitivity(build: Builder, plan: QdqPlan, probe: ReferenceAlphas, l
     return baseline, scores
 
 
+def most_error_per_mac(layers: Sequence[str], errors: dict[str, float], mac_share: dict[str, float]) -> list[str]:
+    """`layers` ordered by isolated INT8 output error per MAC, largest first: the layers most
+    likely to pay for their MACs in float (spend_float_budget's own order), found without a
+    check run per layer. Layers without a measured error keep their order, after the others."""
+    measured = sorted((n for n in layers if n in errors), key=lambda n: -errors[n] / max(mac_share.get(n, 0.0), 1e-9))
+    return measured + [n for n in layers if n not in errors]
+
+
 def spend_float_budget(baseline: dict[str, float], removal: dict[str, dict[str, float]], mac_share: dict[str, float],
                        budget: float, *, min_gain: float = 0.05) -> list[str]:
     """The layers to keep in float: most error removed per MAC first, while their MACs fit in
