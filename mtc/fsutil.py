@@ -16,6 +16,9 @@ from mtc.errors import MtcError
 def disk_error(path: Path, exc: OSError) -> MtcError:
     if exc.errno == errno.ENOSPC:
         return MtcError(f"disk full while writing {path}", hint="free space on that disk or write elsewhere")
+    if exc.errno == errno.EFBIG:
+        return MtcError(f"cannot write {path}: larger than this filesystem or the file-size limit allows",
+                        hint="write to another disk, or raise the limit (ulimit -f)")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return MtcError(f"cannot write {path}: permission denied", hint="choose a writable output path")
     return MtcError(f"cannot write {path}: {exc.strerror or exc}", hint="check the output path")

@@ -9,10 +9,18 @@ import pytest
 from PIL import Image
 
 
-def mtc(*args, env=None, check=False):
+def mtc(*args, env=None, check=False, max_file_bytes=None):
+    """Run `mtc ARGS`; `max_file_bytes` caps every file the process writes (RLIMIT_FSIZE: writes
+    past it fail with EFBIG, as a disk that fills up fails with ENOSPC)."""
     full_env = {**os.environ, **(env or {})}
+
+    def limit_file_size():
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+
     result = subprocess.run([sys.executable, "-m", "mtc", *map(str, args)], capture_output=True, text=True,
-                            env=full_env, timeout=600)
+                            env=full_env, timeout=600, preexec_fn=limit_file_size if max_file_bytes else None)
     if check and result.returncode != 0:
         raise AssertionError(result.stderr)
     return result
@@ -186,6 +194,23 @@ def test_run_refuses_unwritable_output(rvm_artifact, photo, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("a file, not a folder")
     assert_clean_error(mtc("run", rvm_artifact, photo, "-o", blocker / "out.png"), "cannot write")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="needs RLIMIT_FSIZE to make writes fail")
+def test_outputs_that_cannot_be_written_to_the_end_leave_nothing(rvm_artifact, rvm_onnx, photo, tmp_path):
+    # Python ignores SIGXFSZ, so a write past the limit fails with EFBIG instead of killing mtc.
+    source = tmp_path / "talk.mp4"
+    _video_with_audio(source, frames=10)
+    out = tmp_path / "out"
+    out.mkdir()
+    for args in ((rvm_artifact, photo, "-o", out / "cut.png", "--what", "foreground"),
+                 (rvm_artifact, source, "-o", out / "green.mp4")):
+        assert_clean_error(mtc("run", *args, max_file_bytes=2048), "cannot write", "file-size limit")
+        assert list(out.iterdir()) == []  # no output and no temporary left behind
+    result = mtc("export", "rvm", "--weights", rvm_onnx, "-o", out / "rvm", max_file_bytes=1 << 20,
+                 env={"MTC_CACHE": str(tmp_path / "cache")})
+    assert_clean_error(result, "cannot write", "file-size limit")
+    assert list(out.iterdir()) == []
 
 
 def test_run_refuses_a_damaged_artifact(rvm_artifact, photo, tmp_path):
