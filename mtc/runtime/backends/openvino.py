@@ -13,6 +13,11 @@ BF16 unless told otherwise (MAD ~0.3e-3 on RVM's alpha). mtc never changes numer
 `precision="fp32"` (the default) pins f32, "bf16" asks for bf16 and fails where the CPU has no
 BF16 support. The precision the compiled model reports is logged and kept in `self.precision`.
 
+Static shapes also let the backend rewrite what OpenVINO runs slowly: a bilinear upsample of a
+few channels to the frame size by an integer factor (RVM's refiner at ratios like 0.25) becomes
+a depthwise transposed convolution with the same values (mtc.runtime.backends.ov_upsample;
+INT8 at 1920x1080: 75.5 -> 55.0 ms).
+
 Compiled models are cached on disk (`CACHE_DIR` = mtc cache/openvino), so a second process
 (or `mtc build --backend openvino` beforehand) skips compilation.
 """
@@ -29,6 +34,7 @@ import numpy as np
 from mtc.errors import MtcError, exception_summary
 from mtc.manifest import ModelIO
 from mtc.runtime.backends.base import default_threads, is_broadcast_initial, require
+from mtc.runtime.backends.ov_upsample import upsample_as_transposed_conv
 from mtc.runtime.backends.split_outputs import MergedOutput, merge_split_outputs
 
 log = logging.getLogger("mtc")
@@ -173,6 +179,10 @@ class OpenVinoBackend:
                 if state_shapes:
                     shapes.update({n: list(s) for n, s in state_shapes.items()})
                     model.reshape(shapes)
+                frame_sizes = {tuple(shape[2:]) for name, shape in shapes.items()
+                               if name not in self._states and len(shape) == 4}
+                rewritten = upsample_as_transposed_conv(model, frame_sizes)
+                log.debug("openvino: %d full-resolution upsample(s) as transposed convolutions", rewritten)
             except Exception as exc:  # OpenVINO raises plain RuntimeErrors from shape inference
                 detail = exception_summary(exc, 300)
                 raise MtcError(f"openvino cannot make the model static for {self._describe_signature(feeds)}: {detail}",

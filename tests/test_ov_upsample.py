@@ -1,0 +1,94 @@
+"""OpenVINO: full-resolution bilinear upsamples become depthwise transposed convolutions
+(mtc.runtime.backends.ov_upsample) with the same values as ONNX Runtime's Resize."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'mtc[openvino]')")
+
+import mtc.runtime  # noqa: E402
+from mtc.runtime.backends import OrtBackend  # noqa: E402
+from mtc.runtime.backends.openvino import OpenVinoBackend  # noqa: E402
+from mtc.runtime.backends.ov_upsample import triangle_kernel, upsample_as_transposed_conv  # noqa: E402
+
+
+@pytest.mark.parametrize("factor, expected", [(2, [1, 3, 3, 1]), (4, [1, 3, 5, 7, 7, 5, 3, 1]), (3, [2, 4, 6, 4, 2])])
+def test_triangle_kernels_are_bilinear_weights(factor, expected):
+    kernel = triangle_kernel(factor)
+    np.testing.assert_allclose(kernel, np.array(expected) / (2 * factor if factor % 2 == 0 else 2 * factor), atol=1e-7)
+    assert kernel.sum() == pytest.approx(factor)  # every output pixel's weights sum to 1
+
+
+def _tail_model(path, low, frame, channels=3):
+    """coeffs (1xCxlow) -> bilinear Resize to the frame size -> * src (1xCxframe): RVM's tail shape."""
+    resize = helper.make_node("Resize", ["coeffs", "", "", "sizes"], ["up"], mode="linear",
+                              coordinate_transformation_mode="pytorch_half_pixel")
+    graph = helper.make_graph(
+        [resize, helper.make_node("Mul", ["up", "src"], ["out"])], "tail",
+        [helper.make_tensor_value_info("src", TensorProto.FLOAT, [1, channels, "h", "w"]),
+         helper.make_tensor_value_info("coeffs", TensorProto.FLOAT, [1, channels, "lh", "lw"])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(np.array([1, channels, *frame], np.int64), "sizes")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    rng = np.random.default_rng(sum(frame))
+    return path, {"src": rng.random((1, channels, *frame), dtype=np.float32),
+                  "coeffs": rng.standard_normal((1, channels, *low)).astype(np.float32)}
+
+
+@pytest.mark.parametrize("low, frame, rewritten", [
+    ((5, 7), (20, 28), 1),   # x4, RVM at ratio 0.25
+    ((5, 7), (10, 14), 1),   # x2
+    ((5, 7), (15, 21), 1),   # x3: odd factors hit every input pixel
+    ((5, 7), (10, 28), 1),   # x2 down, x4 across
+    ((5, 7), (11, 28), 0),   # not an integer factor: Interpolate stays
+])
+def test_openvino_upsample_equals_onnxruntime_resize(tmp_path, caplog, low, frame, rewritten):
+    path, feeds = _tail_model(tmp_path / "tail.onnx", low, frame)
+    caplog.set_level(logging.DEBUG, logger="mtc")
+
+    got = OpenVinoBackend(path, cache=False).run(dict(feeds))["out"]
+
+    expected = OrtBackend(path).run(dict(feeds))["out"]
+    assert f"openvino: {rewritten} full-resolution upsample(s)" in caplog.text
+    assert got.shape == expected.shape == (1, 3, *frame)
+    assert np.abs(got - expected).max() < 1e-5
+
+
+def test_only_upsamples_to_the_frame_size_are_rewritten(tmp_path):
+    import openvino as ov
+
+    path, _ = _tail_model(tmp_path / "tail.onnx", (5, 7), (20, 28))
+    model = ov.Core().read_model(path)
+    model.reshape({"src": [1, 3, 20, 28], "coeffs": [1, 3, 5, 7]})
+
+    assert upsample_as_transposed_conv(model, {(40, 56)}) == 0  # the Resize targets another size
+    wide = ov.Core().read_model(_tail_model(tmp_path / "wide.onnx", (5, 7), (20, 28), channels=16)[0])
+    wide.reshape({"src": [1, 16, 20, 28], "coeffs": [1, 16, 5, 7]})
+    assert upsample_as_transposed_conv(wide, {(20, 28)}) == 0  # a decoder-style upsample of many channels
+    assert upsample_as_transposed_conv(model, {(20, 28)}) == 1
+    assert "Interpolate" not in {op.get_type_name() for op in model.get_ordered_ops()}
+    assert "GroupConvolutionBackpropData" in {op.get_type_name() for op in model.get_ordered_ops()}
+
+
+@pytest.mark.parametrize("artifact, ratio, upsamples",
+                         [("rvm_artifact", 0.25, 2), ("rvm_alpha_artifact", 0.25, 1), ("rvm_artifact", 1.0, 0)])
+def test_rvm_refiner_upsamples_become_transposed_convs_at_hd_ratios(request, caplog, artifact, ratio, upsamples):
+    # The full export upsamples A and b, the alpha-only one their 2-channel alpha pair. At ratio 1
+    # the refiner's resizes are x1 and the decoder's last upsample (32 channels, to the frame size)
+    # stays an Interpolate. Values: test_openvino's clip parity runs at ratio 0.25.
+    from calib_data.builtin_clip import ClipSpec, builtin_clip
+
+    frames = builtin_clip(ClipSpec(width=256, height=144, frames=3))
+    caplog.set_level(logging.DEBUG, logger="mtc")
+    alphas = {}
+    for backend in ("openvino", "onnxruntime"):
+        session = mtc.runtime.load(request.getfixturevalue(artifact), backend=backend, downsample_ratio=ratio)
+        alphas[backend] = np.stack([session.process(frame).alpha.copy() for frame in frames])
+    assert f"openvino: {upsamples} full-resolution upsample(s)" in caplog.text
+    assert np.abs(alphas["openvino"] - alphas["onnxruntime"]).max() < 1e-4
