@@ -11,9 +11,9 @@ recurrent state and thread spinning off:
   with the official model's recurrent states carried; no `quant_pre_process` (its symbolic
   shape inference fails on RVM);
 - OpenVINO, if `openvino` is importable, each compiled with static shapes per resolution (the
-  ratio frozen, states reshaped: measured faster than dynamic shapes) and an explicit
-  inference precision: `openvino_fp32` and `openvino_bf16` (where the CPU has BF16) on the
-  official file, `openvino_int8_qdq` on the stock QDQ model, and, if `nncf` is importable,
+  ratio frozen, states reshaped: measured faster than dynamic shapes), an explicit inference
+  precision, and the graph as OpenVINO reads it (none of mtc's rewrites): `openvino_fp32` and
+  `openvino_bf16` (where the CPU has BF16) on the official file, `openvino_int8_qdq` on the stock QDQ model, and, if `nncf` is importable,
   `nncf_int8_openvino`: `nncf.quantize` with its defaults on the official model with the
   case's ratio frozen, calibrated on the same built-in frames and states as the stock INT8 at
   that case (each INT8 peer is checked to run the network at the requested resolution);
@@ -73,13 +73,15 @@ PLOT = Path(__file__).with_name("peers.png")
 
 class OpenVinoRvm:
     """RVM on OpenVINO's CPU plugin: static shapes for this resolution and ratio, explicit
-    inference precision (mtc.runtime's OpenVINO backend does exactly that to any RVM file)."""
+    inference precision, the graph as OpenVINO reads it (mtc.runtime's OpenVINO backend with its
+    graph rewrites off)."""
 
     def __init__(self, model: Path, ratio: float, threads: int, precision: str = "fp32"):
         from mtc.exporters.rvm import RVM_IO
         from mtc.runtime.backends.openvino import OpenVinoBackend
 
-        self.backend = OpenVinoBackend(model, io=RVM_IO, precision=precision, threads=threads, cache=False)
+        self.backend = OpenVinoBackend(model, io=RVM_IO, precision=precision, threads=threads, cache=False,
+                                       rewrite_graph=False)
         self.ratio = np.array([ratio], np.float32)
         self.reset()
 

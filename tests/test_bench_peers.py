@@ -66,6 +66,7 @@ def test_openvino_peer_runs_static_and_matches_onnxruntime(peers, rvm_onnx):
     for frame in frames:
         np.testing.assert_allclose(ov_peer.process(frame), ort_peer.process(frame), atol=1e-4)
     assert ov_peer.backend.static_shapes and ov_peer.backend.precision == "fp32"
+    assert not ov_peer.backend.rewrite_graph and not ov_peer.backend._merged  # OpenVINO as a user wires it
 
 
 def test_a_peer_running_the_network_at_another_resolution_is_flagged(peers, rvm_onnx):

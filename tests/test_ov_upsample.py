@@ -92,3 +92,12 @@ def test_rvm_refiner_upsamples_become_transposed_convs_at_hd_ratios(request, cap
         alphas[backend] = np.stack([session.process(frame).alpha.copy() for frame in frames])
     assert f"openvino: {upsamples} full-resolution upsample(s)" in caplog.text
     assert np.abs(alphas["openvino"] - alphas["onnxruntime"]).max() < 1e-4
+
+
+def test_graph_rewrites_can_be_turned_off(rvm_artifact, caplog):
+    caplog.set_level(logging.DEBUG, logger="mtc")
+    io = mtc.runtime.load(rvm_artifact, backend="onnxruntime").io
+    backend = OpenVinoBackend(rvm_artifact / "model.onnx", io=io, cache=False, rewrite_graph=False)
+    backend.run(io.example_feeds(144, 256, downsample_ratio=0.25))
+    assert "openvino: 0 full-resolution upsample(s)" in caplog.text
+    assert not backend._merged and backend.output_names[:2] == ("fgr", "pha")

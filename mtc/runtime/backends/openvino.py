@@ -93,13 +93,17 @@ class OpenVinoBackend:
             the dynamic model once (slower per frame, measured).
         cache: keep compiled models in the mtc cache (CACHE_DIR).
         device: OpenVINO device name.
+        rewrite_graph: apply mtc's exact graph rewrites for OpenVINO (merged split outputs,
+            full-resolution upsamples as transposed convolutions); False runs the file as
+            OpenVINO reads it (what benchmarks compare against).
     """
 
     name = "openvino"
     fresh_outputs = False
 
     def __init__(self, model: str | Path, *, io: ModelIO | None = None, precision: str = "fp32",
-                 threads: int | None = None, static_shapes: bool = True, cache: bool = True, device: str = "CPU"):
+                 threads: int | None = None, static_shapes: bool = True, cache: bool = True, device: str = "CPU",
+                 rewrite_graph: bool = True):
         ov = require("openvino", what="OpenVINO")
         self._ov = ov
         self.core = ov.Core()
@@ -112,7 +116,8 @@ class OpenVinoBackend:
             if "BF16" not in capabilities:
                 raise MtcError("this CPU has no BF16 support, so OpenVINO would silently run FP32",
                                hint="use precision='fp32' (or a CPU with AVX-512 BF16 / AMX)")
-        graph, self._merged = _onnx_with_merged_outputs(Path(model))
+        self.rewrite_graph = rewrite_graph
+        graph, self._merged = _onnx_with_merged_outputs(Path(model)) if rewrite_graph else (str(model), {})
         try:
             self.model = self.core.read_model(graph)
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses with long messages
@@ -181,7 +186,7 @@ class OpenVinoBackend:
                     model.reshape(shapes)
                 frame_sizes = {tuple(shape[2:]) for name, shape in shapes.items()
                                if name not in self._states and len(shape) == 4}
-                rewritten = upsample_as_transposed_conv(model, frame_sizes)
+                rewritten = upsample_as_transposed_conv(model, frame_sizes) if self.rewrite_graph else 0
                 log.debug("openvino: %d full-resolution upsample(s) as transposed convolutions", rewritten)
             except Exception as exc:  # OpenVINO raises plain RuntimeErrors from shape inference
                 detail = exception_summary(exc, 300)
