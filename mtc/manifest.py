@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,14 +67,24 @@ class Preprocess:
 
 @dataclass(frozen=True)
 class DownsampleRule:
-    """RVM-style internal resolution: ratio = min(target_side / max(h, w), max_ratio)."""
+    """RVM-style internal resolution: ratio = min(target_side / max(h, w), max_ratio), replaced
+    by the nearest unit fraction 1/k when one lies within `snap` (relative) of it.
+
+    Why snap: with ratio 1/k the refiner upsamples by the integer factor k, which backends can
+    run as a transposed convolution (OpenVINO: INT8 RVM at 1920x1080 68 vs 94 ms at the plain
+    rule's 0.267), and 1/4 at HD and 1/8 at 4K are RVM's own recommended ratios.
+    """
 
     input: str
     target_side: int = 512
     max_ratio: float = 1.0
+    snap: float = 0.0
 
     def ratio_for(self, height: int, width: int) -> float:
-        return min(self.target_side / max(height, width), self.max_ratio)
+        ratio = min(self.target_side / max(height, width), self.max_ratio)
+        fractions = [1 / k for k in {max(1, math.floor(1 / ratio)), math.ceil(1 / ratio)} if 1 / k <= self.max_ratio]
+        near = [f for f in fractions if abs(f - ratio) <= self.snap * ratio]
+        return min(near, key=lambda f: abs(f - ratio)) if near else ratio
 
 
 @dataclass(frozen=True)
@@ -261,6 +272,7 @@ def _model_io(r: _Reader) -> ModelIO:
             input=d.get("input", str),
             target_side=d.get("target_side", int, 512),
             max_ratio=d.get("max_ratio", float, 1.0),
+            snap=d.get("snap", float, 0.0),
         )
     io = ModelIO(inputs, outputs, states, preprocess, downsample)
     _check_io_consistency(io, r)

@@ -25,8 +25,31 @@ def test_state_pairs_and_downsample_rule_survive(tmp_path):
     manifest = _manifest(tmp_path)
     parsed = manifest_from_dict(json.loads(manifest.to_json()))
     assert [(p.input, p.output) for p in parsed.io.states] == [("r1i", "r1o"), ("r2i", "r2o"), ("r3i", "r3o"), ("r4i", "r4o")]
-    assert parsed.io.downsample.ratio_for(1080, 1920) == pytest.approx(512 / 1920)
+    assert parsed.io.downsample.ratio_for(1080, 1920) == 0.25  # RVM's rule snaps 0.267 to 1/4
     assert parsed.io.downsample.ratio_for(288, 512) == 1.0
+
+
+@pytest.mark.parametrize("size, plain, snapped", [
+    ((1080, 1920), 512 / 1920, 0.25),     # 0.267 -> 1/4, 6% lower
+    ((2160, 3840), 512 / 3840, 0.125),
+    ((1440, 2560), 0.2, 0.2),             # already 1/5
+    ((720, 1280), 0.4, 0.4),              # 1/3 and 1/2 are 17% and 25% away: kept
+    ((480, 640), 0.8, 0.8),
+    ((288, 512), 1.0, 1.0),
+    ((100, 200), 1.0, 1.0),               # capped by max_ratio
+])
+def test_downsample_rule_snaps_to_a_nearby_unit_fraction_only_when_asked(size, plain, snapped):
+    from mtc.manifest import DownsampleRule
+
+    assert DownsampleRule("downsample_ratio").ratio_for(*size) == pytest.approx(plain)
+    assert DownsampleRule("downsample_ratio", snap=0.1).ratio_for(*size) == pytest.approx(snapped)
+
+
+def test_downsample_snap_survives_the_manifest_and_defaults_to_off(tmp_path):
+    data = json.loads(_manifest(tmp_path).to_json())
+    assert manifest_from_dict(data).io.downsample.snap == 0.1
+    del data["io"]["downsample"]["snap"]  # a manifest written before the field existed
+    assert manifest_from_dict(data).io.downsample.snap == 0.0
 
 
 @pytest.mark.parametrize("mutate, field", [

@@ -126,7 +126,9 @@ def test_recurrent_state_changes_later_frames(rvm_artifact, clip):
 
 def test_auto_downsample_ratio(rvm_artifact):
     session = mtc.runtime.load(rvm_artifact)
-    assert session.ratio_for(1080, 1920) == pytest.approx(512 / 1920)
+    # min(512 / max(h, w), 1), snapped to 1/k within 10%: RVM's recommended HD 0.25 and 4K 0.125
+    assert session.ratio_for(1080, 1920) == 0.25 and session.ratio_for(2160, 3840) == 0.125
+    assert session.ratio_for(720, 1280) == pytest.approx(0.4)  # 1/3 and 1/2 are too far from 0.4
     assert session.ratio_for(288, 512) == 1.0
     fixed = mtc.runtime.load(rvm_artifact, downsample_ratio=0.25)
     assert fixed.ratio_for(1080, 1920) == 0.25

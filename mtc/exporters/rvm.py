@@ -103,7 +103,7 @@ RVM_IO = ModelIO(
     preprocess=Preprocess(scale=1.0 / 255.0),
     # RVM's recommended rule: run the network near 512 px on the long side; the refiner
     # restores full resolution (HD -> ~0.27, 4K -> ~0.13).
-    downsample=DownsampleRule(input="downsample_ratio", target_side=512, max_ratio=1.0),
+    downsample=DownsampleRule(input="downsample_ratio", target_side=512, max_ratio=1.0, snap=0.1),
 )
 
 # The same contract with the ratio baked into the graph: no ratio input, no auto rule.

@@ -110,9 +110,10 @@ class TensorRTBackend:
             no listed profile accepts gets an exact profile built on demand when
             `build_missing`, else an error. None: exact profiles on demand only.
         ratio_policy: "profile" runs a frame at its profile's frozen downsample ratio when the
-            session asks for another (the auto rule's 0.267 at HD becomes RVM's recommended
-            0.25; logged once); "strict" requires the requested ratio (used when the user fixed
-            one) and builds or picks a profile with exactly that ratio.
+            session asks for another (an artifact exported before the auto rule snapped to 1/k
+            asks for 0.267 at HD, which becomes RVM's recommended 0.25; logged once); "strict"
+            requires the requested ratio (used when the user fixed one) and builds or picks a
+            profile with exactly that ratio.
         cuda_graph: capture each frame's work into a CUDA graph and replay it.
         build_missing: build plans that are missing or stale (minutes, once, into the cache).
         device: CUDA device index.
