@@ -33,8 +33,8 @@ def load(folder: str | Path, *, backend: str = "auto", downsample_ratio: float |
         downsample_ratio: fix the internal resolution ratio (RVM); None applies the auto rule
             min(512 / max(h, w), 1) per frame size, snapped to a unit fraction 1/k within 10%
             (0.25 at HD, 0.125 at 4K; see manifest.DownsampleRule). With TensorRT, None lets
-            each profile's frozen ratio apply (RVM's recommended 0.25 at HD), a fixed value needs a profile
-            built for exactly that ratio.
+            each profile's frozen ratio apply (RVM's recommended 0.25 at HD), a fixed value
+            needs a profile built for exactly that ratio.
         scene_cut_threshold: reset recurrent state when consecutive frames differ by more than
             this mean grey level (0..255); None disables.
         threads: CPU inference threads; defaults to the CPUs this process may use.

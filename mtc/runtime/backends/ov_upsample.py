@@ -34,7 +34,7 @@ def triangle_kernel(factor: int) -> np.ndarray:
     return (1 - np.abs(np.arange(taps) - centre) / factor).astype(np.float32)
 
 
-def crop(factor: int) -> int:
+def _crop(factor: int) -> int:
     """Output pixels the transposed conv adds on each side, relative to the upsampled image."""
     return (3 * factor) // 2
 
@@ -88,7 +88,7 @@ def upsample_as_transposed_conv(model, frame_sizes: set[tuple[int, int]]) -> int
         kernel = np.outer(triangle_kernel(fy), triangle_kernel(fx))
         weights = ops.constant(np.ascontiguousarray(np.broadcast_to(kernel, (channels, 1, 1, *kernel.shape))))
         upsampled = ops.group_convolution_backprop_data(
-            padded, weights, strides=[fy, fx], pads_begin=[crop(fy), crop(fx)], pads_end=[crop(fy), crop(fx)],
+            padded, weights, strides=[fy, fx], pads_begin=[_crop(fy), _crop(fx)], pads_end=[_crop(fy), _crop(fx)],
             dilations=[1, 1])
         upsampled.set_friendly_name(op.get_friendly_name())
         op.output(0).replace(upsampled.output(0))
