@@ -47,11 +47,12 @@ def initializer_value(graph: onnx.GraphProto, name: str):
     return None if init is None else onnx.numpy_helper.to_array(init).tolist()
 
 
-def split_sizes(graph: onnx.GraphProto, split: onnx.NodeProto) -> list[int] | None:
-    """A Split's part sizes, from its `split` input (opset >= 13) or attribute; None if not constant."""
-    if len(split.input) > 1 and split.input[1]:
-        return initializer_value(graph, split.input[1])
-    return attribute(split, "split")
+def input_or_attribute(graph: onnx.GraphProto, node: onnx.NodeProto, index: int, name: str):
+    """A setting that newer opsets pass as constant input `index` and older ones as attribute
+    `name` (Split's sizes, ReduceMean's axes); None if neither holds a constant."""
+    if len(node.input) > index and node.input[index]:
+        return initializer_value(graph, node.input[index])
+    return attribute(node, name)
 
 
 def sort_nodes(graph: onnx.GraphProto, nodes: list[onnx.NodeProto] | None = None) -> None:

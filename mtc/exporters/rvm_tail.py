@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from mtc.graph_edit import attribute, initializer_value, producers, remove_dead_nodes, sort_nodes, split_sizes
+from mtc.graph_edit import attribute, input_or_attribute, producers, remove_dead_nodes, sort_nodes
 
 PREFIX = "refiner_tail"
 
@@ -194,9 +194,9 @@ def _match_fold(graph: onnx.GraphProto) -> _Tail | None:
 
 
 def _splits_3_1(split, graph) -> bool:
-    return split_sizes(graph, split) == [3, 1] and attribute(split, "axis", 0) in (1, -3)
+    return input_or_attribute(graph, split, 1, "split") == [3, 1] and attribute(split, "axis", 0) in (1, -3)
 
 
 def _reduce_axes(node, graph):
-    axes = initializer_value(graph, node.input[1]) if len(node.input) > 1 else attribute(node, "axes")
+    axes = input_or_attribute(graph, node, 1, "axes")
     return axes if axes != [-3] else [1]

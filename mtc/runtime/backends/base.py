@@ -59,6 +59,15 @@ def require(module: str, *, what: str | None = None) -> Any:
         raise MtcError(f"{what or root} is not installed ({exc.msg if hasattr(exc, 'msg') else exc})", hint=hint) from None
 
 
+def openvino_ops():
+    """OpenVINO's opset13 node factories (under openvino.runtime before OpenVINO 2025)."""
+    try:
+        from openvino import opset13
+    except ImportError:
+        from openvino.runtime import opset13
+    return opset13
+
+
 class DeviceState:
     """A state tensor that stays in backend memory between frames.
 

@@ -33,7 +33,7 @@ import numpy as np
 
 from mtc.errors import MtcError, exception_summary
 from mtc.manifest import ModelIO
-from mtc.runtime.backends.base import default_threads, is_broadcast_initial, require
+from mtc.runtime.backends.base import default_threads, is_broadcast_initial, openvino_ops, require
 from mtc.runtime.backends.ov_upsample import upsample_as_transposed_conv
 from mtc.runtime.backends.split_outputs import MergedOutput, merge_split_outputs
 
@@ -154,11 +154,7 @@ class OpenVinoBackend:
         return tuple(parts)
 
     def _freeze(self, model, name: str, value: np.ndarray) -> None:
-        try:
-            from openvino import opset13 as ops
-        except ImportError:  # OpenVINO before 2025 kept the opsets under openvino.runtime
-            from openvino.runtime import opset13 as ops
-
+        ops = openvino_ops()
         parameter = next(p for p in model.get_parameters() if p.output(0).get_any_name() == name
                          or p.get_friendly_name() == name)
         constant = ops.constant(np.asarray(value, dtype=parameter.get_element_type().to_dtype()))

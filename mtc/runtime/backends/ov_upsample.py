@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mtc.runtime.backends.base import openvino_ops
+
 LINEAR_MODES = ("linear", "linear_onnx")
 MAX_CHANNELS = 8
 
@@ -39,7 +41,7 @@ def _crop(factor: int) -> int:
     return (3 * factor) // 2
 
 
-def _integer_factors(source: list[int], target: list[int]) -> tuple[int, int] | None:
+def _integer_factors(source: list[int], target: list[int]) -> tuple[int, ...] | None:
     if source[:2] != target[:2]:
         return None
     factors = []
@@ -50,7 +52,8 @@ def _integer_factors(source: list[int], target: list[int]) -> tuple[int, int] | 
     return tuple(factors) if min(factors) >= 2 else None
 
 
-def _eligible(op, frame_sizes: set[tuple[int, int]]) -> tuple[int, int] | None:
+def _eligible(op, frame_sizes: set[tuple[int, int]]) -> tuple[int, int, int] | None:
+    """(channels, factor_y, factor_x) for an Interpolate this module rewrites, else None."""
     if op.get_type_name() != "Interpolate":
         return None
     attributes = op.get_attributes()
@@ -64,25 +67,21 @@ def _eligible(op, frame_sizes: set[tuple[int, int]]) -> tuple[int, int] | None:
     source, target = [int(d) for d in source.to_shape()], [int(d) for d in target.to_shape()]
     if tuple(target[2:]) not in frame_sizes or source[1] > MAX_CHANNELS:
         return None
-    return _integer_factors(source, target)
+    factors = _integer_factors(source, target)
+    return None if factors is None else (source[1], *factors)
 
 
 def upsample_as_transposed_conv(model, frame_sizes: set[tuple[int, int]]) -> int:
     """Rewrite, in place, every static bilinear Interpolate of `model` (an openvino.Model) that
     upsamples at most MAX_CHANNELS channels by integer factors to one of `frame_sizes`
     (height, width). Returns how many."""
-    try:
-        from openvino import opset13 as ops
-    except ImportError:  # OpenVINO before 2025 kept the opsets under openvino.runtime
-        from openvino.runtime import opset13 as ops
-
+    ops = openvino_ops()
     rewritten = 0
     for op in list(model.get_ordered_ops()):
-        factors = _eligible(op, frame_sizes)
-        if factors is None:
+        eligible = _eligible(op, frame_sizes)
+        if eligible is None:
             continue
-        fy, fx = factors
-        channels = int(op.input(0).get_partial_shape().to_shape()[1])
+        channels, fy, fx = eligible
         edge = np.array([0, 0, 1, 1], np.int64)
         padded = ops.pad(op.input_value(0), edge, edge, "edge")
         kernel = np.outer(triangle_kernel(fy), triangle_kernel(fx))

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import onnx
 from onnx import helper
 
-from mtc.graph_edit import attribute, reader_counts, split_sizes
+from mtc.graph_edit import attribute, input_or_attribute, reader_counts
 
 PREFIX = "mtc_merged"
 
@@ -79,7 +79,7 @@ def _merge(graph: onnx.GraphProto, match: _Match) -> MergedOutput:
 
 def _match(graph: onnx.GraphProto, split: onnx.NodeProto) -> _Match | None:
     """The Split's parts when each is a graph output, directly or through the same Clip."""
-    sizes = split_sizes(graph, split)
+    sizes = input_or_attribute(graph, split, 1, "split")
     if sizes is None or len(sizes) != len(split.output) or attribute(split, "axis", 0) != 1:
         return None
     readers = reader_counts(graph)
