@@ -258,6 +258,21 @@ def test_rgb_video_round_trip(tmp_path, name, width, height):
     assert _no_leftovers(tmp_path) == []
 
 
+def test_planar_frames_encode_to_the_same_video_as_interleaved_ones(tmp_path):
+    from mtc.runtime.media import _video_frame
+
+    frames = [_smooth(64, 96, i) for i in range(4)]
+    planar = [np.ascontiguousarray(f.transpose(2, 0, 1)).transpose(1, 2, 0) for f in frames]
+    # Planar memory goes in as FFmpeg's planar G,B,R (no interleaving copy), HWC as rgb24.
+    assert _video_frame(planar[0]).format.name == "gbrp"
+    assert _video_frame(frames[0]).format.name == "rgb24"
+    decoded = []
+    for name, pictures in (("hwc.mp4", frames), ("planar.mp4", planar)):
+        with VideoReader(_write(tmp_path / name, pictures, fps=24.0)) as video:
+            decoded.append(np.stack(list(video)))
+    np.testing.assert_array_equal(decoded[0], decoded[1])
+
+
 def test_mpeg4_fallback_without_libx264(tmp_path, monkeypatch):
     monkeypatch.setattr(av, "codecs_available", av.codecs_available - {"libx264"})
     frames = [_smooth(64, 96, i) for i in range(12)]

@@ -57,21 +57,28 @@ class Matte:
         return np.concatenate([rgb, self.alpha_u8()[..., None]], axis=2)
 
     def composite(self, background: np.ndarray | tuple[int, int, int]) -> np.ndarray:
-        """Foreground over `background` (an HxWx3 uint8 image or an RGB colour) as uint8."""
+        """Foreground over `background` (an HxWx3 uint8 image or an RGB colour) as uint8.
+
+        The result is HxWx3 with planar memory (a transposed view of 3xHxW), the layout the
+        video writer encodes without an interleaving copy; `np.ascontiguousarray` gives HWC.
+        """
         # The uint8 source frame is blended in 0..255 units as it is: no float copy of it.
         foreground, scale = (self._source, 255.0) if self._foreground is None else (self._foreground, 1.0)
         if isinstance(background, tuple):
-            bg = np.asarray(background, dtype=np.float32) * (scale / 255.0)
+            bg = (np.asarray(background, dtype=np.float32) * (scale / 255.0))[:, None, None]
         elif scale == 255.0:
-            bg = background
+            bg = background.transpose(2, 0, 1)
         else:
-            bg = background.astype(np.float32) * (1.0 / 255.0)
-        # bg + (fg - bg) * alpha, in one scratch array: at HD this runs once per video frame
-        # next to inference on the same cores, so every full-frame temporary costs FPS.
-        out = np.subtract(foreground, bg, dtype=np.float32)
-        out *= self.alpha[..., None]
+            bg = background.transpose(2, 0, 1).astype(np.float32) * (1.0 / 255.0)
+        # bg + (fg - bg) * alpha, in one planar scratch array: at HD this runs once per video
+        # frame next to inference on the same cores. Planar, the per-pixel alpha and the
+        # per-channel colour broadcast along whole rows; interleaved, numpy's inner loop would
+        # run over 3 channels at a time (32 vs 9 ms at 1920x1080).
+        out = np.empty((3, *self.alpha.shape), np.float32)
+        np.subtract(foreground.transpose(2, 0, 1), bg, out=out, dtype=np.float32)
+        out *= self.alpha
         out += bg
-        return _scratch_to_u8(out, scale)
+        return _scratch_to_u8(out, scale).transpose(1, 2, 0)
 
 
 def _to_u8(x: np.ndarray) -> np.ndarray:
