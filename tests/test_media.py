@@ -273,6 +273,32 @@ def test_planar_frames_encode_to_the_same_video_as_interleaved_ones(tmp_path):
     np.testing.assert_array_equal(decoded[0], decoded[1])
 
 
+@pytest.mark.parametrize(("width", "height", "planar"), [(96, 64, True), (1920, 64, True), (98, 64, False),
+                                                      (104, 63, False), (97, 63, False)])
+def test_reader_frames_equal_ffmpegs_rgb24_and_are_planar_where_exact(tmp_path, width, height, planar):
+    path = _write(tmp_path / "a.mkv", [_smooth(height, width, i) for i in range(3)], fps=24.0)
+    with av.open(str(path)) as container:
+        packed = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    with VideoReader(path) as video:
+        frames = list(video)
+    assert len(frames) == len(packed) == 3
+    for got, want in zip(frames, packed):
+        assert got.transpose(2, 0, 1).flags.c_contiguous == planar
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("width", [16 * k for k in range(1, 13)] + [1280, 1920, 3840])
+def test_planar_decoding_is_exact_at_every_width_it_is_used_for(width):
+    from mtc.runtime.media import _planar_conversion_is_exact, _planar_rgb
+
+    rng = np.random.default_rng(width)
+    frame = av.VideoFrame(width, 34, "yuv420p")
+    for plane in frame.planes:
+        plane.update(rng.integers(16, 236, plane.buffer_size, dtype=np.uint8).tobytes())
+    assert _planar_conversion_is_exact(frame)
+    np.testing.assert_array_equal(_planar_rgb(frame.reformat(format="gbrp")), frame.to_ndarray(format="rgb24"))
+
+
 def test_mpeg4_fallback_without_libx264(tmp_path, monkeypatch):
     monkeypatch.setattr(av, "codecs_available", av.codecs_available - {"libx264"})
     frames = [_smooth(64, 96, i) for i in range(12)]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mtc.errors import MtcError
@@ -212,7 +213,7 @@ class VideoReader:
     Use as a context manager and iterate once::
 
         with VideoReader("in.mp4") as video:
-            for rgb in video:  # HxWx3 uint8
+            for rgb in video:  # HxWx3 uint8 (planar memory where FFmpeg converts exactly)
                 ...
 
     A file truncated part-way yields the frames that decode, logs a warning, and stops.
@@ -274,9 +275,13 @@ class VideoReader:
             raise RuntimeError("VideoReader can be iterated only once; open a new one")
         self._started = True
         produced = 0
+        to_rgb = VideoReformatter()  # keeps FFmpeg's conversion context across frames
         try:
             for frame in self._container.decode(self._stream):
-                yield frame.to_ndarray(format="rgb24")
+                if _planar_conversion_is_exact(frame):
+                    yield _planar_rgb(to_rgb.reformat(frame, format="gbrp"))
+                else:
+                    yield to_rgb.reformat(frame, format="rgb24").to_ndarray()
                 produced += 1
         except av.FFmpegError as exc:
             if produced:
@@ -447,6 +452,31 @@ class _AudioCopy:
 
     def close(self) -> None:
         self._input.close()
+
+
+# 8-bit planar YUV, where FFmpeg's planar G,B,R conversion gives the same pixels as packed
+# RGB when the width is a multiple of 16. Other widths lose their last columns to zeros
+# (swscale in PyAV 18's FFmpeg 8: widths 16k+2 .. 16k+8), and 10-bit or NV12 sources take
+# other chroma paths (up to 48 levels apart on noise), so those keep rgb24.
+_PLANAR_EXACT_FORMATS = frozenset({"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p"})
+
+
+def _planar_conversion_is_exact(frame: av.VideoFrame) -> bool:
+    return frame.format.name in _PLANAR_EXACT_FORMATS and frame.width % 16 == 0
+
+
+def _planar_rgb(frame: av.VideoFrame) -> np.ndarray:
+    """A gbrp frame as HxWx3 RGB with planar memory (a view of 3xHxW).
+
+    Decoding to planar G,B,R is FFmpeg's fast path: 0.9 ms per 1080p frame against 12.5 ms
+    for packed rgb24 (see `_PLANAR_EXACT_FORMATS` for where the pixels are the same).
+    """
+    height, width = frame.height, frame.width
+    rgb = np.empty((3, height, width), np.uint8)
+    for channel, plane in zip((1, 2, 0), frame.planes):  # gbrp stores G, B, R
+        rows = np.frombuffer(plane, np.uint8)[:height * plane.line_size].reshape(height, plane.line_size)
+        rgb[channel] = rows[:, :width]
+    return rgb.transpose(1, 2, 0)
 
 
 def _video_frame(frame: np.ndarray) -> av.VideoFrame:
