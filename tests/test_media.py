@@ -287,16 +287,28 @@ def test_reader_frames_equal_ffmpegs_rgb24_and_are_planar_where_exact(tmp_path, 
         np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("width", [16 * k for k in range(1, 13)] + [1280, 1920, 3840])
-def test_planar_decoding_is_exact_at_every_width_it_is_used_for(width):
+@pytest.mark.parametrize("pixel_format", ["yuv420p", "yuvj420p", "yuv422p", "yuv444p"])
+def test_planar_decoding_is_exact_at_every_size_it_is_used_for(pixel_format):
     from mtc.runtime.media import _planar_conversion_is_exact, _planar_rgb
 
-    rng = np.random.default_rng(width)
-    frame = av.VideoFrame(width, 34, "yuv420p")
-    for plane in frame.planes:
-        plane.update(rng.integers(16, 236, plane.buffer_size, dtype=np.uint8).tobytes())
-    assert _planar_conversion_is_exact(frame)
-    np.testing.assert_array_equal(_planar_rgb(frame.reformat(format="gbrp")), frame.to_ndarray(format="rgb24"))
+    rng = np.random.default_rng(0)
+    used = 0
+    for width in [*range(16, 161, 8), 1280, 1920]:
+        for height in (1, 2, 33, 34, 720):
+            frame = av.VideoFrame(width, height, pixel_format)
+            if not _planar_conversion_is_exact(frame):
+                continue
+            used += 1
+            for plane in frame.planes:
+                plane.update(rng.integers(16, 236, plane.buffer_size, dtype=np.uint8).tobytes())
+            np.testing.assert_array_equal(_planar_rgb(frame.reformat(format="gbrp")), frame.to_ndarray(format="rgb24"),
+                                          err_msg=f"{pixel_format} {width}x{height}")
+    assert used >= 36  # every format takes the planar path for common sizes (1920x720 among them)
+    # Where FFmpeg's planar output differs (see _planar_conversion_is_exact), packed RGB is used.
+    subsampled = pixel_format != "yuv444p"
+    assert _planar_conversion_is_exact(av.VideoFrame(96, 33, pixel_format)) != subsampled
+    assert _planar_conversion_is_exact(av.VideoFrame(104, 34, pixel_format)) != subsampled
+    assert not _planar_conversion_is_exact(av.VideoFrame(96, 34, "yuv420p10le"))
 
 
 def test_mpeg4_fallback_without_libx264(tmp_path, monkeypatch):

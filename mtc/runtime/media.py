@@ -454,22 +454,26 @@ class _AudioCopy:
         self._input.close()
 
 
-# 8-bit planar YUV, where FFmpeg's planar G,B,R conversion gives the same pixels as packed
-# RGB when the width is a multiple of 16. Other widths lose their last columns to zeros
-# (swscale in PyAV 18's FFmpeg 8: widths 16k+2 .. 16k+8), and 10-bit or NV12 sources take
-# other chroma paths (up to 48 levels apart on noise), so those keep rgb24.
-_PLANAR_EXACT_FORMATS = frozenset({"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p"})
+# 8-bit planar YUV where FFmpeg's planar G,B,R conversion gives the same pixels as packed RGB
+# (measured on PyAV 18's FFmpeg 8, every width and height up to 80 and common video sizes):
+# 4:4:4 always; 4:2:0 and 4:2:2 at even heights and widths that are multiples of 16. Elsewhere
+# swscale's planar path zeroes the last columns (widths 16k+2 .. 16k+8) or interpolates chroma
+# differently (odd heights; 10-bit and NV12 sources), so those frames keep rgb24.
+_PLANAR_EXACT_ANY_SIZE = frozenset({"yuv444p", "yuvj444p"})
+_PLANAR_EXACT_ALIGNED = frozenset({"yuv420p", "yuvj420p", "yuv422p", "yuvj422p"})
 
 
 def _planar_conversion_is_exact(frame: av.VideoFrame) -> bool:
-    return frame.format.name in _PLANAR_EXACT_FORMATS and frame.width % 16 == 0
+    name = frame.format.name
+    aligned = frame.width % 16 == 0 and frame.height % 2 == 0
+    return name in _PLANAR_EXACT_ANY_SIZE or (name in _PLANAR_EXACT_ALIGNED and aligned)
 
 
 def _planar_rgb(frame: av.VideoFrame) -> np.ndarray:
     """A gbrp frame as HxWx3 RGB with planar memory (a view of 3xHxW).
 
     Decoding to planar G,B,R is FFmpeg's fast path: 0.9 ms per 1080p frame against 12.5 ms
-    for packed rgb24 (see `_PLANAR_EXACT_FORMATS` for where the pixels are the same).
+    for packed rgb24 (see `_planar_conversion_is_exact` for where the pixels are the same).
     """
     height, width = frame.height, frame.width
     rgb = np.empty((3, height, width), np.uint8)
