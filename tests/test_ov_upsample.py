@@ -1,5 +1,6 @@
-"""OpenVINO: full-resolution bilinear upsamples become depthwise transposed convolutions
-(mtc.runtime.backends.ov_upsample) with the same values as ONNX Runtime's Resize."""
+"""OpenVINO's Interpolate rewrites (mtc.runtime.backends.ov_upsample): identity resizes are
+dropped and full-resolution bilinear upsamples become depthwise transposed convolutions, with the
+same values as ONNX Runtime's Resize."""
 
 from __future__ import annotations
 
@@ -15,7 +16,11 @@ pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install '
 import mtc.runtime  # noqa: E402
 from mtc.runtime.backends import OrtBackend  # noqa: E402
 from mtc.runtime.backends.openvino import OpenVinoBackend  # noqa: E402
-from mtc.runtime.backends.ov_upsample import triangle_kernel, upsample_as_transposed_conv  # noqa: E402
+from mtc.runtime.backends.ov_upsample import (  # noqa: E402
+    drop_identity_resizes,
+    triangle_kernel,
+    upsample_as_transposed_conv,
+)
 
 
 @pytest.mark.parametrize("factor, expected", [(2, [1, 3, 3, 1]), (4, [1, 3, 5, 7, 7, 5, 3, 1]), (3, [2, 4, 6, 4, 2])])
@@ -55,9 +60,51 @@ def test_openvino_upsample_equals_onnxruntime_resize(tmp_path, caplog, low, fram
     got = OpenVinoBackend(path, cache=False).run(dict(feeds))["out"]
 
     expected = OrtBackend(path).run(dict(feeds))["out"]
-    assert f"openvino: {rewritten} full-resolution upsample(s)" in caplog.text
+    assert f"dropped, {rewritten} full-resolution upsample(s)" in caplog.text
     assert got.shape == expected.shape == (1, 3, *frame)
     assert np.abs(got - expected).max() < 1e-5
+
+
+def _resize_chain_model(path, size):
+    """src -> four Resizes that keep `size`: x1 by scales, by sizes, nearest x1, and x1.05 (whose
+    floor keeps the size; kept, since by the letter of the spec its samples shift) -> out."""
+    h, w = size
+    nodes = [
+        helper.make_node("Resize", ["src", "", "ones"], ["a"], mode="linear",
+                         coordinate_transformation_mode="pytorch_half_pixel"),
+        helper.make_node("Resize", ["a", "", "", "sizes"], ["b"], mode="linear",
+                         coordinate_transformation_mode="half_pixel"),
+        helper.make_node("Resize", ["b", "", "ones"], ["c"], mode="nearest",
+                         coordinate_transformation_mode="asymmetric", nearest_mode="round_prefer_ceil"),
+        helper.make_node("Resize", ["c", "", "almost_ones"], ["out"], mode="linear",
+                         coordinate_transformation_mode="pytorch_half_pixel"),
+    ]
+    graph = helper.make_graph(
+        nodes, "resizes", [helper.make_tensor_value_info("src", TensorProto.FLOAT, [1, 3, "h", "w"])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(np.ones(4, np.float32), "ones"),
+                     numpy_helper.from_array(np.array([1, 1, 1.05, 1.05], np.float32), "almost_ones"),
+                     numpy_helper.from_array(np.array([1, 3, h, w], np.int64), "sizes")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path, {"src": np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)}
+
+
+def test_identity_resizes_are_dropped_and_other_scales_kept(tmp_path, caplog):
+    import openvino as ov
+
+    path, feeds = _resize_chain_model(tmp_path / "resizes.onnx", (10, 12))  # floor(10 * 1.05) = 10
+    caplog.set_level(logging.DEBUG, logger="mtc")
+
+    got = OpenVinoBackend(path, cache=False).run(dict(feeds))["out"]
+
+    expected = OrtBackend(path).run(dict(feeds))["out"]
+    assert "openvino: 3 identity resize(s) dropped" in caplog.text
+    assert got.shape == expected.shape == (1, 3, 10, 12)
+    assert np.abs(got - expected).max() < 1e-6
+    model = ov.Core().read_model(path)
+    model.reshape({"src": [1, 3, 10, 12]})
+    assert drop_identity_resizes(model) == 3
+    assert [op.get_type_name() for op in model.get_ordered_ops()].count("Interpolate") == 1
 
 
 def test_only_upsamples_to_the_frame_size_are_rewritten(tmp_path):
@@ -76,12 +123,14 @@ def test_only_upsamples_to_the_frame_size_are_rewritten(tmp_path):
     assert "GroupConvolutionBackpropData" in {op.get_type_name() for op in model.get_ordered_ops()}
 
 
-@pytest.mark.parametrize("artifact, ratio, upsamples",
-                         [("rvm_artifact", 0.25, 2), ("rvm_alpha_artifact", 0.25, 1), ("rvm_artifact", 1.0, 0)])
-def test_rvm_refiner_upsamples_become_transposed_convs_at_hd_ratios(request, caplog, artifact, ratio, upsamples):
+@pytest.mark.parametrize("artifact, ratio, identities, upsamples",
+                         [("rvm_artifact", 0.25, 0, 2), ("rvm_alpha_artifact", 0.25, 0, 1), ("rvm_artifact", 1.0, 3, 0),
+                          ("rvm_alpha_artifact", 1.0, 2, 0)])
+def test_rvm_refiner_resizes_are_rewritten_for_the_ratio(request, caplog, artifact, ratio, identities, upsamples):
     # The full export upsamples A and b, the alpha-only one their 2-channel alpha pair. At ratio 1
-    # the refiner's resizes are x1 and the decoder's last upsample (32 channels, to the frame size)
-    # stays an Interpolate. Values: test_openvino's clip parity runs at ratio 0.25.
+    # the input's downsample and the refiner's resizes are x1 and are dropped; the decoder's last
+    # upsample (32 channels, to the frame size) stays an Interpolate. Values: test_openvino's clip
+    # parity runs at ratio 0.25.
     from calib_data.builtin_clip import ClipSpec, builtin_clip
 
     frames = builtin_clip(ClipSpec(width=256, height=144, frames=3))
@@ -90,7 +139,7 @@ def test_rvm_refiner_upsamples_become_transposed_convs_at_hd_ratios(request, cap
     for backend in ("openvino", "onnxruntime"):
         session = mtc.runtime.load(request.getfixturevalue(artifact), backend=backend, downsample_ratio=ratio)
         alphas[backend] = np.stack([session.process(frame).alpha.copy() for frame in frames])
-    assert f"openvino: {upsamples} full-resolution upsample(s)" in caplog.text
+    assert f"openvino: {identities} identity resize(s) dropped, {upsamples} full-resolution upsample(s)" in caplog.text
     assert np.abs(alphas["openvino"] - alphas["onnxruntime"]).max() < 1e-4
 
 
@@ -99,5 +148,7 @@ def test_graph_rewrites_can_be_turned_off(rvm_artifact, caplog):
     io = mtc.runtime.load(rvm_artifact, backend="onnxruntime").io
     backend = OpenVinoBackend(rvm_artifact / "model.onnx", io=io, cache=False, rewrite_graph=False)
     backend.run(io.example_feeds(144, 256, downsample_ratio=0.25))
-    assert "openvino: 0 full-resolution upsample(s)" in caplog.text
+    backend.run(io.example_feeds(144, 256, downsample_ratio=1.0))
+    assert "openvino: 0 identity resize(s) dropped, 0 full-resolution upsample(s)" in caplog.text
+    assert "openvino: 3 identity" not in caplog.text
     assert not backend._merged and backend.output_names[:2] == ("fgr", "pha")

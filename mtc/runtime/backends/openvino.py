@@ -34,7 +34,7 @@ import numpy as np
 from mtc.errors import MtcError, exception_summary
 from mtc.manifest import ModelIO
 from mtc.runtime.backends.base import default_threads, is_broadcast_initial, openvino_ops, require
-from mtc.runtime.backends.ov_upsample import upsample_as_transposed_conv
+from mtc.runtime.backends.ov_upsample import drop_identity_resizes, upsample_as_transposed_conv
 from mtc.runtime.backends.split_outputs import MergedOutput, merge_split_outputs
 
 log = logging.getLogger("mtc")
@@ -182,8 +182,10 @@ class OpenVinoBackend:
                     model.reshape(shapes)
                 frame_sizes = {tuple(shape[2:]) for name, shape in shapes.items()
                                if name not in self._states and len(shape) == 4}
+                dropped = drop_identity_resizes(model) if self.rewrite_graph else 0
                 rewritten = upsample_as_transposed_conv(model, frame_sizes) if self.rewrite_graph else 0
-                log.debug("openvino: %d full-resolution upsample(s) as transposed convolutions", rewritten)
+                log.debug("openvino: %d identity resize(s) dropped, %d full-resolution upsample(s) as "
+                          "transposed convolutions", dropped, rewritten)
             except Exception as exc:  # OpenVINO raises plain RuntimeErrors from shape inference
                 detail = exception_summary(exc, 300)
                 raise MtcError(f"openvino cannot make the model static for {self._describe_signature(feeds)}: {detail}",

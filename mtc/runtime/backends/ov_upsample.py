@@ -1,12 +1,20 @@
-"""Full-resolution bilinear upsampling as a depthwise transposed convolution, for OpenVINO.
+"""Interpolate rewrites for OpenVINO: resizes that change nothing are dropped, and full-resolution
+bilinear upsamples become depthwise transposed convolutions.
 
-OpenVINO's CPU Interpolate is slow for the large upsample at the end of RVM's refiner (A and b
-of the guided filter, from 1/4 to full resolution). With static shapes the factor is known, and
-a bilinear upsample by an integer factor s with `pytorch_half_pixel` coordinates is exactly a
-transposed convolution: pad one edge pixel on each side (coordinates are clamped at the border),
-then scatter every input pixel through a separable triangle kernel with stride s. Measured at
-1920x1080 (INT8, FP32 float parts, interleaved): the full export 75.5 -> 55.0 ms, alpha-only
-60.9 -> 48.8 ms, the FP32 artifact 96.2 -> 75.4 ms; outputs equal within 3e-7.
+Identity resizes: RVM's graph resizes the input by the downsample ratio and the refiner's
+coefficients back to the frame size, so at ratio 1 three Interpolates map a tensor to its own
+size. OpenVINO still runs them (about 1 ms each at 512x288); at scale 1 with these coordinate
+modes every output samples exactly its own input pixel, so dropping them changes no value.
+Measured at 512x288, ratio 1 (interleaved, outputs bit-identical): INT8 45.4 -> 43.6 ms (45.9 ->
+42.8 in another run), alpha-only INT8 44.7 -> 43.8, FP32 71.2 -> 70.8.
+
+Upsamples: OpenVINO's CPU Interpolate is slow for the large upsample at the end of RVM's refiner
+(A and b of the guided filter, from 1/4 to full resolution). With static shapes the factor is
+known, and a bilinear upsample by an integer factor s with `pytorch_half_pixel` coordinates is
+exactly a transposed convolution: pad one edge pixel on each side (coordinates are clamped at
+the border), then scatter every input pixel through a separable triangle kernel with stride s.
+Measured at 1920x1080 (INT8, FP32 float parts, interleaved): the full export 75.5 -> 55.0 ms,
+alpha-only 60.9 -> 48.8 ms, the FP32 artifact 96.2 -> 75.4 ms; outputs equal within 3e-7.
 
 Only upsamples of a few channels to the frame size are rewritten: that is where Interpolate's
 per-pixel cost dominates. RVM's decoder upsamples (32-128 channels, the last one to the frame
@@ -23,6 +31,10 @@ from mtc.runtime.backends.base import openvino_ops
 
 LINEAR_MODES = ("linear", "linear_onnx")
 MAX_CHANNELS = 8
+# Coordinate modes that map output pixel x to input x exactly when the scale is 1 (not
+# tf_half_pixel_for_nn, whose half-pixel shift rounds up under round_prefer_ceil).
+IDENTITY_COORDINATES = ("half_pixel", "pytorch_half_pixel", "asymmetric", "align_corners")
+MAX_FOLD_DEPTH = 8
 
 
 def triangle_kernel(factor: int) -> np.ndarray:
@@ -95,3 +107,63 @@ def upsample_as_transposed_conv(model, frame_sizes: set[tuple[int, int]]) -> int
     if rewritten:
         model.validate_nodes_and_infer_types()
     return rewritten
+
+
+def _constant_value(output, depth: int = 0) -> np.ndarray | None:
+    """The value of `output` (an openvino Output) when a few ops compute it from constants alone,
+    else None. The ratio frozen into RVM reaches its resize as Concat(constants), not yet folded."""
+    from openvino import Tensor
+
+    node = output.get_node()
+    if node.get_type_name() == "Constant":
+        return node.get_data()
+    if node.get_type_name() == "Parameter" or depth >= MAX_FOLD_DEPTH:
+        return None
+    inputs = []
+    for index in range(node.get_input_size()):
+        value = _constant_value(node.input_value(index), depth + 1)
+        if value is None:
+            return None
+        inputs.append(Tensor(np.ascontiguousarray(value)))
+    shapes = [node.get_output_partial_shape(k) for k in range(node.get_output_size())]
+    if not all(shape.is_static for shape in shapes):
+        return None
+    outputs = [Tensor(node.get_output_element_type(k), shape.to_shape()) for k, shape in enumerate(shapes)]
+    try:
+        if not node.evaluate(outputs, inputs):
+            return None
+    except RuntimeError:  # an op without a reference evaluation
+        return None
+    return outputs[output.get_index()].data.copy()
+
+
+def _is_identity(op) -> bool:
+    """Whether `op` is an Interpolate that returns its input unchanged (static shapes, scale 1)."""
+    if op.get_type_name() != "Interpolate" or op.get_type_info().version_id != "opset11":
+        return False
+    attributes = op.get_attributes()
+    if (attributes.get("mode") not in (*LINEAR_MODES, "nearest")
+            or attributes.get("coordinate_transformation_mode") not in IDENTITY_COORDINATES
+            or attributes.get("antialias") or any(attributes.get("pads_begin", ())) or any(attributes.get("pads_end", ()))):
+        return False
+    source, target = op.input(0).get_partial_shape(), op.output(0).get_partial_shape()
+    if not (source.is_static and target.is_static) or source.to_shape() != target.to_shape():
+        return False
+    if attributes.get("shape_calculation_mode") == "sizes":
+        return True  # the scale is output size / input size: exactly 1
+    # A scale just above 1 can keep the size (floor(288 * 1.001) = 288) yet shift every sample.
+    scales = _constant_value(op.input_value(1))
+    return scales is not None and bool(np.all(scales == 1))
+
+
+def drop_identity_resizes(model) -> int:
+    """Remove, in place, every Interpolate of `model` (an openvino.Model, made static) that
+    returns its input unchanged. Returns how many."""
+    dropped = 0
+    for op in list(model.get_ordered_ops()):
+        if _is_identity(op):
+            op.output(0).replace(op.input_value(0))
+            dropped += 1
+    if dropped:
+        model.validate_nodes_and_infer_types()
+    return dropped
