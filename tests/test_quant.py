@@ -286,6 +286,22 @@ def test_min_mac_share_leaves_small_layers_in_float(tmp_path):
     assert weight.data_type == TensorProto.FLOAT  # read straight from the float initializer
 
 
+def test_openvino_preset_also_quantizes_the_smaller_convs(tmp_path):
+    source = _toy_artifact(tmp_path / "toy")
+    base = [sys.executable, "-m", "mtc", "quantize", str(source), "--int8", "--no-fallback", "--float-budget", "0",
+            "--max-mad", "1000", "--max-dtssd", "1000", "--calib-frames", "4"]
+    layers = {}
+    for name in ("speed", "openvino"):
+        result = subprocess.run([*base, "--preset", name, "-o", str(tmp_path / name)], capture_output=True, text=True,
+                                timeout=600)
+        assert result.returncode == 0, result.stderr
+        layers[name] = json.loads((tmp_path / name / "report.json").read_text())["int8"]["quantized_layers"]
+        manifest = json.loads((tmp_path / name / "manifest.json").read_text())
+        assert manifest["precision"]["activation_type"] == "uint8"  # what OpenVINO runs faithfully
+    # conv3 holds 1% of the MACs: under speed's 1.5% threshold, over openvino's 0.5%.
+    assert layers == {"speed": 2, "openvino": 3}
+
+
 def test_activation_quant_int8_is_symmetric_and_uint8_spans_the_range():
     assert activation_quant((-0.5, 3.0), "int8") == (pytest.approx(3.0 / 127), 0)
     scale, zero = activation_quant((-0.5, 3.0), "uint8")

@@ -20,8 +20,10 @@ def parse_resolution(ctx: click.Context, param: click.Parameter, value: str | No
 def quantization_options(command):
     """Options shared by `mtc quantize` and `mtc export --int8/--fp16`."""
     decorators = [
-        click.option("--preset", type=click.Choice(["speed", "tensorrt"]), default="speed", show_default=True,
-                     help="INT8 Q/DQ placement: speed (integer kernels end to end on CPU backends) or "
+        click.option("--preset", type=click.Choice(["speed", "openvino", "tensorrt"]), default="speed",
+                     show_default=True,
+                     help="INT8 Q/DQ placement: speed (integer kernels end to end on CPU backends), "
+                          "openvino (also the smaller convs: faster on OpenVINO, more error) or "
                           "tensorrt (conv inputs and weights only; the backend fuses the rest)."),
         click.option("--method", type=click.Choice(["mse", "minmax", "percentile", "entropy"]), default=None,
                      help="Activation range calibration [default: mse]."),
@@ -45,7 +47,7 @@ def quantization_options(command):
         click.option("--float-budget", type=click.FloatRange(0, 100), default=None, metavar="PERCENT",
                      help="Share of the model's MACs that may stay in float where returning a layer to float "
                           "removes the most error per MAC (measured one layer at a time; 0 turns it off) "
-                          "[default: speed 4, tensorrt 0]."),
+                          "[default: speed 4, openvino 4, tensorrt 0]."),
         click.option("--float-budget-probes", type=click.IntRange(1, None), default=None, metavar="N",
                      help="Probe at most N layers for the float budget (one check each); when more fit it, "
                           "the ones with the largest isolated INT8 error per MAC [default: 24]."),

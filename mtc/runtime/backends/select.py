@@ -17,9 +17,9 @@ INT8 (Q/DQ) artifacts follow the activation type. With signed int8 activations O
 low-precision transformations lose accuracy: on RVM, alpha MAD x1e3 vs FP32 of 30-44 for both
 onnxruntime's `quantize_static` output and an mtc int8-activation artifact, where ONNX Runtime
 running the same files gives 6-7 and 1-3 (benchmarks/bench_peers.py). With uint8 activations
-(mtc's `speed` preset, zero point 128) OpenVINO matches ONNX Runtime (MAD 0.66 vs 0.62, dtSSD
-0.49 vs 0.48 on evalset composites at 512x288) and runs 1.96x plain ONNX Runtime FP32 where
-ONNX Runtime runs the same file at 1.52x; at 1920x1080 ratio 0.25 it is 1.76x against 1.36x
+(mtc's `speed` and `openvino` presets) OpenVINO matches ONNX Runtime (MAD 0.66 vs 0.62, dtSSD
+0.49 vs 0.48 on evalset composites at 512x288) and runs 2.04x plain ONNX Runtime FP32 where
+ONNX Runtime runs the same file at 1.46x; at 1920x1080 ratio 0.25 it is 1.82x against 1.41x
 (bench_peers; 1.30x against 1.36x before the transposed-conv upsampling). So `auto` sends
 uint8-activation INT8 artifacts to OpenVINO like FP32 ones and keeps int8-activation ones on
 ONNX Runtime; `backend="openvino"` still runs those (logged).
