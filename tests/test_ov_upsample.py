@@ -149,6 +149,7 @@ def test_graph_rewrites_can_be_turned_off(rvm_artifact, caplog):
     backend = OpenVinoBackend(rvm_artifact / "model.onnx", io=io, cache=False, rewrite_graph=False)
     backend.run(io.example_feeds(144, 256, downsample_ratio=0.25))
     backend.run(io.example_feeds(144, 256, downsample_ratio=1.0))
-    assert "openvino: 0 identity resize(s) dropped, 0 full-resolution upsample(s)" in caplog.text
+    assert ("openvino: 0 identity resize(s) dropped, 0 full-resolution upsample(s) as transposed convolutions, "
+            "0 guide(s) as 1x1 convolutions") in caplog.text
     assert "openvino: 3 identity" not in caplog.text
     assert not backend._merged and backend.output_names[:2] == ("fgr", "pha")

@@ -34,6 +34,7 @@ import numpy as np
 from mtc.errors import MtcError, exception_summary
 from mtc.manifest import ModelIO
 from mtc.runtime.backends.base import default_threads, is_broadcast_initial, openvino_ops, require
+from mtc.runtime.backends.ov_guide import guide_as_conv
 from mtc.runtime.backends.ov_upsample import drop_identity_resizes, upsample_as_transposed_conv
 from mtc.runtime.backends.split_outputs import MergedOutput, merge_split_outputs
 
@@ -184,8 +185,9 @@ class OpenVinoBackend:
                                if name not in self._states and len(shape) == 4}
                 dropped = drop_identity_resizes(model) if self.rewrite_graph else 0
                 rewritten = upsample_as_transposed_conv(model, frame_sizes) if self.rewrite_graph else 0
+                guides = guide_as_conv(model, frame_sizes) if self.rewrite_graph else 0
                 log.debug("openvino: %d identity resize(s) dropped, %d full-resolution upsample(s) as "
-                          "transposed convolutions", dropped, rewritten)
+                          "transposed convolutions, %d guide(s) as 1x1 convolutions", dropped, rewritten, guides)
             except Exception as exc:  # OpenVINO raises plain RuntimeErrors from shape inference
                 detail = exception_summary(exc, 300)
                 raise MtcError(f"openvino cannot make the model static for {self._describe_signature(feeds)}: {detail}",
