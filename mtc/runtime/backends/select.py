@@ -18,8 +18,8 @@ low-precision transformations lose accuracy: on RVM, alpha MAD x1e3 vs FP32 of 3
 onnxruntime's `quantize_static` output and an mtc int8-activation artifact, where ONNX Runtime
 running the same files gives 6-7 and 1-3 (benchmarks/bench_peers.py). With uint8 activations
 (mtc's `speed` and `openvino` presets) OpenVINO matches ONNX Runtime (MAD 0.66 vs 0.62, dtSSD
-0.49 vs 0.48 on evalset composites at 512x288) and runs 2.04x plain ONNX Runtime FP32 where
-ONNX Runtime runs the same file at 1.46x; at 1920x1080 ratio 0.25 it is 1.82x against 1.41x
+0.49 vs 0.48 on evalset composites at 512x288) and runs 2.03x plain ONNX Runtime FP32 where
+ONNX Runtime runs the same file at 1.53x; at 1920x1080 ratio 0.25 it is 1.89x against 1.37x
 (bench_peers; 1.30x against 1.36x before the transposed-conv upsampling). So `auto` sends
 uint8-activation INT8 artifacts to OpenVINO like FP32 ones and keeps int8-activation ones on
 ONNX Runtime; `backend="openvino"` still runs those (logged).
