@@ -68,6 +68,20 @@ def openvino_ops():
     return opset13
 
 
+def replace_openvino_ops(model, replacement: Callable[[Any], Any]) -> int:
+    """Rewrite `model` (an openvino.Model) in place: every op for which `replacement(op)` returns
+    an Output gets its output replaced by it. Returns how many ops were replaced."""
+    replaced = 0
+    for op in list(model.get_ordered_ops()):
+        new_output = replacement(op)
+        if new_output is not None:
+            op.output(0).replace(new_output)
+            replaced += 1
+    if replaced:
+        model.validate_nodes_and_infer_types()
+    return replaced
+
+
 class DeviceState:
     """A state tensor that stays in backend memory between frames.
 

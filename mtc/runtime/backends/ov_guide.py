@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mtc.runtime.backends.base import openvino_ops
+from mtc.runtime.backends.base import openvino_ops, replace_openvino_ops
 
 MAX_CHANNELS = 8
 
@@ -37,20 +37,18 @@ def _mean_guide_input(concat):
 def guide_as_conv(model, frame_sizes: set[tuple[int, int]]) -> int:
     """Rewrite, in place, every channel-mean guide of `model` (an openvino.Model, made static)
     at one of `frame_sizes` (height, width) as a 1x1 convolution. Returns how many."""
+    return replace_openvino_ops(model, lambda op: _guide_conv(op, frame_sizes))
+
+
+def _guide_conv(op, frame_sizes: set[tuple[int, int]]):
+    image = _mean_guide_input(op)
+    if image is None or tuple(int(d) for d in image.get_partial_shape().to_shape()[2:]) not in frame_sizes:
+        return None
     ops = openvino_ops()
-    rewritten = 0
-    for op in list(model.get_ordered_ops()):
-        image = _mean_guide_input(op)
-        if image is None or tuple(int(d) for d in image.get_partial_shape().to_shape()[2:]) not in frame_sizes:
-            continue
-        channels = image.get_partial_shape()[1].get_length()
-        weights = np.zeros((channels + 1, channels, 1, 1), np.float32)
-        weights[np.arange(channels), np.arange(channels)] = 1.0
-        weights[channels] = 1.0 / channels
-        conv = ops.convolution(image, ops.constant(weights), [1, 1], [0, 0], [0, 0], [1, 1])
-        conv.set_friendly_name(op.get_friendly_name())
-        op.output(0).replace(conv.output(0))
-        rewritten += 1
-    if rewritten:
-        model.validate_nodes_and_infer_types()
-    return rewritten
+    channels = image.get_partial_shape()[1].get_length()
+    weights = np.zeros((channels + 1, channels, 1, 1), np.float32)
+    weights[np.arange(channels), np.arange(channels)] = 1.0
+    weights[channels] = 1.0 / channels
+    conv = ops.convolution(image, ops.constant(weights), [1, 1], [0, 0], [0, 0], [1, 1])
+    conv.set_friendly_name(op.get_friendly_name())
+    return conv.output(0)

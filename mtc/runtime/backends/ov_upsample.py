@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mtc.runtime.backends.base import openvino_ops
+from mtc.runtime.backends.base import openvino_ops, replace_openvino_ops
 
 LINEAR_MODES = ("linear", "linear_onnx")
 MAX_CHANNELS = 8
@@ -87,26 +87,24 @@ def upsample_as_transposed_conv(model, frame_sizes: set[tuple[int, int]]) -> int
     """Rewrite, in place, every static bilinear Interpolate of `model` (an openvino.Model) that
     upsamples at most MAX_CHANNELS channels by integer factors to one of `frame_sizes`
     (height, width). Returns how many."""
+    return replace_openvino_ops(model, lambda op: _transposed_conv(op, frame_sizes))
+
+
+def _transposed_conv(op, frame_sizes: set[tuple[int, int]]):
+    eligible = _eligible(op, frame_sizes)
+    if eligible is None:
+        return None
     ops = openvino_ops()
-    rewritten = 0
-    for op in list(model.get_ordered_ops()):
-        eligible = _eligible(op, frame_sizes)
-        if eligible is None:
-            continue
-        channels, fy, fx = eligible
-        edge = np.array([0, 0, 1, 1], np.int64)
-        padded = ops.pad(op.input_value(0), edge, edge, "edge")
-        kernel = np.outer(triangle_kernel(fy), triangle_kernel(fx))
-        weights = ops.constant(np.ascontiguousarray(np.broadcast_to(kernel, (channels, 1, 1, *kernel.shape))))
-        upsampled = ops.group_convolution_backprop_data(
-            padded, weights, strides=[fy, fx], pads_begin=[_crop(fy), _crop(fx)], pads_end=[_crop(fy), _crop(fx)],
-            dilations=[1, 1])
-        upsampled.set_friendly_name(op.get_friendly_name())
-        op.output(0).replace(upsampled.output(0))
-        rewritten += 1
-    if rewritten:
-        model.validate_nodes_and_infer_types()
-    return rewritten
+    channels, fy, fx = eligible
+    edge = np.array([0, 0, 1, 1], np.int64)
+    padded = ops.pad(op.input_value(0), edge, edge, "edge")
+    kernel = np.outer(triangle_kernel(fy), triangle_kernel(fx))
+    weights = ops.constant(np.ascontiguousarray(np.broadcast_to(kernel, (channels, 1, 1, *kernel.shape))))
+    upsampled = ops.group_convolution_backprop_data(
+        padded, weights, strides=[fy, fx], pads_begin=[_crop(fy), _crop(fx)], pads_end=[_crop(fy), _crop(fx)],
+        dilations=[1, 1])
+    upsampled.set_friendly_name(op.get_friendly_name())
+    return upsampled.output(0)
 
 
 def _constant_value(output, depth: int = 0) -> np.ndarray | None:
@@ -159,11 +157,4 @@ def _is_identity(op) -> bool:
 def drop_identity_resizes(model) -> int:
     """Remove, in place, every Interpolate of `model` (an openvino.Model, made static) that
     returns its input unchanged. Returns how many."""
-    dropped = 0
-    for op in list(model.get_ordered_ops()):
-        if _is_identity(op):
-            op.output(0).replace(op.input_value(0))
-            dropped += 1
-    if dropped:
-        model.validate_nodes_and_infer_types()
-    return dropped
+    return replace_openvino_ops(model, lambda op: op.input_value(0) if _is_identity(op) else None)

@@ -1,6 +1,7 @@
-"""OpenVINO's Interpolate rewrites (mtc.runtime.backends.ov_upsample): identity resizes are
-dropped and full-resolution bilinear upsamples become depthwise transposed convolutions, with the
-same values as ONNX Runtime's Resize."""
+"""OpenVINO's exact graph rewrites, each against ONNX Runtime running the original graph:
+identity resizes are dropped and full-resolution bilinear upsamples become depthwise transposed
+convolutions (mtc.runtime.backends.ov_upsample); a guided filter's channel-mean guide becomes a
+1x1 convolution (mtc.runtime.backends.ov_guide)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,18 @@ pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install '
 import mtc.runtime  # noqa: E402
 from mtc.runtime.backends import OrtBackend  # noqa: E402
 from mtc.runtime.backends.openvino import OpenVinoBackend  # noqa: E402
+from mtc.runtime.backends.ov_guide import guide_as_conv  # noqa: E402
 from mtc.runtime.backends.ov_upsample import (  # noqa: E402
     drop_identity_resizes,
     triangle_kernel,
     upsample_as_transposed_conv,
 )
+
+
+def _openvino_and_onnxruntime(path, feeds, caplog) -> tuple[np.ndarray, np.ndarray]:
+    """`out` of the graph at `path` on OpenVINO (rewrites on, logged to caplog) and ONNX Runtime."""
+    caplog.set_level(logging.DEBUG, logger="mtc")
+    return OpenVinoBackend(path, cache=False).run(dict(feeds))["out"], OrtBackend(path).run(dict(feeds))["out"]
 
 
 @pytest.mark.parametrize("factor, expected", [(2, [1, 3, 3, 1]), (4, [1, 3, 5, 7, 7, 5, 3, 1]), (3, [2, 4, 6, 4, 2])])
@@ -54,12 +62,7 @@ def _tail_model(path, low, frame, channels=3):
     ((5, 7), (11, 28), 0),   # not an integer factor: Interpolate stays
 ])
 def test_openvino_upsample_equals_onnxruntime_resize(tmp_path, caplog, low, frame, rewritten):
-    path, feeds = _tail_model(tmp_path / "tail.onnx", low, frame)
-    caplog.set_level(logging.DEBUG, logger="mtc")
-
-    got = OpenVinoBackend(path, cache=False).run(dict(feeds))["out"]
-
-    expected = OrtBackend(path).run(dict(feeds))["out"]
+    got, expected = _openvino_and_onnxruntime(*_tail_model(tmp_path / "tail.onnx", low, frame), caplog)
     assert f"dropped, {rewritten} full-resolution upsample(s)" in caplog.text
     assert got.shape == expected.shape == (1, 3, *frame)
     assert np.abs(got - expected).max() < 1e-5
@@ -93,11 +96,7 @@ def test_identity_resizes_are_dropped_and_other_scales_kept(tmp_path, caplog):
     import openvino as ov
 
     path, feeds = _resize_chain_model(tmp_path / "resizes.onnx", (10, 12))  # floor(10 * 1.05) = 10
-    caplog.set_level(logging.DEBUG, logger="mtc")
-
-    got = OpenVinoBackend(path, cache=False).run(dict(feeds))["out"]
-
-    expected = OrtBackend(path).run(dict(feeds))["out"]
+    got, expected = _openvino_and_onnxruntime(path, feeds, caplog)
     assert "openvino: 3 identity resize(s) dropped" in caplog.text
     assert got.shape == expected.shape == (1, 3, 10, 12)
     assert np.abs(got - expected).max() < 1e-6
@@ -123,14 +122,15 @@ def test_only_upsamples_to_the_frame_size_are_rewritten(tmp_path):
     assert "GroupConvolutionBackpropData" in {op.get_type_name() for op in model.get_ordered_ops()}
 
 
-@pytest.mark.parametrize("artifact, ratio, identities, upsamples",
-                         [("rvm_artifact", 0.25, 0, 2), ("rvm_alpha_artifact", 0.25, 0, 1), ("rvm_artifact", 1.0, 3, 0),
-                          ("rvm_alpha_artifact", 1.0, 2, 0)])
-def test_rvm_refiner_resizes_are_rewritten_for_the_ratio(request, caplog, artifact, ratio, identities, upsamples):
+@pytest.mark.parametrize("artifact, ratio, identities, upsamples, guides",
+                         [("rvm_artifact", 0.25, 0, 2, 1), ("rvm_alpha_artifact", 0.25, 0, 1, 0),
+                          ("rvm_artifact", 1.0, 3, 0, 2), ("rvm_alpha_artifact", 1.0, 2, 0, 1)])
+def test_rvm_refiner_is_rewritten_for_the_ratio(request, caplog, artifact, ratio, identities, upsamples, guides):
     # The full export upsamples A and b, the alpha-only one their 2-channel alpha pair. At ratio 1
     # the input's downsample and the refiner's resizes are x1 and are dropped; the decoder's last
-    # upsample (32 channels, to the frame size) stays an Interpolate. Values: test_openvino's clip
-    # parity runs at ratio 0.25.
+    # upsample (32 channels, to the frame size) stays an Interpolate. The full-resolution guide is
+    # at the frame size, and at ratio 1 the low-resolution one too; the alpha-only tail needs the
+    # channel mean alone, no concat. Values: test_openvino's clip parity runs at ratio 0.25.
     from calib_data.builtin_clip import ClipSpec, builtin_clip
 
     frames = builtin_clip(ClipSpec(width=256, height=144, frames=3))
@@ -139,8 +139,52 @@ def test_rvm_refiner_resizes_are_rewritten_for_the_ratio(request, caplog, artifa
     for backend in ("openvino", "onnxruntime"):
         session = mtc.runtime.load(request.getfixturevalue(artifact), backend=backend, downsample_ratio=ratio)
         alphas[backend] = np.stack([session.process(frame).alpha.copy() for frame in frames])
-    assert f"openvino: {identities} identity resize(s) dropped, {upsamples} full-resolution upsample(s)" in caplog.text
+    assert (f"openvino: {identities} identity resize(s) dropped, {upsamples} full-resolution upsample(s) as "
+            f"transposed convolutions, {guides} guide(s) as 1x1 convolutions") in caplog.text
     assert np.abs(alphas["openvino"] - alphas["onnxruntime"]).max() < 1e-4
+
+
+def _guide_model(path, reduce_axis=1):
+    """src (1x3xHxW) -> Concat(src, ReduceMean(src, reduce_axis)) -> * coeffs: RVM's refiner tail."""
+    nodes = [helper.make_node("ReduceMean", ["src", "axes"], ["mean"], keepdims=1),
+             helper.make_node("Concat", ["src", "mean"], ["guide"], axis=1 if reduce_axis == 1 else 3),
+             helper.make_node("Mul", ["guide", "coeffs"], ["out"])]
+    graph = helper.make_graph(
+        nodes, "guide",
+        [helper.make_tensor_value_info("src", TensorProto.FLOAT, [1, 3, "h", "w"]),
+         helper.make_tensor_value_info("coeffs", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(np.array([reduce_axis], np.int64), "axes")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    return path
+
+
+def test_channel_mean_guide_is_a_conv_with_onnxruntimes_values(tmp_path, caplog):
+    path = _guide_model(tmp_path / "guide.onnx")
+    rng = np.random.default_rng(0)
+    feeds = {"src": rng.random((1, 3, 20, 28), dtype=np.float32),
+             "coeffs": rng.standard_normal((1, 4, 20, 28)).astype(np.float32)}
+    got, expected = _openvino_and_onnxruntime(path, feeds, caplog)
+    assert "1 guide(s) as 1x1 convolutions" in caplog.text
+    assert got.shape == expected.shape == (1, 4, 20, 28)
+    assert np.abs(got - expected).max() < 1e-6
+
+
+def test_only_channel_mean_guides_at_the_frame_size_are_rewritten(tmp_path):
+    import openvino as ov
+
+    def static(path):
+        model = ov.Core().read_model(path)
+        model.reshape({"src": [1, 3, 20, 28], "coeffs": [1, 4, 20, 28]} if "spatial" not in path.name
+                      else {"src": [1, 3, 20, 28], "coeffs": [1, 3, 20, 29]})
+        return model
+
+    model = static(_guide_model(tmp_path / "guide.onnx"))
+    assert guide_as_conv(model, {(40, 56)}) == 0  # another frame size
+    assert guide_as_conv(static(_guide_model(tmp_path / "spatial.onnx", reduce_axis=3)), {(20, 28)}) == 0
+    assert guide_as_conv(model, {(20, 28)}) == 1
+    types = [op.get_type_name() for op in model.get_ordered_ops()]
+    assert "ReduceMean" not in types and "Concat" not in types and "Convolution" in types
 
 
 def test_graph_rewrites_can_be_turned_off(rvm_artifact, caplog):
