@@ -14,9 +14,10 @@ recurrent state and thread spinning off:
   ratio frozen, states reshaped: measured faster than dynamic shapes), an explicit inference
   precision, and the graph as OpenVINO reads it (none of mtc's rewrites): `openvino_fp32` and
   `openvino_bf16` (where the CPU has BF16) on the official file, `openvino_int8_qdq` on the
-  stock QDQ model, and, if `nncf` is importable, `nncf_int8_openvino`: `nncf.quantize` with its defaults on the official model with the
-  case's ratio frozen, calibrated on the same built-in frames and states as the stock INT8 at
-  that case (each INT8 peer is checked to run the network at the requested resolution);
+  stock QDQ model, and, if `nncf` is importable, `nncf_int8_openvino`: `nncf.quantize` with its
+  defaults on the official model with the case's ratio frozen, calibrated on the same built-in
+  frames and states as the stock INT8 at that case (each INT8 peer is checked to run the
+  network at the requested resolution);
 - `--artifact DIR[@BACKEND[:PRECISION]]` (repeatable): mtc artifacts through mtc.runtime
   (scene-cut detection off, as the plain sessions have none), labelled by manifest precision
   and backend (`_alpha`: an alpha-only export, `mtc export rvm --alpha-only`, which has no

@@ -181,13 +181,14 @@ class OpenVinoBackend:
                 if state_shapes:
                     shapes.update({n: list(s) for n, s in state_shapes.items()})
                     model.reshape(shapes)
-                frame_sizes = {tuple(shape[2:]) for name, shape in shapes.items()
-                               if name not in self._states and len(shape) == 4}
-                dropped = drop_identity_resizes(model) if self.rewrite_graph else 0
-                rewritten = upsample_as_transposed_conv(model, frame_sizes) if self.rewrite_graph else 0
-                guides = guide_as_conv(model, frame_sizes) if self.rewrite_graph else 0
+                rewrites = (0, 0, 0)
+                if self.rewrite_graph:
+                    frame_sizes = {tuple(shape[2:]) for name, shape in shapes.items()
+                                   if name not in self._states and len(shape) == 4}
+                    rewrites = (drop_identity_resizes(model), upsample_as_transposed_conv(model, frame_sizes),
+                                guide_as_conv(model, frame_sizes))
                 log.debug("openvino: %d identity resize(s) dropped, %d full-resolution upsample(s) as "
-                          "transposed convolutions, %d guide(s) as 1x1 convolutions", dropped, rewritten, guides)
+                          "transposed convolutions, %d guide(s) as 1x1 convolutions", *rewrites)
             except Exception as exc:  # OpenVINO raises plain RuntimeErrors from shape inference
                 detail = exception_summary(exc, 300)
                 raise MtcError(f"openvino cannot make the model static for {self._describe_signature(feeds)}: {detail}",
