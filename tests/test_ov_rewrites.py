@@ -1,7 +1,9 @@
 """OpenVINO's exact graph rewrites, each against ONNX Runtime running the original graph:
 identity resizes are dropped and full-resolution bilinear upsamples become depthwise transposed
 convolutions (mtc.runtime.backends.ov_upsample); a guided filter's channel-mean guide becomes a
-1x1 convolution (mtc.runtime.backends.ov_guide)."""
+1x1 convolution (mtc.runtime.backends.ov_guide); 2x2 average pools of a few channels become
+depthwise convolutions (mtc.runtime.backends.ov_pool); PyTorch's HardSigmoid becomes HSigmoid
+(mtc.runtime.backends.ov_hsigmoid)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ import mtc.runtime  # noqa: E402
 from mtc.runtime.backends import OrtBackend  # noqa: E402
 from mtc.runtime.backends.openvino import OpenVinoBackend  # noqa: E402
 from mtc.runtime.backends.ov_guide import guide_as_conv  # noqa: E402
+from mtc.runtime.backends.ov_hsigmoid import hard_sigmoid_as_hsigmoid  # noqa: E402
+from mtc.runtime.backends.ov_pool import small_pools_as_convs  # noqa: E402
 from mtc.runtime.backends.ov_upsample import (  # noqa: E402
     drop_identity_resizes,
     triangle_kernel,
@@ -122,15 +126,18 @@ def test_only_upsamples_to_the_frame_size_are_rewritten(tmp_path):
     assert "GroupConvolutionBackpropData" in {op.get_type_name() for op in model.get_ordered_ops()}
 
 
-@pytest.mark.parametrize("artifact, ratio, identities, upsamples, guides",
-                         [("rvm_artifact", 0.25, 0, 2, 1), ("rvm_alpha_artifact", 0.25, 0, 1, 0),
-                          ("rvm_artifact", 1.0, 3, 0, 2), ("rvm_alpha_artifact", 1.0, 2, 0, 1)])
-def test_rvm_refiner_is_rewritten_for_the_ratio(request, caplog, artifact, ratio, identities, upsamples, guides):
+@pytest.mark.parametrize("artifact, ratio, identities, upsamples, guides, pools",
+                         [("rvm_artifact", 0.25, 0, 2, 1, 2), ("rvm_alpha_artifact", 0.25, 0, 1, 0, 2),
+                          ("rvm_artifact", 1.0, 3, 0, 2, 3), ("rvm_alpha_artifact", 1.0, 2, 0, 1, 3)])
+def test_rvm_refiner_is_rewritten_for_the_ratio(request, caplog, artifact, ratio, identities, upsamples, guides,
+                                                pools):
     # The full export upsamples A and b, the alpha-only one their 2-channel alpha pair. At ratio 1
     # the input's downsample and the refiner's resizes are x1 and are dropped; the decoder's last
     # upsample (32 channels, to the frame size) stays an Interpolate. The full-resolution guide is
     # at the frame size, and at ratio 1 the low-resolution one too; the alpha-only tail needs the
-    # channel mean alone, no concat. Values: test_openvino's clip parity runs at ratio 0.25.
+    # channel mean alone, no concat. The input's three 2x2 pools are rewritten where their sizes
+    # are even (pooling 256x144, 128x72, 64x36; at ratio 0.25, 64x36, 32x18 but not 16x9).
+    # All 28 of the encoder's HardSigmoids carry PyTorch's constants. Values: test_openvino's clip parity runs at ratio 0.25.
     from calib_data.builtin_clip import ClipSpec, builtin_clip
 
     frames = builtin_clip(ClipSpec(width=256, height=144, frames=3))
@@ -140,7 +147,8 @@ def test_rvm_refiner_is_rewritten_for_the_ratio(request, caplog, artifact, ratio
         session = mtc.runtime.load(request.getfixturevalue(artifact), backend=backend, downsample_ratio=ratio)
         alphas[backend] = np.stack([session.process(frame).alpha.copy() for frame in frames])
     assert (f"openvino: {identities} identity resize(s) dropped, {upsamples} full-resolution upsample(s) as "
-            f"transposed convolutions, {guides} guide(s) as 1x1 convolutions") in caplog.text
+            f"transposed convolutions, {guides} guide(s) as 1x1 convolutions, {pools} pool(s) as depthwise "
+            "convolutions, 28 HardSigmoid(s) as HSigmoid") in caplog.text
     assert np.abs(alphas["openvino"] - alphas["onnxruntime"]).max() < 1e-4
 
 
@@ -194,6 +202,62 @@ def test_graph_rewrites_can_be_turned_off(rvm_artifact, caplog):
     backend.run(io.example_feeds(144, 256, downsample_ratio=0.25))
     backend.run(io.example_feeds(144, 256, downsample_ratio=1.0))
     assert ("openvino: 0 identity resize(s) dropped, 0 full-resolution upsample(s) as transposed convolutions, "
-            "0 guide(s) as 1x1 convolutions") in caplog.text
+            "0 guide(s) as 1x1 convolutions, 0 pool(s) as depthwise convolutions, 0 HardSigmoid(s) as HSigmoid") \
+        in caplog.text
     assert "openvino: 3 identity" not in caplog.text
     assert not backend._merged and backend.output_names[:2] == ("fgr", "pha")
+
+
+def _hardswish_model(path):
+    """out = x * HardSigmoid(x, PyTorch's alpha 1/6) + HardSigmoid(x, ONNX's default alpha 0.2)."""
+    nodes = [helper.make_node("HardSigmoid", ["x"], ["gate"], alpha=1.0 / 6.0),
+             helper.make_node("Mul", ["x", "gate"], ["swish"]),
+             helper.make_node("HardSigmoid", ["x"], ["other"]),
+             helper.make_node("Add", ["swish", "other"], ["out"])]
+    graph = helper.make_graph(nodes, "hardswish", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6, 7])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return path
+
+
+def test_pytorch_hard_sigmoid_becomes_hsigmoid_with_onnxruntimes_values(tmp_path, caplog):
+    import openvino as ov
+
+    path = _hardswish_model(tmp_path / "hardswish.onnx")
+    x = np.linspace(-5, 5, 8 * 6 * 7, dtype=np.float32).reshape(1, 8, 6, 7)  # both clamps and the ramp
+    got, expected = _openvino_and_onnxruntime(path, {"x": x}, caplog)
+    assert "1 HardSigmoid(s) as HSigmoid" in caplog.text
+    assert np.abs(got - expected).max() < 1e-6
+    model = ov.Core().read_model(path)
+    assert hard_sigmoid_as_hsigmoid(model) == 1  # the alpha 0.2 one is another function
+    types = [op.get_type_name() for op in model.get_ordered_ops()]
+    assert types.count("HSigmoid") == 1 and types.count("HardSigmoid") == 1
+
+
+def _pool_model(path, channels, ceil_mode):
+    """x -> AveragePool 2x2/2 (PyTorch's ceil mode, pads excluded, as RVM's input pools) -> out."""
+    pool = helper.make_node("AveragePool", ["x"], ["out"], kernel_shape=[2, 2], strides=[2, 2], ceil_mode=ceil_mode)
+    graph = helper.make_graph([pool], "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, "h", "w"])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+@pytest.mark.parametrize("channels, size, rewritten", [
+    (3, (10, 14), 1),   # RVM's input pools
+    (3, (10, 15), 0),   # odd width: ceil mode averages a partial window at the edge
+    (16, (10, 14), 0),  # a wide pool runs well in the blocked layout: stays a pool
+])
+def test_small_pools_are_depthwise_convs_with_onnxruntimes_values(tmp_path, caplog, channels, size, rewritten):
+    import openvino as ov
+
+    path = _pool_model(tmp_path / "pool.onnx", channels, ceil_mode=1)
+    feeds = {"x": np.random.default_rng(0).random((1, channels, *size), dtype=np.float32)}
+    got, expected = _openvino_and_onnxruntime(path, feeds, caplog)
+    assert f"{rewritten} pool(s) as depthwise convolutions" in caplog.text
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() < 1e-6
+    model = ov.Core().read_model(path)
+    model.reshape({"x": [1, channels, *size]})
+    assert small_pools_as_convs(model) == rewritten
+    assert ("GroupConvolution" in {op.get_type_name() for op in model.get_ordered_ops()}) == bool(rewritten)

@@ -16,7 +16,8 @@ BF16 support. The precision the compiled model reports is logged and kept in `se
 Static shapes also let the backend rewrite what OpenVINO runs slowly: a bilinear upsample of a
 few channels to the frame size by an integer factor (RVM's refiner at ratios like 0.25) becomes
 a depthwise transposed convolution with the same values (mtc.runtime.backends.ov_upsample;
-INT8 at 1920x1080: 75.5 -> 55.0 ms).
+INT8 at 1920x1080: 75.5 -> 55.0 ms). Rewrites that need no static shape, such as PyTorch's
+HardSigmoid as OpenVINO's HSigmoid (mtc.runtime.backends.ov_hsigmoid), are applied once on read.
 
 Compiled models are cached on disk (`CACHE_DIR` = mtc cache/openvino), so a second process
 (or `mtc build --backend openvino` beforehand) skips compilation.
@@ -35,6 +36,8 @@ from mtc.errors import MtcError, exception_summary
 from mtc.manifest import ModelIO
 from mtc.runtime.backends.base import default_threads, is_broadcast_initial, openvino_ops, require
 from mtc.runtime.backends.ov_guide import guide_as_conv
+from mtc.runtime.backends.ov_hsigmoid import hard_sigmoid_as_hsigmoid
+from mtc.runtime.backends.ov_pool import small_pools_as_convs
 from mtc.runtime.backends.ov_upsample import drop_identity_resizes, upsample_as_transposed_conv
 from mtc.runtime.backends.split_outputs import MergedOutput, merge_split_outputs
 
@@ -94,9 +97,10 @@ class OpenVinoBackend:
             the dynamic model once (slower per frame, measured).
         cache: keep compiled models in the mtc cache (CACHE_DIR).
         device: OpenVINO device name.
-        rewrite_graph: apply mtc's exact graph rewrites for OpenVINO (merged split outputs,
-            full-resolution upsamples as transposed convolutions); False runs the file as
-            OpenVINO reads it (what benchmarks compare against).
+        rewrite_graph: apply mtc's graph rewrites for OpenVINO, each the same function (merged
+            split outputs, identity resizes dropped, full-resolution upsamples as transposed
+            convolutions, the guided filter's guide as a 1x1 convolution, small 2x2 average
+            pools as depthwise convolutions, PyTorch's HardSigmoid as HSigmoid); False runs the file as OpenVINO reads it (what benchmarks compare against).
     """
 
     name = "openvino"
@@ -125,6 +129,7 @@ class OpenVinoBackend:
             detail = exception_summary(exc, 300)
             raise MtcError(f"openvino cannot read {model}: {detail}",
                            hint="the file is corrupt or uses an op OpenVINO does not support; try backend='onnxruntime'") from None
+        self._hard_sigmoids = hard_sigmoid_as_hsigmoid(self.model) if rewrite_graph else 0
         self.input_names = tuple(i.get_any_name() for i in self.model.inputs)
         self.output_names = tuple(name for o in self.model.outputs for name in self._output_parts(o.get_any_name()))
         self.static_shapes = static_shapes
@@ -181,14 +186,15 @@ class OpenVinoBackend:
                 if state_shapes:
                     shapes.update({n: list(s) for n, s in state_shapes.items()})
                     model.reshape(shapes)
-                rewrites = (0, 0, 0)
+                rewrites = (0, 0, 0, 0)
                 if self.rewrite_graph:
                     frame_sizes = {tuple(shape[2:]) for name, shape in shapes.items()
                                    if name not in self._states and len(shape) == 4}
                     rewrites = (drop_identity_resizes(model), upsample_as_transposed_conv(model, frame_sizes),
-                                guide_as_conv(model, frame_sizes))
+                                guide_as_conv(model, frame_sizes), small_pools_as_convs(model))
                 log.debug("openvino: %d identity resize(s) dropped, %d full-resolution upsample(s) as "
-                          "transposed convolutions, %d guide(s) as 1x1 convolutions", *rewrites)
+                          "transposed convolutions, %d guide(s) as 1x1 convolutions, %d pool(s) as depthwise "
+                          "convolutions, %d HardSigmoid(s) as HSigmoid", *rewrites, self._hard_sigmoids)
             except Exception as exc:  # OpenVINO raises plain RuntimeErrors from shape inference
                 detail = exception_summary(exc, 300)
                 raise MtcError(f"openvino cannot make the model static for {self._describe_signature(feeds)}: {detail}",
