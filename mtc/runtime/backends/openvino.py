@@ -100,7 +100,8 @@ class OpenVinoBackend:
         rewrite_graph: apply mtc's graph rewrites for OpenVINO, each the same function (merged
             split outputs, identity resizes dropped, full-resolution upsamples as transposed
             convolutions, the guided filter's guide as a 1x1 convolution, small 2x2 average
-            pools as depthwise convolutions, PyTorch's HardSigmoid as HSigmoid); False runs the file as OpenVINO reads it (what benchmarks compare against).
+            pools as depthwise convolutions, PyTorch's HardSigmoid as HSigmoid); False runs the
+            file as OpenVINO reads it (what benchmarks compare against).
     """
 
     name = "openvino"
