@@ -1,7 +1,7 @@
 """OpenVINO's exact graph rewrites, each against ONNX Runtime running the original graph:
 identity resizes are dropped and full-resolution bilinear upsamples become depthwise transposed
-convolutions (mtc.runtime.backends.ov_upsample); a guided filter's channel-mean guide becomes a
-1x1 convolution (mtc.runtime.backends.ov_guide); 2x2 average pools of a few channels become
+convolutions (mtc.runtime.backends.ov_upsample); a guided filter's channel-mean guides and
+channel sums become 1x1 convolutions (mtc.runtime.backends.ov_guide); 2x2 average pools of a few channels become
 depthwise convolutions (mtc.runtime.backends.ov_pool); PyTorch's HardSigmoid becomes HSigmoid
 (mtc.runtime.backends.ov_hsigmoid)."""
 
@@ -19,7 +19,7 @@ pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install '
 import mtc.runtime  # noqa: E402
 from mtc.runtime.backends import OrtBackend  # noqa: E402
 from mtc.runtime.backends.openvino import OpenVinoBackend  # noqa: E402
-from mtc.runtime.backends.ov_guide import guide_as_conv  # noqa: E402
+from mtc.runtime.backends.ov_guide import channel_sum_as_conv, guide_as_conv  # noqa: E402
 from mtc.runtime.backends.ov_hsigmoid import hard_sigmoid_as_hsigmoid  # noqa: E402
 from mtc.runtime.backends.ov_pool import small_pools_as_convs  # noqa: E402
 from mtc.runtime.backends.ov_upsample import (  # noqa: E402
@@ -126,16 +126,16 @@ def test_only_upsamples_to_the_frame_size_are_rewritten(tmp_path):
     assert "GroupConvolutionBackpropData" in {op.get_type_name() for op in model.get_ordered_ops()}
 
 
-@pytest.mark.parametrize("artifact, ratio, identities, upsamples, guides, pools",
-                         [("rvm_artifact", 0.25, 0, 2, 1, 2), ("rvm_alpha_artifact", 0.25, 0, 1, 0, 2),
-                          ("rvm_artifact", 1.0, 3, 0, 2, 3), ("rvm_alpha_artifact", 1.0, 2, 0, 1, 3)])
+@pytest.mark.parametrize("artifact, ratio, identities, upsamples, guides, sums, pools",
+                         [("rvm_artifact", 0.25, 0, 2, 1, 0, 2), ("rvm_alpha_artifact", 0.25, 0, 1, 1, 1, 2),
+                          ("rvm_artifact", 1.0, 3, 0, 2, 0, 3), ("rvm_alpha_artifact", 1.0, 2, 0, 2, 1, 3)])
 def test_rvm_refiner_is_rewritten_for_the_ratio(request, caplog, artifact, ratio, identities, upsamples, guides,
-                                                pools):
+                                                sums, pools):
     # The full export upsamples A and b, the alpha-only one their 2-channel alpha pair. At ratio 1
     # the input's downsample and the refiner's resizes are x1 and are dropped; the decoder's last
     # upsample (32 channels, to the frame size) stays an Interpolate. The full-resolution guide is
-    # at the frame size, and at ratio 1 the low-resolution one too; the alpha-only tail needs the
-    # channel mean alone, no concat. The input's three 2x2 pools are rewritten where their sizes
+    # at the frame size, and at ratio 1 the low-resolution one too; the alpha-only tail's guide is
+    # the channel mean padded with a channel of 1s, and alpha the channel sum of its products. The input's three 2x2 pools are rewritten where their sizes
     # are even (pooling 256x144, 128x72, 64x36; at ratio 0.25, 64x36, 32x18 but not 16x9).
     # All 28 of the encoder's HardSigmoids carry PyTorch's constants. Values: test_openvino's clip parity runs at ratio 0.25.
     from calib_data.builtin_clip import ClipSpec, builtin_clip
@@ -147,8 +147,8 @@ def test_rvm_refiner_is_rewritten_for_the_ratio(request, caplog, artifact, ratio
         session = mtc.runtime.load(request.getfixturevalue(artifact), backend=backend, downsample_ratio=ratio)
         alphas[backend] = np.stack([session.process(frame).alpha.copy() for frame in frames])
     assert (f"openvino: {identities} identity resize(s) dropped, {upsamples} full-resolution upsample(s) as "
-            f"transposed convolutions, {guides} guide(s) as 1x1 convolutions, {pools} pool(s) as depthwise "
-            "convolutions, 28 HardSigmoid(s) as HSigmoid") in caplog.text
+            f"transposed convolutions, {guides} guide(s) and {sums} channel sum(s) as 1x1 convolutions, "
+            f"{pools} pool(s) as depthwise convolutions, 28 HardSigmoid(s) as HSigmoid") in caplog.text
     assert np.abs(alphas["openvino"] - alphas["onnxruntime"]).max() < 1e-4
 
 
@@ -173,7 +173,7 @@ def test_channel_mean_guide_is_a_conv_with_onnxruntimes_values(tmp_path, caplog)
     feeds = {"src": rng.random((1, 3, 20, 28), dtype=np.float32),
              "coeffs": rng.standard_normal((1, 4, 20, 28)).astype(np.float32)}
     got, expected = _openvino_and_onnxruntime(path, feeds, caplog)
-    assert "1 guide(s) as 1x1 convolutions" in caplog.text
+    assert "1 guide(s) and 0 channel sum(s) as 1x1 convolutions" in caplog.text
     assert got.shape == expected.shape == (1, 4, 20, 28)
     assert np.abs(got - expected).max() < 1e-6
 
@@ -195,6 +195,56 @@ def test_only_channel_mean_guides_at_the_frame_size_are_rewritten(tmp_path):
     assert "ReduceMean" not in types and "Concat" not in types and "Convolution" in types
 
 
+def _alpha_tail_model(path, pad_axis=1, sum_axis=1):
+    """alpha = ReduceSum(coeffs * Pad(ReduceMean(src), one channel of 1s)): the alpha-only tail."""
+    pads = [0] * 8
+    pads[4 + pad_axis] = 1
+    nodes = [helper.make_node("ReduceMean", ["src", "one"], ["mean"], keepdims=1),
+             helper.make_node("Pad", ["mean", "pads", "ones"], ["guide"]),
+             helper.make_node("Mul", ["coeffs", "guide"], ["terms"]),
+             helper.make_node("ReduceSum", ["terms", "sum_axes"], ["out"], keepdims=1)]
+    graph = helper.make_graph(
+        nodes, "alpha_tail",
+        [helper.make_tensor_value_info("src", TensorProto.FLOAT, [1, 3, "h", "w"]),
+         helper.make_tensor_value_info("coeffs", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(np.array([1], np.int64), "one"),
+                     numpy_helper.from_array(np.array([sum_axis], np.int64), "sum_axes"),
+                     numpy_helper.from_array(np.array(pads, np.int64), "pads"),
+                     numpy_helper.from_array(np.array(1.0, np.float32), "ones")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    return path
+
+
+def test_padded_mean_guide_and_channel_sum_are_convs_with_onnxruntimes_values(tmp_path, caplog):
+    path = _alpha_tail_model(tmp_path / "alpha_tail.onnx")
+    rng = np.random.default_rng(0)
+    feeds = {"src": rng.random((1, 3, 20, 28), dtype=np.float32),
+             "coeffs": rng.standard_normal((1, 2, 20, 28)).astype(np.float32)}
+    got, expected = _openvino_and_onnxruntime(path, feeds, caplog)
+    assert "1 guide(s) and 1 channel sum(s) as 1x1 convolutions" in caplog.text
+    assert got.shape == expected.shape == (1, 1, 20, 28)
+    assert np.abs(got - expected).max() < 1e-6
+
+
+def test_only_channel_pads_and_sums_at_the_frame_size_are_rewritten(tmp_path):
+    import openvino as ov
+
+    def static(path, coeffs):
+        model = ov.Core().read_model(path)
+        model.reshape({"src": [1, 3, 20, 28], "coeffs": coeffs})
+        return model
+
+    model = static(_alpha_tail_model(tmp_path / "alpha_tail.onnx"), [1, 2, 20, 28])
+    assert guide_as_conv(model, {(40, 56)}) == 0 and channel_sum_as_conv(model, {(40, 56)}) == 0
+    spatial = static(_alpha_tail_model(tmp_path / "spatial.onnx", pad_axis=3, sum_axis=3), [1, 1, 20, 29])
+    assert guide_as_conv(spatial, {(20, 28)}) == 0  # the Pad appends a column, not a channel
+    assert channel_sum_as_conv(spatial, {(20, 28)}) == 0  # the sum runs over the width
+    assert guide_as_conv(model, {(20, 28)}) == 1 and channel_sum_as_conv(model, {(20, 28)}) == 1
+    types = [op.get_type_name() for op in model.get_ordered_ops()]
+    assert not {"ReduceMean", "Pad", "ReduceSum"} & set(types) and types.count("Convolution") == 2
+
+
 def test_graph_rewrites_can_be_turned_off(rvm_artifact, caplog):
     caplog.set_level(logging.DEBUG, logger="mtc")
     io = mtc.runtime.load(rvm_artifact, backend="onnxruntime").io
@@ -202,8 +252,8 @@ def test_graph_rewrites_can_be_turned_off(rvm_artifact, caplog):
     backend.run(io.example_feeds(144, 256, downsample_ratio=0.25))
     backend.run(io.example_feeds(144, 256, downsample_ratio=1.0))
     assert ("openvino: 0 identity resize(s) dropped, 0 full-resolution upsample(s) as transposed convolutions, "
-            "0 guide(s) as 1x1 convolutions, 0 pool(s) as depthwise convolutions, 0 HardSigmoid(s) as HSigmoid") \
-        in caplog.text
+            "0 guide(s) and 0 channel sum(s) as 1x1 convolutions, 0 pool(s) as depthwise convolutions, "
+            "0 HardSigmoid(s) as HSigmoid") in caplog.text
     assert "openvino: 3 identity" not in caplog.text
     assert not backend._merged and backend.output_names[:2] == ("fgr", "pha")
 

@@ -35,7 +35,7 @@ import numpy as np
 from mtc.errors import MtcError, exception_summary
 from mtc.manifest import ModelIO
 from mtc.runtime.backends.base import default_threads, is_broadcast_initial, openvino_ops, require
-from mtc.runtime.backends.ov_guide import guide_as_conv
+from mtc.runtime.backends.ov_guide import channel_sum_as_conv, guide_as_conv
 from mtc.runtime.backends.ov_hsigmoid import hard_sigmoid_as_hsigmoid
 from mtc.runtime.backends.ov_pool import small_pools_as_convs
 from mtc.runtime.backends.ov_upsample import drop_identity_resizes, upsample_as_transposed_conv
@@ -187,15 +187,17 @@ class OpenVinoBackend:
                 if state_shapes:
                     shapes.update({n: list(s) for n, s in state_shapes.items()})
                     model.reshape(shapes)
-                rewrites = (0, 0, 0, 0)
+                rewrites = (0, 0, 0, 0, 0)
                 if self.rewrite_graph:
                     frame_sizes = {tuple(shape[2:]) for name, shape in shapes.items()
                                    if name not in self._states and len(shape) == 4}
                     rewrites = (drop_identity_resizes(model), upsample_as_transposed_conv(model, frame_sizes),
-                                guide_as_conv(model, frame_sizes), small_pools_as_convs(model))
+                                guide_as_conv(model, frame_sizes), channel_sum_as_conv(model, frame_sizes),
+                                small_pools_as_convs(model))
                 log.debug("openvino: %d identity resize(s) dropped, %d full-resolution upsample(s) as "
-                          "transposed convolutions, %d guide(s) as 1x1 convolutions, %d pool(s) as depthwise "
-                          "convolutions, %d HardSigmoid(s) as HSigmoid", *rewrites, self._hard_sigmoids)
+                          "transposed convolutions, %d guide(s) and %d channel sum(s) as 1x1 convolutions, "
+                          "%d pool(s) as depthwise convolutions, %d HardSigmoid(s) as HSigmoid",
+                          *rewrites, self._hard_sigmoids)
             except Exception as exc:  # OpenVINO raises plain RuntimeErrors from shape inference
                 detail = exception_summary(exc, 300)
                 raise MtcError(f"openvino cannot make the model static for {self._describe_signature(feeds)}: {detail}",
