@@ -115,9 +115,9 @@ PRESETS: dict[str, Int8Config] = {
     "speed": Int8Config(min_mac_share=0.015, activation_type="uint8", align_channels=True, float_budget=0.04),
     # OpenVINO: its CPU plugin runs small INT8 convs fast too, so convs down to 0.5% of the MACs
     # are quantized (RVM: 27 layers instead of 16; the float budget keeps 2). Measured on real
-    # footage against plain ONNX Runtime FP32 in one bench_peers run: 512x288 2.61x at MAD 0.80
-    # / dtSSD 0.61 (speed preset 2.31x at 0.65 / 0.49; NNCF 2.28x at 14.6 / 3.77); 1920x1080
-    # 2.13x at 1.16 / 0.81 (speed 1.96x at 0.69 / 0.56). A lower threshold, 0.2%, was faster
+    # footage against plain ONNX Runtime FP32 in one bench_peers run: 512x288 2.64x at MAD 0.80
+    # / dtSSD 0.61 (speed preset 2.28x at 0.65 / 0.49; NNCF 2.37x at 14.6 / 3.77); 1920x1080
+    # 2.08x at 1.16 / 0.81 (speed 1.98x at 0.69 / 0.56). A lower threshold, 0.2%, was faster
     # still (2.57x vs 2.44x at 512x288 in a smaller run) but at 1.39 / 1.04.
     "openvino": Int8Config(min_mac_share=0.005, activation_type="uint8", align_channels=True, float_budget=0.04),
     # TensorRT style: every conv, Q/DQ on inputs and weights only; the builder fuses outputs.

@@ -19,8 +19,8 @@ low-precision transformations lose accuracy: on RVM, alpha MAD x1e3 vs FP32 of 3
 onnxruntime's `quantize_static` output and an mtc int8-activation artifact, where ONNX Runtime
 running the same files gives 6-7 and 1-3 (benchmarks/bench_peers.py). With uint8 activations
 (mtc's `speed` and `openvino` presets) OpenVINO matches ONNX Runtime (MAD 0.65 vs 0.62, dtSSD
-0.49 vs 0.48 on evalset composites at 512x288) and runs 2.31x plain ONNX Runtime FP32 where
-ONNX Runtime runs the same file at 1.55x; at 1920x1080 ratio 0.25 it is 1.96x against 1.34x
+0.49 vs 0.48 on evalset composites at 512x288) and runs 2.28x plain ONNX Runtime FP32 where
+ONNX Runtime runs the same file at 1.51x; at 1920x1080 ratio 0.25 it is 1.98x against 1.39x
 (bench_peers; 1.30x against 1.36x before the transposed-conv upsampling). So `auto` sends
 uint8-activation INT8 artifacts to OpenVINO like FP32 ones and keeps int8-activation ones on
 ONNX Runtime; `backend="openvino"` still runs those (logged).
