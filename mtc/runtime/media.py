@@ -279,9 +279,9 @@ class VideoReader:
         try:
             for frame in self._container.decode(self._stream):
                 if _planar_conversion_is_exact(frame):
-                    yield _planar_rgb(to_rgb.reformat(frame, format="gbrp"))
+                    yield _planar_rgb(to_rgb.reformat(frame, format="gbrp", threads=1))
                 else:
-                    yield to_rgb.reformat(frame, format="rgb24").to_ndarray()
+                    yield to_rgb.reformat(frame, format="rgb24", threads=1).to_ndarray()
                 produced += 1
         except av.FFmpegError as exc:
             if produced:
@@ -606,17 +606,7 @@ class VideoWriter:
                 f"cannot write frame {frame.dtype} {frame.shape} to {self.path}: expected uint8 {want}",
                 hint="write frames with the size and kind the writer was opened with",
             )
-        if self._channels == 4 and frame.shape[2] == 3:
-            frame = np.concatenate([frame, np.full((*frame.shape[:2], 1), 255, np.uint8)], axis=2)
-        if any(self._pad):
-            frame = np.pad(frame, ((0, self._pad[0]), (0, self._pad[1]), (0, 0)), mode="edge")
-        image = _video_frame(frame)
-        # Threaded swscale corrupts whole rows converting odd-width RGBA to yuva444p10le
-        # (FFmpeg 8 via PyAV 18); a single thread is exact.
-        threads = 1 if frame.shape[1] % 2 else None
-        image = image.reformat(
-            format=self._pix_fmt, dst_colorspace="ITU709", dst_color_range="MPEG", threads=threads
-        )
+        image = self._encoder_frame(frame)
         image.pts = self._count
         image.time_base = 1 / self._rate
         try:
@@ -628,6 +618,20 @@ class VideoWriter:
             raise disk_error(self.path, exc) from None
         except av.FFmpegError as exc:
             raise MtcError(f"cannot encode video {self.path}: {exc}", hint="check the output path") from None
+
+    def _encoder_frame(self, frame: np.ndarray) -> av.VideoFrame:
+        """A checked RGB(A) frame in the encoder's pixel format."""
+        if self._channels == 4 and frame.shape[2] == 3:
+            frame = np.concatenate([frame, np.full((*frame.shape[:2], 1), 255, np.uint8)], axis=2)
+        if any(self._pad):
+            frame = np.pad(frame, ((0, self._pad[0]), (0, self._pad[1]), (0, 0)), mode="edge")
+        # One swscale thread: FFmpeg 8's threaded swscale (PyAV 18) corrupts whole rows converting
+        # odd-width RGBA to yuva444p10le, and a CI run once encoded a planar and a packed copy of
+        # the same frames differently in two macroblocks (not reproduced in 25 runs under load).
+        # The conversion runs in the encoder's thread, beside inference, so its CPU time is what
+        # counts, and one thread spends no more of it.
+        return _video_frame(frame).reformat(format=self._pix_fmt, dst_colorspace="ITU709", dst_color_range="MPEG",
+                                            threads=1)
 
     @property
     def frames_written(self) -> int:
