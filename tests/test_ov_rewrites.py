@@ -167,17 +167,6 @@ def _guide_model(path, reduce_axis=1):
     return path
 
 
-def test_channel_mean_guide_is_a_conv_with_onnxruntimes_values(tmp_path, caplog):
-    path = _guide_model(tmp_path / "guide.onnx")
-    rng = np.random.default_rng(0)
-    feeds = {"src": rng.random((1, 3, 20, 28), dtype=np.float32),
-             "coeffs": rng.standard_normal((1, 4, 20, 28)).astype(np.float32)}
-    got, expected = _openvino_and_onnxruntime(path, feeds, caplog)
-    assert "1 guide(s) and 0 channel sum(s) as 1x1 convolutions" in caplog.text
-    assert got.shape == expected.shape == (1, 4, 20, 28)
-    assert np.abs(got - expected).max() < 1e-6
-
-
 def test_only_channel_mean_guides_at_the_frame_size_are_rewritten(tmp_path):
     import openvino as ov
 
@@ -216,14 +205,19 @@ def _alpha_tail_model(path, pad_axis=1, sum_axis=1):
     return path
 
 
-def test_padded_mean_guide_and_channel_sum_are_convs_with_onnxruntimes_values(tmp_path, caplog):
-    path = _alpha_tail_model(tmp_path / "alpha_tail.onnx")
+@pytest.mark.parametrize("model, coeff_channels, out_channels, sums", [
+    (_guide_model, 4, 4, 0),       # Concat(src, mean): the full export's guide
+    (_alpha_tail_model, 2, 1, 1),  # Pad(mean, 1s) and the channel sum: the alpha-only tail
+])
+def test_guides_and_channel_sums_are_convs_with_onnxruntimes_values(tmp_path, caplog, model, coeff_channels,
+                                                                    out_channels, sums):
+    path = model(tmp_path / "tail.onnx")
     rng = np.random.default_rng(0)
     feeds = {"src": rng.random((1, 3, 20, 28), dtype=np.float32),
-             "coeffs": rng.standard_normal((1, 2, 20, 28)).astype(np.float32)}
+             "coeffs": rng.standard_normal((1, coeff_channels, 20, 28)).astype(np.float32)}
     got, expected = _openvino_and_onnxruntime(path, feeds, caplog)
-    assert "1 guide(s) and 1 channel sum(s) as 1x1 convolutions" in caplog.text
-    assert got.shape == expected.shape == (1, 1, 20, 28)
+    assert f"1 guide(s) and {sums} channel sum(s) as 1x1 convolutions" in caplog.text
+    assert got.shape == expected.shape == (1, out_channels, 20, 28)
     assert np.abs(got - expected).max() < 1e-6
 
 
