@@ -276,6 +276,7 @@ class VideoReader:
         self._started = True
         produced = 0
         to_rgb = VideoReformatter()  # keeps FFmpeg's conversion context across frames
+        # One swscale thread, for the reasons given in VideoWriter._encoder_frame.
         try:
             for frame in self._container.decode(self._stream):
                 if _planar_conversion_is_exact(frame):

@@ -99,9 +99,9 @@ class OpenVinoBackend:
         device: OpenVINO device name.
         rewrite_graph: apply mtc's graph rewrites for OpenVINO, each the same function (merged
             split outputs, identity resizes dropped, full-resolution upsamples as transposed
-            convolutions, the guided filter's guide as a 1x1 convolution, small 2x2 average
-            pools as depthwise convolutions, PyTorch's HardSigmoid as HSigmoid); False runs the
-            file as OpenVINO reads it (what benchmarks compare against).
+            convolutions, the guided filter's guides and channel sums as 1x1 convolutions, small
+            2x2 average pools as depthwise convolutions, PyTorch's HardSigmoid as HSigmoid);
+            False runs the file as OpenVINO reads it (what benchmarks compare against).
     """
 
     name = "openvino"
