@@ -68,6 +68,19 @@ def openvino_ops():
     return opset13
 
 
+# The OpenVINO rewrites take tensors of at most this many channels: where OpenVINO's 16-channel
+# blocked and channels-last kernels waste most of each vector (full-resolution image-like tensors).
+FEW_CHANNELS = 8
+
+
+def static_nchw(output) -> tuple[int, int, int, int] | None:
+    """The static 4-D shape of an OpenVINO Output, else None."""
+    shape = output.get_partial_shape()
+    if not shape.is_static or len(shape) != 4:
+        return None
+    return tuple(int(d) for d in shape.to_shape())
+
+
 def replace_openvino_ops(model, replacement: Callable[[Any], Any]) -> int:
     """Rewrite `model` (an openvino.Model) in place: every op for which `replacement(op)` returns
     an Output gets its output replaced by it. Returns how many ops were replaced."""

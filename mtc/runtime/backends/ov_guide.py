@@ -22,23 +22,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from mtc.runtime.backends.base import openvino_ops, replace_openvino_ops
-
-MAX_CHANNELS = 8
+from mtc.runtime.backends.base import FEW_CHANNELS, openvino_ops, replace_openvino_ops, static_nchw
 
 
 def _few_channels(output) -> bool:
-    shape = output.get_partial_shape()
-    return shape.is_static and len(shape) == 4 and shape[1].get_length() <= MAX_CHANNELS
+    shape = static_nchw(output)
+    return shape is not None and shape[1] <= FEW_CHANNELS
 
 
 def _at_frame_size(output, frame_sizes: set[tuple[int, int]]) -> bool:
-    return tuple(int(d) for d in output.get_partial_shape().to_shape()[2:]) in frame_sizes
+    return static_nchw(output)[2:] in frame_sizes
 
 
 def _reduced_over_channels(op, type_name: str):
     """The input of a `type_name` reduction (ReduceMean, ReduceSum) over axis 1 with kept dims,
-    of at most MAX_CHANNELS channels, else None."""
+    of at most FEW_CHANNELS channels, else None."""
     if op.get_type_name() != type_name or not op.get_attributes().get("keep_dims"):
         return None
     axes = op.input_value(1).get_node()
@@ -88,7 +86,7 @@ def _guide_conv(op, frame_sizes: set[tuple[int, int]]):
         image = padded[0]
     if image is None or not _at_frame_size(image, frame_sizes):
         return None
-    channels = image.get_partial_shape()[1].get_length()
+    channels = static_nchw(image)[1]
     if padded is None:  # [X; mean]
         weights = np.zeros((channels + 1, channels, 1, 1), np.float32)
         weights[np.arange(channels), np.arange(channels)] = 1.0
@@ -107,7 +105,7 @@ def _guide_conv(op, frame_sizes: set[tuple[int, int]]):
 
 def channel_sum_as_conv(model, frame_sizes: set[tuple[int, int]]) -> int:
     """Rewrite, in place, every ReduceSum over the channels (kept) of a tensor of at most
-    MAX_CHANNELS channels at one of `frame_sizes` as a 1x1 convolution with weights 1. Returns
+    FEW_CHANNELS channels at one of `frame_sizes` as a 1x1 convolution with weights 1. Returns
     how many."""
     return replace_openvino_ops(model, lambda op: _sum_conv(op, frame_sizes))
 
@@ -116,6 +114,6 @@ def _sum_conv(op, frame_sizes: set[tuple[int, int]]):
     terms = _reduced_over_channels(op, "ReduceSum")
     if terms is None or not _at_frame_size(terms, frame_sizes):
         return None
-    conv = _conv1x1(terms, np.ones((1, terms.get_partial_shape()[1].get_length(), 1, 1), np.float32))
+    conv = _conv1x1(terms, np.ones((1, static_nchw(terms)[1], 1, 1), np.float32))
     conv.set_friendly_name(op.get_friendly_name())
     return conv.output(0)

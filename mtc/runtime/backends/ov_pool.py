@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mtc.runtime.backends.base import openvino_ops, replace_openvino_ops
-
-MAX_CHANNELS = 8
+from mtc.runtime.backends.base import FEW_CHANNELS, openvino_ops, replace_openvino_ops, static_nchw
 
 
 def _whole_window_channels(op) -> int | None:
@@ -29,16 +27,16 @@ def _whole_window_channels(op) -> int | None:
             or any(attributes.get("pads_begin", ())) or any(attributes.get("pads_end", ()))
             or attributes.get("auto_pad") not in ("explicit", "notset", "valid")):
         return None
-    shape = op.input(0).get_partial_shape()
-    if not shape.is_static or len(shape) != 4:
+    shape = static_nchw(op.input_value(0))
+    if shape is None:
         return None
-    _, channels, height, width = (int(d) for d in shape.to_shape())
-    return channels if channels <= MAX_CHANNELS and height % 2 == 0 and width % 2 == 0 else None
+    _, channels, height, width = shape
+    return channels if channels <= FEW_CHANNELS and height % 2 == 0 and width % 2 == 0 else None
 
 
 def small_pools_as_convs(model) -> int:
     """Rewrite, in place, every 2x2/2 AvgPool of `model` (an openvino.Model, made static) over at
-    most MAX_CHANNELS channels and even sizes as a depthwise convolution. Returns how many."""
+    most FEW_CHANNELS channels and even sizes as a depthwise convolution. Returns how many."""
     return replace_openvino_ops(model, _depthwise_average)
 
 

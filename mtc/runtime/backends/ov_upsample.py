@@ -27,10 +27,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from mtc.runtime.backends.base import openvino_ops, replace_openvino_ops
+from mtc.runtime.backends.base import FEW_CHANNELS, openvino_ops, replace_openvino_ops, static_nchw
 
 LINEAR_MODES = ("linear", "linear_onnx")
-MAX_CHANNELS = 8
 # Coordinate modes that map output pixel x to input x exactly when the scale is 1 (not
 # tf_half_pixel_for_nn, whose half-pixel shift rounds up under round_prefer_ceil).
 IDENTITY_COORDINATES = ("half_pixel", "pytorch_half_pixel", "asymmetric", "align_corners")
@@ -53,7 +52,7 @@ def _crop(factor: int) -> int:
     return (3 * factor) // 2
 
 
-def _integer_factors(source: list[int], target: list[int]) -> tuple[int, ...] | None:
+def _integer_factors(source: tuple[int, ...], target: tuple[int, ...]) -> tuple[int, ...] | None:
     if source[:2] != target[:2]:
         return None
     factors = []
@@ -73,11 +72,10 @@ def _eligible(op, frame_sizes: set[tuple[int, int]]) -> tuple[int, int, int] | N
             or attributes.get("coordinate_transformation_mode") != "pytorch_half_pixel"
             or attributes.get("antialias") or any(attributes.get("pads_begin", ())) or any(attributes.get("pads_end", ()))):
         return None
-    source, target = op.input(0).get_partial_shape(), op.output(0).get_partial_shape()
-    if not (source.is_static and target.is_static) or len(source) != 4:
+    source, target = static_nchw(op.input_value(0)), static_nchw(op.output(0))
+    if source is None or target is None:
         return None
-    source, target = [int(d) for d in source.to_shape()], [int(d) for d in target.to_shape()]
-    if tuple(target[2:]) not in frame_sizes or source[1] > MAX_CHANNELS:
+    if target[2:] not in frame_sizes or source[1] > FEW_CHANNELS:
         return None
     factors = _integer_factors(source, target)
     return None if factors is None else (source[1], *factors)
@@ -85,7 +83,7 @@ def _eligible(op, frame_sizes: set[tuple[int, int]]) -> tuple[int, int, int] | N
 
 def upsample_as_transposed_conv(model, frame_sizes: set[tuple[int, int]]) -> int:
     """Rewrite, in place, every static bilinear Interpolate of `model` (an openvino.Model) that
-    upsamples at most MAX_CHANNELS channels by integer factors to one of `frame_sizes`
+    upsamples at most FEW_CHANNELS channels by integer factors to one of `frame_sizes`
     (height, width). Returns how many."""
     return replace_openvino_ops(model, lambda op: _transposed_conv(op, frame_sizes))
 
