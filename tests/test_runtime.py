@@ -9,7 +9,7 @@ import pytest
 import mtc.runtime
 from mtc.errors import MtcError
 from mtc.manifest import ModelIO, Preprocess, StatePair, TensorSpec
-from mtc.runtime.session import MattingSession
+from mtc.runtime.session import COMPOSITE_ROWS, MattingSession
 
 
 class RecordingBackend:
@@ -280,22 +280,32 @@ def test_alpha_only_model_composites_the_source_frame_without_a_float_copy():
     np.testing.assert_allclose(matte.foreground, frame / 255.0, atol=1e-6)
 
 
+@pytest.mark.parametrize("height", [30, 2 * COMPOSITE_ROWS + 5])  # one band; three, the last one short
 @pytest.mark.parametrize("has_foreground", [True, False])
-def test_composite_is_planar_and_matches_the_blend(has_foreground):
+def test_composite_is_planar_and_matches_the_blend(has_foreground, height):
     from mtc.runtime.session import Matte
 
     rng = np.random.default_rng(3)
-    frame, plate = _frame(30, 40, seed=4), _frame(30, 40, seed=5)
-    alpha = rng.random((30, 40), dtype=np.float32)
-    foreground = rng.random((30, 40, 3), dtype=np.float32) if has_foreground else None
+    frame, plate = _frame(height, 40, seed=4), _frame(height, 40, seed=5)
+    alpha = rng.random((height, 40), dtype=np.float32)
+    foreground = rng.random((height, 40, 3), dtype=np.float32) if has_foreground else None
     matte = Matte(alpha, foreground, source=frame)
     fg = foreground * 255.0 if has_foreground else frame.astype(np.float64)
     for background in ((0, 255, 0), plate):
         got = matte.composite(background)
         expected = np.asarray(background, np.float64) * (1 - alpha[..., None]) + fg * alpha[..., None]
-        assert got.dtype == np.uint8 and got.shape == (30, 40, 3)
+        assert got.dtype == np.uint8 and got.shape == (height, 40, 3)
         assert np.abs(got - expected).max() <= 0.5 + 1e-3  # rounded, not truncated
         assert got.transpose(2, 0, 1).flags.c_contiguous  # planar: the video writer's no-copy path
+
+
+def test_composite_clips_a_foreground_outside_0_1():
+    from mtc.runtime.session import Matte
+
+    foreground = np.stack([np.full((3, 4), v, np.float32) for v in (1.5, -0.5, 0.5)], axis=2)
+    got = Matte(np.ones((3, 4), np.float32), foreground).composite((0, 0, 0))
+    assert got[..., 0].tolist() == [[255] * 4] * 3 and got[..., 1].tolist() == [[0] * 4] * 3
+    assert got[..., 2].tolist() == [[128] * 4] * 3  # 127.5 rounds up
 
 
 def test_matte_copy_owns_alpha_and_foreground():

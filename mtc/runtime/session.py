@@ -18,6 +18,9 @@ from mtc.runtime.frames import check_frame
 log = logging.getLogger("mtc")
 
 
+COMPOSITE_ROWS = 32  # x 1920 columns x 3 channels x 4 bytes: 0.7 MB of float scratch
+
+
 class Matte:
     """One frame's result. Arrays may be views of backend buffers or of the input frame: copy
     them (or the matte, `copy()`) to keep them.
@@ -62,34 +65,41 @@ class Matte:
         The result is HxWx3 with planar memory (a transposed view of 3xHxW), the layout the
         video writer encodes without an interleaving copy; `np.ascontiguousarray` gives HWC.
         """
-        # The uint8 source frame is blended in 0..255 units as it is: no float copy of it.
-        foreground, scale = (self._source, 255.0) if self._foreground is None else (self._foreground, 1.0)
-        if isinstance(background, tuple):
-            bg = (np.asarray(background, dtype=np.float32) * (scale / 255.0))[:, None, None]
-        elif scale == 255.0:
-            bg = background.transpose(2, 0, 1)
-        else:
-            bg = background.transpose(2, 0, 1).astype(np.float32) * (1.0 / 255.0)
-        # bg + (fg - bg) * alpha, in one planar scratch array: at HD this runs once per video
-        # frame next to inference on the same cores. Planar, the per-pixel alpha and the
-        # per-channel colour broadcast along whole rows; interleaved, numpy's inner loop would
-        # run over 3 channels at a time (32 vs 9 ms at 1920x1080).
-        out = np.empty((3, *self.alpha.shape), np.float32)
-        np.subtract(foreground.transpose(2, 0, 1), bg, out=out, dtype=np.float32)
-        out *= self.alpha
-        out += bg
-        return _scratch_to_u8(out, scale).transpose(1, 2, 0)
+        # The uint8 source frame is blended as it is (0..255): no float copy of it.
+        foreground, to_255 = (self._source, 1.0) if self._foreground is None else (self._foreground, 255.0)
+        foreground = foreground.transpose(2, 0, 1)
+        colour = isinstance(background, tuple)
+        background = np.asarray(background, np.float32)[:, None, None] if colour else background.transpose(2, 0, 1)
+        height, width = self.alpha.shape
+        out = np.empty((3, height, width), np.uint8)
+        # bg + (fg - bg) * alpha in 0..255 units, rounded, in bands of rows whose float scratch
+        # stays in the L2 cache: at HD this runs once per video frame next to inference on the
+        # same cores. 1920x1080, whole-frame passes vs bands (interleaved): over a colour 8.2 ->
+        # 5.0 ms with the model's foreground and 9.9 -> 7.3 ms with the source frame; over a
+        # picture 18.7 -> 8.1 and 17.3 -> 10.1 ms. Planar, the per-pixel alpha and the
+        # per-channel colour broadcast along whole rows.
+        scratch = np.empty((2, 3, COMPOSITE_ROWS, width), np.float32)
+        for top in range(0, height, COMPOSITE_ROWS):
+            rows = slice(top, top + COMPOSITE_ROWS)
+            band, bg = scratch[:, :, :min(COMPOSITE_ROWS, height - top)]
+            if colour:
+                bg = background
+            else:  # read the (interleaved) image once per band, not twice
+                np.copyto(bg, background[:, rows])
+            np.multiply(foreground[:, rows], to_255, out=band, dtype=np.float32)
+            band -= bg
+            band *= self.alpha[rows]
+            band += bg
+            band += 0.5
+            np.clip(band, 0.0, 255.5, out=band)
+            out[:, rows] = band  # truncating the value + 0.5: rounding
+        return out.transpose(1, 2, 0)
 
 
 def _to_u8(x: np.ndarray) -> np.ndarray:
-    return _scratch_to_u8(np.array(x, dtype=np.float32))
-
-
-def _scratch_to_u8(x: np.ndarray, scale: float = 1.0) -> np.ndarray:
-    """uint8 of a float array in [0, scale] that the caller owns (it is overwritten)."""
-    np.clip(x, 0.0, scale, out=x)
-    if scale != 255.0:
-        x *= 255.0 / scale
+    """uint8 of a float array in [0, 1], rounded."""
+    x = np.clip(x, 0.0, 1.0, dtype=np.float32)
+    x *= 255.0
     x += 0.5
     return x.astype(np.uint8)
 
