@@ -288,6 +288,38 @@ def test_planar_frames_reach_the_encoder_as_interleaved_ones_do(tmp_path, name, 
     assert np.abs(decoded[0][:height, :width].astype(int) - frames[0]).mean() < 6
 
 
+def _stored_with_rotation(path: Path, stored: np.ndarray, degrees: int) -> Path:
+    """An H.264 file of `stored` frames tagged, as phones tag portrait video, with a display
+    rotation (FFmpeg's convention: degrees counter-clockwise)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=24)
+        stream.height, stream.width = stored.shape[:2]
+        stream.pix_fmt = "yuv420p"
+        stream.set_display_rotation(degrees)
+        for _ in range(3):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(stored, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+# Where the stored frame's top-left corner is displayed, as FFmpeg's and OpenCV's autorotate
+# turn frames: -90 (a phone's portrait video) is a clockwise quarter turn.
+@pytest.mark.parametrize(("degrees", "corner"), [(-90, "top-right"), (90, "bottom-left"), (180, "bottom-right"),
+                                                 (0, "top-left")])
+def test_reader_turns_frames_upright_by_the_display_rotation(tmp_path, degrees, corner):
+    stored = np.zeros((64, 96, 3), np.uint8)  # landscape as stored, a white block top-left
+    stored[:16, :16] = 255
+    path = _stored_with_rotation(tmp_path / "phone.mp4", stored, degrees)
+    with VideoReader(path) as video:
+        size = (video.width, video.height)
+        frames = list(video)
+    assert size == ((96, 64) if degrees in (0, 180) else (64, 96))
+    assert len(frames) == 3 and all(f.shape == (size[1], size[0], 3) for f in frames)
+    rows = slice(0, 16) if corner.startswith("top") else slice(-16, None)
+    cols = slice(0, 16) if corner.endswith("left") else slice(-16, None)
+    assert frames[0][rows, cols].mean() > 200 and frames[0].mean() < 60
+
+
 @pytest.mark.parametrize(("width", "height", "planar"), [(96, 64, True), (1920, 64, True), (98, 64, False),
                                                       (104, 63, False), (97, 63, False)])
 def test_reader_frames_equal_ffmpegs_rgb24_and_are_planar_where_exact(tmp_path, width, height, planar):

@@ -12,6 +12,7 @@ so an interrupted run never leaves a file that looks finished.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import re
@@ -216,14 +217,17 @@ class VideoReader:
             for rgb in video:  # HxWx3 uint8 (planar memory where FFmpeg converts exactly)
                 ...
 
-    A file truncated part-way yields the frames that decode, logs a warning, and stops.
+    Frames come upright: a rotation in the container's display matrix (phones store portrait
+    video as landscape frames plus a rotation) is applied, as players apply it, so the model sees
+    people standing and `width` / `height` are the displayed size. A file truncated part-way
+    yields the frames that decode, logs a warning, and stops.
 
     Args:
         path: Video file.
 
     Raises:
-        MtcError: The file is missing, not a video, has no video stream, or (while iterating)
-            contains no decodable frame.
+        MtcError: The file is missing, not a video, has no video stream, or contains no
+            decodable frame (the first frame is decoded on opening, for its rotation).
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -243,16 +247,26 @@ class VideoReader:
             self._container.close()
             raise MtcError(f"video {self.path} has no frame size (corrupt?)", hint="re-encode it with ffmpeg")
         self._started = False
+        self._decoded = self._decode()
+        try:
+            self._first = next(self._decoded)
+        except BaseException:
+            self._container.close()
+            raise
+        # Quarter turns counter-clockwise that display the stored frames (FFmpeg's convention).
+        self.quarter_turns = round(self._first.rotation / 90) % 4
 
     @property
     def width(self) -> int:
-        """Frame width in pixels."""
-        return self._stream.codec_context.width
+        """Displayed frame width in pixels."""
+        ctx = self._stream.codec_context
+        return ctx.height if self.quarter_turns % 2 else ctx.width
 
     @property
     def height(self) -> int:
-        """Frame height in pixels."""
-        return self._stream.codec_context.height
+        """Displayed frame height in pixels."""
+        ctx = self._stream.codec_context
+        return ctx.width if self.quarter_turns % 2 else ctx.height
 
     @property
     def fps(self) -> float:
@@ -274,15 +288,20 @@ class VideoReader:
         if self._started:
             raise RuntimeError("VideoReader can be iterated only once; open a new one")
         self._started = True
-        produced = 0
         to_rgb = VideoReformatter()  # keeps FFmpeg's conversion context across frames
-        # One swscale thread, for the reasons given in VideoWriter._encoder_frame.
+        for frame in itertools.chain([self._first], self._decoded):
+            # One swscale thread, for the reasons given in VideoWriter._encoder_frame.
+            if _planar_conversion_is_exact(frame):
+                rgb = _planar_rgb(to_rgb.reformat(frame, format="gbrp", threads=1))
+            else:
+                rgb = to_rgb.reformat(frame, format="rgb24", threads=1).to_ndarray()
+            yield np.rot90(rgb, self.quarter_turns) if self.quarter_turns else rgb
+
+    def _decode(self) -> Iterator[av.VideoFrame]:
+        produced = 0
         try:
             for frame in self._container.decode(self._stream):
-                if _planar_conversion_is_exact(frame):
-                    yield _planar_rgb(to_rgb.reformat(frame, format="gbrp", threads=1))
-                else:
-                    yield to_rgb.reformat(frame, format="rgb24", threads=1).to_ndarray()
+                yield frame
                 produced += 1
         except av.FFmpegError as exc:
             if produced:
