@@ -318,6 +318,7 @@ def test_reader_turns_frames_upright_by_the_display_rotation(tmp_path, degrees, 
     rows = slice(0, 16) if corner.startswith("top") else slice(-16, None)
     cols = slice(0, 16) if corner.endswith("left") else slice(-16, None)
     assert frames[0][rows, cols].mean() > 200 and frames[0].mean() < 60
+    assert frames[0].transpose(2, 0, 1).flags.c_contiguous  # planar, as the model's input conversion reads fastest
 
 
 @pytest.mark.parametrize(("width", "height", "planar"), [(96, 64, True), (1920, 64, True), (98, 64, False),

@@ -295,7 +295,7 @@ class VideoReader:
                 rgb = _planar_rgb(to_rgb.reformat(frame, format="gbrp", threads=1))
             else:
                 rgb = to_rgb.reformat(frame, format="rgb24", threads=1).to_ndarray()
-            yield np.rot90(rgb, self.quarter_turns) if self.quarter_turns else rgb
+            yield _turned(rgb, self.quarter_turns) if self.quarter_turns else rgb
 
     def _decode(self) -> Iterator[av.VideoFrame]:
         produced = 0
@@ -487,6 +487,14 @@ def _planar_conversion_is_exact(frame: av.VideoFrame) -> bool:
     name = frame.format.name
     aligned = frame.width % 16 == 0 and frame.height % 2 == 0
     return name in _PLANAR_EXACT_ANY_SIZE or (name in _PLANAR_EXACT_ALIGNED and aligned)
+
+
+def _turned(rgb: np.ndarray, quarter_turns: int) -> np.ndarray:
+    """An HxWx3 frame turned counter-clockwise, copied to planar memory: the model's input
+    conversion reads a turned view at half speed (1080x1920: 9.9 vs 4.5 ms), and this copy runs
+    on the decoding thread, not the inference thread."""
+    planes = np.rot90(rgb.transpose(2, 0, 1), quarter_turns, axes=(1, 2))
+    return np.ascontiguousarray(planes).transpose(1, 2, 0)
 
 
 def _planar_rgb(frame: av.VideoFrame) -> np.ndarray:
