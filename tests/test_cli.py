@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -142,6 +143,31 @@ def test_run_on_video_keeps_audio_and_writes_alpha_video(rvm_artifact, tmp_path)
         assert "yuva" in container.streams.video[0].codec_context.pix_fmt
     with VideoReader(out) as reader:
         assert sum(1 for _ in reader) == 10
+
+
+def test_run_keeps_a_variable_frame_rate_in_step_with_the_source(rvm_artifact, tmp_path):
+    import av
+
+    from calib_data.builtin_clip import ClipSpec, builtin_clip
+    from mtc.runtime.media import VideoReader
+
+    # 30 fps for half a second, then 10 fps: the average rate (20) would put frame 15 at 0.75 s.
+    times = [i / 30 for i in range(15)] + [0.5 + i / 10 for i in range(5)]
+    source = tmp_path / "phone.mp4"
+    with av.open(str(source), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 160, 96, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for image, time in zip(builtin_clip(ClipSpec(width=160, height=96, frames=len(times))), times):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = round(time * 1000), Fraction(1, 1000)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    out = tmp_path / "alpha.mp4"
+    mtc("run", rvm_artifact, source, "-o", out, "--what", "alpha", check=True)
+    with VideoReader(out) as reader:
+        got = [t for t, _ in reader.timed_frames()]
+    np.testing.assert_allclose(got, times, atol=1e-3)
 
 
 def _video_with_audio(path, frames):

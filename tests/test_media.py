@@ -258,6 +258,35 @@ def test_rgb_video_round_trip(tmp_path, name, width, height):
     assert _no_leftovers(tmp_path) == []
 
 
+# A phone's variable frame rate: 30 fps for half a second, then 10 fps (its average is 20).
+VFR_TIMES = [i / 30 for i in range(15)] + [0.5 + i / 10 for i in range(5)]
+
+
+@pytest.mark.parametrize("name", ["a.mp4", "a.mkv", "a.mov", "a.webm"])
+def test_timed_writer_keeps_variable_frame_times(tmp_path, name):
+    frames = [_smooth(64, 96, i) for i in range(len(VFR_TIMES))]
+    with VideoWriter(tmp_path / name, width=96, height=64, fps=20, kind="rgb", timed=True) as writer:
+        for frame, time in zip(frames, VFR_TIMES):
+            writer.write(frame, time=time)
+    with VideoReader(tmp_path / name) as video:
+        times = [t for t, _ in video.timed_frames()]
+    np.testing.assert_allclose(times, VFR_TIMES, atol=1.5e-3)  # WebM stores milliseconds
+
+
+def test_timed_writer_spaces_unknown_and_repeated_times(tmp_path):
+    frames = [_smooth(64, 96, i) for i in range(4)]
+    with VideoWriter(tmp_path / "a.mkv", width=96, height=64, fps=25, kind="rgb", timed=True) as writer:
+        for frame, time in zip(frames, [0.0, None, 0.04, 0.2]):  # unknown, then repeated: one period on
+            writer.write(frame, time=time)
+    with VideoReader(tmp_path / "a.mkv") as video:
+        times = [t for t, _ in video.timed_frames()]
+    assert times == [0.0, 0.04, 0.08, 0.2]
+    with VideoWriter(tmp_path / "b.mp4", width=96, height=64, fps=25, kind="rgb") as writer:
+        with pytest.raises(ValueError, match="timed=True"):
+            writer.write(frames[0], time=0.0)
+        writer.write(frames[0])
+
+
 def _visible(plane, sample_bytes: int) -> np.ndarray:
     """A frame plane's pixels, without the padding at the end of each row."""
     rows = np.frombuffer(plane, np.uint8)[:plane.height * plane.line_size].reshape(plane.height, plane.line_size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from pathlib import Path
 
 import click
@@ -112,6 +113,9 @@ def _run_video(session, input: str, output: Path, renderer, x264_preset: str):
     from mtc.runtime.progress import frame_progress
 
     kind = "rgba" if renderer.has_alpha else ("gray" if renderer.kind == "alpha" else "rgb")
+    # Frame times travel beside the pipeline, in order: the decode thread appends a frame's time
+    # before the frame enters the pipeline, the writer takes it when the frame comes out.
+    times: collections.deque = collections.deque()
     if input == BUILTIN:
         from calib_data.builtin_clip import ClipSpec, builtin_frames
 
@@ -120,18 +124,29 @@ def _run_video(session, input: str, output: Path, renderer, x264_preset: str):
         reader = None
     else:
         reader = VideoReader(Path(input))
-        frames, fps, size, total = iter(reader), reader.fps, (reader.width, reader.height), reader.frame_count
+        frames = _noting_times(reader.timed_frames(), times)
+        fps, size, total = reader.fps, (reader.width, reader.height), reader.frame_count
         audio = Path(input) if reader.has_audio else None
     try:
         with VideoWriter(output, width=size[0], height=size[1], fps=fps, kind="rgb" if kind == "gray" else kind,
-                         audio_from=audio, x264_preset=x264_preset) as writer:
-            write = writer.write if kind != "gray" else (lambda a: writer.write(_gray_to_rgb(a)))
+                         audio_from=audio, x264_preset=x264_preset, timed=reader is not None) as writer:
+            picture = _gray_to_rgb if kind == "gray" else (lambda p: p)
+
+            def write(rendered):
+                writer.write(picture(rendered), time=times.popleft() if times else None)
+
             with frame_progress("matting video", total=total) as advance:
                 stats = matte_stream(session, frames, write, renderer, on_frame=lambda s: advance(fps=s.fps))
     finally:
         if reader is not None:
             reader.close()
     return stats
+
+
+def _noting_times(timed_frames, times: collections.deque):
+    for time, frame in timed_frames:
+        times.append(time)
+        yield frame
 
 
 def _gray_to_rgb(alpha):

@@ -285,17 +285,26 @@ class VideoReader:
         return bool(self._container.streams.audio)
 
     def __iter__(self) -> Iterator[np.ndarray]:
+        return (rgb for _, rgb in self.timed_frames())
+
+    def timed_frames(self) -> Iterator[tuple[float | None, np.ndarray]]:
+        """(presentation time in seconds from the first frame, frame) pairs; the time is None
+        where the container stores none. Phones write variable frame rates: these times, not
+        the frame count, keep a re-encoded video in step with its audio."""
         if self._started:
             raise RuntimeError("VideoReader can be iterated only once; open a new one")
         self._started = True
         to_rgb = VideoReformatter()  # keeps FFmpeg's conversion context across frames
+        start = self._first.pts
         for frame in itertools.chain([self._first], self._decoded):
             # One swscale thread, for the reasons given in VideoWriter._encoder_frame.
             if _planar_conversion_is_exact(frame):
                 rgb = _planar_rgb(to_rgb.reformat(frame, format="gbrp", threads=1))
             else:
                 rgb = to_rgb.reformat(frame, format="rgb24", threads=1).to_ndarray()
-            yield _turned(rgb, self.quarter_turns) if self.quarter_turns else rgb
+            known = frame.pts is not None and start is not None and frame.time_base is not None
+            yield (float((frame.pts - start) * frame.time_base) if known else None,
+                   _turned(rgb, self.quarter_turns) if self.quarter_turns else rgb)
 
     def _decode(self) -> Iterator[av.VideoFrame]:
         produced = 0
@@ -344,6 +353,7 @@ _VP9_OPTIONS = {"crf": "24", "b": "0", "deadline": "good", "cpu-used": "5", "row
 # larger at the same quality), CPU that inference then does not get.
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow")
 DEFAULT_X264_PRESET = "veryfast"
+TIMED_CLOCK = 90_000  # MPEG's clock: exact for 24, 25, 30, 50, 60 fps and the 1000/1001 rates
 
 
 def _video_codec(path: Path, kind: str, x264_preset: str = DEFAULT_X264_PRESET) -> tuple[str, str, dict[str, str]]:
@@ -543,6 +553,9 @@ class VideoWriter:
         audio_from: A media file whose first audio stream is copied into the output, trimmed
             to the video's length. If it has none, or it cannot be carried, the video is written
             without audio (with a warning in the latter case).
+        timed: Frames come with their presentation times (`write`'s `time`, e.g. from
+            `VideoReader.timed_frames`), kept on a 90 kHz clock, so a variable-frame-rate source
+            keeps its timing. Otherwise frame k is shown at k / fps.
 
     Raises:
         MtcError: Unsupported extension for `kind`, bad size/fps, frames of the wrong shape,
@@ -559,6 +572,7 @@ class VideoWriter:
         kind: str,
         audio_from: str | os.PathLike | None = None,
         x264_preset: str = DEFAULT_X264_PRESET,
+        timed: bool = False,
     ):
         self.path = Path(path)
         if x264_preset not in X264_PRESETS:
@@ -572,6 +586,10 @@ class VideoWriter:
         even = self._pix_fmt.endswith("420p")
         self._pad = (self.height % 2 if even else 0, self.width % 2 if even else 0)
         self._count = 0
+        self._time_base = Fraction(1, TIMED_CLOCK) if timed else 1 / self._rate
+        self._frame_ticks = round(1 / (self._rate * self._time_base))  # one frame at `fps`
+        self._pts = -self._frame_ticks  # the last frame's
+        self._timed = timed
         self._audio: _AudioCopy | None = None
         self._closed = False
 
@@ -592,7 +610,7 @@ class VideoWriter:
             ctx = self._stream.codec_context
             ctx.width, ctx.height = self.width + self._pad[1], self.height + self._pad[0]
             ctx.pix_fmt = self._pix_fmt
-            ctx.time_base = 1 / self._rate
+            ctx.time_base = self._time_base
             ctx.options = options
             # BT.709 tags make players decode with the same matrix we encode with.
             ctx.colorspace = ctx.color_primaries = ctx.color_trc = 1
@@ -618,13 +636,18 @@ class VideoWriter:
             log.warning("%s: writing without audio, cannot carry the audio of %s (%s)", self.path, source, exc)
             return None
 
-    def write(self, frame: np.ndarray) -> None:
+    def write(self, frame: np.ndarray, time: float | None = None) -> None:
         """Encode one frame.
 
         Args:
             frame: ``HxWx3`` ``uint8`` RGB (``kind="rgb"``), or ``HxWx4`` RGBA
                 (``kind="rgba"``; RGB is accepted there and written fully opaque).
+            time: With ``timed=True``, the frame's presentation time in seconds from the first
+                frame. A frame whose time is None (unknown) or does not advance is shown one
+                frame period (1 / fps) after the previous one.
         """
+        if time is not None and not self._timed:
+            raise ValueError("frame times need a VideoWriter opened with timed=True")
         frame = np.asarray(frame)
         allowed = (3, 4) if self._channels == 4 else (3,)
         expected = (self.height, self.width)
@@ -635,13 +658,16 @@ class VideoWriter:
                 hint="write frames with the size and kind the writer was opened with",
             )
         image = self._encoder_frame(frame)
-        image.pts = self._count
-        image.time_base = 1 / self._rate
+        pts = self._pts + self._frame_ticks if time is None else round(time / self._time_base)
+        if pts <= self._pts:  # a repeated or backward time (damaged source timestamps)
+            pts = self._pts + self._frame_ticks
+        image.pts, image.time_base = pts, self._time_base
         try:
             self._container.mux(self._stream.encode(image))
             self._count += 1
+            self._pts = pts
             if self._audio is not None:
-                self._audio.pump(self._count / self._rate)
+                self._audio.pump(self._end())
         except OSError as exc:  # PyAV's errno errors (disk full, ...) are OSErrors too
             raise disk_error(self.path, exc) from None
         except av.FFmpegError as exc:
@@ -661,6 +687,10 @@ class VideoWriter:
         return _video_frame(frame).reformat(format=self._pix_fmt, dst_colorspace="ITU709", dst_color_range="MPEG",
                                             threads=1)
 
+    def _end(self) -> Fraction:
+        """Seconds from the first frame to the end of the last one written."""
+        return (self._pts + self._frame_ticks) * self._time_base
+
     @property
     def frames_written(self) -> int:
         """Number of frames written so far."""
@@ -676,7 +706,7 @@ class VideoWriter:
                 raise MtcError(f"no frames were written to {self.path}", hint="check that the input has frames")
             self._container.mux(self._stream.encode(None))
             if self._audio is not None:
-                self._audio.finish(self._count / self._rate)
+                self._audio.finish(self._end())
             self._container.close()
             os.replace(self._tmp, self.path)
         except OSError as exc:
