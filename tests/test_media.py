@@ -317,14 +317,14 @@ def test_planar_frames_reach_the_encoder_as_interleaved_ones_do(tmp_path, name, 
     assert np.abs(decoded[0][:height, :width].astype(int) - frames[0]).mean() < 6
 
 
-def _stored_with_rotation(path: Path, stored: np.ndarray, degrees: int) -> Path:
+def _stored_with_rotation(path: Path, stored: np.ndarray, degrees: int, mirror: bool) -> Path:
     """An H.264 file of `stored` frames tagged, as phones tag portrait video, with a display
-    rotation (FFmpeg's convention: degrees counter-clockwise)."""
+    rotation (FFmpeg's convention: degrees counter-clockwise), then a left-right mirror."""
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=24)
         stream.height, stream.width = stored.shape[:2]
         stream.pix_fmt = "yuv420p"
-        stream.set_display_rotation(degrees)
+        stream.set_display_rotation(degrees, hflip=mirror)
         for _ in range(3):
             container.mux(stream.encode(av.VideoFrame.from_ndarray(stored, format="rgb24")))
         container.mux(stream.encode())
@@ -332,13 +332,16 @@ def _stored_with_rotation(path: Path, stored: np.ndarray, degrees: int) -> Path:
 
 
 # Where the stored frame's top-left corner is displayed, as FFmpeg's and OpenCV's autorotate
-# turn frames: -90 (a phone's portrait video) is a clockwise quarter turn.
-@pytest.mark.parametrize(("degrees", "corner"), [(-90, "top-right"), (90, "bottom-left"), (180, "bottom-right"),
-                                                 (0, "top-left")])
-def test_reader_turns_frames_upright_by_the_display_rotation(tmp_path, degrees, corner):
+# turn frames: -90 (a phone's portrait video) is a clockwise quarter turn. The four corners
+# times the two frame shapes tell all eight orientations apart.
+@pytest.mark.parametrize(("degrees", "mirror", "corner"), [
+    (-90, False, "top-right"), (90, False, "bottom-left"), (180, False, "bottom-right"), (0, False, "top-left"),
+    (-90, True, "top-left"), (90, True, "bottom-right"), (180, True, "bottom-left"), (0, True, "top-right"),
+])
+def test_reader_displays_frames_as_the_display_matrix_says(tmp_path, degrees, mirror, corner):
     stored = np.zeros((64, 96, 3), np.uint8)  # landscape as stored, a white block top-left
     stored[:16, :16] = 255
-    path = _stored_with_rotation(tmp_path / "phone.mp4", stored, degrees)
+    path = _stored_with_rotation(tmp_path / "phone.mp4", stored, degrees, mirror)
     with VideoReader(path) as video:
         size = (video.width, video.height)
         frames = list(video)
