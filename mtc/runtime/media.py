@@ -229,7 +229,7 @@ class VideoReader:
 
     Raises:
         MtcError: The file is missing, not a video, has no video stream, or contains no
-            decodable frame (the first frame is decoded on opening, for its rotation).
+            decodable frame (the first frame is decoded on opening, for its display matrix).
     """
 
     def __init__(self, path: str | os.PathLike):
