@@ -119,6 +119,18 @@ def test_run_on_image_folder(rvm_artifact, photo, tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png"]
 
 
+def test_run_never_overwrites_its_input(rvm_artifact, photo, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    image = folder / "a.png"
+    image.write_bytes(photo.read_bytes())
+    before = image.read_bytes()
+    for source, output in ((image, image), (folder, folder), (image, tmp_path / "." / "photos" / "a.png")):
+        assert_clean_error(mtc("run", rvm_artifact, source, "-o", output, "--what", "alpha", "--force"),
+                           "is the input", "another path")
+    assert image.read_bytes() == before and sorted(folder.iterdir()) == [image]
+
+
 def test_run_on_builtin_clip_writes_video(rvm_artifact, tmp_path):
     from mtc.runtime.media import VideoReader
 

@@ -680,6 +680,15 @@ def test_no_equalize_flag_turns_equalization_off(tmp_path):
         assert [[g["conv"], g["input"]] for g in groups] == expected
 
 
+def test_quantize_never_replaces_the_artifact_it_reads(tmp_path):
+    source = _decoder_concat_artifact(tmp_path / "toy")
+    before = {p.name: p.read_bytes() for p in source.iterdir()}
+    result = subprocess.run([sys.executable, "-m", "mtc", "quantize", str(source), "-o", str(tmp_path / "." / "toy"),
+                             "--int8", "--force"], capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0 and "is the artifact being quantized" in result.stderr
+    assert {p.name: p.read_bytes() for p in source.iterdir()} == before
+
+
 def test_keep_float_flag_keeps_the_named_layer_float_and_refuses_unknown_names(tmp_path):
     source = _decoder_concat_artifact(tmp_path / "toy")
     base = [sys.executable, "-m", "mtc", "quantize", str(source), "--int8", "--no-fallback", "--max-mad", "1000",

@@ -47,6 +47,8 @@ def run(folder: Path, input: str, output: Path, what: str, background: str, plat
 
     if ratio is not None and not 0 < ratio <= 1:
         raise click.BadParameter("must be in (0, 1]", param_hint="--ratio")
+    if output.exists() and Path(input).exists() and output.samefile(input):
+        raise MtcError(f"output {output} is the input", hint="write to another path: --force never overwrites the input")
     if output.exists() and not force and not (output.is_dir() and Path(input).is_dir()):
         raise MtcError(f"{output} already exists", hint="pass --force to overwrite it")
     renderer = make_renderer(what, background)

@@ -113,6 +113,9 @@ def quantize_artifact(source: Path, output: Path, *, precision: str, config: Int
     manifest = read_manifest(source)
     if manifest.precision.mode != "fp32":
         raise MtcError(f"{source} is already {manifest.precision.mode}", hint="quantize the FP32 artifact it came from")
+    if output.exists() and output.samefile(source):
+        raise MtcError(f"output {output} is the artifact being quantized",
+                       hint="choose another -o: --force never replaces the FP32 reference")
     if output.exists() and not overwrite:
         raise MtcError(f"{output} already exists", hint="pass --force to replace it, or choose another -o")
     gates = gates or DEFAULT_GATES[precision]
