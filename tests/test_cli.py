@@ -182,6 +182,30 @@ def test_run_keeps_a_variable_frame_rate_in_step_with_the_source(rvm_artifact, t
     np.testing.assert_allclose(got, times, atol=1e-3)
 
 
+def test_run_writes_a_video_as_numbered_pngs(rvm_artifact, tmp_path):
+    source = tmp_path / "talk.mp4"
+    _video_with_audio(source, frames=5)
+    frames = tmp_path / "mattes"
+    for what, mode in (("alpha", "L"), ("foreground", "RGBA")):
+        mtc("run", rvm_artifact, source, "-o", frames, "--what", what, "--force", check=True)
+        names = sorted(p.name for p in frames.iterdir())
+        assert names == [f"{i:06d}.png" for i in range(1, 6)]
+        with Image.open(frames / names[0]) as image:
+            assert (image.mode, image.size) == (mode, (160, 96))
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no leftovers of the build
+
+
+def test_run_frames_never_replace_a_folder_of_other_files(rvm_artifact, tmp_path):
+    source = tmp_path / "talk.mp4"
+    _video_with_audio(source, frames=2)
+    folder = tmp_path / "Desktop"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    assert_clean_error(mtc("run", rvm_artifact, source, "-o", folder, "--what", "alpha", "--force"),
+                       "other than numbered frames", "new folder")
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+
+
 def _video_with_audio(path, frames):
     import av
 

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import collections
+import contextlib
+import itertools
+import re
 from pathlib import Path
 
 import click
 
 BUILTIN = "builtin"
+FRAME_NAME = re.compile(r"\d{6}\.png")
 
 
 @click.command()
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.argument("input", metavar="INPUT")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
-              help="Output file (image or video) or folder (for a folder of images).")
+              help="Output file (image or video) or folder: for a folder of images, or for a video's frames as "
+                   "numbered PNGs (a path without an extension).")
 @click.option("--what", type=click.Choice(["composite", "alpha", "foreground"]), default="composite", show_default=True,
               help="composite: over --background; alpha: the matte; foreground: RGBA (PNG, or .mov ProRes 4444 / .webm VP9).")
 @click.option("--background", default="green", show_default=True,
@@ -63,7 +68,7 @@ def run(folder: Path, input: str, output: Path, what: str, background: str, plat
 
         session.set_background(read_image(plate))
     if video:
-        stats = _run_video(session, input, output, renderer, x264_preset)
+        stats = _run_video(session, input, output, renderer, x264_preset, force)
         click.echo(f"{stats.frames} frames -> {output}: {stats.fps:.1f} FPS end to end, "
                    f"{stats.model_fps:.1f} FPS model ({session.backend.name})")
     elif source.is_dir():
@@ -109,12 +114,11 @@ def _run_images(session, source: Path, output: Path, renderer, force: bool) -> i
     return len(images)
 
 
-def _run_video(session, input: str, output: Path, renderer, x264_preset: str):
+def _run_video(session, input: str, output: Path, renderer, x264_preset: str, force: bool):
     from mtc.runtime.apply import matte_stream
-    from mtc.runtime.media import VideoReader, VideoWriter
+    from mtc.runtime.media import VideoReader
     from mtc.runtime.progress import frame_progress
 
-    kind = "rgba" if renderer.has_alpha else ("gray" if renderer.kind == "alpha" else "rgb")
     # Frame times travel beside the pipeline, in order: the decode thread appends a frame's time
     # before the frame enters the pipeline, the writer takes it when the frame comes out.
     times: collections.deque = collections.deque()
@@ -129,20 +133,46 @@ def _run_video(session, input: str, output: Path, renderer, x264_preset: str):
         frames = _noting_times(reader.timed_frames(), times)
         fps, size, total = reader.fps, (reader.width, reader.height), reader.frame_count
         audio = Path(input) if reader.has_audio else None
+    if output.suffix == "" or output.is_dir():
+        sink = _frame_folder(output, force)
+    else:
+        sink = _video_file(output, size, fps, renderer, audio, x264_preset, timed=reader is not None)
     try:
-        with VideoWriter(output, width=size[0], height=size[1], fps=fps, kind="rgb" if kind == "gray" else kind,
-                         audio_from=audio, x264_preset=x264_preset, timed=reader is not None) as writer:
-            picture = _gray_to_rgb if kind == "gray" else (lambda p: p)
+        with sink as write_picture, frame_progress("matting video", total=total) as advance:
+            def write(picture):
+                write_picture(picture, times.popleft() if times else None)
 
-            def write(rendered):
-                writer.write(picture(rendered), time=times.popleft() if times else None)
-
-            with frame_progress("matting video", total=total) as advance:
-                stats = matte_stream(session, frames, write, renderer, on_frame=lambda s: advance(fps=s.fps))
+            stats = matte_stream(session, frames, write, renderer, on_frame=lambda s: advance(fps=s.fps))
     finally:
         if reader is not None:
             reader.close()
     return stats
+
+
+@contextlib.contextmanager
+def _video_file(output: Path, size, fps, renderer, audio, x264_preset: str, timed: bool):
+    from mtc.runtime.media import VideoWriter
+
+    gray = renderer.kind == "alpha"
+    with VideoWriter(output, width=size[0], height=size[1], fps=fps, kind="rgba" if renderer.has_alpha else "rgb",
+                     audio_from=audio, x264_preset=x264_preset, timed=timed) as writer:
+        yield lambda picture, time: writer.write(_gray_to_rgb(picture) if gray else picture, time=time)
+
+
+@contextlib.contextmanager
+def _frame_folder(output: Path, force: bool):
+    """Numbered PNGs (000001.png, ...) in a folder that appears only when the video is done.
+    --force replaces only a folder of such frames, never one holding anything else."""
+    from mtc.errors import MtcError
+    from mtc.fsutil import atomic_dir
+    from mtc.runtime.media import write_image
+
+    if output.is_dir() and any(not FRAME_NAME.fullmatch(p.name) for p in output.iterdir()):
+        raise MtcError(f"{output} holds files other than numbered frames",
+                       hint="write the frames to a new folder: --force replaces only a folder of frames")
+    with atomic_dir(output, overwrite=force) as folder:
+        numbers = itertools.count(1)
+        yield lambda picture, time: write_image(folder / f"{next(numbers):06d}.png", picture, png_compression=1)
 
 
 def _noting_times(timed_frames, times: collections.deque):

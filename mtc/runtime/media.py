@@ -129,12 +129,14 @@ def _to_rgb(path: Path, img: Image.Image) -> Image.Image:
     raise MtcError(f"image {path} has unsupported pixel mode {mode}", hint=_TO_8BIT_RGB)
 
 
-def write_image(path: str | os.PathLike, array: np.ndarray) -> None:
+def write_image(path: str | os.PathLike, array: np.ndarray, *, png_compression: int = 6) -> None:
     """Write a ``uint8`` image atomically as PNG or JPEG, chosen by extension.
 
     Args:
         path: Destination ``.png``, ``.jpg`` or ``.jpeg`` file.
         array: ``HxW`` (grayscale, e.g. an alpha matte), ``HxWx3`` (RGB) or ``HxWx4`` (RGBA).
+        png_compression: zlib level 0-9 (Pillow's default 6). Video frames use 1: a 1080p RGB
+            frame takes 36 instead of 93 ms and its file is about 13% larger.
 
     Raises:
         MtcError: Unsupported extension or array layout, RGBA to JPEG, or a disk error.
@@ -156,7 +158,7 @@ def write_image(path: str | os.PathLike, array: np.ndarray) -> None:
     if mode == "RGBA" and fmt == "JPEG":
         raise MtcError(f"cannot write {path}: JPEG has no alpha channel", hint="write .png to keep the alpha")
     img = Image.fromarray(np.ascontiguousarray(array), mode=mode)
-    options = {"quality": 95} if fmt == "JPEG" else {}
+    options = {"quality": 95} if fmt == "JPEG" else {"compress_level": png_compression}
     with atomic_file(path, "wb") as handle:
         img.save(handle, format=fmt, **options)
 
