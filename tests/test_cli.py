@@ -206,6 +206,18 @@ def test_run_frames_never_replace_a_folder_of_other_files(rvm_artifact, tmp_path
     assert [p.name for p in folder.iterdir()] == ["notes.txt"]
 
 
+def test_run_refuses_a_hardware_encoder_that_cannot_start(rvm_artifact, tmp_path):
+    from mtc.runtime.media import hardware_encoder_problem
+
+    if hardware_encoder_problem("nvenc") is None:
+        pytest.skip("NVENC works on this machine")
+    source = tmp_path / "talk.mp4"
+    _video_with_audio(source, frames=2)
+    out = tmp_path / "out.mp4"
+    assert_clean_error(mtc("run", rvm_artifact, source, "-o", out, "--encoder", "nvenc"), "h264_nvenc", "--encoder x264")
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["talk.mp4"]
+
+
 def _video_with_audio(path, frames):
     import av
 

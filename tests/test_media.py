@@ -287,6 +287,60 @@ def test_timed_writer_spaces_unknown_and_repeated_times(tmp_path):
         writer.write(frames[0])
 
 
+@pytest.fixture
+def fake_hardware(monkeypatch):
+    """Stand-ins for the hardware encoders, run by libx264 (nv12 like Quick Sync), and a probe
+    result per name; the real probe's cache is bypassed."""
+    from mtc.runtime import media
+
+    monkeypatch.setattr(media, "HARDWARE_H264", {
+        "nvenc": ("libx264", "yuv420p", {"preset": "ultrafast"}),
+        "qsv": ("libx264", "nv12", {"preset": "ultrafast", "crf": "20"}),
+    })
+    problems = {"nvenc": "h264_nvenc cannot start here (test)", "qsv": None}
+    monkeypatch.setattr(media, "hardware_encoder_problem", lambda name: problems[name])
+    return problems
+
+
+def test_auto_encoder_takes_the_first_hardware_encoder_that_starts(fake_hardware, tmp_path):
+    from mtc.runtime.media import _video_codec
+
+    assert _video_codec(tmp_path / "a.mp4", "rgb", encoder="auto")[:2] == ("libx264", "nv12")  # the qsv stand-in
+    fake_hardware["qsv"] = "h264_qsv cannot start here (test)"
+    assert _video_codec(tmp_path / "a.mp4", "rgb", encoder="auto")[:2] == ("libx264", "yuv420p")  # x264 itself
+    assert _video_codec(tmp_path / "a.mp4", "rgb", encoder="auto")[2]["crf"] == "18"
+    with pytest.raises(MtcError, match=r"h264_nvenc cannot start here .*--encoder x264"):
+        _video_codec(tmp_path / "a.mp4", "rgb", encoder="nvenc")
+    assert _video_codec(tmp_path / "a.webm", "rgb", encoder="auto")[0] == "libvpx-vp9"
+    with pytest.raises(MtcError, match="WebM holds VP9"):
+        _video_codec(tmp_path / "a.webm", "rgb", encoder="qsv")
+
+
+def test_an_nv12_encoder_pads_odd_frames_like_yuv420p(fake_hardware, tmp_path):
+    frames = [_smooth(63, 97, i) for i in range(3)]
+    with VideoWriter(tmp_path / "a.mp4", width=97, height=63, fps=24, kind="rgb", encoder="qsv") as writer:
+        assert writer._pix_fmt == "nv12"
+        for frame in frames:
+            writer.write(frame)
+    with VideoReader(tmp_path / "a.mp4") as video:
+        assert (video.width, video.height) == (98, 64)
+        assert np.abs(next(iter(video))[:63, :97].astype(int) - frames[0]).mean() < 6
+
+
+def test_the_encoder_probe_opens_and_runs_the_encoder(monkeypatch):
+    from mtc.runtime import media
+
+    monkeypatch.setattr(media, "HARDWARE_H264", {
+        "works": ("libx264", "yuv420p", {"preset": "ultrafast"}),
+        "refused": ("libx264", "yuv420p", {"preset": "no-such-preset"}),
+        "absent": ("h264_no_such_encoder", "yuv420p", {}),
+    })
+    probe = media.hardware_encoder_problem.__wrapped__  # uncached
+    assert probe("works") is None
+    assert "libx264 cannot start here" in probe("refused")
+    assert probe("absent") == "this FFmpeg build has no h264_no_such_encoder"
+
+
 def _visible(plane, sample_bytes: int) -> np.ndarray:
     """A frame plane's pixels, without the padding at the end of each row."""
     rows = np.frombuffer(plane, np.uint8)[:plane.height * plane.line_size].reshape(plane.height, plane.line_size)

@@ -36,10 +36,13 @@ FRAME_NAME = re.compile(r"\d{6}\.png")
 @click.option("--x264-preset", type=click.Choice(["ultrafast", "superfast", "veryfast", "faster", "fast", "medium",
                                                   "slow"]), default="veryfast", show_default=True,
               help="H.264 encoder speed: faster presets leave more CPU to matting, files get larger.")
+@click.option("--encoder", type=click.Choice(["auto", "x264", "nvenc", "qsv"]), default="auto", show_default=True,
+              help="H.264 encoder: auto takes NVENC or Quick Sync where one starts (encoding off the CPU), else x264.")
 @click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
 def run(folder: Path, input: str, output: Path, what: str, background: str, plate: Path | None, ratio: float | None,
         backend: str,
-        precision: str, profiles: str | None, threads: int | None, x264_preset: str, force: bool) -> None:
+        precision: str, profiles: str | None, threads: int | None, x264_preset: str, encoder: str,
+        force: bool) -> None:
     """Matte INPUT with the artifact in FOLDER and write OUTPUT.
 
     INPUT is an image, a folder of images, a video, or `builtin` for the built-in demo clip.
@@ -68,7 +71,7 @@ def run(folder: Path, input: str, output: Path, what: str, background: str, plat
 
         session.set_background(read_image(plate))
     if video:
-        stats = _run_video(session, input, output, renderer, x264_preset, force)
+        stats = _run_video(session, input, output, renderer, x264_preset, encoder, force)
         click.echo(f"{stats.frames} frames -> {output}: {stats.fps:.1f} FPS end to end, "
                    f"{stats.model_fps:.1f} FPS model ({session.backend.name})")
     elif source.is_dir():
@@ -114,7 +117,7 @@ def _run_images(session, source: Path, output: Path, renderer, force: bool) -> i
     return len(images)
 
 
-def _run_video(session, input: str, output: Path, renderer, x264_preset: str, force: bool):
+def _run_video(session, input: str, output: Path, renderer, x264_preset: str, encoder: str, force: bool):
     from mtc.runtime.apply import matte_stream
     from mtc.runtime.media import VideoReader
     from mtc.runtime.progress import frame_progress
@@ -136,7 +139,7 @@ def _run_video(session, input: str, output: Path, renderer, x264_preset: str, fo
     if output.suffix == "" or output.is_dir():
         sink = _frame_folder(output, force)
     else:
-        sink = _video_file(output, size, fps, renderer, audio, x264_preset, timed=reader is not None)
+        sink = _video_file(output, size, fps, renderer, audio, x264_preset, encoder, timed=reader is not None)
     try:
         with sink as write_picture, frame_progress("matting video", total=total) as advance:
             def write(picture):
@@ -150,12 +153,12 @@ def _run_video(session, input: str, output: Path, renderer, x264_preset: str, fo
 
 
 @contextlib.contextmanager
-def _video_file(output: Path, size, fps, renderer, audio, x264_preset: str, timed: bool):
+def _video_file(output: Path, size, fps, renderer, audio, x264_preset: str, encoder: str, timed: bool):
     from mtc.runtime.media import VideoWriter
 
     gray = renderer.kind == "alpha"
     with VideoWriter(output, width=size[0], height=size[1], fps=fps, kind="rgba" if renderer.has_alpha else "rgb",
-                     audio_from=audio, x264_preset=x264_preset, timed=timed) as writer:
+                     audio_from=audio, x264_preset=x264_preset, timed=timed, encoder=encoder) as writer:
         yield lambda picture, time: writer.write(_gray_to_rgb(picture) if gray else picture, time=time)
 
 
