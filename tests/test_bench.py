@@ -392,8 +392,12 @@ def test_end_to_end_on_the_tiny_artifact(tiny, tmp_path):
     assert result.exit_code == 0, result.output
     results = json.loads(out.read_text())["results"]
     assert [r["resolution"] for r in results] == ["64x48", "96x64"]
+    from mtc.runtime.media import HARDWARE_H264, hardware_encoder_problem
+
+    usable = [HARDWARE_H264[n][0] for n in HARDWARE_H264 if hardware_encoder_problem(n) is None]
     for r in results:
         assert r["end_to_end"]["frames"] == 3 and r["end_to_end"]["fps"] > 0
+        assert r["end_to_end"]["encoder"] == (usable[0] if usable else "libx264")  # what `mtc run` would use
         assert r["cost"]["gflops_per_frame"] is None
 
 

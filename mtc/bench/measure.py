@@ -88,7 +88,7 @@ def measure_end_to_end(session, video: Path, output: Path, *, frames: int | None
         x264_preset: the encoder's speed preset (default: VideoWriter's).
 
     Returns:
-        ``{"frames", "seconds", "fps", "model_fps", "interval_ms": {...}}``: the wall time from
+        ``{"frames", "seconds", "fps", "model_fps", "encoder", "interval_ms": {...}}``: the wall time from
         the first decode to the closed output file (encoder flush included), the model's own
         throughput inside the pipeline, and the spread of the intervals between finished frames
         (the first interval includes pipeline start-up; nearest-rank percentiles).
@@ -112,5 +112,6 @@ def measure_end_to_end(session, video: Path, output: Path, *, frames: int | None
         "seconds": seconds,
         "fps": stats.frames / seconds if seconds > 0 else float("inf"),
         "model_fps": stats.model_fps,
+        "encoder": writer.encoder,
         "interval_ms": intervals["latency_ms"] if intervals else None,
     }

@@ -674,6 +674,7 @@ class VideoWriter:
         if self.width < 1 or self.height < 1:
             raise MtcError(f"cannot write video {self.path}: bad size {width}x{height}", hint="pass the frame size")
         codec, self._pix_fmt, options = _video_codec(self.path, kind, x264_preset, encoder)
+        self.encoder = codec  # the FFmpeg encoder that runs, e.g. "libx264" or "h264_nvenc"
         log.info("encoding %s with %s", self.path.name, codec)
         self._rate = _frame_rate(fps)
         self._channels = 4 if kind == "rgba" else 3
