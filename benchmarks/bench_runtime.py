@@ -156,7 +156,8 @@ def bench_pipeline(artifact: Path, width: int, height: int, ratio: float, rounds
                         session.process(frame)
                     model_fps["spinning" if which else "no_spinning"].append(len(frames) / (time.perf_counter() - t0))
                 else:
-                    e2e = measure_end_to_end(run_session, source, Path(tmp) / "out.mp4", x264_preset=which)
+                    e2e = measure_end_to_end(run_session, source, Path(tmp) / "out.mp4", x264_preset=which,
+                                             encoder="x264")
                     if e2e["frames"] != len(frames):
                         raise RuntimeError(f"pipeline ran {e2e['frames']} of {len(frames)} frames")
                     pipeline_fps[which].append(e2e["fps"])

@@ -73,7 +73,8 @@ def write_source_video(frames: Sequence[np.ndarray], path: Path, *, fps: float =
 
 
 def measure_end_to_end(session, video: Path, output: Path, *, frames: int | None = None,
-                       clock: Clock = time.perf_counter, x264_preset: str | None = None) -> dict:
+                       clock: Clock = time.perf_counter, x264_preset: str | None = None,
+                       encoder: str = "auto") -> dict:
     """Decode -> matte -> encode with the runtime's video pipeline and time it.
 
     Uses `mtc.runtime.apply.matte_stream` (decoding, inference and encoding overlap in three
@@ -85,7 +86,8 @@ def measure_end_to_end(session, video: Path, output: Path, *, frames: int | None
         output: where to write the composited video (a temporary file).
         frames: stop after this many frames (default: the whole video).
         clock: timestamps each finished frame for the interval statistics.
-        x264_preset: the encoder's speed preset (default: VideoWriter's).
+        x264_preset: x264's speed preset (default: VideoWriter's).
+        encoder: VideoWriter's H.264 encoder choice ("auto", as `mtc run`; "x264" for the CPU).
 
     Returns:
         ``{"frames", "seconds", "fps", "model_fps", "encoder", "interval_ms": {...}}``: the wall time from
@@ -100,7 +102,8 @@ def measure_end_to_end(session, video: Path, output: Path, *, frames: int | None
     with VideoReader(video) as reader:
         decoded = itertools.islice(iter(reader), frames) if frames else iter(reader)
         preset = {"x264_preset": x264_preset} if x264_preset else {}
-        writer = VideoWriter(output, width=reader.width, height=reader.height, fps=reader.fps, kind="rgb", **preset)
+        writer = VideoWriter(output, width=reader.width, height=reader.height, fps=reader.fps, kind="rgb",
+                             encoder=encoder, **preset)
         stamps = [clock()]
         with writer:  # closing flushes the encoder's look-ahead: part of the end-to-end time
             stats = matte_stream(session, decoded, writer.write, Renderer(kind="composite"),
