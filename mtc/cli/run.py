@@ -62,6 +62,10 @@ def run(folder: Path, input: str, output: Path, what: str, background: str, plat
     renderer = make_renderer(what, background)
     source = Path(input)
     video = input == BUILTIN or is_video(source)
+    if video and encoder not in ("auto", "x264"):
+        from mtc.runtime.media import require_hardware_encoder
+
+        require_hardware_encoder(encoder)  # before the model loads, not after
     # Beside the codec threads, idle ONNX Runtime workers must sleep, not spin: spinning took
     # the HD pipeline from 7.4 to 6.6 FPS (FP32 RVM, 2 cores).
     session = load(folder, backend=backend, downsample_ratio=ratio, threads=threads, precision=precision,

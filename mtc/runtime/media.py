@@ -392,12 +392,17 @@ def hardware_encoder_problem(name: str) -> str | None:
     return None
 
 
+def require_hardware_encoder(name: str) -> tuple[str, str, dict[str, str]]:
+    """HARDWARE_H264[name] if that encoder starts here, else an MtcError saying why."""
+    problem = hardware_encoder_problem(name)
+    if problem is not None:
+        raise MtcError(problem, hint="use --encoder x264 (the CPU) or auto")
+    return HARDWARE_H264[name]
+
+
 def _h264_encoder(encoder: str, x264_preset: str) -> tuple[str, str, dict[str, str]]:
     if encoder in HARDWARE_H264:
-        problem = hardware_encoder_problem(encoder)
-        if problem is not None:
-            raise MtcError(problem, hint="use --encoder x264 (the CPU) or auto")
-        return HARDWARE_H264[encoder]
+        return require_hardware_encoder(encoder)
     if encoder == "auto":
         problems = {name: hardware_encoder_problem(name) for name in HARDWARE_H264}
         usable = next((name for name, problem in problems.items() if problem is None), None)
