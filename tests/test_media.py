@@ -327,6 +327,15 @@ def test_an_nv12_encoder_pads_odd_frames_like_yuv420p(fake_hardware, tmp_path):
         assert np.abs(next(iter(video))[:63, :97].astype(int) - frames[0]).mean() < 6
 
 
+def test_hardware_encoders_take_the_pixel_format_we_give_them():
+    from mtc.runtime.media import HARDWARE_H264
+
+    for codec, pix_fmt, _ in HARDWARE_H264.values():
+        if codec not in av.codecs_available:
+            continue  # an FFmpeg build without it: the probe reports that
+        assert pix_fmt in [f.name for f in av.Codec(codec, "w").video_formats], codec
+
+
 def test_the_encoder_probe_opens_and_runs_the_encoder(monkeypatch):
     from mtc.runtime import media
 
