@@ -308,7 +308,7 @@ class VideoReader:
                 rgb = to_rgb.reformat(frame, format="rgb24", threads=1).to_ndarray()
             known = frame.pts is not None and start is not None and frame.time_base is not None
             yield (float((frame.pts - start) * frame.time_base) if known else None,
-                   self._orientation.apply(rgb) if self._orientation != UPRIGHT else rgb)
+                   self._orientation.apply(rgb))
 
     def _decode(self) -> Iterator[av.VideoFrame]:
         produced = 0
@@ -404,11 +404,13 @@ def _h264_encoder(encoder: str, x264_preset: str) -> tuple[str, str, dict[str, s
     if encoder in HARDWARE_H264:
         return require_hardware_encoder(encoder)
     if encoder == "auto":
-        problems = {name: hardware_encoder_problem(name) for name in HARDWARE_H264}
-        usable = next((name for name, problem in problems.items() if problem is None), None)
-        if usable is not None:
-            return HARDWARE_H264[usable]
-        log.debug("no hardware H.264 encoder: %s", "; ".join(problems.values()))
+        problems = []
+        for name in HARDWARE_H264:  # stop at the first that starts: probes take milliseconds each
+            problem = hardware_encoder_problem(name)
+            if problem is None:
+                return HARDWARE_H264[name]
+            problems.append(problem)
+        log.debug("no hardware H.264 encoder: %s", "; ".join(problems))
     elif encoder != "x264":
         raise MtcError(f"unknown encoder {encoder!r}", hint=f"choose one of: {', '.join(ENCODERS)}")
     if "libx264" in av.codecs_available:
@@ -570,9 +572,11 @@ class Orientation(NamedTuple):
     flip_columns: bool = False
 
     def apply(self, rgb: np.ndarray) -> np.ndarray:
-        """The displayed HxWx3 frame, copied to planar memory: the model's input conversion reads
-        a turned view at half speed (1080x1920: 9.9 vs 4.5 ms), and this copy runs on the
-        decoding thread, not the inference thread."""
+        """The displayed HxWx3 frame (`rgb` itself when upright), turned frames copied to planar
+        memory: the model's input conversion reads a turned view at half speed (1080x1920: 9.9
+        vs 4.5 ms), and this copy runs on the decoding thread, not the inference thread."""
+        if self == UPRIGHT:
+            return rgb
         planes = rgb.transpose(2, 0, 1)
         if self.transpose:
             planes = planes.transpose(0, 2, 1)
@@ -591,10 +595,10 @@ def _display_orientation(frame: av.VideoFrame) -> Orientation:
     rotations and mirrors alike. `VideoFrame.rotation` alone cannot tell a mirror from a half
     turn (a horizontal mirror reads as -180).
     """
-    matrix = next((np.frombuffer(bytes(data), "<i4") for data in frame.side_data
-                   if data.type == SideDataType.DISPLAYMATRIX and len(bytes(data)) >= 36), None)
-    if matrix is None:
+    raw = next((bytes(data) for data in frame.side_data if data.type == SideDataType.DISPLAYMATRIX), b"")
+    if len(raw) < 36:  # none, or not the 3x3 matrix FFmpeg documents
         return UPRIGHT
+    matrix = np.frombuffer(raw[:36], "<i4")
     a, b, c, d = (int(v) for v in matrix[[0, 1, 3, 4]])
     if abs(a) >= abs(b):  # x' follows x
         return Orientation(transpose=False, flip_rows=d < 0, flip_columns=a < 0)
