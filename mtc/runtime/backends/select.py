@@ -6,13 +6,14 @@ The order, best first:
 2. `onnxruntime` with the CUDA provider — a GPU and an onnxruntime build that has CUDA;
 3. on the CPU, `openvino` when installed, else `onnxruntime`. Measured with
    benchmarks/bench_backends.py (FP32 RVM artifact, mtc.runtime sessions, interleaved, same
-   frames, 2 threads, AMD EPYC with AVX-512 VNNI/BF16; benchmarks/RESULTS.md): OpenVINO FP32 with
-   static shapes 14.7 vs ONNX Runtime 9.7 FPS at 512x288 ratio 1.0 (1.52x) and 10.0 vs 7.4 FPS
-   at 1920x1080 ratio 0.25 (1.35x, with mtc's graph rewrites; 0.98x before the refiner's
-   upsamples became transposed convolutions), alpha max |diff| 8e-6 vs ONNX Runtime. OpenVINO is
-   pinned to FP32 here; BF16 (2.69x / 1.78x, alpha MAD 0.35-0.43e-3) only when asked. Dynamic
-   shapes would lose (1.20x / 0.83x), which is why the OpenVINO backend compiles a static model
-   per resolution.
+   frames, 2 threads): on an AMD EPYC with AVX-512 VNNI/BF16, OpenVINO FP32 with static shapes
+   14.7 vs ONNX Runtime 9.7 FPS at 512x288 ratio 1.0 (1.52x) and 10.0 vs 7.4 FPS at 1920x1080
+   ratio 0.25 (1.35x, with mtc's graph rewrites; 0.98x before the refiner's upsamples became
+   transposed convolutions); on an Intel Xeon with AMX (the run in benchmarks/RESULTS.md) 24.0 vs
+   12.9 (1.86x) and 15.1 vs 9.9 FPS (1.52x); alpha max |diff| 8e-6 vs ONNX Runtime. OpenVINO is
+   pinned to FP32 here; BF16 (EPYC 2.69x / 1.78x, Xeon 3.59x / 1.89x, alpha MAD 0.34-0.43e-3)
+   only when asked. Dynamic shapes would lose (1.20x / 0.83x), which is why the OpenVINO backend
+   compiles a static model per resolution.
 
 INT8 (Q/DQ) artifacts follow the activation type. With signed int8 activations OpenVINO's
 low-precision transformations lose accuracy: on RVM, alpha MAD x1e3 vs FP32 of 30-44 for both
@@ -21,7 +22,8 @@ running the same files gives 6-7 and 1-3 (benchmarks/bench_peers.py). With uint8
 (mtc's `speed` and `openvino` presets) OpenVINO matches ONNX Runtime (MAD 0.65 vs 0.62, dtSSD
 0.49 vs 0.48 on evalset composites at 512x288) and runs 2.28x plain ONNX Runtime FP32 where
 ONNX Runtime runs the same file at 1.51x; at 1920x1080 ratio 0.25 it is 1.98x against 1.39x
-(bench_peers; 1.30x against 1.36x before the transposed-conv upsampling). So `auto` sends
+(bench_peers on the EPYC; 1.30x against 1.36x before the transposed-conv upsampling; on the Xeon
+2.56x against 1.27x and 1.89x against 1.18x). So `auto` sends
 uint8-activation INT8 artifacts to OpenVINO like FP32 ones and keeps int8-activation ones on
 ONNX Runtime; `backend="openvino"` still runs those (logged).
 
