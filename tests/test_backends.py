@@ -310,3 +310,13 @@ def test_run_command_stops_onnxruntime_spinning_beside_the_codec_threads(rvm_art
     result = CliRunner().invoke(run, [str(rvm_artifact), source, "-o", output, "--backend", "onnxruntime"])
     assert result.exit_code == 0, result.output
     assert [kw["allow_spinning"] for kw in loaded] == [spinning]
+
+
+def test_fp16_artifacts_stay_on_onnxruntime_on_the_cpu(caplog):
+    on_cpu = Availability(openvino=True)
+    choice = choose_backend("auto", on_cpu, model_precision="fp16")
+    assert choice.name == "onnxruntime" and "FP16" in choice.reason
+    with caplog.at_level(logging.WARNING, logger="mtc"):
+        assert choose_backend("openvino", on_cpu, model_precision="fp16").name == "openvino"
+    assert "FP16 artifacts less faithfully" in caplog.text
+    assert choose_backend("auto", Availability(gpu_count=1, tensorrt=True), model_precision="fp16").name == "tensorrt"

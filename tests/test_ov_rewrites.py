@@ -305,3 +305,31 @@ def test_small_pools_are_depthwise_convs_with_onnxruntimes_values(tmp_path, capl
     model.reshape({"x": [1, channels, *size]})
     assert small_pools_as_convs(model) == rewritten
     assert ("GroupConvolution" in {op.get_type_name() for op in model.get_ordered_ops()}) == bool(rewritten)
+
+
+def _fp16_copy(path):
+    """The graph at `path` as `mtc quantize --fp16` writes it: FP16 inside, FP32 I/O."""
+    from mtc.quant.fp16 import convert_to_fp16
+
+    fp16 = path.with_name(f"{path.stem}-fp16.onnx")
+    onnx.save(convert_to_fp16(onnx.load(path)), fp16)
+    return fp16
+
+
+@pytest.mark.parametrize("build, feeds, rewrite", [
+    (lambda p: _tail_model(p, (5, 7), (20, 28))[0], {"src": (1, 3, 20, 28), "coeffs": (1, 3, 5, 7)},
+     "1 full-resolution upsample(s)"),
+    (_guide_model, {"src": (1, 3, 20, 28), "coeffs": (1, 4, 20, 28)}, "1 guide(s) and 0 channel sum(s)"),
+    (_alpha_tail_model, {"src": (1, 3, 20, 28), "coeffs": (1, 2, 20, 28)}, "1 guide(s) and 1 channel sum(s)"),
+    (lambda p: _pool_model(p, 3, ceil_mode=1), {"x": (1, 3, 10, 14)}, "1 pool(s) as depthwise convolutions"),
+])
+def test_rewrites_keep_an_fp16_graphs_types(tmp_path, caplog, build, feeds, rewrite):
+    """The rewrites' weights take the data's element type: FP32 weights on FP16 data made OpenVINO
+    refuse every FP16 artifact of RVM ("element::Type::merge" in Convolution)."""
+    path = _fp16_copy(build(tmp_path / "model.onnx"))
+    rng = np.random.default_rng(1)
+    values = {name: rng.random(shape, dtype=np.float32) for name, shape in feeds.items()}
+    got, expected = _openvino_and_onnxruntime(path, values, caplog)
+    assert rewrite in caplog.text
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() < 2e-2 * max(1.0, np.abs(expected).max())  # FP16 rounding

@@ -68,6 +68,12 @@ def openvino_ops():
     return opset13
 
 
+def constant_like(values: np.ndarray, output):
+    """An OpenVINO constant holding `values` in the element type of `output` (an Output): the
+    rewrites' weights must match their data, which is f16 in an FP16 artifact."""
+    return openvino_ops().constant(values.astype(output.get_element_type().to_dtype()))
+
+
 # The OpenVINO rewrites take tensors of at most this many channels: where OpenVINO's 16-channel
 # blocked and channels-last kernels waste most of each vector (full-resolution image-like tensors).
 FEW_CHANNELS = 8

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mtc.runtime.backends.base import FEW_CHANNELS, openvino_ops, replace_openvino_ops, static_nchw
+from mtc.runtime.backends.base import FEW_CHANNELS, constant_like, openvino_ops, replace_openvino_ops, static_nchw
 
 
 def _few_channels(output) -> bool:
@@ -69,8 +69,7 @@ def _padded_mean_input(pad):
 
 
 def _conv1x1(image, weights: np.ndarray):
-    ops = openvino_ops()
-    return ops.convolution(image, ops.constant(weights), [1, 1], [0, 0], [0, 0], [1, 1])
+    return openvino_ops().convolution(image, constant_like(weights, image), [1, 1], [0, 0], [0, 0], [1, 1])
 
 
 def guide_as_conv(model, frame_sizes: set[tuple[int, int]]) -> int:
@@ -98,7 +97,7 @@ def _guide_conv(op, frame_sizes: set[tuple[int, int]]):
         weights[0] = 1.0 / channels
         bias = np.full((1, 1 + appended, 1, 1), value, np.float32)
         bias[0, 0] = 0.0
-        guide = openvino_ops().add(_conv1x1(image, weights), openvino_ops().constant(bias))
+        guide = openvino_ops().add(_conv1x1(image, weights), constant_like(bias, image))
     guide.set_friendly_name(op.get_friendly_name())
     return guide.output(0)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mtc.runtime.backends.base import FEW_CHANNELS, openvino_ops, replace_openvino_ops, static_nchw
+from mtc.runtime.backends.base import FEW_CHANNELS, constant_like, openvino_ops, replace_openvino_ops, static_nchw
 
 
 def _whole_window_channels(op) -> int | None:
@@ -45,7 +45,7 @@ def _depthwise_average(op):
     if channels is None:
         return None
     ops = openvino_ops()
-    weights = ops.constant(np.full((channels, 1, 1, 2, 2), 0.25, np.float32))
+    weights = constant_like(np.full((channels, 1, 1, 2, 2), 0.25, np.float32), op.input_value(0))
     conv = ops.group_convolution(op.input_value(0), weights, [2, 2], [0, 0], [0, 0], [1, 1])
     conv.set_friendly_name(op.get_friendly_name())
     return conv.output(0)

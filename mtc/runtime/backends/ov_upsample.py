@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mtc.runtime.backends.base import FEW_CHANNELS, openvino_ops, replace_openvino_ops, static_nchw
+from mtc.runtime.backends.base import FEW_CHANNELS, constant_like, openvino_ops, replace_openvino_ops, static_nchw
 
 LINEAR_MODES = ("linear", "linear_onnx")
 # Coordinate modes that map output pixel x to input x exactly when the scale is 1 (not
@@ -97,7 +97,8 @@ def _transposed_conv(op, frame_sizes: set[tuple[int, int]]):
     edge = np.array([0, 0, 1, 1], np.int64)
     padded = ops.pad(op.input_value(0), edge, edge, "edge")
     kernel = np.outer(triangle_kernel(fy), triangle_kernel(fx))
-    weights = ops.constant(np.ascontiguousarray(np.broadcast_to(kernel, (channels, 1, 1, *kernel.shape))))
+    weights = constant_like(np.ascontiguousarray(np.broadcast_to(kernel, (channels, 1, 1, *kernel.shape))),
+                            op.input_value(0))
     upsampled = ops.group_convolution_backprop_data(
         padded, weights, strides=[fy, fx], pads_begin=[_crop(fy), _crop(fx)], pads_end=[_crop(fy), _crop(fx)],
         dilations=[1, 1])

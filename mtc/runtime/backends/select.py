@@ -27,6 +27,11 @@ ONNX Runtime runs the same file at 1.51x; at 1920x1080 ratio 0.25 it is 1.98x ag
 uint8-activation INT8 artifacts to OpenVINO like FP32 ones and keeps int8-activation ones on
 ONNX Runtime; `backend="openvino"` still runs those (logged).
 
+FP16 artifacts stay on ONNX Runtime on the CPU too: it is where their gates were checked, and
+OpenVINO runs them less faithfully and slower than the FP32 artifact (RVM on a Xeon with AMX,
+8 built-in frames, alpha MAD x1e3 vs FP32: 0.19 / 0.13 against ONNX Runtime's 0.11 / 0.08 at
+512x288 / HD; 50.7 / 81.4 ms against 43.3 / 68.0 for the FP32 artifact on OpenVINO).
+
 Probing is cheap and imports nothing heavy: `importlib.util.find_spec` for the optional
 packages, onnxruntime's provider list, and the CUDA driver (libcuda) for the GPU count.
 """
@@ -129,6 +134,9 @@ def choose_backend(requested: str, available: Availability, *, precision: str = 
         if model_precision == "int8" and activation_type != "uint8":
             log.warning("openvino loses accuracy on INT8 artifacts with signed activations (on RVM, alpha MAD "
                         "30-44e-3 vs FP32); re-quantize with --preset speed (uint8 activations) for OpenVINO")
+        if model_precision == "fp16":
+            log.warning("openvino runs FP16 artifacts less faithfully than the ONNX Runtime they were checked on "
+                        "and slower than their FP32 artifact; on a CPU, run the FP32 artifact on OpenVINO instead")
         return BackendChoice("openvino", "requested")
     if requested == "onnxruntime":
         return BackendChoice("onnxruntime", "requested")
@@ -147,6 +155,9 @@ def choose_backend(requested: str, available: Availability, *, precision: str = 
     if model_precision == "int8" and activation_type != "uint8":
         return BackendChoice("onnxruntime", "CPU only; INT8 artifact with signed activations, which OpenVINO "
                              "runs less faithfully", providers=("cpu",))
+    if model_precision == "fp16":
+        return BackendChoice("onnxruntime", "CPU only; FP16 artifact, checked on ONNX Runtime (OpenVINO runs it "
+                             "less faithfully, and slower than the FP32 artifact)", providers=("cpu",))
     for name in CPU_PREFERENCE:
         if name == "openvino" and available.openvino:
             return BackendChoice("openvino", "CPU only; OpenVINO (static shapes) measured faster than ONNX Runtime")
