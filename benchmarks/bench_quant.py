@@ -40,7 +40,8 @@ NO_FALLBACK = Fallback(enabled=False)
 
 def fps_vs_fp32(io, fp32: Path, candidate: Path, clips, rounds: int = 8) -> list[tuple[float, float]]:
     """(candidate FPS, FP32 FPS) per clip, interleaved frame by frame on the same frames."""
-    speeds = [interleaved_fps(io, {"candidate": candidate, "fp32": fp32}, clip, rounds=rounds) for clip in clips]
+    models = {"candidate": ("onnxruntime", candidate), "fp32": ("onnxruntime", fp32)}
+    speeds = [interleaved_fps(io, models, clip, rounds=rounds) for clip in clips]
     return [(s["candidate"], s["fp32"]) for s in speeds]
 
 

@@ -763,6 +763,29 @@ def test_float_budget_keeps_the_layer_whose_return_to_float_pays_and_reports_its
     assert "conv2" not in small.report["int8"]["float_budget"]["layers"]
 
 
+def test_speed_is_also_timed_on_openvino_where_auto_would_run_the_artifact_there(tmp_path, monkeypatch):
+    pytest.importorskip("openvino")
+    from mtc.runtime.backends import select
+
+    monkeypatch.setattr(select, "probe_availability", lambda: select.Availability(openvino=True))
+    source = _toy_artifact(tmp_path / "toy")
+    lenient = Gates(max_mad=1000.0, max_dtssd=1000.0)
+    unsigned = quantize_artifact(source, tmp_path / "u8", precision="int8",
+                                 config=Int8Config(method="minmax", activation_type="uint8"), gates=lenient, data=SMALL)
+    speed = unsigned.report["speed"]
+    assert speed["auto_backend"] == "openvino"
+    openvino = speed["openvino"]
+    assert openvino["fps"] > 0 and openvino["speedup"] == pytest.approx(openvino["fps"] / openvino["fps_fp32"])
+    assert openvino["vs_onnxruntime_fp32"] == pytest.approx(openvino["fps"] / speed["fps_fp32"])
+    assert "OpenVINO, which" in (tmp_path / "u8" / "report.html").read_text()
+
+    # signed activations stay on ONNX Runtime under auto, so OpenVINO's speed would mislead
+    signed = quantize_artifact(source, tmp_path / "s8", precision="int8",
+                               config=Int8Config(method="minmax", activation_type="int8"), gates=lenient, data=SMALL)
+    assert signed.report["speed"]["auto_backend"] == "onnxruntime" and "openvino" not in signed.report["speed"]
+    assert "OpenVINO, which" not in (tmp_path / "s8" / "report.html").read_text()
+
+
 def test_float_budget_outside_zero_to_one_is_refused():
     from mtc.errors import MtcError
 

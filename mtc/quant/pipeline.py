@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -148,7 +149,9 @@ def quantize_artifact(source: Path, output: Path, *, precision: str, config: Int
                                   for c in calib]},
         **details,
     }
-    report["speed"] = measure_speed(io, fp32_path, candidate, reference.clips[0], all_int8=all_int8)
+    report["speed"] = measure_speed(io, fp32_path, candidate, reference.clips[0], precision=precision,
+                                    activation_type=config.activation_type if precision == "int8" else None,
+                                    all_int8=all_int8)
     _write(output, source, manifest, candidate, check, report, precision, config, len(feeds), overwrite)
     return Outcome(output, check.passed, check, report)
 
@@ -319,44 +322,71 @@ def _fp16(model, feeds, reference, gates: Gates, fallback: Fallback, timings):
     return final, final_check, details
 
 
-def interleaved_fps(io, models: dict[str, Path | bytes], clip: Clip, *, rounds: int = 3, frames: int = 8
+def interleaved_fps(io, models: dict[str, tuple[str, Path | bytes]], clip: Clip, *, rounds: int = 3, frames: int = 8
                     ) -> dict[str, float]:
-    """FPS (1 / median frame time) of each model on ONNX Runtime CPU over the same frames,
-    spinning off, interleaved frame by frame (who goes first alternates) so bursts of load on
-    a shared machine hit every model alike."""
+    """FPS (1 / median frame time) of each (backend, model) over the same frames, on the CPU,
+    interleaved frame by frame (who goes first alternates) so bursts of load on a shared machine
+    hit every model alike. Backends: "onnxruntime" (spinning off) or "openvino" (FP32, static
+    shapes, no compile cache)."""
     from mtc.runtime.session import MattingSession
 
     frames_used = clip.frames[:frames]
-    sessions = {name: MattingSession(io, OrtBackend(model, allow_spinning=False), downsample_ratio=clip.downsample_ratio,
-                                     scene_cut_threshold=None)
-                for name, model in models.items()}
-    for session in sessions.values():
-        session.process(frames_used[0])  # warm-up
-    times = {name: [] for name in sessions}
-    for _ in range(rounds):
+    with tempfile.TemporaryDirectory(prefix="mtc-timing-") as scratch:
+        sessions = {name: MattingSession(io, _timing_backend(backend, model, io, Path(scratch) / f"{name}.onnx"),
+                                         downsample_ratio=clip.downsample_ratio, scene_cut_threshold=None)
+                    for name, (backend, model) in models.items()}
         for session in sessions.values():
-            session.reset()
-        for i, frame in enumerate(frames_used):
-            for name in (list(sessions) if i % 2 == 0 else list(reversed(sessions))):
-                t0 = time.perf_counter()
-                sessions[name].process(frame)
-                times[name].append(time.perf_counter() - t0)
+            session.process(frames_used[0])  # warm-up (and OpenVINO's compile)
+        times = {name: [] for name in sessions}
+        for _ in range(rounds):
+            for session in sessions.values():
+                session.reset()
+            for i, frame in enumerate(frames_used):
+                for name in (list(sessions) if i % 2 == 0 else list(reversed(sessions))):
+                    t0 = time.perf_counter()
+                    sessions[name].process(frame)
+                    times[name].append(time.perf_counter() - t0)
     return {name: 1.0 / float(np.median(t)) for name, t in times.items()}
 
 
-def measure_speed(io, fp32_path: Path, candidate: onnx.ModelProto, clip: Clip, *,
-                  all_int8: onnx.ModelProto | None = None) -> dict:
-    """FP32 vs the candidate, and vs the all-INT8 model when layers went back to float: what
-    the fallback cost (indicative only; benchmarks/ has the controlled comparison)."""
-    models = {"fp32": fp32_path, "candidate": candidate.SerializeToString()}
+def _timing_backend(backend: str, model: Path | bytes, io, scratch_file: Path):
+    if backend == "onnxruntime":
+        return OrtBackend(model, allow_spinning=False)
+    from mtc.runtime.backends.openvino import OpenVinoBackend
+
+    if isinstance(model, bytes):  # OpenVINO reads files
+        scratch_file.write_bytes(model)
+        model = scratch_file
+    return OpenVinoBackend(model, io=io, precision="fp32", cache=False)
+
+
+def measure_speed(io, fp32_path: Path, candidate: onnx.ModelProto, clip: Clip, *, precision: str,
+                  activation_type: str | None = None, all_int8: onnx.ModelProto | None = None) -> dict:
+    """FP32 vs the candidate on ONNX Runtime CPU, and vs the all-INT8 model when layers went back
+    to float: what the fallback cost. Where `backend="auto"` would run the artifact on OpenVINO
+    here, both are timed there too, in the same interleaved run: on CPUs whose ONNX Runtime
+    integer kernels gain little (1.2x on a Xeon with AMX) that is the speed users get.
+    Indicative only; benchmarks/ has the controlled comparison."""
+    from mtc.runtime.backends.select import choose_backend, probe_availability
+
+    candidate_bytes = candidate.SerializeToString()
+    models = {"fp32": ("onnxruntime", fp32_path), "candidate": ("onnxruntime", candidate_bytes)}
     if all_int8 is not None:
-        models["all_int8"] = all_int8.SerializeToString()
+        models["all_int8"] = ("onnxruntime", all_int8.SerializeToString())
+    auto = choose_backend("auto", probe_availability(), model_precision=precision, activation_type=activation_type).name
+    if auto == "openvino":
+        models["fp32_openvino"] = ("openvino", fp32_path)
+        models["candidate_openvino"] = ("openvino", candidate_bytes)
     fps = interleaved_fps(io, models, clip)
     speed = {"backend": "onnxruntime-cpu", "clip": clip.name, "fps_fp32": fps["fp32"], "fps": fps["candidate"],
-             "speedup": fps["candidate"] / fps["fp32"]}
+             "speedup": fps["candidate"] / fps["fp32"], "auto_backend": auto}
     if all_int8 is not None:
         speed["fps_all_int8"] = fps["all_int8"]
         speed["float_layers_cost"] = 1.0 - fps["candidate"] / fps["all_int8"]  # share of all-INT8 FPS given up
+    if auto == "openvino":
+        speed["openvino"] = {"fps_fp32": fps["fp32_openvino"], "fps": fps["candidate_openvino"],
+                             "speedup": fps["candidate_openvino"] / fps["fp32_openvino"],
+                             "vs_onnxruntime_fp32": fps["candidate_openvino"] / fps["fp32"]}
     return speed
 
 

@@ -96,8 +96,13 @@ def render_html(report: dict, check: CheckResult) -> str:
     if speed:
         cost = (f" All-INT8 ran {speed['fps_all_int8']:.1f} FPS: the layers kept in float cost "
                 f"{speed['float_layers_cost']:.1%} of it." if "fps_all_int8" in speed else "")
+        openvino = speed.get("openvino")
+        auto = (f" OpenVINO, which <code>backend=\"auto\"</code> picks for this artifact here: {openvino['fps']:.1f} FPS "
+                f"vs its FP32 {openvino['fps_fp32']:.1f} FPS (×{openvino['speedup']:.2f}; "
+                f"×{openvino['vs_onnxruntime_fp32']:.2f} ONNX Runtime FP32)." if openvino else "")
         sections.append(f"<p>ONNX Runtime CPU, {html.escape(speed['clip'])}: {speed['fps']:.1f} FPS vs FP32 "
-                        f"{speed['fps_fp32']:.1f} FPS (×{speed['speedup']:.2f}; indicative, see benchmarks/).{cost}</p>")
+                        f"{speed['fps_fp32']:.1f} FPS (×{speed['speedup']:.2f}; indicative, see benchmarks/).{cost}"
+                        f"{auto}</p>")
     for c in check.clips:
         limit_mad, limit_dt = check.gates.max_mad, check.gates.max_dtssd
         sections.append(f"<h2>{html.escape(c.name)} ({c.resolution}, ratio {c.downsample_ratio})</h2>")
