@@ -218,6 +218,17 @@ def test_run_refuses_a_hardware_encoder_that_cannot_start(rvm_artifact, tmp_path
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["talk.mp4"]
 
 
+def test_run_offers_exactly_the_writers_encoders():
+    """The CLI spells the choices out (importing PyAV would slow `mtc --help`): they must not drift."""
+    import click
+
+    from mtc.cli.run import run
+    from mtc.runtime.media import ENCODERS
+
+    option = next(p for p in run.params if p.name == "encoder")
+    assert isinstance(option.type, click.Choice) and tuple(option.type.choices) == ENCODERS
+
+
 def _video_with_audio(path, frames):
     import av
 
