@@ -103,6 +103,17 @@ def probe_availability() -> Availability:
     )
 
 
+def _unfaithful_on_openvino(model_precision: str, activation_type: str | None) -> tuple[str, str] | None:
+    """(which artifacts, the fix) where OpenVINO runs an artifact less faithfully than the ONNX
+    Runtime its gates were checked on (see the module docstring), else None."""
+    if model_precision == "int8" and activation_type != "uint8":
+        return ("INT8 artifacts with signed activations",
+                "on RVM alpha MAD 30-44e-3 vs FP32; re-quantize with --preset speed (uint8 activations) for OpenVINO")
+    if model_precision == "fp16":
+        return ("FP16 artifacts", "they also run slower than their FP32 artifact: on a CPU, run that on OpenVINO")
+    return None
+
+
 def choose_backend(requested: str, available: Availability, *, precision: str = "fp32",
                    model_precision: str = "fp32", activation_type: str | None = None) -> BackendChoice:
     """Resolve "auto" (or check an explicit name) against what is available.
@@ -131,12 +142,10 @@ def choose_backend(requested: str, available: Availability, *, precision: str = 
     if requested == "openvino":
         if not available.openvino:
             raise MtcError("backend 'openvino' is not installed", hint="pip install 'mtc[openvino]'")
-        if model_precision == "int8" and activation_type != "uint8":
-            log.warning("openvino loses accuracy on INT8 artifacts with signed activations (on RVM, alpha MAD "
-                        "30-44e-3 vs FP32); re-quantize with --preset speed (uint8 activations) for OpenVINO")
-        if model_precision == "fp16":
-            log.warning("openvino runs FP16 artifacts less faithfully than the ONNX Runtime they were checked on "
-                        "and slower than their FP32 artifact; on a CPU, run the FP32 artifact on OpenVINO instead")
+        unfaithful = _unfaithful_on_openvino(model_precision, activation_type)
+        if unfaithful is not None:
+            what, fix = unfaithful
+            log.warning("openvino runs %s less faithfully than the ONNX Runtime they were checked on; %s", what, fix)
         return BackendChoice("openvino", "requested")
     if requested == "onnxruntime":
         return BackendChoice("onnxruntime", "requested")
@@ -152,12 +161,10 @@ def choose_backend(requested: str, available: Availability, *, precision: str = 
         if not available.tensorrt:
             why += " (TensorRT is not installed: pip install 'mtc[trt]')"
         return BackendChoice("onnxruntime", why, providers=("cuda",))
-    if model_precision == "int8" and activation_type != "uint8":
-        return BackendChoice("onnxruntime", "CPU only; INT8 artifact with signed activations, which OpenVINO "
-                             "runs less faithfully", providers=("cpu",))
-    if model_precision == "fp16":
-        return BackendChoice("onnxruntime", "CPU only; FP16 artifact, checked on ONNX Runtime (OpenVINO runs it "
-                             "less faithfully, and slower than the FP32 artifact)", providers=("cpu",))
+    unfaithful = _unfaithful_on_openvino(model_precision, activation_type)
+    if unfaithful is not None:
+        return BackendChoice("onnxruntime", f"CPU only; {unfaithful[0]} stay on ONNX Runtime, where they were checked "
+                             "(OpenVINO runs them less faithfully)", providers=("cpu",))
     for name in CPU_PREFERENCE:
         if name == "openvino" and available.openvino:
             return BackendChoice("openvino", "CPU only; OpenVINO (static shapes) measured faster than ONNX Runtime")
