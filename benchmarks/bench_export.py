@@ -22,12 +22,12 @@ from common import dump, machine, summarize_times, update_results  # noqa: E402
 
 import mtc.runtime  # noqa: E402
 from calib_data.builtin_clip import ClipSpec, builtin_clip  # noqa: E402
-from mtc.exporters.pipeline import export_model  # noqa: E402
-from mtc.exporters.torch_export import save_random_checkpoint  # noqa: E402
+from mtc.export.pipeline import export_model  # noqa: E402
+from mtc.export.torch_export import save_random_checkpoint  # noqa: E402
 
 
 def _rvm(backbone):
-    from mtc.exporters import rvm
+    from mtc.models import rvm
 
     return rvm.build_rvm(backbone)
 
@@ -35,7 +35,7 @@ def _rvm(backbone):
 def _network(module_name, *args):
     import importlib
 
-    return importlib.import_module(f"mtc.exporters.{module_name}").build_network(*args)
+    return importlib.import_module(f"mtc.models.{module_name}").build_network(*args)
 
 
 # (model, variant, checkpoint builder or None for the official file, checkpoint key prefix, frame size)

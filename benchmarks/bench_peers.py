@@ -59,7 +59,7 @@ from calib_data.builtin_clip import CALIBRATION_SHOTS, ClipSpec, builtin_frames 
 from mtc.bench.accuracy import StreamingMetrics, as_alpha  # noqa: E402
 from mtc.bench.machine import machine_info  # noqa: E402
 from mtc.bench.runner import report_json  # noqa: E402
-from mtc.exporters.rvm import MOBILENETV3_ONNX  # noqa: E402
+from mtc.models.rvm import MOBILENETV3_ONNX  # noqa: E402
 from mtc.weights import cache_dir, fetch_weights  # noqa: E402
 
 log = logging.getLogger("mtc.peers")
@@ -78,8 +78,8 @@ class OpenVinoRvm:
     graph rewrites off)."""
 
     def __init__(self, model: Path, ratio: float, threads: int, precision: str = "fp32"):
-        from mtc.exporters.rvm import RVM_IO
-        from mtc.runtime.backends.openvino import OpenVinoBackend
+        from mtc.models.rvm import RVM_IO
+        from mtc.backends.openvino.session import OpenVinoBackend
 
         self.backend = OpenVinoBackend(model, io=RVM_IO, precision=precision, threads=threads, cache=False,
                                        rewrite_graph=False)
@@ -153,7 +153,7 @@ def stock_int8(official: Path, cases: list[tuple[int, int, float]], calib_frames
     """ORT's quantize_static on the opset-17 official model; cached by inputs and ORT version."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
-    from mtc.exporters.onnx_ingest import load_onnx, sanitize
+    from mtc.export.onnx_ingest import load_onnx, sanitize
 
     target = _peer_cache("rvm_int8_qdq", ort.__version__, sorted(cases), calib_frames).with_suffix(".onnx")
     if target.is_file():
@@ -187,7 +187,7 @@ def nncf_int8(official: Path, case: tuple[int, int, float], calib_frames: int) -
     import onnx
     import openvino as ov
 
-    from mtc.engines.graph import freeze_inputs
+    from mtc.backends.tensorrt.graph import freeze_inputs
 
     target = _peer_cache("rvm_nncf_int8", nncf.__version__, ov.__version__, case, calib_frames)
     xml = target.with_suffix(".xml")

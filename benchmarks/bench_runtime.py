@@ -46,7 +46,7 @@ from common import OrtRvm, dump, ensure_artifact, machine, summarize_times, upda
 import mtc.runtime  # noqa: E402
 from calib_data.builtin_clip import ClipSpec, builtin_clip, write_builtin_clip  # noqa: E402
 from mtc.bench.measure import measure_end_to_end  # noqa: E402
-from mtc.exporters.rvm import MOBILENETV3_ONNX  # noqa: E402
+from mtc.models.rvm import MOBILENETV3_ONNX  # noqa: E402
 from mtc.runtime.media import DEFAULT_X264_PRESET, X264_PRESETS, VideoReader  # noqa: E402
 from mtc.weights import fetch_weights  # noqa: E402
 

@@ -35,7 +35,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import platformdirs
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -47,6 +46,7 @@ from rich.progress import (
 )
 
 from mtc import __version__
+from mtc.artifact.cache import cache_dir
 from mtc.errors import MtcError
 from mtc.fsutil import atomic_file, fsync_dir
 
@@ -116,27 +116,6 @@ class _SourceFailed(Exception):
 
 
 # --------------------------------------------------------------------------- cache layout
-
-
-def cache_dir() -> Path:
-    """Return the mtc cache folder, creating it if needed.
-
-    Returns:
-        `$MTC_CACHE` if set, else the platform's user cache folder for "mtc".
-
-    Raises:
-        MtcError: if the folder cannot be created.
-    """
-    env = os.environ.get("MTC_CACHE")
-    path = Path(env).expanduser() if env else Path(platformdirs.user_cache_dir("mtc"))
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise MtcError(
-            f"cannot create the cache folder {path}: {exc.strerror or exc}",
-            hint="set MTC_CACHE to a writable folder",
-        ) from None
-    return path
 
 
 def cached_path(weight: WeightFile) -> Path:

@@ -12,8 +12,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from mtc.errors import MtcError
-from mtc.manifest import ModelIO, StatePair, TensorSpec
-from mtc.runtime.backends import (
+from mtc.artifact.manifest import ModelIO, StatePair, TensorSpec
+from mtc.backends import (
     Availability,
     DeviceState,
     OrtBackend,
@@ -22,7 +22,7 @@ from mtc.runtime.backends import (
     default_threads,
     require,
 )
-from mtc.runtime.backends.ort import resolve_providers
+from mtc.backends.onnxruntime.session import resolve_providers
 from mtc.runtime.session import MattingSession
 
 CPU_ONLY = Availability(gpu_count=0, tensorrt=False, openvino=False, ort_providers=("CPUExecutionProvider",))
@@ -128,7 +128,7 @@ def test_default_threads_is_positive():
 
 
 def test_runtime_import_pulls_in_no_optional_backend():
-    code = "import mtc.runtime, mtc.runtime.backends, sys; print(' '.join(sorted(sys.modules)))"
+    code = "import mtc.runtime, mtc.backends, sys; print(' '.join(sorted(sys.modules)))"
     modules = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
     assert not {"openvino", "tensorrt", "polygraphy", "cuda", "torch"} & modules
 
@@ -210,7 +210,7 @@ def test_io_binding_is_off_on_cpu_by_default(tiny_model):
 
 
 def test_saved_optimized_model_loads_with_same_outputs(tiny_model, tmp_path):
-    from mtc.engines.onnxruntime import optimized_model_path, save_optimized_model
+    from mtc.backends.onnxruntime.build import optimized_model_path, save_optimized_model
 
     path = save_optimized_model(tiny_model, "ab" * 32, root=tmp_path / "cache")
     assert path == optimized_model_path("ab" * 32, root=tmp_path / "cache") and path.is_file()

@@ -13,13 +13,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import mtc.exporters.bgmv2 as bgmv2  # noqa: E402  (registers the family)
+import mtc.models.bgmv2 as bgmv2  # noqa: E402  (registers the family)
 import mtc.runtime  # noqa: E402
 from mtc.errors import MtcError  # noqa: E402
-from mtc.exporters.onnx_ingest import sanitize  # noqa: E402
-from mtc.exporters.torch_export import save_random_checkpoint  # noqa: E402
-from mtc.registry import get_model  # noqa: E402
-from mtc.runtime.backends import OrtBackend  # noqa: E402
+from mtc.export.onnx_ingest import sanitize  # noqa: E402
+from mtc.export.torch_export import save_random_checkpoint  # noqa: E402
+from mtc.models.registry import get_model  # noqa: E402
+from mtc.backends import OrtBackend  # noqa: E402
 
 F = torch.nn.functional
 TOLERANCE = 1e-4  # pha and fgr in [0, 1]; measured max |diff| PyTorch vs ONNX Runtime is ~2e-7
@@ -172,7 +172,7 @@ def test_sampling_mode_is_not_offered():
 
 
 def test_mobilenet_checkpoint_given_to_resnet50_is_refused(checkpoints, tmp_path):
-    from mtc.exporters.pipeline import export_model
+    from mtc.export.pipeline import export_model
 
     with pytest.raises(MtcError) as info:
         export_model("bgmv2", variant="resnet50", weights_path=checkpoints["mobilenetv2"], output=tmp_path / "out")
@@ -187,7 +187,7 @@ def test_mobilenet_checkpoint_given_to_resnet50_is_refused(checkpoints, tmp_path
 
 @pytest.fixture(scope="module")
 def artifact(checkpoints, tmp_path_factory):
-    from mtc.exporters.pipeline import export_model
+    from mtc.export.pipeline import export_model
 
     return export_model("bgmv2", variant="mobilenetv2", weights_path=checkpoints["mobilenetv2"],
                         output=tmp_path_factory.mktemp("artifacts") / "bgmv2")

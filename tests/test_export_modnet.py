@@ -14,11 +14,11 @@ import pytest
 
 pytest.importorskip("torch")
 
-import mtc.exporters.modnet as modnet  # noqa: E402  (registers the family)
+import mtc.models.modnet as modnet  # noqa: E402  (registers the family)
 import mtc.runtime  # noqa: E402
 from mtc.errors import MtcError  # noqa: E402
-from mtc.exporters.pipeline import export_model  # noqa: E402
-from mtc.exporters.torch_export import save_random_checkpoint  # noqa: E402
+from mtc.export.pipeline import export_model  # noqa: E402
+from mtc.export.torch_export import save_random_checkpoint  # noqa: E402
 
 TOLERANCE = 1e-4  # alpha in [0, 1]; measured max |diff| PyTorch vs ONNX Runtime is ~1e-5
 

@@ -13,9 +13,9 @@ torch = pytest.importorskip("torch")
 
 from calib_data.builtin_clip import ClipSpec, builtin_clip  # noqa: E402
 from mtc.errors import MtcError  # noqa: E402
-from mtc.exporters.onnx_ingest import sanitize  # noqa: E402
-from mtc.exporters.pipeline import ParityCase, check_export_parity, export_model, io_from_graph  # noqa: E402
-from mtc.exporters.rvm import (  # noqa: E402
+from mtc.export.onnx_ingest import sanitize  # noqa: E402
+from mtc.export.pipeline import ParityCase, check_export_parity, export_model, io_from_graph  # noqa: E402
+from mtc.models.rvm import (  # noqa: E402
     INPUT_NAMES,
     OUTPUT_NAMES,
     PARITY_TOLERANCE,
@@ -32,9 +32,9 @@ from mtc.exporters.rvm import (  # noqa: E402
     state_dict_from_official_onnx,
     with_fixed_ratio,
 )
-from mtc.exporters.torch_export import save_random_checkpoint  # noqa: E402
-from mtc.registry import get_model  # noqa: E402
-from mtc.runtime.backends import OrtBackend  # noqa: E402
+from mtc.export.torch_export import save_random_checkpoint  # noqa: E402
+from mtc.models.registry import get_model  # noqa: E402
+from mtc.backends import OrtBackend  # noqa: E402
 
 # Keys of the official checkpoints (model/*.py in PeterL1n/RobustVideoMatting, torchvision
 # naming for the backbones), with shapes where they pin the architecture down.
@@ -262,7 +262,7 @@ def test_export_pipeline_end_to_end_on_real_weights(rvm_onnx, tmp_path):
     the official checkpoint layout, go through the whole pipeline (strict load, export,
     PyTorch-vs-ONNX-Runtime parity) and the artifact mattes like the official ONNX."""
     import mtc.runtime
-    from mtc.manifest import sha256_file
+    from mtc.artifact.manifest import sha256_file
     from mtc.runtime.session import MattingSession
 
     checkpoint = tmp_path / "rvm_mobilenetv3.pth"
@@ -283,7 +283,7 @@ def test_export_pipeline_end_to_end_on_real_weights(rvm_onnx, tmp_path):
 def test_refiner_tail_fold_removes_the_full_resolution_residual_add_and_keeps_the_values(rvm_onnx):
     import onnxruntime as ort
 
-    from mtc.exporters.rvm import fuse_refiner_tail
+    from mtc.models.rvm import fuse_refiner_tail
 
     original, _ = sanitize(onnx.load(str(rvm_onnx)))
     folded, applied = fuse_refiner_tail(original)
@@ -314,7 +314,7 @@ def test_rvm_export_reports_its_rewrites(rvm_artifact):
 def test_alpha_only_tail_drops_fgr_upsamples_two_channels_and_keeps_alpha_bit_identical(rvm_onnx):
     import onnxruntime as ort
 
-    from mtc.exporters.rvm import alpha_only_tail
+    from mtc.models.rvm import alpha_only_tail
 
     original, _ = sanitize(onnx.load(str(rvm_onnx)))
     alpha, applied = alpha_only_tail(original)
@@ -345,7 +345,7 @@ def test_alpha_only_tail_drops_fgr_upsamples_two_channels_and_keeps_alpha_bit_id
 
 def test_alpha_only_export_writes_an_artifact_without_foreground(rvm_alpha_artifact):
     import mtc.runtime
-    from mtc.manifest import read_manifest
+    from mtc.artifact.manifest import read_manifest
 
     folder = rvm_alpha_artifact
     manifest = read_manifest(folder)
@@ -372,7 +372,7 @@ def test_alpha_only_export_fails_cleanly_when_the_rewrite_does_not_match(rvm_onn
 
 
 def test_alpha_only_is_refused_where_it_means_nothing():
-    from mtc.registry import get_model
+    from mtc.models.registry import get_model
 
     with pytest.raises(MtcError, match="alpha-only already"):
         get_model("modnet").variant(None).alpha_only()

@@ -15,11 +15,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import mtc.exporters.u2net as u2net  # noqa: E402  (registers the family)
+import mtc.models.u2net as u2net  # noqa: E402  (registers the family)
 import mtc.runtime  # noqa: E402
 from mtc.errors import MtcError  # noqa: E402
-from mtc.exporters.pipeline import export_model  # noqa: E402
-from mtc.exporters.torch_export import save_random_checkpoint  # noqa: E402
+from mtc.export.pipeline import export_model  # noqa: E402
+from mtc.export.torch_export import save_random_checkpoint  # noqa: E402
 
 TOLERANCE = 1e-4  # alpha in [0, 1]; measured max |diff| PyTorch vs ONNX Runtime is ~3e-6
 
@@ -93,7 +93,7 @@ def test_export_checks_parity(artifact):
 
 
 def test_graph_divides_by_the_image_maximum_and_min_max_normalises(artifact):
-    from mtc.runtime.backends import OrtBackend
+    from mtc.backends import OrtBackend
 
     backend = OrtBackend(artifact / "model.onnx")
     x = np.random.default_rng(1).random((1, 3, 320, 320), dtype=np.float32) * 0.9 + 0.05
@@ -121,8 +121,8 @@ def test_official_preprocessing_formula(u2netp_checkpoint):
 
 def test_full_u2net_exports_and_matches_pytorch(tmp_path):
     """The 44 M-parameter variant, checked without the (slow) pipeline on a small input."""
-    from mtc.exporters.torch_export import export_onnx
-    from mtc.runtime.backends import OrtBackend
+    from mtc.export.torch_export import export_onnx
+    from mtc.backends import OrtBackend
 
     path = save_random_checkpoint(u2net.build_network("u2net"), tmp_path / "u2net.pth", seed=6)
     module = u2net.matte_module("u2net", path)

@@ -3,8 +3,8 @@ import json
 import pytest
 
 from mtc.errors import MtcError
-from mtc.exporters.rvm import RVM_IO
-from mtc.manifest import MANIFEST_NAME, Manifest, Precision, file_entry, manifest_from_dict, read_manifest
+from mtc.models.rvm import RVM_IO
+from mtc.artifact.manifest import MANIFEST_NAME, Manifest, Precision, file_entry, manifest_from_dict, read_manifest
 
 
 def _manifest(tmp_path) -> Manifest:
@@ -39,7 +39,7 @@ def test_state_pairs_and_downsample_rule_survive(tmp_path):
     ((100, 200), 1.0, 1.0),               # capped by max_ratio
 ])
 def test_downsample_rule_snaps_to_a_nearby_unit_fraction_only_when_asked(size, plain, snapped):
-    from mtc.manifest import DownsampleRule
+    from mtc.artifact.manifest import DownsampleRule
 
     assert DownsampleRule("downsample_ratio").ratio_for(*size) == pytest.approx(plain)
     assert DownsampleRule("downsample_ratio", snap=0.1).ratio_for(*size) == pytest.approx(snapped)

@@ -14,7 +14,7 @@ import mtc.runtime  # noqa: E402
 from calib_data.builtin_clip import ClipSpec, builtin_clip  # noqa: E402
 from mtc.errors import MtcError  # noqa: E402
 from mtc.metrics import mad  # noqa: E402
-from mtc.runtime.backends.openvino import OpenVinoBackend  # noqa: E402
+from mtc.backends.openvino.session import OpenVinoBackend  # noqa: E402
 
 # FP32 on OpenVINO vs FP32 on ONNX Runtime: same math, different kernels and summation order.
 # Measured on RVM: max |alpha diff| ~2e-5 over a clip, MAD ~1e-7. Stated tolerances:
@@ -81,14 +81,14 @@ def test_one_compile_per_resolution_and_ratio(rvm_artifact):
         session.process(frame)
     assert len(session.backend.compile_seconds) == 2
     # the state shapes come from OpenVINO's shape inference and agree with the engines' rule
-    from mtc.engines.profiles import state_shapes
+    from mtc.artifact.profiles import state_shapes
 
     inferred = [entry.state_shapes for entry in session.backend._compiled.values()]
     assert state_shapes(session.io, 64, 96, 1.0) in inferred and state_shapes(session.io, 64, 128, 1.0) in inferred
 
 
 def test_compiled_models_are_cached_on_disk(rvm_artifact, tmp_path):
-    from mtc.engines.build import build
+    from mtc.backends.build import build
 
     results = build(rvm_artifact, backend="openvino", profiles="256x144@1.0")
     assert "compiled" in results[0].what
@@ -131,7 +131,7 @@ def _qdq_model(path):
 
 
 def test_qdq_int8_model_loads_and_matches_onnxruntime(tmp_path):
-    from mtc.runtime.backends import OrtBackend
+    from mtc.backends import OrtBackend
 
     path = _qdq_model(tmp_path / "qdq.onnx")
     x = np.random.default_rng(1).uniform(-1, 1, (1, 3, 16, 24)).astype(np.float32)
@@ -153,8 +153,8 @@ def test_unreadable_model_is_a_clear_error(tmp_path):
 
 def test_rvm_fgr_and_pha_come_from_one_merged_output_bit_identical(rvm_artifact, monkeypatch):
     # OpenVINO returns RVM's Split/Clip ending as one 4-channel tensor that the backend slices
-    # (mtc.runtime.backends.split_outputs); the values must be exactly those of the unmerged graph.
-    import mtc.runtime.backends.openvino as openvino_backend
+    # (mtc.passes.openvino.split_outputs); the values must be exactly those of the unmerged graph.
+    import mtc.backends.openvino.session as openvino_backend
 
     io = mtc.runtime.load(rvm_artifact, backend="onnxruntime").io
     feeds = io.example_feeds(128, 192, downsample_ratio=0.5)

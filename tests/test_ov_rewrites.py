@@ -1,9 +1,9 @@
 """OpenVINO's exact graph rewrites, each against ONNX Runtime running the original graph:
 identity resizes are dropped and full-resolution bilinear upsamples become depthwise transposed
-convolutions (mtc.runtime.backends.ov_upsample); a guided filter's channel-mean guides and
-channel sums become 1x1 convolutions (mtc.runtime.backends.ov_guide); 2x2 average pools of a few channels become
-depthwise convolutions (mtc.runtime.backends.ov_pool); PyTorch's HardSigmoid becomes HSigmoid
-(mtc.runtime.backends.ov_hsigmoid)."""
+convolutions (mtc.passes.openvino.upsample); a guided filter's channel-mean guides and
+channel sums become 1x1 convolutions (mtc.passes.openvino.guide); 2x2 average pools of a few channels become
+depthwise convolutions (mtc.passes.openvino.pool); PyTorch's HardSigmoid becomes HSigmoid
+(mtc.passes.openvino.hsigmoid)."""
 
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ from onnx import TensorProto, helper, numpy_helper
 pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'mtc[openvino]')")
 
 import mtc.runtime  # noqa: E402
-from mtc.runtime.backends import OrtBackend  # noqa: E402
-from mtc.runtime.backends.openvino import OpenVinoBackend  # noqa: E402
-from mtc.runtime.backends.ov_guide import channel_sum_as_conv, guide_as_conv  # noqa: E402
-from mtc.runtime.backends.ov_hsigmoid import hard_sigmoid_as_hsigmoid  # noqa: E402
-from mtc.runtime.backends.ov_pool import small_pools_as_convs  # noqa: E402
-from mtc.runtime.backends.ov_upsample import (  # noqa: E402
+from mtc.backends import OrtBackend  # noqa: E402
+from mtc.backends.openvino.session import OpenVinoBackend  # noqa: E402
+from mtc.passes.openvino.guide import channel_sum_as_conv, guide_as_conv  # noqa: E402
+from mtc.passes.openvino.hsigmoid import hard_sigmoid_as_hsigmoid  # noqa: E402
+from mtc.passes.openvino.pool import small_pools_as_convs  # noqa: E402
+from mtc.passes.openvino.upsample import (  # noqa: E402
     drop_identity_resizes,
     triangle_kernel,
     upsample_as_transposed_conv,

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from mtc.manifest import MANIFEST_NAME, Manifest, ModelIO, Preprocess, TensorSpec, file_entry
+from mtc.artifact.manifest import MANIFEST_NAME, Manifest, ModelIO, Preprocess, TensorSpec, file_entry
 from mtc.quant.config import Fallback, Gates, Int8Config
 from mtc.quant.fp16 import convert_to_fp16, overflow_prone_nodes
 from mtc.quant.pipeline import DataPlan, quantize_artifact
@@ -710,7 +710,7 @@ def test_keep_float_flag_keeps_the_named_layer_float_and_refuses_unknown_names(t
 
 def test_calibration_sees_every_builtin_scene_and_checks_use_the_demo_clip(tmp_path):
     from calib_data.builtin_clip import CALIBRATION_SHOTS, DEMO_SHOTS, ClipSpec, builtin_clip
-    from mtc.manifest import read_manifest
+    from mtc.artifact.manifest import read_manifest
     from mtc.quant.pipeline import calibration_clips, check_clips
 
     io = read_manifest(_toy_artifact(tmp_path / "toy")).io
@@ -765,7 +765,7 @@ def test_float_budget_keeps_the_layer_whose_return_to_float_pays_and_reports_its
 
 def test_speed_is_also_timed_on_openvino_where_auto_would_run_the_artifact_there(tmp_path, monkeypatch):
     pytest.importorskip("openvino")
-    from mtc.runtime.backends import select
+    from mtc.backends import registry as select
 
     monkeypatch.setattr(select, "probe_availability", lambda: select.Availability(openvino=True))
     source = _toy_artifact(tmp_path / "toy")

@@ -13,9 +13,9 @@ import pytest
 
 pytest.importorskip("torch", reason="MODNet is exported from PyTorch (pip install 'mtc[export]')")
 
-from mtc.exporters import modnet  # noqa: E402
-from mtc.exporters.pipeline import export_model  # noqa: E402
-from mtc.exporters.torch_export import save_random_checkpoint  # noqa: E402
+from mtc.models import modnet  # noqa: E402
+from mtc.export.pipeline import export_model  # noqa: E402
+from mtc.export.torch_export import save_random_checkpoint  # noqa: E402
 from mtc.quant.config import Gates  # noqa: E402
 from mtc.quant.pipeline import DataPlan, quantize_artifact  # noqa: E402
 

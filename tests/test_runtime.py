@@ -8,7 +8,7 @@ import pytest
 
 import mtc.runtime
 from mtc.errors import MtcError
-from mtc.manifest import ModelIO, Preprocess, StatePair, TensorSpec
+from mtc.artifact.manifest import ModelIO, Preprocess, StatePair, TensorSpec
 from mtc.runtime.session import COMPOSITE_ROWS, MattingSession
 
 

@@ -5,7 +5,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from mtc.errors import MtcError
-from mtc.exporters.onnx_ingest import (
+from mtc.export.onnx_ingest import (
     give_unique_dim_names,
     load_onnx,
     opset_of,
@@ -85,9 +85,9 @@ def test_corrupt_onnx_is_a_clear_error(tmp_path):
 
 
 def test_sanitize_real_rvm_matches_original_on_real_clip(rvm_onnx):
-    from mtc.exporters.pipeline import ParityCase, check_export_parity, io_from_graph
-    from mtc.exporters.rvm import RVM_IO
-    from mtc.runtime.backends import OrtBackend
+    from mtc.export.pipeline import ParityCase, check_export_parity, io_from_graph
+    from mtc.models.rvm import RVM_IO
+    from mtc.backends import OrtBackend
 
     original = load_onnx(rvm_onnx)
     cleaned, log = sanitize(original)

@@ -7,7 +7,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from mtc.runtime.backends.split_outputs import merge_split_outputs
+from mtc.passes.openvino.split_outputs import merge_split_outputs
 
 
 def _tail(*, bounds=((0.0, 1.0), (0.0, 1.0)), axis=1, clip=True, extra_reader=False):

@@ -14,8 +14,8 @@ import numpy as np
 import onnx
 import pytest
 
-from mtc.engines import plan as plan_mod
-from mtc.engines.plan import (
+from mtc.artifact import plan as plan_mod
+from mtc.artifact.plan import (
     BuilderSettings,
     PlanSidecar,
     Target,
@@ -27,7 +27,7 @@ from mtc.engines.plan import (
     timing_cache_path,
     write_plan,
 )
-from mtc.engines.profiles import (
+from mtc.artifact.profiles import (
     NAMED_PROFILES,
     ResolutionProfile,
     buffer_plan,
@@ -40,8 +40,8 @@ from mtc.engines.profiles import (
     state_shapes,
 )
 from mtc.errors import MtcError
-from mtc.exporters.rvm import RVM_IO
-from mtc.manifest import DownsampleRule, FileEntry, Manifest, ModelIO, StatePair, TensorSpec
+from mtc.models.rvm import RVM_IO
+from mtc.artifact.manifest import DownsampleRule, FileEntry, Manifest, ModelIO, StatePair, TensorSpec
 
 STATE_CHANNELS = {"r1": 16, "r2": 20, "r3": 40, "r4": 64}
 
@@ -172,7 +172,7 @@ def test_buffer_plan_uses_max_shapes_of_a_ranged_profile():
 def test_freezing_the_ratio_leaves_constant_resize_scales_and_same_outputs(rvm_onnx):
     import onnxruntime as ort
 
-    from mtc.engines.graph import freeze_inputs
+    from mtc.backends.tensorrt.graph import freeze_inputs
 
     model = onnx.load(str(rvm_onnx))
     frozen = freeze_inputs(model, {"downsample_ratio": np.array([0.5], np.float32)})
@@ -190,7 +190,7 @@ def test_freezing_the_ratio_leaves_constant_resize_scales_and_same_outputs(rvm_o
 
 
 def test_freezing_an_unknown_input_fails(rvm_onnx):
-    from mtc.engines.graph import freeze_inputs
+    from mtc.backends.tensorrt.graph import freeze_inputs
 
     with pytest.raises(MtcError, match="no input"):
         freeze_inputs(onnx.load(str(rvm_onnx)), {"nope": np.zeros(1)})
@@ -274,7 +274,7 @@ def _manifest(io=None) -> Manifest:
 
 
 def test_resolve_plan_prefers_artifact_then_cache_then_builds(tmp_path, monkeypatch):
-    from mtc.engines import tensorrt as builder
+    from mtc.backends.tensorrt import build as builder
 
     built = []
 
@@ -308,7 +308,7 @@ def test_resolve_plan_prefers_artifact_then_cache_then_builds(tmp_path, monkeypa
 
 
 def test_builder_imports_are_lazy_and_name_the_extra():
-    from mtc.engines import tensorrt as builder
+    from mtc.backends.tensorrt import build as builder
 
     for importer, module in ((builder.import_tensorrt, "tensorrt"), (builder.import_polygraphy_trt, "polygraphy"),
                              (builder.import_cudart, "cuda")):
@@ -326,7 +326,7 @@ def test_build_command_without_tensorrt_names_the_extra(rvm_artifact):
         pytest.skip("TensorRT is installed here")
     except ImportError:
         pass
-    from mtc.engines.build import build
+    from mtc.backends.build import build
 
     with pytest.raises(MtcError) as err:
         build(rvm_artifact, backend="tensorrt", profiles="hd")
@@ -527,7 +527,7 @@ SMALL_IO = ModelIO(
 
 @pytest.fixture
 def fake_trt(monkeypatch, tmp_path):
-    from mtc.runtime.backends import tensorrt as trt_backend
+    from mtc.backends.tensorrt import session as trt_backend
 
     cudart = FakeCudart()
     trt = FakeTrt(cudart)
@@ -662,7 +662,7 @@ def test_session_preprocesses_into_the_pinned_input_buffer(fake_trt):
 
 
 def test_create_backend_routes_to_tensorrt(fake_trt, tmp_path):
-    from mtc.runtime.backends import Availability, BackendOptions, create_backend
+    from mtc.backends import Availability, BackendOptions, create_backend
 
     backend = create_backend("auto", tmp_path / "model.onnx", manifest=_manifest(SMALL_IO), folder=tmp_path,
                              options=BackendOptions(profiles="hd"),
@@ -675,7 +675,7 @@ def test_create_backend_routes_to_tensorrt(fake_trt, tmp_path):
 
 
 def _gpu_or_skip():
-    from mtc.runtime.backends.select import cuda_device_count
+    from mtc.backends.registry import cuda_device_count
 
     if cuda_device_count() == 0:
         pytest.skip("no NVIDIA GPU visible")
@@ -690,7 +690,7 @@ def test_gpu_build_and_run_match_onnxruntime(rvm_artifact, tmp_path, monkeypatch
 
     import mtc.runtime
     from calib_data.builtin_clip import ClipSpec, builtin_clip
-    from mtc.engines.build import build
+    from mtc.backends.build import build
 
     monkeypatch.setenv("MTC_CACHE", str(tmp_path / "cache"))
     folder = tmp_path / "rvm"
@@ -714,7 +714,7 @@ def test_gpu_foreign_plan_is_rebuilt(rvm_artifact, tmp_path, monkeypatch):
     _gpu_or_skip()
     import shutil
 
-    from mtc.engines.build import build
+    from mtc.backends.build import build
 
     monkeypatch.setenv("MTC_CACHE", str(tmp_path / "cache"))
     folder = tmp_path / "rvm"

@@ -198,7 +198,7 @@ def run_bench(config: BenchConfig, *, clock: Clock = time.perf_counter) -> dict:
         MtcError: the artifact, reference, input or ground truth is unusable.
     """
     import mtc.runtime
-    from mtc.manifest import read_manifest
+    from mtc.artifact.manifest import read_manifest
 
     config = _with_defaults(config)
     folder = Path(config.folder)

@@ -28,7 +28,7 @@ def build(folder: Path, backend: str, profiles: str, precision: str, optimizatio
     TensorRT plans are checked before use: a plan from another TensorRT version, GPU or model
     is rebuilt (its JSON sidecar records all three).
     """
-    from mtc.engines.build import build as build_engines
+    from mtc.backends.build import build as build_engines
 
     for result in build_engines(folder, backend=backend, profiles=profiles, precision=precision, threads=threads,
                                 optimization_level=optimization_level, force=force):

@@ -33,8 +33,8 @@ def export(model: str, variant: str | None, output: Path | None, precision: str 
     checked against the original before anything is written. With --int8 or --fp16 the FP32
     export is then quantized and gated against it (see `mtc quantize`).
     """
-    from mtc.exporters.pipeline import default_output_dir, export_model
-    from mtc.registry import get_model
+    from mtc.export.pipeline import default_output_dir, export_model
+    from mtc.models.registry import get_model
 
     spec = get_model(model)
     var = spec.variant(variant).alpha_only() if alpha_only else spec.variant(variant)
@@ -56,7 +56,7 @@ def export(model: str, variant: str | None, output: Path | None, precision: str 
 
 def _is_fp32_artifact_of(folder: Path, model: str, variant: str) -> bool:
     from mtc.errors import MtcError
-    from mtc.manifest import read_manifest
+    from mtc.artifact.manifest import read_manifest
 
     try:
         manifest = read_manifest(folder)

@@ -24,7 +24,7 @@ def inspect(folder: Path, resolution: tuple[int, int], ratio: float | None, as_j
     from rich.table import Table
 
     from mtc.graph_stats import frame_cost, summarize_graph
-    from mtc.manifest import read_manifest
+    from mtc.artifact.manifest import read_manifest
 
     manifest = read_manifest(folder)
     model = onnx.load(str(folder / manifest.model_file))

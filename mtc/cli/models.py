@@ -11,7 +11,7 @@ def models() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from mtc.registry import list_models
+    from mtc.models.registry import list_models
     from mtc.weights import is_cached
 
     table = Table(title="mtc models")

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from mtc.errors import MtcError
-from mtc.manifest import ModelIO
-from mtc.runtime.backends import Backend, OrtBackend
+from mtc.artifact.manifest import ModelIO
+from mtc.backends import Backend, OrtBackend
 from mtc.runtime.session import MattingSession
 
 BUILTIN = "builtin"

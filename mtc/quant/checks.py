@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mtc import metrics
-from mtc.manifest import ModelIO
+from mtc.artifact.manifest import ModelIO
 from mtc.quant.calibration import Clip
 from mtc.quant.config import Gates
-from mtc.runtime.backends import Backend
+from mtc.backends import Backend
 from mtc.runtime.session import MattingSession
 
 

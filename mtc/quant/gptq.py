@@ -74,7 +74,7 @@ def conv_hessians(model: onnx.ModelProto, conv_names: Iterable[str], feeds: Iter
 
     Convs whose geometry is not plain NCHW 2-D (auto_pad, 1-D/3-D) are left out: they keep
     round-to-nearest."""
-    from mtc.runtime.backends import OrtBackend
+    from mtc.backends import OrtBackend
 
     wanted = set(conv_names)
     initializers = {i.name: i for i in model.graph.initializer}

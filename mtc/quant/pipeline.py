@@ -23,7 +23,7 @@ import onnx
 from mtc.errors import MtcError
 from mtc.fsutil import atomic_dir, atomic_write_text
 from mtc.graph_stats import node_macs
-from mtc.manifest import MANIFEST_NAME, REPORT_NAME, Manifest, Precision, file_entry, read_manifest, sha256_file
+from mtc.artifact.manifest import MANIFEST_NAME, REPORT_NAME, Manifest, Precision, file_entry, read_manifest, sha256_file
 from mtc.quant.affine import apply_corrections, fit_layers
 from mtc.quant.align import align_conv_inputs
 from mtc.quant.calibration import BUILTIN, Clip, load_clips, record_feeds
@@ -42,7 +42,7 @@ from mtc.quant.sensitivity import (
     spend_float_budget,
     worst_clip_errors,
 )
-from mtc.runtime.backends import OrtBackend
+from mtc.backends import OrtBackend
 from mtc.runtime.progress import frame_progress
 
 log = logging.getLogger("mtc")
@@ -352,7 +352,7 @@ def interleaved_fps(io, models: dict[str, tuple[str, Path | bytes]], clip: Clip,
 def _timing_backend(backend: str, model: Path | bytes, io, scratch_file: Path):
     if backend == "onnxruntime":
         return OrtBackend(model, allow_spinning=False)
-    from mtc.runtime.backends.openvino import OpenVinoBackend
+    from mtc.backends.openvino.session import OpenVinoBackend
 
     if isinstance(model, bytes):  # OpenVINO reads files
         scratch_file.write_bytes(model)
@@ -367,7 +367,7 @@ def measure_speed(io, fp32_path: Path, candidate: onnx.ModelProto, clip: Clip, *
     here, both are timed there too, in the same interleaved run: on CPUs whose ONNX Runtime
     integer kernels gain little (1.2x on a Xeon with AMX) that is the speed users get.
     Indicative only; benchmarks/ has the controlled comparison."""
-    from mtc.runtime.backends.select import choose_backend, probe_availability
+    from mtc.backends.registry import choose_backend, probe_availability
 
     candidate_bytes = candidate.SerializeToString()
     models = {"fp32": ("onnxruntime", fp32_path), "candidate": ("onnxruntime", candidate_bytes)}

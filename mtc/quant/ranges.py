@@ -165,7 +165,7 @@ def _clipping_errors(hist: np.ndarray, edges: np.ndarray, candidates: np.ndarray
 def collect_stats(model: onnx.ModelProto, tensor_names: Sequence[str], feeds: Iterable[dict[str, np.ndarray]],
                   *, progress=None) -> dict[str, TensorStats]:
     """Run `model` once per feed with `tensor_names` exposed as outputs and accumulate statistics."""
-    from mtc.runtime.backends import OrtBackend
+    from mtc.backends import OrtBackend
 
     augmented = expose_tensors(model, tensor_names)
     backend = OrtBackend(augmented.SerializeToString(), optimization="basic")

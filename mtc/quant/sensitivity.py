@@ -21,7 +21,7 @@ import onnx
 from mtc.quant.checks import CheckResult, ReferenceAlphas
 from mtc.quant.config import Gates
 from mtc.quant.qdq import QdqPlan
-from mtc.runtime.backends import OrtBackend
+from mtc.backends import OrtBackend
 
 log = logging.getLogger("mtc")
 

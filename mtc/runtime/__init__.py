@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mtc.manifest import Manifest, read_manifest
-from mtc.runtime.backends import BackendOptions, create_backend
+from mtc.artifact.manifest import Manifest, read_manifest
+from mtc.backends import BackendOptions, create_backend
 from mtc.runtime.session import Matte, MattingSession, check_frame
 
 __all__ = ["load", "BackendOptions", "Matte", "MattingSession", "check_frame", "Manifest"]
@@ -42,7 +42,7 @@ def load(folder: str | Path, *, backend: str = "auto", downsample_ratio: float |
         precision: OpenVINO inference precision, "fp32" (default) or "bf16"; never changed
             silently (OpenVINO's own CPU default is bf16 where the CPU supports it).
         providers: ONNX Runtime providers ("cpu", "cuda", "tensorrt"), best first; None: auto.
-        profiles: TensorRT resolution profiles, e.g. "hd,4k" (see mtc.engines.profiles); None
+        profiles: TensorRT resolution profiles, e.g. "hd,4k" (see mtc.artifact.profiles); None
             builds an exact profile per frame size on first use.
         cuda_graph: TensorRT: replay each frame as a captured CUDA graph.
         build_missing: TensorRT: build missing or stale plans into the cache (minutes, once)

@@ -11,8 +11,8 @@ import logging
 import numpy as np
 
 from mtc.errors import MtcError
-from mtc.manifest import ModelIO
-from mtc.runtime.backends import Backend
+from mtc.artifact.manifest import ModelIO
+from mtc.backends import Backend
 from mtc.runtime.frames import check_frame
 
 log = logging.getLogger("mtc")

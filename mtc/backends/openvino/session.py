@@ -1,0 +1,322 @@
+"""OpenVINO on the CPU: static shapes per resolution, explicit inference precision.
+
+Why static shapes: OpenVINO plans memory and picks kernels once per compiled model, and RVM's
+graph is only static when both the frame size and the downsample ratio are known (the ratio
+feeds a Resize). So for every input signature (frame size + ratio) this backend clones the
+model, turns the ratio input into a constant, reshapes every input to its concrete shape and
+compiles. The recurrent-state shapes come from OpenVINO's own shape inference on the 1x1x1x1
+initial states (a broadcast), so one compiled model serves the whole shot: frame 0's
+1x1x1x1 zero states are expanded to the real shape (RVM gives bit-identical output for both).
+
+Why the precision is explicit: on CPUs with AVX-512 BF16 or AMX, OpenVINO runs FP32 models in
+BF16 unless told otherwise (MAD ~0.3e-3 on RVM's alpha). mtc never changes numerics silently:
+`precision="fp32"` (the default) pins f32, "bf16" asks for bf16 and fails where the CPU has no
+BF16 support. The precision the compiled model reports is logged and kept in `self.precision`.
+
+Static shapes also let the backend rewrite what OpenVINO runs slowly: a bilinear upsample of a
+few channels to the frame size by an integer factor (RVM's refiner at ratios like 0.25) becomes
+a depthwise transposed convolution with the same values (mtc.passes.openvino.upsample;
+INT8 at 1920x1080: 75.5 -> 55.0 ms). Rewrites that need no static shape, such as PyTorch's
+HardSigmoid as OpenVINO's HSigmoid (mtc.passes.openvino.hsigmoid), are applied once on read.
+
+Compiled models are cached on disk (`CACHE_DIR` = mtc cache/openvino), so a second process
+(or `mtc build --backend openvino` beforehand) skips compilation.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from mtc.errors import MtcError, exception_summary
+from mtc.artifact.manifest import ModelIO
+from mtc.backends.base import default_threads, is_broadcast_initial, require
+from mtc.passes.openvino.ops import openvino_ops
+from mtc.passes.openvino.guide import channel_sum_as_conv, guide_as_conv
+from mtc.passes.openvino.hsigmoid import hard_sigmoid_as_hsigmoid
+from mtc.passes.openvino.pool import small_pools_as_convs
+from mtc.passes.openvino.upsample import drop_identity_resizes, upsample_as_transposed_conv
+from mtc.passes.openvino.split_outputs import MergedOutput, merge_split_outputs
+
+log = logging.getLogger("mtc")
+
+# mtc name -> OpenVINO INFERENCE_PRECISION_HINT
+PRECISIONS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+# compiled models kept per backend: a handful of resolutions, each with its own memory plan
+MAX_COMPILED = 6
+
+
+def openvino_cache_dir() -> Path:
+    from mtc.artifact.cache import cache_dir
+
+    path = cache_dir() / "openvino"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def compile_config(*, precision: str, threads: int | None, cache: bool) -> dict:
+    """The compile_model properties this backend uses (also what `mtc build` precompiles with)."""
+    if precision not in PRECISIONS:
+        raise MtcError(f"unknown precision {precision!r} for openvino", hint=f"choose one of: {', '.join(PRECISIONS)}")
+    config = {
+        "INFERENCE_PRECISION_HINT": PRECISIONS[precision],
+        "PERFORMANCE_HINT": "LATENCY",
+        "NUM_STREAMS": 1,
+        "INFERENCE_NUM_THREADS": threads or default_threads(),
+    }
+    if cache:
+        try:
+            config["CACHE_DIR"] = str(openvino_cache_dir())
+        except (MtcError, OSError) as exc:  # a read-only cache costs compile time, not the run
+            log.warning("openvino: compiled models will not be cached (%s)", getattr(exc, "message", exc))
+    return config
+
+
+class _Compiled:
+    __slots__ = ("request", "state_shapes", "input_names", "output_names", "seconds")
+
+    def __init__(self, request, state_shapes, input_names, output_names, seconds):
+        self.request, self.state_shapes = request, state_shapes
+        self.input_names, self.output_names, self.seconds = input_names, output_names, seconds
+
+
+class OpenVinoBackend:
+    """OpenVINO on the CPU.
+
+    Args:
+        model: the artifact's ONNX file (plain FP32 or with Q/DQ nodes).
+        io: the manifest's I/O contract; tells which inputs are recurrent state (their shapes
+            come from shape inference) and which input is the downsample ratio (frozen to a
+            constant per compiled model).
+        precision: "fp32" (default) or "bf16" (or "fp16" where the device supports it).
+        threads: inference threads; defaults to the CPUs this process may use.
+        static_shapes: compile one static model per input signature (default); False compiles
+            the dynamic model once (slower per frame, measured).
+        cache: keep compiled models in the mtc cache (CACHE_DIR).
+        device: OpenVINO device name.
+        rewrite_graph: apply mtc's graph rewrites for OpenVINO, each the same function (merged
+            split outputs, identity resizes dropped, full-resolution upsamples as transposed
+            convolutions, the guided filter's guides and channel sums as 1x1 convolutions, small
+            2x2 average pools as depthwise convolutions, PyTorch's HardSigmoid as HSigmoid);
+            False runs the file as OpenVINO reads it (what benchmarks compare against).
+    """
+
+    name = "openvino"
+    fresh_outputs = False
+
+    def __init__(self, model: str | Path, *, io: ModelIO | None = None, precision: str = "fp32",
+                 threads: int | None = None, static_shapes: bool = True, cache: bool = True, device: str = "CPU",
+                 rewrite_graph: bool = True):
+        ov = require("openvino", what="OpenVINO")
+        self._ov = ov
+        self.core = ov.Core()
+        self.device = device
+        self.requested_precision = precision
+        self.config = compile_config(precision=precision, threads=threads, cache=cache)
+        self.threads = self.config["INFERENCE_NUM_THREADS"]
+        if precision == "bf16" and device == "CPU":
+            capabilities = self.core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+            if "BF16" not in capabilities:
+                raise MtcError("this CPU has no BF16 support, so OpenVINO would silently run FP32",
+                               hint="use precision='fp32' (or a CPU with AVX-512 BF16 / AMX)")
+        self.rewrite_graph = rewrite_graph
+        graph, self._merged = _onnx_with_merged_outputs(Path(model)) if rewrite_graph else (str(model), {})
+        try:
+            self.model = self.core.read_model(graph)
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses with long messages
+            detail = exception_summary(exc, 300)
+            raise MtcError(f"openvino cannot read {model}: {detail}",
+                           hint="the file is corrupt or uses an op OpenVINO does not support; try backend='onnxruntime'") from None
+        self._hard_sigmoids = hard_sigmoid_as_hsigmoid(self.model) if rewrite_graph else 0
+        self.input_names = tuple(i.get_any_name() for i in self.model.inputs)
+        self.output_names = tuple(name for o in self.model.outputs for name in self._output_parts(o.get_any_name()))
+        self.static_shapes = static_shapes
+        self._states = {p.input: p.output for p in io.states} if io is not None else {}
+        self._frozen = (io.downsample.input,) if io is not None and io.downsample is not None else ()
+        self._frozen = tuple(n for n in self._frozen if n in self.input_names)
+        self._compiled: OrderedDict[tuple, _Compiled] = OrderedDict()
+        self.precision: str | None = None  # what the compiled model actually runs, once known
+        self.compile_seconds: list[float] = []
+
+    def describe(self) -> str:
+        shapes = "static shapes per resolution" if self.static_shapes else "dynamic shapes"
+        return f"openvino {self.device}, precision {self.precision or self.requested_precision}, {self.threads} threads, {shapes}"
+
+    # ---- compilation ------------------------------------------------------------------------
+
+    def _signature(self, feeds: dict) -> tuple:
+        """Frame-size signature: non-state input shapes plus frozen input values."""
+        parts = []
+        for name in self.input_names:
+            if name in self._states:
+                continue
+            value = feeds[name]
+            if name in self._frozen:
+                parts.append((name, tuple(np.asarray(value, np.float32).ravel().tolist())))
+            else:
+                parts.append((name, tuple(value.shape)))
+        return tuple(parts)
+
+    def _freeze(self, model, name: str, value: np.ndarray) -> None:
+        ops = openvino_ops()
+        parameter = next(p for p in model.get_parameters() if p.output(0).get_any_name() == name
+                         or p.get_friendly_name() == name)
+        constant = ops.constant(np.asarray(value, dtype=parameter.get_element_type().to_dtype()))
+        for target in list(parameter.output(0).get_target_inputs()):
+            target.replace_source_output(constant.output(0))
+        model.remove_parameter(parameter)
+
+    def _compile(self, feeds: dict) -> _Compiled:
+        model = self.model.clone()
+        state_shapes = {}
+        if self.static_shapes:
+            try:
+                for name in self._frozen:
+                    self._freeze(model, name, np.asarray(feeds[name]))
+                # States first at their fed shape (1x1x1x1 on frame 0): shape inference then gives
+                # the real state shapes, which the compiled model takes from frame 0 on.
+                shapes = {name: list(np.shape(feeds[name])) for name in self.input_names if name not in self._frozen}
+                model.reshape(shapes)
+                for name, output in self._states.items():
+                    inferred = model.output(output).get_partial_shape()
+                    if inferred.is_static:
+                        state_shapes[name] = tuple(int(d) for d in inferred.to_shape())
+                if state_shapes:
+                    shapes.update({n: list(s) for n, s in state_shapes.items()})
+                    model.reshape(shapes)
+                rewrites = (0, 0, 0, 0, 0)
+                if self.rewrite_graph:
+                    frame_sizes = {tuple(shape[2:]) for name, shape in shapes.items()
+                                   if name not in self._states and len(shape) == 4}
+                    rewrites = (drop_identity_resizes(model), upsample_as_transposed_conv(model, frame_sizes),
+                                guide_as_conv(model, frame_sizes), channel_sum_as_conv(model, frame_sizes),
+                                small_pools_as_convs(model))
+                log.debug("openvino: %d identity resize(s) dropped, %d full-resolution upsample(s) as "
+                          "transposed convolutions, %d guide(s) and %d channel sum(s) as 1x1 convolutions, "
+                          "%d pool(s) as depthwise convolutions, %d HardSigmoid(s) as HSigmoid",
+                          *rewrites, self._hard_sigmoids)
+            except Exception as exc:  # OpenVINO raises plain RuntimeErrors from shape inference
+                detail = exception_summary(exc, 300)
+                raise MtcError(f"openvino cannot make the model static for {self._describe_signature(feeds)}: {detail}",
+                               hint="pass static_shapes=False to OpenVinoBackend, or use backend='onnxruntime'") from None
+        started = time.perf_counter()
+        try:
+            compiled = self.core.compile_model(model, self.device, self.config)
+        except Exception as exc:
+            detail = exception_summary(exc, 300)
+            raise MtcError(f"openvino cannot compile the model for {self.device}: {detail}",
+                           hint="try backend='onnxruntime'") from None
+        seconds = time.perf_counter() - started
+        self.compile_seconds.append(seconds)
+        first = self.precision is None
+        self.precision = _precision_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        (log.info if first else log.debug)("openvino: compiled for %s in %.1f s, inference precision %s (requested %s)",
+                                           self._describe_signature(feeds), seconds, self.precision,
+                                           self.requested_precision)
+        if self.precision != self.requested_precision and self.device == "CPU":
+            raise MtcError(f"openvino compiled the model in {self.precision}, not the requested {self.requested_precision}",
+                           hint="this OpenVINO/CPU cannot honour the precision; use precision='fp32'")
+        inputs = tuple(_port_name(i, self.input_names) for i in compiled.inputs)
+        outputs = tuple(_port_name(o, (*self._merged, *self.output_names)) for o in compiled.outputs)
+        return _Compiled(compiled.create_infer_request(), state_shapes, inputs, outputs, seconds)
+
+    def _describe_signature(self, feeds: dict) -> str:
+        parts = []
+        for name in self.input_names:
+            if name in self._states:
+                continue
+            value = feeds[name]
+            parts.append(f"{name}={np.asarray(value).ravel()[0]:g}" if name in self._frozen
+                         else f"{name}={'x'.join(map(str, np.shape(value)))}")
+        return ", ".join(parts)
+
+    def compiled_for(self, feeds: dict) -> _Compiled:
+        key = self._signature(feeds) if self.static_shapes else ()
+        entry = self._compiled.get(key)
+        if entry is None:
+            entry = self._compile(feeds)
+            self._compiled[key] = entry
+            while len(self._compiled) > MAX_COMPILED:
+                self._compiled.popitem(last=False)
+        else:
+            self._compiled.move_to_end(key)
+        return entry
+
+    # ---- inference --------------------------------------------------------------------------
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        entry = self.compiled_for(feeds)
+        request = entry.request
+        alive = []  # shared-memory tensors read these arrays during infer(): keep them referenced
+        for name in entry.input_names:
+            value = np.asarray(feeds[name])
+            shape = entry.state_shapes.get(name)
+            if shape is not None and tuple(value.shape) != shape:
+                if not is_broadcast_initial(value, shape):
+                    raise MtcError(f"state {name} has shape {value.shape}, expected {shape} for this frame size",
+                                   hint="reset the session when the frame size changes")
+                value = np.broadcast_to(value, shape)
+            if value.dtype != np.float32 or not value.flags.c_contiguous:
+                value = np.ascontiguousarray(value, dtype=np.float32)
+            alive.append(value)
+            request.set_tensor(name, self._ov.Tensor(value, shared_memory=True))
+        request.infer()
+        del alive
+        # Outputs are views of the request's buffers; they stay valid until the next run (as
+        # the session's contract allows), except state, which is fed back and must be a copy
+        # because the next inference overwrites the same buffers while reading it.
+        result = {}
+        for index, name in enumerate(entry.output_names):
+            data = request.get_output_tensor(index).data
+            if name in self._merged:
+                result.update(self._merged[name].split(data))
+            else:
+                result[name] = data.copy() if name in self._states.values() else data
+        return result
+
+    def _output_parts(self, name: str) -> tuple[str, ...]:
+        merged = self._merged.get(name)
+        return (name,) if merged is None else tuple(part for part, _, _ in merged.parts)
+
+
+def _onnx_with_merged_outputs(path: Path) -> tuple[str | bytes, dict[str, MergedOutput]]:
+    """The model for read_model (its path, or its bytes, rewritten or not: the file is read once)
+    and the outputs merged in it.
+
+    See mtc.passes.openvino.split_outputs. Files that onnx cannot parse, or that keep their
+    weights outside, go to OpenVINO by path (its reader gives the error, if any).
+    """
+    import onnx
+
+    try:
+        data = path.read_bytes()
+        proto = onnx.load_from_string(data)
+    except Exception:  # missing, not ONNX, or corrupt: OpenVINO's reader says which
+        return str(path), {}
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+        return str(path), {}
+    proto, merged = merge_split_outputs(proto)
+    if not merged:
+        return data, {}
+    log.debug("openvino: outputs %s read as one tensor each and sliced in numpy",
+              ", ".join("+".join(p for p, _, _ in m.parts) for m in merged))
+    return proto.SerializeToString(), {m.name: m for m in merged}
+
+
+def _port_name(port, known: tuple[str, ...]) -> str:
+    """The graph's name for a port (compiled ports can carry extra tensor names)."""
+    names = port.get_names()
+    return next((n for n in known if n in names), port.get_any_name())
+
+
+def _precision_name(value) -> str:
+    text = str(value).lower()
+    for token, name in (("bf16", "bf16"), ("bfloat16", "bf16"), ("f16", "fp16"), ("float16", "fp16"),
+                        ("f32", "fp32"), ("float32", "fp32")):
+        if token in text:
+            return name
+    return text

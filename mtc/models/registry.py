@@ -1,0 +1,121 @@
+"""Model registry: one `ModelSpec` per model family, registered by its file in `mtc/exporters/`.
+
+Configuration is data: weight sources, I/O contract, preprocessing and resolution rules live
+in the spec, so the exporter, the manifest and the runtime all read the same facts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mtc.errors import MtcError
+from mtc.artifact.manifest import ModelIO
+from mtc.weights import WeightFile
+
+if TYPE_CHECKING:
+    import onnx
+
+    from mtc.backends import Backend
+
+# Families register themselves on import; listed here so `mtc models` sees them all without
+# importing anything heavy (exporter modules keep torch imports inside functions).
+_FAMILY_MODULES = ("mtc.models.rvm", "mtc.models.modnet", "mtc.models.u2net", "mtc.models.bgmv2")
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """One downloadable model: its weights and how to turn them into an ONNX graph."""
+
+    name: str
+    weights: WeightFile
+    io: ModelIO
+    # Builds the FP32 ONNX from the verified weight file. Models that ship as ONNX use the
+    # ingest path; PyTorch ones build the module and export it.
+    build_onnx: Callable[[Path], onnx.ModelProto]
+    # The reference the exported graph is checked against. None: the graph built by
+    # build_onnx itself, before sanitizing (ONNX ingest). PyTorch exporters return a
+    # TorchBackend around the module, so the check is PyTorch vs ONNX Runtime.
+    build_reference: Callable[[Path], Backend] | None = None
+    exporter: str = "onnx_ingest"
+    # Resolutions (width, height, frames, fixed downsample ratio) the export is checked at.
+    parity_cases: tuple[tuple[int, int, int, float | None], ...] = ((512, 288, 12, None), (640, 360, 6, 0.5))
+    # Max |difference| allowed against the reference (PyTorch vs ONNX Runtime differs by ~1e-5
+    # in recurrent states; ONNX-vs-ONNX ingest is bit-exact).
+    parity_tolerance: float = 1e-5
+    # Exact graph rewrites run after sanitizing, each returning (model, applied); the parity
+    # check covers them like every other export step.
+    rewrites: tuple[Callable[[onnx.ModelProto], tuple[onnx.ModelProto, bool]], ...] = ()
+    # The rewrites that give the alpha-only form (no foreground output, less full-resolution
+    # work); None: the model has no such form.
+    alpha_only_rewrites: tuple[Callable[[onnx.ModelProto], tuple[onnx.ModelProto, bool]], ...] | None = None
+
+    def alpha_only(self) -> VariantSpec:
+        """This variant without its foreground output (the runtime composites the source frame)."""
+        if self.io.output_with_role("foreground") is None:
+            raise MtcError(f"variant {self.name!r} has no foreground output: it is alpha-only already",
+                           hint="drop --alpha-only")
+        if self.alpha_only_rewrites is None:
+            raise MtcError(f"variant {self.name!r} has no alpha-only form", hint="drop --alpha-only (it exists for rvm)")
+        outputs = tuple(t for t in self.io.outputs if t.role != "foreground")
+        return dataclasses.replace(self, name=f"{self.name}-alpha", io=dataclasses.replace(self.io, outputs=outputs),
+                                   rewrites=self.alpha_only_rewrites, alpha_only_rewrites=None)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    task: str  # "video_matting" (recurrent) or "image_matting"
+    summary: str
+    license: str
+    paper: str
+    variants: dict[str, VariantSpec]
+    default_variant: str
+    input_description: str = "RGB frame, any size"
+    aliases: tuple[str, ...] = field(default=())
+
+    def variant(self, name: str | None) -> VariantSpec:
+        name = name or self.default_variant
+        if name not in self.variants:
+            raise MtcError(
+                f"model {self.name!r} has no variant {name!r}",
+                hint=f"choose one of: {', '.join(self.variants)}",
+            )
+        return self.variants[name]
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    for key in (spec.name, *spec.aliases):
+        if key in _REGISTRY and _REGISTRY[key] is not spec:
+            raise ValueError(f"model name {key!r} registered twice")
+        _REGISTRY[key] = spec
+    return spec
+
+
+def _load_families() -> None:
+    for module in _FAMILY_MODULES:
+        importlib.import_module(module)
+
+
+def list_models() -> list[ModelSpec]:
+    _load_families()
+    unique = {id(s): s for s in _REGISTRY.values()}
+    return sorted(unique.values(), key=lambda s: s.name)
+
+
+def get_model(name: str) -> ModelSpec:
+    _load_families()
+    key = name.lower()
+    if key in _REGISTRY:
+        return _REGISTRY[key]
+    close = difflib.get_close_matches(key, _REGISTRY, n=1)
+    suggestion = f"did you mean {close[0]!r}? " if close else ""
+    raise MtcError(f"unknown model {name!r}", hint=f"{suggestion}`mtc models` lists the available ones")
