@@ -90,7 +90,8 @@ def main() -> None:
 
     manifest = read_manifest(args.artifact)
     io, fp32 = manifest.io, args.artifact / manifest.model_file
-    data = DataPlan(calib_frames=args.calib_frames)
+    data = DataPlan(calib_frames=args.calib_frames,
+                    settings=tuple((c.width, c.height, c.downsample_ratio) for c in manifest.checks()))
     reference = ReferenceAlphas(io, OrtBackend(fp32), check_clips(io, data))
     rows = []
 

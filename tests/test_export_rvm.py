@@ -19,7 +19,7 @@ from mtc.models.rvm import (  # noqa: E402
     INPUT_NAMES,
     OUTPUT_NAMES,
     PARITY_TOLERANCE,
-    RVM_FIXED_RATIO_IO,
+    fixed_ratio_io,
     RVM_IO,
     bake_downsample_ratio,
     build_rvm,
@@ -226,7 +226,7 @@ def test_fixed_ratio_graph_is_tensorrt_friendly(mbv3_checkpoint):
     a = _run_clip(_ort(dynamic).run, frames, 0.25)
     b = _run_clip(_ort(fixed).run, frames, None)
     assert _max_diff(a, b, "pha") <= 1e-5 and _max_diff(a, b, "fgr") <= 1e-5
-    check_export_parity(io_from_graph(RVM_FIXED_RATIO_IO, fixed), rvm_reference(fixed_model),
+    check_export_parity(io_from_graph(fixed_ratio_io(0.5), fixed), rvm_reference(fixed_model),
                         _ort(fixed), (ParityCase(200, 120, 2),), tolerance=1e-4)
 
 
@@ -239,7 +239,7 @@ def test_baking_the_ratio_into_the_official_onnx(rvm_onnx):
     b = _run_clip(_ort(baked).run, frames, None)
     assert _max_diff(a, b, "pha") <= 1e-6
     variant = with_fixed_ratio(get_model("rvm").variant("mobilenetv3"), 0.5)
-    assert variant.name == "mobilenetv3-r0.5" and variant.io is RVM_FIXED_RATIO_IO
+    assert variant.name == "mobilenetv3-r0.5" and variant.io == fixed_ratio_io(0.5)
 
 
 def test_registry_variants():
@@ -252,7 +252,7 @@ def test_registry_variants():
         assert variant.build_reference is not None and variant.io is RVM_IO
     assert OUTPUT_NAMES == ("fgr", "pha", "r1o", "r2o", "r3o", "r4o")
     fixed = with_fixed_ratio(spec.variant("mobilenetv3-pth"), 0.25)
-    assert fixed.name == "mobilenetv3-pth-r0.25" and fixed.io is RVM_FIXED_RATIO_IO and fixed.build_reference
+    assert fixed.name == "mobilenetv3-pth-r0.25" and fixed.io == fixed_ratio_io(0.25) and fixed.build_reference
     with pytest.raises(MtcError, match="downsample ratio"):
         with_fixed_ratio(spec.variant("mobilenetv3-pth"), 1.5)
 

@@ -35,10 +35,10 @@ from mtc.artifact.profiles import (
     frozen_inputs,
     parse_profile,
     parse_profiles,
-    probe_state_shapes,
     profile_shapes,
     state_shapes,
 )
+from mtc.backends.onnxruntime.session import probe_state_shapes
 from mtc.errors import MtcError
 from mtc.models.rvm import RVM_IO
 from mtc.artifact.manifest import DownsampleRule, FileEntry, Manifest, ModelIO, StatePair, TensorSpec
@@ -62,7 +62,7 @@ def rvm_io() -> ModelIO:
                                outputs=tuple(dataclasses.replace(t, shape=dims(t)) for t in RVM_IO.outputs))
 
 
-HD = NAMED_PROFILES["hd"]
+HD = NAMED_PROFILES["hd"].for_model(RVM_IO)
 TARGET = Target("10.9.0.34", "8.6", "NVIDIA RTX A4000")
 SHA = "e395c326ca614d53fa9ecde6c96f1e61f1e963f004fed97c9839aa9a75501c10"
 
@@ -70,10 +70,14 @@ SHA = "e395c326ca614d53fa9ecde6c96f1e61f1e963f004fed97c9839aa9a75501c10"
 # ---- profiles and shapes ------------------------------------------------------------------------
 
 
-def test_named_profiles_follow_rvm_recommendations():
+def test_named_profiles_take_the_models_own_ratio_rule():
+    assert NAMED_PROFILES["hd"].downsample_ratio is None  # a frame size; the model decides the ratio
     assert (HD.width, HD.height, HD.downsample_ratio) == (1920, 1080, 0.25)
-    k4 = parse_profile("4K")
+    k4 = parse_profile("4K").for_model(RVM_IO)
     assert (k4.width, k4.height, k4.downsample_ratio) == (3840, 2160, 0.125)
+    # the profile's ratio is what the session computes for that frame size, so its engine is used
+    p720 = parse_profile("720p").for_model(RVM_IO)
+    assert p720.downsample_ratio == RVM_IO.downsample.ratio_for(720, 1280)
     custom = parse_profile("1080x1920@0.25")
     assert (custom.width, custom.height, custom.downsample_ratio, custom.name) == (1080, 1920, 0.25, "1080x1920@0.25")
     assert [p.name for p in parse_profiles("hd,4k")] == ["hd", "4k"]
@@ -102,7 +106,7 @@ def test_hd_and_4k_shapes_from_the_manifest():
     # 1080x1920 at 0.25 -> 270x480, then 1/2, 1/4, 1/8, 1/16 with ceil (stride-2 convs)
     assert [hd[f"r{i}i"].opt for i in range(1, 5)] == [(1, 16, 135, 240), (1, 20, 68, 120), (1, 40, 34, 60),
                                                        (1, 64, 17, 30)]
-    k4 = profile_shapes(io, NAMED_PROFILES["4k"])  # 4K at 0.125 runs the network at the same size
+    k4 = profile_shapes(io, NAMED_PROFILES["4k"].for_model(io))  # 4K at 0.125 runs the network at the same size
     assert [k4[f"r{i}i"].opt for i in range(1, 5)] == [hd[f"r{i}i"].opt for i in range(1, 5)]
     assert frozen_inputs(io, HD)["downsample_ratio"].tolist() == [0.25]
 
@@ -131,8 +135,7 @@ def test_models_without_states_or_ratio():
     assert profile.downsample_ratio is None
     assert profile_shapes(io, HD)["x"].opt == (1, 3, 1080, 1920)
     assert frozen_inputs(io, HD) == {}
-    with pytest.raises(MtcError, match="needs"):
-        ResolutionProfile("p", 64, 64).for_model(rvm_io())
+    assert ResolutionProfile("p", 64, 64).for_model(rvm_io()).downsample_ratio == 1.0
 
 
 def test_state_channels_must_be_fixed_in_the_manifest():
@@ -520,7 +523,7 @@ SMALL_IO = ModelIO(
              TensorSpec("pha", "alpha", shape=("n", 1, "h", "w"), layout="NCHW"),
              TensorSpec("r1o", "state", shape=("n", 4, "h", "w"), layout="NCHW"),
              TensorSpec("r2o", "state", shape=("n", 8, "h", "w"), layout="NCHW")),
-    states=(StatePair("r1i", "r1o"), StatePair("r2i", "r2o")),
+    states=(StatePair("r1i", "r1o", stride=2), StatePair("r2i", "r2o", stride=4)),
     downsample=DownsampleRule("downsample_ratio"),
 )
 

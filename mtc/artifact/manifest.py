@@ -26,6 +26,7 @@ INPUT_ROLES = ("image", "background", "state", "downsample_ratio")
 OUTPUT_ROLES = ("alpha", "foreground", "state", "aux")
 DTYPES = ("float32", "float16", "int64", "int32", "uint8")
 RESIZE_MODES = ("none", "fixed", "reference")
+RESIZE_FILTERS = ("bilinear", "lanczos")
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
@@ -43,12 +44,21 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class StatePair:
-    """A recurrent state: `output` of frame t is fed to `input` at frame t+1."""
+    """A recurrent state: `output` of frame t is fed to `input` at frame t+1.
+
+    `stride` is the state's spatial stride relative to the model's working resolution: the
+    image input scaled by `scale` when the graph bakes one in, else by the downsample ratio
+    input where the model has one (floor, as ONNX Resize computes it). Its height is
+    ceil(working height / stride). Declared, so engines can be sized without running the model;
+    None (older artifacts) means engines cannot be prepared ahead of time.
+    """
 
     input: str
     output: str
     initial_shape: tuple[int, ...] = (1, 1, 1, 1)
     initial_value: float = 0.0
+    stride: int | None = None
+    scale: float | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,27 @@ class Preprocess:
     fixed_size: tuple[int, int] | None = None  # (height, width) for resize == "fixed"
     reference_side: int | None = None  # for resize == "reference"
     multiple_of: int = 1
+    # How frames are resized to the model size and the matte back to the frame.
+    resize_filter: str = "bilinear"
+
+    def model_size(self, height: int, width: int) -> tuple[int, int]:
+        """The (height, width) of the image input for a frame of `height` x `width`.
+
+        "fixed" always gives `fixed_size`. "reference" scales the frame so that its shorter side
+        becomes `reference_side` when both sides are below it or both above it, and otherwise
+        keeps the size. Every mode then floors to `multiple_of` ("none" keeps the frame size).
+        """
+        if self.resize == "fixed":
+            return tuple(self.fixed_size)
+        if self.resize == "reference":
+            ref = self.reference_side
+            if max(height, width) < ref or min(height, width) > ref:
+                if width >= height:
+                    height, width = ref, int(width / height * ref)
+                else:
+                    height, width = int(height / width * ref), ref
+        m = self.multiple_of
+        return max(m, height // m * m), max(m, width // m * m)
 
 
 @dataclass(frozen=True)
@@ -85,6 +116,26 @@ class DownsampleRule:
         fractions = [1 / k for k in {max(1, math.floor(1 / ratio)), math.ceil(1 / ratio)} if 1 / k <= self.max_ratio]
         near = [f for f in fractions if abs(f - ratio) <= self.snap * ratio]
         return min(near, key=lambda f: abs(f - ratio)) if near else ratio
+
+
+@dataclass(frozen=True)
+class CheckSize:
+    """A frame size (with a fixed downsample ratio, for models that take one) at which the
+    compiled model is checked against its reference. Family knowledge, written at export so
+    that the quantizer needs nothing but the artifact."""
+
+    width: int
+    height: int
+    downsample_ratio: float | None = None
+
+
+def default_check_sizes(io: ModelIO) -> tuple[CheckSize, ...]:
+    """Where a model with no declared check sizes is checked: its fixed input size, else a
+    small 16:9 video frame (the downsample ratio, if any, by the model's own rule)."""
+    if io.preprocess.resize == "fixed":
+        height, width = io.preprocess.fixed_size
+        return (CheckSize(width, height),)
+    return (CheckSize(512, 288),)
 
 
 @dataclass(frozen=True)
@@ -147,7 +198,12 @@ class Manifest:
     precision: Precision = field(default_factory=Precision)
     files: dict[str, FileEntry] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    check_sizes: tuple[CheckSize, ...] = ()
     schema_version: int = SCHEMA_VERSION
+
+    def checks(self) -> tuple[CheckSize, ...]:
+        """The declared check sizes, else the defaults for this model's input rule."""
+        return self.check_sizes or default_check_sizes(self.io)
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(dataclasses.asdict(self))
@@ -246,6 +302,8 @@ def _model_io(r: _Reader) -> ModelIO:
             output=s.get("output", str),
             initial_shape=tuple(s.get("initial_shape", list, [1, 1, 1, 1])),
             initial_value=s.get("initial_value", float, 0.0),
+            stride=s.get("stride", int, None),
+            scale=s.get("scale", float, None),
         )
         for s in r.items("states")
     )
@@ -260,6 +318,7 @@ def _model_io(r: _Reader) -> ModelIO:
         fixed_size=tuple(fixed) if fixed is not None else None,
         reference_side=p.get("reference_side", int, None),
         multiple_of=p.get("multiple_of", int, 1),
+        resize_filter=p.choice("resize_filter", RESIZE_FILTERS, "bilinear"),
     )
     if preprocess.resize == "fixed" and preprocess.fixed_size is None:
         raise p.fail("has resize 'fixed' but no fixed_size")
@@ -287,6 +346,8 @@ def _check_io_consistency(io: ModelIO, r: _Reader) -> None:
     if io.output_with_role("alpha") is None:
         raise r.child("outputs").fail("has no tensor with role 'alpha'")
     for pair in io.states:
+        if pair.stride is not None and pair.stride < 1:
+            raise r.child("states").fail(f"gives {pair.input} stride {pair.stride}; strides are positive")
         if pair.input not in input_names or pair.output not in output_names:
             raise r.child("states").fail(f"pairs {pair.input}->{pair.output}, which are not model inputs/outputs")
     if io.downsample is not None and io.downsample.input not in input_names:
@@ -330,6 +391,9 @@ def manifest_from_dict(data: Any, *, source: str = MANIFEST_NAME) -> Manifest:
         ),
         files=files,
         provenance=r.get("provenance", dict, {}),
+        check_sizes=tuple(CheckSize(width=c.get("width", int), height=c.get("height", int),
+                                    downsample_ratio=c.get("downsample_ratio", float, None))
+                          for c in (r.items("check_sizes") if "check_sizes" in data else ())),
         schema_version=version,
     )
     if manifest.model_file not in manifest.files:

@@ -1,20 +1,20 @@
 """Resolution profiles: the concrete input shapes an engine is built for, from the manifest.
 
-A TensorRT engine is specialised to ranges of input shapes (optimization profiles), and RVM's
-graph only has static shapes once the downsample ratio is fixed (it feeds a Resize, which
-TensorRT refuses as a float shape tensor). So an mtc profile is a frame size (with optional
-min/max sizes around it) plus the downsample ratio frozen into that engine. Every other
-input's shape follows from the manifest:
+An engine (a TensorRT plan, a static OpenVINO model) is specialised to input shapes, so a
+profile names frame sizes ("hd", "4k", "1280x720") and, for models with a downsample input,
+the ratio frozen into that engine (a float ratio feeding Resize is refused by TensorRT as a
+shape tensor). `for_model` turns a profile into the model's input space, the shapes the
+session really feeds: the manifest's resize rule maps each frame size to the image input size
+(a fixed 320x320 model gets 320x320 whatever the frame), and a missing ratio is taken from the
+model's own rule at that size. Every other input's shape follows from the manifest:
 
-- image-like inputs (role image/background): N=1, channels from the manifest, H/W = frame size;
-- recurrent state inputs: channels from the paired output's manifest shape (RVM: 16/20/40/64),
-  spatial size from the downsampled frame size (floor(side * ratio), as ONNX Resize computes
-  it) halved once per level with ceil (stride-2 convolutions with padding), one level deeper
-  per state: RVM's r1..r4 sit at 1/2, 1/4, 1/8 and 1/16 of the downsampled size;
+- image-like inputs (role image/background): N=1, channels from the manifest, H/W = input size;
+- recurrent state inputs: channels from the paired output's manifest shape, spatial size
+  ceil(working size / stride) with the stride each state pair declares, where the working size
+  is the input size scaled by the downsample ratio as ONNX Resize computes it (floor);
 - the downsample ratio input: removed from the engine (a constant).
 
-The state rule is checked against the real graph when an engine is built
-(`probe_state_shapes` runs ONNX Runtime once at the profile size).
+Engine builders check the declared strides against the real graph once per build.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -85,13 +84,18 @@ class ResolutionProfile:
         return w0 <= width <= w1 and h0 <= height <= h1
 
     def for_model(self, io: ModelIO) -> ResolutionProfile:
-        """Drop the ratio for models without a downsample input."""
-        if io.downsample is None and self.downsample_ratio is not None:
-            return ResolutionProfile(self.name, self.width, self.height, None, self.min_size, self.max_size)
-        if io.downsample is not None and self.downsample_ratio is None:
-            raise MtcError(f"profile {self.name} has no downsample ratio, which this model needs",
-                           hint="name it as WIDTHxHEIGHT@RATIO, e.g. 1920x1080@0.25")
-        return self
+        """This profile in the model's input space: sizes through the manifest's resize rule,
+        the ratio from the model's rule where none is given, and none for models without a
+        downsample input."""
+        def to_input(size: tuple[int, int]) -> tuple[int, int]:
+            height, width = io.preprocess.model_size(size[1], size[0])
+            return width, height
+
+        lo, opt, hi = (to_input(size) for size in self.sizes)
+        ratio = None
+        if io.downsample is not None:
+            ratio = self.downsample_ratio if self.downsample_ratio is not None else io.downsample.ratio_for(opt[1], opt[0])
+        return ResolutionProfile(self.name, opt[0], opt[1], ratio, lo, hi)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "width": self.width, "height": self.height,
@@ -105,12 +109,12 @@ class ResolutionProfile:
                    tuple(data["max_size"]) if data.get("max_size") else None)
 
 
-# RVM's recommended ratios (its README: HD 0.25, 4K 0.125; 720p 0.375; <= 512 px: 1.0).
+# Frame sizes by name; a model with a downsample input gets the ratio its own rule gives.
 NAMED_PROFILES = {
-    "512": ResolutionProfile("512", 512, 288, 1.0),
-    "720p": ResolutionProfile("720p", 1280, 720, 0.375),
-    "hd": ResolutionProfile("hd", 1920, 1080, 0.25),
-    "4k": ResolutionProfile("4k", 3840, 2160, 0.125),
+    "512": ResolutionProfile("512", 512, 288),
+    "720p": ResolutionProfile("720p", 1280, 720),
+    "hd": ResolutionProfile("hd", 1920, 1080),
+    "4k": ResolutionProfile("4k", 3840, 2160),
 }
 
 _CUSTOM = re.compile(r"(\d+)x(\d+)(?:@([0-9.]+))?")
@@ -155,12 +159,6 @@ def downsampled_size(height: int, width: int, ratio: float | None) -> tuple[int,
     return int(np.floor(np.float32(height) * scale)), int(np.floor(np.float32(width) * scale))
 
 
-def _halve(side: int, times: int) -> int:
-    for _ in range(times):
-        side = math.ceil(side / 2)
-    return side
-
-
 def _spatial_axes(spec: TensorSpec) -> tuple[int, int, int]:
     """(channel, height, width) axis indices from the layout (NCHW when unspecified)."""
     layout = spec.layout or "NCHW"
@@ -195,19 +193,23 @@ def _concrete(spec: TensorSpec, height: int, width: int, channels: int | None = 
 
 
 def state_shapes(io: ModelIO, height: int, width: int, ratio: float | None) -> dict[str, tuple[int, ...]]:
-    """Shapes of each state input (and its paired output) for one frame size, by the rule above."""
-    dh, dw = downsampled_size(height, width, ratio)
+    """Shapes of each state input (and its paired output) for one input size, by the declared strides."""
     outputs = {t.name: t for t in io.outputs}
     inputs = {t.name: t for t in io.inputs}
     shapes = {}
-    for level, pair in enumerate(io.states, start=1):
+    for pair in io.states:
+        if pair.stride is None:
+            raise MtcError(f"state {pair.input}: the manifest declares no stride, so its shape cannot be derived",
+                           hint="re-export the artifact with this version of mtc")
+        dh, dw = downsampled_size(height, width, pair.scale if pair.scale is not None else ratio)
         out_spec = outputs[pair.output]
         c_axis, _, _ = _spatial_axes(out_spec)
         channels = out_spec.shape[c_axis] if out_spec.shape else None
         if not isinstance(channels, int):
             raise MtcError(f"state {pair.output}: channel count is not fixed in the manifest ({channels!r})",
                            hint="re-export the artifact (mtc writes state channels into the manifest)")
-        shapes[pair.input] = _concrete(inputs[pair.input], _halve(dh, level), _halve(dw, level), channels)
+        shapes[pair.input] = _concrete(inputs[pair.input], math.ceil(dh / pair.stride), math.ceil(dw / pair.stride),
+                                       channels)
     return shapes
 
 
@@ -314,17 +316,3 @@ def buffer_plan(io: ModelIO, profile: ResolutionProfile) -> BufferPlan:
         buffers.append(BufferSpec(spec.name, "output", spec.role, spec.dtype, outputs[spec.name],
                                   host=spec.name not in state_out, device_copy_to=state_out.get(spec.name)))
     return BufferPlan(profile, tuple(buffers))
-
-
-# ---- checking the rule against the real graph ------------------------------------------------
-
-
-def probe_state_shapes(model_path: Path | str, io: ModelIO, height: int, width: int,
-                       ratio: float | None) -> dict[str, tuple[int, ...]]:
-    """Run the graph once on the CPU (ONNX Runtime) and return the state shapes it produces."""
-    from mtc.backends import OrtBackend
-
-    backend = OrtBackend(model_path, optimization="basic")
-    feeds = io.example_feeds(height, width, downsample_ratio=ratio)
-    outputs = backend.run(feeds)
-    return {pair.input: tuple(outputs[pair.output].shape) for pair in io.states}

@@ -22,9 +22,21 @@ from mtc.errors import MtcError
 from mtc.export.onnx_ingest import SanitizeLog, sanitize
 from mtc.export.parity import ParityResult, compare_on_frames
 from mtc.fsutil import atomic_dir, atomic_write_text
-from mtc.artifact.manifest import MANIFEST_NAME, REPORT_NAME, Manifest, ModelIO, Precision, TensorSpec, file_entry, sha256_file
-from mtc.models.registry import ModelSpec, VariantSpec, get_model
+from mtc.artifact.manifest import (
+    MANIFEST_NAME,
+    REPORT_NAME,
+    Manifest,
+    ModelIO,
+    Precision,
+    TensorSpec,
+    default_check_sizes,
+    file_entry,
+    sha256_file,
+)
+from mtc.artifact.profiles import state_shapes
 from mtc.backends import Backend, OrtBackend
+from mtc.backends.onnxruntime.session import probe_state_shapes
+from mtc.models.registry import ModelSpec, VariantSpec, get_model
 from mtc.weights import fetch_weights
 
 log = logging.getLogger("mtc")
@@ -152,11 +164,13 @@ def export_model(name: str, *, variant: str | None = None, output: Path | None =
 
     started = time.perf_counter()
     reference = var.build_reference(weights) if var.build_reference else OrtBackend(original.SerializeToString())
-    cases = tuple(ParityCase(*case) for case in var.parity_cases)
+    cases = tuple(ParityCase(*case) for case in var.parity_cases) or tuple(
+        ParityCase(c.width, c.height, 4, c.downsample_ratio) for c in default_check_sizes(io))
     tolerance = var.parity_tolerance if tolerance is None else tolerance
     # No spinning: ORT's idle threads would steal the cores a PyTorch reference runs on in between.
     parity = check_export_parity(io, reference, OrtBackend(model_bytes, allow_spinning=False), cases, tolerance=tolerance)
     timings["parity_s"] = time.perf_counter() - started
+    check_state_strides(io, model_bytes, cases[0])
 
     with atomic_dir(output, overwrite=overwrite) as folder:
         (folder / MODEL_FILE).write_bytes(model_bytes)
@@ -164,6 +178,7 @@ def export_model(name: str, *, variant: str | None = None, output: Path | None =
             model=spec.name, variant=var.name, task=spec.task, license=spec.license, model_file=MODEL_FILE, io=io,
             precision=Precision(mode="fp32"),
             files={MODEL_FILE: file_entry(folder / MODEL_FILE)},
+            check_sizes=var.check_sizes,
             provenance={
                 "exporter": var.exporter,
                 "opset": sanitize_log.opset,
@@ -180,6 +195,23 @@ def export_model(name: str, *, variant: str | None = None, output: Path | None =
         atomic_write_text(folder / MANIFEST_NAME, manifest.to_json())
     log.info("wrote %s", output)
     return output
+
+
+def check_state_strides(io: ModelIO, model: bytes | Path, case: ParityCase) -> None:
+    """Prove the declared state strides on the exported graph, so engines sized from the
+    manifest alone fit the states the model really produces."""
+    if not io.states or any(pair.stride is None for pair in io.states):
+        return
+    ratio = case.downsample_ratio
+    if io.downsample is not None and ratio is None:
+        ratio = io.downsample.ratio_for(case.height, case.width)
+    probed = probe_state_shapes(model, io, case.height, case.width, ratio)
+    declared = state_shapes(io, case.height, case.width, ratio)
+    for name, shape in probed.items():
+        if tuple(shape) != declared[name]:
+            raise MtcError(f"state {name} is {tuple(shape)} in the exported graph at {case.width}x{case.height}, "
+                           f"but its declared stride gives {declared[name]}",
+                           hint="fix the stride in the model's StatePair")
 
 
 def export_report(spec: ModelSpec, var: VariantSpec, sanitize_log: SanitizeLog, parity: list[ParityResult],

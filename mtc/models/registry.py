@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mtc.errors import MtcError
-from mtc.artifact.manifest import ModelIO
+from mtc.artifact.manifest import CheckSize, ModelIO
 from mtc.weights import WeightFile
 
 if TYPE_CHECKING:
@@ -43,8 +43,12 @@ class VariantSpec:
     # TorchBackend around the module, so the check is PyTorch vs ONNX Runtime.
     build_reference: Callable[[Path], Backend] | None = None
     exporter: str = "onnx_ingest"
-    # Resolutions (width, height, frames, fixed downsample ratio) the export is checked at.
-    parity_cases: tuple[tuple[int, int, int, float | None], ...] = ((512, 288, 12, None), (640, 360, 6, 0.5))
+    # Resolutions (width, height, frames, fixed downsample ratio) the export is checked at;
+    # empty: the model's default check sizes (artifact.manifest.default_check_sizes), 4 frames each.
+    parity_cases: tuple[tuple[int, int, int, float | None], ...] = ()
+    # Where the quantizer checks compiled artifacts against FP32; written into the manifest.
+    # Empty: the defaults for the model's input rule.
+    check_sizes: tuple[CheckSize, ...] = ()
     # Max |difference| allowed against the reference (PyTorch vs ONNX Runtime differs by ~1e-5
     # in recurrent states; ONNX-vs-ONNX ingest is bit-exact).
     parity_tolerance: float = 1e-5

@@ -23,7 +23,7 @@ import onnx
 from mtc.errors import MtcError
 from mtc.fsutil import atomic_dir, atomic_write_text
 from mtc.graph_stats import node_macs
-from mtc.artifact.manifest import MANIFEST_NAME, REPORT_NAME, Manifest, Precision, file_entry, read_manifest, sha256_file
+from mtc.artifact.manifest import MANIFEST_NAME, REPORT_NAME, Manifest, Precision, default_check_sizes, file_entry, read_manifest, sha256_file
 from mtc.quant.affine import apply_corrections, fit_layers
 from mtc.quant.align import align_conv_inputs
 from mtc.quant.calibration import BUILTIN, Clip, load_clips, record_feeds
@@ -61,9 +61,9 @@ class DataPlan:
     calib_frames: int = 24
     check: str | Path | None = None
     check_frames: int = 24
-    # (width, height, downsample ratio) settings; recurrent models are checked at the
-    # network's full resolution and at HD where the refiner runs.
-    settings: tuple[tuple[int, int, float | None], ...] = ((512, 288, 1.0), (1920, 1080, 0.25))
+    # (width, height, downsample ratio) settings; None: the check sizes the artifact declares
+    # (its family's choice, or the defaults for its input rule).
+    settings: tuple[tuple[int, int, float | None], ...] | None = None
 
 
 @dataclass
@@ -75,6 +75,8 @@ class Outcome:
 
 
 def _settings_for(io, settings):
+    if settings is None:
+        return tuple((c.width, c.height, c.downsample_ratio) for c in default_check_sizes(io))
     return settings if io.downsample is not None else tuple((w, h, None) for w, h, _ in settings[:1])
 
 
@@ -121,6 +123,9 @@ def quantize_artifact(source: Path, output: Path, *, precision: str, config: Int
         raise MtcError(f"{output} already exists", hint="pass --force to replace it, or choose another -o")
     gates = gates or DEFAULT_GATES[precision]
     io = manifest.io
+    if data.settings is None:
+        data = dataclasses.replace(data, settings=tuple((c.width, c.height, c.downsample_ratio)
+                                                        for c in manifest.checks()))
     fp32_path = Path(source) / manifest.model_file
     model = onnx.shape_inference.infer_shapes(onnx.load(str(fp32_path)))
     unknown = sorted(set(config.exclude_nodes) - {n.name for n in model.graph.node}) if precision == "int8" else []

@@ -138,6 +138,7 @@ class MattingSession:
         # A GPU backend may lend the pinned host buffer it uploads the image from (TensorRT's
         # `host_input`): preprocessing straight into it saves a full-frame host copy per frame.
         self._host_input = getattr(backend, "host_input", None)
+        self._filter = io.preprocess.resize_filter
         self._buffer: np.ndarray | None = None
         self._plate: np.ndarray | None = None  # the background plate as given (HxWx3 uint8)
         self._plate_tensor: np.ndarray | None = None  # ... preprocessed at the last model size
@@ -175,21 +176,7 @@ class MattingSession:
         return self.downsample_ratio if self.downsample_ratio is not None else rule.ratio_for(height, width)
 
     def _model_size(self, height: int, width: int) -> tuple[int, int]:
-        pre = self.io.preprocess
-        if pre.resize == "fixed":
-            return pre.fixed_size
-        if pre.resize == "reference":
-            # MODNet's rule: when both sides are below the reference or both above it, the
-            # shorter side becomes the reference; otherwise the size is kept.
-            ref = pre.reference_side
-            if max(height, width) < ref or min(height, width) > ref:
-                if width >= height:
-                    height, width = ref, int(width / height * ref)
-                else:
-                    height, width = int(height / width * ref), ref
-        # Every mode floors to multiple_of ("none" with the default 1 keeps the size).
-        m = pre.multiple_of
-        return max(m, height // m * m), max(m, width // m * m)
+        return self.io.preprocess.model_size(height, width)
 
     def set_background(self, plate: np.ndarray | None) -> None:
         """Give the clean background plate, for models with a background input (BackgroundMattingV2).
@@ -217,7 +204,7 @@ class MattingSession:
             raise MtcError(f"the background plate is {pw}x{ph} but the frames are {width}x{height}",
                            hint="capture the plate with the same camera and resolution as the footage")
         if self._plate_tensor is None or self._plate_tensor.shape[2:] != (model_h, model_w):
-            plate = self._plate if (model_h, model_w) == (height, width) else _resize_rgb(self._plate, model_h, model_w)
+            plate = self._plate if (model_h, model_w) == (height, width) else _resize_rgb(self._plate, model_h, model_w, self._filter)
             self._plate_tensor = self._normalize(plate, np.empty((1, 3, model_h, model_w), np.float32))
         return self._plate_tensor
 
@@ -261,7 +248,7 @@ class MattingSession:
             self._is_scene_cut(frame)  # seed the thumbnail for the next comparison
         model_h, model_w = self._model_size(h, w)
         if (model_h, model_w) != (h, w):
-            frame = _resize_rgb(frame, model_h, model_w)
+            frame = _resize_rgb(frame, model_h, model_w, self._filter)
         feeds = {self.image_input.name: self._image_tensor(frame), **self._state}
         if self.background_input is not None:
             feeds[self.background_input.name] = self._background_tensor(h, w, model_h, model_w)
@@ -280,23 +267,29 @@ class MattingSession:
         h, w = frame.shape[:2]
         alpha = outputs[self.alpha_output.name][0, 0]
         if alpha.shape != (h, w):
-            alpha = _resize_plane(alpha, h, w)
+            alpha = _resize_plane(alpha, h, w, self._filter)
         if self.foreground_output is None:
             return Matte(alpha, source=frame)
         foreground = outputs[self.foreground_output.name][0].transpose(1, 2, 0)
         if foreground.shape[:2] != (h, w):
-            foreground = np.stack([_resize_plane(foreground[..., c], h, w) for c in range(3)], axis=2)
+            foreground = np.stack([_resize_plane(foreground[..., c], h, w, self._filter) for c in range(3)], axis=2)
         return Matte(alpha, foreground)
 
 
-def _resize_rgb(frame: np.ndarray, height: int, width: int) -> np.ndarray:
+def _pil_filter(name: str):
     from PIL import Image
 
-    return np.asarray(Image.fromarray(np.ascontiguousarray(frame)).resize((width, height), Image.BILINEAR))
+    return {"bilinear": Image.BILINEAR, "lanczos": Image.LANCZOS}[name]
 
 
-def _resize_plane(plane: np.ndarray, height: int, width: int) -> np.ndarray:
+def _resize_rgb(frame: np.ndarray, height: int, width: int, filter_name: str = "bilinear") -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(np.ascontiguousarray(frame)).resize((width, height), _pil_filter(filter_name)))
+
+
+def _resize_plane(plane: np.ndarray, height: int, width: int, filter_name: str = "bilinear") -> np.ndarray:
     from PIL import Image
 
     image = Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32), mode="F")
-    return np.asarray(image.resize((width, height), Image.BILINEAR))
+    return np.asarray(image.resize((width, height), _pil_filter(filter_name)))

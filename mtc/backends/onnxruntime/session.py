@@ -212,3 +212,11 @@ def cpu_fingerprint() -> str:
     except OSError:
         pass
     return f"{os.uname().machine}:{'+'.join(flags) or 'generic'}"
+
+
+def probe_state_shapes(model_path, io, height: int, width: int, ratio: float | None) -> dict[str, tuple[int, ...]]:
+    """Run the graph once on the CPU and return the state shapes it produces for one input size
+    (what engine builders and the export check compare the manifest's declared strides with)."""
+    backend = OrtBackend(model_path, optimization="basic")
+    outputs = backend.run(io.example_feeds(height, width, downsample_ratio=ratio))
+    return {pair.input: tuple(outputs[pair.output].shape) for pair in io.states}

@@ -30,7 +30,8 @@ from mtc.artifact.plan import (
     timing_cache_path,
     write_plan,
 )
-from mtc.artifact.profiles import ResolutionProfile, frozen_inputs, probe_state_shapes, profile_shapes
+from mtc.artifact.profiles import ResolutionProfile, frozen_inputs, profile_shapes
+from mtc.backends.onnxruntime.session import probe_state_shapes
 from mtc.errors import MtcError
 from mtc.artifact.manifest import Manifest, ModelIO
 
@@ -103,7 +104,7 @@ def verify_state_rule(model_path: Path, io: ModelIO, profile: ResolutionProfile)
             if tuple(shape) != tuple(expected):
                 raise MtcError(f"profile {profile.name}: state {name} is {shape} in the graph at {width}x{height}, "
                                f"but the rule gives {expected}",
-                               hint="this model's state geometry differs from RVM's; report it as a bug")
+                               hint="the manifest's state strides do not match the model; re-export it or report a bug")
 
 
 def build_plan(model_path: Path, io: ModelIO, profile: ResolutionProfile, *, model_sha256: str, target: Target,

@@ -42,7 +42,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from mtc.errors import MtcError
-from mtc.artifact.manifest import DownsampleRule, ModelIO, Preprocess, StatePair, TensorSpec
+from mtc.artifact.manifest import CheckSize, DownsampleRule, ModelIO, Preprocess, StatePair, TensorSpec
 from mtc.models.registry import ModelSpec, VariantSpec, register
 from mtc.weights import PyPIWheelSource, UrlSource, WeightFile
 
@@ -99,7 +99,9 @@ RVM_IO = ModelIO(
         *(TensorSpec(f"{r}o", "state", layout="NCHW") for r in STATE_NAMES),
     ),
     # The official graph expands 1x1x1x1 zero states to the right shape on the first frame.
-    states=tuple(StatePair(f"{r}i", f"{r}o", initial_shape=(1, 1, 1, 1), initial_value=0.0) for r in STATE_NAMES),
+    # The ConvGRU states sit at 1/2, 1/4, 1/8 and 1/16 of the downsampled frame.
+    states=tuple(StatePair(f"{r}i", f"{r}o", initial_shape=(1, 1, 1, 1), initial_value=0.0, stride=2 ** level)
+                 for level, r in enumerate(STATE_NAMES, start=1)),
     preprocess=Preprocess(scale=1.0 / 255.0),
     # RVM's recommended rule: run the network near 512 px on the long side; the refiner
     # restores full resolution. Snapped to 1/k within 10%: HD 0.25, 4K 0.125 (an integer
@@ -107,10 +109,16 @@ RVM_IO = ModelIO(
     downsample=DownsampleRule(input="downsample_ratio", target_side=512, max_ratio=1.0, snap=0.1),
 )
 
-# The same contract with the ratio baked into the graph: no ratio input, no auto rule.
-RVM_FIXED_RATIO_IO = dataclasses.replace(
-    RVM_IO, inputs=tuple(t for t in RVM_IO.inputs if t.role != "downsample_ratio"), downsample=None
-)
+# Where RVM is checked: the network at its full resolution, and HD where the refiner runs.
+CHECK_SIZES = (CheckSize(512, 288, 1.0), CheckSize(1920, 1080, 0.25))
+PARITY_CASES = ((512, 288, 12, None), (640, 360, 6, 0.5))
+
+
+def fixed_ratio_io(ratio: float) -> ModelIO:
+    """The contract with `ratio` baked into the graph: no ratio input, no auto rule."""
+    return dataclasses.replace(
+        RVM_IO, inputs=tuple(t for t in RVM_IO.inputs if t.role != "downsample_ratio"), downsample=None,
+        states=tuple(dataclasses.replace(pair, scale=ratio) for pair in RVM_IO.states))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -885,7 +893,9 @@ def _checkpoint_variant(name: str, backbone: str, weights: WeightFile, *,
         return rvm_reference(load_rvm(path, backbone, fixed_ratio=fixed_ratio))
 
     extra = {"parity_cases": RESNET50_PARITY_CASES} if backbone == "resnet50" else {}
-    return VariantSpec(name=name, weights=weights, io=RVM_IO if fixed_ratio is None else RVM_FIXED_RATIO_IO,
+    extra.setdefault("parity_cases", PARITY_CASES)
+    return VariantSpec(name=name, weights=weights, io=RVM_IO if fixed_ratio is None else fixed_ratio_io(fixed_ratio),
+                       check_sizes=CHECK_SIZES if fixed_ratio is None else (),
                        build_onnx=build_onnx, build_reference=build_reference, exporter="torch",
                        parity_tolerance=PARITY_TOLERANCE, rewrites=(fuse_refiner_tail,),
                        alpha_only_rewrites=(alpha_only_tail,), **extra)
@@ -908,7 +918,7 @@ def with_fixed_ratio(variant: VariantSpec, ratio: float) -> VariantSpec:
         backbone, weights = CHECKPOINT_VARIANTS[variant.name]
         return dataclasses.replace(_checkpoint_variant(variant.name, backbone, weights, fixed_ratio=ratio), name=name)
     build: Callable[[Path], onnx.ModelProto] = variant.build_onnx
-    return dataclasses.replace(variant, name=name, io=RVM_FIXED_RATIO_IO,
+    return dataclasses.replace(variant, name=name, io=fixed_ratio_io(ratio), check_sizes=(),
                                build_onnx=lambda path: bake_downsample_ratio(build(path), ratio))
 
 
@@ -927,6 +937,8 @@ register(
                 io=RVM_IO,
                 build_onnx=_ingest_official_onnx,
                 exporter="onnx_ingest",
+                parity_cases=PARITY_CASES,
+                check_sizes=CHECK_SIZES,
                 rewrites=(fuse_refiner_tail,),
                 alpha_only_rewrites=(alpha_only_tail,),
             ),
