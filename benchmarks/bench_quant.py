@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_peers import stock_int8  # noqa: E402
 from common import dump, machine, update_results  # noqa: E402
 
-from mtc.export.pipeline import export_model  # noqa: E402
+from mtc.models.export import export_model  # noqa: E402
 from mtc.models.rvm import MOBILENETV3_ONNX  # noqa: E402
 from mtc.artifact.manifest import read_manifest  # noqa: E402
 from mtc.quant.checks import ReferenceAlphas  # noqa: E402

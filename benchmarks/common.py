@@ -21,7 +21,7 @@ def ensure_artifact(path: Path | None) -> Path:
         return path
     default = Path("artifacts/rvm-mobilenetv3-fp32")
     if not (default / "manifest.json").exists():
-        from mtc.export.pipeline import export_model
+        from mtc.models.export import export_model
 
         export_model("rvm", output=default)
     return default

@@ -19,7 +19,7 @@ def rvm_onnx() -> Path:
 @pytest.fixture(scope="session")
 def rvm_artifact(rvm_onnx: Path, tmp_path_factory) -> Path:
     """An FP32 RVM artifact exported by the real pipeline (shared; tests must not modify it)."""
-    from mtc.export.pipeline import export_model
+    from mtc.models.export import export_model
 
     return export_model("rvm", output=tmp_path_factory.mktemp("artifacts") / "rvm", weights_path=rvm_onnx)
 
@@ -27,7 +27,7 @@ def rvm_artifact(rvm_onnx: Path, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def rvm_alpha_artifact(rvm_onnx: Path, tmp_path_factory) -> Path:
     """The alpha-only RVM export (`mtc export rvm --alpha-only`; shared, do not modify)."""
-    from mtc.export.pipeline import export_model
+    from mtc.models.export import export_model
 
     return export_model("rvm", output=tmp_path_factory.mktemp("artifacts") / "rvm-alpha", weights_path=rvm_onnx,
                         alpha_only=True)

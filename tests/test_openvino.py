@@ -91,7 +91,7 @@ def test_compiled_models_are_cached_on_disk(rvm_artifact, tmp_path):
     from mtc.backends.build import build
 
     results = build(rvm_artifact, backend="openvino", profiles="256x144@1.0")
-    assert "compiled" in results[0].what
+    assert "compiled" in results[0]
     cached = list((tmp_path / "cache" / "openvino").iterdir())
     assert cached, "OpenVINO wrote nothing to CACHE_DIR"
     # a new backend finds the compiled model in the cache instead of compiling again

@@ -728,4 +728,4 @@ def test_gpu_foreign_plan_is_rebuilt(rvm_artifact, tmp_path, monkeypatch):
     data["tensorrt_version"] = "8.6.1"
     sidecar.write_text(json.dumps(data))
     results = build(folder, backend="tensorrt", profiles="512x288@1.0")
-    assert "plan ->" in results[0].what
+    assert "plan ->" in results[0]

@@ -98,12 +98,12 @@ class Preprocess:
 
 @dataclass(frozen=True)
 class DownsampleRule:
-    """RVM-style internal resolution: ratio = min(target_side / max(h, w), max_ratio), replaced
+    """Internal resolution of models with a downsample input: ratio = min(target_side / max(h, w), max_ratio), replaced
     by the nearest unit fraction 1/k when one lies within `snap` (relative) of it.
 
     Why snap: with ratio 1/k the refiner upsamples by the integer factor k, which backends can
-    run as a transposed convolution (OpenVINO: INT8 RVM at 1920x1080 68 vs 94 ms at the plain
-    rule's 0.267), and 1/4 at HD and 1/8 at 4K are RVM's own recommended ratios.
+    run as a transposed convolution (OpenVINO: an INT8 video model at 1920x1080 68 vs 94 ms at the plain
+    rule's 0.267), and 1/4 at HD and 1/8 at 4K are the ratios such models are usually run at.
     """
 
     input: str
@@ -146,6 +146,8 @@ class Precision:
     excluded_nodes: tuple[str, ...] = ()
     # INT8 only: "int8" or "uint8" (zero point 128) activations; backends differ on which they run faithfully.
     activation_type: str | None = None
+    # The CPU class (mtc.backends.cpu) the checks ran on: integer kernels differ between classes.
+    checked_cpu: str | None = None
 
 
 @dataclass(frozen=True)
@@ -388,6 +390,7 @@ def manifest_from_dict(data: Any, *, source: str = MANIFEST_NAME) -> Manifest:
             excluded_nodes=tuple(pr.get("excluded_nodes", list, [])),
             activation_type=pr.choice("activation_type", ("int8", "uint8"), None)
             if pr.get("activation_type", str, None) is not None else None,
+            checked_cpu=pr.get("checked_cpu", str, None),
         ),
         files=files,
         provenance=r.get("provenance", dict, {}),

@@ -67,7 +67,7 @@ class ResolutionProfile:
                            hint="min <= size <= max in both width and height")
         if self.downsample_ratio is not None and not 0 < self.downsample_ratio <= 1:
             raise MtcError(f"profile {self.name}: downsample ratio {self.downsample_ratio} is not in (0, 1]",
-                           hint="RVM recommends 0.25 for HD and 0.125 for 4K")
+                           hint="use a ratio in (0, 1], e.g. 0.25 for HD")
 
     @property
     def sizes(self) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
@@ -232,7 +232,7 @@ def profile_shapes(io: ModelIO, profile: ResolutionProfile) -> dict[str, ShapeRa
 
 
 def frozen_inputs(io: ModelIO, profile: ResolutionProfile) -> dict[str, np.ndarray]:
-    """Inputs turned into constants for this profile's engine (RVM: the downsample ratio)."""
+    """Inputs turned into constants for this profile's engine (the downsample ratio input)."""
     profile = profile.for_model(io)
     if io.downsample is None:
         return {}

@@ -1,15 +1,12 @@
-"""Execution backends behind one small interface.
+"""Execution backends behind one small interface, found through a registry.
 
 A backend runs a graph: named numpy inputs in, named outputs out. Everything that is about
 matting (pre/post-processing, recurrent state, resolution rules) lives in the session, so
-ONNX Runtime, OpenVINO and TensorRT only implement `run()`.
+ONNX Runtime, OpenVINO and TensorRT only implement `run()`. Each backend is a package here
+(mtc.backends.<name>) registered in mtc.backends.registry, with its probe, session and build.
 
-- `onnxruntime` (ort.py): CPU, CUDA or TensorRT execution provider; always installed.
-- `openvino` (openvino.py): CPU, static shapes per resolution, explicit FP32/BF16.
-- `tensorrt` (tensorrt.py): prebuilt or cached plans, state kept on the GPU.
-
-`create_backend("auto", ...)` picks by availability in the order documented in select.py and
-logs which backend runs and why. Optional packages are imported only when their backend is used.
+`create_backend("auto", ...)` picks by what the probes report and logs which backend runs and
+why. Optional packages are imported only when their backend is used.
 """
 
 from __future__ import annotations
@@ -23,20 +20,18 @@ from mtc.artifact.manifest import Manifest, ModelIO
 from mtc.backends.base import Backend, DeviceState, default_threads, require
 from mtc.backends.onnxruntime.session import OrtBackend
 from mtc.backends.registry import (
-    BACKENDS,
     Availability,
     BackendChoice,
+    backend_names,
     choose_backend,
+    get_backend,
     probe_availability,
 )
 
 __all__ = ["Backend", "BackendOptions", "DeviceState", "OrtBackend", "create_backend", "default_threads", "require",
-           "Availability", "BackendChoice", "choose_backend", "probe_availability", "AUTO_ORDER", "BACKENDS"]
+           "Availability", "BackendChoice", "backend_names", "choose_backend", "get_backend", "probe_availability"]
 
 log = logging.getLogger("mtc")
-
-# The order `backend="auto"` tries (details and measurements in select.py).
-AUTO_ORDER = ("tensorrt", "onnxruntime-cuda", "openvino", "onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -59,6 +54,7 @@ class BackendOptions:
         use_optimized_model: onnxruntime, load the model `mtc build --backend onnxruntime`
             saved in the cache, when present.
         openvino_cache: OpenVINO, keep compiled models in the mtc cache.
+        optimization_level: TensorRT builder optimization level (`mtc build`).
     """
 
     threads: int | None = None
@@ -72,6 +68,7 @@ class BackendOptions:
     build_missing: bool = True
     use_optimized_model: bool = True
     openvino_cache: bool = True
+    optimization_level: int = 3
 
 
 def create_backend(name: str, model_path: Path, *, io: ModelIO | None = None, manifest: Manifest | None = None,
@@ -97,39 +94,17 @@ def create_backend(name: str, model_path: Path, *, io: ModelIO | None = None, ma
     options = options or BackendOptions()
     if io is None and manifest is not None:
         io = manifest.io
-    if name == "onnxruntime" and options.precision == "fp32" and availability is None:
+    int8 = manifest is not None and manifest.precision.mode == "int8"
+    if name == "onnxruntime" and options.precision == "fp32" and availability is None and not int8:
         choice = BackendChoice("onnxruntime", "requested")  # the common path skips probing
     else:
+        precision = manifest.precision if manifest is not None else None
         choice = choose_backend(name, availability or probe_availability(), precision=options.precision,
-                                model_precision=manifest.precision.mode if manifest is not None else "fp32",
-                                activation_type=manifest.precision.activation_type if manifest is not None else None)
-    if choice.name == "onnxruntime":
-        providers = options.providers if options.providers is not None else choice.providers
-        optimized = None
-        if options.use_optimized_model and manifest is not None:
-            from mtc.backends.onnxruntime.build import optimized_model_path
-
-            try:
-                optimized = optimized_model_path(manifest.files[manifest.model_file].sha256, providers=providers)
-            except MtcError as exc:  # no usable cache folder: run from the artifact's model
-                log.debug("onnxruntime: no optimized-model cache (%s)", exc.message)
-        state_pairs = tuple((p.input, p.output) for p in io.states) if io is not None else ()
-        backend = OrtBackend(model_path, threads=options.threads, allow_spinning=options.allow_spinning,
-                             providers=providers, optimized_model=optimized, state_pairs=state_pairs,
-                             io_binding=options.io_binding)
-    elif choice.name == "openvino":
-        from mtc.backends.openvino.session import OpenVinoBackend
-
-        backend = OpenVinoBackend(model_path, io=io, precision=options.precision, threads=options.threads,
-                                  cache=options.openvino_cache)
-    else:
-        if manifest is None or folder is None:
-            raise MtcError("the tensorrt backend needs the artifact folder and its manifest",
-                           hint="load it with mtc.runtime.load(FOLDER, backend='tensorrt')")
-        from mtc.backends.tensorrt.session import TensorRTBackend
-
-        backend = TensorRTBackend(folder, manifest, profiles=options.profiles, ratio_policy=options.ratio_policy,
-                                  cuda_graph=options.cuda_graph, build_missing=options.build_missing)
+                                model_precision=precision.mode if precision else "fp32",
+                                activation_type=precision.activation_type if precision else None,
+                                checked_cpu=precision.checked_cpu if precision else None)
+    backend = get_backend(choice.name).open(model_path, io=io, manifest=manifest, folder=folder, options=options,
+                                            choice=choice)
     describe = getattr(backend, "describe", None)
     log.info("backend: %s (%s): %s", choice.name, choice.reason, describe() if describe else backend.name)
     return backend

@@ -110,7 +110,7 @@ class DeviceState:
 
 
 def is_broadcast_initial(value: np.ndarray, shape: tuple[int, ...]) -> bool:
-    """True when `value` (e.g. RVM's 1x1x1x1 zero state) broadcasts to `shape` without being it."""
+    """True when `value` (e.g. a recurrent model's 1x1x1x1 zero state) broadcasts to `shape` without being it."""
     if tuple(value.shape) == tuple(shape) or value.ndim != len(shape):
         return False
     return all(v in (1, s) for v, s in zip(value.shape, shape))

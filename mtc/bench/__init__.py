@@ -1,7 +1,7 @@
 """`mtc bench`: throughput, latency, memory, cost and accuracy of an artifact, and CI gates.
 
     from mtc.bench import BenchConfig, run_bench
-    report = run_bench(BenchConfig(folder=Path("artifacts/rvm"), resolutions=((1920, 1080),)))
+    report = run_bench(BenchConfig(folder=Path("artifacts/my-model"), resolutions=((1920, 1080),)))
 
 The measuring core (`measure_model`, `compare_sessions`) takes any session-like object
 (``.process(frame)`` returning something with ``.alpha``) and an injectable clock.

@@ -9,12 +9,12 @@ import click
 
 @click.command()
 @click.argument("folder", type=click.Path(path_type=Path))
-@click.option("--backend", type=click.Choice(["tensorrt", "openvino", "onnxruntime"]), required=True,
-              help="tensorrt: plans into FOLDER/engines; openvino: precompile into the cache; "
+@click.option("--backend", required=True, metavar="NAME",
+              help="A registered backend. tensorrt: plans into FOLDER/engines; openvino: precompile into the cache; "
                    "onnxruntime: save the optimized model into the cache.")
 @click.option("--profile", "profiles", default="hd", show_default=True,
-              help="Comma-separated resolution profiles: 512, 720p, hd, 4k (RVM's recommended ratios) "
-                   "or WIDTHxHEIGHT@RATIO, e.g. 1080x1920@0.25.")
+              help="Comma-separated frame sizes: 512, 720p, hd, 4k or WIDTHxHEIGHT[@RATIO], e.g. 1080x1920@0.25; "
+                   "each is built for the model input the session feeds at that size (ratio: the model's rule).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="OpenVINO inference precision to precompile for.")
 @click.option("--opt-level", "optimization_level", type=click.IntRange(0, 5), default=3, show_default=True,
@@ -30,6 +30,6 @@ def build(folder: Path, backend: str, profiles: str, precision: str, optimizatio
     """
     from mtc.backends.build import build as build_engines
 
-    for result in build_engines(folder, backend=backend, profiles=profiles, precision=precision, threads=threads,
-                                optimization_level=optimization_level, force=force):
-        click.echo(f"{result.backend}: {result.what}")
+    for line in build_engines(folder, backend=backend, profiles=profiles, precision=precision, threads=threads,
+                              optimization_level=optimization_level, force=force):
+        click.echo(f"{backend}: {line}")

@@ -33,7 +33,7 @@ def export(model: str, variant: str | None, output: Path | None, precision: str 
     checked against the original before anything is written. With --int8 or --fp16 the FP32
     export is then quantized and gated against it (see `mtc quantize`).
     """
-    from mtc.export.pipeline import default_output_dir, export_model
+    from mtc.models.export import default_output_dir, export_model
     from mtc.models.registry import get_model
 
     spec = get_model(model)

@@ -75,7 +75,7 @@ def upgrade_opset(model: onnx.ModelProto, target: int = TARGET_OPSET) -> onnx.Mo
 def give_unique_dim_names(model: onnx.ModelProto) -> dict[str, list[str]]:
     """Rename every symbolic dim of every graph input/output to `<tensor>_<dim>`.
 
-    Shared names assert equal sizes. RVM's states share `height`/`width` with `src` although
+    Shared names assert equal sizes. a recurrent model's states share `height`/`width` with `src` although
     their sizes differ, and ONNX Runtime then reuses buffers across them.
     """
     renamed: dict[str, list[str]] = {}
@@ -129,7 +129,7 @@ def simplify(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
         log.warning("onnxsim is not installed; skipping simplification (pip install 'mtc[compile]')")
         return model, "skipped: onnxsim not installed"
     try:
-        # onnxsim's own random-input check cannot build RVM's state inputs; we check parity
+        # onnxsim's own random-input check cannot build a recurrent model's state inputs; we check parity
         # on real frames instead.
         simplified, ok = onnxsim.simplify(model, check_n=0)
     except Exception as exc:

@@ -1,4 +1,4 @@
-"""`mtc export`: weights -> checked FP32 ONNX -> artifact folder.
+"""`mtc export` of a registered model: weights -> checked FP32 ONNX -> artifact folder.
 
 Each stage is a plain function; `export_model` chains them and writes the folder atomically,
 so an interrupted or failed export never leaves something that looks like an artifact.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +24,8 @@ if TYPE_CHECKING:
 
     from mtc.backends import Backend
 
-# Families register themselves on import; listed here so `mtc models` sees them all without
-# importing anything heavy (exporter modules keep torch imports inside functions).
+# Families register themselves on import; the built-ins are listed here (they import no torch),
+# other packages add theirs through the entry point group below.
 _FAMILY_MODULES = ("mtc.models.rvm", "mtc.models.modnet", "mtc.models.u2net", "mtc.models.bgmv2")
 
 
@@ -93,6 +94,8 @@ class ModelSpec:
         return self.variants[name]
 
 
+log = logging.getLogger("mtc")
+
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
@@ -104,9 +107,23 @@ def register(spec: ModelSpec) -> ModelSpec:
     return spec
 
 
+ENTRY_POINT_GROUP = "mtc.models"
+
+
 def _load_families() -> None:
+    """Import the built-in families and every package registered under the `mtc.models` entry
+    point group (each registers its ModelSpec on import, as the built-ins do)."""
     for module in _FAMILY_MODULES:
         importlib.import_module(module)
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        if entry.value in _FAMILY_MODULES:
+            continue
+        try:
+            entry.load()
+        except Exception as exc:  # one broken plug-in must not hide the other models
+            log.warning("model family %r (%s) failed to load: %s", entry.name, entry.value, exc)
 
 
 def list_models() -> list[ModelSpec]:

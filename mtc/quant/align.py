@@ -3,7 +3,7 @@
 ONNX Runtime's x86 integer conv kernels take a much slower path when the input channel count
 is not a multiple of 4 (measured on this CPU: a 3x3 QLinearConv at 288x512 with 35 input
 channels takes 11.7 ms, with 36 it takes 7.6 ms). Matting decoders concatenate a 3-channel
-image into every stage (RVM: 35, 59, 107 and 171 channels), so their heaviest convs all miss.
+image into every stage (the recurrent video model: 35, 59, 107 and 171 channels), so their heaviest convs all miss.
 Appending zero channels to the input and zero input-channel weights to the conv computes
 exactly the same output. When the input is a channel Concat read by nothing else, the zeros
 are appended to the Concat's last (small) input instead, so no full-width copy is made.

@@ -48,7 +48,7 @@ def load_clips(source: str | Path, *, frames: int, size: tuple[int, int] | None 
 
         width, height = size or (512, 288)
         # Every background photo gets a shot: calibrated on the two-shot demo clip instead, the
-        # speed preset's MAD on real footage (evalset composites, RVM at 512x288) was 1.22, on
+        # speed preset's MAD on real footage (evalset composites, the recurrent video model at 512x288) was 1.22, on
         # six scenes 0.81 (and 0.66 with asymmetric ranges; benchmarks/RESULTS.md).
         shots = builtin_shots or CALIBRATION_SHOTS
         clip = builtin_clip(ClipSpec(width=width, height=height, frames=frames, seed=seed, shots=shots))

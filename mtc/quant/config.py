@@ -64,7 +64,7 @@ class Int8Config:
             the shape ONNX Runtime's fast x86 integer kernels need (exact; mtc.quant.align).
         weight_rounding: "nearest", or "gptq": Hessian-aware rounding of conv weights on the
             calibration data's statistics (same scales and graph; mtc.quant.gptq). Opt-in: it
-            fits the calibration footage; on real footage it helped RVM at HD and hurt at
+            fits the calibration footage; on real footage it helped the recurrent video model at HD and hurt at
             512x288 (measured, see mtc.quant.gptq).
         equalize_concats: rescale the inputs of a quantized conv's channel Concat so each
             group gets a fair share of the one activation range, folding the inverse into the
@@ -108,17 +108,17 @@ class Int8Config:
 
 
 PRESETS: dict[str, Int8Config] = {
-    # CPU backends: integer kernels end to end for the layers that carry the compute (each
-    # holding >= 1.5% of the MACs); small and depthwise layers stay float. Up to 4% of the MACs
-    # stay float where removal sensitivity finds them worth it: on RVM that is two of its 1.9%
-    # bottleneck convs, which took INT8 MAD vs FP32 on real footage at HD from 0.86 to 0.66-0.76.
+    # CPU backends (the default): integer kernels end to end only for the layers that carry the
+    # compute (each holding >= 1.5% of the MACs). Small and depthwise layers stay float: on a
+    # CPU they cost more in Q/DQ conversions than INT8 saves, and every quantized layer adds
+    # error. Up to 4% of the MACs stay float where removal sensitivity finds them worth it (on
+    # The recurrent video model, two bottleneck convs), because that buys back the most error per MAC given up.
+    # Measured figures: docs/quantization.md, "Presets".
     "speed": Int8Config(min_mac_share=0.015, activation_type="uint8", align_channels=True, float_budget=0.04),
     # OpenVINO: its CPU plugin runs small INT8 convs fast too, so convs down to 0.5% of the MACs
-    # are quantized (RVM: 27 layers instead of 16; the float budget keeps 2). Measured on real
-    # footage against plain ONNX Runtime FP32 in one bench_peers run: 512x288 2.64x at MAD 0.80
-    # / dtSSD 0.61 (speed preset 2.28x at 0.65 / 0.49; NNCF 2.37x at 14.6 / 3.77); 1920x1080
-    # 2.08x at 1.16 / 0.81 (speed 1.98x at 0.69 / 0.56). A lower threshold, 0.2%, was faster
-    # still (2.57x vs 2.44x at 512x288 in a smaller run) but at 1.39 / 1.04.
+    # are quantized: faster there, at more error. Not lower: a smaller threshold was faster
+    # still but left the error targets behind. Not the default: on ONNX Runtime the extra small
+    # layers cost more in conversions than they save. Figures: docs/quantization.md, "Presets".
     "openvino": Int8Config(min_mac_share=0.005, activation_type="uint8", align_channels=True, float_budget=0.04),
     # TensorRT style: every conv, Q/DQ on inputs and weights only; the builder fuses outputs.
     "tensorrt": Int8Config(quantize_outputs=False),

@@ -2,7 +2,7 @@
 of the one INT8 activation range.
 
 A decoder conv reads Concat(upsampled features, encoder skip, the image at that scale) through a
-single per-tensor scale, but the groups' ranges differ widely: on RVM an encoder skip reaches 50
+single per-tensor scale, but the groups' ranges differ widely: on the recurrent video model an encoder skip reaches 50
 and the image 1, so the image channels keep about five levels. Scaling group i by k_i before the
 Concat and the conv's weights for those input channels by 1/k_i computes the same conv (in float,
 up to rounding). With k_i = sqrt(w_i / a_i), relative to the widest group (a_i: the group's
@@ -11,7 +11,7 @@ weight quantization noise of each group are balanced: cross-layer equalization's
 al., 2019), applied across concat groups instead of across two layers. The cost is one Mul per
 rescaled group on the Concat's inputs.
 
-Measured on RVM (speed preset, built-in calibration; alpha vs FP32, benchmarks/RESULTS.md):
+Measured on the recurrent video model (speed preset, built-in calibration; alpha vs FP32, benchmarks/RESULTS.md):
 held-out built-in MAD/dtSSD 0.50/0.54 -> 0.42/0.45 at 512x288 and 0.73/0.67 -> 0.67/0.57 at
 1920x1080; on real footage (evalset composites) 1.33/0.83 -> 1.22/0.76 and 1.21/0.90 ->
 1.12/0.83, at the same speed within noise (12 input groups of 9 convs get a Mul).

@@ -8,7 +8,7 @@ quantized, weighted by the inverse Hessian, so later columns compensate for earl
 per-channel scales stay those of round-to-nearest (max |w| / 127): only the integers change,
 so the Q/DQ graph and its speed are identical.
 
-Measured on RVM MobileNetV3 (the speed preset's 16 convs, calibrated on the built-in clip):
+Measured on the MobileNetV3 video model (the speed preset's 16 convs, calibrated on the built-in clip):
 the layer-output error falls 2.6-28x per layer; with weights alone quantized, alpha MAD vs FP32
 on held-out built-in frames falls from 0.28 / 0.33 to 0.09 / 0.11 (512x288 / 1920x1080), and
 in the full INT8 model (with concat equalization) from 0.42 / 0.67 to 0.40 / 0.64. On real

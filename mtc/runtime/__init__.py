@@ -1,7 +1,7 @@
 """The torch-free runtime: load an artifact folder and matte frames.
 
     import mtc.runtime
-    session = mtc.runtime.load("artifacts/rvm")
+    session = mtc.runtime.load("artifacts/my-model")
     matte = session.process(frame)          # frame: HxWx3 uint8 RGB
     matte.alpha, matte.foreground           # HxW and HxWx3 float32 in [0, 1]
 """
@@ -30,10 +30,10 @@ def load(folder: str | Path, *, backend: str = "auto", downsample_ratio: float |
             GPU and TensorRT are present, else ONNX Runtime with CUDA on a GPU, else OpenVINO
             when installed (measured faster on CPUs), else ONNX Runtime on the CPU; the choice
             and the reason are logged.
-        downsample_ratio: fix the internal resolution ratio (RVM); None applies the auto rule
+        downsample_ratio: fix the internal resolution ratio (models with a downsample input); None applies the auto rule
             min(512 / max(h, w), 1) per frame size, snapped to a unit fraction 1/k within 10%
             (0.25 at HD, 0.125 at 4K; see manifest.DownsampleRule). With TensorRT, None lets
-            each profile's frozen ratio apply (RVM's recommended 0.25 at HD), a fixed value
+            each profile's frozen ratio apply (0.25 at HD by the usual rule), a fixed value
             needs a profile built for exactly that ratio.
         scene_cut_threshold: reset recurrent state when consecutive frames differ by more than
             this mean grey level (0..255); None disables.

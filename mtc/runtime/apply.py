@@ -109,7 +109,7 @@ def _yield_cores_to_inference() -> None:
     so the codec threads take the cycles inference leaves idle instead of preempting one of its
     worker threads (which stalls the other at the next barrier). The decoder's and x264's own
     threads are created from these threads and inherit the priority. Measured at 1920x1080 on
-    2 cores with the FP32 RVM artifact: 6.9 -> 7.5 FPS end to end (veryfast), 8.3 with ultrafast.
+    2 cores with an FP32 video artifact: 6.9 -> 7.5 FPS end to end (veryfast), 8.3 with ultrafast.
     """
     if not sys.platform.startswith("linux"):
         return  # elsewhere PRIO_PROCESS takes a process id, not a thread id

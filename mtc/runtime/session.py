@@ -179,7 +179,7 @@ class MattingSession:
         return self.io.preprocess.model_size(height, width)
 
     def set_background(self, plate: np.ndarray | None) -> None:
-        """Give the clean background plate, for models with a background input (BackgroundMattingV2).
+        """Give the clean background plate, for models with a background input.
 
         Args:
             plate: HxWx3 uint8 RGB picture of the scene without the subject, the size of the

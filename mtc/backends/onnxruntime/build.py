@@ -1,6 +1,6 @@
 """ONNX Runtime's optimized model: the graph after ORT's optimizations, saved once.
 
-ORT re-optimizes a model every time a session is created (a second or so for RVM at level
+ORT re-optimizes a model every time a session is created (a second or so for the recurrent video model at level
 "all"). `save_optimized_model` runs the optimizations once and keeps the result in the mtc
 cache; the runtime loads it with optimizations off. At level "all" the saved graph holds
 layouts and fused kernels specific to this onnxruntime version, provider and CPU, so the cache

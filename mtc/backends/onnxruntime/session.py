@@ -2,13 +2,13 @@
 
 Providers are chosen from `onnxruntime.get_available_providers()`: by default CUDA when this
 onnxruntime build offers it, then CPU. ORT's own TensorRT provider is used only when asked for
-(`providers=("tensorrt", "cuda", "cpu")`): RVM's float downsample ratio feeds a Resize, which
+(`providers=("tensorrt", "cuda", "cpu")`): a recurrent model's float downsample ratio feeds a Resize, which
 TensorRT rejects ("shape tensor must have type Int32"), so that provider would hand most of the
 graph back to CUDA after a long failed build. mtc's own TensorRT backend freezes the ratio per
 optimization profile instead (see mtc.backends.tensorrt.build).
 
 I/O binding keeps recurrent state where the provider computed it (GPU memory for CUDA) and
-hands it back as the next frame's input. On the CPU it gains nothing: measured on RVM at
+hands it back as the next frame's input. On the CPU it gains nothing: measured on the recurrent video model at
 512x288 and 1920x1080 (2 cores), binding pre-allocated outputs was 6-8 % slower than
 `session.run`, whose arena already reuses buffers; so it is on only for GPU providers.
 """

@@ -17,19 +17,19 @@ from mtc.artifact.manifest import Manifest
 
 def precompile(folder: Path, manifest: Manifest, profiles: tuple[ResolutionProfile, ...], *, precision: str = "fp32",
                threads: int | None = None) -> list[dict]:
-    """Compile the model for each profile's frame size into OpenVINO's cache; returns timings."""
+    """Compile the model for each profile (in model-input space) into OpenVINO's cache; returns timings."""
     from mtc.backends.openvino.session import OpenVinoBackend
 
     backend = OpenVinoBackend(Path(folder) / manifest.model_file, io=manifest.io, precision=precision,
                               threads=threads, cache=True)
     results = []
     for profile in profiles:
-        profile = profile.for_model(manifest.io)
         feeds = manifest.io.example_feeds(profile.height, profile.width, downsample_ratio=profile.downsample_ratio)
         started = time.perf_counter()
         entry = backend.compiled_for(feeds)
         expected = state_shapes(manifest.io, profile.height, profile.width, profile.downsample_ratio)
-        results.append({"profile": profile.name, "seconds": round(time.perf_counter() - started, 2),
+        results.append({"profile": profile.name, "shape": f"{profile.width}x{profile.height}",
+                        "seconds": round(time.perf_counter() - started, 2),
                         "precision": backend.precision,
                         "state_shapes_match_rule": all(entry.state_shapes.get(n) == s for n, s in expected.items())})
     return results

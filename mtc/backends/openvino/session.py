@@ -1,20 +1,20 @@
 """OpenVINO on the CPU: static shapes per resolution, explicit inference precision.
 
-Why static shapes: OpenVINO plans memory and picks kernels once per compiled model, and RVM's
+Why static shapes: OpenVINO plans memory and picks kernels once per compiled model, and a recurrent model's
 graph is only static when both the frame size and the downsample ratio are known (the ratio
 feeds a Resize). So for every input signature (frame size + ratio) this backend clones the
 model, turns the ratio input into a constant, reshapes every input to its concrete shape and
 compiles. The recurrent-state shapes come from OpenVINO's own shape inference on the 1x1x1x1
 initial states (a broadcast), so one compiled model serves the whole shot: frame 0's
-1x1x1x1 zero states are expanded to the real shape (RVM gives bit-identical output for both).
+1x1x1x1 zero states are expanded to the real shape (the recurrent video model gives bit-identical output for both).
 
 Why the precision is explicit: on CPUs with AVX-512 BF16 or AMX, OpenVINO runs FP32 models in
-BF16 unless told otherwise (MAD ~0.3e-3 on RVM's alpha). mtc never changes numerics silently:
+BF16 unless told otherwise (MAD ~0.3e-3 on a recurrent model's alpha). mtc never changes numerics silently:
 `precision="fp32"` (the default) pins f32, "bf16" asks for bf16 and fails where the CPU has no
 BF16 support. The precision the compiled model reports is logged and kept in `self.precision`.
 
 Static shapes also let the backend rewrite what OpenVINO runs slowly: a bilinear upsample of a
-few channels to the frame size by an integer factor (RVM's refiner at ratios like 0.25) becomes
+few channels to the frame size by an integer factor (a recurrent model's refiner at ratios like 0.25) becomes
 a depthwise transposed convolution with the same values (mtc.passes.openvino.upsample;
 INT8 at 1920x1080: 75.5 -> 55.0 ms). Rewrites that need no static shape, such as PyTorch's
 HardSigmoid as OpenVINO's HSigmoid (mtc.passes.openvino.hsigmoid), are applied once on read.

@@ -209,3 +209,29 @@ def resolve_plan(folder: Path, manifest: Manifest, profile: ResolutionProfile, *
                                      timing_cache=timing_cache_path(target, root=cache_root))
     write_plan(target_path, plan_bytes, sidecar)
     return target_path
+
+
+def build_artifact_plans(folder: Path, manifest: Manifest, profiles, *, optimization_level: int = 3,
+                         force: bool = False) -> list[str]:
+    """Build a plan per profile (already in model-input space) into `folder/engines/`, skipping
+    plans whose sidecar says they are current unless `force`."""
+    from mtc.artifact.plan import artifact_plan_path, check_plan, write_plan
+
+    target = current_target()
+    settings = BuilderSettings(optimization_level=optimization_level)
+    sha = model_sha256(manifest)
+    lines = []
+    for profile in profiles:
+        path = artifact_plan_path(folder, profile)
+        if not force:
+            verdict = check_plan(path, model_sha256=sha, target=target, profile=profile, settings=settings)
+            if verdict.usable:
+                lines.append(f"profile {profile.name}: up to date ({path})")
+                continue
+            if path.exists():
+                log.info("rebuilding %s: %s", path.name, verdict.reason)
+        plan_bytes, sidecar = build_plan(folder / manifest.model_file, manifest.io, profile, model_sha256=sha,
+                                         target=target, settings=settings, timing_cache=timing_cache_path(target))
+        write_plan(path, plan_bytes, sidecar)
+        lines.append(f"profile {profile.name}: {len(plan_bytes) / 1e6:.1f} MB plan -> {path}")
+    return lines

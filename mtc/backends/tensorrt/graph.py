@@ -1,6 +1,6 @@
 """Graph edits engines need: turn an input into a constant and fold what it feeds.
 
-TensorRT needs RVM's downsample ratio fixed per engine: as an input it reaches Resize through a
+TensorRT needs a recurrent model's downsample ratio fixed per engine: as an input it reaches Resize through a
 Concat, and TensorRT refuses float shape tensors. Freezing it and folding the small constant
 chain it feeds (Concat -> Resize scales) leaves Resize with constant scales. Only nodes
 downstream of the frozen inputs are folded, so Q/DQ pairs on weights (the INT8 precision plan

@@ -3,7 +3,7 @@
 Why TensorRT's API directly (with cuda-python) rather than Polygraphy's `TrtRunner`: the
 runner is a comparison tool. It copies every output back to the host on every call, owns its
 buffers per call shape, and has no notion of an output that is the next call's input, so
-RVM's four state tensors would cross PCIe twice per frame; it also cannot capture a CUDA graph
+A recurrent model's four state tensors would cross PCIe twice per frame; it also cannot capture a CUDA graph
 around the whole frame. The runtime also should not need Polygraphy (only the builder does).
 Here: one stream; per profile, device buffers for every engine tensor at the profile's max
 shapes and pinned host buffers only for tensors that cross to the host (image in, alpha and
@@ -16,7 +16,7 @@ the image is the uint8 -> float conversion itself.
 
 The backend is told the state pairs by the manifest at construction; no session change is
 needed. Frame 0 (and every reset) feeds numpy 1x1x1x1 zeros, which become a memset of the
-full-size state buffers (RVM gives bit-identical results for both, see tests).
+full-size state buffers (the recurrent video model gives bit-identical results for both, see tests).
 
 Plans are found or built by mtc.backends.tensorrt.build.resolve_plan (artifact engines/ first, then
 the cache; stale plans are detected from their sidecar before deserialization).
@@ -111,7 +111,7 @@ class TensorRTBackend:
             `build_missing`, else an error. None: exact profiles on demand only.
         ratio_policy: "profile" runs a frame at its profile's frozen downsample ratio when the
             session asks for another (an artifact exported before the auto rule snapped to 1/k
-            asks for 0.267 at HD, which becomes RVM's recommended 0.25; logged once); "strict"
+            asks for 0.267 at HD, which becomes a recurrent model's recommended 0.25; logged once); "strict"
             requires the requested ratio (used when the user fixed one) and builds or picks a
             profile with exactly that ratio.
         cuda_graph: capture each frame's work into a CUDA graph and replay it.

@@ -1,6 +1,6 @@
 """A guided filter's full-resolution channel mixing as 1x1 convolutions, for OpenVINO.
 
-RVM's refiner builds its full-resolution guide as Concat(src, ReduceMean(src, channels)). On
+A recurrent model's refiner builds its full-resolution guide as Concat(src, ReduceMean(src, channels)). On
 OpenVINO's CPU plugin that is a ReduceMean, a Concat in planar layout and a reorder of the
 4-channel full-resolution result to channels-last for the elementwise tail. A 1x1 convolution
 with weights [identity; 1/C ...] computes the same tensor and writes the tail's layout directly.
@@ -8,7 +8,7 @@ Measured at 1920x1080, ratio 0.25 (interleaved): INT8 56.4 -> 53.1 ms, the openv
 INT8 53.4 -> 50.1 ms, FP32 78.1 -> 77.6 ms; at 512x288 no change (41.1 vs 41.4 ms). Values
 differ by float rounding at most (a mean of three vs a sum of thirds: max |diff| <= 2e-6).
 
-The alpha-only export (mtc.models.rvm.tail) computes alpha as ReduceSum(up([A, b]) * guide)
+The alpha-only export (the family's alpha-only rewrite) computes alpha as ReduceSum(up([A, b]) * guide)
 over channels, with the guide Pad(ReduceMean(src), one channel of 1s): [mean, 1]. OpenVINO runs
 that Pad with a reference kernel in planar layout, reorders its result, and reduces the 2
 channels of a channels-last tensor slowly. The padded guide is the same 1x1 convolution with a

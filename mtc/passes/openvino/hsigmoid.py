@@ -2,7 +2,7 @@
 
 ONNX had no HardSwish before opset 14, so MobileNetV3's hardswish reaches ONNX as
 Mul(x, HardSigmoid(x, alpha=1/6, beta=0.5)), and its squeeze-excite gates as HardSigmoid too
-(RVM's encoder: 28, 20 of them hardswish). OpenVINO's CPU plugin runs each HardSigmoid as a node
+(A recurrent model's encoder: 28, 20 of them hardswish). OpenVINO's CPU plugin runs each HardSigmoid as a node
 of its own in planar layout, with a reorder from and back to the channels-last layout of the
 convolutions around it. HSigmoid, relu6(x + 3) / 6, is the same function; the plugin fuses it
 into the neighbouring convolutions and elementwise subgraphs, and x * HSigmoid(x) becomes HSwish.

@@ -1,6 +1,6 @@
 """2x2 average pools of a few channels as depthwise convolutions, for OpenVINO.
 
-RVM pools its 3-channel input three times (2x2, stride 2) for the decoder's skip inputs. OpenVINO's
+The recurrent video model pools its 3-channel input three times (2x2, stride 2) for the decoder's skip inputs. OpenVINO's
 CPU plugin runs AvgPool in a 16-channel blocked layout, so it first reorders the planar image
 into blocks, padding 3 channels to 16 (0.8 ms at 512x288, more than the pool itself). A depthwise
 2x2 convolution with weights 1/4 and stride 2 computes the same averages where every window is

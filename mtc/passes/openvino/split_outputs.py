@@ -1,6 +1,6 @@
 """Graph outputs that are channel slices of one tensor, returned as that tensor instead.
 
-RVM (official graph and our export alike) ends with ``fgr, pha = Split(out, [3, 1])`` followed
+The recurrent video model (official graph and our export alike) ends with ``fgr, pha = Split(out, [3, 1])`` followed
 by the same ``Clip(0, 1)`` on each part. OpenVINO's CPU plugin keeps full-resolution tensors in
 a channels-last layout there, so the channel Split runs a reference kernel and each part gets
 its own Clamp and layout reorder. Returning one clipped 4-channel output and slicing it in numpy

@@ -1,14 +1,14 @@
 """Interpolate rewrites for OpenVINO: resizes that change nothing are dropped, and full-resolution
 bilinear upsamples become depthwise transposed convolutions.
 
-Identity resizes: RVM's graph resizes the input by the downsample ratio and the refiner's
+Identity resizes: a recurrent model's graph resizes the input by the downsample ratio and the refiner's
 coefficients back to the frame size, so at ratio 1 three Interpolates map a tensor to its own
 size. OpenVINO still runs them (about 1 ms each at 512x288); at scale 1 with these coordinate
 modes every output samples exactly its own input pixel, so dropping them changes no value.
 Measured at 512x288, ratio 1 (interleaved, outputs bit-identical): INT8 45.4 -> 43.6 ms (45.9 ->
 42.8 in another run), alpha-only INT8 44.7 -> 43.8, FP32 71.2 -> 70.8.
 
-Upsamples: OpenVINO's CPU Interpolate is slow for the large upsample at the end of RVM's refiner
+Upsamples: OpenVINO's CPU Interpolate is slow for the large upsample at the end of a recurrent model's refiner
 (A and b of the guided filter, from 1/4 to full resolution). With static shapes the factor is
 known, and a bilinear upsample by an integer factor s with `pytorch_half_pixel` coordinates is
 exactly a transposed convolution: pad one edge pixel on each side (coordinates are clamped at
@@ -17,7 +17,7 @@ Measured at 1920x1080 (INT8, FP32 float parts, interleaved): the full export 75.
 alpha-only 60.9 -> 48.8 ms, the FP32 artifact 96.2 -> 75.4 ms; outputs equal within 3e-7.
 
 Only upsamples of a few channels to the frame size are rewritten: that is where Interpolate's
-per-pixel cost dominates. RVM's decoder upsamples (32-128 channels, the last one to the frame
+per-pixel cost dominates. a recurrent model's decoder upsamples (32-128 channels, the last one to the frame
 size at ratio 1) measured no faster as transposed convolutions (512x288: INT8 57.1 vs 56.9 ms,
 FP32 83.8 vs 85.3 ms), and in INT8 graphs they feed quantized convolutions, where a 1e-7
 difference can move a value across a rounding step.
@@ -108,7 +108,7 @@ def _transposed_conv(op, frame_sizes: set[tuple[int, int]]):
 
 def _constant_value(output, depth: int = 0) -> np.ndarray | None:
     """The value of `output` (an openvino Output) when a few ops compute it from constants alone,
-    else None. The ratio frozen into RVM reaches its resize as Concat(constants), not yet folded."""
+    else None. The ratio frozen into the recurrent video model reaches its resize as Concat(constants), not yet folded."""
     from openvino import Tensor
 
     node = output.get_node()
