@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from mtc.errors import MtcError
+
 
 @pytest.fixture(scope="session")
 def rvm_onnx() -> Path:
@@ -13,7 +15,10 @@ def rvm_onnx() -> Path:
     from mtc.models.rvm import MOBILENETV3_ONNX
     from mtc.weights import fetch_weights
 
-    return fetch_weights(MOBILENETV3_ONNX, progress=False)
+    try:
+        return fetch_weights(MOBILENETV3_ONNX, progress=False)
+    except MtcError as exc:  # offline and not cached: tests that need the real model skip
+        pytest.skip(f"the official RVM ONNX is not available ({exc.message})")
 
 
 @pytest.fixture(scope="session")

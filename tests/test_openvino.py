@@ -100,10 +100,10 @@ def test_compiled_models_are_cached_on_disk(rvm_artifact, tmp_path):
     assert sorted(p.name for p in (tmp_path / "cache" / "openvino").iterdir()) == sorted(p.name for p in cached)
 
 
-def _qdq_model(path):
+def _qdq_model(path, *, weight_limit=127):
     """x -> Q/DQ -> Conv(DQ(int8 weights)) -> Q/DQ -> y: the shape of an mtc INT8 artifact."""
     rng = np.random.default_rng(0)
-    weight = rng.integers(-127, 128, (4, 3, 3, 3), dtype=np.int8)
+    weight = rng.integers(-weight_limit, weight_limit + 1, (4, 3, 3, 3), dtype=np.int8)
     w_scale = (rng.random(4, dtype=np.float32) * 0.01 + 0.001).astype(np.float32)
     inits = [
         numpy_helper.from_array(weight, "w_q"),
@@ -132,8 +132,12 @@ def _qdq_model(path):
 
 def test_qdq_int8_model_loads_and_matches_onnxruntime(tmp_path):
     from mtc.backends import OrtBackend
+    from mtc.backends.cpu import cpu_class, int8_saturates
 
-    path = _qdq_model(tmp_path / "qdq.onnx")
+    # Without VNNI both backends' integer kernels saturate int16 pair sums on full-range weights
+    # (measured: 61-65% of outputs exact), so there they are compared on 7-bit weights, which
+    # they compute exactly; the full range is covered on VNNI and AMX machines.
+    path = _qdq_model(tmp_path / "qdq.onnx", weight_limit=63 if int8_saturates(cpu_class()) else 127)
     x = np.random.default_rng(1).uniform(-1, 1, (1, 3, 16, 24)).astype(np.float32)
     backend = OpenVinoBackend(path)
     y = backend.run({"x": x})["y"]
