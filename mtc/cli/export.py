@@ -1,12 +1,35 @@
-"""`mtc export`: build a verified artifact folder for a registered model."""
+"""`mtc export`: build a verified artifact folder for a registered model or an ONNX file."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import click
 
-from mtc.cli.options import quantization_options, run_quantization
+from mtc.cli.options import parse_resolution, quantization_options, run_quantization
+
+
+def _floats3(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        numbers = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        numbers = ()
+    if len(numbers) != 3:
+        raise click.BadParameter(f"{value!r} is not three comma-separated numbers, e.g. 0.485,0.456,0.406")
+    return numbers
+
+
+def _state_pairs(ctx, param, values):
+    pairs = []
+    for value in values:
+        parts = value.split(":")
+        if len(parts) != 2 or not all(parts):
+            raise click.BadParameter(f"{value!r} is not INPUT:OUTPUT, e.g. r1i:r1o")
+        pairs.append((parts[0], parts[1]))
+    return tuple(pairs)
 
 
 @click.command()
@@ -24,17 +47,40 @@ from mtc.cli.options import quantization_options, run_quantization
 @click.option("--alpha-only", is_flag=True,
               help="Drop the foreground output (RVM): alpha only, less full-resolution work; "
                    "composites use the source frame as foreground.")
+@click.option("--task", type=click.Choice(["image", "video"]), help="ONNX file: image (no state) or video model "
+              "[default: video when recurrent states are found].")
+@click.option("--input-size", callback=parse_resolution, metavar="WxH",
+              help="ONNX file: resize frames to this model input size [default: the graph's fixed size, else any].")
+@click.option("--multiple-of", type=click.IntRange(1, 1024), default=1, show_default=True,
+              help="ONNX file with a dynamic input size: floor the input sides to a multiple of this.")
+@click.option("--mean", callback=_floats3, metavar="R,G,B", help="ONNX file: normalisation mean on RGB in [0, 1] [default: 0,0,0].")
+@click.option("--std", callback=_floats3, metavar="R,G,B", help="ONNX file: normalisation std [default: 1,1,1].")
+@click.option("--state", "states", multiple=True, callback=_state_pairs, metavar="INPUT:OUTPUT",
+              help="ONNX file: a recurrent state pair (repeat for each) [default: pairs found by name, e.g. r1i:r1o].")
+@click.option("--alpha", "alpha_output", metavar="NAME", help="ONNX file: the alpha output [default: inferred].")
+@click.option("--name", "model_name", help="ONNX file: the model name in the manifest [default: the file name].")
 @quantization_options
 def export(model: str, variant: str | None, output: Path | None, precision: str | None, weights_path: Path | None,
-           offline: bool | None, force: bool, no_simplify: bool, alpha_only: bool, **quant_options) -> None:
-    """Export MODEL to an artifact folder: ONNX, manifest.json and report.json.
+           offline: bool | None, force: bool, no_simplify: bool, alpha_only: bool, task: str | None,
+           input_size: tuple[int, int] | None, multiple_of: int, mean, std, states, alpha_output: str | None,
+           model_name: str | None, **quant_options) -> None:
+    """Export MODEL (a registered name, or a path to an .onnx file) to an artifact folder: ONNX,
+    manifest.json and report.json.
 
     The graph is sanitized (opset 17, unique dim names, state outputs routed, simplified) and
-    checked against the original before anything is written. With --int8 or --fp16 the FP32
-    export is then quantized and gated against it (see `mtc quantize`).
+    checked against the original before anything is written. For an ONNX file that is not a
+    registered model's official file, the roles of its inputs and outputs are inferred from
+    names and shapes (printed; the ONNX-file options override them). With --int8 or --fp16 the
+    FP32 export is then quantized and gated against it (see `mtc quantize`).
     """
     from mtc.models.export import default_output_dir, export_model
     from mtc.models.registry import get_model
+
+    if model.lower().endswith(".onnx") or Path(model).is_file():
+        _export_onnx_file(Path(model), output=output, precision=precision, force=force, simplify=not no_simplify,
+                          task=task, input_size=input_size, multiple_of=multiple_of, mean=mean, std=std,
+                          states=states, alpha=alpha_output, name=model_name, quant_options=quant_options)
+        return
 
     spec = get_model(model)
     var = spec.variant(variant).alpha_only() if alpha_only else spec.variant(variant)
@@ -52,6 +98,39 @@ def export(model: str, variant: str | None, output: Path | None, precision: str 
     else:
         click.echo(f"reusing FP32 artifact {fp32}")
     run_quantization(fp32, output, precision=precision, force=force, **quant_options)
+
+
+def _export_onnx_file(path: Path, *, output: Path | None, precision: str | None, force: bool, simplify: bool,
+                      quant_options: dict, name: str | None, **hint_values) -> None:
+    from mtc.export.byo import ContractHints
+    from mtc.models.export import export_onnx_file
+
+    hints = ContractHints(task=hint_values["task"], input_size=hint_values["input_size"],
+                          multiple_of=hint_values["multiple_of"], mean=hint_values["mean"] or (0.0, 0.0, 0.0),
+                          std=hint_values["std"] or (1.0, 1.0, 1.0), states=hint_values["states"],
+                          alpha=hint_values["alpha"])
+    if precision is None:
+        click.echo(f"artifact: {export_onnx_file(path, output=output, overwrite=force, simplify=simplify, hints=hints, name=name)}")
+        return
+    target = output or Path("artifacts") / f"{name or path.stem}-onnx-{precision}"
+    # The FP32 artifact stays beside the quantized one, as for registered models: the reference.
+    fp32 = target.with_name(re.sub(r"-(int8|fp16)$", "", target.name) + "-fp32")
+    if force or not _is_fp32_artifact_from(fp32, path):
+        export_onnx_file(path, output=fp32, overwrite=force, simplify=simplify, hints=hints, name=name)
+    else:
+        click.echo(f"reusing FP32 artifact {fp32}")
+    run_quantization(fp32, target, precision=precision, force=force, **quant_options)
+
+
+def _is_fp32_artifact_from(folder: Path, source: Path) -> bool:
+    from mtc.artifact.manifest import read_manifest, sha256_file
+    from mtc.errors import MtcError
+
+    try:
+        manifest = read_manifest(folder)
+    except MtcError:
+        return False
+    return manifest.precision.mode == "fp32" and manifest.provenance.get("source_sha256") == sha256_file(source)
 
 
 def _is_fp32_artifact_of(folder: Path, model: str, variant: str) -> bool:
