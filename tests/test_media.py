@@ -110,7 +110,8 @@ def _bad_images(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     made = {
         "L": (Image.fromarray(g), "grayscale"),
         "1": (Image.fromarray(g).convert("1"), "grayscale"),
-        "LA": (Image.fromarray(g).convert("LA"), "transparency"),
+        # alpha varies: an LA image with alpha 255 everywhere is refused as grayscale instead
+        "LA": (Image.fromarray(np.dstack([g, g]), "LA"), "transparency"),
         "RGBA": (Image.fromarray(_smooth(16, 16, channels=4)), "transparency"),
         "I;16": (Image.fromarray(g.astype(np.uint16) * 257), "16 bits per channel"),
         "I": (Image.fromarray(g.astype(np.int32)), "32 bits per channel"),
@@ -150,6 +151,44 @@ def test_read_image_refuses_bad_inputs_with_a_clear_error(tmp_path):
         assert word in err.value.message, (name, err.value.message)
         assert err.value.hint, name
         assert "\n" not in str(err.value), name
+
+
+def test_read_image_accepts_an_opaque_alpha_channel(tmp_path):
+    """Issue #20: an RGBA PNG with alpha 255 everywhere (as editors save opaque pictures) was
+    refused as transparent, e.g. as `mtc run --background`."""
+    rgb = _smooth(16, 20)
+    Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])).save(tmp_path / "rgba.png")
+    assert Image.open(tmp_path / "rgba.png").mode == "RGBA"
+    np.testing.assert_array_equal(read_image(tmp_path / "rgba.png"), rgb)
+    # a palette PNG whose transparent entry no pixel uses is opaque too
+    palette = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=8)
+    unused = next(i for i in range(256) if i not in set(np.asarray(palette).ravel()))
+    palette.save(tmp_path / "p.png", transparency=unused)
+    np.testing.assert_array_equal(read_image(tmp_path / "p.png"), np.asarray(palette.convert("RGB")))
+    # opaque but grayscale stays refused, as grayscale
+    Image.fromarray(rgb[..., 0]).convert("LA").save(tmp_path / "la.png")
+    with pytest.raises(MtcError, match="grayscale"):
+        read_image(tmp_path / "la.png")
+
+
+def test_read_image_refuses_a_single_transparent_pixel(tmp_path):
+    rgba = np.dstack([_smooth(16, 20), np.full((16, 20), 255, np.uint8)])
+    rgba[3, 4, 3] = 254
+    Image.fromarray(rgba).save(tmp_path / "almost.png")
+    with pytest.raises(MtcError, match=r"has transparency \(mode RGBA, 0.3% of pixels not opaque\)"):
+        read_image(tmp_path / "almost.png")
+
+
+def test_opaque_rgba_picture_is_a_composite_background(tmp_path):
+    from mtc.runtime.apply import make_renderer
+
+    rgb = _smooth(16, 20)
+    Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])).save(tmp_path / "bg.png")
+    renderer = make_renderer("composite", str(tmp_path / "bg.png"))
+    np.testing.assert_array_equal(renderer.image, rgb)
+    Image.fromarray(_smooth(16, 20, channels=4)).save(tmp_path / "cutout.png")  # alpha 0..255
+    with pytest.raises(MtcError, match="transparency"):
+        make_renderer("composite", str(tmp_path / "cutout.png"))
 
 
 def test_write_image_modes_and_refusals(tmp_path):

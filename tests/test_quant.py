@@ -219,7 +219,12 @@ def test_fallback_moves_exactly_the_layer_that_needs_it(tmp_path):
     assert max(c.mad for c in outcome.check.clips) < min(c["mad"] for c in all_int8["clips"])
     manifest = json.loads((tmp_path / "int8" / MANIFEST_NAME).read_text())
     assert manifest["precision"]["mode"] == "int8" and manifest["precision"]["excluded_nodes"] == ["conv2"]
+    from mtc.backends.cpu import cpu_class
+
+    # the checks ran on this CPU class, and both records say so
+    assert manifest["precision"]["checked_cpu"] == outcome.report["checked_cpu"] == cpu_class()
     html = (tmp_path / "int8" / "report.html").read_text()
+    assert f"class {cpu_class()}" in html
     assert "<svg" in html and "conv2" in html and "data:image/png;base64" in html
     assert "GPTQ weight rounding" in html and outcome.report["int8"]["gptq_error_ratio"]
 

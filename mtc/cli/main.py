@@ -61,9 +61,11 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 
 
 def _setup_logging(verbose: bool) -> None:
+    from rich.console import Console
     from rich.logging import RichHandler
 
-    handler = RichHandler(show_time=False, show_path=False, rich_tracebacks=verbose)
+    # Logs go to stderr: stdout carries results (paths, tables, JSON) that may be piped.
+    handler = RichHandler(console=Console(stderr=True), show_time=False, show_path=False, rich_tracebacks=verbose)
     logger = logging.getLogger("mtc")
     logger.handlers[:] = [handler]
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -8,6 +8,7 @@ artifact: the folder gets the report and the rejected model, no manifest, and th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -23,6 +24,7 @@ import onnx
 from mtc.errors import MtcError
 from mtc.fsutil import atomic_dir, atomic_write_text
 from mtc.graph_stats import node_macs
+from mtc.backends.cpu import cpu_class
 from mtc.artifact.manifest import MANIFEST_NAME, REPORT_NAME, Manifest, Precision, default_check_sizes, file_entry, read_manifest, sha256_file
 from mtc.quant.affine import apply_corrections, fit_layers
 from mtc.quant.align import align_conv_inputs
@@ -43,7 +45,7 @@ from mtc.quant.sensitivity import (
     worst_clip_errors,
 )
 from mtc.backends import OrtBackend
-from mtc.runtime.progress import frame_progress
+from mtc.runtime.progress import Stages, counted
 
 log = logging.getLogger("mtc")
 
@@ -84,7 +86,7 @@ def calibration_clips(io, data: DataPlan) -> list[Clip]:
     clips = []
     for width, height, ratio in _settings_for(io, data.settings):
         # As many HD frames as small ones (about 25 MB each as model input): with half as many,
-        # RVM's INT8 MAD vs FP32 on real footage at 512x288 was 0.73 instead of 0.66.
+        # the recurrent video model's INT8 MAD vs FP32 on real footage at 512x288 was 0.73 instead of 0.66.
         clips += load_clips(data.calib, frames=data.calib_frames, size=(width, height), seed=0,
                             downsample_ratio=ratio)
     return clips
@@ -97,7 +99,7 @@ def check_clips(io, data: DataPlan) -> list[Clip]:
     for width, height, ratio in _settings_for(io, data.settings):
         frames = data.check_frames if width * height <= 1024 * 576 else max(4, data.check_frames // 2)
         # Another seed: different motion than calibration saw. The built-in check is the two-shot
-        # demo clip: on the six-scene clip FP16 RVM misses its 0.1 MAD gate at HD (0.16, on the
+        # demo clip: on the six-scene clip the FP16 recurrent video model misses its 0.1 MAD gate at HD (0.16, on the
         # grey "camera" shot; 0.06 on real footage) and would ship with its FP32-prefix fallback
         # (0.112 -> 0.097 with 5 ops in FP32, measured on a 24-frame six-scene video).
         source = data.check if data.check is not None else BUILTIN
@@ -108,9 +110,13 @@ def check_clips(io, data: DataPlan) -> list[Clip]:
 
 def quantize_artifact(source: Path, output: Path, *, precision: str, config: Int8Config = Int8Config(),
                       gates: Gates | None = None, fallback: Fallback = Fallback(), data: DataPlan = DataPlan(),
-                      overwrite: bool = False) -> Outcome:
+                      overwrite: bool = False, stages: Stages | None = None) -> Outcome:
     """Quantize the FP32 artifact at `source` into `output` (INT8 Q/DQ or FP16; `config` is for
-    INT8 only)."""
+    INT8 only).
+
+    `stages` reports each step (its name, a bar with ETA, its duration) on stderr; by default
+    a `Stages()`, which writes one line per step when stderr is not a terminal.
+    """
     if precision not in ("int8", "fp16"):
         raise MtcError(f"unknown precision {precision!r}", hint="use --int8 or --fp16")
     manifest = read_manifest(source)
@@ -133,22 +139,30 @@ def quantize_artifact(source: Path, output: Path, *, precision: str, config: Int
         raise MtcError(f"no layer named {', '.join(unknown)} in {fp32_path}",
                        hint="use ONNX node names as report.json lists them (e.g. its sensitivity section)")
     timings: dict[str, float] = {}
+    stages = stages if stages is not None else Stages()
 
     started = time.perf_counter()
-    calib = calibration_clips(io, data)
-    feeds = record_feeds(io, fp32_path, calib)
-    reference = ReferenceAlphas(io, OrtBackend(fp32_path), check_clips(io, data))
+    with stages.stage("loading calibration and check frames", counts=False):
+        calib = calibration_clips(io, data)
+        checks = check_clips(io, data)
+    with stages.stage("calibration: recording FP32 inputs", total=sum(len(c.frames) for c in calib)) as advance:
+        # The frames are counted as the recorder steps through them (it takes no callback).
+        feeds = record_feeds(io, fp32_path, [dataclasses.replace(c, frames=counted(c.frames, advance)) for c in calib])
+    with stages.stage("FP32 reference on the check frames", total=sum(len(c.frames) for c in checks)) as advance:
+        reference = ReferenceAlphas(io, _Counted(OrtBackend(fp32_path), advance), checks)
     timings["data_s"] = time.perf_counter() - started
 
     all_int8 = None
     if precision == "int8":
-        candidate, all_int8, check, details = _int8(model, feeds, reference, config, gates, fallback, timings)
+        candidate, all_int8, check, details = _int8(model, feeds, reference, config, gates, fallback, timings, stages)
     else:
-        candidate, check, details = _fp16(model, feeds, reference, gates, fallback, timings)
+        candidate, check, details = _fp16(model, feeds, reference, gates, fallback, timings, stages)
 
     report = {
         "model": manifest.model, "variant": manifest.variant, "precision": precision,
         "passed": check.passed, "check": check.to_dict(), "timings": {k: round(v, 2) for k, v in timings.items()},
+        # Integer kernels differ between CPU classes: the checks hold for this one.
+        "checked_cpu": cpu_class(),
         "calibration": {"source": str(data.calib), "frames": len(feeds),
                         "clips": [{"name": c.name, "frames": len(c.frames), "downsample_ratio": c.downsample_ratio}
                                   for c in calib]},
@@ -156,12 +170,35 @@ def quantize_artifact(source: Path, output: Path, *, precision: str, config: Int
     }
     report["speed"] = measure_speed(io, fp32_path, candidate, reference.clips[0], precision=precision,
                                     activation_type=config.activation_type if precision == "int8" else None,
-                                    all_int8=all_int8)
-    _write(output, source, manifest, candidate, check, report, precision, config, len(feeds), overwrite)
+                                    all_int8=all_int8, stages=stages)
+    with stages.stage("writing the report" + (" and artifact" if check.passed else ""), counts=False):
+        _write(output, source, manifest, candidate, check, report, precision, config, len(feeds), overwrite)
     return Outcome(output, check.passed, check, report)
 
 
-def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: Fallback, timings):
+class _Counted:
+    """A backend that calls `advance()` after each run (one per frame): progress through
+    code that runs a backend and takes no callback. Everything else is the backend's."""
+
+    def __init__(self, backend, advance):
+        self._backend, self._advance = backend, advance
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+    def run(self, feeds):
+        outputs = self._backend.run(feeds)
+        self._advance()
+        return outputs
+
+
+def _checking(stages: Stages, name: str, reference: ReferenceAlphas, candidate, gates: Gates) -> CheckResult:
+    """`reference.check(candidate, gates)` as a stage with a bar over the check frames."""
+    with stages.stage(name, total=sum(len(c.frames) for c in reference.clips)) as advance:
+        return reference.check(_Counted(candidate, advance), gates)
+
+
+def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: Fallback, timings, stages: Stages):
     excluded = set(config.exclude_nodes)
     mac_share = {}
     if config.min_mac_share > 0 or config.float_budget > 0:
@@ -175,7 +212,7 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
     equalized = []
     if config.equalize_concats:
         started = time.perf_counter()
-        with frame_progress("equalizing concat inputs", total=len(feeds)) as advance:
+        with stages.stage("equalizing concat inputs", total=len(feeds)) as advance:
             model, equalized = equalize_concat_inputs(model, plan.node_names, feeds, progress=advance)
         timings["equalize_s"] = time.perf_counter() - started
     aligned = []
@@ -185,7 +222,7 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
         plan = plan_qdq(model, op_types=config.op_types, exclude_nodes=excluded,
                         quantize_outputs=config.quantize_outputs)
     started = time.perf_counter()
-    with frame_progress("calibrating ranges", total=len(feeds)) as advance:
+    with stages.stage("calibration: activation ranges", total=len(feeds)) as advance:
         stats = collect_stats(model, plan.activation_tensors(), feeds, progress=advance)
     ranges = {name: activation_range(s, config) for name, s in stats.items()}
     timings["calibrate_s"] = time.perf_counter() - started
@@ -193,16 +230,18 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
     rounded, rounding_gains = {}, {}
     if config.weight_rounding == "gptq":
         started = time.perf_counter()
-        with frame_progress("weight rounding (GPTQ)", total=len(feeds)) as advance:
+        with stages.stage("weight rounding (GPTQ)", total=len(feeds)) as advance:
             hessians = conv_hessians(model, plan.node_names, feeds, progress=advance)
-        rounded, rounding_gains = gptq_weights(model, hessians)
+            rounded, rounding_gains = gptq_weights(model, hessians)
         timings["gptq_s"] = time.perf_counter() - started
 
     affordable = [n for n in plan.node_names if 0 < mac_share.get(n, 0.0) <= config.float_budget]
     fits = {}
     if config.affine_correction or len(affordable) > config.float_budget_probes:
         started = time.perf_counter()
-        fits = fit_layers(model, plan, ranges, feeds, activation_type=config.activation_type, rounded=rounded)
+        with stages.stage("range fitting: per-layer INT8 error", total=len(feeds)) as advance:
+            fits = fit_layers(model, plan, ranges, counted(feeds, advance), activation_type=config.activation_type,
+                              rounded=rounded)
         timings["affine_s"] = time.perf_counter() - started
     corrections = fits if config.affine_correction else {}
     # each layer's output error with only it in INT8 (and its correction, if any), over its variance
@@ -215,7 +254,8 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
 
     started = time.perf_counter()
     all_int8 = build(plan)
-    first = reference.check(OrtBackend(all_int8.SerializeToString()), gates)
+    first = _checking(stages, "checking all-INT8 against FP32", reference, OrtBackend(all_int8.SerializeToString()),
+                      gates)
     timings["check_s"] = time.perf_counter() - started
     details = {"int8": {"method": config.method, "quantize_outputs": config.quantize_outputs,
                         "affine_correction": config.affine_correction, "weight_rounding": config.weight_rounding,
@@ -237,13 +277,14 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
             log.info("float budget: %d layers fit it; probing the %d with the most INT8 error per MAC",
                      len(affordable), len(probed))
         probe = reference.head(clips=len(reference.clips), frames=12)  # every setting: HD has its own weak spots
-        with frame_progress("float budget: layers back to float one at a time", total=len(probed) + 1) as advance:
+        with stages.stage("float budget: probing layers", total=len(probed) + 1) as advance:
             baseline, removal = removal_sensitivity(build, plan, probe, probed, progress=advance)
         budget_layers = spend_float_budget(baseline, removal, mac_share, config.float_budget)
         if budget_layers:
             final_plan = plan.without(budget_layers)
             final_model = build(final_plan)
-            check = reference.check(OrtBackend(final_model.SerializeToString()), gates)
+            check = _checking(stages, "checking the float-budget model", reference,
+                              OrtBackend(final_model.SerializeToString()), gates)
         timings["float_budget_s"] = time.perf_counter() - started
         details["removal_sensitivity"] = {"all_int8": baseline, "layers": removal}
         details["int8"]["float_budget"] = {
@@ -255,12 +296,14 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
         log.info("INT8 misses the gates (%s): measuring per-layer sensitivity", "; ".join(check.failures))
         started = time.perf_counter()
         probe = reference.head(clips=1, frames=12)  # one layer at a time: keep the probe short
-        with frame_progress("layer sensitivity", total=len(final_plan.nodes)) as advance:
+        with stages.stage("layer sensitivity, one at a time", total=len(final_plan.nodes)) as advance:
             sensitivity = layer_sensitivity(build, final_plan, probe, progress=advance)
         timings["sensitivity_s"] = time.perf_counter() - started
         started = time.perf_counter()
-        result = fallback_until_gates_pass(build, final_plan, reference, gates, sensitivity,
-                                           max_fraction=fallback.max_fraction)
+        # The search builds one candidate per attempt; how many it needs is not known up front.
+        with stages.stage("fallback search until gates pass") as advance:
+            result = fallback_until_gates_pass(lambda subplan: _then(build(subplan), advance), final_plan, reference,
+                                               gates, sensitivity, max_fraction=fallback.max_fraction)
         timings["fallback_s"] = time.perf_counter() - started
         final_plan, check, fallback_layers = result.plan, result.check, result.fallback_nodes
         final_model = build(final_plan)
@@ -271,8 +314,14 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
     return final_model, (None if final_model is all_int8 else all_int8), check, details
 
 
+def _then(value, advance):
+    """`value`, after calling `advance()`."""
+    advance()
+    return value
+
+
 def activation_range(stats: TensorStats, config: Int8Config) -> ActivationRange:
-    """int8 (TensorRT): symmetric; uint8 (CPU backends): [lo, hi] with a zero point, which on RVM
+    """int8 (TensorRT): symmetric; uint8 (CPU backends): [lo, hi] with a zero point, which on the recurrent video model
     took the speed preset's HD MAD/dtSSD vs FP32 on real footage from 1.06/0.81 to 0.86/0.64
     (same speed)."""
     if config.activation_type == "uint8":
@@ -281,18 +330,19 @@ def activation_range(stats: TensorStats, config: Int8Config) -> ActivationRange:
     return -amax, amax
 
 
-def _fp16(model, feeds, reference, gates: Gates, fallback: Fallback, timings):
+def _fp16(model, feeds, reference, gates: Gates, fallback: Fallback, timings, stages: Stages):
     started = time.perf_counter()
     # Constants are not activations (some hold +-inf as clip bounds); they are cast, not computed.
     names = sorted({o for n in model.graph.node if n.op_type != "Constant" for o in n.output if o})
     floats = {v.name for v in model.graph.value_info if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
-    stats = collect_stats(model, [n for n in names if n in floats], feeds)
+    with stages.stage("calibration: activation magnitudes", total=len(feeds)) as advance:
+        stats = collect_stats(model, [n for n in names if n in floats], feeds, progress=advance)
     magnitudes = {name: s.amax for name, s in stats.items()}
     overflow = overflow_prone_nodes(model, magnitudes)
     candidate = convert_to_fp16(model, keep_fp32=overflow)
     timings["convert_s"] = time.perf_counter() - started
     started = time.perf_counter()
-    check = reference.check(OrtBackend(candidate.SerializeToString()), gates)
+    check = _checking(stages, "checking FP16 against FP32", reference, OrtBackend(candidate.SerializeToString()), gates)
     timings["check_s"] = time.perf_counter() - started
     peak = max((m for m in magnitudes.values() if np.isfinite(m)), default=0.0)
     details = {"fp16": {"kept_fp32": overflow, "overflow_prone": overflow, "fp32_prefix": [], "all_fp16_check": None,
@@ -306,6 +356,7 @@ def _fp16(model, feeds, reference, gates: Gates, fallback: Fallback, timings):
     steps, passing = [], {}  # passing: prefix length -> (model, its check), so the winner is not redone
 
     def passes(prefix: list[str]) -> bool:
+        advance()
         trial = convert_to_fp16(model, keep_fp32=overflow + prefix)
         result = reference.check(OrtBackend(trial.SerializeToString()), gates)
         if result.passed:
@@ -315,7 +366,8 @@ def _fp16(model, feeds, reference, gates: Gates, fallback: Fallback, timings):
                  "pass" if result.passed else "fail")
         return result.passed
 
-    prefix = shortest_passing_prefix(order, passes, limit=max(1, int(len(order) * fallback.max_fraction)))
+    with stages.stage("fallback search: FP32 prefix") as advance:
+        prefix = shortest_passing_prefix(order, passes, limit=max(1, int(len(order) * fallback.max_fraction)))
     timings["fallback_s"] = time.perf_counter() - started
     details["fallback_steps"] = steps
     details["fp16"]["all_fp16_check"] = check.to_dict()
@@ -327,21 +379,25 @@ def _fp16(model, feeds, reference, gates: Gates, fallback: Fallback, timings):
     return final, final_check, details
 
 
-def interleaved_fps(io, models: dict[str, tuple[str, Path | bytes]], clip: Clip, *, rounds: int = 3, frames: int = 8
-                    ) -> dict[str, float]:
+def interleaved_fps(io, models: dict[str, tuple[str, Path | bytes]], clip: Clip, *, rounds: int = 3, frames: int = 8,
+                    stages: Stages | None = None) -> dict[str, float]:
     """FPS (1 / median frame time) of each (backend, model) over the same frames, on the CPU,
     interleaved frame by frame (who goes first alternates) so bursts of load on a shared machine
     hit every model alike. Backends: "onnxruntime" (spinning off) or "openvino" (FP32, static
-    shapes, no compile cache)."""
+    shapes, no compile cache). With `stages`, the timing is a stage with a bar over its runs."""
     from mtc.runtime.session import MattingSession
 
     frames_used = clip.frames[:frames]
-    with tempfile.TemporaryDirectory(prefix="mtc-timing-") as scratch:
+    steps = len(models) * (1 + rounds * len(frames_used))
+    timing = stages.stage(f"speed timing: {len(models)} models interleaved", total=steps) \
+        if stages is not None else contextlib.nullcontext(lambda: None)
+    with timing as advance, tempfile.TemporaryDirectory(prefix="mtc-timing-") as scratch:
         sessions = {name: MattingSession(io, _timing_backend(backend, model, io, Path(scratch) / f"{name}.onnx"),
                                          downsample_ratio=clip.downsample_ratio, scene_cut_threshold=None)
                     for name, (backend, model) in models.items()}
         for session in sessions.values():
             session.process(frames_used[0])  # warm-up (and OpenVINO's compile)
+            advance()
         times = {name: [] for name in sessions}
         for _ in range(rounds):
             for session in sessions.values():
@@ -351,6 +407,7 @@ def interleaved_fps(io, models: dict[str, tuple[str, Path | bytes]], clip: Clip,
                     t0 = time.perf_counter()
                     sessions[name].process(frame)
                     times[name].append(time.perf_counter() - t0)
+                    advance()  # outside the timed span
     return {name: 1.0 / float(np.median(t)) for name, t in times.items()}
 
 
@@ -366,23 +423,26 @@ def _timing_backend(backend: str, model: Path | bytes, io, scratch_file: Path):
 
 
 def measure_speed(io, fp32_path: Path, candidate: onnx.ModelProto, clip: Clip, *, precision: str,
-                  activation_type: str | None = None, all_int8: onnx.ModelProto | None = None) -> dict:
+                  activation_type: str | None = None, all_int8: onnx.ModelProto | None = None,
+                  stages: Stages | None = None) -> dict:
     """FP32 vs the candidate on ONNX Runtime CPU, and vs the all-INT8 model when layers went back
     to float: what the fallback cost. Where `backend="auto"` would run the artifact on OpenVINO
     here, both are timed there too, in the same interleaved run: on CPUs whose ONNX Runtime
     integer kernels gain little (1.2x on a Xeon with AMX) that is the speed users get.
-    Indicative only; benchmarks/ has the controlled comparison."""
+    Indicative only; benchmarks/ has the controlled comparison. `stages` reports the timing."""
     from mtc.backends.registry import choose_backend, probe_availability
 
     candidate_bytes = candidate.SerializeToString()
     models = {"fp32": ("onnxruntime", fp32_path), "candidate": ("onnxruntime", candidate_bytes)}
     if all_int8 is not None:
         models["all_int8"] = ("onnxruntime", all_int8.SerializeToString())
-    auto = choose_backend("auto", probe_availability(), model_precision=precision, activation_type=activation_type).name
+    available = probe_availability()
+    auto = choose_backend("auto", available, model_precision=precision, activation_type=activation_type,
+                          checked_cpu=available.cpu).name
     if auto == "openvino":
         models["fp32_openvino"] = ("openvino", fp32_path)
         models["candidate_openvino"] = ("openvino", candidate_bytes)
-    fps = interleaved_fps(io, models, clip)
+    fps = interleaved_fps(io, models, clip, stages=stages)
     speed = {"backend": "onnxruntime-cpu", "clip": clip.name, "fps_fp32": fps["fp32"], "fps": fps["candidate"],
              "speedup": fps["candidate"] / fps["fp32"], "auto_backend": auto}
     if all_int8 is not None:
@@ -412,7 +472,8 @@ def _write(output: Path, source: Path, manifest: Manifest, candidate: onnx.Model
             manifest, model_file=MODEL_FILE,
             precision=Precision(mode=precision, calibration=config.method if precision == "int8" else None,
                                 samples=samples, excluded_nodes=excluded,
-                                activation_type=config.activation_type if precision == "int8" else None),
+                                activation_type=config.activation_type if precision == "int8" else None,
+                                checked_cpu=cpu_class()),
             files={MODEL_FILE: file_entry(folder / MODEL_FILE)},
             provenance={**manifest.provenance, "quantized_from": str(Path(source).resolve()),
                         "reference_artifact": str(Path(source).resolve()),

@@ -15,26 +15,31 @@ COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 
 def line_chart(series: dict[str, list[float]], *, title: str, y_label: str, limit: float | None = None,
                width: int = 640, height: int = 220) -> str:
-    """An SVG line chart of per-frame values, with the gate as a dashed line."""
-    pad_l, pad_b, pad_t = 48, 28, 24
+    """An SVG line chart of per-frame values, with the gate as a dashed line and numbered frames."""
+    pad_l, pad_b, pad_t = 48, 34, 12
     values = [v for s in series.values() for v in s if np.isfinite(v)]
     top = max(values + ([limit] if limit is not None else []) + [1e-9]) * 1.1
     frames = max((len(s) for s in series.values()), default=1)
     sx = (width - pad_l - 10) / max(frames - 1, 1)
     sy = (height - pad_b - pad_t) / top
+    axis = height - pad_b
 
     def point(i, v):
-        return f"{pad_l + i * sx:.1f},{height - pad_b - min(v, top) * sy:.1f}"
+        return f"{pad_l + i * sx:.1f},{axis - min(v, top) * sy:.1f}"
 
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-size="11">',
-             f'<text x="{pad_l}" y="14" font-weight="bold">{html.escape(title)}</text>',
-             f'<line x1="{pad_l}" y1="{height - pad_b}" x2="{width - 10}" y2="{height - pad_b}" stroke="#444"/>',
-             f'<line x1="{pad_l}" y1="{pad_t}" x2="{pad_l}" y2="{height - pad_b}" stroke="#444"/>',
-             f'<text x="4" y="{pad_t + 8}">{top:.2g}</text><text x="4" y="{height - pad_b}">0</text>',
-             f'<text x="{width // 2}" y="{height - 6}">frame</text>',
+             f'<line x1="{pad_l}" y1="{axis}" x2="{width - 10}" y2="{axis}" stroke="#444"/>',
+             f'<line x1="{pad_l}" y1="{pad_t}" x2="{pad_l}" y2="{axis}" stroke="#444"/>',
+             f'<text x="4" y="{pad_t + 8}">{top:.2g}</text><text x="4" y="{axis}">0</text>',
+             f'<text x="{width // 2}" y="{height - 4}" text-anchor="middle">frame</text>',
              f'<text x="{pad_l + 4}" y="{pad_t + 8}" fill="#666">{html.escape(y_label)}</text>']
+    # Frame numbers count from 0, as the "Worst frame N" line under each chart does.
+    for i in _frame_ticks(frames):
+        x = pad_l + i * sx
+        parts.append(f'<line x1="{x:.1f}" y1="{axis}" x2="{x:.1f}" y2="{axis + 4}" stroke="#444"/>'
+                     f'<text x="{x:.1f}" y="{axis + 15}" text-anchor="middle">{i}</text>')
     if limit is not None:
-        y = height - pad_b - limit * sy
+        y = axis - limit * sy
         parts.append(f'<line x1="{pad_l}" y1="{y:.1f}" x2="{width - 10}" y2="{y:.1f}" stroke="#d62728" stroke-dasharray="4 3"/>')
         parts.append(f'<text x="{width - 80}" y="{y - 3:.1f}" fill="#d62728">gate {limit:g}</text>')
     for k, (name, values) in enumerate(series.items()):
@@ -43,7 +48,33 @@ def line_chart(series: dict[str, list[float]], *, title: str, y_label: str, limi
         parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{points}"/>')
         parts.append(f'<text x="{width - 200}" y="{pad_t + 12 * (k + 1)}" fill="{color}">{html.escape(name)}</text>')
     parts.append("</svg>")
-    return "".join(parts)
+    return _figure(title, "".join(parts))
+
+
+def _frame_ticks(frames: int, most: int = 10) -> range:
+    """Frame indices to number on an x axis of `frames` frames: every 1, 2, 5, 10, 20, 50, ...
+    frames, the smallest step giving at most `most` numbers."""
+    step = 1
+    while (frames - 1) // step + 1 > most:
+        step = step * 5 // 2 if str(step)[0] == "2" else step * 2
+    return range(0, frames, step)
+
+
+def _number(value: float) -> str:
+    """A chart label with three significant figures, in scientific notation below 1e-3: with a
+    fixed three decimals, isolated-error bars of about 1e-4 were all labelled 0.000."""
+    if not np.isfinite(value) or value == 0:
+        return f"{value:g}"
+    if abs(value) < 1e-3:
+        return f"{value:.2e}"
+    return f"{value:.3g}" if abs(value) < 1e3 else f"{value:.0f}"
+
+
+def _figure(title: str, svg: str) -> str:
+    """A chart under its title as an HTML caption, which wraps at the page's width: drawn in
+    the SVG, long titles ran past its fixed width and were cut off."""
+    return (f"<figure style='margin:1em 0'><figcaption style='font-weight:bold;font-size:13px'>"
+            f"{html.escape(title)}</figcaption>{svg}</figure>")
 
 
 def bar_chart(values: dict[str, float], *, title: str, highlight: set[str] = frozenset(), width: int = 640,
@@ -51,18 +82,17 @@ def bar_chart(values: dict[str, float], *, title: str, highlight: set[str] = fro
     """Horizontal bars, largest first; highlighted bars (layers kept in float) in red."""
     items = sorted(values.items(), key=lambda kv: -kv[1])
     top = max([v for _, v in items] + [1e-9])
-    height = 30 + bar * len(items)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-size="10">',
-             f'<text x="4" y="14" font-weight="bold">{html.escape(title)}</text>']
+    height = 8 + bar * len(items)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-size="10">']
     for i, (name, value) in enumerate(items):
-        y = 22 + i * bar
+        y = 2 + i * bar
         length = max(0.0, (width - 230) * value / top)  # a negative value (e.g. a gain that is a loss) has no bar
         color = "#d62728" if name in highlight else "#1f77b4"
         parts.append(f'<text x="4" y="{y + 10}">{html.escape(name[:24])}</text>')
         parts.append(f'<rect x="160" y="{y}" width="{length:.1f}" height="{bar - 3}" fill="{color}"/>')
-        parts.append(f'<text x="{165 + length:.1f}" y="{y + 10}">{value:.3f}</text>')
+        parts.append(f'<text x="{165 + length:.1f}" y="{y + 10}">{_number(value)}</text>')
     parts.append("</svg>")
-    return "".join(parts)
+    return _figure(title, "".join(parts))
 
 
 def diff_image(diff: np.ndarray) -> str:
@@ -77,6 +107,20 @@ def diff_image(diff: np.ndarray) -> str:
     return f'<img alt="alpha difference" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}"/>'
 
 
+def _float_layers_cost(speed: dict) -> str:
+    """The sentence on what keeping layers in float did to speed, vs the all-INT8 model.
+
+    `float_layers_cost` is the share of all-INT8 FPS given up (1 - fps / fps_all_int8). It is
+    negative when the mixed model ran faster (some layers are quicker in float than with their
+    Q/DQ pairs, or the difference is timing noise): printed as a cost, that read "cost -3.8%".
+    """
+    cost = speed["float_layers_cost"]
+    effect = (f"cost {cost:.1%} of that speed" if cost >= 0
+              else f"gained {-cost:.1%} (the mixed model ran faster: in float those layers beat their INT8 "
+                   "Q/DQ form, or the gap is timing noise)")
+    return f" All-INT8 ran {speed['fps_all_int8']:.1f} FPS: keeping layers in float {effect}."
+
+
 def render_html(report: dict, check: CheckResult) -> str:
     status = "PASSED" if check.passed else "FAILED"
     color = "#2ca02c" if check.passed else "#d62728"
@@ -87,15 +131,16 @@ def render_html(report: dict, check: CheckResult) -> str:
     sections = [
         f"<h1>{html.escape(report['model'])} / {html.escape(report['variant'])}: {report['precision'].upper()} "
         f"<span style='color:{color}'>{status}</span></h1>",
-        f"<p>Gates vs FP32: MAD ≤ {check.gates.max_mad}, dtSSD ≤ {check.gates.max_dtssd} on every check clip."
+        f"<p>Gates vs FP32: MAD ≤ {check.gates.max_mad}, dtSSD ≤ {check.gates.max_dtssd} on every check clip"
+        + (f", checked on a CPU of class {html.escape(report['checked_cpu'])} (integer kernels differ between "
+           "classes)." if report.get("checked_cpu") else ".")
         + ("".join(f"<br><b>{html.escape(f)}</b>" for f in check.failures)) + "</p>",
         "<table border=1 cellpadding=4><tr><th>clip</th><th>size</th><th>ratio</th><th>MAD ×1e3</th><th>MSE ×1e3</th>"
         f"<th>Grad</th><th>dtSSD ×1e2</th><th>NaN/Inf frames</th></tr>{rows}</table>",
     ]
     speed = report.get("speed")
     if speed:
-        cost = (f" All-INT8 ran {speed['fps_all_int8']:.1f} FPS: the layers kept in float cost "
-                f"{speed['float_layers_cost']:.1%} of it." if "fps_all_int8" in speed else "")
+        cost = _float_layers_cost(speed) if "fps_all_int8" in speed else ""
         openvino = speed.get("openvino")
         auto = (f" OpenVINO, which <code>backend=\"auto\"</code> picks for this artifact here: {openvino['fps']:.1f} FPS "
                 f"vs its FP32 {openvino['fps_fp32']:.1f} FPS (×{openvino['speedup']:.2f}; "

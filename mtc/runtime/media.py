@@ -76,7 +76,8 @@ def _file_bit_depth(path: Path, img: Image.Image) -> int:
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as an RGB frame, honouring EXIF orientation.
 
-    Accepts 8-bit RGB, palette images without transparency, CMYK and YCbCr (converted to RGB).
+    Accepts 8-bit RGB, palette images, CMYK and YCbCr (converted to RGB); an alpha channel or
+    transparent palette entry is accepted only where every pixel is opaque (alpha 255).
 
     Args:
         path: Image file (PNG, JPEG, BMP, WebP, TIFF, ...).
@@ -109,6 +110,18 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         ) from None
 
 
+def _see_through_share(img: Image.Image) -> float:
+    """The share of pixels whose alpha is below 255 (alpha channel, or palette / colour-key transparency)."""
+    bands = img.getbands()
+    if "A" in bands or "a" in bands:  # "a": premultiplied (RGBa, La); its alpha is still alpha
+        alpha = img.getchannel("A" if "A" in bands else "a")
+    else:  # a tRNS chunk: P or RGB with a transparent palette entry or colour
+        alpha = img.convert("RGBA").getchannel("A")
+    if alpha.getextrema()[0] == 255:  # the common case, without a full-size array
+        return 0.0
+    return float(np.mean(np.asarray(alpha) < 255))
+
+
 def _to_rgb(path: Path, img: Image.Image) -> Image.Image:
     mode = img.mode
     bits = 16 if mode.startswith("I;16") else 32 if mode in ("I", "F") else _file_bit_depth(path, img)
@@ -116,16 +129,24 @@ def _to_rgb(path: Path, img: Image.Image) -> Image.Image:
         raise MtcError(
             f"image {path} has {bits} bits per channel (mode {mode}); the model needs 8-bit RGB", hint=_TO_8BIT_RGB
         )
-    if mode in ("LA", "La", "PA") or mode in ("RGBA", "RGBa") or "transparency" in img.info:
-        raise MtcError(
-            f"image {path} has transparency (mode {mode}); the model needs an opaque RGB image",
-            hint="flatten it, e.g. `convert in.png -background white -alpha remove -alpha off out.png`",
-        )
-    if mode in ("L", "1"):
+    if mode in ("LA", "La", "PA", "RGBA", "RGBa") or "transparency" in img.info:
+        see_through = _see_through_share(img)
+        if see_through > 0:
+            share = f"{see_through:.1%}" if see_through >= 1e-3 else "under 0.1%"
+            raise MtcError(
+                f"image {path} has transparency (mode {mode}, {share} of pixels not opaque); "
+                "the model needs an opaque RGB image",
+                hint="flatten it, e.g. `convert in.png -background white -alpha remove -alpha off out.png`",
+            )
+        # Alpha 255 everywhere carries nothing: editors and screenshot tools often save opaque
+        # pictures as RGBA. The image is the RGB picture it shows.
+    if mode in ("L", "1", "LA", "La"):
         raise MtcError(f"image {path} is grayscale (mode {mode}); the model needs RGB", hint=_TO_8BIT_RGB)
     if mode == "RGB":
         return img
-    if mode in ("P", "CMYK", "YCbCr", "RGBX"):
+    if mode in ("P", "PA") and "transparency" in img.info:
+        return img.convert("RGBA").convert("RGB")  # the way Pillow wants a tRNS palette converted
+    if mode in ("P", "PA", "CMYK", "YCbCr", "RGBX", "RGBA", "RGBa"):
         return img.convert("RGB")
     raise MtcError(f"image {path} has unsupported pixel mode {mode}", hint=_TO_8BIT_RGB)
 
