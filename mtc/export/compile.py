@@ -40,6 +40,7 @@ from mtc.errors import MtcError
 from mtc.export.onnx_ingest import sanitize
 from mtc.export.parity import ParityResult, compare_on_frames
 from mtc.fsutil import atomic_dir, atomic_write_text
+from mtc.runtime.progress import Stages
 
 log = logging.getLogger("mtc")
 
@@ -86,17 +87,19 @@ class CompileJob:
 
 
 def compile_artifact(original: onnx.ModelProto, job: CompileJob, *, output: Path, overwrite: bool = False,
-                     simplify: bool = True, timings: dict[str, float] | None = None) -> Path:
+                     simplify: bool = True, timings: dict[str, float] | None = None,
+                     stages: Stages | None = None) -> Path:
     """Sanitize, rewrite, check and write `original` as an FP32 artifact folder at `output`."""
+    stages = stages or Stages()
     timings = dict(timings or {})
     started = time.perf_counter()
-    log.info("sanitizing the graph (opset, dim names, state outputs%s)", ", onnxsim" if simplify else "")
-    sanitized, sanitize_log = sanitize(original, run_simplifier=simplify)
-    rewrites = []
-    for rewrite in job.rewrites:
-        sanitized, applied = rewrite(sanitized)
-        if applied:
-            rewrites.append(rewrite.__name__)
+    with stages.stage("sanitizing the graph" + (" (with onnxsim)" if simplify else ""), counts=False):
+        sanitized, sanitize_log = sanitize(original, run_simplifier=simplify)
+        rewrites = []
+        for rewrite in job.rewrites:
+            sanitized, applied = rewrite(sanitized)
+            if applied:
+                rewrites.append(rewrite.__name__)
     timings["sanitize_s"] = time.perf_counter() - started
     io = io_from_graph(job.io, sanitized)
     model_bytes = sanitized.SerializeToString()
@@ -104,13 +107,13 @@ def compile_artifact(original: onnx.ModelProto, job: CompileJob, *, output: Path
     started = time.perf_counter()
     reference = job.reference or OrtBackend(original.SerializeToString())
     cases = job.cases or tuple(ParityCase(c.width, c.height, 4, c.downsample_ratio) for c in default_check_sizes(io))
-    log.info("checking the export against its reference at %s",
-             ", ".join(f"{c.width}x{c.height}" for c in cases))
-    # No spinning: ORT's idle threads would steal the cores a PyTorch reference runs on in between.
-    parity = check_export_parity(io, reference, OrtBackend(model_bytes, allow_spinning=False), cases,
-                                 tolerance=job.tolerance)
+    sizes = ", ".join(f"{c.width}x{c.height}" for c in cases)
+    with stages.stage(f"checking the export against its reference at {sizes}", total=len(cases)) as advance:
+        # No spinning: ORT's idle threads would steal the cores a PyTorch reference runs on in between.
+        parity = check_export_parity(io, reference, OrtBackend(model_bytes, allow_spinning=False), cases,
+                                     tolerance=job.tolerance, advance=advance)
+        check_state_strides(io, model_bytes, cases[0])
     timings["parity_s"] = time.perf_counter() - started
-    check_state_strides(io, model_bytes, cases[0])
 
     with atomic_dir(output, overwrite=overwrite) as folder:
         (folder / MODEL_FILE).write_bytes(model_bytes)
@@ -170,7 +173,7 @@ def io_from_graph(io: ModelIO, model: onnx.ModelProto) -> ModelIO:
 
 
 def check_export_parity(io: ModelIO, ref_backend: Backend, cand_backend: Backend, cases: tuple[ParityCase, ...], *,
-                        tolerance: float = 1e-5) -> list[ParityResult]:
+                        tolerance: float = 1e-5, advance: Callable[[], None] = lambda: None) -> list[ParityResult]:
     """Compare two backends on the built-in clip at each case; raise if any output drifts."""
     from calib_data.builtin_clip import ClipSpec, builtin_clip
 
@@ -191,6 +194,7 @@ def check_export_parity(io: ModelIO, ref_backend: Backend, cand_backend: Backend
                 hint="report this as a bug with the model file; export with --no-simplify to skip simplification",
             )
         results.append(result)
+        advance()
     return results
 
 

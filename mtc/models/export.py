@@ -19,6 +19,7 @@ from mtc.export.compile import (  # noqa: F401  (ParityCase, io_from_graph, chec
 from mtc.artifact.manifest import sha256_file
 from mtc.export.byo import ContractHints, describe_contract, infer_contract, measure_state_strides
 from mtc.models.registry import ModelSpec, VariantSpec, get_model, list_models
+from mtc.runtime.progress import Stages
 from mtc.weights import fetch_weights
 
 log = logging.getLogger("mtc")
@@ -46,8 +47,9 @@ def export_model(name: str, *, variant: str | None = None, output: Path | None =
     started = time.perf_counter()
     weights = fetch_weights(var.weights, weights_path=weights_path, offline=offline)
     timings = {"fetch_s": time.perf_counter() - started}
-    log.info("building the ONNX graph of %s %s (%s)", spec.name, var.name, var.exporter)
-    original = var.build_onnx(weights)
+    stages = Stages()
+    with stages.stage(f"building the ONNX graph of {spec.name} {var.name} ({var.exporter})", counts=False):
+        original = var.build_onnx(weights)
     job = CompileJob(
         model=spec.name, variant=var.name, task=spec.task, license=spec.license, io=var.io,
         reference=var.build_reference(weights) if var.build_reference else None,
@@ -56,7 +58,8 @@ def export_model(name: str, *, variant: str | None = None, output: Path | None =
         rewrites=var.rewrites, check_sizes=var.check_sizes,
         provenance={"exporter": var.exporter, "source_file": var.weights.filename,
                     "source_sha256": sha256_file(weights)})
-    return compile_artifact(original, job, output=output, overwrite=overwrite, simplify=simplify, timings=timings)
+    return compile_artifact(original, job, output=output, overwrite=overwrite, simplify=simplify, timings=timings,
+                            stages=stages)
 
 
 def known_onnx(path: Path) -> tuple[ModelSpec, VariantSpec] | None:
