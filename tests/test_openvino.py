@@ -3,6 +3,8 @@ shapes per resolution, compiled-model cache, and Q/DQ (INT8) models."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import onnx
 import pytest
@@ -87,17 +89,41 @@ def test_one_compile_per_resolution_and_ratio(rvm_artifact):
     assert state_shapes(session.io, 64, 96, 1.0) in inferred and state_shapes(session.io, 64, 128, 1.0) in inferred
 
 
-def test_compiled_models_are_cached_on_disk(rvm_artifact, tmp_path):
+def test_compiled_models_are_cached_on_disk(rvm_artifact, tmp_path, monkeypatch):
+    import mtc.backends.openvino.session as openvino_session
     from mtc.backends.build import build
 
+    frame = builtin_clip(ClipSpec(width=256, height=144, frames=1))[0]
+    reference = mtc.runtime.load(rvm_artifact, backend="openvino", downsample_ratio=1.0).process(frame).alpha.copy()
+    for entry in (tmp_path / "cache").rglob("*"):  # start from an empty cache
+        if entry.is_file():
+            entry.unlink()
     results = build(rvm_artifact, backend="openvino", profiles="256x144@1.0")
     assert "compiled" in results[0]
-    cached = list((tmp_path / "cache" / "openvino").iterdir())
-    assert cached, "OpenVINO wrote nothing to CACHE_DIR"
-    # a new backend finds the compiled model in the cache instead of compiling again
+    cached = sorted(p.relative_to(tmp_path) for p in (tmp_path / "cache" / "openvino").rglob("*") if p.is_file())
+    assert any(p.suffix == ".blob" for p in cached), "OpenVINO wrote nothing to CACHE_DIR"
+    assert any(p.suffix == ".xml" for p in cached), "the rewritten graphs were not cached"
+
+    # A built artifact loads without running any graph pass, and compiles nothing new.
+    def no_passes(*args, **kwargs):
+        raise AssertionError("a graph pass ran on a built artifact")
+
+    monkeypatch.setattr(openvino_session, "run_passes", no_passes)
     session = mtc.runtime.load(rvm_artifact, backend="openvino", downsample_ratio=1.0)
-    session.process(builtin_clip(ClipSpec(width=256, height=144, frames=1))[0])
-    assert sorted(p.name for p in (tmp_path / "cache" / "openvino").iterdir()) == sorted(p.name for p in cached)
+    np.testing.assert_array_equal(session.process(frame).alpha, reference)
+    after = sorted(p.relative_to(tmp_path) for p in (tmp_path / "cache" / "openvino").rglob("*") if p.is_file())
+    assert after == cached
+
+
+def test_a_damaged_graph_cache_entry_is_rebuilt(rvm_artifact, tmp_path, caplog):
+    frame = builtin_clip(ClipSpec(width=192, height=128, frames=1))[0]
+    first = mtc.runtime.load(rvm_artifact, backend="openvino", downsample_ratio=0.5).process(frame).alpha.copy()
+    for xml in (tmp_path / "cache" / "openvino" / "graphs").rglob("*.xml"):
+        xml.write_text("<not a graph")
+    with caplog.at_level(logging.WARNING, logger="mtc"):
+        again = mtc.runtime.load(rvm_artifact, backend="openvino", downsample_ratio=0.5).process(frame).alpha
+    assert "unreadable" in caplog.text
+    np.testing.assert_array_equal(again, first)
 
 
 def _qdq_model(path, *, weight_limit=127):
@@ -158,7 +184,7 @@ def test_unreadable_model_is_a_clear_error(tmp_path):
 def test_rvm_fgr_and_pha_come_from_one_merged_output_bit_identical(rvm_artifact, monkeypatch):
     # OpenVINO returns RVM's Split/Clip ending as one 4-channel tensor that the backend slices
     # (mtc.passes.openvino.split_outputs); the values must be exactly those of the unmerged graph.
-    import mtc.backends.openvino.session as openvino_backend
+    import mtc.passes.openvino as openvino_passes
 
     io = mtc.runtime.load(rvm_artifact, backend="onnxruntime").io
     feeds = io.example_feeds(128, 192, downsample_ratio=0.5)
@@ -167,7 +193,7 @@ def test_rvm_fgr_and_pha_come_from_one_merged_output_bit_identical(rvm_artifact,
     assert [m.parts for m in merged._merged.values()] == [(("fgr", 0, 3), ("pha", 3, 4))]
     assert merged.output_names[:2] == ("fgr", "pha")
     got = {k: v.copy() for k, v in merged.run(dict(feeds)).items()}
-    monkeypatch.setattr(openvino_backend, "merge_split_outputs", lambda model: (model, ()))
+    monkeypatch.setattr(openvino_passes, "merge_split_outputs", lambda model: (model, ()))
     plain = OpenVinoBackend(rvm_artifact / "model.onnx", io=io, cache=False)
     assert not plain._merged
     expected = plain.run(dict(feeds))

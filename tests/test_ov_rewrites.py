@@ -146,9 +146,10 @@ def test_rvm_refiner_is_rewritten_for_the_ratio(request, caplog, artifact, ratio
     for backend in ("openvino", "onnxruntime"):
         session = mtc.runtime.load(request.getfixturevalue(artifact), backend=backend, downsample_ratio=ratio)
         alphas[backend] = np.stack([session.process(frame).alpha.copy() for frame in frames])
-    assert (f"openvino: {identities} identity resize(s) dropped, {upsamples} full-resolution upsample(s) as "
-            f"transposed convolutions, {guides} guide(s) and {sums} channel sum(s) as 1x1 convolutions, "
-            f"{pools} pool(s) as depthwise convolutions, 28 HardSigmoid(s) as HSigmoid") in caplog.text
+    assert (f"{identities} identity resize(s) dropped, {upsamples} full-resolution upsample(s) as "
+            f"transposed convolutions, {guides} guide(s) as 1x1 convolutions, {sums} channel sum(s) as 1x1 "
+            f"convolutions, {pools} pool(s) as depthwise convolutions") in caplog.text
+    assert "28 HardSigmoid(s) as HSigmoid" in caplog.text
     assert np.abs(alphas["openvino"] - alphas["onnxruntime"]).max() < 1e-4
 
 
@@ -216,7 +217,7 @@ def test_guides_and_channel_sums_are_convs_with_onnxruntimes_values(tmp_path, ca
     feeds = {"src": rng.random((1, 3, 20, 28), dtype=np.float32),
              "coeffs": rng.standard_normal((1, coeff_channels, 20, 28)).astype(np.float32)}
     got, expected = _openvino_and_onnxruntime(path, feeds, caplog)
-    assert f"1 guide(s) and {sums} channel sum(s) as 1x1 convolutions" in caplog.text
+    assert f"1 guide(s) as 1x1 convolutions, {sums} channel sum(s) as 1x1 convolutions" in caplog.text
     assert got.shape == expected.shape == (1, out_channels, 20, 28)
     assert np.abs(got - expected).max() < 1e-6
 
@@ -245,10 +246,8 @@ def test_graph_rewrites_can_be_turned_off(rvm_artifact, caplog):
     backend = OpenVinoBackend(rvm_artifact / "model.onnx", io=io, cache=False, rewrite_graph=False)
     backend.run(io.example_feeds(144, 256, downsample_ratio=0.25))
     backend.run(io.example_feeds(144, 256, downsample_ratio=1.0))
-    assert ("openvino: 0 identity resize(s) dropped, 0 full-resolution upsample(s) as transposed convolutions, "
-            "0 guide(s) and 0 channel sum(s) as 1x1 convolutions, 0 pool(s) as depthwise convolutions, "
-            "0 HardSigmoid(s) as HSigmoid") in caplog.text
-    assert "openvino: 3 identity" not in caplog.text
+    assert "openvino: graph passes off" in caplog.text
+    assert "identity resize(s) dropped" not in caplog.text and "HSigmoid" not in caplog.text
     assert not backend._merged and backend.output_names[:2] == ("fgr", "pha")
 
 
@@ -319,8 +318,8 @@ def _fp16_copy(path):
 @pytest.mark.parametrize("build, feeds, rewrite", [
     (lambda p: _tail_model(p, (5, 7), (20, 28))[0], {"src": (1, 3, 20, 28), "coeffs": (1, 3, 5, 7)},
      "1 full-resolution upsample(s)"),
-    (_guide_model, {"src": (1, 3, 20, 28), "coeffs": (1, 4, 20, 28)}, "1 guide(s) and 0 channel sum(s)"),
-    (_alpha_tail_model, {"src": (1, 3, 20, 28), "coeffs": (1, 2, 20, 28)}, "1 guide(s) and 1 channel sum(s)"),
+    (_guide_model, {"src": (1, 3, 20, 28), "coeffs": (1, 4, 20, 28)}, "1 guide(s) as 1x1 convolutions, 0 channel sum(s)"),
+    (_alpha_tail_model, {"src": (1, 3, 20, 28), "coeffs": (1, 2, 20, 28)}, "1 guide(s) as 1x1 convolutions, 1 channel sum(s)"),
     (lambda p: _pool_model(p, 3, ceil_mode=1), {"x": (1, 3, 10, 14)}, "1 pool(s) as depthwise convolutions"),
 ])
 def test_rewrites_keep_an_fp16_graphs_types(tmp_path, caplog, build, feeds, rewrite):

@@ -1,0 +1,108 @@
+"""Graph passes: rewrites a backend runs on its graph, as a registry.
+
+Each pass has a name, the backend and stage it belongs to, a predicate (does it apply to this
+graph and context?) and an exactness statement: "bit-exact", or the bound a named test checks.
+Backends run the passes of their stages through `run_passes` and cache what comes out, keyed by
+the model's hash and `fingerprint()` (the passes' own code), so a built artifact loads without
+running any pass, and a changed pass never serves a stale graph.
+
+Stages:
+- "onnx": on the ONNX proto before the backend reads it;
+- "read": once on the backend's graph as read;
+- "static": on the backend's graph once it has static shapes (one run per input signature).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+STAGES = ("onnx", "read", "static")
+# Packages whose import registers passes; adding a pass package is one line here.
+PASS_MODULES = ("mtc.passes.openvino",)
+
+
+@dataclass(frozen=True)
+class PassContext:
+    """What a pass may need beyond the graph.
+
+    Attributes:
+        frame_sizes: the (height, width) of the image inputs, for static-stage passes that only
+            rewrite full-resolution tensors.
+    """
+
+    frame_sizes: frozenset[tuple[int, int]] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True)
+class GraphPass:
+    """One rewrite.
+
+    Attributes:
+        name: what it does, as a log line names it ("upsample_as_transposed_conv").
+        backend: the backend whose graph it rewrites.
+        stage: one of STAGES.
+        exactness: "bit-exact", or "within <bound> (<test that checks it>)".
+        run: run(model, context) -> how many places it rewrote (in place; "onnx" passes return
+            (new model, result) instead).
+        applies: applies(context) -> whether to run it at all here.
+        describe: the log phrase for a count, e.g. "{} identity resize(s) dropped".
+    """
+
+    name: str
+    backend: str
+    stage: str
+    exactness: str
+    run: Callable[[Any, PassContext], Any]
+    describe: str
+    applies: Callable[[PassContext], bool] = lambda context: True
+
+
+_PASSES: list[GraphPass] = []
+
+
+def register_pass(graph_pass: GraphPass) -> GraphPass:
+    if graph_pass.stage not in STAGES:
+        raise ValueError(f"pass {graph_pass.name}: unknown stage {graph_pass.stage!r}")
+    if any(p.name == graph_pass.name and p.backend == graph_pass.backend for p in _PASSES):
+        raise ValueError(f"pass {graph_pass.name} registered twice for {graph_pass.backend}")
+    _PASSES.append(graph_pass)
+    return graph_pass
+
+
+def all_passes() -> tuple[GraphPass, ...]:
+    for module in PASS_MODULES:
+        importlib.import_module(module)
+    return tuple(_PASSES)
+
+
+def passes_for(backend: str, stage: str) -> tuple[GraphPass, ...]:
+    return tuple(p for p in all_passes() if p.backend == backend and p.stage == stage)
+
+
+def run_passes(model: Any, *, backend: str, stage: str, context: PassContext = PassContext()) -> dict[str, int]:
+    """Run the backend's passes of one stage on `model` in place; returns how many places each rewrote."""
+    counts = {}
+    for graph_pass in passes_for(backend, stage):
+        counts[graph_pass.name] = graph_pass.run(model, context) if graph_pass.applies(context) else 0
+    return counts
+
+
+def describe_counts(backend: str, stage: str, counts: dict[str, int]) -> str:
+    """One log phrase per pass, in registry order."""
+    return ", ".join(p.describe.format(counts.get(p.name, 0)) for p in passes_for(backend, stage))
+
+
+def fingerprint(backend: str) -> str:
+    """A digest of the backend's passes and their code: a cache of rewritten graphs keyed by it
+    is never served after a pass changes."""
+    digest = hashlib.sha256()
+    for graph_pass in all_passes():
+        if graph_pass.backend == backend:
+            digest.update(f"{graph_pass.name}/{graph_pass.stage}".encode())
+            digest.update(inspect.getsource(inspect.getmodule(graph_pass.run)).encode())
+    return digest.hexdigest()[:16]

@@ -13,14 +13,15 @@ BF16 unless told otherwise (MAD ~0.3e-3 on a recurrent model's alpha). mtc never
 `precision="fp32"` (the default) pins f32, "bf16" asks for bf16 and fails where the CPU has no
 BF16 support. The precision the compiled model reports is logged and kept in `self.precision`.
 
-Static shapes also let the backend rewrite what OpenVINO runs slowly: a bilinear upsample of a
-few channels to the frame size by an integer factor (a recurrent model's refiner at ratios like 0.25) becomes
-a depthwise transposed convolution with the same values (mtc.passes.openvino.upsample;
-INT8 at 1920x1080: 75.5 -> 55.0 ms). Rewrites that need no static shape, such as PyTorch's
-HardSigmoid as OpenVINO's HSigmoid (mtc.passes.openvino.hsigmoid), are applied once on read.
+Static shapes also let the backend rewrite what OpenVINO runs slowly, through the registered
+graph passes (mtc.passes, backend "openvino"): e.g. a bilinear upsample of a few channels to
+the frame size by an integer factor becomes a depthwise transposed convolution with the same
+values. "read" passes run once on the graph as read, "static" passes once per input signature.
 
-Compiled models are cached on disk (`CACHE_DIR` = mtc cache/openvino), so a second process
-(or `mtc build --backend openvino` beforehand) skips compilation.
+Two caches on disk, both under the mtc cache: the rewritten graphs (OpenVINO IR, keyed by the
+model's hash, the input signature, the passes' fingerprint and the OpenVINO version), so a
+load after `mtc build --backend openvino` (or after a first run) applies no pass; and the
+compiled models (`CACHE_DIR`), so it skips compilation too.
 """
 
 from __future__ import annotations
@@ -35,12 +36,10 @@ import numpy as np
 from mtc.errors import MtcError, exception_summary
 from mtc.artifact.manifest import ModelIO
 from mtc.backends.base import default_threads, is_broadcast_initial, require
+from mtc.fsutil import atomic_write_text
+from mtc.passes import PassContext, describe_counts, fingerprint, passes_for, run_passes
 from mtc.passes.openvino.ops import openvino_ops
-from mtc.passes.openvino.guide import channel_sum_as_conv, guide_as_conv
-from mtc.passes.openvino.hsigmoid import hard_sigmoid_as_hsigmoid
-from mtc.passes.openvino.pool import small_pools_as_convs
-from mtc.passes.openvino.upsample import drop_identity_resizes, upsample_as_transposed_conv
-from mtc.passes.openvino.split_outputs import MergedOutput, merge_split_outputs
+from mtc.passes.openvino.split_outputs import MergedOutput
 
 log = logging.getLogger("mtc")
 
@@ -98,11 +97,9 @@ class OpenVinoBackend:
             the dynamic model once (slower per frame, measured).
         cache: keep compiled models in the mtc cache (CACHE_DIR).
         device: OpenVINO device name.
-        rewrite_graph: apply mtc's graph rewrites for OpenVINO, each the same function (merged
-            split outputs, identity resizes dropped, full-resolution upsamples as transposed
-            convolutions, the guided filter's guides and channel sums as 1x1 convolutions, small
-            2x2 average pools as depthwise convolutions, PyTorch's HardSigmoid as HSigmoid);
-            False runs the file as OpenVINO reads it (what benchmarks compare against).
+        rewrite_graph: run the registered OpenVINO graph passes (mtc.passes.openvino), each the
+            same function within its stated exactness; False runs the file as OpenVINO reads
+            it (what benchmarks compare against).
     """
 
     name = "openvino"
@@ -124,14 +121,8 @@ class OpenVinoBackend:
                 raise MtcError("this CPU has no BF16 support, so OpenVINO would silently run FP32",
                                hint="use precision='fp32' (or a CPU with AVX-512 BF16 / AMX)")
         self.rewrite_graph = rewrite_graph
-        graph, self._merged = _onnx_with_merged_outputs(Path(model)) if rewrite_graph else (str(model), {})
-        try:
-            self.model = self.core.read_model(graph)
-        except Exception as exc:  # OpenVINO raises RuntimeError subclasses with long messages
-            detail = exception_summary(exc, 300)
-            raise MtcError(f"openvino cannot read {model}: {detail}",
-                           hint="the file is corrupt or uses an op OpenVINO does not support; try backend='onnxruntime'") from None
-        self._hard_sigmoids = hard_sigmoid_as_hsigmoid(self.model) if rewrite_graph else 0
+        self._graphs = GraphCache.for_model(Path(model), ov.__version__) if cache and rewrite_graph else None
+        self.model, self._merged = self._read(Path(model))
         self.input_names = tuple(i.get_any_name() for i in self.model.inputs)
         self.output_names = tuple(name for o in self.model.outputs for name in self._output_parts(o.get_any_name()))
         self.static_shapes = static_shapes
@@ -141,6 +132,31 @@ class OpenVinoBackend:
         self._compiled: OrderedDict[tuple, _Compiled] = OrderedDict()
         self.precision: str | None = None  # what the compiled model actually runs, once known
         self.compile_seconds: list[float] = []
+
+    def _read(self, path: Path):
+        """The graph after the "onnx" and "read" passes (from the graph cache when it has it),
+        and the outputs merged in it."""
+        cached = self._graphs.load(self.core, "read") if self._graphs is not None else None
+        if cached is not None:
+            model, meta = cached
+            log.debug("openvino: %s (from the graph cache)", describe_counts("openvino", "read", meta["counts"]))
+            return model, {name: MergedOutput.from_dict(m) for name, m in meta["merged"].items()}
+        graph, merged = _onnx_with_merged_outputs(path) if self.rewrite_graph else (str(path), {})
+        try:
+            model = self.core.read_model(graph)
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses with long messages
+            detail = exception_summary(exc, 300)
+            raise MtcError(f"openvino cannot read {path}: {detail}",
+                           hint="the file is corrupt or uses an op OpenVINO does not support; try backend='onnxruntime'") from None
+        if not self.rewrite_graph:
+            log.debug("openvino: graph passes off")
+            return model, merged
+        counts = run_passes(model, backend="openvino", stage="read")
+        log.debug("openvino: %s", describe_counts("openvino", "read", counts))
+        if self._graphs is not None:
+            self._graphs.save(self._ov, model, "read", {"counts": counts,
+                                                        "merged": {n: m.to_dict() for n, m in merged.items()}})
+        return model, merged
 
     def describe(self) -> str:
         shapes = "static shapes per resolution" if self.static_shapes else "dynamic shapes"
@@ -171,38 +187,20 @@ class OpenVinoBackend:
         model.remove_parameter(parameter)
 
     def _compile(self, feeds: dict) -> _Compiled:
-        model = self.model.clone()
-        state_shapes = {}
-        if self.static_shapes:
-            try:
-                for name in self._frozen:
-                    self._freeze(model, name, np.asarray(feeds[name]))
-                # States first at their fed shape (1x1x1x1 on frame 0): shape inference then gives
-                # the real state shapes, which the compiled model takes from frame 0 on.
-                shapes = {name: list(np.shape(feeds[name])) for name in self.input_names if name not in self._frozen}
-                model.reshape(shapes)
-                for name, output in self._states.items():
-                    inferred = model.output(output).get_partial_shape()
-                    if inferred.is_static:
-                        state_shapes[name] = tuple(int(d) for d in inferred.to_shape())
-                if state_shapes:
-                    shapes.update({n: list(s) for n, s in state_shapes.items()})
-                    model.reshape(shapes)
-                rewrites = (0, 0, 0, 0, 0)
-                if self.rewrite_graph:
-                    frame_sizes = {tuple(shape[2:]) for name, shape in shapes.items()
-                                   if name not in self._states and len(shape) == 4}
-                    rewrites = (drop_identity_resizes(model), upsample_as_transposed_conv(model, frame_sizes),
-                                guide_as_conv(model, frame_sizes), channel_sum_as_conv(model, frame_sizes),
-                                small_pools_as_convs(model))
-                log.debug("openvino: %d identity resize(s) dropped, %d full-resolution upsample(s) as "
-                          "transposed convolutions, %d guide(s) and %d channel sum(s) as 1x1 convolutions, "
-                          "%d pool(s) as depthwise convolutions, %d HardSigmoid(s) as HSigmoid",
-                          *rewrites, self._hard_sigmoids)
-            except Exception as exc:  # OpenVINO raises plain RuntimeErrors from shape inference
-                detail = exception_summary(exc, 300)
-                raise MtcError(f"openvino cannot make the model static for {self._describe_signature(feeds)}: {detail}",
-                               hint="pass static_shapes=False to OpenVinoBackend, or use backend='onnxruntime'") from None
+        signature = repr(self._signature(feeds)) if self.static_shapes else "dynamic"
+        cached = self._graphs.load(self.core, signature) if self._graphs is not None else None
+        if cached is not None:
+            model, meta = cached
+            state_shapes = {name: tuple(shape) for name, shape in meta["state_shapes"].items()}
+            log.debug("openvino: %s (from the graph cache)", describe_counts("openvino", "static", meta["counts"]))
+        else:
+            model, state_shapes, counts = self._static_model(feeds)
+            if self._graphs is not None and self._graphs.save(self._ov, model, signature,
+                                                              {"counts": counts, "state_shapes": state_shapes}):
+                # Compile what later loads will read: OpenVINO keys its compiled-model cache on
+                # the graph, and a graph read from IR differs in details from the one in memory.
+                model = self._graphs.load(self.core, signature)[0]
+
         started = time.perf_counter()
         try:
             compiled = self.core.compile_model(model, self.device, self.config)
@@ -223,6 +221,39 @@ class OpenVinoBackend:
         inputs = tuple(_port_name(i, self.input_names) for i in compiled.inputs)
         outputs = tuple(_port_name(o, (*self._merged, *self.output_names)) for o in compiled.outputs)
         return _Compiled(compiled.create_infer_request(), state_shapes, inputs, outputs, seconds)
+
+    def _static_model(self, feeds: dict):
+        """A clone of the graph made static for `feeds` (ratio frozen, inputs reshaped, state
+        shapes inferred) with the "static" passes run; returns it, the state shapes and the
+        pass counts. Without static shapes: the graph as read."""
+        model = self.model.clone()
+        state_shapes, counts = {}, {}
+        if not self.static_shapes:
+            return model, state_shapes, counts
+        try:
+            for name in self._frozen:
+                self._freeze(model, name, np.asarray(feeds[name]))
+            # States first at their fed shape (1x1x1x1 on frame 0): shape inference then gives
+            # the real state shapes, which the compiled model takes from frame 0 on.
+            shapes = {name: list(np.shape(feeds[name])) for name in self.input_names if name not in self._frozen}
+            model.reshape(shapes)
+            for name, output in self._states.items():
+                inferred = model.output(output).get_partial_shape()
+                if inferred.is_static:
+                    state_shapes[name] = tuple(int(d) for d in inferred.to_shape())
+            if state_shapes:
+                shapes.update({n: list(s) for n, s in state_shapes.items()})
+                model.reshape(shapes)
+            if self.rewrite_graph:
+                frame_sizes = frozenset(tuple(shape[2:]) for name, shape in shapes.items()
+                                        if name not in self._states and len(shape) == 4)
+                counts = run_passes(model, backend="openvino", stage="static", context=PassContext(frame_sizes))
+                log.debug("openvino: %s", describe_counts("openvino", "static", counts))
+        except Exception as exc:  # OpenVINO raises plain RuntimeErrors from shape inference
+            detail = exception_summary(exc, 300)
+            raise MtcError(f"openvino cannot make the model static for {self._describe_signature(feeds)}: {detail}",
+                           hint="pass static_shapes=False to OpenVinoBackend, or use backend='onnxruntime'") from None
+        return model, state_shapes, counts
 
     def _describe_signature(self, feeds: dict) -> str:
         parts = []
@@ -299,7 +330,8 @@ def _onnx_with_merged_outputs(path: Path) -> tuple[str | bytes, dict[str, Merged
         return str(path), {}
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
         return str(path), {}
-    proto, merged = merge_split_outputs(proto)
+    (merge,) = passes_for("openvino", "onnx")
+    proto, merged = merge.run(proto, PassContext())
     if not merged:
         return data, {}
     log.debug("openvino: outputs %s read as one tensor each and sliced in numpy",
@@ -320,3 +352,63 @@ def _precision_name(value) -> str:
         if token in text:
             return name
     return text
+
+
+class GraphCache:
+    """Rewritten OpenVINO graphs on disk (IR + a JSON sidecar written last), one per stage or
+    input signature, under a folder keyed by the model's hash, the passes' fingerprint and the
+    OpenVINO version. A damaged entry is rebuilt, never trusted."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    @classmethod
+    def for_model(cls, path: Path, openvino_version: str) -> GraphCache | None:
+        import hashlib
+
+        try:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()[:24]
+            folder = openvino_cache_dir() / "graphs" / f"{digest}-{fingerprint('openvino')}-{openvino_version}"
+        except (OSError, MtcError) as exc:  # unreadable model (OpenVINO's reader reports it) or no cache
+            log.debug("openvino: no graph cache (%s)", getattr(exc, "message", exc))
+            return None
+        return cls(folder)
+
+    def _paths(self, key: str) -> tuple[Path, Path]:
+        import hashlib
+
+        name = key if key == "read" else hashlib.sha256(key.encode()).hexdigest()[:24]
+        return self.folder / f"{name}.xml", self.folder / f"{name}.json"
+
+    def load(self, core, key: str):
+        import json
+
+        xml, meta = self._paths(key)
+        if not meta.is_file():
+            return None
+        try:
+            return core.read_model(str(xml)), json.loads(meta.read_text(encoding="utf-8"))
+        except Exception as exc:  # a damaged entry: rebuild it
+            log.warning("openvino: graph cache entry %s unreadable (%s); rebuilding it", xml.name,
+                        exception_summary(exc, 120))
+            return None
+
+    def save(self, ov, model, key: str, meta: dict) -> bool:
+        import json
+        import os
+        import tempfile
+
+        xml, meta_path = self._paths(key)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=self.folder) as scratch:
+                tmp_xml = Path(scratch) / xml.name
+                # Weights stay FP32: the cached graph must compute what the rewritten one does.
+                ov.save_model(model, str(tmp_xml), compress_to_fp16=False)
+                os.replace(tmp_xml.with_suffix(".bin"), xml.with_suffix(".bin"))
+                os.replace(tmp_xml, xml)
+            atomic_write_text(meta_path, json.dumps(meta))
+        except OSError as exc:  # a full or read-only cache costs time on the next load, not this run
+            log.warning("openvino: could not cache the rewritten graph (%s)", exc)
+            return False
+        return True

@@ -35,6 +35,13 @@ class MergedOutput:
         """The original outputs, as views of `value` along the channel axis."""
         return {name: value[:, start:stop] for name, start, stop in self.parts}
 
+    def to_dict(self) -> dict:
+        return {"name": self.name, "parts": [list(part) for part in self.parts]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> MergedOutput:
+        return cls(data["name"], tuple((str(n), int(a), int(b)) for n, a, b in data["parts"]))
+
 
 def merge_split_outputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, tuple[MergedOutput, ...]]:
     """Return a copy whose channel-split outputs are merged, and what was merged (empty: unchanged)."""
