@@ -22,20 +22,24 @@ from common import dump, machine, summarize_times, update_results  # noqa: E402
 
 import mtc.runtime  # noqa: E402
 from calib_data.builtin_clip import ClipSpec, builtin_clip  # noqa: E402
-from mtc.export.pipeline import export_model  # noqa: E402
+from mtc.models.export import export_model  # noqa: E402
 from mtc.export.torch_export import save_random_checkpoint  # noqa: E402
 
 
+# Where each family's build_network lives (its torch modules).
+_NETWORK_MODULES = {"modnet": "mtc.models.modnet.net", "bgmv2": "mtc.models.bgmv2.net", "u2net": "mtc.models.u2net"}
+
+
 def _rvm(backbone):
-    from mtc.models import rvm
+    from mtc.models.rvm import net
 
-    return rvm.build_rvm(backbone)
+    return net.build_rvm(backbone)
 
 
-def _network(module_name, *args):
+def _network(family, *args):
     import importlib
 
-    return importlib.import_module(f"mtc.models.{module_name}").build_network(*args)
+    return importlib.import_module(_NETWORK_MODULES[family]).build_network(*args)
 
 
 # (model, variant, checkpoint builder or None for the official file, checkpoint key prefix, frame size)

@@ -7,13 +7,15 @@ in the official layout and stand in for them.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
-import mtc.models.bgmv2 as bgmv2  # noqa: E402  (registers the family)
+import mtc.models.bgmv2.net as bgmv2_net  # noqa: E402  (registers the family)
 import mtc.runtime  # noqa: E402
 from mtc.errors import MtcError  # noqa: E402
 from mtc.export.onnx_ingest import sanitize  # noqa: E402
@@ -80,7 +82,7 @@ PARAMETERS = {"mobilenetv2": 5_006_839, "resnet50": 40_247_703}
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bgmv2")
-    return {name: save_random_checkpoint(bgmv2.build_network(name), folder / f"pytorch_{name}.pth", seed=7)
+    return {name: save_random_checkpoint(bgmv2_net.build_network(name), folder / f"pytorch_{name}.pth", seed=7)
             for name in ("mobilenetv2", "resnet50")}
 
 
@@ -96,7 +98,7 @@ def frames(height, width, seed=0):
 
 @pytest.mark.parametrize("backbone", ["mobilenetv2", "resnet50"])
 def test_state_dict_has_the_official_layout(backbone):
-    net = bgmv2.build_network(backbone)
+    net = bgmv2_net.build_network(backbone)
     state = {k: tuple(v.shape) for k, v in net.state_dict().items()}
 
     assert len(state) == KEY_COUNTS[backbone]
@@ -105,7 +107,7 @@ def test_state_dict_has_the_official_layout(backbone):
 
 
 def test_resnet101_layout():
-    state = bgmv2.build_network("resnet101").state_dict()
+    state = bgmv2_net.build_network("resnet101").state_dict()
     assert len(state) == KEY_COUNTS["resnet101"] and "backbone.layer3.22.conv3.weight" in state
 
 
@@ -147,13 +149,13 @@ def patch_refine(refiner, src, bgr, pha, fgr, err, hid, selected):
 @pytest.mark.parametrize("mode", ["full", "thresholding"])
 def test_dense_refiner_equals_the_official_patch_refiner(checkpoints, mode):
     src, bgr = (torch.from_numpy(a) for a in frames(48, 64, seed=1))
-    probe = bgmv2.load_network("mobilenetv2", checkpoints["mobilenetv2"])
+    probe = bgmv2_net.load_network("mobilenetv2", checkpoints["mobilenetv2"])
     with torch.no_grad():
         coarse = probe.coarse(src, bgr)
         err_quarter = F.interpolate(coarse[2], (12, 16), mode="bilinear")
         # A threshold at the median refines half of the patches and leaves the rest coarse.
         threshold = float(err_quarter.median()) if mode == "thresholding" else -1.0
-        net = bgmv2.build_network("mobilenetv2", mode, refine_threshold=threshold)
+        net = bgmv2_net.build_network("mobilenetv2", mode, refine_threshold=threshold)
         net.load_state_dict(probe.state_dict())
         selected = err_quarter[:, 0] > threshold
         assert 0 < int(selected.sum()) < selected.numel() or mode == "full"
@@ -167,12 +169,12 @@ def test_dense_refiner_equals_the_official_patch_refiner(checkpoints, mode):
 
 def test_sampling_mode_is_not_offered():
     with pytest.raises(ValueError, match="not exportable"):
-        bgmv2.build_network("mobilenetv2", "sampling")
+        bgmv2_net.build_network("mobilenetv2", "sampling")
     assert not any("sampling" in name for name in get_model("bgmv2").variants)
 
 
 def test_mobilenet_checkpoint_given_to_resnet50_is_refused(checkpoints, tmp_path):
-    from mtc.export.pipeline import export_model
+    from mtc.models.export import export_model
 
     with pytest.raises(MtcError) as info:
         export_model("bgmv2", variant="resnet50", weights_path=checkpoints["mobilenetv2"], output=tmp_path / "out")
@@ -187,7 +189,7 @@ def test_mobilenet_checkpoint_given_to_resnet50_is_refused(checkpoints, tmp_path
 
 @pytest.fixture(scope="module")
 def artifact(checkpoints, tmp_path_factory):
-    from mtc.export.pipeline import export_model
+    from mtc.models.export import export_model
 
     return export_model("bgmv2", variant="mobilenetv2", weights_path=checkpoints["mobilenetv2"],
                         output=tmp_path_factory.mktemp("artifacts") / "bgmv2")
@@ -228,3 +230,10 @@ def test_openvino_gives_the_matte_onnxruntime_gives(artifact, assert_cpu_backend
 
     # random weights clip most of alpha to 0, so the foreground carries the comparison
     assert foregrounds.std() > 0.01 and alphas.max() > 0
+
+
+def test_importing_the_family_imports_no_torch():
+    """The registry imports every family to list models; the torch side waits for an export."""
+    code = "import sys, mtc.models.bgmv2; print(' '.join(sorted(sys.modules)))"
+    modules = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
+    assert "torch" not in modules

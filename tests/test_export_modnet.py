@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,9 +17,10 @@ import pytest
 pytest.importorskip("torch")
 
 import mtc.models.modnet as modnet  # noqa: E402  (registers the family)
+import mtc.models.modnet.net as modnet_net  # noqa: E402
 import mtc.runtime  # noqa: E402
 from mtc.errors import MtcError  # noqa: E402
-from mtc.export.pipeline import export_model  # noqa: E402
+from mtc.models.export import export_model  # noqa: E402
 from mtc.export.torch_export import save_random_checkpoint  # noqa: E402
 
 TOLERANCE = 1e-4  # alpha in [0, 1]; measured max |diff| PyTorch vs ONNX Runtime is ~1e-5
@@ -56,7 +59,7 @@ OFFICIAL_KEY_COUNT = 751
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("modnet") / "modnet_photographic_portrait_matting.ckpt"
-    return save_random_checkpoint(modnet.build_network(), path, prefix="module.", seed=3)
+    return save_random_checkpoint(modnet_net.build_network(), path, prefix="module.", seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +69,7 @@ def artifact(checkpoint, tmp_path_factory):
 
 
 def test_state_dict_has_the_official_layout():
-    state = {f"module.{k}": tuple(v.shape) for k, v in modnet.build_network().state_dict().items()}
+    state = {f"module.{k}": tuple(v.shape) for k, v in modnet_net.build_network().state_dict().items()}
 
     assert len(state) == OFFICIAL_KEY_COUNT
     assert {k: state.get(k) for k in OFFICIAL_KEYS} == OFFICIAL_KEYS
@@ -120,19 +123,19 @@ def test_openvino_gives_the_alpha_onnxruntime_gives(artifact, assert_cpu_backend
 def test_checkpoint_without_prefix_or_batch_counters_loads(tmp_path):
     import torch
 
-    net = modnet.build_network()
+    net = modnet_net.build_network()
     state = {k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
     path = tmp_path / "plain.ckpt"
     torch.save(state, path)
 
-    loaded = modnet.load_network(path)
+    loaded = modnet_net.load_network(path)
     assert torch.equal(loaded.f_branch.conv_f[1].layers[0].weight, net.f_branch.conv_f[1].layers[0].weight)
 
 
 def test_mismatched_checkpoint_is_refused_with_the_first_mismatches(tmp_path):
     import torch
 
-    state = {f"module.{k}": v for k, v in modnet.build_network().state_dict().items()}
+    state = {f"module.{k}": v for k, v in modnet_net.build_network().state_dict().items()}
     state["module.f_branch.conv_f.0.layers.0.weight"] = torch.zeros(8, 35, 3, 3)  # another width
     state["module.refiner.conv1.weight"] = torch.zeros(1)
     del state["module.hr_branch.conv_hr2x.0.layers.0.weight"]
@@ -188,3 +191,10 @@ class _NoBackend:
 
     def run(self, feeds):
         raise AssertionError("not called")
+
+
+def test_importing_the_family_imports_no_torch():
+    """The registry imports every family to list models; the torch side waits for an export."""
+    code = "import sys, mtc.models.modnet; print(' '.join(sorted(sys.modules)))"
+    modules = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
+    assert "torch" not in modules

@@ -4,6 +4,8 @@ the official ONNX on real weights (transplanted), plus the TensorRT-friendly fix
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -14,24 +16,20 @@ torch = pytest.importorskip("torch")
 from calib_data.builtin_clip import ClipSpec, builtin_clip  # noqa: E402
 from mtc.errors import MtcError  # noqa: E402
 from mtc.export.onnx_ingest import sanitize  # noqa: E402
-from mtc.export.pipeline import ParityCase, check_export_parity, export_model, io_from_graph  # noqa: E402
+from mtc.models.export import ParityCase, check_export_parity, export_model, io_from_graph  # noqa: E402
 from mtc.models.rvm import (  # noqa: E402
     INPUT_NAMES,
     OUTPUT_NAMES,
     PARITY_TOLERANCE,
-    fixed_ratio_io,
     RVM_IO,
-    bake_downsample_ratio,
-    build_rvm,
-    data_dependent_resize_inputs,
-    export_rvm_onnx,
-    fold_batchnorm,
-    load_rvm,
-    module_from_official_onnx,
-    rvm_reference,
-    state_dict_from_official_onnx,
+    alpha_only_tail,
+    fixed_ratio_io,
+    fuse_refiner_tail,
     with_fixed_ratio,
 )
+from mtc.models.rvm.net import build_rvm, export_rvm_onnx, fold_batchnorm, load_rvm, rvm_reference  # noqa: E402
+from mtc.models.rvm.official_onnx import module_from_official_onnx, state_dict_from_official_onnx  # noqa: E402
+from mtc.models.rvm.onnx_graph import bake_downsample_ratio, data_dependent_resize_inputs  # noqa: E402
 from mtc.export.torch_export import save_random_checkpoint  # noqa: E402
 from mtc.models.registry import get_model  # noqa: E402
 from mtc.backends import OrtBackend  # noqa: E402
@@ -267,7 +265,7 @@ def test_export_pipeline_end_to_end_on_real_weights(rvm_onnx, tmp_path):
 
     checkpoint = tmp_path / "rvm_mobilenetv3.pth"
     torch.save(state_dict_from_official_onnx(rvm_onnx), checkpoint)
-    # PARITY_TOLERANCE: PyTorch and ONNX Runtime round differently (see rvm.py).
+    # PARITY_TOLERANCE: PyTorch and ONNX Runtime round differently (see mtc.models.rvm).
     folder = export_model("rvm", variant="mobilenetv3-pth", weights_path=checkpoint, output=tmp_path / "rvm",
                           tolerance=PARITY_TOLERANCE)
     session = mtc.runtime.load(folder, scene_cut_threshold=None, allow_spinning=False)
@@ -282,8 +280,6 @@ def test_export_pipeline_end_to_end_on_real_weights(rvm_onnx, tmp_path):
 
 def test_refiner_tail_fold_removes_the_full_resolution_residual_add_and_keeps_the_values(rvm_onnx):
     import onnxruntime as ort
-
-    from mtc.models.rvm import fuse_refiner_tail
 
     original, _ = sanitize(onnx.load(str(rvm_onnx)))
     folded, applied = fuse_refiner_tail(original)
@@ -313,8 +309,6 @@ def test_rvm_export_reports_its_rewrites(rvm_artifact):
 
 def test_alpha_only_tail_drops_fgr_upsamples_two_channels_and_keeps_alpha_bit_identical(rvm_onnx):
     import onnxruntime as ort
-
-    from mtc.models.rvm import alpha_only_tail
 
     original, _ = sanitize(onnx.load(str(rvm_onnx)))
     alpha, applied = alpha_only_tail(original)
@@ -378,3 +372,10 @@ def test_alpha_only_is_refused_where_it_means_nothing():
         get_model("modnet").variant(None).alpha_only()
     with pytest.raises(MtcError, match="no alpha-only form"):
         get_model("bgmv2").variant(None).alpha_only()
+
+
+def test_importing_the_family_imports_no_torch():
+    """The registry imports every family to list models; the torch side waits for an export."""
+    code = "import sys, mtc.models.rvm; print(' '.join(sorted(sys.modules)))"
+    modules = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
+    assert "torch" not in modules

@@ -13,15 +13,15 @@ import pytest
 
 pytest.importorskip("torch", reason="MODNet is exported from PyTorch (pip install 'mtc[export]')")
 
-from mtc.models import modnet  # noqa: E402
-from mtc.export.pipeline import export_model  # noqa: E402
+from mtc.models.modnet import net as modnet_net  # noqa: E402
+from mtc.models.export import export_model  # noqa: E402
 from mtc.export.torch_export import save_random_checkpoint  # noqa: E402
 from mtc.quant.config import Gates  # noqa: E402
 from mtc.quant.pipeline import DataPlan, quantize_artifact  # noqa: E402
 
 
 def test_modnet_fp16_has_no_nan_and_stays_within_tolerance(tmp_path):
-    weights = save_random_checkpoint(modnet.build_network(), tmp_path / "modnet.ckpt", prefix="module.", seed=3)
+    weights = save_random_checkpoint(modnet_net.build_network(), tmp_path / "modnet.ckpt", prefix="module.", seed=3)
     fp32 = export_model("modnet", weights_path=weights, output=tmp_path / "modnet")
     outcome = quantize_artifact(fp32, tmp_path / "modnet-fp16", precision="fp16", gates=Gates(max_mad=0.5, max_dtssd=0.1),
                                 data=DataPlan(calib_frames=4, check_frames=6, settings=((512, 288, None),)))
