@@ -487,10 +487,16 @@ def test_channel_alignment_pads_the_concats_small_input_and_computes_the_same():
 def test_aligned_pad_runs_on_integers_and_compiles_on_openvino(tmp_path):
     from mtc.quant.align import align_conv_inputs
 
+    from mtc.backends.cpu import cpu_class, int8_saturates
+
+    # Where integer kernels saturate on full-range weights (AVX2 without VNNI), OpenVINO is
+    # compared on the 7-bit weights such CPUs compute exactly.
+    bits = 7 if int8_saturates(cpu_class()) else 8
     model = _image_concat_model()
     aligned, _ = align_conv_inputs(model, ["conv2"])
     plan = plan_qdq(aligned, quantize_outputs=True).only(["conv2"])
-    q = insert_qdq(aligned, plan, {t: (0.0, 2.0) for t in plan.activation_tensors()}, activation_type="uint8")
+    q = insert_qdq(aligned, plan, {t: (0.0, 2.0) for t in plan.activation_tensors()}, activation_type="uint8",
+                   weight_bits=bits)
     producers = {o: n for n in q.graph.node for o in n.output}
     pad = next(n for n in q.graph.node if n.op_type == "Pad")
     # Pad reads the quantized image and pads with the zero point; no float round trip around it.
@@ -498,7 +504,7 @@ def test_aligned_pad_runs_on_integers_and_compiles_on_openvino(tmp_path):
     x = RNG.random((1, 3, 16, 16), dtype=np.float32)
     unaligned_plan = plan_qdq(model, quantize_outputs=True).only(["conv2"])
     unaligned = insert_qdq(model, unaligned_plan, {t: (0.0, 2.0) for t in unaligned_plan.activation_tensors()},
-                           activation_type="uint8")
+                           activation_type="uint8", weight_bits=bits)
     np.testing.assert_allclose(_run(q, {"x": x}), _run(unaligned, {"x": x}), atol=1e-5)
     ov = pytest.importorskip("openvino")
     # OpenVINO takes the integer Pad (on the real RVM, the float form made its low-precision
@@ -918,3 +924,53 @@ def test_float_budget_flag_sets_the_share_in_percent_and_zero_turns_it_off(tmp_p
     assert result.returncode == 0, result.stderr
     capped = json.loads((tmp_path / "capped" / "report.json").read_text())["int8"]["float_budget"]
     assert capped["fitting_layers"] == 3 and capped["probed_layers"] == 2
+
+
+# ---- weight bits and the integer kernels' fidelity ----------------------------------------------
+
+def test_seven_bit_weights_stay_within_63_on_their_own_scale():
+    from mtc.quant.qdq import quantize_weight
+
+    w = RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    values, scale = quantize_weight(w, 0, bits=7)
+    assert np.abs(values).max() == 63
+    np.testing.assert_allclose(scale, np.abs(w).reshape(4, -1).max(axis=1) / 63, rtol=1e-6)
+    full, full_scale = quantize_weight(w, 0)
+    assert np.abs(full).max() == 127 and np.all(full_scale < scale)
+
+
+def test_auto_weight_bits_tries_seven_bits_only_where_kernels_are_unfaithful(tmp_path, monkeypatch):
+    from mtc.quant import pipeline
+
+    source = _toy_artifact(tmp_path / "toy")
+    faithful = quantize_artifact(source, tmp_path / "a", precision="int8", config=Int8Config(method="minmax"),
+                                 gates=Gates(max_mad=50, max_dtssd=50), data=SMALL)
+    fidelity = faithful.report["int8"]["kernels_vs_simulation"]
+    assert set(fidelity) >= {"cpu", "mad", "dtssd", "simulation_vs_fp32_mad"}
+    assert faithful.report["int8"]["weight_bits"] == 8 and "weight_bits_choice" not in faithful.report["int8"]
+
+    real = pipeline.kernel_fidelity
+    monkeypatch.setattr(pipeline, "kernel_fidelity",  # as on a CPU whose kernels saturate
+                        lambda *args: {**real(*args), "mad": 5.0, "simulation_vs_fp32_mad": 1.0})
+    chosen = quantize_artifact(source, tmp_path / "b", precision="int8", config=Int8Config(method="minmax"),
+                               gates=Gates(max_mad=50, max_dtssd=50), data=SMALL)
+    choice = chosen.report["int8"]["weight_bits_choice"]
+    assert set(choice["candidates"]) == {"8", "7"}
+    best = min(choice["candidates"].items(), key=lambda kv: (not kv[1]["passed"], kv[1]["score"]))
+    assert str(choice["chosen"]) == best[0] == str(chosen.report["int8"]["weight_bits"])
+    limit = 63 if choice["chosen"] == 7 else 127
+    weights = [numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / "b" / "model.onnx")).graph.initializer
+               if i.name.endswith("__int8")]
+    assert weights and max(np.abs(w.astype(np.int32)).max() for w in weights) <= limit
+
+    fixed = quantize_artifact(source, tmp_path / "c", precision="int8",
+                              config=Int8Config(method="minmax", weight_bits=7),
+                              gates=Gates(max_mad=50, max_dtssd=50), data=SMALL)
+    assert fixed.report["int8"]["weight_bits"] == 7 and "weight_bits_choice" not in fixed.report["int8"]
+
+
+def test_weight_bits_must_be_seven_or_eight():
+    from mtc.errors import MtcError
+
+    with pytest.raises(MtcError, match="not 7 or 8"):
+        Int8Config(weight_bits=4)

@@ -30,6 +30,9 @@ def quantization_options(command):
         click.option("--weight-rounding", type=click.Choice(["gptq", "nearest"]), default=None,
                      help="INT8 conv weights: nearest, or gptq (Hessian-aware on the calibration frames, same "
                           "speed; use with --calib on footage like yours) [default: nearest]."),
+        click.option("--weight-bits", type=click.Choice(["auto", "8", "7"]), default="auto", show_default=True,
+                     help="INT8 conv weights on 8 bits, or 7 (what CPUs without VNNI compute exactly); auto: 8, "
+                          "and 7 too where this CPU's integer kernels measure unfaithful, keeping the better."),
         click.option("--calib", default="builtin", show_default=True,
                      help="Calibration frames: a video, a folder of images, or `builtin`."),
         click.option("--calib-frames", type=click.IntRange(1, 10000), default=24, show_default=True,
@@ -53,7 +56,7 @@ def quantization_options(command):
                           "the ones with the largest isolated INT8 error per MAC [default: 24]."),
         click.option("--no-equalize", is_flag=True,
                      help="Do not rescale the inputs of quantized convs' channel Concats (on by default: same "
-                          "function in float, lower INT8 error; see the README)."),
+                          "function in float, lower INT8 error; see docs/quantization.md)."),
     ]
     for decorator in reversed(decorators):
         command = decorator(command)
@@ -90,7 +93,8 @@ def build_gates(precision: str, max_mad: float | None, max_dtssd: float | None, 
     return Gates(**values)
 
 
-def run_quantization(source, output, *, precision, preset, method, weight_rounding, calib, calib_frames, check_source,
+def run_quantization(source, output, *, precision, preset, method, weight_rounding, weight_bits, calib, calib_frames,
+                     check_source,
                      max_mad, max_dtssd, gates_file, no_fallback, no_equalize, keep_float, float_budget,
                      float_budget_probes, force):
     """Call the library and turn a gate failure into a one-line error after the report is written."""
@@ -106,6 +110,10 @@ def run_quantization(source, output, *, precision, preset, method, weight_roundi
                          equalize_concats=False if no_equalize else None,
                          float_budget=None if float_budget is None else float_budget / 100,
                          float_budget_probes=float_budget_probes)
+    if weight_bits != "auto":
+        import dataclasses
+
+        config = dataclasses.replace(config, weight_bits=int(weight_bits))
     gates = build_gates(precision, max_mad, max_dtssd, gates_file)
     data = DataPlan(calib=calib, calib_frames=calib_frames, check=check_source)
     outcome = quantize_artifact(Path(source), Path(output), precision=precision, config=config, gates=gates,

@@ -82,7 +82,8 @@ PROBE = "__probe"
 
 
 def probe_model(fp32: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, ActivationRange], *,
-                activation_type: str = "int8", rounded: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> onnx.ModelProto:
+                activation_type: str = "int8", rounded: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+                weight_bits: int = 8) -> onnx.ModelProto:
     """The FP32 graph plus, for each planned Conv, a quantized copy reading the same FP32 input."""
     model = onnx.ModelProto()
     model.CopyFrom(fp32)
@@ -96,17 +97,19 @@ def probe_model(fp32: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, Activ
         model.graph.node.append(copy)
         quant = next(n for n in plan.nodes if n.node == node.name)
         probes.append(NodeQuant(copy.name, quant.inputs, quant.weights))
-    return insert_qdq(model, QdqPlan(tuple(probes)), ranges, activation_type=activation_type, rounded=rounded)
+    return insert_qdq(model, QdqPlan(tuple(probes)), ranges, activation_type=activation_type, rounded=rounded,
+                      weight_bits=weight_bits)
 
 
 def fit_layers(fp32: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, ActivationRange],
                feeds: Iterable[dict[str, np.ndarray]], *, activation_type: str = "int8",
-               rounded: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, LayerFit]:
+               rounded: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+               weight_bits: int = 8) -> dict[str, LayerFit]:
     """A LayerFit for every Conv in `plan`, each quantized alone (with the INT8 weights `rounded`
     gives, where it gives them) and fed FP32 inputs, in one pass over `feeds`."""
     convs = [n for n in fp32.graph.node if n.op_type == "Conv" and n.name in set(plan.node_names)]
     outputs = [t for n in convs for t in (n.output[0], n.output[0] + PROBE)]
-    probes = probe_model(fp32, plan, ranges, activation_type=activation_type, rounded=rounded)
+    probes = probe_model(fp32, plan, ranges, activation_type=activation_type, rounded=rounded, weight_bits=weight_bits)
     runner = OrtBackend(expose_tensors(probes, outputs).SerializeToString(), optimization="basic")
     fits: dict[str, _ChannelFit] = {}
     for feed in feeds:

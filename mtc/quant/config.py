@@ -76,6 +76,10 @@ class Int8Config:
             returned to float one at a time on the check clips, and the layers removing the most
             error per MAC are kept in float while they fit
             (mtc.quant.sensitivity.spend_float_budget). 0 = off.
+        weight_bits: 8 (|w| <= 127), 7 (|w| <= 63: exact on CPUs without VNNI, whose integer
+            kernels saturate on full-range weights), or None: 8, and 7 instead where the
+            integer kernels of the CPU that quantizes measure worse than their own float
+            simulation and 7 bits check better (mtc.quant.pipeline.choose_weight_bits).
         float_budget_probes: at most this many layers are probed for the float budget (each
             probe is one check on every check clip). When more fit the budget, the ones whose
             isolated INT8 output error per MAC is largest are probed (mtc.quant.affine).
@@ -94,6 +98,7 @@ class Int8Config:
     affine_correction: bool = True
     float_budget: float = 0.0
     float_budget_probes: int = 24
+    weight_bits: int | None = None
 
     def __post_init__(self):
         if not 0.0 <= self.float_budget <= 1.0:
@@ -102,6 +107,8 @@ class Int8Config:
         if self.float_budget_probes < 1:
             raise MtcError(f"float budget probes {self.float_budget_probes} must be at least 1",
                            hint="pass --float-budget 0 to turn the float budget off instead")
+        if self.weight_bits not in (None, 7, 8):
+            raise MtcError(f"weight bits {self.weight_bits} is not 7 or 8", hint="use --weight-bits 7, 8 or auto")
         if self.weight_rounding not in WEIGHT_ROUNDING:
             raise MtcError(f"unknown weight rounding {self.weight_rounding!r}",
                            hint=f"choose one of: {', '.join(WEIGHT_ROUNDING)}")
@@ -112,7 +119,7 @@ PRESETS: dict[str, Int8Config] = {
     # compute (each holding >= 1.5% of the MACs). Small and depthwise layers stay float: on a
     # CPU they cost more in Q/DQ conversions than INT8 saves, and every quantized layer adds
     # error. Up to 4% of the MACs stay float where removal sensitivity finds them worth it (on
-    # The recurrent video model, two bottleneck convs), because that buys back the most error per MAC given up.
+    # a recurrent video model, two bottleneck convs), because that buys back the most error per MAC given up.
     # Measured figures: docs/quantization.md, "Presets".
     "speed": Int8Config(min_mac_share=0.015, activation_type="uint8", align_channels=True, float_budget=0.04),
     # OpenVINO: its CPU plugin runs small INT8 convs fast too, so convs down to 0.5% of the MACs

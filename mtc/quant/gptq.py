@@ -29,7 +29,7 @@ import onnx
 from numpy.lib.stride_tricks import sliding_window_view
 from onnx import helper, numpy_helper
 
-from mtc.quant.qdq import INT8_MAX, quantize_weight
+from mtc.quant.qdq import quantize_weight, weight_limit
 from mtc.quant.ranges import expose_tensors
 
 SAMPLES_PER_FRAME = 2048  # im2col rows drawn per calibration frame and layer
@@ -100,7 +100,7 @@ def conv_hessians(model: onnx.ModelProto, conv_names: Iterable[str], feeds: Iter
     return sums
 
 
-def round_weights(weight: np.ndarray, hessian: np.ndarray, scale: np.ndarray) -> np.ndarray:
+def round_weights(weight: np.ndarray, hessian: np.ndarray, scale: np.ndarray, *, bits: int = 8) -> np.ndarray:
     """GPTQ-rounded INT8 values of an OIHW conv's weights on the given per-output-channel
     scales (round-to-nearest's); `hessian` is [groups, D, D] from `conv_hessians`."""
     groups = hessian.shape[0]
@@ -109,11 +109,11 @@ def round_weights(weight: np.ndarray, hessian: np.ndarray, scale: np.ndarray) ->
     values = np.empty(flat.shape, np.int8)
     for g in range(groups):
         rows = slice(g * per_group, (g + 1) * per_group)
-        values[rows] = _gptq(flat[rows], hessian[g], scale[rows].astype(np.float64))
+        values[rows] = _gptq(flat[rows], hessian[g], scale[rows].astype(np.float64), weight_limit(bits))
     return values.reshape(weight.shape)
 
 
-def _gptq(weight: np.ndarray, hessian: np.ndarray, scale: np.ndarray) -> np.ndarray:
+def _gptq(weight: np.ndarray, hessian: np.ndarray, scale: np.ndarray, limit: int) -> np.ndarray:
     w = weight.copy()
     h = hessian.copy()
     dead = np.diag(h) == 0  # inputs that were always zero (padding channels): any value is exact
@@ -126,7 +126,7 @@ def _gptq(weight: np.ndarray, hessian: np.ndarray, scale: np.ndarray) -> np.ndar
     s = scale[:, None]
     for i in range(w.shape[1]):
         column = w[:, i:i + 1]
-        rounded = np.clip(np.round(column / s), -INT8_MAX, INT8_MAX)
+        rounded = np.clip(np.round(column / s), -limit, limit)
         out[:, i] = rounded[:, 0]
         error = (column - rounded * s) / factor[i, i]
         w[:, i + 1:] -= error @ factor[i:i + 1, i + 1:]
@@ -141,7 +141,7 @@ def output_error(weight: np.ndarray, values: np.ndarray, scale: np.ndarray, hess
     return float(np.einsum("gci,gij,gcj->", delta, hessian, delta))
 
 
-def gptq_weights(model: onnx.ModelProto, hessians: Mapping[str, np.ndarray]
+def gptq_weights(model: onnx.ModelProto, hessians: Mapping[str, np.ndarray], *, bits: int = 8
                  ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, float]]:
     """({weight initializer: (int8 values, scale)}, {conv: output error ratio nearest / GPTQ})."""
     initializers = {i.name: i for i in model.graph.initializer}
@@ -150,8 +150,8 @@ def gptq_weights(model: onnx.ModelProto, hessians: Mapping[str, np.ndarray]
         if node.name not in hessians:
             continue
         weight = numpy_helper.to_array(initializers[node.input[1]]).astype(np.float64)
-        nearest, scale = quantize_weight(weight, 0)
-        values = round_weights(weight, hessians[node.name], scale)
+        nearest, scale = quantize_weight(weight, 0, bits=bits)
+        values = round_weights(weight, hessians[node.name], scale, bits=bits)
         before = output_error(weight, nearest, scale, hessians[node.name])
         after = output_error(weight, values, scale, hessians[node.name])
         if after < before:  # never worse than round-to-nearest on the calibration data

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from mtc import metrics
 from mtc.errors import MtcError
 from mtc.fsutil import atomic_dir, atomic_write_text
 from mtc.graph_stats import node_macs
@@ -29,7 +30,7 @@ from mtc.artifact.manifest import MANIFEST_NAME, REPORT_NAME, Manifest, Precisio
 from mtc.quant.affine import apply_corrections, fit_layers
 from mtc.quant.align import align_conv_inputs
 from mtc.quant.calibration import BUILTIN, Clip, load_clips, record_feeds
-from mtc.quant.checks import CheckResult, ReferenceAlphas
+from mtc.quant.checks import CheckResult, ReferenceAlphas, run_alphas
 from mtc.quant.config import Fallback, Gates, Int8Config
 from mtc.quant.equalize import equalize_concat_inputs
 from mtc.quant.fp16 import convert_to_fp16, fp16_compute_nodes, overflow_prone_nodes, shortest_passing_prefix
@@ -154,7 +155,8 @@ def quantize_artifact(source: Path, output: Path, *, precision: str, config: Int
 
     all_int8 = None
     if precision == "int8":
-        candidate, all_int8, check, details = _int8(model, feeds, reference, config, gates, fallback, timings, stages)
+        candidate, all_int8, check, details = choose_weight_bits(model, feeds, reference, config, gates, fallback,
+                                                                 timings, stages)
     else:
         candidate, check, details = _fp16(model, feeds, reference, gates, fallback, timings, stages)
 
@@ -198,7 +200,64 @@ def _checking(stages: Stages, name: str, reference: ReferenceAlphas, candidate, 
         return reference.check(_Counted(candidate, advance), gates)
 
 
+# Integer kernels that differ from their own float simulation by more than this share of what
+# quantization itself costs are not computing the Q/DQ graph faithfully. Exact kernels still
+# differ a little (bias and requantization rounding); saturating ones (AVX2 without VNNI) by
+# several times the quantization error (docs/quantization.md).
+KERNEL_ERROR_SHARE = 1.0
+
+
+def kernel_fidelity(io, candidate: onnx.ModelProto, reference: ReferenceAlphas, stages: Stages) -> dict:
+    """How the CPU's integer kernels compare with an exact float simulation of the same Q/DQ
+    graph (ONNX Runtime with graph optimizations off runs DequantizeLinear into float convs), on
+    the first check clip; with the simulation's own error against FP32 for scale. Tells a CPU
+    class problem from a quantization problem."""
+    probe = reference.head(clips=1, frames=12)
+    clip, fp32 = probe.clips[0], probe.alphas[0]
+    data = candidate.SerializeToString()
+    with stages.stage("integer kernels vs their float simulation", total=2 * len(clip.frames)) as advance:
+        kernels = run_alphas(io, _Counted(OrtBackend(data), advance), clip)
+        simulated = run_alphas(io, _Counted(OrtBackend(data, optimization="none"), advance), clip)
+    return {"cpu": cpu_class(), "clip": clip.name,
+            "mad": round(metrics.mad(kernels, simulated), 4), "dtssd": round(metrics.dtssd(kernels, simulated), 4),
+            "simulation_vs_fp32_mad": round(metrics.mad(simulated, fp32), 4),
+            "simulation_vs_fp32_dtssd": round(metrics.dtssd(simulated, fp32), 4)}
+
+
+def kernels_unfaithful(fidelity: dict) -> bool:
+    return fidelity["mad"] > KERNEL_ERROR_SHARE * max(fidelity["simulation_vs_fp32_mad"], 1e-3)
+
+
+def choose_weight_bits(model, feeds, reference, config: Int8Config, gates: Gates, fallback: Fallback, timings,
+                       stages: Stages):
+    """The INT8 model on `config.weight_bits`; with None, on 8 bits, unless this CPU's integer
+    kernels measure unfaithful to the graph (see `kernel_fidelity`): then on 7 bits too, keeping
+    whichever checks better against FP32 on this CPU."""
+    bits = config.weight_bits or 8
+    result = _int8(model, feeds, reference, dataclasses.replace(config, weight_bits=bits), gates, fallback, timings,
+                   stages)
+    fidelity = kernel_fidelity(reference.io, result[0], reference, stages)
+    result[3]["int8"]["kernels_vs_simulation"] = fidelity
+    if config.weight_bits is not None or not kernels_unfaithful(fidelity):
+        return result
+    log.warning("this CPU's integer kernels differ from the graph's float simulation by MAD %.2f (the quantization "
+                "itself costs %.2f): trying 7-bit weights, which such kernels compute exactly",
+                fidelity["mad"], fidelity["simulation_vs_fp32_mad"])
+    seven = _int8(model, feeds, reference, dataclasses.replace(config, weight_bits=7), gates, fallback, timings,
+                  stages)
+    seven[3]["int8"]["kernels_vs_simulation"] = kernel_fidelity(reference.io, seven[0], reference, stages)
+    ranked = sorted((result, seven), key=lambda r: (not r[2].passed, r[2].score))
+    chosen = ranked[0]
+    chosen[3]["int8"]["weight_bits_choice"] = {
+        "reason": "integer kernels unfaithful to the float simulation on this CPU",
+        "candidates": {str(r[3]["int8"]["weight_bits"]): {"passed": r[2].passed, "score": round(r[2].score, 4)}
+                       for r in (result, seven)},
+        "chosen": chosen[3]["int8"]["weight_bits"]}
+    return chosen
+
+
 def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: Fallback, timings, stages: Stages):
+    bits = config.weight_bits or 8
     excluded = set(config.exclude_nodes)
     mac_share = {}
     if config.min_mac_share > 0 or config.float_budget > 0:
@@ -232,7 +291,7 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
         started = time.perf_counter()
         with stages.stage("weight rounding (GPTQ)", total=len(feeds)) as advance:
             hessians = conv_hessians(model, plan.node_names, feeds, progress=advance)
-            rounded, rounding_gains = gptq_weights(model, hessians)
+            rounded, rounding_gains = gptq_weights(model, hessians, bits=bits)
         timings["gptq_s"] = time.perf_counter() - started
 
     affordable = [n for n in plan.node_names if 0 < mac_share.get(n, 0.0) <= config.float_budget]
@@ -241,6 +300,7 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
         started = time.perf_counter()
         with stages.stage("range fitting: per-layer INT8 error", total=len(feeds)) as advance:
             fits = fit_layers(model, plan, ranges, counted(feeds, advance), activation_type=config.activation_type,
+                              weight_bits=bits,
                               rounded=rounded)
         timings["affine_s"] = time.perf_counter() - started
     corrections = fits if config.affine_correction else {}
@@ -249,7 +309,8 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
 
     def build(subplan):
         chosen = set(subplan.node_names)
-        quantized = insert_qdq(model, subplan, ranges, activation_type=config.activation_type, rounded=rounded)
+        quantized = insert_qdq(model, subplan, ranges, activation_type=config.activation_type, rounded=rounded,
+                               weight_bits=bits)
         return apply_corrections(quantized, {k: v for k, v in corrections.items() if k in chosen})
 
     started = time.perf_counter()
@@ -259,6 +320,7 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
     timings["check_s"] = time.perf_counter() - started
     details = {"int8": {"method": config.method, "quantize_outputs": config.quantize_outputs,
                         "affine_correction": config.affine_correction, "weight_rounding": config.weight_rounding,
+                        "weight_bits": bits,
                         # per conv: layer-output error of round-to-nearest over GPTQ's (>= 1)
                         "gptq_error_ratio": {k: round(v, 2) for k, v in rounding_gains.items()},
                         "min_mac_share": config.min_mac_share, "activation_type": config.activation_type,

@@ -140,14 +140,23 @@ def plan_qdq(model: onnx.ModelProto, *, op_types: Iterable[str] = ("Conv",), exc
     return QdqPlan(tuple(planned))
 
 
-def quantize_weight(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel symmetric INT8: returns (int8 values, float32 scale per channel)."""
+def weight_limit(bits: int) -> int:
+    """The largest |integer| a symmetric weight of `bits` bits takes (127 for 8, 63 for 7)."""
+    return 2 ** (bits - 1) - 1
+
+
+def quantize_weight(weight: np.ndarray, axis: int, *, bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel symmetric INT8 on `bits` bits: returns (int8 values, float32 scale per channel).
+
+    Seven bits (|w| <= 63) is what CPUs without VNNI compute exactly: their u8 x s8 dot products
+    sum pairs in int16, which saturates on full-range weights (docs/quantization.md)."""
+    limit = weight_limit(bits)
     moved = np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1)
     amax = np.abs(moved).max(axis=1)
-    scale = np.where(amax > 0, amax / INT8_MAX, 1.0).astype(np.float32)
+    scale = np.where(amax > 0, amax / limit, 1.0).astype(np.float32)
     shape = [1] * weight.ndim
     shape[axis] = -1
-    values = np.clip(np.round(weight / scale.reshape(shape)), -INT8_MAX, INT8_MAX).astype(np.int8)
+    values = np.clip(np.round(weight / scale.reshape(shape)), -limit, limit).astype(np.int8)
     return values, scale
 
 
@@ -174,14 +183,16 @@ def activation_quant(value_range: ActivationRange, activation_type: str) -> tupl
 
 def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, ActivationRange], *,
                activation_type: str = "int8",
-               rounded: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> onnx.ModelProto:
+               rounded: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+               weight_bits: int = 8) -> onnx.ModelProto:
     """Return a copy of `model` with 8-bit Q/DQ pairs where `plan` says.
 
     Activations: one Q/DQ pair per tensor, clipped to its range in `ranges` (see
     `activation_quant`), shared by every planned
     consumer; other consumers keep reading the float tensor. Weights: stored as INT8
     initializers behind a per-channel DequantizeLinear; `rounded` gives (int8 values, scale) by
-    weight name where they were chosen elsewhere (mtc.quant.gptq), else round-to-nearest.
+    weight name where they were chosen elsewhere (mtc.quant.gptq), else round-to-nearest on
+    `weight_bits` bits (see `quantize_weight`).
     """
     rounded = rounded or {}
     out = onnx.ModelProto()
@@ -214,7 +225,7 @@ def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, Activ
         if weight_name in rounded:
             values, scale = rounded[weight_name]
         else:
-            values, scale = quantize_weight(numpy_helper.to_array(initializers[weight_name]), axis)
+            values, scale = quantize_weight(numpy_helper.to_array(initializers[weight_name]), axis, bits=weight_bits)
         base = _safe(f"{node_name}_{weight_name}")
         new_inits += [numpy_helper.from_array(values, f"{base}__int8"),
                       numpy_helper.from_array(scale, weight_scale_name(node)),

@@ -3,7 +3,7 @@
 Why TensorRT's API directly (with cuda-python) rather than Polygraphy's `TrtRunner`: the
 runner is a comparison tool. It copies every output back to the host on every call, owns its
 buffers per call shape, and has no notion of an output that is the next call's input, so
-A recurrent model's four state tensors would cross PCIe twice per frame; it also cannot capture a CUDA graph
+a recurrent model's four state tensors would cross PCIe twice per frame; it also cannot capture a CUDA graph
 around the whole frame. The runtime also should not need Polygraphy (only the builder does).
 Here: one stream; per profile, device buffers for every engine tensor at the profile's max
 shapes and pinned host buffers only for tensors that cross to the host (image in, alpha and
