@@ -28,12 +28,14 @@ def mtc(*args, env=None, check=False, max_file_bytes=None):
 
 
 def assert_clean_error(result, *phrases):
+    """One `error:` line, last on stderr (log lines may precede it there), no traceback."""
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
     assert "Traceback" not in result.stderr
     for phrase in phrases:
-        assert phrase in lines[0], lines[0]
+        assert phrase in errors[0], errors[0]
 
 
 @pytest.fixture(scope="module")

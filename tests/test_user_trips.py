@@ -81,6 +81,7 @@ QUANT_STAGES = [
     "float budget: probing layers",
     "layer sensitivity, one at a time",
     "fallback search until gates pass",
+    "integer kernels vs their float simulation",
     "speed timing:",
     "writing the report and artifact",
 ]
