@@ -666,9 +666,10 @@ def test_session_preprocesses_into_the_pinned_input_buffer(fake_trt):
 
 def test_create_backend_routes_to_tensorrt(fake_trt, tmp_path):
     from mtc.backends import Availability, BackendOptions, create_backend
+    from mtc.backends.tensorrt import Options as TensorRTOptions
 
     backend = create_backend("auto", tmp_path / "model.onnx", manifest=_manifest(SMALL_IO), folder=tmp_path,
-                             options=BackendOptions(profiles="hd"),
+                             options=BackendOptions(per_backend={"tensorrt": TensorRTOptions(profiles="hd")}),
                              availability=Availability(gpu_count=1, tensorrt=True))
     assert backend.name == "tensorrt" and [p.name for p in backend.profiles] == ["hd"]
     assert "tensorrt 10.9.0.34" in backend.describe()

@@ -12,8 +12,9 @@ why. Optional packages are imported only when their backend is used.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mtc.errors import MtcError
 from mtc.artifact.manifest import Manifest, ModelIO
@@ -36,39 +37,30 @@ log = logging.getLogger("mtc")
 
 @dataclass(frozen=True)
 class BackendOptions:
-    """Backend settings; each backend reads the ones that apply to it.
+    """What a caller asks of whichever backend runs: settings every backend reads, plus each
+    backend's own typed options (used when that backend is chosen, `auto` included).
 
     Attributes:
         threads: CPU inference threads (onnxruntime, openvino); default: all usable cores.
-        allow_spinning: onnxruntime worker threads spin while idle (faster alone, slower
-            beside other sessions).
-        precision: inference precision for OpenVINO ("fp32" default, "bf16"); onnxruntime and
-            TensorRT run the graph's own types and accept only "fp32" here.
-        providers: onnxruntime providers ("cpu", "cuda", "tensorrt"), best first; None: auto.
-        io_binding: onnxruntime I/O binding for state (None: on for GPU providers only).
-        profiles: TensorRT resolution profiles ("hd,4k"); None: exact profiles on demand.
-        ratio_policy: TensorRT, when the session's ratio differs from a profile's ("profile"
-            runs at the profile's ratio, "strict" requires an exact match).
-        cuda_graph: TensorRT, capture each frame into a CUDA graph.
-        build_missing: TensorRT, build missing or stale plans into the cache (minutes, once).
-        use_optimized_model: onnxruntime, load the model `mtc build --backend onnxruntime`
-            saved in the cache, when present.
-        openvino_cache: OpenVINO, keep compiled models in the mtc cache.
-        optimization_level: TensorRT builder optimization level (`mtc build`).
+        precision: inference precision: "fp32" (default), or "bf16" where a backend offers it
+            (OpenVINO); the others run the graph's own types.
+        per_backend: backend name -> that backend's Options (e.g.
+            `{"tensorrt": mtc.backends.tensorrt.Options(profiles="hd,4k")}`); a backend not
+            named here runs with its defaults.
     """
 
     threads: int | None = None
-    allow_spinning: bool = True
     precision: str = "fp32"
-    providers: tuple[str, ...] | None = None
-    io_binding: bool | None = None
-    profiles: tuple | str | None = None
-    ratio_policy: str = "profile"
-    cuda_graph: bool = False
-    build_missing: bool = True
-    use_optimized_model: bool = True
-    openvino_cache: bool = True
-    optimization_level: int = 3
+    per_backend: dict[str, Any] = field(default_factory=dict)
+
+    def for_backend(self, name: str) -> Any:
+        """The typed options of backend `name` (its defaults when none were given)."""
+        entry = get_backend(name)
+        options = self.per_backend.get(name) or entry.options()
+        if not isinstance(options, entry.options):
+            raise MtcError(f"options for {name} must be {entry.options.__module__}.{entry.options.__qualname__}, "
+                           f"not {type(options).__name__}", hint="build them with that backend's Options class")
+        return options
 
 
 def create_backend(name: str, model_path: Path, *, io: ModelIO | None = None, manifest: Manifest | None = None,
@@ -81,17 +73,13 @@ def create_backend(name: str, model_path: Path, *, io: ModelIO | None = None, ma
         model_path: the ONNX model file.
         io, manifest, folder: what the backend may need beyond the file (state pairs, the
             downsample input, the model hash, the engines/ folder). TensorRT needs all three.
-        options: backend settings; `threads=` / `allow_spinning=` keywords are still accepted.
+        options: what to ask of the backend; `threads=`, `allow_spinning=`, `precision=` and
+            `providers=` keywords are still accepted.
         availability: what this machine offers (probed when None; tests pass fakes).
     """
-    if legacy:
-        unknown = set(legacy) - {"threads", "allow_spinning", "precision", "providers"}
-        if unknown:
-            raise TypeError(f"create_backend() got unexpected keyword arguments {sorted(unknown)}")
-        import dataclasses
-
-        options = dataclasses.replace(options or BackendOptions(), **legacy)
     options = options or BackendOptions()
+    if legacy:  # the onnxruntime keywords of the first API (threads=, allow_spinning=, ...)
+        options = _with_legacy_keywords(options, legacy)
     if io is None and manifest is not None:
         io = manifest.io
     int8 = manifest is not None and manifest.precision.mode == "int8"
@@ -103,8 +91,24 @@ def create_backend(name: str, model_path: Path, *, io: ModelIO | None = None, ma
                                 model_precision=precision.mode if precision else "fp32",
                                 activation_type=precision.activation_type if precision else None,
                                 checked_cpu=precision.checked_cpu if precision else None)
-    backend = get_backend(choice.name).open(model_path, io=io, manifest=manifest, folder=folder, options=options,
-                                            choice=choice)
+    backend = get_backend(choice.name).open(model_path, io=io, manifest=manifest, folder=folder, common=options,
+                                            options=options.for_backend(choice.name), choice=choice)
     describe = getattr(backend, "describe", None)
     log.info("backend: %s (%s): %s", choice.name, choice.reason, describe() if describe else backend.name)
     return backend
+
+
+def _with_legacy_keywords(options: BackendOptions, legacy: dict) -> BackendOptions:
+    import dataclasses
+
+    from mtc.backends import onnxruntime
+
+    unknown = set(legacy) - {"threads", "allow_spinning", "precision", "providers"}
+    if unknown:
+        raise TypeError(f"create_backend() got unexpected keyword arguments {sorted(unknown)}")
+    common = {k: legacy[k] for k in ("threads", "precision") if k in legacy}
+    ort = {k: legacy[k] for k in ("allow_spinning", "providers") if k in legacy}
+    per_backend = dict(options.per_backend)
+    if ort:
+        per_backend["onnxruntime"] = dataclasses.replace(options.for_backend("onnxruntime"), **ort)
+    return dataclasses.replace(options, **common, per_backend=per_backend)

@@ -42,6 +42,8 @@ def build(folder: str | Path, *, backend: str, profiles: str | tuple = "hd", pre
     entry = get_backend(backend)
     manifest = read_manifest(folder)
     chosen = model_space_profiles(parse_profiles(profiles), manifest.io)
-    options = dataclasses.replace(BackendOptions(), precision=precision, threads=threads,
-                                  optimization_level=optimization_level)
-    return entry.build(folder, manifest, chosen, options=options, force=force)
+    common = BackendOptions(threads=threads, precision=precision)
+    options = entry.options()
+    if hasattr(options, "optimization_level"):
+        options = dataclasses.replace(options, optimization_level=optimization_level)
+    return entry.build(folder, manifest, chosen, common=common, options=options, force=force)

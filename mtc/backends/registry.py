@@ -74,14 +74,17 @@ class Probe:
 class BackendEntry:
     """One backend: its probe, session factory and ahead-of-time build.
 
-    `open(model_path, *, io, manifest, folder, options, choice)` returns a Backend;
-    `build(folder, manifest, profiles, *, options)` returns one line per thing built.
+    `options` is the backend's own frozen dataclass of settings (its defaults when built with
+    no arguments). `open(model_path, *, io, manifest, folder, common, options, choice)` returns
+    a Backend, where `common` holds the settings every backend reads (threads, precision);
+    `build(folder, manifest, profiles, *, common, options, force)` returns one line per thing built.
     """
 
     name: str
     title: str  # as people write it: "ONNX Runtime"
     probe: Callable[[Availability], Probe]
     open: Callable[..., Any]
+    options: type
     build: Callable[..., list[str]] | None = None
 
 

@@ -54,10 +54,13 @@ def load(folder: str | Path, *, backend: str = "auto", downsample_ratio: float |
     """
     folder = Path(folder)
     manifest = read_manifest(folder)
-    options = BackendOptions(threads=threads, allow_spinning=allow_spinning, precision=precision,
-                             providers=tuple(providers) if providers is not None else None, profiles=profiles,
-                             ratio_policy="strict" if downsample_ratio is not None else "profile",
-                             cuda_graph=cuda_graph, build_missing=build_missing)
+    from mtc.backends import onnxruntime, tensorrt
+
+    options = BackendOptions(threads=threads, precision=precision, per_backend={
+        "onnxruntime": onnxruntime.Options(allow_spinning=allow_spinning,
+                                           providers=tuple(providers) if providers is not None else None),
+        "tensorrt": tensorrt.Options(profiles=profiles, cuda_graph=cuda_graph, build_missing=build_missing,
+                                     ratio_policy="strict" if downsample_ratio is not None else "profile")})
     engine = create_backend(backend, folder / manifest.model_file, io=manifest.io, manifest=manifest, folder=folder,
                             options=options)
     session = MattingSession(manifest.io, engine, downsample_ratio=downsample_ratio,

@@ -1,5 +1,6 @@
 """The backend registry: backends found by name, probes, and auto avoiding unfaithful backends."""
 
+import dataclasses
 import logging
 import sys
 import types
@@ -16,6 +17,23 @@ def test_every_backend_package_is_in_the_registry():
     for name in registry.backend_names():
         entry = get_backend(name)
         assert entry.name == name and callable(entry.probe) and callable(entry.open) and callable(entry.build)
+        assert dataclasses.is_dataclass(entry.options()) and entry.options.__module__ == f"mtc.backends.{name}"
+
+
+def test_each_backend_gets_its_own_typed_options():
+    from mtc.backends import BackendOptions, openvino, tensorrt
+    from mtc.errors import MtcError
+
+    options = BackendOptions(threads=1, per_backend={"tensorrt": tensorrt.Options(profiles="hd", cuda_graph=True)})
+    assert options.for_backend("tensorrt").cuda_graph and options.for_backend("tensorrt").profiles == "hd"
+    assert options.for_backend("openvino") == openvino.Options()  # not named: its defaults
+    with pytest.raises(MtcError, match="must be mtc.backends.openvino.Options"):
+        BackendOptions(per_backend={"openvino": tensorrt.Options()}).for_backend("openvino")
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeOptions:
+    level: int = 1
 
 
 def test_a_backend_added_by_one_registry_line_is_chosen_by_its_probe(monkeypatch):
@@ -23,12 +41,17 @@ def test_a_backend_added_by_one_registry_line_is_chosen_by_its_probe(monkeypatch
     opened = []
     module.BACKEND = BackendEntry(
         name="fake", title="Fake", probe=lambda available: Probe(True, rank=-1, reason="fake accelerator present"),
-        open=lambda *args, **kwargs: opened.append(kwargs) or "session")
+        open=lambda *args, **kwargs: opened.append(kwargs) or types.SimpleNamespace(name="fake"), options=FakeOptions)
     monkeypatch.setitem(sys.modules, "fake_backend_pkg", module)
     monkeypatch.setattr(registry, "BACKEND_MODULES", (*registry.BACKEND_MODULES, "fake_backend_pkg"))
     choice = choose_backend("auto", Availability(openvino=True))
     assert (choice.name, choice.reason) == ("fake", "fake accelerator present")
     assert choose_backend("fake", Availability()).name == "fake"
+    from mtc.backends import BackendOptions, create_backend
+
+    session = create_backend("fake", "model.onnx", availability=Availability(),
+                             options=BackendOptions(per_backend={"fake": FakeOptions(level=3)}))
+    assert session.name == "fake" and opened[0]["options"] == FakeOptions(level=3)
 
 
 @pytest.mark.parametrize("flags, expected", [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from mtc.backends.registry import Availability, BackendEntry, Probe
 
@@ -10,6 +11,25 @@ log = logging.getLogger("mtc")
 
 UNCHECKED_CPU = ("INT8 artifacts checked on another CPU class less faithfully on this AVX2-only CPU (integer "
                  "pair sums saturate without VNNI; re-quantize on this machine)")
+
+
+@dataclass(frozen=True)
+class Options:
+    """ONNX Runtime's own settings.
+
+    Attributes:
+        allow_spinning: worker threads spin while idle (faster alone, slower beside other
+            sessions, e.g. video codecs).
+        providers: "cpu", "cuda", "tensorrt", best first; None: what the probe chose.
+        io_binding: keep recurrent state in device memory (None: on for GPU providers only).
+        use_optimized_model: load the model `mtc build --backend onnxruntime` saved in the
+            cache, when present.
+    """
+
+    allow_spinning: bool = True
+    providers: tuple[str, ...] | None = None
+    io_binding: bool | None = None
+    use_optimized_model: bool = True
 
 
 def probe(available: Availability) -> Probe:
@@ -23,7 +43,7 @@ def probe(available: Availability) -> Probe:
     return Probe(True, rank=3, reason=f"CPU only{extra}", providers=("cpu",), unfaithful=unfaithful)
 
 
-def open_session(model_path, *, io=None, manifest=None, folder=None, options, choice):
+def open_session(model_path, *, io=None, manifest=None, folder=None, common, options: Options, choice):
     from mtc.backends.onnxruntime.build import optimized_model_path
     from mtc.backends.onnxruntime.session import OrtBackend
     from mtc.errors import MtcError
@@ -36,12 +56,12 @@ def open_session(model_path, *, io=None, manifest=None, folder=None, options, ch
         except MtcError as exc:  # no usable cache folder: run from the artifact's model
             log.debug("onnxruntime: no optimized-model cache (%s)", exc.message)
     state_pairs = tuple((p.input, p.output) for p in io.states) if io is not None else ()
-    return OrtBackend(model_path, threads=options.threads, allow_spinning=options.allow_spinning,
+    return OrtBackend(model_path, threads=common.threads, allow_spinning=options.allow_spinning,
                       providers=providers, optimized_model=optimized, state_pairs=state_pairs,
                       io_binding=options.io_binding)
 
 
-def prepare(folder, manifest, profiles, *, options, force=False) -> list[str]:
+def prepare(folder, manifest, profiles, *, common, options: Options, force=False) -> list[str]:
     """Save ORT's optimized model into the cache (profiles do not apply: ORT takes any shape)."""
     from mtc.backends.onnxruntime.build import save_optimized_model
 
@@ -49,4 +69,5 @@ def prepare(folder, manifest, profiles, *, options, force=False) -> list[str]:
     return [f"optimized model saved to {path}"]
 
 
-BACKEND = BackendEntry(name="onnxruntime", title="ONNX Runtime", probe=probe, open=open_session, build=prepare)
+BACKEND = BackendEntry(name="onnxruntime", title="ONNX Runtime", probe=probe, open=open_session, options=Options,
+                       build=prepare)

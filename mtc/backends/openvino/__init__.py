@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from mtc.backends.onnxruntime import UNCHECKED_CPU
 from mtc.backends.registry import Availability, BackendEntry, Probe
 
@@ -16,6 +18,19 @@ UNFAITHFUL = {
 }
 
 
+@dataclass(frozen=True)
+class Options:
+    """OpenVINO's own settings (its precision is the common `precision`).
+
+    Attributes:
+        cache: keep rewritten graphs and compiled models in the mtc cache.
+        static_shapes: compile a static model per input signature (measured faster).
+    """
+
+    cache: bool = True
+    static_shapes: bool = True
+
+
 def probe(available: Availability) -> Probe:
     if not available.openvino:
         return Probe(False, reason="backend 'openvino' is not installed", fix="pip install 'mtc[openvino]'",
@@ -24,20 +39,21 @@ def probe(available: Availability) -> Probe:
                  unfaithful=UNFAITHFUL, precisions=("fp32", "bf16"))
 
 
-def open_session(model_path, *, io=None, manifest=None, folder=None, options, choice):
+def open_session(model_path, *, io=None, manifest=None, folder=None, common, options: Options, choice):
     from mtc.backends.openvino.session import OpenVinoBackend
 
-    return OpenVinoBackend(model_path, io=io, precision=options.precision, threads=options.threads,
-                           cache=options.openvino_cache)
+    return OpenVinoBackend(model_path, io=io, precision=common.precision, threads=common.threads,
+                           cache=options.cache, static_shapes=options.static_shapes)
 
 
-def prepare(folder, manifest, profiles, *, options, force=False) -> list[str]:
+def prepare(folder, manifest, profiles, *, common, options: Options, force=False) -> list[str]:
     """Compile the static model for each profile into OpenVINO's cache."""
     from mtc.backends.openvino.build import precompile
 
-    results = precompile(folder, manifest, profiles, precision=options.precision, threads=options.threads)
+    results = precompile(folder, manifest, profiles, precision=common.precision, threads=common.threads)
     return [f"profile {r['profile']} ({r['shape']}): compiled in {r['seconds']} s ({r['precision']}), cached"
             for r in results]
 
 
-BACKEND = BackendEntry(name="openvino", title="OpenVINO", probe=probe, open=open_session, build=prepare)
+BACKEND = BackendEntry(name="openvino", title="OpenVINO", probe=probe, open=open_session, options=Options,
+                       build=prepare)

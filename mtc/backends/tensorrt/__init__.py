@@ -2,7 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from mtc.backends.registry import Availability, BackendEntry, Probe
+
+
+@dataclass(frozen=True)
+class Options:
+    """TensorRT's own settings.
+
+    Attributes:
+        profiles: resolution profiles to serve ("hd,4k" or ResolutionProfile objects); None:
+            an exact profile per frame size, built on first use.
+        ratio_policy: when the session's downsample ratio differs from a profile's: "profile"
+            runs at the profile's ratio, "strict" requires an exact match.
+        cuda_graph: capture each frame into a CUDA graph.
+        build_missing: build missing or stale plans into the cache (minutes, once).
+        optimization_level: the builder's optimization level (`mtc build`).
+    """
+
+    profiles: tuple | str | None = None
+    ratio_policy: str = "profile"
+    cuda_graph: bool = False
+    build_missing: bool = True
+    optimization_level: int = 3
 
 
 def probe(available: Availability) -> Probe:
@@ -14,7 +37,7 @@ def probe(available: Availability) -> Probe:
     return Probe(True, rank=0, reason=f"{available.gpu_count} NVIDIA GPU(s) and TensorRT are available")
 
 
-def open_session(model_path, *, io=None, manifest=None, folder=None, options, choice):
+def open_session(model_path, *, io=None, manifest=None, folder=None, common, options: Options, choice):
     from mtc.errors import MtcError
 
     if manifest is None or folder is None:
@@ -26,7 +49,7 @@ def open_session(model_path, *, io=None, manifest=None, folder=None, options, ch
                            cuda_graph=options.cuda_graph, build_missing=options.build_missing)
 
 
-def prepare(folder, manifest, profiles, *, options, force=False) -> list[str]:
+def prepare(folder, manifest, profiles, *, common, options: Options, force=False) -> list[str]:
     """Build a plan per profile into the artifact (engines/<profile>.plan + .json sidecar)."""
     from mtc.backends.tensorrt.build import build_artifact_plans
 
@@ -34,4 +57,5 @@ def prepare(folder, manifest, profiles, *, options, force=False) -> list[str]:
                                 force=force)
 
 
-BACKEND = BackendEntry(name="tensorrt", title="TensorRT", probe=probe, open=open_session, build=prepare)
+BACKEND = BackendEntry(name="tensorrt", title="TensorRT", probe=probe, open=open_session, options=Options,
+                       build=prepare)
