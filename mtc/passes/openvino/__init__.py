@@ -1,8 +1,8 @@
 """OpenVINO's graph passes: what its CPU plugin runs slowly, rewritten to what it runs fast.
 
 Each pass module says why and what it measured; here each is registered with its stage and
-its exactness (checked against ONNX Runtime in tests/test_ov_rewrites.py and
-tests/test_split_outputs.py).
+its exactness (checked against ONNX Runtime in tests/passes/test_ov_rewrites.py and
+tests/passes/test_split_outputs.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ register_pass(GraphPass(
     run=lambda model, context: merge_split_outputs(model), describe="{} split output(s) merged"))
 register_pass(GraphPass(
     name="hard_sigmoid_as_hsigmoid", backend="openvino", stage="read",
-    exactness="within 1e-6 on FP32 (tests/test_ov_rewrites.py::test_pytorch_hard_sigmoid_becomes_hsigmoid_with_onnxruntimes_values)",
+    exactness="within 1e-6 on FP32 (tests/passes/test_ov_rewrites.py::test_pytorch_hard_sigmoid_becomes_hsigmoid_with_onnxruntimes_values)",
     run=lambda model, context: hard_sigmoid_as_hsigmoid(model), describe="{} HardSigmoid(s) as HSigmoid"))
 register_pass(GraphPass(
     name="drop_identity_resizes", backend="openvino", stage="static", exactness="bit-exact",
@@ -32,21 +32,21 @@ register_pass(GraphPass(
     applies=_static))
 register_pass(GraphPass(
     name="upsample_as_transposed_conv", backend="openvino", stage="static",
-    exactness="within 1e-5 (tests/test_ov_rewrites.py::test_openvino_upsample_equals_onnxruntime_resize)",
+    exactness="within 1e-5 (tests/passes/test_ov_rewrites.py::test_openvino_upsample_equals_onnxruntime_resize)",
     run=lambda model, context: upsample_as_transposed_conv(model, set(context.frame_sizes)),
     describe="{} full-resolution upsample(s) as transposed convolutions", applies=_static))
 register_pass(GraphPass(
     name="guide_as_conv", backend="openvino", stage="static",
-    exactness="within 1e-6 (tests/test_ov_rewrites.py::test_guides_and_channel_sums_are_convs_with_onnxruntimes_values)",
+    exactness="within 1e-6 (tests/passes/test_ov_rewrites.py::test_guides_and_channel_sums_are_convs_with_onnxruntimes_values)",
     run=lambda model, context: guide_as_conv(model, set(context.frame_sizes)), describe="{} guide(s) as 1x1 convolutions",
     applies=_static))
 register_pass(GraphPass(
     name="channel_sum_as_conv", backend="openvino", stage="static",
-    exactness="within 1e-6 (tests/test_ov_rewrites.py::test_guides_and_channel_sums_are_convs_with_onnxruntimes_values)",
+    exactness="within 1e-6 (tests/passes/test_ov_rewrites.py::test_guides_and_channel_sums_are_convs_with_onnxruntimes_values)",
     run=lambda model, context: channel_sum_as_conv(model, set(context.frame_sizes)),
     describe="{} channel sum(s) as 1x1 convolutions", applies=_static))
 register_pass(GraphPass(
     name="small_pools_as_convs", backend="openvino", stage="static",
-    exactness="within 1e-6 (tests/test_ov_rewrites.py::test_small_pools_are_depthwise_convs_with_onnxruntimes_values)",
+    exactness="within 1e-6 (tests/passes/test_ov_rewrites.py::test_small_pools_are_depthwise_convs_with_onnxruntimes_values)",
     run=lambda model, context: small_pools_as_convs(model), describe="{} pool(s) as depthwise convolutions",
     applies=_static))

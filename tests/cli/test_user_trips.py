@@ -88,7 +88,7 @@ QUANT_STAGES = [
 
 
 def _quantize_toy(tmp_path, **kwargs):
-    from test_quant import SMALL, _toy_artifact  # the toy artifact whose conv2 needs fallback
+    from quant.test_quant import SMALL, _toy_artifact  # the toy artifact whose conv2 needs fallback
 
     from mtc.quant.config import Gates, Int8Config
     from mtc.quant.pipeline import quantize_artifact

@@ -508,7 +508,7 @@ def test_aligned_pad_runs_on_integers_and_compiles_on_openvino(tmp_path):
     np.testing.assert_allclose(_run(q, {"x": x}), _run(unaligned, {"x": x}), atol=1e-5)
     ov = pytest.importorskip("openvino")
     # OpenVINO takes the integer Pad (on the real RVM, the float form made its low-precision
-    # Concat pass throw; tests/test_quant_rvm.py runs that artifact on OpenVINO).
+    # Concat pass throw; tests/quant/test_quant_rvm.py runs that artifact on OpenVINO).
     compiled = ov.Core().compile_model(ov.Core().read_model(q.SerializeToString(), b""), "CPU")
     got = compiled.create_infer_request().infer({"x": x})
     np.testing.assert_allclose(next(iter(got.values())), _run(unaligned, {"x": x}), atol=0.05)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from mtc.metrics import matting_metrics
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_peers.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_peers.py"
 
 
 @pytest.fixture(scope="module")

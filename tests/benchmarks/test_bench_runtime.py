@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_runtime.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_runtime.py"
 
 
 @pytest.fixture(scope="module")
