@@ -42,7 +42,8 @@ def _gates(ctx: click.Context, param: click.Parameter, value: Path | None):
 
 @click.command()
 @click.argument("folder", type=click.Path(path_type=Path))
-@click.option("--backend", default="auto", show_default=True, help="Execution backend to measure.")
+@click.option("--backend", default="auto", show_default=True, metavar="NAME",
+              help="Execution backend to measure: auto, or one `mtc backends` lists.")
 @click.option("--resolution", "-r", "resolutions", multiple=True, callback=_resolutions,
               help="WIDTHxHEIGHT; repeat or comma-separate for several (default: the gates file's, the "
                    "input video's size, or 512x288).")

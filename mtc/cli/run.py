@@ -27,8 +27,9 @@ FRAME_NAME = re.compile(r"\d{6}\.png")
 @click.option("--background-plate", "plate", type=click.Path(path_type=Path, dir_okay=False),
               help="Picture of the scene without the subject, the size of the frames (BackgroundMattingV2).")
 @click.option("--ratio", type=float, help="Downsample ratio for recurrent models (default: auto, min(512/long side, 1)).")
-@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "openvino", "tensorrt"]), default="auto",
-              show_default=True, help="Execution backend (auto: TensorRT, ORT-CUDA, OpenVINO, ORT-CPU, first present).")
+@click.option("--backend", default="auto", show_default=True, metavar="NAME",
+              help="Execution backend: auto, or one `mtc backends` lists (auto: the best that runs this artifact "
+                   "faithfully here).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="OpenVINO inference precision (bf16 only when asked).")
 @click.option("--profile", "profiles", help="TensorRT profiles, e.g. hd,4k (default: one per frame size).")

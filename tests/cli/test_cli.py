@@ -311,3 +311,19 @@ def test_run_refuses_a_damaged_artifact(rvm_artifact, photo, tmp_path):
 
 def test_missing_input(rvm_artifact, tmp_path):
     assert_clean_error(mtc("run", rvm_artifact, tmp_path / "nope.png", "-o", tmp_path / "o.png"), "not found")
+
+
+def test_backends_lists_each_registered_backend_and_the_auto_choice():
+    from mtc.backends.registry import backend_names, choose_backend, probe_availability
+
+    result = mtc("backends", check=True)
+    available = probe_availability()
+    assert f"CPU class: {available.cpu}" in result.stdout
+    for name in backend_names():
+        assert f"\n{name}: " in result.stdout
+    assert f"auto for FP32 artifacts: {choose_backend('auto', available).name}" in result.stdout
+
+
+def test_an_unknown_backend_is_a_one_line_error(rvm_artifact, photo, tmp_path):
+    assert_clean_error(mtc("run", rvm_artifact, photo, "-o", tmp_path / "x.png", "--backend", "tflite"),
+                       "unknown backend 'tflite'", "onnxruntime")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from mtc.backends.cpu import int8_saturates
 from mtc.backends.registry import Availability, BackendEntry, Probe
 
 log = logging.getLogger("mtc")
@@ -33,7 +34,7 @@ class Options:
 
 
 def probe(available: Availability) -> Probe:
-    unfaithful = {"int8-unchecked-cpu": UNCHECKED_CPU}
+    unfaithful = {"int8-unchecked-cpu": UNCHECKED_CPU} if int8_saturates(available.cpu) else {}
     if available.gpu_count > 0 and "CUDAExecutionProvider" in available.ort_providers:
         why = "an NVIDIA GPU and onnxruntime's CUDA provider are available"
         if not available.tensorrt:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mtc.backends.cpu import int8_saturates
 from mtc.backends.onnxruntime import UNCHECKED_CPU
 from mtc.backends.registry import Availability, BackendEntry, Probe
 
@@ -14,7 +15,6 @@ UNFAITHFUL = {
                "on; re-quantize with --preset speed (uint8 activations) for OpenVINO",
     "fp16": "FP16 artifacts less faithfully than the ONNX Runtime they were checked on (and slower than their "
             "FP32 artifact: on a CPU, run that on OpenVINO)",
-    "int8-unchecked-cpu": UNCHECKED_CPU,
 }
 
 
@@ -35,8 +35,9 @@ def probe(available: Availability) -> Probe:
     if not available.openvino:
         return Probe(False, reason="backend 'openvino' is not installed", fix="pip install 'mtc[openvino]'",
                      precisions=("fp32", "bf16"))
+    unfaithful = {**UNFAITHFUL, "int8-unchecked-cpu": UNCHECKED_CPU} if int8_saturates(available.cpu) else UNFAITHFUL
     return Probe(True, rank=2, reason="CPU only; OpenVINO (static shapes) measured faster than ONNX Runtime",
-                 unfaithful=UNFAITHFUL, precisions=("fp32", "bf16"))
+                 unfaithful=unfaithful, precisions=("fp32", "bf16"))
 
 
 def open_session(model_path, *, io=None, manifest=None, folder=None, common, options: Options, choice):
