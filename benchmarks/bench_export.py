@@ -27,7 +27,7 @@ from mtc.export.torch_export import save_random_checkpoint  # noqa: E402
 
 
 # Where each family's build_network lives (its torch modules).
-_NETWORK_MODULES = {"modnet": "mtc.models.modnet.net", "bgmv2": "mtc.models.bgmv2.net", "u2net": "mtc.models.u2net"}
+_NETWORK_MODULES = {"modnet": "mtc.models.modnet.net", "bgmv2": "mtc.models.bgmv2.net", "u2net": "mtc.models.u2net.net"}
 
 
 def _rvm(backbone):

@@ -9,6 +9,8 @@ README names) would.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import mtc.models.u2net as u2net  # noqa: E402  (registers the family)
+import mtc.models.u2net.net as u2net_net  # noqa: E402
 import mtc.runtime  # noqa: E402
 from mtc.errors import MtcError  # noqa: E402
 from mtc.models.export import export_model  # noqa: E402
@@ -60,7 +63,8 @@ PARAMETERS = {"u2net": 44_009_869, "u2netp": 1_131_181}  # the official 176 MB /
 @pytest.fixture(scope="module")
 def u2netp_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("u2netp") / "u2netp.pth"
-    return save_random_checkpoint(u2net.build_network("u2netp"), path, seed=5, drop_buffers=("num_batches_tracked",))
+    return save_random_checkpoint(u2net_net.build_network("u2netp"), path, seed=5,
+                                  drop_buffers=("num_batches_tracked",))
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +75,7 @@ def artifact(u2netp_checkpoint, tmp_path_factory):
 
 @pytest.mark.parametrize("arch", ["u2net", "u2netp"])
 def test_state_dict_has_the_official_layout(arch):
-    net = u2net.build_network(arch)
+    net = u2net_net.build_network(arch)
     state = {k: tuple(v.shape) for k, v in net.state_dict().items()}
 
     assert len(state) == OFFICIAL_KEY_COUNT
@@ -106,7 +110,7 @@ def test_graph_divides_by_the_image_maximum_and_min_max_normalises(artifact):
 
 def test_official_preprocessing_formula(u2netp_checkpoint):
     """The wrapper matches the official test script: image / max, ImageNet mean/std, normPRED."""
-    wrapper = u2net.matte_module("u2netp", u2netp_checkpoint)
+    wrapper = u2net_net.matte_module("u2netp", u2netp_checkpoint)
     net = wrapper.net
     image = np.random.default_rng(2).random((160, 160, 3)) * 0.7  # float64 as the official loader
     normalised = image / np.max(image)
@@ -124,8 +128,8 @@ def test_full_u2net_exports_and_matches_pytorch(tmp_path):
     from mtc.export.torch_export import export_onnx
     from mtc.backends import OrtBackend
 
-    path = save_random_checkpoint(u2net.build_network("u2net"), tmp_path / "u2net.pth", seed=6)
-    module = u2net.matte_module("u2net", path)
+    path = save_random_checkpoint(u2net_net.build_network("u2net"), tmp_path / "u2net.pth", seed=6)
+    module = u2net_net.matte_module("u2net", path)
     x = np.random.default_rng(3).random((1, 3, 96, 64), dtype=np.float32)
     dims = {0: "batch", 2: "height", 3: "width"}
     model = export_onnx(module, (torch.from_numpy(x),), input_names=["src"], output_names=["alpha"],
@@ -167,3 +171,13 @@ def test_u2netp_checkpoint_given_to_u2net_is_refused(u2netp_checkpoint, tmp_path
     assert "wrong shape: stage1.rebnconv1.conv_s1.weight (16, 64, 3, 3) != (32, 64, 3, 3)" in message
     assert "more)" in message  # only the first few of the many mismatches are listed
     assert not (tmp_path / "out").exists()
+
+
+def test_importing_the_family_imports_no_torch():
+    """The registry imports every family to list models; the torch side waits for an export."""
+    code = "import sys, mtc.models.u2net, mtc.models.u2net.official_onnx; print(' '.join(sorted(sys.modules)))"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    modules = set(run.stdout.split())
+
+    assert "torch" not in modules
+    assert "mtc.models.u2net.net" not in modules

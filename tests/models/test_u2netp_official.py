@@ -141,10 +141,11 @@ def test_transferred_weights_match_the_official_onnx(u2netp_onnx):
     import onnxruntime as ort
     import torch
 
+    from mtc.models.u2net.net import U2NetMatte
     from mtc.models.u2net.official_onnx import module_from_official_onnx, wrap_official_onnx
 
     net = module_from_official_onnx(u2netp_onnx)
-    matte = u2net._classes()[1](net).eval()
+    matte = U2NetMatte(net).eval()
     official = ort.InferenceSession(str(u2netp_onnx), providers=["CPUExecutionProvider"])
     wrapped = ort.InferenceSession(wrap_official_onnx(onnx.load(str(u2netp_onnx))).SerializeToString(),
                                    providers=["CPUExecutionProvider"])
@@ -172,10 +173,11 @@ def test_transferred_weights_match_the_official_onnx(u2netp_onnx):
 def test_transferred_state_dict_is_an_official_checkpoint_layout(u2netp_onnx):
     import torch
 
+    from mtc.models.u2net.net import build_network
     from mtc.models.u2net.official_onnx import state_dict_from_official_onnx
 
     state = state_dict_from_official_onnx(u2netp_onnx)
-    reference = u2net.build_network("u2netp").state_dict()
+    reference = build_network("u2netp").state_dict()
 
     assert {k: tuple(v.shape) for k, v in state.items()} == {k: tuple(v.shape) for k, v in reference.items()}
     variance = state["stage1.rebnconvin.bn_s1.running_var"]

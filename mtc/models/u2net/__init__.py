@@ -39,6 +39,10 @@ Two model names:
   official layout (the Google Drive file, or the ONNX weights moved into that layout by
   `official_onnx.state_dict_from_official_onnx`). Both resize with Lanczos, as rembg does,
   so the runtime's masks match rembg's.
+
+This package holds the spec as data and must not import torch (the registry imports it to list
+models); the modules live in ``net`` (imported by the build functions), the official ONNX
+wrapper and weight transfer in ``official_onnx`` (imported on use).
 """
 
 from __future__ import annotations
@@ -46,10 +50,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mtc.artifact.manifest import ModelIO, Preprocess, TensorSpec
 from mtc.models.registry import ModelSpec, VariantSpec, register
 from mtc.weights import PyPIWheelSource, UrlSource, WeightFile
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    import onnx
+
+    from mtc.export.torch_export import TorchBackend
 
 MODEL_SIZE = 320
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -110,171 +122,27 @@ U2NETP_IO = dataclasses.replace(
     U2NET_IO, preprocess=dataclasses.replace(U2NET_IO.preprocess, resize_filter="lanczos"))
 
 
-@functools.cache
-def _classes():
-    """The network's module classes, defined on first use so importing this file needs no torch."""
+def _net() -> ModuleType:
+    """mtc.models.u2net.net, imported on first use (a missing torch is reported with the extra to install)."""
     from mtc.export.torch_export import require_torch
 
-    torch = require_torch()
-    nn = torch.nn
-    F = torch.nn.functional
+    require_torch()
+    from mtc.models.u2net import net
 
-    def upsample_like(x, ref):
-        return F.interpolate(x, size=ref.shape[2:], mode="bilinear", align_corners=False)
-
-    class REBNCONV(nn.Module):
-        """3x3 conv (dilated) + BatchNorm + ReLU; attribute names are the checkpoint's."""
-
-        def __init__(self, inp: int, oup: int, dilation: int = 1):
-            super().__init__()
-            self.conv_s1 = nn.Conv2d(inp, oup, 3, padding=dilation, dilation=dilation)
-            self.bn_s1 = nn.BatchNorm2d(oup)
-            self.relu_s1 = nn.ReLU(inplace=True)
-
-        def forward(self, x):
-            return self.relu_s1(self.bn_s1(self.conv_s1(x)))
-
-    class RSU(nn.Module):
-        """Residual U-block of height L: L-1 convs with 2x max-pooling between them, a dilated
-        bottom conv, and a decoder that upsamples back, each level concatenating its skip."""
-
-        def __init__(self, height: int, inp: int, mid: int, oup: int):
-            super().__init__()
-            self.height = height
-            self.rebnconvin = REBNCONV(inp, oup)
-            self.rebnconv1 = REBNCONV(oup, mid)
-            for i in range(2, height):
-                setattr(self, f"rebnconv{i}", REBNCONV(mid, mid))
-            setattr(self, f"rebnconv{height}", REBNCONV(mid, mid, dilation=2))
-            for i in range(height - 1, 1, -1):
-                setattr(self, f"rebnconv{i}d", REBNCONV(2 * mid, mid))
-            self.rebnconv1d = REBNCONV(2 * mid, oup)
-
-        def forward(self, x):
-            hxin = self.rebnconvin(x)
-            skips, hx = [], hxin
-            for i in range(1, self.height):
-                hx = getattr(self, f"rebnconv{i}")(hx)
-                skips.append(hx)
-                if i < self.height - 1:
-                    hx = F.max_pool2d(hx, 2, stride=2, ceil_mode=True)
-            hx = getattr(self, f"rebnconv{self.height}")(hx)
-            for i in range(self.height - 1, 0, -1):
-                hx = getattr(self, f"rebnconv{i}d")(torch.cat((hx, skips[i - 1]), 1))
-                if i > 1:
-                    hx = upsample_like(hx, skips[i - 2])
-            return hx + hxin
-
-    class RSU4F(nn.Module):
-        """RSU-4 with dilations (1, 2, 4, 8) instead of pooling, for the low-resolution stages."""
-
-        def __init__(self, inp: int, mid: int, oup: int):
-            super().__init__()
-            self.rebnconvin = REBNCONV(inp, oup)
-            self.rebnconv1 = REBNCONV(oup, mid, 1)
-            self.rebnconv2 = REBNCONV(mid, mid, 2)
-            self.rebnconv3 = REBNCONV(mid, mid, 4)
-            self.rebnconv4 = REBNCONV(mid, mid, 8)
-            self.rebnconv3d = REBNCONV(2 * mid, mid, 4)
-            self.rebnconv2d = REBNCONV(2 * mid, mid, 2)
-            self.rebnconv1d = REBNCONV(2 * mid, oup, 1)
-
-        def forward(self, x):
-            hxin = self.rebnconvin(x)
-            hx1 = self.rebnconv1(hxin)
-            hx2 = self.rebnconv2(hx1)
-            hx3 = self.rebnconv3(hx2)
-            hx4 = self.rebnconv4(hx3)
-            hx3d = self.rebnconv3d(torch.cat((hx4, hx3), 1))
-            hx2d = self.rebnconv2d(torch.cat((hx3d, hx2), 1))
-            return self.rebnconv1d(torch.cat((hx2d, hx1), 1)) + hxin
-
-    def rsu(height, inp, mid, oup):
-        return RSU4F(inp, mid, oup) if height == "4F" else RSU(height, inp, mid, oup)
-
-    class U2Net(nn.Module):
-        """The official U2NET / U2NETP graph; forward returns the fused logits-after-sigmoid d0."""
-
-        def __init__(self, arch: str):
-            super().__init__()
-            stages, sides = ARCHITECTURES[arch]
-            self.arch = arch
-            for name, config in stages.items():
-                setattr(self, name, rsu(*config))
-            for i, channels in enumerate(sides, start=1):
-                setattr(self, f"side{i}", nn.Conv2d(channels, 1, 3, padding=1))
-            self.outconv = nn.Conv2d(6, 1, 1)
-
-        def forward(self, x):
-            encoded = []
-            hx = x
-            for i in range(1, 6):
-                hx = getattr(self, f"stage{i}")(hx)
-                encoded.append(hx)
-                hx = F.max_pool2d(hx, 2, stride=2, ceil_mode=True)
-            hx6 = self.stage6(hx)
-            decoded = [hx6]  # hx6, hx5d, hx4d, hx3d, hx2d, hx1d
-            hx = hx6
-            for i in range(5, 0, -1):
-                skip = encoded[i - 1]
-                hx = getattr(self, f"stage{i}d")(torch.cat((upsample_like(hx, skip), skip), 1))
-                decoded.append(hx)
-            d1 = self.side1(decoded[-1])
-            sides = [d1] + [upsample_like(getattr(self, f"side{i}")(decoded[6 - i]), d1) for i in range(2, 7)]
-            return torch.sigmoid(self.outconv(torch.cat(sides, 1)))
-
-    class U2NetMatte(nn.Module):
-        """Export wrapper: [0, 1] RGB in, min-max normalised fused map out (official pre/post)."""
-
-        def __init__(self, net):
-            super().__init__()
-            self.net = net
-            self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-            self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-
-        def forward(self, src):
-            peak = torch.amax(src, dim=(1, 2, 3), keepdim=True).clamp_min(_EPS)
-            d0 = self.net((src / peak - self.mean) / self.std)
-            low = torch.amin(d0, dim=(1, 2, 3), keepdim=True)
-            high = torch.amax(d0, dim=(1, 2, 3), keepdim=True)
-            return (d0 - low) / (high - low).clamp_min(_EPS)
-
-    return U2Net, U2NetMatte
-
-
-def build_network(arch: str):
-    """A randomly initialised U2NET ("u2net") or U2NETP ("u2netp") in the official key layout."""
-    return _classes()[0](arch).eval()
-
-
-def load_network(arch: str, weights: Path):
-    """The official network with `weights` loaded strictly (a u2netp file is refused by u2net)."""
-    from mtc.export.torch_export import load_checkpoint
-
-    net = build_network(arch)
-    load_checkpoint(net, weights)
     return net
 
 
-def matte_module(arch: str, weights: Path):
-    """The exported computation: preprocessing, the network and the output normalisation."""
-    return _classes()[1](load_network(arch, weights)).eval()
+def _build_onnx(arch: str, weights: Path) -> onnx.ModelProto:
+    """The FP32 ONNX of an official checkpoint, pre- and post-processing included (imports torch)."""
+    net = _net()
+    return net.export_network(net.matte_module(arch, weights))
 
 
-def _build_onnx(arch: str, weights: Path):
-    from mtc.export.torch_export import export_onnx, require_torch
-
-    torch = require_torch()
-    dims = {0: "batch", 2: "height", 3: "width"}
-    return export_onnx(matte_module(arch, weights), (torch.rand(1, 3, MODEL_SIZE, MODEL_SIZE),),
-                       input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
-                       dynamic_axes={"src": dims, "alpha": dims}, opset=17)
-
-
-def _build_reference(arch: str, weights: Path):
+def _build_reference(arch: str, weights: Path) -> TorchBackend:
+    """The PyTorch matte module of an official checkpoint, for the parity check (imports torch)."""
     from mtc.export.torch_export import TorchBackend
 
-    return TorchBackend(matte_module(arch, weights), input_names=INPUT_NAMES, output_names=OUTPUT_NAMES)
+    return TorchBackend(_net().matte_module(arch, weights), input_names=INPUT_NAMES, output_names=OUTPUT_NAMES)
 
 
 # Every frame is resized to 320x320; the cases check the resize path with a frame at the
@@ -293,7 +161,7 @@ def _variant(arch: str, weights: WeightFile, *, name: str | None = None, io: Mod
                        parity_tolerance=PARITY_TOLERANCE)
 
 
-def _ingest_official_u2netp(weights: Path):
+def _ingest_official_u2netp(weights: Path) -> onnx.ModelProto:
     # Imported on use: listing models must not load onnx.
     from mtc.models.u2net.official_onnx import ingest_official_onnx
 

