@@ -28,8 +28,8 @@ from common import dump, ensure_artifact, machine, summarize_times, update_resul
 
 import mtc.runtime  # noqa: E402
 from calib_data.builtin_clip import ClipSpec, builtin_clip  # noqa: E402
-from mtc.metrics import mad  # noqa: E402
 from mtc.backends.openvino.session import OpenVinoBackend  # noqa: E402
+from mtc.metrics import mad  # noqa: E402
 from mtc.runtime.session import MattingSession  # noqa: E402
 
 CASES = ((512, 288, 1.0), (1920, 1080, 0.25))

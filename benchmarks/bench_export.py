@@ -22,9 +22,8 @@ from common import dump, machine, summarize_times, update_results  # noqa: E402
 
 import mtc.runtime  # noqa: E402
 from calib_data.builtin_clip import ClipSpec, builtin_clip  # noqa: E402
-from mtc.models.export import export_model  # noqa: E402
 from mtc.export.torch_export import save_random_checkpoint  # noqa: E402
-
+from mtc.models.export import export_model  # noqa: E402
 
 # Where each family's build_network lives (its torch modules).
 _NETWORK_MODULES = {"modnet": "mtc.models.modnet.net", "bgmv2": "mtc.models.bgmv2.net", "u2net": "mtc.models.u2net.net"}

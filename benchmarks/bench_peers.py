@@ -78,8 +78,8 @@ class OpenVinoRvm:
     graph rewrites off)."""
 
     def __init__(self, model: Path, ratio: float, threads: int, precision: str = "fp32"):
-        from mtc.models.rvm import RVM_IO
         from mtc.backends.openvino.session import OpenVinoBackend
+        from mtc.models.rvm import RVM_IO
 
         self.backend = OpenVinoBackend(model, io=RVM_IO, precision=precision, threads=threads, cache=False,
                                        rewrite_graph=False)

@@ -25,13 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_peers import stock_int8  # noqa: E402
 from common import dump, machine, update_results  # noqa: E402
 
+from mtc.artifact.manifest import read_manifest  # noqa: E402
+from mtc.backends import OrtBackend  # noqa: E402
 from mtc.models.export import export_model  # noqa: E402
 from mtc.models.rvm import MOBILENETV3_ONNX  # noqa: E402
-from mtc.artifact.manifest import read_manifest  # noqa: E402
 from mtc.quant.checks import ReferenceAlphas  # noqa: E402
 from mtc.quant.config import Fallback, Gates, Int8Config, preset  # noqa: E402
 from mtc.quant.pipeline import DataPlan, check_clips, interleaved_fps, quantize_artifact  # noqa: E402
-from mtc.backends import OrtBackend  # noqa: E402
 from mtc.weights import cache_dir, fetch_weights  # noqa: E402
 
 NO_GATES = Gates(max_mad=None, max_dtssd=None)

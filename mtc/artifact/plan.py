@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from mtc.artifact.manifest import sha256_file
 from mtc.artifact.profiles import ResolutionProfile
 from mtc.errors import MtcError
 from mtc.fsutil import atomic_write_text
-from mtc.artifact.manifest import sha256_file
 
 log = logging.getLogger("mtc")
 

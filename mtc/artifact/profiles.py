@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mtc.errors import MtcError
 from mtc.artifact.manifest import ModelIO, TensorSpec
+from mtc.errors import MtcError
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mtc.errors import MtcError
 from mtc.artifact.manifest import Manifest, ModelIO
 from mtc.backends.base import Backend, DeviceState, default_threads, require
 from mtc.backends.onnxruntime.session import OrtBackend
@@ -28,6 +27,7 @@ from mtc.backends.registry import (
     get_backend,
     probe_availability,
 )
+from mtc.errors import MtcError
 
 __all__ = ["Backend", "BackendOptions", "DeviceState", "OrtBackend", "create_backend", "default_threads", "require",
            "Availability", "BackendChoice", "backend_names", "choose_backend", "get_backend", "probe_availability"]
@@ -100,8 +100,6 @@ def create_backend(name: str, model_path: Path, *, io: ModelIO | None = None, ma
 
 def _with_legacy_keywords(options: BackendOptions, legacy: dict) -> BackendOptions:
     import dataclasses
-
-    from mtc.backends import onnxruntime
 
     unknown = set(legacy) - {"threads", "allow_spinning", "precision", "providers"}
     if unknown:

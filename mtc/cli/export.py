@@ -134,8 +134,8 @@ def _is_fp32_artifact_from(folder: Path, source: Path) -> bool:
 
 
 def _is_fp32_artifact_of(folder: Path, model: str, variant: str) -> bool:
-    from mtc.errors import MtcError
     from mtc.artifact.manifest import read_manifest
+    from mtc.errors import MtcError
 
     try:
         manifest = read_manifest(folder)

@@ -23,8 +23,8 @@ def inspect(folder: Path, resolution: tuple[int, int], ratio: float | None, as_j
     from rich.console import Console
     from rich.table import Table
 
-    from mtc.graph_stats import frame_cost, summarize_graph
     from mtc.artifact.manifest import read_manifest
+    from mtc.graph_stats import frame_cost, summarize_graph
 
     manifest = read_manifest(folder)
     model = onnx.load(str(folder / manifest.model_file))

@@ -7,7 +7,9 @@ import re
 import time
 from pathlib import Path
 
+from mtc.artifact.manifest import sha256_file
 from mtc.errors import MtcError
+from mtc.export.byo import ContractHints, describe_contract, infer_contract, measure_state_strides
 from mtc.export.compile import (  # noqa: F401  (ParityCase, io_from_graph, check_export_parity: public here too)
     MODEL_FILE,
     CompileJob,
@@ -16,8 +18,6 @@ from mtc.export.compile import (  # noqa: F401  (ParityCase, io_from_graph, chec
     compile_artifact,
     io_from_graph,
 )
-from mtc.artifact.manifest import sha256_file
-from mtc.export.byo import ContractHints, describe_contract, infer_contract, measure_state_strides
 from mtc.models.registry import ModelSpec, VariantSpec, get_model, list_models
 from mtc.runtime.progress import Stages
 from mtc.weights import fetch_weights

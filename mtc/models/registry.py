@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mtc.errors import MtcError
 from mtc.artifact.manifest import CheckSize, ModelIO
+from mtc.errors import MtcError
 from mtc.weights import WeightFile
 
 if TYPE_CHECKING:

@@ -21,10 +21,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from mtc.backends import OrtBackend
 from mtc.graph_edit import drop_unused_initializers
 from mtc.quant.qdq import ActivationRange, NodeQuant, QdqPlan, insert_qdq, weight_scale_name
 from mtc.quant.ranges import expose_tensors
-from mtc.backends import OrtBackend
 
 GAMMA_LIMITS = (0.5, 2.0)  # a correction outside this range means the fit is not to be trusted
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mtc.errors import MtcError
 from mtc.artifact.manifest import ModelIO
 from mtc.backends import Backend, OrtBackend
+from mtc.errors import MtcError
 from mtc.runtime.session import MattingSession
 
 BUILTIN = "builtin"

@@ -11,9 +11,9 @@ import numpy as np
 
 from mtc import metrics
 from mtc.artifact.manifest import ModelIO
+from mtc.backends import Backend
 from mtc.quant.calibration import Clip
 from mtc.quant.config import Gates
-from mtc.backends import Backend
 from mtc.runtime.session import MattingSession
 
 

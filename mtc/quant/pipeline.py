@@ -22,11 +22,21 @@ import numpy as np
 import onnx
 
 from mtc import metrics
+from mtc.artifact.manifest import (
+    MANIFEST_NAME,
+    REPORT_NAME,
+    Manifest,
+    Precision,
+    default_check_sizes,
+    file_entry,
+    read_manifest,
+    sha256_file,
+)
+from mtc.backends import OrtBackend
+from mtc.backends.cpu import cpu_class
 from mtc.errors import MtcError
 from mtc.fsutil import atomic_dir, atomic_write_text
 from mtc.graph_stats import node_macs
-from mtc.backends.cpu import cpu_class
-from mtc.artifact.manifest import MANIFEST_NAME, REPORT_NAME, Manifest, Precision, default_check_sizes, file_entry, read_manifest, sha256_file
 from mtc.quant.affine import apply_corrections, fit_layers
 from mtc.quant.align import align_conv_inputs
 from mtc.quant.calibration import BUILTIN, Clip, load_clips, record_feeds
@@ -45,7 +55,6 @@ from mtc.quant.sensitivity import (
     spend_float_budget,
     worst_clip_errors,
 )
-from mtc.backends import OrtBackend
 from mtc.runtime.progress import Stages, counted
 
 log = logging.getLogger("mtc")

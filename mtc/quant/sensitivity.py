@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 import onnx
 
+from mtc.backends import OrtBackend
 from mtc.quant.checks import CheckResult, ReferenceAlphas
 from mtc.quant.config import Gates
 from mtc.quant.qdq import QdqPlan
-from mtc.backends import OrtBackend
 
 log = logging.getLogger("mtc")
 

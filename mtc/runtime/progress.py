@@ -44,8 +44,14 @@ def frame_progress(description: str, total: int | None, *, console: Console | No
     if not console.is_terminal:
         yield lambda **_: None
         return
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     # stdout goes around the bar only when it is this terminal too: a piped stdout (results,
     # JSON) must not be diverted to stderr while a bar is up.

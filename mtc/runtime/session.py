@@ -10,9 +10,9 @@ import logging
 
 import numpy as np
 
-from mtc.errors import MtcError
 from mtc.artifact.manifest import ModelIO
 from mtc.backends import Backend
+from mtc.errors import MtcError
 from mtc.runtime.frames import check_frame
 
 log = logging.getLogger("mtc")

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
+from mtc.artifact.manifest import MANIFEST_NAME, Manifest, Precision, file_entry, manifest_from_dict, read_manifest
 from mtc.errors import MtcError
 from mtc.models.rvm import RVM_IO
-from mtc.artifact.manifest import MANIFEST_NAME, Manifest, Precision, file_entry, manifest_from_dict, read_manifest
 
 
 def _manifest(tmp_path) -> Manifest:

@@ -11,7 +11,6 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from mtc.errors import MtcError
 from mtc.artifact.manifest import ModelIO, StatePair, TensorSpec
 from mtc.backends import (
     Availability,
@@ -23,6 +22,7 @@ from mtc.backends import (
     require,
 )
 from mtc.backends.onnxruntime.session import resolve_providers
+from mtc.errors import MtcError
 from mtc.runtime.session import MattingSession
 
 CPU_ONLY = Availability(gpu_count=0, tensorrt=False, openvino=False, ort_providers=("CPUExecutionProvider",))

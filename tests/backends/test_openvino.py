@@ -14,9 +14,9 @@ ov = pytest.importorskip("openvino", reason="OpenVINO is not installed (pip inst
 
 import mtc.runtime  # noqa: E402
 from calib_data.builtin_clip import ClipSpec, builtin_clip  # noqa: E402
+from mtc.backends.openvino.session import OpenVinoBackend  # noqa: E402
 from mtc.errors import MtcError  # noqa: E402
 from mtc.metrics import mad  # noqa: E402
-from mtc.backends.openvino.session import OpenVinoBackend  # noqa: E402
 
 # FP32 on OpenVINO vs FP32 on ONNX Runtime: same math, different kernels and summation order.
 # Measured on RVM: max |alpha diff| ~2e-5 over a clip, MAD ~1e-7. Stated tolerances:

@@ -15,6 +15,7 @@ import onnx
 import pytest
 
 from mtc.artifact import plan as plan_mod
+from mtc.artifact.manifest import DownsampleRule, FileEntry, Manifest, ModelIO, StatePair, TensorSpec
 from mtc.artifact.plan import (
     BuilderSettings,
     PlanSidecar,
@@ -41,7 +42,6 @@ from mtc.artifact.profiles import (
 from mtc.backends.onnxruntime.session import probe_state_shapes
 from mtc.errors import MtcError
 from mtc.models.rvm import RVM_IO
-from mtc.artifact.manifest import DownsampleRule, FileEntry, Manifest, ModelIO, StatePair, TensorSpec
 
 STATE_CHANNELS = {"r1": 16, "r2": 20, "r3": 40, "r4": 64}
 

@@ -258,8 +258,8 @@ def test_junit_parses_and_marks_failures():
 
 def _tiny_artifact(folder: Path, *, gain=1.0, offset=0.0, reference: str | None = None) -> Path:
     """alpha = gain * mean(rgb) + offset: a real ONNX artifact that runs in microseconds."""
-    from mtc.fsutil import atomic_write_text
     from mtc.artifact.manifest import Manifest, ModelIO, Precision, TensorSpec, file_entry
+    from mtc.fsutil import atomic_write_text
 
     src = helper.make_tensor_value_info("src", TensorProto.FLOAT, [1, 3, "h", "w"])
     pha = helper.make_tensor_value_info("pha", TensorProto.FLOAT, [1, 1, "h", "w"])

@@ -85,9 +85,9 @@ def test_corrupt_onnx_is_a_clear_error(tmp_path):
 
 
 def test_sanitize_real_rvm_matches_original_on_real_clip(rvm_onnx):
+    from mtc.backends import OrtBackend
     from mtc.models.export import ParityCase, check_export_parity, io_from_graph
     from mtc.models.rvm import RVM_IO
-    from mtc.backends import OrtBackend
 
     original = load_onnx(rvm_onnx)
     cleaned, log = sanitize(original)

@@ -17,11 +17,11 @@ torch = pytest.importorskip("torch")
 
 import mtc.models.bgmv2.net as bgmv2_net  # noqa: E402  (registers the family)
 import mtc.runtime  # noqa: E402
+from mtc.backends import OrtBackend  # noqa: E402
 from mtc.errors import MtcError  # noqa: E402
 from mtc.export.onnx_ingest import sanitize  # noqa: E402
 from mtc.export.torch_export import save_random_checkpoint  # noqa: E402
 from mtc.models.registry import get_model  # noqa: E402
-from mtc.backends import OrtBackend  # noqa: E402
 
 F = torch.nn.functional
 TOLERANCE = 1e-4  # pha and fgr in [0, 1]; measured max |diff| PyTorch vs ONNX Runtime is ~2e-7

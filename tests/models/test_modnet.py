@@ -20,8 +20,8 @@ import mtc.models.modnet as modnet  # noqa: E402  (registers the family)
 import mtc.models.modnet.net as modnet_net  # noqa: E402
 import mtc.runtime  # noqa: E402
 from mtc.errors import MtcError  # noqa: E402
-from mtc.models.export import export_model  # noqa: E402
 from mtc.export.torch_export import save_random_checkpoint  # noqa: E402
+from mtc.models.export import export_model  # noqa: E402
 
 TOLERANCE = 1e-4  # alpha in [0, 1]; measured max |diff| PyTorch vs ONNX Runtime is ~1e-5
 

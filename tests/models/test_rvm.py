@@ -14,9 +14,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from calib_data.builtin_clip import ClipSpec, builtin_clip  # noqa: E402
+from mtc.backends import OrtBackend  # noqa: E402
 from mtc.errors import MtcError  # noqa: E402
 from mtc.export.onnx_ingest import sanitize  # noqa: E402
+from mtc.export.torch_export import save_random_checkpoint  # noqa: E402
 from mtc.models.export import ParityCase, check_export_parity, export_model, io_from_graph  # noqa: E402
+from mtc.models.registry import get_model  # noqa: E402
 from mtc.models.rvm import (  # noqa: E402
     INPUT_NAMES,
     OUTPUT_NAMES,
@@ -30,9 +33,6 @@ from mtc.models.rvm import (  # noqa: E402
 from mtc.models.rvm.net import build_rvm, export_rvm_onnx, fold_batchnorm, load_rvm, rvm_reference  # noqa: E402
 from mtc.models.rvm.official_onnx import module_from_official_onnx, state_dict_from_official_onnx  # noqa: E402
 from mtc.models.rvm.onnx_graph import bake_downsample_ratio, data_dependent_resize_inputs  # noqa: E402
-from mtc.export.torch_export import save_random_checkpoint  # noqa: E402
-from mtc.models.registry import get_model  # noqa: E402
-from mtc.backends import OrtBackend  # noqa: E402
 
 # Keys of the official checkpoints (model/*.py in PeterL1n/RobustVideoMatting, torchvision
 # naming for the backbones), with shapes where they pin the architecture down.

@@ -21,8 +21,8 @@ import mtc.models.u2net as u2net  # noqa: E402  (registers the family)
 import mtc.models.u2net.net as u2net_net  # noqa: E402
 import mtc.runtime  # noqa: E402
 from mtc.errors import MtcError  # noqa: E402
-from mtc.models.export import export_model  # noqa: E402
 from mtc.export.torch_export import save_random_checkpoint  # noqa: E402
+from mtc.models.export import export_model  # noqa: E402
 
 TOLERANCE = 1e-4  # alpha in [0, 1]; measured max |diff| PyTorch vs ONNX Runtime is ~3e-6
 
@@ -125,8 +125,8 @@ def test_official_preprocessing_formula(u2netp_checkpoint):
 
 def test_full_u2net_exports_and_matches_pytorch(tmp_path):
     """The 44 M-parameter variant, checked without the (slow) pipeline on a small input."""
-    from mtc.export.torch_export import export_onnx
     from mtc.backends import OrtBackend
+    from mtc.export.torch_export import export_onnx
 
     path = save_random_checkpoint(u2net_net.build_network("u2net"), tmp_path / "u2net.pth", seed=6)
     module = u2net_net.matte_module("u2net", path)

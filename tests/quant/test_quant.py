@@ -485,9 +485,8 @@ def test_channel_alignment_pads_the_concats_small_input_and_computes_the_same():
 
 
 def test_aligned_pad_runs_on_integers_and_compiles_on_openvino(tmp_path):
-    from mtc.quant.align import align_conv_inputs
-
     from mtc.backends.cpu import cpu_class, int8_saturates
+    from mtc.quant.align import align_conv_inputs
 
     # Where integer kernels saturate on full-range weights (AVX2 without VNNI), OpenVINO is
     # compared on the 7-bit weights such CPUs compute exactly.

@@ -13,9 +13,9 @@ import pytest
 
 pytest.importorskip("torch", reason="MODNet is exported from PyTorch (pip install 'mtc[export]')")
 
-from mtc.models.modnet import net as modnet_net  # noqa: E402
-from mtc.models.export import export_model  # noqa: E402
 from mtc.export.torch_export import save_random_checkpoint  # noqa: E402
+from mtc.models.export import export_model  # noqa: E402
+from mtc.models.modnet import net as modnet_net  # noqa: E402
 from mtc.quant.config import Gates  # noqa: E402
 from mtc.quant.pipeline import DataPlan, quantize_artifact  # noqa: E402
 

@@ -7,8 +7,8 @@ import onnxruntime as ort
 import pytest
 
 import mtc.runtime
-from mtc.errors import MtcError
 from mtc.artifact.manifest import ModelIO, Preprocess, StatePair, TensorSpec
+from mtc.errors import MtcError
 from mtc.runtime.session import COMPOSITE_ROWS, MattingSession
 
 

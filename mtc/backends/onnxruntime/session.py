@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mtc.errors import MtcError, exception_summary
 from mtc.backends.base import DeviceState, default_threads
+from mtc.errors import MtcError, exception_summary
 
 log = logging.getLogger("mtc")
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from mtc.artifact.profiles import ResolutionProfile, state_shapes
 from mtc.artifact.manifest import Manifest
+from mtc.artifact.profiles import ResolutionProfile, state_shapes
 
 
 def precompile(folder: Path, manifest: Manifest, profiles: tuple[ResolutionProfile, ...], *, precision: str = "fp32",

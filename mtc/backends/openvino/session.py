@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mtc.errors import MtcError, exception_summary
 from mtc.artifact.manifest import ModelIO
 from mtc.backends.base import default_threads, is_broadcast_initial, require
+from mtc.errors import MtcError, exception_summary
 from mtc.fsutil import atomic_write_text
 from mtc.passes import PassContext, describe_counts, fingerprint, passes_for, run_passes
 from mtc.passes.openvino.ops import openvino_ops

@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from mtc.artifact.manifest import Manifest, ModelIO
 from mtc.artifact.plan import (
     BuilderSettings,
     PlanSidecar,
@@ -33,7 +34,6 @@ from mtc.artifact.plan import (
 from mtc.artifact.profiles import ResolutionProfile, frozen_inputs, profile_shapes
 from mtc.backends.onnxruntime.session import probe_state_shapes
 from mtc.errors import MtcError
-from mtc.artifact.manifest import Manifest, ModelIO
 
 log = logging.getLogger("mtc")
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mtc.artifact.manifest import Manifest
 from mtc.artifact.plan import BuilderSettings
 from mtc.artifact.profiles import (
     BufferPlan,
@@ -41,9 +42,8 @@ from mtc.artifact.profiles import (
     profile_for_frame,
     state_shapes,
 )
-from mtc.errors import MtcError
-from mtc.artifact.manifest import Manifest
 from mtc.backends.base import DeviceState, is_broadcast_initial
+from mtc.errors import MtcError
 
 log = logging.getLogger("mtc")
 

@@ -44,8 +44,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mtc.errors import MtcError
 from mtc.artifact.manifest import CheckSize, DownsampleRule, ModelIO, Preprocess, StatePair, TensorSpec
+from mtc.errors import MtcError
 from mtc.models.registry import ModelSpec, VariantSpec, register
 from mtc.weights import PyPIWheelSource, UrlSource, WeightFile
 

@@ -189,7 +189,6 @@ def state_dict_from_official_onnx(path: Path) -> dict[str, Any]:
     Raises:
         MtcError: the file does not line up with U2NETP.
     """
-    import numpy as np
     import onnx
     from onnx import numpy_helper
 
