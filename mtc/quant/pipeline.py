@@ -211,8 +211,9 @@ def _checking(stages: Stages, name: str, reference: ReferenceAlphas, candidate, 
 
 # Integer kernels that differ from their own float simulation by more than this share of what
 # quantization itself costs are not computing the Q/DQ graph faithfully. Exact kernels still
-# differ a little (bias and requantization rounding: about half the quantization error on the recurrent video model
-# with AMX); saturating ones (AVX2 without VNNI) by several times it (docs/quantization.md).
+# differ a little (bias and requantization rounding: about half the quantization error on a
+# recurrent video model with AMX); saturating ones (AVX2 without VNNI) by several times it
+# (docs/quantization.md).
 KERNEL_ERROR_SHARE = 1.0
 
 
