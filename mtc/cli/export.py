@@ -122,23 +122,25 @@ def _export_onnx_file(path: Path, *, output: Path | None, precision: str | None,
     run_quantization(fp32, target, precision=precision, force=force, **quant_options)
 
 
-def _is_fp32_artifact_from(folder: Path, source: Path) -> bool:
-    from mtc.artifact.manifest import read_manifest, sha256_file
-    from mtc.errors import MtcError
-
-    try:
-        manifest = read_manifest(folder)
-    except MtcError:
-        return False
-    return manifest.precision.mode == "fp32" and manifest.provenance.get("source_sha256") == sha256_file(source)
-
-
-def _is_fp32_artifact_of(folder: Path, model: str, variant: str) -> bool:
+def _fp32_manifest(folder: Path):
+    """The manifest of an FP32 artifact at `folder` that can be reused as the reference, else None."""
     from mtc.artifact.manifest import read_manifest
     from mtc.errors import MtcError
 
     try:
         manifest = read_manifest(folder)
     except MtcError:
-        return False
-    return manifest.precision.mode == "fp32" and (manifest.model, manifest.variant) == (model, variant)
+        return None
+    return manifest if manifest.precision.mode == "fp32" else None
+
+
+def _is_fp32_artifact_from(folder: Path, source: Path) -> bool:
+    from mtc.artifact.manifest import sha256_file
+
+    manifest = _fp32_manifest(folder)
+    return manifest is not None and manifest.provenance.get("source_sha256") == sha256_file(source)
+
+
+def _is_fp32_artifact_of(folder: Path, model: str, variant: str) -> bool:
+    manifest = _fp32_manifest(folder)
+    return manifest is not None and (manifest.model, manifest.variant) == (model, variant)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import onnx
 
 from mtc.artifact.manifest import DownsampleRule, ModelIO, Preprocess, StatePair, TensorSpec
+from mtc.artifact.profiles import downsampled_size
 from mtc.errors import MtcError
 
 ALPHA_NAMES = ("pha", "alpha", "matte", "mask", "output", "out", "sigmoid")
@@ -184,7 +185,7 @@ def measure_state_strides(model_bytes: bytes, io: ModelIO, *, width: int = 512, 
     if not io.states:
         return io
     ratio = io.downsample.ratio_for(height, width) if io.downsample is not None else None
-    work_h, work_w = (height, width) if ratio is None else (math.floor(height * ratio), math.floor(width * ratio))
+    work_h, work_w = downsampled_size(height, width, ratio)
     try:
         shapes = probe_state_shapes(model_bytes, io, height, width, ratio)
     except Exception as exc:  # noqa: BLE001 - any failure means the guess about the states is wrong

@@ -14,6 +14,7 @@ Stages:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import inspect
@@ -100,9 +101,14 @@ def describe_counts(backend: str, stage: str, counts: dict[str, int]) -> str:
 def fingerprint(backend: str) -> str:
     """A digest of the backend's passes and their code: a cache of rewritten graphs keyed by it
     is never served after a pass changes."""
+    return _fingerprint(tuple(p for p in all_passes() if p.backend == backend))
+
+
+@functools.cache
+def _fingerprint(passes: tuple[GraphPass, ...]) -> str:
+    # Computed once per set of passes: every backend load asks for it, and it reads their source.
     digest = hashlib.sha256()
-    for graph_pass in all_passes():
-        if graph_pass.backend == backend:
-            digest.update(f"{graph_pass.name}/{graph_pass.stage}".encode())
-            digest.update(inspect.getsource(inspect.getmodule(graph_pass.run)).encode())
+    for graph_pass in passes:
+        digest.update(f"{graph_pass.name}/{graph_pass.stage}".encode())
+        digest.update(inspect.getsource(inspect.getmodule(graph_pass.run)).encode())
     return digest.hexdigest()[:16]

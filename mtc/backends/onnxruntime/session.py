@@ -220,3 +220,14 @@ def probe_state_shapes(model_path, io, height: int, width: int, ratio: float | N
     backend = OrtBackend(model_path, optimization="basic")
     outputs = backend.run(io.example_feeds(height, width, downsample_ratio=ratio))
     return {pair.input: tuple(outputs[pair.output].shape) for pair in io.states}
+
+
+def check_state_shapes(model_path, io, height: int, width: int, ratio: float | None, *, hint: str) -> None:
+    """Run the graph once and raise if a state's shape is not what the manifest's strides give."""
+    from mtc.artifact.profiles import state_shapes
+
+    declared = state_shapes(io, height, width, ratio)
+    for name, shape in probe_state_shapes(model_path, io, height, width, ratio).items():
+        if shape != declared[name]:
+            raise MtcError(f"state {name} is {shape} in the graph at {width}x{height}, but its declared stride "
+                           f"gives {declared[name]}", hint=hint)

@@ -44,7 +44,8 @@ def open_session(model_path, *, io=None, manifest=None, folder=None, common, opt
     from mtc.backends.openvino.session import OpenVinoBackend
 
     return OpenVinoBackend(model_path, io=io, precision=common.precision, threads=common.threads,
-                           cache=options.cache, static_shapes=options.static_shapes)
+                           cache=options.cache, static_shapes=options.static_shapes,
+                           model_sha256=manifest.files[manifest.model_file].sha256 if manifest is not None else None)
 
 
 def prepare(folder, manifest, profiles, *, common, options: Options, force=False) -> list[str]:

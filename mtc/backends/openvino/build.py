@@ -21,7 +21,7 @@ def precompile(folder: Path, manifest: Manifest, profiles: tuple[ResolutionProfi
     from mtc.backends.openvino.session import OpenVinoBackend
 
     backend = OpenVinoBackend(Path(folder) / manifest.model_file, io=manifest.io, precision=precision,
-                              threads=threads, cache=True)
+                              threads=threads, cache=True, model_sha256=manifest.files[manifest.model_file].sha256)
     results = []
     for profile in profiles:
         feeds = manifest.io.example_feeds(profile.height, profile.width, downsample_ratio=profile.downsample_ratio)

@@ -107,7 +107,7 @@ class OpenVinoBackend:
 
     def __init__(self, model: str | Path, *, io: ModelIO | None = None, precision: str = "fp32",
                  threads: int | None = None, static_shapes: bool = True, cache: bool = True, device: str = "CPU",
-                 rewrite_graph: bool = True):
+                 rewrite_graph: bool = True, model_sha256: str | None = None):
         ov = require("openvino", what="OpenVINO")
         self._ov = ov
         self.core = ov.Core()
@@ -121,7 +121,8 @@ class OpenVinoBackend:
                 raise MtcError("this CPU has no BF16 support, so OpenVINO would silently run FP32",
                                hint="use precision='fp32' (or a CPU with AVX-512 BF16 / AMX)")
         self.rewrite_graph = rewrite_graph
-        self._graphs = GraphCache.for_model(Path(model), ov.__version__) if cache and rewrite_graph else None
+        self._graphs = GraphCache.for_model(Path(model), ov.__version__, sha256=model_sha256) \
+            if cache and rewrite_graph else None
         self.model, self._merged = self._read(Path(model))
         self.input_names = tuple(i.get_any_name() for i in self.model.inputs)
         self.output_names = tuple(name for o in self.model.outputs for name in self._output_parts(o.get_any_name()))
@@ -363,11 +364,13 @@ class GraphCache:
         self.folder = folder
 
     @classmethod
-    def for_model(cls, path: Path, openvino_version: str) -> GraphCache | None:
+    def for_model(cls, path: Path, openvino_version: str, *, sha256: str | None = None) -> GraphCache | None:
+        """The cache for the model at `path`; `sha256` (the manifest's, already verified) saves
+        hashing the file again."""
         import hashlib
 
         try:
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()[:24]
+            digest = (sha256 or hashlib.sha256(path.read_bytes()).hexdigest())[:24]
             folder = openvino_cache_dir() / "graphs" / f"{digest}-{fingerprint('openvino')}-{openvino_version}"
         except (OSError, MtcError) as exc:  # unreadable model (OpenVINO's reader reports it) or no cache
             log.debug("openvino: no graph cache (%s)", getattr(exc, "message", exc))

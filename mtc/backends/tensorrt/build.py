@@ -32,7 +32,7 @@ from mtc.artifact.plan import (
     write_plan,
 )
 from mtc.artifact.profiles import ResolutionProfile, frozen_inputs, profile_shapes
-from mtc.backends.onnxruntime.session import probe_state_shapes
+from mtc.backends.onnxruntime.session import check_state_shapes
 from mtc.errors import MtcError
 
 log = logging.getLogger("mtc")
@@ -94,17 +94,10 @@ def current_target(device: int = 0) -> Target:
 
 def verify_state_rule(model_path: Path, io: ModelIO, profile: ResolutionProfile) -> None:
     """Check the derived state shapes against the real graph at each distinct profile size."""
-    shapes = profile_shapes(io, profile)
-    for label, (width, height) in zip(("min", "opt", "max"), profile.sizes):
-        if label != "opt" and (width, height) == profile.sizes[1]:
-            continue
-        probed = probe_state_shapes(model_path, io, height, width, profile.downsample_ratio)
-        for name, shape in probed.items():
-            expected = getattr(shapes[name], label)
-            if tuple(shape) != tuple(expected):
-                raise MtcError(f"profile {profile.name}: state {name} is {shape} in the graph at {width}x{height}, "
-                               f"but the rule gives {expected}",
-                               hint="the manifest's state strides do not match the model; re-export it or report a bug")
+    for width, height in dict.fromkeys(profile.sizes):
+        check_state_shapes(model_path, io, height, width, profile.downsample_ratio,
+                           hint=f"profile {profile.name}: the manifest's state strides do not match the model; "
+                                "re-export it or report a bug")
 
 
 def build_plan(model_path: Path, io: ModelIO, profile: ResolutionProfile, *, model_sha256: str, target: Target,
