@@ -73,6 +73,14 @@ def load_clips(source: str | Path, *, frames: int, size: tuple[int, int] | None 
                    hint=f"pass a video, a folder of images, or `{BUILTIN}`")
 
 
+def builtin_photo_clips(split: str, size: tuple[int, int]) -> list[Clip]:
+    """The built-in still photos of `split` ("calibration" or "check"), one clip each, at `size`."""
+    from calib_data.builtin_photos import builtin_photos
+
+    return [Clip(f"photo-{name.rsplit('.', 1)[0]}-{size[0]}x{size[1]}", frame[None])
+            for name, frame in builtin_photos(split, size)]
+
+
 def _resize(frame: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     if size is None or (frame.shape[1], frame.shape[0]) == size:
         return frame

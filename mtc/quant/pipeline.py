@@ -39,11 +39,17 @@ from mtc.fsutil import atomic_dir, atomic_write_text
 from mtc.graph_stats import node_macs
 from mtc.quant.affine import apply_corrections, fit_layers
 from mtc.quant.align import align_conv_inputs
-from mtc.quant.calibration import BUILTIN, Clip, load_clips, record_feeds
+from mtc.quant.calibration import BUILTIN, Clip, builtin_photo_clips, load_clips, record_feeds
 from mtc.quant.checks import CheckResult, ReferenceAlphas, run_alphas
 from mtc.quant.config import Fallback, Gates, Int8Config
 from mtc.quant.equalize import equalize_concat_inputs
-from mtc.quant.fp16 import convert_to_fp16, fp16_compute_nodes, overflow_prone_nodes, shortest_passing_prefix
+from mtc.quant.fp16 import (
+    convert_to_fp16,
+    fp16_compute_nodes,
+    overflow_prone_nodes,
+    sensitive_units,
+    shortest_passing_prefix,
+)
 from mtc.quant.gptq import conv_hessians, gptq_weights
 from mtc.quant.qdq import INT8_MAX, UINT8_MAX, ActivationRange, insert_qdq, plan_qdq
 from mtc.quant.ranges import TensorStats, asymmetric_range, collect_stats, threshold
@@ -62,6 +68,10 @@ log = logging.getLogger("mtc")
 MODEL_FILE = "model.onnx"
 REJECTED_FILE = "rejected.onnx"
 HTML_REPORT = "report.html"
+# The FP16 fallback screens ops on this many frames of each check clip, and bisects a run of
+# ops whose error alone uses this share of a gate (smaller runs cost a check each).
+FP16_PROBE_FRAMES = 4
+FP16_VISIBLE_SHARE = 0.25
 DEFAULT_GATES = {"int8": Gates(max_mad=2.0, max_dtssd=2.0), "fp16": Gates(max_mad=0.1, max_dtssd=0.1)}
 
 
@@ -92,17 +102,25 @@ def _settings_for(io, settings):
     return settings if io.downsample is not None else tuple((w, h, None) for w, h, _ in settings[:1])
 
 
-def calibration_clips(io, data: DataPlan) -> list[Clip]:
+def takes_builtin_photos(task: str, io) -> bool:
+    """Whether the built-in data includes still photos: for image models fed one image alone (a
+    model that also takes a background frame has no such photo pair)."""
+    return task == "image_matting" and io.input_with_role("background") is None
+
+
+def calibration_clips(io, data: DataPlan, *, photos: bool = False) -> list[Clip]:
     clips = []
     for width, height, ratio in _settings_for(io, data.settings):
         # As many HD frames as small ones (about 25 MB each as model input): with half as many,
         # the recurrent video model's INT8 MAD vs FP32 on real footage at 512x288 was 0.73 instead of 0.66.
         clips += load_clips(data.calib, frames=data.calib_frames, size=(width, height), seed=0,
                             downsample_ratio=ratio)
+        if photos and str(data.calib) == BUILTIN:
+            clips += builtin_photo_clips("calibration", (width, height))
     return clips
 
 
-def check_clips(io, data: DataPlan) -> list[Clip]:
+def check_clips(io, data: DataPlan, *, photos: bool = False) -> list[Clip]:
     from calib_data.builtin_clip import DEMO_SHOTS
 
     clips = []
@@ -110,11 +128,12 @@ def check_clips(io, data: DataPlan) -> list[Clip]:
         frames = data.check_frames if width * height <= 1024 * 576 else max(4, data.check_frames // 2)
         # Another seed: different motion than calibration saw. The built-in check is the two-shot
         # demo clip: on the six-scene clip the FP16 recurrent video model misses its 0.1 MAD gate at HD (0.16, on the
-        # grey "camera" shot; 0.06 on real footage) and would ship with its FP32-prefix fallback
-        # (0.112 -> 0.097 with 5 ops in FP32, measured on a 24-frame six-scene video).
+        # grey "camera" shot; 0.06 on real footage), although it passes on real footage.
         source = data.check if data.check is not None else BUILTIN
         clips += load_clips(source, frames=frames, size=(width, height), seed=1, downsample_ratio=ratio,
                             builtin_shots=DEMO_SHOTS)
+        if photos and data.check is None:
+            clips += builtin_photo_clips("check", (width, height))
     return clips
 
 
@@ -153,8 +172,9 @@ def quantize_artifact(source: Path, output: Path, *, precision: str, config: Int
 
     started = time.perf_counter()
     with stages.stage("loading calibration and check frames", counts=False):
-        calib = calibration_clips(io, data)
-        checks = check_clips(io, data)
+        photos = takes_builtin_photos(manifest.task, io)
+        calib = calibration_clips(io, data, photos=photos)
+        checks = check_clips(io, data, photos=photos)
     with stages.stage("calibration: recording FP32 inputs", total=sum(len(c.frames) for c in calib)) as advance:
         # The frames are counted as the recorder steps through them (it takes no callback).
         feeds = record_feeds(io, fp32_path, [dataclasses.replace(c, frames=counted(c.frames, advance)) for c in calib])
@@ -417,38 +437,66 @@ def _fp16(model, feeds, reference, gates: Gates, fallback: Fallback, timings, st
     check = _checking(stages, "checking FP16 against FP32", reference, OrtBackend(candidate.SerializeToString()), gates)
     timings["check_s"] = time.perf_counter() - started
     peak = max((m for m in magnitudes.values() if np.isfinite(m)), default=0.0)
-    details = {"fp16": {"kept_fp32": overflow, "overflow_prone": overflow, "fp32_prefix": [], "all_fp16_check": None,
-                        "peak_activation": peak}}
+    details = {"fp16": {"kept_fp32": overflow, "overflow_prone": overflow, "sensitive_fp32": [],
+                        "all_fp16_check": None, "peak_activation": peak}}
     if check.passed or not fallback.enabled:
         return candidate, check, details
 
-    log.info("FP16 misses the gates (%s): searching the shortest FP32 prefix that passes", "; ".join(check.failures))
+    log.info("FP16 misses the gates (%s): searching the ops to keep in FP32 by sensitivity", "; ".join(check.failures))
     started = time.perf_counter()
     order = fp16_compute_nodes(model, overflow)
-    steps, passing = [], {}  # passing: prefix length -> (model, its check), so the winner is not redone
+    probe = reference.head(clips=len(reference.clips), frames=FP16_PROBE_FRAMES)
 
-    def passes(prefix: list[str]) -> bool:
+    def isolated_error(run: list[str]) -> float:
         advance()
-        trial = convert_to_fp16(model, keep_fp32=overflow + prefix)
+        only = set(run)
+        trial = convert_to_fp16(model, keep_fp32=overflow + [n for n in order if n not in only])
+        return gate_share(probe.check(OrtBackend(trial.SerializeToString()), gates, with_grad=False))
+
+    with stages.stage("fallback: FP16 sensitivity of the graph's ops") as advance:
+        units = sensitive_units(order, isolated_error, visible=FP16_VISIBLE_SHARE)
+    steps, passing = [], {}  # passing: units kept -> (model, its check), so the winner is not redone
+
+    def passes(kept: list[tuple[list[str], float]]) -> bool:
+        advance()
+        ops = [op for run, _ in kept for op in run]
+        trial = convert_to_fp16(model, keep_fp32=overflow + ops)
         result = reference.check(OrtBackend(trial.SerializeToString()), gates)
         if result.passed:
-            passing[len(prefix)] = trial, result
-        steps.append({"float_layers": len(prefix), **worst_clip_errors(result), "passed": result.passed})
-        log.info("FP16 fallback: first %d ops in FP32 -> worst MAD %.3f (%s)", len(prefix), steps[-1]["mad"],
+            passing[len(kept)] = trial, result, ops
+        steps.append({"float_layers": len(ops), **worst_clip_errors(result), "passed": result.passed})
+        log.info("FP16 fallback: %d most sensitive ops in FP32 -> worst MAD %.3f (%s)", len(ops), steps[-1]["mad"],
                  "pass" if result.passed else "fail")
         return result.passed
 
-    with stages.stage("fallback search: FP32 prefix") as advance:
-        prefix = shortest_passing_prefix(order, passes, limit=max(1, int(len(order) * fallback.max_fraction)))
+    limit = max(1, int(len(order) * fallback.max_fraction))
+    with stages.stage("fallback search: fewest sensitive ops in FP32") as advance:
+        # Bounded by units, then by ops below: a few whole runs may hold more ops than allowed.
+        kept = shortest_passing_prefix(units, passes, limit=len(units))
     timings["fallback_s"] = time.perf_counter() - started
     details["fallback_steps"] = steps
     details["fp16"]["all_fp16_check"] = check.to_dict()
-    if prefix is None:
+    details["fp16"]["sensitivity"] = [{"ops": run, "gate_share": round(error, 4)} for run, error in units
+                                      if error >= FP16_VISIBLE_SHARE]
+    if kept is None or len(passing[len(kept)][2]) > limit:
         return candidate, check, details
-    details["fp16"]["fp32_prefix"] = prefix
-    details["fp16"]["kept_fp32"] = overflow + prefix
-    final, final_check = passing[len(prefix)]
+    final, final_check, ops = passing[len(kept)]
+    details["fp16"]["sensitive_fp32"] = ops
+    details["fp16"]["kept_fp32"] = overflow + ops
     return final, final_check, details
+
+
+def gate_share(result: CheckResult) -> float:
+    """How much of its gates the worst clip uses (1.0: exactly at a gate; NaN/Inf: infinite)."""
+    if any(c.nonfinite_frames for c in result.clips):
+        return float("inf")
+    shares = [0.0]
+    for clip in result.clips:
+        if result.gates.max_mad:
+            shares.append(clip.mad / result.gates.max_mad)
+        if result.gates.max_dtssd:
+            shares.append(clip.dtssd / result.gates.max_dtssd)
+    return max(shares)
 
 
 def interleaved_fps(io, models: dict[str, tuple[str, Path | bytes]], clip: Clip, *, rounds: int = 3, frames: int = 8,

@@ -197,11 +197,11 @@ def render_html(report: dict, check: CheckResult) -> str:
                         f"<th>worst MAD</th><th>worst dtSSD</th><th>gates</th></tr>{steps}</table>")
     if report.get("fp16"):
         fp16 = report["fp16"]
-        prefix = fp16["fp32_prefix"]
+        sensitive = fp16["sensitive_fp32"]
         sections.append(f"<h2>FP16</h2><p>Peak activation {fp16['peak_activation']:.4g}; kept in FP32 for measured "
                         f"overflow risk: {html.escape(', '.join(fp16['overflow_prone']) or 'none')}"
-                        f"; kept in FP32 as the shortest graph prefix that passes the gates: "
-                        f"{html.escape(', '.join(prefix) or 'none')}.</p>")
+                        f"; kept in FP32 as the fewest most FP16-sensitive ops that pass the gates: "
+                        f"{html.escape(', '.join(sensitive) or 'none')}.</p>")
     body = "\n".join(sections)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>mtc report</title>"
             f"<style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}}td,th{{font-size:13px}}</style>"

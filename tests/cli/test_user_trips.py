@@ -107,7 +107,7 @@ def test_quantize_shows_every_long_step_on_a_terminal(tmp_path):
     done = re.findall(r"✓ ([^\r\n\x1b]*)", shown)  # the line each stage leaves behind
     for name, line in zip(QUANT_STAGES, done, strict=True):
         assert line.startswith(name) and re.search(r" \d+\.\d s$", line), (name, line)
-    assert "6/6" in shown  # e.g. the calibration bar over the 6 calibration frames
+    assert re.search(r"\b(\d+)/\1\b", shown)  # a bar that reached its end, e.g. over the calibration frames
 
 
 def test_quantize_progress_goes_to_stderr_one_line_per_stage(tmp_path, capsys):

@@ -1,5 +1,6 @@
 """Quantization: placement structure on small graphs, ranges, FP16, gates and fallback."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -732,6 +733,24 @@ def test_calibration_sees_every_builtin_scene_and_checks_use_the_demo_clip(tmp_p
         check.frames, builtin_clip(ClipSpec(width=64, height=48, frames=12, seed=1, shots=DEMO_SHOTS)))
 
 
+def test_image_models_also_calibrate_and_check_on_disjoint_builtin_photos(tmp_path):
+    from calib_data.builtin_photos import CALIBRATION_PHOTOS, CHECK_PHOTOS
+    from mtc.artifact.manifest import read_manifest
+    from mtc.quant.pipeline import calibration_clips, check_clips, takes_builtin_photos
+
+    io = read_manifest(_toy_artifact(tmp_path / "toy")).io
+    plan = DataPlan(calib_frames=4, check_frames=4, settings=((64, 48, None),))
+    calib, check = calibration_clips(io, plan, photos=True), check_clips(io, plan, photos=True)
+    assert len(calib) == 1 + len(CALIBRATION_PHOTOS) and len(check) == 1 + len(CHECK_PHOTOS)
+    assert {c.name for c in calib[1:]}.isdisjoint(c.name for c in check[1:])
+    assert all(c.frames.shape == (1, 48, 64, 3) for c in calib[1:] + check[1:])
+    # Footage given by the user replaces the built-in photos too.
+    assert len(check_clips(io, dataclasses.replace(plan, check="builtin"), photos=True)) == 1
+    assert takes_builtin_photos("image_matting", io) and not takes_builtin_photos("video_matting", io)
+    with_background = ModelIO(inputs=io.inputs + (TensorSpec("bgr", "background"),), outputs=io.outputs)
+    assert not takes_builtin_photos("image_matting", with_background)
+
+
 def test_float_budget_spends_the_macs_on_the_most_error_removed_per_mac():
     from mtc.quant.sensitivity import spend_float_budget
 
@@ -871,6 +890,25 @@ def test_shortest_passing_prefix_doubles_then_bisects():
     assert shortest_passing_prefix(order[:3], lambda prefix: len(prefix) == 3, limit=50) == order[:3]
 
 
+def test_sensitive_units_bisects_only_runs_with_visible_error():
+    from mtc.quant.fp16 import sensitive_units
+
+    order = [f"op{i}" for i in range(200)]
+    cost = {"op37": 0.9, "op150": 0.4, "op151": 0.3}  # share of the gate each op uses alone in FP16
+    calls = []
+
+    def isolated_error(run):
+        calls.append(len(run))
+        return sum(cost.get(op, 0.001) for op in run)
+
+    units = sensitive_units(order, isolated_error, visible=0.25)
+    assert sorted(op for run, _ in units for op in run) == sorted(order)  # a partition of the graph
+    assert [run for run, _ in units[:3]] == [["op37"], ["op150"], ["op151"]]  # worst first, down to single ops
+    assert units[0][1] == pytest.approx(0.9)
+    assert len(calls) < 60  # group testing, not one check per op
+    assert all(len(run) > 1 for run, _ in units[3:6])  # quiet runs stay whole
+
+
 def _fp16_sensitive_stem_artifact(folder):
     """A stem whose weights FP16 cannot hold (1000.3 becomes 1000.5) feeding a scaled sigmoid."""
     src = helper.make_tensor_value_info("src", TensorProto.FLOAT, [1, 3, "h", "w"])
@@ -883,24 +921,25 @@ def _fp16_sensitive_stem_artifact(folder):
     return _save_artifact(folder, _model(nodes, inits + [scale], [src], [alpha]))
 
 
-def test_fp16_fallback_keeps_the_shortest_fp32_prefix_that_passes(tmp_path):
+def test_fp16_fallback_keeps_the_most_sensitive_ops_in_fp32(tmp_path):
     source = _fp16_sensitive_stem_artifact(tmp_path / "toy")
     gates = Gates(max_mad=0.1, max_dtssd=0.1)
     outcome = quantize_artifact(source, tmp_path / "fp16", precision="fp16", gates=gates, data=SMALL)
     fp16 = outcome.report["fp16"]
     all_fp16 = max(c["mad"] for c in fp16["all_fp16_check"]["clips"])
     assert all_fp16 > 0.1  # the case is built to need fallback
-    assert outcome.passed and fp16["fp32_prefix"] == ["stem"] and fp16["kept_fp32"] == ["stem"]
+    assert outcome.passed and fp16["sensitive_fp32"] == ["stem"] and fp16["kept_fp32"] == ["stem"]
+    assert fp16["sensitivity"][0]["ops"] == ["stem"]
     assert max(c.mad for c in outcome.check.clips) < all_fp16 / 4
     assert [s["float_layers"] for s in outcome.report["fallback_steps"]] == [1]
     model = onnx.load(str(tmp_path / "fp16" / "model.onnx"))
     stem = next(n for n in model.graph.node if n.name == "stem")
     assert next(i for i in model.graph.initializer if i.name == stem.input[1]).data_type == TensorProto.FLOAT
-    assert "shortest graph prefix that passes the gates: stem" in (tmp_path / "fp16" / "report.html").read_text()
+    assert "most FP16-sensitive ops that pass the gates: stem" in (tmp_path / "fp16" / "report.html").read_text()
 
     refused = quantize_artifact(source, tmp_path / "strict", precision="fp16", gates=gates, data=SMALL,
                                 fallback=Fallback(enabled=False))
-    assert not refused.passed and refused.report["fp16"]["fp32_prefix"] == []
+    assert not refused.passed and refused.report["fp16"]["sensitive_fp32"] == []
 
 
 def test_float_budget_flag_sets_the_share_in_percent_and_zero_turns_it_off(tmp_path):
