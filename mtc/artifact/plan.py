@@ -150,6 +150,39 @@ def write_plan(plan_path: Path, plan_bytes: bytes, sidecar: PlanSidecar) -> None
     atomic_write_text(sidecar_path(plan_path), json.dumps(sidecar.to_dict(), indent=2) + "\n")
 
 
+def read_verified_plan(plan_path: Path) -> bytes:
+    """The plan's bytes, checked against its sidecar's sha256 after reading: what TensorRT
+    deserializes is what was checked, even if the file changed after `check_plan`."""
+    sidecar = read_sidecar(plan_path)
+    data = Path(plan_path).read_bytes()
+    if len(data) != sidecar.plan_size or hashlib.sha256(data).hexdigest() != sidecar.plan_sha256:
+        raise MtcError(f"{plan_path} changed after it was checked (it no longer matches its sidecar's sha256)",
+                       hint="run again: a plan that fails its check is rebuilt")
+    return data
+
+
+def usable_timing_cache(path: Path) -> bool:
+    """Whether TensorRT may read the timing cache at `path`: it must match the seal written with
+    it. A damaged one is deleted (with a warning) so the build starts a fresh one."""
+    from mtc.artifact.cache import check_entry, discard_entry
+
+    seal = timing_cache_seal(path)
+    if not path.exists() and not seal.exists():
+        return False
+    reason = check_entry(seal)
+    if reason is None:
+        return True
+    log.warning("tensorrt: not using the timing cache %s (%s); starting a new one", path.name, reason)
+    discard_entry(seal, [path])
+    return False
+
+
+def timing_cache_seal(path: Path) -> Path:
+    from mtc.artifact.cache import SEAL_SUFFIX
+
+    return path.with_name(path.name + SEAL_SUFFIX)
+
+
 def make_sidecar(plan_bytes: bytes, *, target: Target, model_sha256: str, profile: ResolutionProfile,
                  settings: BuilderSettings, input_shapes: dict, frozen_inputs: dict) -> PlanSidecar:
     import mtc

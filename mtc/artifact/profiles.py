@@ -94,7 +94,8 @@ class ResolutionProfile:
         lo, opt, hi = (to_input(size) for size in self.sizes)
         ratio = None
         if io.downsample is not None:
-            ratio = self.downsample_ratio if self.downsample_ratio is not None else io.downsample.ratio_for(opt[1], opt[0])
+            ratio = (io.downsample.check(self.downsample_ratio) if self.downsample_ratio is not None
+                     else io.downsample.ratio_for(opt[1], opt[0]))
         return ResolutionProfile(self.name, opt[0], opt[1], ratio, lo, hi)
 
     def to_dict(self) -> dict:

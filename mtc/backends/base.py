@@ -32,6 +32,9 @@ class Backend(Protocol):
     # when outputs are views of buffers the next run reuses (OpenVINO, TensorRT's pinned host
     # memory), so whoever keeps a result past the next frame must copy it.
     fresh_outputs: bool
+    # True when a new input shape costs a compile or an engine build (OpenVINO static shapes,
+    # TensorRT), so the session probes nothing at load that real frames do not need.
+    compiles_per_shape: bool
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 

@@ -18,9 +18,12 @@ def print_report(report: dict, console) -> None:
     """Print the results table and, when gates were checked, the gate table."""
     from rich.table import Table
 
+    from mtc.safe_text import plain
+
     art = report["artifact"]
-    title = (f"{art['path']} — {art['model']}/{art['variant']} {art['precision']} on {art['backend']['name']}, "
-             f"{report['machine']['cpu']} ({report['machine']['cores']} cores)")
+    # The path and names come from the artifact's manifest: shown literally, never as markup or escapes.
+    title = plain(f"{art['path']} — {art['model']}/{art['variant']} {art['precision']} on {art['backend']['name']}, "
+                  f"{report['machine']['cpu']} ({report['machine']['cores']} cores)")
     table = Table(title=title)
     for column in ("resolution", "ratio", "FPS", "p50 ms", "p99 ms", "e2e FPS", "GFLOPs", "GFLOP/s", "peak RSS MiB",
                    "vs reference", "vs GT"):

@@ -6,17 +6,23 @@ from pathlib import Path
 
 import click
 
-from mtc.cli.options import parse_resolution
+from mtc.cli.options import RATIO, max_pixels_option, parse_resolution
+from mtc.safe_text import plain, printable
 
 
 @click.command()
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--resolution", "-r", default="1920x1080", show_default=True, callback=parse_resolution,
               help="Frame size (WxH) to compute the cost per frame at.")
-@click.option("--ratio", type=float, help="Downsample ratio for the cost (default: the model's auto rule).")
+@click.option("--ratio", type=RATIO, help="Downsample ratio for the cost, in (0, 1] (default: the model's auto rule).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of tables.")
+@max_pixels_option
 def inspect(folder: Path, resolution: tuple[int, int], ratio: float | None, as_json: bool) -> None:
-    """Print FOLDER's manifest and a graph summary: ops, parameters, GFLOPs per frame."""
+    """Print FOLDER's manifest and a graph summary: ops, parameters, GFLOPs per frame.
+
+    Every string from the manifest or the graph is shown literally (control characters escaped,
+    no rich markup): an artifact is data from whoever made it.
+    """
     import json
 
     import onnx
@@ -29,6 +35,8 @@ def inspect(folder: Path, resolution: tuple[int, int], ratio: float | None, as_j
     manifest = read_manifest(folder)
     model = onnx.load(str(folder / manifest.model_file))
     width, height = resolution
+    if ratio is not None and manifest.io.downsample is not None:
+        ratio = manifest.io.downsample.check(ratio)
     summary = summarize_graph(model)
     feeds = manifest.io.example_feeds(height, width, downsample_ratio=ratio)
     cost = frame_cost(model, feeds)
@@ -45,14 +53,14 @@ def inspect(folder: Path, resolution: tuple[int, int], ratio: float | None, as_j
         return
 
     console = Console()
-    head = Table(title=f"{folder}", show_header=False)
-    head.add_row("model", f"{manifest.model} / {manifest.variant} ({manifest.task}, {manifest.license})")
+    head = Table(title=plain(folder), show_header=False)
+    head.add_row("model", plain(f"{manifest.model} / {manifest.variant} ({manifest.task}, {manifest.license})"))
     head.add_row("precision", manifest.precision.mode)
     head.add_row("opset / nodes", f"{summary.opset} / {summary.node_count}")
     head.add_row("parameters", f"{summary.param_count / 1e6:.2f} M ({summary.param_bytes / 1e6:.1f} MB)")
     ratio_text = f", ratio {used_ratio:.3f}" if used_ratio is not None else ""
     head.add_row("cost per frame", f"{cost.gflops:.2f} GFLOPs at {width}x{height}{ratio_text}")
-    head.add_row("created", str(manifest.provenance.get("created", "?")))
+    head.add_row("created", plain(manifest.provenance.get("created", "?")))
     console.print(head)
 
     tensors = Table(title="inputs and outputs")
@@ -60,15 +68,16 @@ def inspect(folder: Path, resolution: tuple[int, int], ratio: float | None, as_j
         tensors.add_column(column)
     for kind, group in (("in", manifest.io.inputs), ("out", manifest.io.outputs)):
         for t in group:
-            tensors.add_row(kind, t.name, t.role, t.dtype, "[" + ", ".join(map(str, t.shape)) + "]")
+            tensors.add_row(kind, plain(t.name), t.role, t.dtype, plain("[" + ", ".join(map(str, t.shape)) + "]"))
     console.print(tensors)
     if manifest.io.states:
-        console.print("recurrent state: " + ", ".join(f"{p.output} -> {p.input}" for p in manifest.io.states))
+        console.print("recurrent state: " + printable(", ".join(f"{p.output} -> {p.input}" for p in manifest.io.states)),
+                      markup=False, highlight=False)
 
     ops = Table(title="ops")
     ops.add_column("op")
     ops.add_column("count", justify="right")
     ops.add_column("GFLOPs/frame", justify="right")
     for op, count in summary.op_counts.items():
-        ops.add_row(op, str(count), f"{cost.per_op_type_gflops.get(op, 0.0):.3f}")
+        ops.add_row(plain(op), str(count), f"{cost.per_op_type_gflops.get(op, 0.0):.3f}")
     console.print(ops)

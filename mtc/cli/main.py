@@ -20,6 +20,7 @@ COMMANDS = {
     "bench": "mtc.cli.bench:bench",
     "inspect": "mtc.cli.inspect:inspect",
     "run": "mtc.cli.run:run",
+    "cache": "mtc.cli.cache:cache",
 }
 
 
@@ -48,6 +49,7 @@ SUMMARIES = {
     "bench": "Measure an artifact's speed, memory and accuracy; check CI gates.",
     "inspect": "Show an artifact's manifest, graph and cost per frame.",
     "run": "Matte an image, a folder of images, or a video.",
+    "cache": "List or clear mtc's cache (engines, optimized models, downloads).",
 }
 
 
@@ -77,9 +79,11 @@ def _setup_logging(verbose: bool) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one line per user error, a traceback only with --verbose."""
     from mtc.errors import MtcError
+    from mtc.fsutil import terminate_like_interrupt
 
     args = sys.argv[1:] if argv is None else argv
     verbose = "-v" in args or "--verbose" in args
+    terminate_like_interrupt()  # SIGTERM cleans up partial outputs as Ctrl-C does
     try:
         # Without standalone mode click returns (not raises) the exit code of ctx.exit(n).
         code = cli.main(args=args, prog_name="mtc", standalone_mode=False)
@@ -88,7 +92,10 @@ def main(argv: list[str] | None = None) -> None:
     except MtcError as exc:
         if verbose:
             raise
-        click.secho(f"error: {exc}", fg="red", err=True)
+        from mtc.safe_text import printable
+
+        # Messages quote file names and manifest values: show their control characters, never run them.
+        click.secho(f"error: {printable(exc)}", fg="red", err=True)
         sys.exit(1)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

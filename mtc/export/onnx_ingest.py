@@ -52,6 +52,9 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
     except onnx.checker.ValidationError as exc:
         first = exception_summary(exc)
         raise MtcError(f"{path} fails the ONNX checker: {first}", hint="the file is corrupt or malformed") from None
+    except Exception as exc:  # the checker itself trips on damaged fields (e.g. names that are not UTF-8)
+        raise MtcError(f"{path} fails the ONNX checker ({type(exc).__name__})",
+                       hint="the file is corrupt or malformed") from None
     return model
 
 
@@ -144,14 +147,20 @@ def sanitize(model: onnx.ModelProto, *, opset: int = TARGET_OPSET, run_simplifie
     """Apply every hygiene step in order; the input model is not modified."""
     report = SanitizeLog(source_opset=opset_of(model), nodes_before=len(model.graph.node))
     model = upgrade_opset(model, opset)
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    # Simplify first: onnxsim would fold away the Identity nodes routed below.
-    if run_simplifier:
-        model, report.simplifier = simplify(model)
-    report.renamed_dims = give_unique_dim_names(model)
-    report.identity_routed_outputs = route_consumed_outputs(model)
-    model, report.shape_inference = infer_shapes(model)
-    onnx.checker.check_model(model)
+    try:
+        model = onnx.ModelProto.FromString(model.SerializeToString())
+        # Simplify first: onnxsim would fold away the Identity nodes routed below.
+        if run_simplifier:
+            model, report.simplifier = simplify(model)
+        report.renamed_dims = give_unique_dim_names(model)
+        report.identity_routed_outputs = route_consumed_outputs(model)
+        model, report.shape_inference = infer_shapes(model)
+        onnx.checker.check_model(model)
+    except MtcError:
+        raise
+    except Exception as exc:  # a damaged file the checker let through (e.g. a name that is not UTF-8)
+        raise MtcError(f"the model cannot be sanitized ({type(exc).__name__}: {exception_summary(exc, 200)})",
+                       hint="the file is corrupt or malformed; -v shows where it failed") from exc
     report.opset = opset_of(model)
     report.nodes_after = len(model.graph.node)
     return model, report

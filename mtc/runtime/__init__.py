@@ -49,11 +49,15 @@ def load(folder: str | Path, *, backend: str = "auto", downsample_ratio: float |
             instead of failing.
 
     Raises:
-        MtcError: the folder is not a valid artifact, a file fails its hash, or the backend
-            cannot load the model (a missing optional backend names the extra to install).
+        MtcError: the folder is not a valid artifact, a file fails its hash, the ratio is outside
+            the model's valid range, the backend cannot load the model (a missing optional
+            backend names the extra to install), or the probe frame's outputs do not match their
+            declared roles.
     """
     folder = Path(folder)
     manifest = read_manifest(folder)
+    if downsample_ratio is not None and manifest.io.downsample is not None:  # before any backend work
+        downsample_ratio = manifest.io.downsample.check(downsample_ratio)
     from mtc.backends import onnxruntime, tensorrt
 
     options = BackendOptions(threads=threads, precision=precision, per_backend={
@@ -66,4 +70,8 @@ def load(folder: str | Path, *, backend: str = "auto", downsample_ratio: float |
     session = MattingSession(manifest.io, engine, downsample_ratio=downsample_ratio,
                              scene_cut_threshold=scene_cut_threshold)
     session.manifest = manifest
+    # One small probe frame where it costs one inference: a backend that compiles per input
+    # shape (OpenVINO static, TensorRT) checks the first real frame at each size instead.
+    if manifest.io.preprocess.resize == "fixed" or not getattr(engine, "compiles_per_shape", True):
+        session.probe()
     return session

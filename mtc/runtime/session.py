@@ -2,6 +2,12 @@
 
 The session owns everything the manifest describes (preprocessing, resize rules, the
 downsample ratio, recurrent state, scene cuts) so application code only passes frames.
+
+It also holds the model to the roles the manifest declares: the first frame at every model
+input size (and the probe frame `mtc.runtime.load` runs) has its outputs checked: the alpha is
+1x1xHxW at the model's input size, the foreground 1x3xHxW, every value finite and inside its
+declared range. A model that breaks its contract fails there, with one line, instead of
+writing plausible-looking wrong mattes.
 """
 
 from __future__ import annotations
@@ -13,12 +19,19 @@ import numpy as np
 from mtc.artifact.manifest import ModelIO
 from mtc.backends import Backend
 from mtc.errors import MtcError
-from mtc.runtime.frames import check_frame
+from mtc.runtime.frames import MIN_FRAME_SIDE, check_frame
 
 log = logging.getLogger("mtc")
 
 
 COMPOSITE_ROWS = 32  # x 1920 columns x 3 channels x 4 bytes: 0.7 MB of float scratch
+# How far past its declared range (as a share of the range) an output may stray before it is
+# refused: integer and half-precision outputs round past 0 and 1 a little, a broken model by far.
+RANGE_SLACK = 0.05
+DEFAULT_VALUE_RANGE = (0.0, 1.0)  # alpha and foreground, when the manifest declares none
+# The largest model input a load-time probe runs (512x512): beyond it the probe would cost as
+# much as a real frame, whose own first-frame check gives the same guarantee.
+PROBE_MAX_PIXELS = 512 * 512
 
 
 class Matte:
@@ -110,16 +123,21 @@ class MattingSession:
     Args:
         io: the model's I/O contract (from the manifest).
         backend: the graph executor.
-        downsample_ratio: fixed ratio for models with a downsample input; None applies the
-            manifest's auto rule per frame size.
+        downsample_ratio: fixed ratio for models with a downsample input, within the range the
+            manifest declares for it; None applies the manifest's auto rule per frame size.
         scene_cut_threshold: mean absolute difference (0..255) between tiny grey thumbnails of
             consecutive frames above which recurrent state is reset; None disables detection.
+        check_outputs: check the outputs of the first frame at each input size against their
+            roles (off where a candidate's errors are being measured, not refused).
     """
 
     def __init__(self, io: ModelIO, backend: Backend, *, downsample_ratio: float | None = None,
-                 scene_cut_threshold: float | None = 30.0):
+                 scene_cut_threshold: float | None = 30.0, check_outputs: bool = True):
         self.io = io
+        self.checks_outputs = check_outputs
         self.backend = backend
+        if downsample_ratio is not None and io.downsample is not None:
+            downsample_ratio = io.downsample.check(downsample_ratio)
         self.downsample_ratio = downsample_ratio
         self.scene_cut_threshold = scene_cut_threshold
         self.image_input = io.input_with_role("image")
@@ -145,6 +163,7 @@ class MattingSession:
         self._state: dict[str, np.ndarray] = {}
         self._frame_shape: tuple[int, int] | None = None
         self._thumb: np.ndarray | None = None
+        self._checked_sizes: set[tuple[int, int]] = set()  # model input sizes whose outputs were checked
         self.frames_processed = 0
         self.state_resets = 0
         self.reset()
@@ -256,10 +275,68 @@ class MattingSession:
         if ratio is not None:
             feeds[self.io.downsample.input] = np.array([ratio], dtype=np.float32)
         outputs = self.backend.run(feeds)
+        if self.checks_outputs and (model_h, model_w) not in self._checked_sizes:
+            self.check_outputs(outputs, model_h, model_w)
+            self._checked_sizes.add((model_h, model_w))
         for pair in self.io.states:
             self._state[pair.input] = outputs[pair.output]
         self.frames_processed += 1
         return outputs
+
+    def check_outputs(self, outputs: dict, model_h: int, model_w: int) -> None:
+        """Raise MtcError unless the outputs match their declared roles for a model_w x model_h input."""
+        for spec, channels in ((self.alpha_output, 1), (self.foreground_output, 3)):
+            if spec is None:
+                continue
+            if spec.name not in outputs:
+                raise MtcError(f"the model gives no output {spec.name!r}, which the manifest declares as its {spec.role}",
+                               hint="the model does not match its manifest; re-export the artifact")
+            value = np.asarray(outputs[spec.name])
+            expected = (1, channels, model_h, model_w)
+            if value.shape != expected:
+                raise MtcError(f"the model's {spec.role} output {spec.name!r} has shape {value.shape}, not "
+                               f"{'x'.join(map(str, expected))} for a {model_w}x{model_h} input",
+                               hint="the model does not match its manifest; re-export the artifact")
+            low, high = spec.value_range or DEFAULT_VALUE_RANGE
+            slack = RANGE_SLACK * (high - low)
+            lowest, highest = float(value.min()), float(value.max())
+            if not (np.isfinite(lowest) and np.isfinite(highest) and lowest >= low - slack and highest <= high + slack):
+                raise MtcError(f"the model's {spec.role} output {spec.name!r} spans [{lowest:.4g}, {highest:.4g}] "
+                               f"on a {model_w}x{model_h} input, outside its declared range [{low:g}, {high:g}]",
+                               hint="the model or its preprocessing does not match the manifest; re-export the artifact")
+        for pair in self.io.states:
+            state = outputs[pair.output]
+            # State a GPU backend keeps on the device is left there: reading it back costs a copy.
+            if isinstance(state, np.ndarray) and not np.isfinite(state).all():
+                raise MtcError(f"the model's state output {pair.output!r} is not finite on a {model_w}x{model_h} input",
+                               hint="the model or its preprocessing does not match the manifest; re-export the artifact")
+
+    def probe(self) -> bool:
+        """Run one small grey frame and check its outputs against their roles, then forget it.
+
+        The frame is the smallest the model takes (its fixed input size, where it has one), so
+        this costs one small inference; a model whose smallest input exceeds PROBE_MAX_PIXELS is
+        not probed (its first frame is checked). Returns whether it probed.
+
+        Raises:
+            MtcError: an output breaks its declared role.
+        """
+        side = max(MIN_FRAME_SIDE, self.io.preprocess.multiple_of)
+        if self.downsample_ratio is not None:  # keep the working resolution at least one side long
+            side = max(side, int(np.ceil(MIN_FRAME_SIDE / self.downsample_ratio)))
+        model_h, model_w = self._model_size(side, side)
+        if model_h * model_w > PROBE_MAX_PIXELS or side * side > PROBE_MAX_PIXELS:
+            return False
+        frame = np.full((side, side, 3), 128, np.uint8)
+        plate, self._plate, self._plate_tensor = self._plate, (frame if self.background_input is not None else None), None
+        try:
+            self.step(frame)
+        finally:
+            self._plate, self._plate_tensor = plate, None
+            self.reset()
+            self._frame_shape = None
+            self.frames_processed = 0
+        return True
 
     def process(self, frame: np.ndarray) -> Matte:
         """Matte one HxWx3 uint8 RGB frame; alpha and foreground come back at the frame's size."""

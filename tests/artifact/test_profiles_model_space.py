@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from mtc.artifact.profiles import NAMED_PROFILES, parse_profile, profile_shapes
+from mtc.errors import MtcError
 from mtc.models.registry import get_model
 from mtc.runtime.session import MattingSession
 
@@ -46,3 +47,12 @@ def test_rvm_profile_ratio_matches_the_sessions_auto_ratio():
         profile = NAMED_PROFILES[name].for_model(io)
         session = MattingSession(io, _Recorder(io))
         assert profile.downsample_ratio == session.ratio_for(profile.height, profile.width)
+
+
+def test_a_profile_ratio_outside_the_models_range_is_refused():
+    from tiny_artifacts import tiny_io
+
+    io = tiny_io(with_ratio=True)
+    assert parse_profile("1280x720@0.25").for_model(io).downsample_ratio == 0.25
+    with pytest.raises(MtcError, match=r"downsample ratio 0.001 is outside this model's valid range \[0.0625, 1\]"):
+        parse_profile("1280x720@0.001").for_model(io)

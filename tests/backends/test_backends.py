@@ -226,6 +226,29 @@ def test_saved_optimized_model_loads_with_same_outputs(tiny_model, tmp_path):
     assert optimized_model_path("cd" * 32, root=tmp_path) != optimized_model_path("ab" * 32, root=tmp_path)
 
 
+def test_a_full_disk_while_saving_the_optimized_model_says_so(tiny_model, tmp_path, monkeypatch):
+    import collections
+    import shutil
+
+    import onnxruntime as ort
+
+    from mtc.backends.onnxruntime import build
+
+    def failing_session(*args, **kwargs):  # what ONNX Runtime raises when its write fails
+        raise ort.capi.onnxruntime_pybind11_state.Fail("[ONNXRuntimeError] : 1 : FAIL : invalid protobuf")
+
+    monkeypatch.setattr(ort, "InferenceSession", failing_session)
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, 0))
+    with pytest.raises(MtcError, match="disk full while writing") as caught:
+        build.save_optimized_model(tiny_model, "ab" * 32, root=tmp_path / "cache")
+    assert "re-export" not in str(caught.value)
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]  # nothing half-written
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 0, 10**9))
+    with pytest.raises(MtcError, match="could not optimize"):  # with room left, the model is to blame
+        build.save_optimized_model(tiny_model, "ab" * 32, root=tmp_path / "cache")
+
+
 def test_spinning_setting_reaches_the_session(tiny_model):
     backend = OrtBackend(tiny_model, allow_spinning=False, threads=1)
     assert backend.threads == 1

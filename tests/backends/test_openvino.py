@@ -122,7 +122,7 @@ def test_a_damaged_graph_cache_entry_is_rebuilt(rvm_artifact, tmp_path, caplog):
         xml.write_text("<not a graph")
     with caplog.at_level(logging.WARNING, logger="mtc"):
         again = mtc.runtime.load(rvm_artifact, backend="openvino", downsample_ratio=0.5).process(frame).alpha
-    assert "unreadable" in caplog.text
+    assert "graph cache entry" in caplog.text and "rebuilding it" in caplog.text
     np.testing.assert_array_equal(again, first)
 
 
@@ -200,3 +200,29 @@ def test_rvm_fgr_and_pha_come_from_one_merged_output_bit_identical(rvm_artifact,
     assert got.keys() == expected.keys()
     for name in expected:
         np.testing.assert_array_equal(got[name], expected[name])
+
+
+def test_past_the_static_budget_new_sizes_share_one_dynamic_model_and_the_cache_stops_growing(tmp_path):
+    from tiny_artifacts import frames, write_tiny_artifact
+
+    from mtc.backends.openvino import MAX_STATIC_SHAPES
+
+    artifact = write_tiny_artifact(tmp_path / "tiny")  # its input size follows the frame, as photos vary
+    session = mtc.runtime.load(artifact, backend="openvino")
+    reference = mtc.runtime.load(artifact, backend="onnxruntime")
+    sizes = [(32 + 8 * i, 48 + 8 * i) for i in range(MAX_STATIC_SHAPES + 5)]
+
+    def cached():
+        return sorted(p for p in (tmp_path / "cache").rglob("*") if p.is_file())
+
+    for index, (height, width) in enumerate(sizes):
+        frame = frames(1, height, width, seed=index)[0]
+        np.testing.assert_allclose(session.process(frame).alpha, reference.process(frame).alpha, rtol=0,
+                                   atol=ALPHA_MAX_ABS)
+        if index == MAX_STATIC_SHAPES:
+            after_dynamic = cached()
+    assert len(session.backend.compile_seconds) == MAX_STATIC_SHAPES + 1
+    assert cached() == after_dynamic  # four more sizes, no new compile and nothing more on disk
+    # a size seen before the budget ran out keeps its static model
+    session.process(frames(1, *sizes[0])[0])
+    assert len(session.backend.compile_seconds) == MAX_STATIC_SHAPES + 1

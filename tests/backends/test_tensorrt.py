@@ -310,6 +310,64 @@ def test_resolve_plan_prefers_artifact_then_cache_then_builds(tmp_path, monkeypa
     assert built == ["hd"]
 
 
+def test_a_cached_plan_damaged_in_the_middle_is_rebuilt_with_a_warning(tmp_path, monkeypatch, caplog):
+    from tiny_artifacts import flip_middle_bytes
+
+    from mtc.backends.tensorrt import build as builder
+
+    built = []
+
+    def fake_build(model_path, io, profile, **kwargs):
+        built.append(profile.name)
+        data = b"plan bytes " * 100
+        return data, make_sidecar(data, target=kwargs["target"], model_sha256=kwargs["model_sha256"], profile=profile,
+                                  settings=kwargs["settings"], input_shapes={}, frozen_inputs={})
+
+    monkeypatch.setattr(builder, "build_plan", fake_build)
+    folder, cache = tmp_path / "artifact", tmp_path / "cache"
+    path = builder.resolve_plan(folder, _manifest(), HD, target=TARGET, cache_root=cache)
+    good = path.read_bytes()
+    flip_middle_bytes(path)
+    with caplog.at_level("WARNING", logger="mtc"):
+        again = builder.resolve_plan(folder, _manifest(), HD, target=TARGET, cache_root=cache)
+    assert "does not match its sidecar's sha256" in caplog.text
+    assert built == ["hd", "hd"] and again == path and path.read_bytes() == good
+    # without permission to build, the damaged plan is refused, never deserialized
+    flip_middle_bytes(path)
+    with pytest.raises(MtcError, match="does not match its sidecar's sha256"):
+        builder.resolve_plan(folder, _manifest(), HD, target=TARGET, cache_root=cache, build_missing=False)
+
+
+def test_a_plan_changed_after_its_check_is_not_deserialized(tmp_path):
+    path = tmp_path / "hd.plan"
+    _write_fake_plan(path, data=b"the checked plan")
+    assert plan_mod.read_verified_plan(path) == b"the checked plan"
+    path.write_bytes(b"the swapped plan")
+    with pytest.raises(MtcError, match="no longer matches its sidecar's sha256"):
+        plan_mod.read_verified_plan(path)
+    assert path.read_bytes() == b"the swapped plan"  # reported, not silently rewritten
+
+
+def test_a_damaged_or_unsealed_timing_cache_is_never_read(tmp_path, caplog):
+    from tiny_artifacts import flip_middle_bytes
+
+    from mtc.artifact.cache import seal_entry
+
+    timing = timing_cache_path(TARGET, root=tmp_path)
+    assert not plan_mod.usable_timing_cache(timing)  # none yet
+    timing.write_bytes(bytes(range(256)) * 4)
+    assert not plan_mod.usable_timing_cache(timing)  # written without its seal: not trusted
+    assert not timing.exists()
+    timing.write_bytes(bytes(range(256)) * 4)
+    seal_entry(plan_mod.timing_cache_seal(timing), [timing])
+    assert plan_mod.usable_timing_cache(timing)
+    flip_middle_bytes(timing)
+    with caplog.at_level("WARNING", logger="mtc"):
+        assert not plan_mod.usable_timing_cache(timing)
+    assert "not using the timing cache" in caplog.text and "does not match" in caplog.text
+    assert not timing.exists() and not plan_mod.timing_cache_seal(timing).exists()
+
+
 def test_builder_imports_are_lazy_and_name_the_extra():
     from mtc.backends.tensorrt import build as builder
 
@@ -539,7 +597,7 @@ def fake_trt(monkeypatch, tmp_path):
     def fake_resolve(folder, manifest, profile, **kwargs):
         resolved.append((profile.name, kwargs["build_missing"]))
         path = tmp_path / f"{profile.name}.plan"
-        path.write_text(json.dumps({"states": ["r1", "r2"]}))
+        _write_fake_plan(path, profile=profile, data=json.dumps({"states": ["r1", "r2"]}).encode())
         return path
 
     monkeypatch.setattr(trt_backend, "_modules", lambda: (trt, cudart))

@@ -1012,3 +1012,22 @@ def test_weight_bits_must_be_seven_or_eight():
 
     with pytest.raises(MtcError, match="not 7 or 8"):
         Int8Config(weight_bits=4)
+
+
+def test_checks_measure_a_candidates_nan_instead_of_refusing_it():
+    from mtc.quant.calibration import Clip
+    from mtc.quant.checks import compare_clip, run_alphas
+
+    io = ModelIO(inputs=(TensorSpec("src", "image"),), outputs=(TensorSpec("pha", "alpha"),))
+
+    class NanBackend:
+        name, compiles_per_shape = "nan", False
+        input_names, output_names = ("src",), ("pha",)
+
+        def run(self, feeds):
+            return {"pha": np.full((1, 1, *feeds["src"].shape[2:]), np.nan, np.float32)}
+
+    clip = Clip("c", np.zeros((2, 32, 32, 3), np.uint8))
+    alphas = run_alphas(io, NanBackend(), clip)  # a session for users would refuse this output
+    assert np.isnan(alphas).all()
+    assert compare_clip(clip, np.zeros_like(alphas), alphas).nonfinite_frames == [0, 1]

@@ -32,7 +32,8 @@ class RecordingBackend:
 
 def _toy_io(preprocess=Preprocess(), with_state=False):
     inputs = [TensorSpec("img", "image")] + ([TensorSpec("s_in", "state")] if with_state else [])
-    outputs = [TensorSpec("alpha", "alpha")] + ([TensorSpec("s_out", "state")] if with_state else [])
+    # alpha = the mean of the normalized image, which a mean/std of 0.5 puts in [-1, 1]
+    outputs = [TensorSpec("alpha", "alpha", value_range=(-1.0, 1.0))] + ([TensorSpec("s_out", "state")] if with_state else [])
     states = (StatePair("s_in", "s_out", initial_shape=(1,), initial_value=0.0),) if with_state else ()
     return ModelIO(tuple(inputs), tuple(outputs), states, preprocess)
 

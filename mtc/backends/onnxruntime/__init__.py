@@ -45,7 +45,7 @@ def probe(available: Availability) -> Probe:
 
 
 def open_session(model_path, *, io=None, manifest=None, folder=None, common, options: Options, choice):
-    from mtc.backends.onnxruntime.build import optimized_model_path
+    from mtc.backends.onnxruntime.build import cached_optimized_model
     from mtc.backends.onnxruntime.session import OrtBackend
     from mtc.errors import MtcError
 
@@ -53,7 +53,8 @@ def open_session(model_path, *, io=None, manifest=None, folder=None, common, opt
     optimized = None
     if options.use_optimized_model and manifest is not None:
         try:
-            optimized = optimized_model_path(manifest.files[manifest.model_file].sha256, providers=providers)
+            optimized = cached_optimized_model(model_path, manifest.files[manifest.model_file].sha256,
+                                               providers=providers)
         except MtcError as exc:  # no usable cache folder: run from the artifact's model
             log.debug("onnxruntime: no optimized-model cache (%s)", exc.message)
     state_pairs = tuple((p.input, p.output) for p in io.states) if io is not None else ()

@@ -117,6 +117,7 @@ class OrtBackend:
 
     name = "onnxruntime"
     fresh_outputs = True
+    compiles_per_shape = False  # any input shape runs at once: a probe frame costs one inference
 
     def __init__(self, model: str | Path | bytes, *, threads: int | None = None, allow_spinning: bool = True,
                  optimization: str = "all", providers: tuple[str, ...] | list[str] | None = None,

@@ -1,8 +1,8 @@
 """OpenVINO: precompile the static per-resolution models into the cache.
 
 The runtime compiles one static model per frame size (see mtc.backends.openvino.session);
-OpenVINO's CACHE_DIR keeps the result, keyed by OpenVINO from the model, the device and the
-compile properties. `precompile` does that work ahead of time so the first frame of a video
+OpenVINO's CACHE_DIR keeps the result, in a sealed folder per input signature and compile
+settings. `precompile` does that work ahead of time so the first frame of a video
 does not wait for it.
 """
 

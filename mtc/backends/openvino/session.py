@@ -21,20 +21,26 @@ values. "read" passes run once on the graph as read, "static" passes once per in
 Two caches on disk, both under the mtc cache: the rewritten graphs (OpenVINO IR, keyed by the
 model's hash, the input signature, the passes' fingerprint and the OpenVINO version), so a
 load after `mtc build --backend openvino` (or after a first run) applies no pass; and the
-compiled models (`CACHE_DIR`), so it skips compilation too.
+compiled models (OpenVINO's `CACHE_DIR`, one folder per input signature and compile settings),
+so it skips compilation too. Both are sealed (mtc.artifact.cache): a few damaged bytes in a
+compiled blob still load and give wrong mattes, so every entry's sha256 is recorded when it is
+written and checked before OpenVINO reads it; a damaged entry is rebuilt with a warning.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
+from mtc.artifact.cache import SEAL_SUFFIX, check_entry, discard_entry, enforce_cache_bound, seal_entry, sealed_files
 from mtc.artifact.manifest import ModelIO
 from mtc.backends.base import default_threads, is_broadcast_initial, require
+from mtc.backends.openvino import MAX_STATIC_SHAPES
 from mtc.errors import MtcError, exception_summary
 from mtc.fsutil import atomic_write_text
 from mtc.passes import PassContext, describe_counts, fingerprint, passes_for, run_passes
@@ -57,8 +63,9 @@ def openvino_cache_dir() -> Path:
     return path
 
 
-def compile_config(*, precision: str, threads: int | None, cache: bool) -> dict:
-    """The compile_model properties this backend uses (also what `mtc build` precompiles with)."""
+def compile_config(*, precision: str, threads: int | None) -> dict:
+    """The compile_model properties this backend uses (also what `mtc build` precompiles with);
+    CACHE_DIR is added per input signature (`CompiledCache`)."""
     if precision not in PRECISIONS:
         raise MtcError(f"unknown precision {precision!r} for openvino", hint=f"choose one of: {', '.join(PRECISIONS)}")
     config = {
@@ -67,11 +74,6 @@ def compile_config(*, precision: str, threads: int | None, cache: bool) -> dict:
         "NUM_STREAMS": 1,
         "INFERENCE_NUM_THREADS": threads or default_threads(),
     }
-    if cache:
-        try:
-            config["CACHE_DIR"] = str(openvino_cache_dir())
-        except (MtcError, OSError) as exc:  # a read-only cache costs compile time, not the run
-            log.warning("openvino: compiled models will not be cached (%s)", getattr(exc, "message", exc))
     return config
 
 
@@ -95,6 +97,8 @@ class OpenVinoBackend:
         threads: inference threads; defaults to the CPUs this process may use.
         static_shapes: compile one static model per input signature (default); False compiles
             the dynamic model once (slower per frame, measured).
+        max_static_shapes: with static shapes, the distinct input signatures compiled static;
+            further ones share one dynamic-shape model (see MAX_STATIC_SHAPES).
         cache: keep compiled models in the mtc cache (CACHE_DIR).
         device: OpenVINO device name.
         rewrite_graph: run the registered OpenVINO graph passes (mtc.passes.openvino), each the
@@ -107,13 +111,14 @@ class OpenVinoBackend:
 
     def __init__(self, model: str | Path, *, io: ModelIO | None = None, precision: str = "fp32",
                  threads: int | None = None, static_shapes: bool = True, cache: bool = True, device: str = "CPU",
+                 max_static_shapes: int = MAX_STATIC_SHAPES,
                  rewrite_graph: bool = True, model_sha256: str | None = None):
         ov = require("openvino", what="OpenVINO")
         self._ov = ov
         self.core = ov.Core()
         self.device = device
         self.requested_precision = precision
-        self.config = compile_config(precision=precision, threads=threads, cache=cache)
+        self.config = compile_config(precision=precision, threads=threads)
         self.threads = self.config["INFERENCE_NUM_THREADS"]
         if precision == "bf16" and device == "CPU":
             capabilities = self.core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
@@ -121,12 +126,16 @@ class OpenVinoBackend:
                 raise MtcError("this CPU has no BF16 support, so OpenVINO would silently run FP32",
                                hint="use precision='fp32' (or a CPU with AVX-512 BF16 / AMX)")
         self.rewrite_graph = rewrite_graph
-        self._graphs = GraphCache.for_model(Path(model), ov.__version__, sha256=model_sha256) \
-            if cache and rewrite_graph else None
+        key = model_cache_key(Path(model), ov.__version__, sha256=model_sha256) if cache else None
+        self._graphs = GraphCache(openvino_cache_dir() / "graphs" / key) if key and rewrite_graph else None
+        self._compiled_cache = CompiledCache(openvino_cache_dir() / "compiled" / key) if key else None
         self.model, self._merged = self._read(Path(model))
         self.input_names = tuple(i.get_any_name() for i in self.model.inputs)
         self.output_names = tuple(name for o in self.model.outputs for name in self._output_parts(o.get_any_name()))
         self.static_shapes = static_shapes
+        self.compiles_per_shape = static_shapes
+        self.max_static_shapes = max_static_shapes
+        self._static_signatures: set[tuple] = set()  # signatures given a static model so far
         self._states = {p.input: p.output for p in io.states} if io is not None else {}
         self._frozen = (io.downsample.input,) if io is not None and io.downsample is not None else ()
         self._frozen = tuple(n for n in self._frozen if n in self.input_names)
@@ -187,29 +196,40 @@ class OpenVinoBackend:
             target.replace_source_output(constant.output(0))
         model.remove_parameter(parameter)
 
-    def _compile(self, feeds: dict) -> _Compiled:
-        signature = repr(self._signature(feeds)) if self.static_shapes else "dynamic"
+    def _compile(self, feeds: dict, *, static: bool) -> _Compiled:
+        signature = repr(self._signature(feeds)) if static else "dynamic"
         cached = self._graphs.load(self.core, signature) if self._graphs is not None else None
         if cached is not None:
             model, meta = cached
             state_shapes = {name: tuple(shape) for name, shape in meta["state_shapes"].items()}
             log.debug("openvino: %s (from the graph cache)", describe_counts("openvino", "static", meta["counts"]))
         else:
-            model, state_shapes, counts = self._static_model(feeds)
+            model, state_shapes, counts = self._static_model(feeds, static=static)
             if self._graphs is not None and self._graphs.save(self._ov, model, signature,
                                                               {"counts": counts, "state_shapes": state_shapes}):
                 # Compile what later loads will read: OpenVINO keys its compiled-model cache on
                 # the graph, and a graph read from IR differs in details from the one in memory.
-                model = self._graphs.load(self.core, signature)[0]
+                reloaded = self._graphs.load(self.core, signature)
+                if reloaded is not None:  # else evicted meanwhile by another process: compile the one in memory
+                    model = reloaded[0]
 
+        config, cache_hit = dict(self.config), False
+        if self._compiled_cache is not None:
+            folder = self._compiled_cache.folder_for(repr((signature, self.rewrite_graph, sorted(self.config.items()),
+                                                           self.device)))
+            cache_hit = self._compiled_cache.prepare(folder)
+            if folder is not None:
+                config["CACHE_DIR"] = str(folder)
         started = time.perf_counter()
         try:
-            compiled = self.core.compile_model(model, self.device, self.config)
+            compiled = self.core.compile_model(model, self.device, config)
         except Exception as exc:
             detail = exception_summary(exc, 300)
             raise MtcError(f"openvino cannot compile the model for {self.device}: {detail}",
                            hint="try backend='onnxruntime'") from None
         seconds = time.perf_counter() - started
+        if "CACHE_DIR" in config and not cache_hit:
+            self._compiled_cache.seal(Path(config["CACHE_DIR"]))
         self.compile_seconds.append(seconds)
         first = self.precision is None
         self.precision = _precision_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
@@ -223,13 +243,13 @@ class OpenVinoBackend:
         outputs = tuple(_port_name(o, (*self._merged, *self.output_names)) for o in compiled.outputs)
         return _Compiled(compiled.create_infer_request(), state_shapes, inputs, outputs, seconds)
 
-    def _static_model(self, feeds: dict):
+    def _static_model(self, feeds: dict, *, static: bool):
         """A clone of the graph made static for `feeds` (ratio frozen, inputs reshaped, state
         shapes inferred) with the "static" passes run; returns it, the state shapes and the
         pass counts. Without static shapes: the graph as read."""
         model = self.model.clone()
         state_shapes, counts = {}, {}
-        if not self.static_shapes:
+        if not static:
             return model, state_shapes, counts
         try:
             for name in self._frozen:
@@ -268,9 +288,16 @@ class OpenVinoBackend:
 
     def compiled_for(self, feeds: dict) -> _Compiled:
         key = self._signature(feeds) if self.static_shapes else ()
+        if key not in self._static_signatures and len(self._static_signatures) >= self.max_static_shapes:
+            key = ()  # past the static budget: the shared dynamic-shape model
         entry = self._compiled.get(key)
         if entry is None:
-            entry = self._compile(feeds)
+            if key == () and self.static_shapes:
+                log.info("openvino: more than %d input sizes; new sizes share one dynamic-shape model",
+                         self.max_static_shapes)
+            entry = self._compile(feeds, static=key != ())
+            if key != ():
+                self._static_signatures.add(key)
             self._compiled[key] = entry
             while len(self._compiled) > MAX_COMPILED:
                 self._compiled.popitem(last=False)
@@ -355,45 +382,53 @@ def _precision_name(value) -> str:
     return text
 
 
+def model_cache_key(path: Path, openvino_version: str, *, sha256: str | None = None) -> str | None:
+    """The cache key for the model at `path`: its hash, the passes' fingerprint, OpenVINO's
+    version. `sha256` (the manifest's, already verified) saves hashing the file again; None when
+    the model cannot be read (OpenVINO's reader reports why) or there is no cache folder."""
+    import hashlib
+
+    try:
+        digest = (sha256 or hashlib.sha256(path.read_bytes()).hexdigest())[:24]
+        openvino_cache_dir()
+    except (OSError, MtcError) as exc:
+        log.debug("openvino: no cache (%s)", getattr(exc, "message", exc))
+        return None
+    # A folder name: OpenVINO's version string holds slashes ("2026.4.1-...-releases/2026/4").
+    return f"{digest}-{fingerprint('openvino')}-{re.sub(r'[^A-Za-z0-9._-]', '_', openvino_version)}"
+
+
 class GraphCache:
-    """Rewritten OpenVINO graphs on disk (IR + a JSON sidecar written last), one per stage or
-    input signature, under a folder keyed by the model's hash, the passes' fingerprint and the
-    OpenVINO version. A damaged entry is rebuilt, never trusted."""
+    """Rewritten OpenVINO graphs on disk (IR + a JSON of facts, then a seal written last), one per
+    stage or input signature, under a folder keyed by `model_cache_key`. A damaged entry is
+    rebuilt, never trusted."""
 
     def __init__(self, folder: Path):
         self.folder = folder
 
-    @classmethod
-    def for_model(cls, path: Path, openvino_version: str, *, sha256: str | None = None) -> GraphCache | None:
-        """The cache for the model at `path`; `sha256` (the manifest's, already verified) saves
-        hashing the file again."""
-        import hashlib
-
-        try:
-            digest = (sha256 or hashlib.sha256(path.read_bytes()).hexdigest())[:24]
-            folder = openvino_cache_dir() / "graphs" / f"{digest}-{fingerprint('openvino')}-{openvino_version}"
-        except (OSError, MtcError) as exc:  # unreadable model (OpenVINO's reader reports it) or no cache
-            log.debug("openvino: no graph cache (%s)", getattr(exc, "message", exc))
-            return None
-        return cls(folder)
-
-    def _paths(self, key: str) -> tuple[Path, Path]:
+    def _paths(self, key: str) -> tuple[Path, Path, Path]:
         import hashlib
 
         name = key if key == "read" else hashlib.sha256(key.encode()).hexdigest()[:24]
-        return self.folder / f"{name}.xml", self.folder / f"{name}.json"
+        return self.folder / f"{name}.xml", self.folder / f"{name}.json", self.folder / f"{name}{SEAL_SUFFIX}"
 
     def load(self, core, key: str):
         import json
 
-        xml, meta = self._paths(key)
-        if not meta.is_file():
+        xml, meta, seal = self._paths(key)
+        if not seal.exists() and not xml.exists():
+            return None
+        reason = check_entry(seal)
+        if reason is not None:
+            log.warning("openvino: graph cache entry %s not used (%s); rebuilding it", xml.name, reason)
+            discard_entry(seal, [xml, xml.with_suffix(".bin"), meta])
             return None
         try:
             return core.read_model(str(xml)), json.loads(meta.read_text(encoding="utf-8"))
-        except Exception as exc:  # a damaged entry: rebuild it
+        except Exception as exc:  # sealed but unreadable by this OpenVINO: rebuild it
             log.warning("openvino: graph cache entry %s unreadable (%s); rebuilding it", xml.name,
                         exception_summary(exc, 120))
+            discard_entry(seal, [xml, xml.with_suffix(".bin"), meta])
             return None
 
     def save(self, ov, model, key: str, meta: dict) -> bool:
@@ -401,7 +436,7 @@ class GraphCache:
         import os
         import tempfile
 
-        xml, meta_path = self._paths(key)
+        xml, meta_path, seal = self._paths(key)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=self.folder) as scratch:
@@ -411,7 +446,69 @@ class GraphCache:
                 os.replace(tmp_xml.with_suffix(".bin"), xml.with_suffix(".bin"))
                 os.replace(tmp_xml, xml)
             atomic_write_text(meta_path, json.dumps(meta))
+            seal_entry(seal, [xml, xml.with_suffix(".bin"), meta_path])
         except OSError as exc:  # a full or read-only cache costs time on the next load, not this run
             log.warning("openvino: could not cache the rewritten graph (%s)", exc)
             return False
+        enforce_cache_bound(keep=[seal], root=openvino_cache_dir().parent)
         return True
+
+
+class CompiledCache:
+    """OpenVINO's compiled-model cache (its CACHE_DIR), one folder per input signature and
+    compile settings, under a folder keyed by `model_cache_key`.
+
+    OpenVINO names and writes its blobs itself, so each folder holds one compiled model and is
+    sealed after the compile that wrote it; before OpenVINO may read a folder, its seal is
+    checked, and a folder that fails is emptied (with a warning) so that OpenVINO compiles again.
+    """
+
+    SEAL = "compiled" + SEAL_SUFFIX
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def folder_for(self, key: str) -> Path | None:
+        import hashlib
+
+        folder = self.folder / hashlib.sha256(key.encode()).hexdigest()[:24]
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a read-only cache costs compile time, not the run
+            log.warning("openvino: compiled models will not be cached (%s)", exc)
+            return None
+        return folder
+
+    @staticmethod
+    def _members(folder: Path) -> list[Path]:
+        return [p for p in folder.iterdir() if p.is_file() and p.name != CompiledCache.SEAL and not p.name.startswith(".")]
+
+    def prepare(self, folder: Path | None) -> bool:
+        """True when `folder` holds a compiled model that matches its seal; a damaged or
+        unsealed one is deleted first."""
+        if folder is None:
+            return False
+        seal = folder / self.SEAL
+        members = self._members(folder)
+        if not members and not seal.exists():
+            return False
+        reason = check_entry(seal)
+        if reason is None and {p.name for p in members} <= {p.name for p in sealed_files(seal)}:
+            return True
+        log.warning("openvino: compiled-model cache %s not used (%s); recompiling", folder.name,
+                    reason or "it holds files its seal does not list")
+        discard_entry(seal, members)
+        return False
+
+    def seal(self, folder: Path) -> None:
+        """Seal what the compile just wrote (nothing, when OpenVINO wrote no blob)."""
+        members = self._members(folder)
+        if not members:
+            return
+        try:
+            seal_entry(folder / self.SEAL, members)
+        except OSError as exc:  # unsealed, the entry is rebuilt next time: never trusted
+            log.warning("openvino: could not seal the compiled-model cache (%s)", exc)
+            return
+        enforce_cache_bound(keep=[folder / self.SEAL], root=openvino_cache_dir().parent)
+

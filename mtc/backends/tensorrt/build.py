@@ -14,11 +14,14 @@ one raises MtcError naming `pip install 'mtc[trt]'`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
 
+from mtc.artifact.cache import enforce_cache_bound, seal_entry
 from mtc.artifact.manifest import Manifest, ModelIO
 from mtc.artifact.plan import (
     BuilderSettings,
@@ -28,7 +31,10 @@ from mtc.artifact.plan import (
     cache_plan_path,
     check_plan,
     make_sidecar,
+    sidecar_path,
     timing_cache_path,
+    timing_cache_seal,
+    usable_timing_cache,
     write_plan,
 )
 from mtc.artifact.profiles import ResolutionProfile, frozen_inputs, profile_shapes
@@ -123,7 +129,7 @@ def build_plan(model_path: Path, io: ModelIO, profile: ResolutionProfile, *, mod
     trt_profile = ptrt.Profile()
     for name, rng in shapes.items():
         trt_profile.add(name, min=list(rng.min), opt=list(rng.opt), max=list(rng.max))
-    load_cache = str(timing_cache) if timing_cache is not None and timing_cache.is_file() else None
+    load_cache = str(timing_cache) if timing_cache is not None and usable_timing_cache(timing_cache) else None
     if timing_cache is not None:
         timing_cache.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -141,6 +147,11 @@ def build_plan(model_path: Path, io: ModelIO, profile: ResolutionProfile, *, mod
             raise MtcError(f"TensorRT could not build profile {profile.name}: {detail}",
                            hint="run with -v for TensorRT's log; check that the ONNX runs in onnxruntime") from None
     plan_bytes = bytes(memoryview(plan))
+    if timing_cache is not None and timing_cache.is_file():
+        try:
+            seal_entry(timing_cache_seal(timing_cache), [timing_cache])
+        except OSError as exc:  # unsealed, it is not read next time: a slower build, never a wrong one
+            log.warning("tensorrt: could not seal the timing cache (%s)", exc)
     log.info("tensorrt: built profile %s (%s) in %.0f s, %.1f MB", profile.name, _describe(profile),
              time.perf_counter() - started, len(plan_bytes) / 1e6)
     sidecar = make_sidecar(plan_bytes, target=target, model_sha256=model_sha256, profile=profile, settings=settings,
@@ -187,6 +198,8 @@ def resolve_plan(folder: Path, manifest: Manifest, profile: ResolutionProfile, *
         verdict = check_plan(path, model_sha256=sha, target=target, profile=profile, settings=settings)
         if verdict.usable:
             log.debug("tensorrt: using %s", path)
+            with contextlib.suppress(OSError):  # recently used: the cache's size bound evicts others first
+                os.utime(sidecar_path(path))
             return path
         log.warning("tensorrt: not using %s: %s", path, verdict.reason)
         reasons.append(verdict.reason)
@@ -201,6 +214,9 @@ def resolve_plan(folder: Path, manifest: Manifest, profile: ResolutionProfile, *
                                      target=target, settings=settings,
                                      timing_cache=timing_cache_path(target, root=cache_root))
     write_plan(target_path, plan_bytes, sidecar)
+    if not write_artifact:
+        enforce_cache_bound(keep=[target_path, sidecar_path(target_path)],
+                            root=None if cache_root is None else cache_root.parent)
     return target_path
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from mtc.artifact.manifest import Manifest
-from mtc.artifact.plan import BuilderSettings
+from mtc.artifact.plan import BuilderSettings, read_verified_plan
 from mtc.artifact.profiles import (
     BufferPlan,
     ResolutionProfile,
@@ -122,6 +122,7 @@ class TensorRTBackend:
 
     name = "tensorrt"
     fresh_outputs = False
+    compiles_per_shape = True  # a frame outside every profile means building a plan
 
     def __init__(self, folder: str | Path, manifest: Manifest, *, profiles=None, ratio_policy: str = "profile",
                  cuda_graph: bool = False, build_missing: bool = True, device: int = 0,
@@ -196,7 +197,7 @@ class TensorRTBackend:
             return entry
         plan_path = _resolve_plan(self.folder, self.manifest, profile, target=self.target, settings=self.settings,
                                   build_missing=self.build_missing)
-        engine = self.runtime.deserialize_cuda_engine(plan_path.read_bytes())
+        engine = self.runtime.deserialize_cuda_engine(read_verified_plan(plan_path))
         if engine is None:
             raise MtcError(f"TensorRT could not deserialize {plan_path}",
                            hint=f"delete it and its .json sidecar, then rebuild with `mtc build {self.folder} --backend tensorrt`")
