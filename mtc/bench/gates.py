@@ -28,6 +28,7 @@ from pathlib import Path
 
 from mtc.errors import MtcError
 from mtc.metrics import METRIC_NAMES
+from mtc.runtime.frames import check_pixels
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ def parse_gates(text: str, *, source: str = "gates.toml") -> Gates:
 
     Raises:
         MtcError: invalid TOML, no [gates] table, an unknown key or table, a bad resolution
-            name, or a threshold that is not a non-negative number.
+            name or one over the pixel limit, or a threshold that is not a non-negative number.
     """
     toml = _toml()
     try:
@@ -147,6 +148,7 @@ def parse_gates(text: str, *, source: str = "gates.toml") -> Gates:
                 raise MtcError(f"{source}: table [gates.{key!r}] is not a resolution",
                                hint='name per-resolution tables like [gates."1920x1080"]')
             name = f"{int(match[1])}x{int(match[2])}"
+            check_pixels(int(match[1]), int(match[2]), f"{source}: resolution [gates.{name!r}]")
             per_resolution[name] = {k: _threshold(source, f'gates."{name}"', k, v) for k, v in value.items()}
         else:
             common[key] = _threshold(source, "gates", key, value)

@@ -2,20 +2,51 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
+
+from mtc.cli.options import RATIO, THREADS, max_pixels_option
 
 
 def _resolutions(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]):
     from mtc.bench.data import parse_resolutions
     from mtc.errors import MtcError
+    from mtc.runtime.frames import check_pixels
 
     try:
-        return tuple(parse_resolutions(values))
+        sizes = tuple(parse_resolutions(values))
+        for width, height in sizes:
+            check_pixels(width, height, f"resolution {width}x{height}")
     except MtcError as exc:
-        raise click.BadParameter(exc.message) from None
+        raise click.BadParameter(str(exc)) from None
+    return sizes
+
+
+def _input_video(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if value != "builtin" and not Path(value).is_file():
+        raise click.BadParameter(f"{value!r} is not `builtin` or a video file")
+    return value
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send everything written to file descriptor 1 to stderr inside the block, native libraries'
+    prints included, so that `--json -` leaves stdout to the JSON alone."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _metrics(ctx: click.Context, param: click.Parameter, value: str):
@@ -50,12 +81,12 @@ def _gates(ctx: click.Context, param: click.Parameter, value: Path | None):
 @click.option("--frames", "-n", default=48, show_default=True, type=click.IntRange(min=1),
               help="Frames measured per resolution.")
 @click.option("--warmup", default=5, show_default=True, type=click.IntRange(min=0), help="Untimed frames first.")
-@click.option("--input", "input_", default="builtin", show_default=True, metavar="VIDEO",
+@click.option("--input", "input_", default="builtin", show_default=True, metavar="VIDEO", callback=_input_video,
               help="Video whose first frames are used (resized to each resolution), or `builtin`.")
-@click.option("--reference", type=click.Path(path_type=Path),
+@click.option("--reference", type=click.Path(path_type=Path, exists=True, file_okay=False),
               help="Artifact to compare alpha against (default: the manifest's provenance.reference_artifact).")
 @click.option("--no-reference", is_flag=True, help="Do not compare against any reference artifact.")
-@click.option("--gt", type=click.Path(path_type=Path),
+@click.option("--gt", type=click.Path(path_type=Path, exists=True),
               help="Ground-truth alpha, frame-aligned with the input: a folder of alpha images or an alpha video.")
 @click.option("--metrics", default="mad,mse,grad,conn,dtssd", show_default=True, callback=_metrics,
               help="Accuracy metrics (Grad and Conn take ~1.5 s per HD frame).")
@@ -64,10 +95,11 @@ def _gates(ctx: click.Context, param: click.Parameter, value: Path | None):
 @click.option("--json", "json_path", type=click.Path(path_type=Path, allow_dash=True),
               help="Write the mtc.bench/1 report here (`-` for stdout; the table then goes to stderr).")
 @click.option("--junit", type=click.Path(path_type=Path), help="Write gate results as JUnit XML.")
-@click.option("--ratio", type=float, help="Downsample ratio for recurrent models (default: auto per resolution).")
-@click.option("--threads", type=int, help="Inference threads (default: all available cores).")
+@click.option("--ratio", type=RATIO, help="Downsample ratio for recurrent models, in (0, 1] (default: auto per resolution).")
+@click.option("--threads", type=THREADS, help="Inference threads (default: all available cores).")
 @click.option("--no-e2e", is_flag=True, help="Skip the end-to-end (decode -> matte -> encode) measurement.")
 @click.option("--no-gflops", is_flag=True, help="Skip counting GFLOPs per frame.")
+@max_pixels_option
 def bench(folder: Path, backend: str, resolutions, frames: int, warmup: int, input_: str, reference: Path | None,
           no_reference: bool, gt: Path | None, metrics, gates, json_path: Path | None, junit: Path | None,
           ratio: float | None, threads: int | None, no_e2e: bool, no_gflops: bool) -> None:
@@ -84,8 +116,6 @@ def bench(folder: Path, backend: str, resolutions, frames: int, warmup: int, inp
     from mtc.bench.table import print_report
     from mtc.fsutil import atomic_write_text
 
-    if ratio is not None and not 0 < ratio <= 1:
-        raise click.BadParameter("must be in (0, 1]", param_hint="--ratio")
     if reference is not None and no_reference:
         raise click.UsageError("--reference and --no-reference exclude each other")
     if junit is not None and gates is None:
@@ -94,9 +124,10 @@ def bench(folder: Path, backend: str, resolutions, frames: int, warmup: int, inp
                          input=input_, reference=reference, use_manifest_reference=not no_reference, gt=gt,
                          ratio=ratio, threads=threads, metrics=metrics, end_to_end=not no_e2e,
                          gflops=not no_gflops, gates=gates)
-    report = run_bench(config)
-    text = report_json(report)
     to_stdout = json_path is not None and str(json_path) == "-"
+    with _stdout_to_stderr() if to_stdout else contextlib.nullcontext():
+        report = run_bench(config)
+    text = report_json(report)
     # CI logs are not terminals (rich would assume 80 columns): keep the table on one line per row.
     stream = sys.stderr if to_stdout else sys.stdout
     print_report(report, Console(stderr=to_stdout, width=None if stream.isatty() else 150))

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from mtc.cli.options import THREADS
+
 
 @click.command()
 @click.argument("folder", type=click.Path(path_type=Path))
@@ -19,7 +21,7 @@ import click
               help="OpenVINO inference precision to precompile for.")
 @click.option("--opt-level", "optimization_level", type=click.IntRange(0, 5), default=3, show_default=True,
               help="TensorRT builder optimization level (higher: longer build, maybe faster engine).")
-@click.option("--threads", type=int, help="OpenVINO inference threads (default: all available cores).")
+@click.option("--threads", type=THREADS, help="OpenVINO inference threads (default: all available cores).")
 @click.option("--force", is_flag=True, help="Rebuild TensorRT plans even when they are up to date.")
 def build(folder: Path, backend: str, profiles: str, precision: str, optimization_level: int, threads: int | None,
           force: bool) -> None:

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
 import click
 
-from mtc.cli.options import parse_resolution, quantization_options, run_quantization
+from mtc.cli.options import (
+    check_quantization_flags,
+    max_pixels_option,
+    parse_resolution,
+    quantization_options,
+    run_quantization,
+)
 
 
 def _floats3(ctx, param, value):
@@ -17,8 +24,10 @@ def _floats3(ctx, param, value):
         numbers = tuple(float(v) for v in value.split(","))
     except ValueError:
         numbers = ()
-    if len(numbers) != 3:
-        raise click.BadParameter(f"{value!r} is not three comma-separated numbers, e.g. 0.485,0.456,0.406")
+    if len(numbers) != 3 or not all(math.isfinite(n) for n in numbers):
+        raise click.BadParameter(f"{value!r} is not three comma-separated finite numbers, e.g. 0.485,0.456,0.406")
+    if param.name == "std" and min(numbers) <= 0:
+        raise click.BadParameter(f"{value!r}: a std divides the pixels, so each must be above 0, e.g. 0.229,0.224,0.225")
     return numbers
 
 
@@ -60,6 +69,7 @@ def _state_pairs(ctx, param, values):
 @click.option("--alpha", "alpha_output", metavar="NAME", help="ONNX file: the alpha output [default: inferred].")
 @click.option("--name", "model_name", help="ONNX file: the model name in the manifest [default: the file name].")
 @quantization_options
+@max_pixels_option
 def export(model: str, variant: str | None, output: Path | None, precision: str | None, weights_path: Path | None,
            offline: bool | None, force: bool, no_simplify: bool, alpha_only: bool, task: str | None,
            input_size: tuple[int, int] | None, multiple_of: int, mean, std, states, alpha_output: str | None,
@@ -76,6 +86,8 @@ def export(model: str, variant: str | None, output: Path | None, precision: str 
     from mtc.models.export import default_output_dir, export_model
     from mtc.models.registry import get_model
 
+    if precision is not None:
+        check_quantization_flags(precision, quant_options)
     if model.lower().endswith(".onnx") or Path(model).is_file():
         _export_onnx_file(Path(model), output=output, precision=precision, force=force, simplify=not no_simplify,
                           task=task, input_size=input_size, multiple_of=multiple_of, mean=mean, std=std,

@@ -1,20 +1,106 @@
-"""Option parsing shared by several commands."""
+"""Option parsing shared by several commands.
+
+Every flag is checked while the command line is parsed, before any work starts: a bad value
+is a one-line usage error (exit 2), never a failure minutes into a run.
+"""
 
 from __future__ import annotations
 
+import math
 import re
 
 import click
 
 
+class FiniteFloat(click.ParamType):
+    """A finite number within bounds. click.FloatRange lets NaN through (NaN compares false
+    against both bounds), and a NaN gate or ratio would otherwise surface deep in a run."""
+
+    name = "number"
+
+    def __init__(self, minimum: float | None = None, maximum: float | None = None, *, min_open: bool = False):
+        self.minimum, self.maximum, self.min_open = minimum, maximum, min_open
+
+    def _range(self) -> str:
+        low = "" if self.minimum is None else f"{self.minimum:g} {'<' if self.min_open else '<='} x"
+        high = "" if self.maximum is None else f"x <= {self.maximum:g}"
+        return (low + high[1:] if low and high else low or high) or "any finite number"
+
+    def convert(self, value, param, ctx) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        below = self.minimum is not None and (number <= self.minimum if self.min_open else number < self.minimum)
+        above = self.maximum is not None and number > self.maximum
+        if not math.isfinite(number) or below or above:
+            self.fail(f"{value!r} is out of range: needs {self._range()}", param, ctx)
+        return number
+
+
+# Flag types shared by the commands.
+RATIO = FiniteFloat(0, 1, min_open=True)
+THRESHOLD = FiniteFloat(0)
+THREADS = click.IntRange(min=1)
+
+
 def parse_resolution(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
-    """'1920x1080' -> (1920, 1080)."""
+    """'1920x1080' -> (1920, 1080), within the pixel limit."""
+    from mtc.errors import MtcError
+    from mtc.runtime.frames import check_pixels
+
     if value is None:
         return None
     match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", value)
     if not match or min(int(match[1]), int(match[2])) < 16:
         raise click.BadParameter(f"{value!r} is not WIDTHxHEIGHT with both sides >= 16, e.g. 1920x1080")
-    return int(match[1]), int(match[2])
+    size = int(match[1]), int(match[2])
+    try:
+        check_pixels(*size, f"resolution {value.strip()}")
+    except MtcError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return size
+
+
+def _enter_pixel_limit(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    from mtc.errors import MtcError
+    from mtc.runtime.frames import parse_max_pixels, pixel_limit
+
+    if value is None:
+        return
+    try:
+        limit = parse_max_pixels(value)
+    except MtcError as exc:
+        raise click.BadParameter(str(exc)) from None
+    ctx.with_resource(pixel_limit(limit))  # for this command only, restored when it ends
+
+
+def max_pixels_option(command):
+    """`--max-pixels N`: raise (or lower) the pixel limit for this command. Eager, so that the
+    resolution flags parsed after it are checked against it."""
+    return click.option("--max-pixels", callback=_enter_pixel_limit, is_eager=True, expose_value=False,
+                        metavar="N", help="Largest frame in pixels (e.g. 1e8 or 12000x9000) [default: 8192x8192, "
+                                          "or $MTC_MAX_PIXELS].")(command)
+
+
+def _frame_source(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """`builtin`, a video file or a folder of images, checked to exist before the model loads."""
+    if value is None or value == "builtin":
+        return value
+    from pathlib import Path
+
+    from mtc.runtime.media import is_video
+
+    path = Path(value)
+    if not (path.is_dir() or path.is_file() and is_video(path)):
+        raise click.BadParameter(f"{value!r} is not `builtin`, a video file or a folder of images")
+    return value
+
+
+def check_quantization_flags(precision: str, quant_options: dict) -> None:
+    """Read the gates file (and merge the gate flags) before an export or a quantization starts:
+    otherwise a bad file is found only after the FP32 export's minutes of work."""
+    build_gates(precision, quant_options["max_mad"], quant_options["max_dtssd"], quant_options["gates_file"])
 
 
 def quantization_options(command):
@@ -33,21 +119,21 @@ def quantization_options(command):
         click.option("--weight-bits", type=click.Choice(["auto", "8", "7"]), default="auto", show_default=True,
                      help="INT8 conv weights on 8 bits, or 7 (what CPUs without VNNI compute exactly); auto: 8, "
                           "and 7 too where this CPU's integer kernels measure unfaithful, keeping the better."),
-        click.option("--calib", default="builtin", show_default=True,
+        click.option("--calib", default="builtin", show_default=True, callback=_frame_source,
                      help="Calibration frames: a video, a folder of images, or `builtin`."),
         click.option("--calib-frames", type=click.IntRange(1, 10000), default=24, show_default=True,
                      help="Calibration frames per resolution setting."),
-        click.option("--check", "check_source", default=None,
+        click.option("--check", "check_source", default=None, callback=_frame_source,
                      help="Held-out frames for the gates (video or folder) [default: the built-in clip, other motion]."),
-        click.option("--max-mad", type=float, help="Gate: MAD vs FP32 (x1e3) on every check clip [int8 2.0, fp16 0.1]."),
-        click.option("--max-dtssd", type=float, help="Gate: dtSSD vs FP32 (x1e2) on every check clip [int8 2.0, fp16 0.1]."),
+        click.option("--max-mad", type=THRESHOLD, help="Gate: MAD vs FP32 (x1e3) on every check clip [int8 2.0, fp16 0.1]."),
+        click.option("--max-dtssd", type=THRESHOLD, help="Gate: dtSSD vs FP32 (x1e2) on every check clip [int8 2.0, fp16 0.1]."),
         click.option("--gates", "gates_file", type=click.Path(exists=True, dir_okay=False),
                      help="TOML file with max_mad / max_dtssd (top level or under [gates])."),
         click.option("--no-fallback", is_flag=True, help="Do not move sensitive layers back to float."),
         click.option("--keep-float", default=None, metavar="LAYER[,LAYER...]",
                      help="Layers (ONNX node names) kept in float from the start, e.g. the most sensitive ones "
                           "in report.html."),
-        click.option("--float-budget", type=click.FloatRange(0, 100), default=None, metavar="PERCENT",
+        click.option("--float-budget", type=FiniteFloat(0, 100), default=None, metavar="PERCENT",
                      help="Share of the model's MACs that may stay in float where returning a layer to float "
                           "removes the most error per MAC (measured one layer at a time; 0 turns it off) "
                           "[default: speed 4, openvino 4, tensorrt 0]."),
@@ -82,9 +168,10 @@ def build_gates(precision: str, max_mad: float | None, max_dtssd: float | None, 
             raise MtcError(f"{gates_file} is not valid TOML: {exc}", hint="fix the file's syntax") from None
         table = data.get("gates", data)
         for key, value in table.items():
-            if key not in values or not isinstance(value, (int, float)):
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if key not in values or not number or not math.isfinite(value) or value < 0:
                 raise MtcError(f"{gates_file}: unexpected gate {key!r} = {value!r}",
-                               hint="use numeric max_mad and max_dtssd")
+                               hint="use non-negative numbers for max_mad and max_dtssd")
             values[key] = float(value)
     if max_mad is not None:
         values["max_mad"] = max_mad

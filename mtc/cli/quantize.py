@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from mtc.cli.options import quantization_options, run_quantization
+from mtc.cli.options import check_quantization_flags, quantization_options, run_quantization
 
 
 @click.command()
@@ -24,4 +24,5 @@ def quantize(folder: Path, output: Path, precision: str | None, force: bool, **o
     """
     if precision is None:
         raise click.UsageError("choose --int8 or --fp16")
+    check_quantization_flags(precision, options)
     run_quantization(folder, output, precision=precision, force=force, **options)

@@ -6,12 +6,18 @@ import collections
 import contextlib
 import itertools
 import re
+import sys
 from pathlib import Path
 
 import click
 
+from mtc.cli.options import RATIO, THREADS, max_pixels_option
+
 BUILTIN = "builtin"
 FRAME_NAME = re.compile(r"\d{6}\.png")
+# `mtc run`'s exit status when the output was written but the input video lost frames to
+# damaged data: distinct from 1 (nothing usable written), so scripts can tell the two apart.
+EXIT_LOST_FRAMES = 3
 
 
 @click.command()
@@ -24,22 +30,23 @@ FRAME_NAME = re.compile(r"\d{6}\.png")
               help="composite: over --background; alpha: the matte; foreground: RGBA (PNG, or .mov ProRes 4444 / .webm VP9).")
 @click.option("--background", default="green", show_default=True,
               help="Composite background: a colour (green, #RRGGBB, R,G,B) or an image file.")
-@click.option("--background-plate", "plate", type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--background-plate", "plate", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="Picture of the scene without the subject, the size of the frames (BackgroundMattingV2).")
-@click.option("--ratio", type=float, help="Downsample ratio for recurrent models (default: auto, min(512/long side, 1)).")
+@click.option("--ratio", type=RATIO, help="Downsample ratio for recurrent models, in (0, 1] (default: auto, min(512/long side, 1)).")
 @click.option("--backend", default="auto", show_default=True, metavar="NAME",
               help="Execution backend: auto, or one `mtc backends` lists (auto: the best that runs this artifact "
                    "faithfully here).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="OpenVINO inference precision (bf16 only when asked).")
 @click.option("--profile", "profiles", help="TensorRT profiles, e.g. hd,4k (default: one per frame size).")
-@click.option("--threads", type=int, help="Inference threads (default: all available cores).")
+@click.option("--threads", type=THREADS, help="Inference threads (default: all available cores).")
 @click.option("--x264-preset", type=click.Choice(["ultrafast", "superfast", "veryfast", "faster", "fast", "medium",
                                                   "slow"]), default="veryfast", show_default=True,
               help="H.264 encoder speed: faster presets leave more CPU to matting, files get larger.")
 @click.option("--encoder", type=click.Choice(["auto", "x264", "nvenc", "qsv"]), default="auto", show_default=True,
               help="H.264 encoder: auto takes NVENC or Quick Sync where one starts (encoding off the CPU), else x264.")
 @click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
+@max_pixels_option
 def run(folder: Path, input: str, output: Path, what: str, background: str, plate: Path | None, ratio: float | None,
         backend: str,
         precision: str, profiles: str | None, threads: int | None, x264_preset: str, encoder: str,
@@ -47,15 +54,14 @@ def run(folder: Path, input: str, output: Path, what: str, background: str, plat
     """Matte INPUT with the artifact in FOLDER and write OUTPUT.
 
     INPUT is an image, a folder of images, a video, or `builtin` for the built-in demo clip.
-    A video's audio is carried over to the output.
+    A video's audio is carried over to the output. A video whose damaged data cost frames is
+    still written, from the frames that decode, and the command exits with status 3.
     """
     from mtc.errors import MtcError
     from mtc.runtime import load
     from mtc.runtime.apply import make_renderer
     from mtc.runtime.media import is_video
 
-    if ratio is not None and not 0 < ratio <= 1:
-        raise click.BadParameter("must be in (0, 1]", param_hint="--ratio")
     if output.exists() and Path(input).exists() and output.samefile(input):
         raise MtcError(f"output {output} is the input", hint="write to another path: --force never overwrites the input")
     if output.exists() and not force and not (output.is_dir() and Path(input).is_dir()):
@@ -76,14 +82,20 @@ def run(folder: Path, input: str, output: Path, what: str, background: str, plat
 
         session.set_background(read_image(plate))
     if video:
-        stats = _run_video(session, input, output, renderer, x264_preset, encoder, force)
+        stats, lost = _run_video(session, input, output, renderer, x264_preset, encoder, force)
         click.echo(f"{stats.frames} frames -> {output}: {stats.fps:.1f} FPS end to end, "
                    f"{stats.model_fps:.1f} FPS model ({session.backend.name})")
+        if lost:
+            from mtc.runtime.media import describe_frames
+
+            click.echo(f"warning: {input} lost {len(lost)} frame(s) to damaged data ({describe_frames(lost)}); "
+                       f"{output} holds the {stats.frames} that decode", err=True)
+            sys.exit(EXIT_LOST_FRAMES)  # SystemExit: click's Exit would end `mtc` with 0 (see mtc bench)
     elif source.is_dir():
         count = _run_images(session, source, output, renderer, force)
         click.echo(f"{count} images -> {output}")
     elif source.is_file():
-        _write_image(session, source, output, renderer)
+        _write_image(session, source, output, renderer, replace=force)
         click.echo(f"wrote {output}")
     else:
         raise MtcError(f"input not found: {input}", hint=f"pass an image, a folder, a video, or `{BUILTIN}`")
@@ -97,11 +109,12 @@ def _image_path_for(output: Path, renderer) -> Path:
     return output
 
 
-def _write_image(session, source: Path, output: Path, renderer) -> None:
+def _write_image(session, source: Path, output: Path, renderer, *, replace: bool) -> None:
     from mtc.runtime.media import read_image, write_image
 
     session.reset()  # images are independent: no state carried from the previous one
-    write_image(_image_path_for(output, renderer), renderer.render(session.process(read_image(source))))
+    write_image(_image_path_for(output, renderer), renderer.render(session.process(read_image(source))),
+                replace=replace)
 
 
 def _run_images(session, source: Path, output: Path, renderer, force: bool) -> int:
@@ -117,7 +130,7 @@ def _run_images(session, source: Path, output: Path, renderer, force: bool) -> i
             target = output / (path.stem + (suffix or path.suffix))
             if target.exists() and not force:
                 raise MtcError(f"{target} already exists", hint="pass --force to overwrite")
-            _write_image(session, path, target, renderer)
+            _write_image(session, path, target, renderer, replace=force)
             advance()
     return len(images)
 
@@ -144,7 +157,8 @@ def _run_video(session, input: str, output: Path, renderer, x264_preset: str, en
     if output.suffix == "" or output.is_dir():
         sink = _frame_folder(output, force)
     else:
-        sink = _video_file(output, size, fps, renderer, audio, x264_preset, encoder, timed=reader is not None)
+        sink = _video_file(output, size, fps, renderer, audio, x264_preset, encoder, timed=reader is not None,
+                           replace=force)
     try:
         with sink as write_picture, frame_progress("matting video", total=total) as advance:
             def write(picture):
@@ -154,16 +168,18 @@ def _run_video(session, input: str, output: Path, renderer, x264_preset: str, en
     finally:
         if reader is not None:
             reader.close()
-    return stats
+    return stats, (reader.lost_frames if reader is not None else [])
 
 
 @contextlib.contextmanager
-def _video_file(output: Path, size, fps, renderer, audio, x264_preset: str, encoder: str, timed: bool):
+def _video_file(output: Path, size, fps, renderer, audio, x264_preset: str, encoder: str, timed: bool,
+                replace: bool):
     from mtc.runtime.media import VideoWriter
 
     gray = renderer.kind == "alpha"
     with VideoWriter(output, width=size[0], height=size[1], fps=fps, kind="rgba" if renderer.has_alpha else "rgb",
-                     audio_from=audio, x264_preset=x264_preset, timed=timed, encoder=encoder) as writer:
+                     audio_from=audio, x264_preset=x264_preset, timed=timed, encoder=encoder,
+                     replace=replace) as writer:
         yield lambda picture, time: writer.write(_gray_to_rgb(picture) if gray else picture, time=time)
 
 

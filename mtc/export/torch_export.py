@@ -7,6 +7,8 @@ install is reported with the extra to add.
 from __future__ import annotations
 
 import io
+import pickle
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +36,15 @@ def read_state_dict(path: Path, *, strip_prefixes: Sequence[str] = ("module.",))
     torch = require_torch()
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's own text goes on to suggest weights_only=False, which would run whatever the
+        # safe loader just refused: say what was refused and why, never that.
+        found = re.search(r"GLOBAL ([\w.]+)|Unsupported operand \d+", str(exc))
+        what = "" if found is None else f" ({found[1] or found[0]})"
+        raise MtcError(f"refused to load checkpoint {path}: its pickled content is not plain tensors{what}; "
+                       "unpickling it could run code, so the safe loader stops (the file is damaged or unsafe)",
+                       hint="use the official checkpoint (download it again); a file from elsewhere needs "
+                            "re-saving as a plain state dict by someone who trusts it") from None
     except Exception as exc:  # torch raises many unrelated types for damaged or foreign files
         raise MtcError(f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
                        hint="the file is corrupt or not a PyTorch state dict; download it again") from None

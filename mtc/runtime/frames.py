@@ -1,12 +1,84 @@
-"""Validation of frames handed to the runtime API (kept free of codec imports)."""
+"""Validation of frames handed to the runtime API, and the pixel limit (kept free of codec imports)."""
 
 from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Iterator
 
 import numpy as np
 
 from mtc.errors import MtcError
 
 MIN_FRAME_SIDE = 16
+
+# One limit for every picture mtc is asked to allocate: image files, video streams, benchmark
+# and gate resolutions. 8192x8192 covers 8K video and large photos; a few hundred bytes of
+# header can claim far more, and the allocations behind it (decode, float tensors, resizes)
+# would otherwise fail as a MemoryError traceback or take the machine down.
+DEFAULT_MAX_PIXELS = 2**26
+MAX_PIXELS_ENV = "MTC_MAX_PIXELS"
+_RAISE_HINT = f"downscale it, or raise the limit with --max-pixels N or {MAX_PIXELS_ENV}=N"
+_override: int | None = None
+
+
+def parse_max_pixels(text: str, *, source: str = "--max-pixels") -> int:
+    """A positive pixel count: '100000000', '1e8' or '12000x9000' (sides multiplied)."""
+    cleaned = text.strip().lower()
+    try:
+        if "x" in cleaned:
+            width, height = (int(side) for side in cleaned.split("x"))
+            value = width * height if width > 0 and height > 0 else 0
+        else:
+            number = float(cleaned)
+            value = int(number) if math.isfinite(number) and number.is_integer() else 0
+    except (ValueError, OverflowError):
+        value = 0
+    if value <= 0:
+        raise MtcError(f"{source} {text!r} is not a positive pixel count",
+                       hint="write e.g. 100000000, 1e8 or 12000x9000")
+    return value
+
+
+def max_pixels() -> int:
+    """The pixel limit in force: `pixel_limit`'s, else $MTC_MAX_PIXELS, else DEFAULT_MAX_PIXELS."""
+    if _override is not None:
+        return _override
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    return parse_max_pixels(text, source=MAX_PIXELS_ENV) if text else DEFAULT_MAX_PIXELS
+
+
+@contextlib.contextmanager
+def pixel_limit(limit: int) -> Iterator[None]:
+    """Use `limit` (pixels per frame) instead of the environment's or the default inside the block."""
+    global _override
+    previous, _override = _override, int(limit)
+    try:
+        yield
+    finally:
+        _override = previous
+
+
+def check_pixels(width: int, height: int, what: str) -> None:
+    """Refuse a `width` x `height` picture over the pixel limit, before anything is allocated for it.
+
+    Args:
+        width: Width in pixels.
+        height: Height in pixels.
+        what: What the picture is, for the message (e.g. "image photo.png", "resolution 9000x9000").
+
+    Raises:
+        MtcError: Naming the size, the limit and how to raise it.
+    """
+    if width * height > max_pixels():
+        raise pixel_limit_error(what, width * height, size=f"{width}x{height}")
+
+
+def pixel_limit_error(what: str, pixels: int, *, size: str | None = None) -> MtcError:
+    """The one-line error for `what` of `pixels` pixels (`size`: WxH where known) over the limit."""
+    count = f"{size} = {pixels:,}" if size else f"{pixels:,}"
+    return MtcError(f"{what} is {count} pixels, over the limit of {max_pixels():,}", hint=_RAISE_HINT)
 
 
 def check_frame(frame: object) -> None:
@@ -66,3 +138,4 @@ def check_frame(frame: object) -> None:
             f"frame {problem} ({shape[1]}x{shape[0]}); both sides must be at least {MIN_FRAME_SIDE} px",
             hint="pass a real image frame, shaped (height, width, 3)",
         )
+    check_pixels(shape[1], shape[0], "frame")

@@ -30,7 +30,15 @@ from av.video.reformatter import VideoReformatter
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mtc.errors import MtcError
-from mtc.fsutil import atomic_file, disk_error, give_default_permissions
+from mtc.fsutil import (
+    atomic_file,
+    disk_error,
+    finish_file,
+    give_default_permissions,
+    remove_stale_temporaries,
+    temporary_prefix,
+)
+from mtc.runtime.frames import check_pixels, max_pixels, pixel_limit_error
 
 log = logging.getLogger("mtc")
 
@@ -93,15 +101,21 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         what = "is a folder, not an image" if path.is_dir() else "not found"
         raise MtcError(f"image {path} {what}", hint="check the path")
     try:
-        with Image.open(path) as img:
+        with Image.open(path) as img:  # reads the header only
+            check_pixels(*img.size, f"image {path}")
             img.load()
             rgb = _to_rgb(path, img)
             rgb = ImageOps.exif_transpose(rgb)
             return np.array(rgb, dtype=np.uint8)
     except MtcError:
         raise
-    except Image.DecompressionBombError:
-        raise MtcError(f"image {path} is too large to read safely", hint="downscale it first") from None
+    except Image.DecompressionBombError as exc:
+        # Pillow refuses far larger images on opening, before our check sees the size; its own
+        # bound (2 x Image.MAX_IMAGE_PIXELS) still holds where --max-pixels goes past it.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        if found and int(found[1]) > max_pixels():
+            raise pixel_limit_error(f"image {path}", int(found[1])) from None
+        raise MtcError(f"image {path} is too large to read safely ({exc})", hint="downscale it first") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         # Pillow reports truncated/corrupt data as OSError, SyntaxError or ValueError by format.
         raise MtcError(
@@ -151,7 +165,8 @@ def _to_rgb(path: Path, img: Image.Image) -> Image.Image:
     raise MtcError(f"image {path} has unsupported pixel mode {mode}", hint=_TO_8BIT_RGB)
 
 
-def write_image(path: str | os.PathLike, array: np.ndarray, *, png_compression: int = 6) -> None:
+def write_image(path: str | os.PathLike, array: np.ndarray, *, png_compression: int = 6,
+                replace: bool = True) -> None:
     """Write a ``uint8`` image atomically as PNG or JPEG, chosen by extension.
 
     Args:
@@ -159,6 +174,8 @@ def write_image(path: str | os.PathLike, array: np.ndarray, *, png_compression: 
         array: ``HxW`` (grayscale, e.g. an alpha matte), ``HxWx3`` (RGB) or ``HxWx4`` (RGBA).
         png_compression: zlib level 0-9 (Pillow's default 6). Video frames use 1: a 1080p RGB
             frame takes 36 instead of 93 ms and its file is about 13% larger.
+        replace: Replace a file at `path` (False: refuse, leaving it alone, where one appeared
+            since the caller checked).
 
     Raises:
         MtcError: Unsupported extension or array layout, RGBA to JPEG, or a disk error.
@@ -181,7 +198,7 @@ def write_image(path: str | os.PathLike, array: np.ndarray, *, png_compression: 
         raise MtcError(f"cannot write {path}: JPEG has no alpha channel", hint="write .png to keep the alpha")
     img = Image.fromarray(np.ascontiguousarray(array), mode=mode)
     options = {"quality": 95} if fmt == "JPEG" else {"compress_level": png_compression}
-    with atomic_file(path, "wb") as handle:
+    with atomic_file(path, "wb", replace=replace) as handle:
         img.save(handle, format=fmt, **options)
 
 
@@ -234,6 +251,70 @@ def _open_input(path: Path) -> av.container.InputContainer:
         ) from None
 
 
+class _PacketLedger:
+    """Which packets went into the decoder and which frames came out, to name the frames lost.
+
+    Timestamps identify frames across the decoder's reordering and its threads (a frame-threaded
+    decoder reports a damaged packet one call late); a stream without them is counted instead.
+    Packets an edit list cuts away (a video trimmed without re-encoding starts mid-GOP) are
+    decoded for reference only: their frames are not the video's, so they are not lost.
+    """
+
+    def __init__(self) -> None:
+        self.sent_pts: list[int] = []
+        self.sent_without_pts = 0
+        self.cut_pts: set[int] = set()
+        self.cut_count = 0
+        self.shown_pts: set[int] = set()
+        self.frames_out = 0
+        self.header_count: int | None = None  # the container's frame count, where it stores one
+
+    def sent(self, packet: av.Packet) -> None:
+        if not packet.size:  # the demuxer's end-of-stream packet, which drains the decoder
+            return
+        if packet.is_discard:
+            self.cut_count += 1
+            if packet.pts is not None:
+                self.cut_pts.add(packet.pts)
+        elif packet.pts is None:
+            self.sent_without_pts += 1
+        else:
+            self.sent_pts.append(packet.pts)
+
+    def shown(self, frame: av.VideoFrame) -> None:
+        if frame.pts is not None and frame.pts in self.cut_pts:
+            return
+        self.frames_out += 1
+        if frame.pts is not None:
+            self.shown_pts.add(frame.pts)
+
+    def lost_frames(self) -> list[int]:
+        order = sorted(set(self.sent_pts))
+        if self.shown_pts <= set(order):
+            lost = [index for index, pts in enumerate(order) if pts not in self.shown_pts]
+        else:  # the decoder stamps frames its own way: count only
+            lost = []
+        sent = len(order) + self.sent_without_pts
+        uncounted = max(0, sent - self.frames_out - len(lost))  # lost frames without a timestamp
+        missing = max(0, (self.header_count or 0) - sent - self.cut_count)  # never reached the decoder
+        return lost + list(range(len(order), len(order) + uncounted + missing))
+
+
+def _declared_seconds(stream: av.video.stream.VideoStream) -> float | None:
+    """The video stream's own duration: its header field, else Matroska's DURATION tag."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    match = re.fullmatch(r"(\d+):(\d+):(\d+(?:\.\d+)?)", stream.metadata.get("DURATION", "").strip())
+    return int(match[1]) * 3600 + int(match[2]) * 60 + float(match[3]) if match else None
+
+
+def describe_frames(numbers: list[int], *, shown: int = 8) -> str:
+    """'frames 13, 14, 20' for 0-based numbers, named 1-based as frame files are."""
+    names = [str(n + 1) for n in numbers[:shown]]
+    more = f" and {len(numbers) - shown} more" if len(numbers) > shown else ""
+    return ("frame " if len(numbers) == 1 else "frames ") + ", ".join(names) + more
+
+
 class VideoReader:
     """Decode a video into RGB frames.
 
@@ -245,14 +326,20 @@ class VideoReader:
 
     Frames come as players show them: the display matrix's rotation and mirror are applied
     (phones store portrait video as landscape frames plus a rotation), so the model sees people
-    standing and `width` / `height` are the displayed size. A file truncated part-way
-    yields the frames that decode, logs a warning, and stops.
+    standing and `width` / `height` are the displayed size.
+
+    Damaged data is skipped as players skip it: a packet the decoder rejects costs its own
+    frame, and decoding goes on with the next one. A file truncated part-way yields the frames
+    that decode. Either way a warning is logged and, once iterated, `lost_frames` names the
+    frames that never came out, while the others keep their order and times. A stream that
+    changes resolution part-way is scaled to its first frame's size, so one output holds them all.
 
     Args:
         path: Video file.
 
     Raises:
-        MtcError: The file is missing, not a video, has no video stream, or contains no
+        MtcError: The file is missing, not a video, has no video stream, declares a frame size
+            over the pixel limit (checked before any frame is decoded), or contains no
             decodable frame (the first frame is decoded on opening, for its display matrix).
     """
 
@@ -272,7 +359,13 @@ class VideoReader:
         if not ctx.width or not ctx.height:
             self._container.close()
             raise MtcError(f"video {self.path} has no frame size (corrupt?)", hint="re-encode it with ffmpeg")
+        try:
+            check_pixels(ctx.width, ctx.height, f"video {self.path}")
+        except MtcError:
+            self._container.close()
+            raise
         self._started = False
+        self._ledger = _PacketLedger()
         self._decoded = self._decode()
         try:
             self._first = next(self._decoded)
@@ -280,18 +373,18 @@ class VideoReader:
             self._container.close()
             raise
         self._orientation = _display_orientation(self._first)
+        self._stored_size = (self._first.width, self._first.height)
+        self._resized_from: set[tuple[int, int]] = set()  # sizes already warned about
 
     @property
     def width(self) -> int:
-        """Displayed frame width in pixels."""
-        ctx = self._stream.codec_context
-        return ctx.height if self._orientation.transpose else ctx.width
+        """Displayed frame width in pixels (the first frame's: later sizes are scaled to it)."""
+        return self._stored_size[1] if self._orientation.transpose else self._stored_size[0]
 
     @property
     def height(self) -> int:
-        """Displayed frame height in pixels."""
-        ctx = self._stream.codec_context
-        return ctx.width if self._orientation.transpose else ctx.height
+        """Displayed frame height in pixels (the first frame's)."""
+        return self._stored_size[0] if self._orientation.transpose else self._stored_size[1]
 
     @property
     def fps(self) -> float:
@@ -321,9 +414,13 @@ class VideoReader:
         self._started = True
         to_rgb = VideoReformatter()  # keeps FFmpeg's conversion context across frames
         start = self._first.pts
+        width, height = self._stored_size
         for frame in itertools.chain([self._first], self._decoded):
             # One swscale thread, for the reasons given in VideoWriter._encoder_frame.
-            if _planar_conversion_is_exact(frame):
+            if (frame.width, frame.height) != self._stored_size:
+                self._note_resize(frame)
+                rgb = to_rgb.reformat(frame, format="rgb24", width=width, height=height, threads=1).to_ndarray()
+            elif _planar_conversion_is_exact(frame):
                 rgb = _planar_rgb(to_rgb.reformat(frame, format="gbrp", threads=1))
             else:
                 rgb = to_rgb.reformat(frame, format="rgb24", threads=1).to_ndarray()
@@ -331,28 +428,67 @@ class VideoReader:
             yield (float((frame.pts - start) * frame.time_base) if known else None,
                    self._orientation.apply(rgb))
 
+    def _note_resize(self, frame: av.VideoFrame) -> None:
+        size = (frame.width, frame.height)
+        if size not in self._resized_from:
+            self._resized_from.add(size)
+            log.warning("%s: the stream changes to %dx%d part-way; scaling those frames to the first size %dx%d",
+                        self.path, *size, *self._stored_size)
+
+    @property
+    def lost_frames(self) -> list[int]:
+        """Frame numbers (0-based, in presentation order) that damaged or missing data cost.
+
+        Complete once the frames have been iterated. Frames known lost only by count (packets
+        without timestamps, a header frame count the file falls short of) are numbered after
+        the last frame that was sent to the decoder.
+        """
+        return self._ledger.lost_frames()
+
     def _decode(self) -> Iterator[av.VideoFrame]:
-        produced = 0
+        ledger = self._ledger
+        demuxer_error = None
         try:
-            for frame in self._container.decode(self._stream):
-                yield frame
-                produced += 1
+            for packet in self._container.demux(self._stream):
+                ledger.sent(packet)
+                try:
+                    frames = packet.decode()
+                except av.FFmpegError as exc:
+                    # What players do: drop the damaged packet, keep decoding. The decoder
+                    # conceals the damage in frames that refer to it.
+                    log.debug("%s: the decoder rejects a packet (pts %s): %s", self.path, packet.pts, exc)
+                    continue
+                for frame in frames:
+                    ledger.shown(frame)
+                    yield frame
         except av.FFmpegError as exc:
-            if produced:
-                log.warning("%s: stopped after %d frames, the rest does not decode (%s)", self.path, produced, exc)
-            else:
-                raise MtcError(
-                    f"video {self.path} contains no decodable video frames ({exc.__class__.__name__})",
-                    hint="check the file plays, or re-encode it: `ffmpeg -i in -c:v libx264 out.mp4`",
-                ) from None
-        if not produced:
+            # The container itself is damaged past where its demuxer can resynchronise.
+            demuxer_error = exc
+        if not ledger.frames_out:
+            reason = f" ({demuxer_error.__class__.__name__})" if demuxer_error is not None else ""
             raise MtcError(
-                f"video {self.path} contains no decodable video frames",
+                f"video {self.path} contains no decodable video frames{reason}",
                 hint="check the file plays, or re-encode it: `ffmpeg -i in -c:v libx264 out.mp4`",
             )
-        expected = self.frame_count
-        if expected and produced < expected:
-            log.warning("%s: decoded %d of %d frames (file truncated?)", self.path, produced, expected)
+        ledger.header_count = self.frame_count or self._frames_by_duration(ledger)
+        if demuxer_error is not None:
+            log.warning("%s: stopped reading after %d frames, the rest of the file is unreadable (%s)",
+                        self.path, ledger.frames_out, demuxer_error)
+        lost = ledger.lost_frames()
+        if lost:
+            log.warning("%s: %d frame(s) lost to damaged or missing data: %s", self.path, len(lost),
+                        describe_frames(lost))
+
+    def _frames_by_duration(self, ledger: _PacketLedger) -> int | None:
+        """The frame count the stream's declared duration implies (Matroska stores a duration,
+        no count), where it clearly exceeds what was read: a demuxer that loses its way in a
+        damaged file just ends, and this is the only sign. The margin absorbs variable rates."""
+        seconds = _declared_seconds(self._stream)
+        if seconds is None:
+            return None
+        implied = round(seconds * self.fps)
+        sent = len(ledger.sent_pts) + ledger.sent_without_pts + ledger.cut_count
+        return implied if implied - sent > max(2, implied // 50) else None
 
     def close(self) -> None:
         """Release the file."""
@@ -660,7 +796,7 @@ class VideoWriter:
     4:2:0 formats need even dimensions: an odd width or height is padded by repeating the last
     column/row, so the file is then one pixel wider/taller than the frames written.
 
-    The file is built as a hidden ``.<name>.<random>.part<ext>`` sibling and renamed over
+    The file is built as a hidden ``.<name>.mtc<pid>-<random>.part<ext>`` sibling and renamed over
     `path` when the ``with`` block exits cleanly; on an exception the partial file is deleted.
 
     Args:
@@ -678,6 +814,8 @@ class VideoWriter:
         timed: Frames come with their presentation times (`write`'s `time`, e.g. from
             `VideoReader.timed_frames`), kept on a 90 kHz clock, so a variable-frame-rate source
             keeps its timing. Otherwise frame k is shown at k / fps.
+        replace: Replace a file at `path` when done (False: refuse, leaving that file alone,
+            when one appeared there meanwhile).
 
     Raises:
         MtcError: Unsupported extension for `kind`, bad size/fps, frames of the wrong shape,
@@ -696,8 +834,10 @@ class VideoWriter:
         x264_preset: str = DEFAULT_X264_PRESET,
         timed: bool = False,
         encoder: str = "auto",
+        replace: bool = True,
     ):
         self.path = Path(path)
+        self._replace = replace
         if x264_preset not in X264_PRESETS:
             raise MtcError(f"unknown x264 preset {x264_preset!r}", hint=f"choose one of: {', '.join(X264_PRESETS)}")
         self.width, self.height, self.kind = int(width), int(height), kind
@@ -720,9 +860,10 @@ class VideoWriter:
 
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(self.path.parent)
             # The temp keeps the real extension: FFmpeg picks the container from it.
             suffix = f".part{self.path.suffix}"
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=suffix, dir=self.path.parent)
+            fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(self.path.stem), suffix=suffix, dir=self.path.parent)
             os.close(fd)
             give_default_permissions(Path(tmp))
         except OSError as exc:
@@ -833,7 +974,7 @@ class VideoWriter:
             if self._audio is not None:
                 self._audio.finish(self._end())
             self._container.close()
-            os.replace(self._tmp, self.path)
+            finish_file(self._tmp, self.path, replace=self._replace)
         except OSError as exc:
             self._discard()
             raise disk_error(self.path, exc) from None

@@ -494,3 +494,34 @@ def test_input_video_and_alpha_video_ground_truth(tiny, tmp_path):
     (r,) = report["results"]
     assert r["resolution"] == "64x48" and r["end_to_end"]["source"] == "input" and r["end_to_end"]["frames"] == 5
     assert report["settings"]["input"] == str(video) and r["accuracy"]["gt"]["frames"] == 5
+
+
+def test_json_to_stdout_holds_only_the_json_even_when_a_library_prints(tiny, monkeypatch, capfd):
+    import mtc.bench.runner
+
+    real = mtc.bench.runner.run_bench
+
+    def noisy(config):
+        os.write(1, b"native library chatter on fd 1\n")  # as C++ code printing to stdout does
+        print("a stray print()")
+        logging.getLogger("mtc").warning("a log line")
+        return real(config)
+
+    monkeypatch.setattr(mtc.bench.runner, "run_bench", noisy)
+    result = CliRunner().invoke(bench, [str(tiny[0]), *FAST, "--no-reference", "--json", "-"])
+    captured = capfd.readouterr()
+    assert result.exit_code == 0, result.output
+    # CliRunner swaps sys.stdout; the file descriptor 1 stream is what a shell pipe would see.
+    assert json.loads(result.stdout)["schema"] == SCHEMA
+    assert "chatter" not in result.stdout and "stray" not in result.stdout
+    assert "chatter" in captured.err and "chatter" not in captured.out
+
+
+def test_bench_json_dash_in_a_real_process_parses_as_json(tiny):
+    result = subprocess.run([sys.executable, "-m", "mtc", "bench", str(tiny[0]), "--backend", "onnxruntime", "-r",
+                             "64x48", "-n", "2", "--warmup", "0", "--no-gflops", "--json", "-"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)  # nothing but the JSON: logs and the table are on stderr
+    assert report["schema"] == SCHEMA and report["results"][0]["end_to_end"]["frames"] == 2
+    assert "encoding" in result.stderr and "resolution" in result.stderr

@@ -96,7 +96,7 @@ def test_export_of_an_unknown_onnx_writes_a_checked_artifact_the_runtime_runs(tm
 def test_bad_onnx_options_are_one_line_errors(tmp_path):
     path = _image_model(tmp_path / "m.onnx")
     result = _mtc("export", path, "--mean", "1,2", "-o", tmp_path / "x")
-    assert result.returncode != 0 and "three comma-separated numbers" in result.stderr
+    assert result.returncode != 0 and "three comma-separated finite numbers" in result.stderr
     result = _mtc("export", tmp_path / "missing.onnx")
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode != 0 and len(lines) == 1 and "ONNX file not found" in lines[0]

@@ -666,19 +666,177 @@ def test_video_reader_refuses_non_videos(tmp_path):
             list(video)
 
 
-@pytest.mark.parametrize("ext", ["mp4", "mkv"])
-def test_truncated_video_yields_what_it_can(tmp_path, caplog, ext):
+def _noise_video(path: Path, count: int = 24) -> Path:
     rng = np.random.default_rng(0)
     # Noise defeats compression, so frames spread evenly through the file.
-    full = _write(tmp_path / f"full.{ext}", [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(24)])
-    data = full.read_bytes()
+    return _write(path, [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(count)])
+
+
+@pytest.mark.parametrize("ext", ["mp4", "mkv"])
+def test_truncated_video_yields_what_it_can_and_names_the_lost_frames(tmp_path, caplog, ext):
+    data = _noise_video(tmp_path / f"full.{ext}").read_bytes()
     cut = tmp_path / f"cut.{ext}"
     cut.write_bytes(data[: len(data) // 2])
     with caplog.at_level(logging.WARNING, logger="mtc"), VideoReader(cut) as video:
         frames = list(video)
+        lost = video.lost_frames
     assert 3 <= len(frames) < 24
-    if ext == "mp4":  # only mp4 stores the frame count to compare against
-        assert "truncated" in caplog.text
+    # mp4 stores a frame count, Matroska a duration: either way the missing tail is counted.
+    assert lost == list(range(len(frames), 24))
+    assert "lost to damaged or missing data" in caplog.text
+
+
+def _packets(path: Path) -> list[tuple[int, int]]:
+    """(byte offset, size) of each video packet in the file."""
+    with av.open(str(path)) as container:
+        return [(p.pos, p.size) for p in container.demux(video=0) if p.size]
+
+
+def _damage(path: Path, start: int, stop: int, target: Path) -> Path:
+    data = bytearray(path.read_bytes())
+    data[start:stop] = np.random.default_rng(1).integers(0, 256, stop - start, dtype=np.uint8).tobytes()
+    target.write_bytes(bytes(data))
+    return target
+
+
+@pytest.mark.parametrize("ext", ["mp4", "mkv"])
+def test_a_damaged_packet_costs_its_own_frame_and_decoding_goes_on(tmp_path, caplog, ext):
+    full = _noise_video(tmp_path / f"full.{ext}")
+    with VideoReader(full) as video:
+        reference = list(video.timed_frames())
+    position, size = _packets(full)[12]
+    bad = _damage(full, position + 4, position + size, tmp_path / f"bad.{ext}")  # the payload, not the framing
+    with caplog.at_level(logging.WARNING, logger="mtc"), VideoReader(bad) as video:
+        kept = list(video.timed_frames())
+        lost = video.lost_frames
+    assert lost == [12]
+    assert len(kept) == 23  # before the fix decoding stopped here, after 10 or 12 frames
+    times = [t for t, _ in kept]
+    assert times == sorted(times) and times == [t for i, (t, _) in enumerate(reference) if i != 12]
+    for (_, frame), (_, expected) in zip(kept[:12], reference[:12]):  # untouched by the damage
+        np.testing.assert_array_equal(frame, expected)
+    assert "frame 13" in caplog.text  # named 1-based, as frame files are
+
+
+def test_frames_an_edit_list_cuts_away_are_not_lost_frames(tmp_path, caplog):
+    # A video trimmed without re-encoding starts mid-GOP: the frames before the cut are decoded
+    # for reference and dropped, by design. Shifting the first 5 packets before time 0 makes the
+    # mp4 muxer write such an edit list.
+    full = _noise_video(tmp_path / "full.mp4")
+    trimmed = tmp_path / "trimmed.mp4"
+    with av.open(str(full)) as source, av.open(str(trimmed), "w") as target:
+        stream = source.streams.video[0]
+        out = target.add_stream_from_template(stream)
+        shift = 5 * round(1 / (24 * stream.time_base))
+        for packet in source.demux(stream):
+            if packet.dts is not None:
+                packet.pts, packet.dts, packet.stream = packet.pts - shift, packet.dts - shift, out
+                target.mux(packet)
+    with caplog.at_level(logging.WARNING, logger="mtc"), VideoReader(trimmed) as video:
+        assert video.frame_count == 24
+        frames = list(video)
+        lost = video.lost_frames
+    assert len(frames) == 19 and lost == [] and "lost" not in caplog.text
+
+
+def test_a_container_damaged_past_resync_reports_the_frames_it_never_reached(tmp_path):
+    full = _noise_video(tmp_path / "full.mkv")
+    position, _ = _packets(full)[12]
+    bad = _damage(full, position - 16, position + 16, tmp_path / "bad.mkv")  # the block header itself
+    with VideoReader(bad) as video:
+        kept = list(video)
+        lost = video.lost_frames
+    assert len(kept) == 12 and lost == list(range(12, 24))  # Matroska's duration says 24 frames
+
+
+def _h264_segment(path: Path, frames: list[np.ndarray], first_pts: int) -> None:
+    with av.open(str(path), "w", format="mpegts") as container:
+        stream = container.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        for index, frame in enumerate(frames):
+            picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            picture.pts = first_pts + index
+            container.mux(stream.encode(picture))
+        container.mux(stream.encode(None))
+
+
+def test_a_resolution_change_mid_stream_keeps_every_frame_at_the_first_size(tmp_path, caplog):
+    first, second = tmp_path / "a.ts", tmp_path / "b.ts"
+    _h264_segment(first, [_smooth(48, 64, i) for i in range(6)], 0)
+    _h264_segment(second, [_smooth(96, 128, i) for i in range(6, 12)], 6)
+    joined = tmp_path / "joined.ts"  # MPEG-TS segments concatenate into one stream, as broadcasts switch
+    joined.write_bytes(first.read_bytes() + second.read_bytes())
+    with caplog.at_level(logging.WARNING, logger="mtc"), VideoReader(joined) as video:
+        assert (video.width, video.height) == (64, 48)
+        frames = list(video)
+        lost = video.lost_frames
+    assert len(frames) == 12 and lost == []
+    assert all(frame.shape == (48, 64, 3) for frame in frames)
+    # The scaled frames show the second segment's picture, not a stretched copy of the first.
+    expected = np.asarray(Image.fromarray(_smooth(96, 128, 9)).resize((64, 48), Image.BILINEAR), np.int16)
+    assert np.abs(frames[9].astype(np.int16) - expected).mean() < 6
+    assert "changes to 128x96 part-way" in caplog.text
+
+
+def test_a_video_over_the_pixel_limit_is_refused_before_any_frame_is_decoded(tmp_path, monkeypatch):
+    from mtc.runtime.frames import pixel_limit
+
+    path = _write(tmp_path / "clip.mp4", [_smooth(48, 64, i) for i in range(3)])
+
+    def decoding(self):
+        raise AssertionError("decoded a frame of a video over the pixel limit")
+        yield
+
+    monkeypatch.setattr(VideoReader, "_decode", decoding)
+    with pixel_limit(64 * 48 - 1), pytest.raises(MtcError, match=r"video .*clip.mp4 is 64x48 = 3,072 pixels, over "
+                                                                  r"the limit of 3,071") as info:
+        VideoReader(path)
+    assert "--max-pixels" in info.value.hint and "MTC_MAX_PIXELS" in info.value.hint
+
+
+def test_an_image_over_the_pixel_limit_is_refused_from_its_header(tmp_path, monkeypatch):
+    from mtc.runtime.frames import pixel_limit
+
+    path = tmp_path / "photo.png"
+    Image.fromarray(_smooth(11, 10)).save(path)
+    with pixel_limit(110):
+        assert read_image(path).shape == (11, 10, 3)
+    monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail("decoded an image over the pixel limit"))
+    with pixel_limit(109), pytest.raises(MtcError, match=r"photo.png is 10x11 = 110 pixels, over the limit of 109"):
+        read_image(path)
+    monkeypatch.setenv("MTC_MAX_PIXELS", "100")
+    with pytest.raises(MtcError, match="over the limit of 100"):
+        read_image(path)
+    monkeypatch.setenv("MTC_MAX_PIXELS", "lots")
+    with pytest.raises(MtcError, match="MTC_MAX_PIXELS 'lots' is not a positive pixel count"):
+        read_image(path)
+
+
+def test_a_tiny_file_claiming_a_huge_image_is_refused_by_the_pixel_limit(tmp_path):
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    # 100,000 x 100,000 RGB would be 30 GB decoded; the file is under 100 bytes.
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+    path = tmp_path / "bomb.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) +
+                     chunk(b"IEND", b""))
+    with pytest.raises(MtcError, match=r"bomb.png is 10,000,000,000 pixels, over the limit of 67,108,864"):
+        read_image(path)
+
+
+def test_the_writers_keep_a_file_that_appeared_meanwhile_unless_told_to_replace(tmp_path):
+    target = tmp_path / "out.png"
+    target.write_bytes(b"someone else's")
+    with pytest.raises(MtcError, match="appeared while this run was writing it"):
+        write_image(target, _smooth(16, 16), replace=False)
+    assert target.read_bytes() == b"someone else's" and _no_leftovers(tmp_path) == []
+    video = tmp_path / "out.mp4"
+    with pytest.raises(MtcError, match="appeared while this run was writing it"):
+        with VideoWriter(video, width=64, height=48, fps=24, kind="rgb", replace=False) as writer:
+            writer.write(_smooth(48, 64))
+            video.write_bytes(b"someone else's")
+    assert video.read_bytes() == b"someone else's" and _no_leftovers(tmp_path) == []
 
 
 def test_x264_preset_reaches_the_encoder_and_a_bad_one_is_refused(tmp_path):
@@ -700,3 +858,23 @@ def test_x264_preset_reaches_the_encoder_and_a_bad_one_is_refused(tmp_path):
     assert not list(tmp_path.glob("bad*"))
     option = next(p for p in run.params if p.name == "x264_preset")
     assert isinstance(option.type, click.Choice) and tuple(option.type.choices) == X264_PRESETS
+
+
+def test_a_full_disk_while_writing_media_says_so_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    import mtc.runtime.media as media
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full)
+    with pytest.raises(MtcError, match=r"disk full while writing .*matte.png") as info:
+        write_image(tmp_path / "matte.png", _smooth(16, 16))
+    assert "free space" in info.value.hint
+    monkeypatch.setattr(media, "finish_file", full)  # the encoder's last bytes, or the rename
+    with pytest.raises(MtcError, match=r"disk full while writing .*clip.mp4") as info:
+        with VideoWriter(tmp_path / "clip.mp4", width=64, height=48, fps=24, kind="rgb") as writer:
+            writer.write(_smooth(48, 64))
+    assert "free space" in info.value.hint and "re-export" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []
