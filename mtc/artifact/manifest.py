@@ -174,6 +174,28 @@ def default_check_sizes(io: ModelIO) -> tuple[CheckSize, ...]:
 
 
 @dataclass(frozen=True)
+class QuantRecipe:
+    """How the model is best quantized where the command line leaves it open: family knowledge
+    (or, for a model brought as ONNX, the defaults for its task), written at export so that the
+    quantizer needs nothing but the artifact.
+
+    Attributes:
+        int8_preset: the INT8 preset `mtc quantize` and `mtc export --int8` use without --preset.
+        builtin_photos: whether the built-in calibration and check data include still photos
+            (for models that matte one image alone) besides the built-in clip.
+    """
+
+    int8_preset: str = "speed"
+    builtin_photos: bool = False
+
+
+def default_quant_recipe(task: str, io: ModelIO) -> QuantRecipe:
+    """The recipe of a model that declares none: still photos for image models fed one image
+    alone (a model that also takes a background frame has no such photo pair)."""
+    return QuantRecipe(builtin_photos=task == "image_matting" and io.input_with_role("background") is None)
+
+
+@dataclass(frozen=True)
 class Precision:
     mode: str = "fp32"
     calibration: str | None = None
@@ -236,6 +258,7 @@ class Manifest:
     files: dict[str, FileEntry] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     check_sizes: tuple[CheckSize, ...] = ()
+    quantization: QuantRecipe = field(default_factory=QuantRecipe)
     schema_version: int = SCHEMA_VERSION
 
     def checks(self) -> tuple[CheckSize, ...]:
@@ -481,6 +504,10 @@ def _check_sizes(r: _Reader, data: dict) -> tuple[CheckSize, ...]:
                  for c in r.items("check_sizes"))
 
 
+def _quant_recipe(q: _Reader) -> QuantRecipe:
+    return QuantRecipe(int8_preset=q.name("int8_preset", "speed"), builtin_photos=q.get("builtin_photos", bool, False))
+
+
 def _plain_json_problem(data: Any) -> tuple[str, str] | None:
     """(path, problem) for the first node nested deeper than MAX_NESTING or holding a number
     standard JSON cannot (NaN, Infinity); walked iteratively, so a hostile document cannot
@@ -537,6 +564,7 @@ def manifest_from_dict(data: Any, *, source: str = MANIFEST_NAME) -> Manifest:
         files=files,
         provenance=r.get("provenance", dict, {}),
         check_sizes=_check_sizes(r, data),
+        quantization=_quant_recipe(r.child("quantization")) if "quantization" in data else QuantRecipe(),
         schema_version=version,
     )
     problem = check_member_name(manifest.model_file)

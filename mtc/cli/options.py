@@ -106,11 +106,11 @@ def check_quantization_flags(precision: str, quant_options: dict) -> None:
 def quantization_options(command):
     """Options shared by `mtc quantize` and `mtc export --int8/--fp16`."""
     decorators = [
-        click.option("--preset", type=click.Choice(["speed", "openvino", "tensorrt"]), default="speed",
-                     show_default=True,
+        click.option("--preset", type=click.Choice(["speed", "openvino", "tensorrt"]), default=None,
                      help="INT8 Q/DQ placement: speed (integer kernels end to end on CPU backends), "
                           "openvino (also the smaller convs: faster on OpenVINO, more error) or "
-                          "tensorrt (conv inputs and weights only; the backend fuses the rest)."),
+                          "tensorrt (conv inputs and weights only; the backend fuses the rest) "
+                          "[default: the model's recipe in its manifest, speed unless the family says otherwise]."),
         click.option("--method", type=click.Choice(["mse", "minmax", "percentile", "entropy"]), default=None,
                      help="Activation range calibration [default: mse]."),
         click.option("--weight-rounding", type=click.Choice(["gptq", "nearest"]), default=None,
@@ -187,12 +187,14 @@ def run_quantization(source, output, *, precision, preset, method, weight_roundi
     """Call the library and turn a gate failure into a one-line error after the report is written."""
     from pathlib import Path
 
+    from mtc.artifact.manifest import read_manifest
     from mtc.errors import MtcError
     from mtc.quant.config import Fallback
     from mtc.quant.config import preset as make_preset  # "preset" is this function's CLI argument
     from mtc.quant.pipeline import DataPlan, quantize_artifact
 
     keep = tuple(name.strip() for name in keep_float.split(",") if name.strip()) if keep_float else None
+    preset = preset or read_manifest(source, verify_files=False).quantization.int8_preset
     config = make_preset(preset, method=method, weight_rounding=weight_rounding, exclude_nodes=keep,
                          equalize_concats=False if no_equalize else None,
                          float_budget=None if float_budget is None else float_budget / 100,

@@ -29,8 +29,10 @@ from mtc.artifact.manifest import (
     Manifest,
     ModelIO,
     Precision,
+    QuantRecipe,
     TensorSpec,
     default_check_sizes,
+    default_quant_recipe,
     file_entry,
 )
 from mtc.backends import Backend, OrtBackend
@@ -69,6 +71,7 @@ class CompileJob:
         tolerance: max |difference| allowed against the reference.
         rewrites: exact graph rewrites after sanitizing, each returning (model, applied).
         check_sizes: where the quantizer will check compiled artifacts (written to the manifest).
+        quantization: the family's quantization recipe; None: the defaults for the task.
         provenance: extra provenance fields (exporter, source file and hash).
     """
 
@@ -82,6 +85,7 @@ class CompileJob:
     tolerance: float = 1e-5
     rewrites: tuple[Callable[[onnx.ModelProto], tuple[onnx.ModelProto, bool]], ...] = ()
     check_sizes: tuple[CheckSize, ...] = ()
+    quantization: QuantRecipe | None = None
     provenance: dict = field(default_factory=dict)
 
 
@@ -121,6 +125,7 @@ def compile_artifact(original: onnx.ModelProto, job: CompileJob, *, output: Path
             precision=Precision(mode="fp32"),
             files={MODEL_FILE: file_entry(folder / MODEL_FILE)},
             check_sizes=job.check_sizes,
+            quantization=job.quantization or default_quant_recipe(job.task, io),
             provenance={**job.provenance, "opset": sanitize_log.opset, "tools": tool_versions(),
                         "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
         )

@@ -55,7 +55,7 @@ def export_model(name: str, *, variant: str | None = None, output: Path | None =
         reference=var.build_reference(weights) if var.build_reference else None,
         cases=tuple(ParityCase(*case) for case in var.parity_cases),
         tolerance=var.parity_tolerance if tolerance is None else tolerance,
-        rewrites=var.rewrites, check_sizes=var.check_sizes,
+        rewrites=var.rewrites, check_sizes=var.check_sizes, quantization=var.quantization,
         provenance={"exporter": var.exporter, "source_file": var.weights.filename,
                     "source_sha256": sha256_file(weights)})
     return compile_artifact(original, job, output=output, overwrite=overwrite, simplify=simplify, timings=timings,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mtc.artifact.manifest import CheckSize, ModelIO
+from mtc.artifact.manifest import CheckSize, ModelIO, QuantRecipe
 from mtc.errors import MtcError
 from mtc.weights import WeightFile
 
@@ -50,6 +50,9 @@ class VariantSpec:
     # Where the quantizer checks compiled artifacts against FP32; written into the manifest.
     # Empty: the defaults for the model's input rule.
     check_sizes: tuple[CheckSize, ...] = ()
+    # The default INT8 preset and built-in calibration data; None: the defaults for the task
+    # (artifact.manifest.default_quant_recipe). Written into the manifest.
+    quantization: QuantRecipe | None = None
     # Max |difference| allowed against the reference (PyTorch vs ONNX Runtime differs by ~1e-5
     # in recurrent states; ONNX-vs-ONNX ingest is bit-exact).
     parity_tolerance: float = 1e-5

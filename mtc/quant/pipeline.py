@@ -41,7 +41,7 @@ from mtc.quant.affine import apply_corrections, fit_layers
 from mtc.quant.align import align_conv_inputs
 from mtc.quant.calibration import BUILTIN, Clip, builtin_photo_clips, load_clips, record_feeds
 from mtc.quant.checks import CheckResult, ReferenceAlphas, run_alphas
-from mtc.quant.config import Fallback, Gates, Int8Config
+from mtc.quant.config import Fallback, Gates, Int8Config, preset
 from mtc.quant.equalize import equalize_concat_inputs
 from mtc.quant.fp16 import (
     convert_to_fp16,
@@ -102,12 +102,6 @@ def _settings_for(io, settings):
     return settings if io.downsample is not None else tuple((w, h, None) for w, h, _ in settings[:1])
 
 
-def takes_builtin_photos(task: str, io) -> bool:
-    """Whether the built-in data includes still photos: for image models fed one image alone (a
-    model that also takes a background frame has no such photo pair)."""
-    return task == "image_matting" and io.input_with_role("background") is None
-
-
 def calibration_clips(io, data: DataPlan, *, photos: bool = False) -> list[Clip]:
     clips = []
     for width, height, ratio in _settings_for(io, data.settings):
@@ -137,11 +131,11 @@ def check_clips(io, data: DataPlan, *, photos: bool = False) -> list[Clip]:
     return clips
 
 
-def quantize_artifact(source: Path, output: Path, *, precision: str, config: Int8Config = Int8Config(),
+def quantize_artifact(source: Path, output: Path, *, precision: str, config: Int8Config | None = None,
                       gates: Gates | None = None, fallback: Fallback = Fallback(), data: DataPlan = DataPlan(),
                       overwrite: bool = False, stages: Stages | None = None) -> Outcome:
     """Quantize the FP32 artifact at `source` into `output` (INT8 Q/DQ or FP16; `config` is for
-    INT8 only).
+    INT8 only; None: the preset the artifact's quantization recipe names).
 
     `stages` reports each step (its name, a bar with ETA, its duration) on stderr; by default
     a `Stages()`, which writes one line per step when stderr is not a terminal.
@@ -157,6 +151,7 @@ def quantize_artifact(source: Path, output: Path, *, precision: str, config: Int
     if output.exists() and not overwrite:
         raise MtcError(f"{output} already exists", hint="pass --force to replace it, or choose another -o")
     gates = gates or DEFAULT_GATES[precision]
+    config = config if config is not None else preset(manifest.quantization.int8_preset)
     io = manifest.io
     if data.settings is None:
         data = dataclasses.replace(data, settings=tuple((c.width, c.height, c.downsample_ratio)
@@ -172,7 +167,7 @@ def quantize_artifact(source: Path, output: Path, *, precision: str, config: Int
 
     started = time.perf_counter()
     with stages.stage("loading calibration and check frames", counts=False):
-        photos = takes_builtin_photos(manifest.task, io)
+        photos = manifest.quantization.builtin_photos
         calib = calibration_clips(io, data, photos=photos)
         checks = check_clips(io, data, photos=photos)
     with stages.stage("calibration: recording FP32 inputs", total=sum(len(c.frames) for c in calib)) as advance:

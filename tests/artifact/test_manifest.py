@@ -21,6 +21,21 @@ def test_round_trip_preserves_every_field(tmp_path):
     assert read_manifest(tmp_path) == manifest
 
 
+def test_the_quantization_recipe_survives_and_is_checked(tmp_path):
+    import dataclasses
+
+    from mtc.artifact.manifest import QuantRecipe
+
+    manifest = dataclasses.replace(_manifest(tmp_path), quantization=QuantRecipe("tensorrt", builtin_photos=True))
+    data = json.loads(manifest.to_json())
+    assert manifest_from_dict(data).quantization == QuantRecipe("tensorrt", builtin_photos=True)
+    del data["quantization"]  # artifacts written before the recipe existed
+    assert manifest_from_dict(data).quantization == QuantRecipe()
+    data["quantization"] = {"int8_preset": "speed", "builtin_photos": "yes"}
+    with pytest.raises(MtcError, match="builtin_photos"):
+        manifest_from_dict(data)
+
+
 def test_state_pairs_and_downsample_rule_survive(tmp_path):
     manifest = _manifest(tmp_path)
     parsed = manifest_from_dict(json.loads(manifest.to_json()))

@@ -735,8 +735,8 @@ def test_calibration_sees_every_builtin_scene_and_checks_use_the_demo_clip(tmp_p
 
 def test_image_models_also_calibrate_and_check_on_disjoint_builtin_photos(tmp_path):
     from calib_data.builtin_photos import CALIBRATION_PHOTOS, CHECK_PHOTOS
-    from mtc.artifact.manifest import read_manifest
-    from mtc.quant.pipeline import calibration_clips, check_clips, takes_builtin_photos
+    from mtc.artifact.manifest import default_quant_recipe, read_manifest
+    from mtc.quant.pipeline import calibration_clips, check_clips
 
     io = read_manifest(_toy_artifact(tmp_path / "toy")).io
     plan = DataPlan(calib_frames=4, check_frames=4, settings=((64, 48, None),))
@@ -746,9 +746,25 @@ def test_image_models_also_calibrate_and_check_on_disjoint_builtin_photos(tmp_pa
     assert all(c.frames.shape == (1, 48, 64, 3) for c in calib[1:] + check[1:])
     # Footage given by the user replaces the built-in photos too.
     assert len(check_clips(io, dataclasses.replace(plan, check="builtin"), photos=True)) == 1
-    assert takes_builtin_photos("image_matting", io) and not takes_builtin_photos("video_matting", io)
+    # Which models get them by default: image models fed one image alone.
+    assert default_quant_recipe("image_matting", io).builtin_photos
+    assert not default_quant_recipe("video_matting", io).builtin_photos
     with_background = ModelIO(inputs=io.inputs + (TensorSpec("bgr", "background"),), outputs=io.outputs)
-    assert not takes_builtin_photos("image_matting", with_background)
+    assert not default_quant_recipe("image_matting", with_background).builtin_photos
+
+
+@pytest.mark.parametrize(("recipe_preset", "activation_type", "quantize_outputs"),
+                         [("tensorrt", "int8", False), ("speed", "uint8", True)])
+def test_without_a_config_the_manifests_recipe_names_the_preset(tmp_path, recipe_preset, activation_type,
+                                                                 quantize_outputs):
+    source = _toy_artifact(tmp_path / "toy")
+    manifest = json.loads((source / MANIFEST_NAME).read_text())
+    manifest["quantization"] = {"int8_preset": recipe_preset, "builtin_photos": False}
+    (source / MANIFEST_NAME).write_text(json.dumps(manifest))
+    outcome = quantize_artifact(source, tmp_path / "int8", precision="int8", data=SMALL,
+                                gates=Gates(max_mad=None, max_dtssd=None), fallback=Fallback(enabled=False))
+    assert outcome.report["int8"]["activation_type"] == activation_type
+    assert outcome.report["int8"]["quantize_outputs"] is quantize_outputs
 
 
 def test_float_budget_spends_the_macs_on_the_most_error_removed_per_mac():
