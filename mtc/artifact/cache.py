@@ -127,6 +127,20 @@ def check_entry(seal: Path) -> str | None:
     return None
 
 
+def verified_entry(seal: Path, files: Iterable[Path], *, what: str, then: str) -> bool:
+    """Whether the entry sealed by `seal` exists and is intact. A damaged or unsealed one is
+    deleted with a warning ("{what} is not used (why); {then}"), never handed to a backend."""
+    files = list(files)
+    if not seal.exists() and not any(file.exists() for file in files):
+        return False
+    reason = check_entry(seal)
+    if reason is None:
+        return True
+    log.warning("%s is not used (%s); %s", what, reason, then)
+    discard_entry(seal, files)
+    return False
+
+
 def sealed_files(seal: Path) -> list[Path]:
     """The files a seal lists (none when it is unreadable)."""
     try:

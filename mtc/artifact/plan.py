@@ -164,17 +164,10 @@ def read_verified_plan(plan_path: Path) -> bytes:
 def usable_timing_cache(path: Path) -> bool:
     """Whether TensorRT may read the timing cache at `path`: it must match the seal written with
     it. A damaged one is deleted (with a warning) so the build starts a fresh one."""
-    from mtc.artifact.cache import check_entry, discard_entry
+    from mtc.artifact.cache import verified_entry
 
-    seal = timing_cache_seal(path)
-    if not path.exists() and not seal.exists():
-        return False
-    reason = check_entry(seal)
-    if reason is None:
-        return True
-    log.warning("tensorrt: not using the timing cache %s (%s); starting a new one", path.name, reason)
-    discard_entry(seal, [path])
-    return False
+    return verified_entry(timing_cache_seal(path), [path], what=f"tensorrt: the timing cache {path.name}",
+                          then="starting a new one")
 
 
 def timing_cache_seal(path: Path) -> Path:

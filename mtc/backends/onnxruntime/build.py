@@ -21,7 +21,7 @@ import shutil
 import time
 from pathlib import Path
 
-from mtc.artifact.cache import SEAL_SUFFIX, cache_dir, check_entry, discard_entry, enforce_cache_bound, seal_entry
+from mtc.artifact.cache import SEAL_SUFFIX, cache_dir, enforce_cache_bound, seal_entry, verified_entry
 from mtc.errors import MtcError, exception_summary
 from mtc.fsutil import temporary_prefix
 
@@ -90,11 +90,9 @@ def cached_optimized_model(model_path: Path, model_sha256: str, *, providers=Non
     seal = seal_path(target)
     if not target.exists() and not seal.exists():
         return None
-    reason = check_entry(seal)
-    if reason is None:
+    if verified_entry(seal, [target], what=f"onnxruntime: the cached optimized model {target.name}",
+                      then="rebuilding it"):
         return target
-    log.warning("onnxruntime: the cached optimized model %s is not used (%s); rebuilding it", target.name, reason)
-    discard_entry(seal, [target])
     try:
         return save_optimized_model(model_path, model_sha256, providers=providers, level=level, root=root)
     except MtcError as exc:  # a read-only or full cache costs load time, not the run

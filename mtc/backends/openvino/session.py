@@ -37,7 +37,15 @@ from pathlib import Path
 
 import numpy as np
 
-from mtc.artifact.cache import SEAL_SUFFIX, check_entry, discard_entry, enforce_cache_bound, seal_entry, sealed_files
+from mtc.artifact.cache import (
+    SEAL_SUFFIX,
+    check_entry,
+    discard_entry,
+    enforce_cache_bound,
+    seal_entry,
+    sealed_files,
+    verified_entry,
+)
 from mtc.artifact.manifest import ModelIO
 from mtc.backends.base import default_threads, is_broadcast_initial, require
 from mtc.backends.openvino import MAX_STATIC_SHAPES
@@ -416,12 +424,8 @@ class GraphCache:
         import json
 
         xml, meta, seal = self._paths(key)
-        if not seal.exists() and not xml.exists():
-            return None
-        reason = check_entry(seal)
-        if reason is not None:
-            log.warning("openvino: graph cache entry %s not used (%s); rebuilding it", xml.name, reason)
-            discard_entry(seal, [xml, xml.with_suffix(".bin"), meta])
+        if not verified_entry(seal, [xml, xml.with_suffix(".bin"), meta],
+                              what=f"openvino: graph cache entry {xml.name}", then="rebuilding it"):
             return None
         try:
             return core.read_model(str(xml)), json.loads(meta.read_text(encoding="utf-8"))
