@@ -154,6 +154,15 @@ def disk_error(path: Path, exc: OSError) -> MtcError:
     return MtcError(f"cannot write {path}: {exc.strerror or exc}", hint="check the output path")
 
 
+def out_of_space(folder: Path, needed: int) -> bool:
+    """Whether `folder`'s disk has less than `needed` bytes free: for libraries (ONNX Runtime,
+    OpenVINO) that report a failed write as a generic error, which must not read as a bad model."""
+    try:
+        return shutil.disk_usage(folder).free < needed
+    except OSError:
+        return False
+
+
 def give_default_permissions(path: Path, *, directory: bool = False) -> None:
     """mkstemp/mkdtemp create owner-only entries; results should look as open()/mkdir() make them."""
     mask = os.umask(0)

@@ -101,3 +101,20 @@ def test_an_unsealed_onnxruntime_optimized_model_is_never_loaded(artifact, priva
     assert "has no seal" in caplog.text
     assert optimized.read_bytes() != b"not the model that was optimized"
     assert session.backend.optimized_model == optimized
+
+
+def test_a_full_disk_while_openvino_writes_its_blob_cache_says_so(artifact, private_cache, monkeypatch):
+    ov = pytest.importorskip("openvino")
+    from mtc.backends.openvino import session as ov_session
+    from mtc.errors import MtcError
+
+    def failing_compile(self, *args, **kwargs):  # OpenVINO reports a failed blob write this generically
+        raise RuntimeError("Exception from src/inference/src/cpp/core.cpp:109:\n[ GENERAL_ERROR ] write failed")
+
+    monkeypatch.setattr(ov.Core, "compile_model", failing_compile)
+    monkeypatch.setattr(ov_session, "out_of_space", lambda folder, needed: True)
+    with pytest.raises(MtcError, match="disk full while OpenVINO wrote its compiled-model cache"):
+        _alpha(artifact, "openvino")
+    monkeypatch.setattr(ov_session, "out_of_space", lambda folder, needed: False)
+    with pytest.raises(MtcError, match="openvino cannot compile the model"):  # with room, the model is to blame
+        _alpha(artifact, "openvino")

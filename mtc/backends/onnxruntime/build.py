@@ -17,13 +17,12 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import time
 from pathlib import Path
 
 from mtc.artifact.cache import SEAL_SUFFIX, cache_dir, enforce_cache_bound, seal_entry, verified_entry
 from mtc.errors import MtcError, exception_summary
-from mtc.fsutil import temporary_prefix
+from mtc.fsutil import out_of_space, temporary_prefix
 
 log = logging.getLogger("mtc")
 
@@ -64,7 +63,7 @@ def save_optimized_model(model_path: Path, model_sha256: str, *, providers=None,
         raise MtcError(f"cannot write {target}: {exc.strerror or exc}", hint="set MTC_CACHE to a writable folder") from None
     except Exception as exc:
         # ONNX Runtime reports a failed write as a generic error; a full disk is not a bad model.
-        if shutil.disk_usage(target.parent).free < 2 * model_path.stat().st_size:
+        if out_of_space(target.parent, 2 * model_path.stat().st_size):
             raise MtcError(f"disk full while writing {target}",
                            hint="free some space, or set MTC_CACHE to a folder on another disk") from None
         detail = exception_summary(exc, 300)

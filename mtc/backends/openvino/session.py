@@ -50,7 +50,7 @@ from mtc.artifact.manifest import ModelIO
 from mtc.backends.base import default_threads, is_broadcast_initial, require
 from mtc.backends.openvino import MAX_STATIC_SHAPES
 from mtc.errors import MtcError, exception_summary
-from mtc.fsutil import atomic_write_text
+from mtc.fsutil import atomic_write_text, out_of_space
 from mtc.passes import PassContext, describe_counts, fingerprint, passes_for, run_passes
 from mtc.passes.openvino.ops import openvino_ops
 from mtc.passes.openvino.split_outputs import MergedOutput
@@ -61,6 +61,9 @@ log = logging.getLogger("mtc")
 PRECISIONS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 # compiled models kept per backend: a handful of resolutions, each with its own memory plan
 MAX_COMPILED = 6
+# Below this much free space a failed compile with a blob cache is blamed on the disk (a blob
+# is about the size of the model's weights).
+CACHE_HEADROOM_BYTES = 64 << 20
 
 
 def openvino_cache_dir() -> Path:
@@ -232,6 +235,10 @@ class OpenVinoBackend:
         try:
             compiled = self.core.compile_model(model, self.device, config)
         except Exception as exc:
+            # OpenVINO reports a blob it could not write as a generic error: say it was the disk.
+            if "CACHE_DIR" in config and out_of_space(Path(config["CACHE_DIR"]), CACHE_HEADROOM_BYTES):
+                raise MtcError(f"disk full while OpenVINO wrote its compiled-model cache in {config['CACHE_DIR']}",
+                               hint="free some space, or set MTC_CACHE to a folder on another disk") from None
             detail = exception_summary(exc, 300)
             raise MtcError(f"openvino cannot compile the model for {self.device}: {detail}",
                            hint="try backend='onnxruntime'") from None
@@ -451,8 +458,8 @@ class GraphCache:
                 os.replace(tmp_xml, xml)
             atomic_write_text(meta_path, json.dumps(meta))
             seal_entry(seal, [xml, xml.with_suffix(".bin"), meta_path])
-        except OSError as exc:  # a full or read-only cache costs time on the next load, not this run
-            log.warning("openvino: could not cache the rewritten graph (%s)", exc)
+        except Exception as exc:  # a full or read-only cache costs time on the next load, not this run
+            log.warning("openvino: could not cache the rewritten graph (%s)", exception_summary(exc, 200))
             return False
         enforce_cache_bound(keep=[seal], root=openvino_cache_dir().parent)
         return True
