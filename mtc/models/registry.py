@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 
 # Families register themselves on import; the built-ins are listed here (they import no torch),
 # other packages add theirs through the entry point group below.
-_FAMILY_MODULES = ("mtc.models.rvm", "mtc.models.modnet", "mtc.models.u2net", "mtc.models.bgmv2")
+_FAMILY_MODULES = ("mtc.models.rvm", "mtc.models.modnet", "mtc.models.u2net", "mtc.models.bgmv2",
+                   "mtc.models.birefnet")
 
 
 @dataclass(frozen=True)

@@ -358,8 +358,8 @@ class OpenVinoBackend:
 
 
 def _onnx_with_merged_outputs(path: Path) -> tuple[str | bytes, dict[str, MergedOutput]]:
-    """The model for read_model (its path, or its bytes, rewritten or not: the file is read once)
-    and the outputs merged in it.
+    """The model for read_model after the "onnx" passes (its path, or its bytes, rewritten or
+    not: the file is read once) and the outputs merged in it.
 
     See mtc.passes.openvino.split_outputs. Files that onnx cannot parse, or that keep their
     weights outside, go to OpenVINO by path (its reader gives the error, if any).
@@ -373,12 +373,14 @@ def _onnx_with_merged_outputs(path: Path) -> tuple[str | bytes, dict[str, Merged
         return str(path), {}
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
         return str(path), {}
-    (merge,) = passes_for("openvino", "onnx")
-    proto, merged = merge.run(proto, PassContext())
-    if not merged:
+    results = {}
+    for graph_pass in passes_for("openvino", "onnx"):
+        proto, results[graph_pass.name] = graph_pass.run(proto, PassContext())
+    if not any(results.values()):
         return data, {}
-    log.debug("openvino: outputs %s read as one tensor each and sliced in numpy",
-              ", ".join("+".join(p for p, _, _ in m.parts) for m in merged))
+    log.debug("openvino: %s", describe_counts("openvino", "onnx", {name: len(result) if isinstance(result, list)
+                                                                  else result for name, result in results.items()}))
+    merged = results.get("merge_split_outputs") or []
     return proto.SerializeToString(), {m.name: m for m in merged}
 
 

@@ -1,4 +1,5 @@
-"""OpenVINO's graph passes: what its CPU plugin runs slowly, rewritten to what it runs fast.
+"""OpenVINO's graph passes: what its CPU plugin runs slowly (or cannot read), rewritten to what
+it runs fast.
 
 Each pass module says why and what it measured; here each is registered with its stage and
 its exactness (checked against ONNX Runtime in tests/passes/test_ov_rewrites.py and
@@ -8,6 +9,7 @@ tests/passes/test_split_outputs.py).
 from __future__ import annotations
 
 from mtc.passes import GraphPass, PassContext, register_pass
+from mtc.passes.openvino.deform_conv import decompose_deform_conv
 from mtc.passes.openvino.guide import channel_sum_as_conv, guide_as_conv
 from mtc.passes.openvino.hsigmoid import hard_sigmoid_as_hsigmoid
 from mtc.passes.openvino.pool import small_pools_as_convs
@@ -19,6 +21,10 @@ def _static(context: PassContext) -> bool:
     return bool(context.frame_sizes)
 
 
+register_pass(GraphPass(
+    name="decompose_deform_conv", backend="openvino", stage="onnx",
+    exactness="within 1e-5 (tests/passes/test_deform_conv.py::test_decomposed_deform_conv_matches_onnxruntimes_op)",
+    run=lambda model, context: decompose_deform_conv(model), describe="{} DeformConv(s) decomposed"))
 register_pass(GraphPass(
     name="merge_split_outputs", backend="openvino", stage="onnx", exactness="bit-exact",
     run=lambda model, context: merge_split_outputs(model), describe="{} split output(s) merged"))
