@@ -53,6 +53,12 @@ class BackendOptions:
     precision: str = "fp32"
     per_backend: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self):
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise MtcError(f"threads={self.threads!r} is not a positive whole number",
+                           hint="pass threads=N with N >= 1, or None for all usable cores")
+
     def for_backend(self, name: str) -> Any:
         """The typed options of backend `name` (its defaults when none were given)."""
         entry = get_backend(name)

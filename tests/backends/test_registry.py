@@ -7,9 +7,10 @@ import types
 
 import pytest
 
-from mtc.backends import registry
+from mtc.backends import BackendOptions, registry
 from mtc.backends.cpu import class_from_flags, int8_saturates
 from mtc.backends.registry import Availability, BackendEntry, Probe, choose_backend, get_backend
+from mtc.errors import MtcError
 
 
 def test_every_backend_package_is_in_the_registry():
@@ -84,3 +85,15 @@ def test_int8_checked_on_this_cpu_class_runs_without_warning(caplog):
 def test_a_gpu_backend_is_not_held_back_by_the_cpu_class():
     gpu = Availability(gpu_count=1, tensorrt=True, openvino=True, cpu="avx2")
     assert choose_backend("auto", gpu, model_precision="int8", checked_cpu="amx").name == "tensorrt"
+
+
+@pytest.mark.parametrize("threads", [0, -2, 1.5, True])
+def test_bad_thread_counts_are_refused_before_any_backend_starts(threads, tmp_path):
+    from tiny_artifacts import write_tiny_artifact
+
+    import mtc.runtime
+
+    with pytest.raises(MtcError, match="is not a positive whole number"):
+        BackendOptions(threads=threads)
+    with pytest.raises(MtcError, match="is not a positive whole number"):  # through the API, as apps call it
+        mtc.runtime.load(write_tiny_artifact(tmp_path / "tiny"), backend="onnxruntime", threads=threads)
