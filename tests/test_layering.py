@@ -17,7 +17,7 @@ ALLOWED = {
     "backends": {"errors", "fsutil", "artifact", "passes"},
     "runtime": {"errors", "fsutil", "artifact", "backends"},
 }
-GENERIC = ("artifact", "backends", "passes", "runtime", "export", "quant", "bench")
+GENERIC = ("artifact", "backends", "passes", "runtime", "export", "quant", "bench", "serve")
 FAMILY = re.compile(r"\b(rvm|modnet|u2netp?|u²-?netp?|bgmv2|backgroundmattingv2|birefnet|inspyrenet|matanyone)\b",
                     re.IGNORECASE)
 

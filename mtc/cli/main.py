@@ -21,6 +21,8 @@ COMMANDS = {
     "inspect": "mtc.cli.inspect:inspect",
     "run": "mtc.cli.run:run",
     "cache": "mtc.cli.cache:cache",
+    "package": "mtc.cli.package:package",
+    "batch": "mtc.cli.batch:batch",
 }
 
 
@@ -50,6 +52,8 @@ SUMMARIES = {
     "inspect": "Show an artifact's manifest, graph and cost per frame.",
     "run": "Matte an image, a folder of images, or a video.",
     "cache": "List or clear mtc's cache (engines, optimized models, downloads).",
+    "package": "Add an artifact to a Triton Inference Server model repository.",
+    "batch": "Matte a library of videos on a Ray cluster, one task per video.",
 }
 
 
