@@ -2,7 +2,8 @@
 
 Every figure is the one `mtc.metrics.matting_metrics` gives on the stacked clip: MAD, MSE,
 Grad and Conn are per-frame means (all frames have the same pixel count), and dtSSD is the
-mean of `dtssd_per_frame`, frame 0 counting as 0.
+mean of `dtssd_per_frame`, frame 0 counting as 0. The SOD metrics (MAE, F-, weighted F-, S-
+and E-measure) are aggregated over frames or images as `mtc.metrics.SodScores` does.
 """
 
 from __future__ import annotations
@@ -12,17 +13,21 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 
 from mtc.errors import MtcError
-from mtc.metrics import METRIC_NAMES, dtssd_per_frame, matting_metrics
+from mtc.metrics import METRIC_NAMES, SOD_METRIC_NAMES, SodScores, dtssd_per_frame, matting_metrics
+
+ALL_METRIC_NAMES = METRIC_NAMES + SOD_METRIC_NAMES
+# Independent images have no time axis, so an image folder gets every metric but dtSSD.
+IMAGE_METRIC_NAMES = tuple(m for m in ALL_METRIC_NAMES if m != "dtssd")
 
 
 def parse_metric_names(text: str | Sequence[str]) -> tuple[str, ...]:
-    """'mad,dtssd' (or a list) -> validated metric names in METRIC_NAMES order."""
+    """'mad,dtssd' (or a list) -> validated metric names in ALL_METRIC_NAMES order."""
     names = [n.strip().lower() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
-    unknown = [n for n in names if n not in METRIC_NAMES]
+    unknown = [n for n in names if n not in ALL_METRIC_NAMES]
     if unknown or not names:
         raise MtcError(f"unknown metric(s) {', '.join(map(repr, unknown)) or '(none given)'}",
-                       hint=f"choose from {', '.join(METRIC_NAMES)}")
-    return tuple(m for m in METRIC_NAMES if m in names)
+                       hint=f"choose from {', '.join(ALL_METRIC_NAMES)}")
+    return tuple(m for m in ALL_METRIC_NAMES if m in names)
 
 
 def as_alpha(alpha: np.ndarray) -> np.ndarray:
@@ -43,8 +48,10 @@ class StreamingMetrics:
 
     def __init__(self, which: Sequence[str] = METRIC_NAMES):
         self.which = parse_metric_names(which)
-        self._spatial = tuple(m for m in self.which if m != "dtssd")
-        self._sums = dict.fromkeys(self.which, 0.0)
+        self._spatial = tuple(m for m in self.which if m in METRIC_NAMES and m != "dtssd")
+        sod = tuple(m for m in self.which if m in SOD_METRIC_NAMES)
+        self._sod = SodScores(sod) if sod else None
+        self._sums = dict.fromkeys((m for m in self.which if m in METRIC_NAMES), 0.0)
         self._previous: tuple[np.ndarray, np.ndarray] | None = None
         self.frames = 0
 
@@ -62,13 +69,18 @@ class StreamingMetrics:
                 p0, g0 = self._previous
                 self._sums["dtssd"] += float(dtssd_per_frame(np.stack([p0, pred]), np.stack([g0, gt]))[1])
             self._previous = (pred, gt)
+        if self._sod is not None:
+            self._sod.add(pred, gt)
         self.frames += 1
 
     def result(self) -> dict:
-        """``{metric: clip value, ..., "frames": T}``; raises when no frame was added."""
+        """``{metric: clip value, ..., "frames": T}`` in ALL_METRIC_NAMES order; raises when no frame was added."""
         if not self.frames:
             raise MtcError("no frames were compared", hint="benchmark at least one frame")
-        return {**{name: total / self.frames for name, total in self._sums.items()}, "frames": self.frames}
+        values = {name: total / self.frames for name, total in self._sums.items()}
+        if self._sod is not None:
+            values.update(self._sod.result())
+        return {**{name: values[name] for name in self.which}, "frames": self.frames}
 
 
 def compare_sessions(candidate, frames: Iterable[np.ndarray], *, reference=None,

@@ -86,7 +86,8 @@ def bench_frames(source: str | Path, width: int, height: int, count: int) -> lis
     return frames
 
 
-def _alpha_from_image(path: Path) -> np.ndarray:
+def read_alpha(path: Path) -> np.ndarray:
+    """An alpha image as HxW: uint8, or float32 in [0, 1] for 16-bit and float files (RGBA: its alpha)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -119,13 +120,13 @@ def iter_ground_truth(source: str | Path, width: int, height: int) -> Iterator[n
         from mtc.runtime.media import list_images
 
         for path in list_images(source):
-            yield resize_alpha(_alpha_from_image(path), width, height)
+            yield resize_alpha(read_alpha(path), width, height)
         return
     check_ground_truth(source)
     from mtc.runtime.media import VideoReader, is_image
 
     if is_image(source):
-        yield resize_alpha(_alpha_from_image(source), width, height)
+        yield resize_alpha(read_alpha(source), width, height)
         return
 
     with VideoReader(source) as video:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtc.errors import MtcError
-from mtc.metrics import METRIC_NAMES
+from mtc.metrics import METRIC_NAMES, SOD_METRIC_NAMES
 from mtc.runtime.frames import check_pixels
 
 
@@ -57,6 +57,12 @@ def _kinds() -> dict[str, GateKind]:
         kinds.append(GateKind(f"max_{metric}", ("accuracy", "reference", metric), "<=", "",
                               "no reference artifact to compare with (pass --reference, or metric left out by --metrics)"))
         kinds.append(GateKind(f"max_gt_{metric}", ("accuracy", "gt", metric), "<=", "",
+                              "no ground truth (pass --gt, or metric left out by --metrics)"))
+    for metric in SOD_METRIC_NAMES:  # higher is better, except for MAE: min_gt_s_measure, max_gt_mae
+        op, bound = ("<=", "max") if metric == "mae" else (">=", "min")
+        kinds.append(GateKind(f"{bound}_{metric}", ("accuracy", "reference", metric), op, "",
+                              "no reference artifact to compare with (pass --reference, or metric left out by --metrics)"))
+        kinds.append(GateKind(f"{bound}_gt_{metric}", ("accuracy", "gt", metric), op, "",
                               "no ground truth (pass --gt, or metric left out by --metrics)"))
     return {k.key: k for k in kinds}
 

@@ -14,9 +14,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mtc.bench.accuracy import compare_sessions, parse_metric_names
+from mtc.bench.accuracy import IMAGE_METRIC_NAMES, compare_sessions, parse_metric_names
 from mtc.bench.data import BUILTIN, bench_frames, check_ground_truth, iter_ground_truth, resolution_name
 from mtc.bench.gates import Gates, evaluate_gates
+from mtc.bench.images import bench_image_folder, pair_by_stem
 from mtc.bench.machine import machine_info
 from mtc.bench.measure import Clock, measure_end_to_end, measure_model, write_source_video
 from mtc.bench.memory import PeakMemory
@@ -32,7 +33,11 @@ REFERENCE_BACKEND = "onnxruntime"  # the most faithful CPU executor: no implicit
 
 @dataclass(frozen=True, kw_only=True)
 class BenchConfig:
-    """What to measure. Paths are artifact folders / media files; None means "not given"."""
+    """What to measure. Paths are artifact folders / media files; None means "not given".
+
+    `input` is "builtin", a video, or a folder of images (each matted at its own size, paired
+    with `gt` by file stem; see mtc.bench.images).
+    """
 
     folder: Path
     backend: str = "auto"
@@ -45,7 +50,8 @@ class BenchConfig:
     gt: Path | None = None
     ratio: float | None = None
     threads: int | None = None
-    metrics: tuple[str, ...] = METRIC_NAMES
+    # None: the matting metrics for video; for an image folder, all but dtSSD (SOD metrics too).
+    metrics: tuple[str, ...] | None = None
     end_to_end: bool = True
     gflops: bool = True
     gates: Gates | None = None
@@ -203,6 +209,7 @@ def run_bench(config: BenchConfig, *, clock: Clock = time.perf_counter) -> dict:
     config = _with_defaults(config)
     folder = Path(config.folder)
     manifest = read_manifest(folder)
+    pairs = pair_by_stem(Path(config.input), config.gt) if is_image_folder(config.input) else None
     if config.gt is not None:
         check_ground_truth(config.gt)
     reference_path, reference_source = resolve_reference(folder, manifest, config.reference,
@@ -214,10 +221,13 @@ def run_bench(config: BenchConfig, *, clock: Clock = time.perf_counter) -> dict:
         reference = mtc.runtime.load(reference_path, backend=REFERENCE_BACKEND, downsample_ratio=config.ratio,
                                      threads=config.threads, allow_spinning=False)
     results = []
-    with tempfile.TemporaryDirectory(prefix="mtc-bench-") as tmp:
-        for width, height in config.resolutions:
-            results.append(bench_resolution(session, config, width, height, reference=reference, folder=folder,
-                                            manifest=manifest, workdir=Path(tmp), clock=clock))
+    if pairs is not None:
+        log.info("%d images, each at its own size", len(pairs))
+        results.append(bench_image_folder(session, pairs, metrics=config.metrics, warmup=config.warmup,
+                                          reference=reference, clock=clock))
+    else:
+        _bench_resolutions(session, config, results, reference=reference, folder=folder, manifest=manifest,
+                           clock=clock)
     report = build_report(config, results, artifact=_artifact_summary(folder, manifest, session),
                           reference=None if reference is None else {
                               "path": str(reference_path), "source": reference_source,
@@ -226,9 +236,30 @@ def run_bench(config: BenchConfig, *, clock: Clock = time.perf_counter) -> dict:
     return report
 
 
+def _bench_resolutions(session, config: BenchConfig, results: list, *, reference, folder: Path, manifest,
+                       clock: Clock) -> None:
+    with tempfile.TemporaryDirectory(prefix="mtc-bench-") as tmp:
+        for width, height in config.resolutions:
+            results.append(bench_resolution(session, config, width, height, reference=reference, folder=folder,
+                                            manifest=manifest, workdir=Path(tmp), clock=clock))
+
+
+def is_image_folder(source) -> bool:
+    return str(source) != BUILTIN and Path(source).is_dir()
+
+
 def _with_defaults(config: BenchConfig) -> BenchConfig:
     import dataclasses
 
+    if is_image_folder(config.input):
+        if config.resolutions:
+            raise MtcError(f"--resolution does not apply to the image folder {config.input}",
+                           hint="drop --resolution: each image is matted at its own size")
+        metrics = parse_metric_names(config.metrics or IMAGE_METRIC_NAMES)
+        if "dtssd" in metrics:
+            raise MtcError("dtSSD measures a video's temporal error; an image folder has no time axis",
+                           hint=f"drop dtssd from --metrics (image metrics: {', '.join(IMAGE_METRIC_NAMES)})")
+        return dataclasses.replace(config, metrics=metrics)
     resolutions = config.resolutions
     if not resolutions and config.gates is not None and config.gates.per_resolution:
         resolutions = tuple(config.gates.resolutions)
@@ -240,7 +271,8 @@ def _with_defaults(config: BenchConfig) -> BenchConfig:
 
             with VideoReader(config.input) as video:
                 resolutions = ((video.width, video.height),)
-    return dataclasses.replace(config, resolutions=tuple(resolutions), metrics=parse_metric_names(config.metrics))
+    return dataclasses.replace(config, resolutions=tuple(resolutions),
+                               metrics=parse_metric_names(config.metrics or METRIC_NAMES))
 
 
 def build_report(config: BenchConfig, results: list[dict], *, artifact: dict, reference: dict | None,

@@ -14,8 +14,31 @@ def _pair(acc: dict | None) -> str:
     return ", ".join(p for p in parts if p) or "-"
 
 
+METRIC_LABELS = {"mad": "MAD", "mse": "MSE", "grad": "Grad", "conn": "Conn", "dtssd": "dtSSD", "mae": "MAE",
+                 "max_f": "maxF", "mean_f": "meanF", "weighted_f": "wF", "s_measure": "S", "max_e": "maxE",
+                 "mean_e": "meanE"}
+
+
+def _accuracy_table(report: dict):
+    """Every measured metric, one row per resolution and comparison; None when nothing was compared."""
+    from rich.table import Table
+
+    rows = [(r["resolution"], against, acc) for r in report["results"]
+            for against, acc in (("vs reference", r["accuracy"]["reference"]), ("vs GT", r["accuracy"]["gt"])) if acc]
+    if not rows:
+        return None
+    names = [m for m in report["settings"]["metrics"] if any(m in acc for _, _, acc in rows)]
+    table = Table(title="accuracy (MAD, MSE x1e3; Grad, Conn /1e3; dtSSD x1e2; SOD metrics in [0, 1])")
+    for column in ("resolution", "against", "frames", *(METRIC_LABELS.get(m, m) for m in names)):
+        table.add_column(column, justify="left" if column in ("resolution", "against") else "right")
+    for resolution, against, acc in rows:
+        table.add_row(resolution, against, str(acc["frames"]), *(_num(acc.get(m), ".4g") for m in names))
+    return table
+
+
 def print_report(report: dict, console) -> None:
-    """Print the results table and, when gates were checked, the gate table."""
+    """Print the results table, the accuracy table (every metric measured) and, when gates were
+    checked, the gate table."""
     from rich.table import Table
 
     from mtc.safe_text import plain
@@ -37,6 +60,9 @@ def print_report(report: dict, console) -> None:
                       _num(rss / 2**20 if rss else None, ".0f"),
                       _pair(r["accuracy"]["reference"]), _pair(r["accuracy"]["gt"]))
     console.print(table)
+    accuracy = _accuracy_table(report)
+    if accuracy is not None:
+        console.print(accuracy)
     gates = report.get("gates")
     if gates:
         gate_table = Table(title=f"gates from {gates['file']}: {'PASSED' if gates['passed'] else 'FAILED'}")

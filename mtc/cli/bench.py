@@ -28,8 +28,8 @@ def _resolutions(ctx: click.Context, param: click.Parameter, values: tuple[str, 
 
 
 def _input_video(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    if value != "builtin" and not Path(value).is_file():
-        raise click.BadParameter(f"{value!r} is not `builtin` or a video file")
+    if value != "builtin" and not Path(value).exists():
+        raise click.BadParameter(f"{value!r} is not `builtin`, a video file or a folder of images")
     return value
 
 
@@ -49,10 +49,12 @@ def _stdout_to_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def _metrics(ctx: click.Context, param: click.Parameter, value: str):
+def _metrics(ctx: click.Context, param: click.Parameter, value: str | None):
     from mtc.bench.accuracy import parse_metric_names
     from mtc.errors import MtcError
 
+    if value is None:
+        return None
     try:
         return parse_metric_names(value)
     except MtcError as exc:
@@ -81,15 +83,19 @@ def _gates(ctx: click.Context, param: click.Parameter, value: Path | None):
 @click.option("--frames", "-n", default=48, show_default=True, type=click.IntRange(min=1),
               help="Frames measured per resolution.")
 @click.option("--warmup", default=5, show_default=True, type=click.IntRange(min=0), help="Untimed frames first.")
-@click.option("--input", "input_", default="builtin", show_default=True, metavar="VIDEO", callback=_input_video,
-              help="Video whose first frames are used (resized to each resolution), or `builtin`.")
+@click.option("--input", "input_", default="builtin", show_default=True, metavar="VIDEO|FOLDER", callback=_input_video,
+              help="Video whose first frames are used (resized to each resolution), `builtin`, or a folder of "
+                   "images (each matted at its own size, paired with --gt by file stem).")
 @click.option("--reference", type=click.Path(path_type=Path, exists=True, file_okay=False),
               help="Artifact to compare alpha against (default: the manifest's provenance.reference_artifact).")
 @click.option("--no-reference", is_flag=True, help="Do not compare against any reference artifact.")
 @click.option("--gt", type=click.Path(path_type=Path, exists=True),
-              help="Ground-truth alpha, frame-aligned with the input: a folder of alpha images or an alpha video.")
-@click.option("--metrics", default="mad,mse,grad,conn,dtssd", show_default=True, callback=_metrics,
-              help="Accuracy metrics (Grad and Conn take ~1.5 s per HD frame).")
+              help="Ground-truth alpha: frame-aligned with a video input (a folder of alpha images or an alpha "
+                   "video), or for an image folder a folder of alpha images with the same file stems.")
+@click.option("--metrics", callback=_metrics,
+              help="Accuracy metrics, comma-separated: mad, mse, grad, conn, dtssd, and the SOD metrics mae, max_f, "
+                   "mean_f, weighted_f, s_measure, max_e, mean_e (default: mad,mse,grad,conn,dtssd; image folder: "
+                   "all but dtssd). Grad and Conn take ~1.5 s per HD frame.")
 @click.option("--gate", "gates", type=click.Path(path_type=Path), callback=_gates,
               help="TOML thresholds; exit code 1 if any gate fails.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path, allow_dash=True),

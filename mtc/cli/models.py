@@ -6,12 +6,12 @@ import sys
 
 import click
 
-COLUMNS = ("name", "variant", "task", "input", "license", "weights")
+COLUMNS = ("name", "variant", "task", "purpose", "input", "license", "weights")
 
 
 @click.command()
 def models() -> None:
-    """List the models mtc can compile, their licences and whether their weights are cached."""
+    """List the models mtc can compile, what each mattes, their licences and whether their weights are cached."""
     from rich.console import Console
     from rich.table import Table
 
@@ -24,7 +24,8 @@ def models() -> None:
             size = f"{variant.weights.size / 1e6:.1f} MB" if variant.weights.size is not None else "size unknown"
             cached = "cached" if is_cached(variant.weights) else f"not cached ({size})"
             default = " (default)" if variant.name == spec.default_variant else ""
-            rows.append((spec.name, variant.name + default, spec.task, spec.input_description, spec.license, cached))
+            rows.append((spec.name, variant.name + default, spec.task, spec.purpose or "-", spec.input_description,
+                         spec.license, cached))
     if not sys.stdout.isatty():
         # Piped or in CI, rich squeezes the table into 80 columns and wraps every cell over
         # several lines; plain aligned columns keep one variant per line, for grep and for logs.

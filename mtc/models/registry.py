@@ -87,6 +87,9 @@ class ModelSpec:
     default_variant: str
     input_description: str = "RGB frame, any size"
     aliases: tuple[str, ...] = field(default=())
+    # What it mattes, in a word or two ("people", "objects", "anime"): `mtc models` shows it, and
+    # `mtc run` names it when a matte comes out almost empty or full.
+    purpose: str = ""
 
     def variant(self, name: str | None) -> VariantSpec:
         name = name or self.default_variant

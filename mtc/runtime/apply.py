@@ -1,14 +1,17 @@
-"""Apply a matting session to files: images, image folders and videos.
+"""Apply a matting session to files: images, image folders, watched folders and videos.
 
 Video runs as a three-stage pipeline (decode thread -> inference -> encode thread) so that
-codec work overlaps with the model instead of adding to it.
+codec work overlaps with the model instead of adding to it. `FinishedSession` adds the
+finishing steps `mtc run` offers and the coverage check behind its empty-matte warning.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
+import stat
 import sys
 import threading
 import time
@@ -183,3 +186,144 @@ def _consume(inbox: queue.Queue, write: Callable[[np.ndarray], None], errors: li
             write(item)
         except BaseException as exc:
             errors.append(exc)
+
+
+# --------------------------------------------------------------------------------------------
+# Finishing steps and the coverage check
+# --------------------------------------------------------------------------------------------
+
+# A matte is "almost empty" when fewer than this share of its pixels are at least half opaque,
+# and "almost full" when fewer than this share are less: the model found no subject it knows,
+# or took the whole picture for one.
+COVERAGE_MARGIN = 0.005
+
+
+@dataclass
+class CoverageTally:
+    """How many mattes came out almost empty or almost full, and the first of each."""
+
+    mattes: int = 0
+    empty: int = 0
+    full: int = 0
+    first_empty: str | None = None
+    first_full: str | None = None
+
+    def add(self, alpha: np.ndarray, name: str) -> None:
+        opaque = float(np.count_nonzero(alpha >= 0.5)) / max(alpha.size, 1)
+        self.mattes += 1
+        if opaque < COVERAGE_MARGIN:
+            self.empty += 1
+            self.first_empty = self.first_empty or name
+        elif opaque > 1 - COVERAGE_MARGIN:
+            self.full += 1
+            self.first_full = self.first_full or name
+
+
+class FinishedSession:
+    """A session whose mattes pass through finishing steps (see mtc.runtime.refine) and into a
+    coverage tally. Everything else (reset, backend, manifest, ...) is the wrapped session's.
+
+    Args:
+        session: the session to wrap.
+        steps: functions ``(alpha, frame) -> alpha``, applied in order.
+        tally: counts almost-empty and almost-full mattes, named by frame number (from 1).
+    """
+
+    def __init__(self, session: MattingSession, steps: Iterable[Callable[[np.ndarray, np.ndarray], np.ndarray]] = (),
+                 tally: CoverageTally | None = None):
+        self._session = session
+        self.steps = tuple(steps)
+        self.tally = tally
+
+    def __getattr__(self, name: str):
+        return getattr(self._session, name)
+
+    def process(self, frame: np.ndarray, *, name: str | None = None) -> Matte:
+        matte = self._session.process(frame)
+        if self.steps:
+            matte = matte.copy()  # the wrapped session may reuse its buffers for the next frame
+            for step in self.steps:
+                matte.alpha = step(matte.alpha, frame)
+        if self.tally is not None:
+            self.tally.add(matte.alpha, name or f"frame {self.tally.mattes + 1}")
+        return matte
+
+
+# --------------------------------------------------------------------------------------------
+# Watching a folder
+# --------------------------------------------------------------------------------------------
+
+WATCH_POLL_SECONDS = 0.5
+# A file that looked complete but would not decode is tried again when it changes; only when it
+# stays unreadable and unchanged this many polls is it reported (a writer may pause mid-file).
+WATCH_GRACE_POLLS = 10
+
+
+def watch_folder(folder: Path, handle: Callable[[Path], None], *, done: Callable[[Path], bool] = lambda path: False,
+                 poll_seconds: float = WATCH_POLL_SECONDS, stop: threading.Event | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> int:
+    """Call `handle(path)` for each image that arrives in `folder`, once it has stopped growing.
+
+    Polls the folder (no platform file-event API needed; network drives work too). An image is
+    ready when its size and modification time are the same on two polls in a row and it is not
+    empty. A file that changes afterwards (saved again, or a copy that had paused) is handled
+    again. Files for which `done(path)` is true on the first poll are skipped (their output
+    exists). When `handle` raises MtcError (an image that will not decode), the file is retried
+    when it changes, and reported as skipped once it has stayed the same for WATCH_GRACE_POLLS
+    polls.
+
+    Runs until `stop` is set, or KeyboardInterrupt (Ctrl-C, or SIGTERM where mtc turns it into
+    one) arrives. Returns how many images were handled.
+    """
+    import logging
+
+    log = logging.getLogger("mtc")
+    last_seen: dict[Path, tuple[int, int]] = {}
+    handled: dict[Path, tuple[int, int]] = {}
+    failing: dict[Path, tuple[tuple[int, int], int, MtcError]] = {}  # signature, unchanged polls, error
+    count = 0
+    first = True
+    try:
+        while stop is None or not stop.is_set():
+            current = _image_signatures(folder)
+            if first:
+                handled.update({path: sig for path, sig in current.items() if done(path)})
+                first = False
+            for path, (signature, polls, error) in list(failing.items()):
+                if current.get(path) != signature:
+                    del failing[path]
+                elif polls + 1 >= WATCH_GRACE_POLLS:
+                    log.warning("skipped %s: %s", path.name, error)
+                    del failing[path]
+                else:
+                    failing[path] = (signature, polls + 1, error)
+            for path in sorted(current):
+                signature = current[path]
+                if signature[0] > 0 and last_seen.get(path) == signature and handled.get(path) != signature:
+                    handled[path] = signature
+                    try:
+                        handle(path)
+                        count += 1
+                    except MtcError as exc:
+                        failing[path] = (signature, 0, exc)
+            last_seen = current
+            sleep(poll_seconds)
+    except KeyboardInterrupt:
+        pass
+    return count
+
+
+def _image_signatures(folder: Path) -> dict[Path, tuple[int, int]]:
+    """(size, modification time) of each image file in the folder; hidden files left out (the
+    temporaries of tools that write atomically, ours included)."""
+    from mtc.runtime.media import is_image
+
+    found = {}
+    for path in folder.iterdir():
+        if path.name.startswith(".") or not is_image(path):
+            continue
+        with contextlib.suppress(OSError):  # vanished between listing and stat
+            info = path.stat()
+            if stat.S_ISREG(info.st_mode):
+                found[path] = (info.st_size, info.st_mtime_ns)
+    return found

@@ -232,6 +232,43 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
 
 
 # --------------------------------------------------------------------------------------------
+# Raw frames (shell pipelines: ffmpeg -f rawvideo -pix_fmt rgb24)
+# --------------------------------------------------------------------------------------------
+
+RAW_HINT = "send whole frames of the --raw size, e.g. `ffmpeg -i in.mp4 -f rawvideo -pix_fmt rgb24 -`"
+
+
+def read_raw_frames(stream, width: int, height: int) -> Iterator[np.ndarray]:
+    """HxWx3 uint8 frames from a stream of packed RGB bytes (rgb24), until it ends.
+
+    Args:
+        stream: a binary file object (e.g. ``sys.stdin.buffer``).
+        width, height: the frame size; each frame is ``width * height * 3`` bytes.
+
+    Raises:
+        MtcError: the size is over the pixel limit, or the stream ends inside a frame.
+    """
+    check_pixels(width, height, f"raw frame size {width}x{height}")
+    size = width * height * 3
+    number = 0
+    while True:
+        buffer = bytearray(size)
+        view, got = memoryview(buffer), 0
+        while got < size:  # a pipe hands over what it has; a short read is not the end
+            read = stream.readinto(view[got:])
+            if not read:
+                break
+            got += read
+        if got == 0:
+            return
+        number += 1
+        if got < size:
+            raise MtcError(f"the raw input ended {got} bytes into frame {number}, which needs {size} "
+                           f"({width}x{height} RGB)", hint=RAW_HINT)
+        yield np.frombuffer(buffer, np.uint8).reshape(height, width, 3)
+
+
+# --------------------------------------------------------------------------------------------
 # Video reading
 # --------------------------------------------------------------------------------------------
 

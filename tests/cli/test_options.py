@@ -72,7 +72,7 @@ BAD_FLAGS = [
     ("bench", ["--ratio", "nan"], "needs 0 < x <= 1"),
     ("bench", ["-r", "9000x9000"], "9000x9000 = 81,000,000 pixels, over the limit of 67,108,864"),
     ("bench", ["--frames", "0"], "0 is not in the range x>=1"),
-    ("bench", ["--input", "no/such/clip.mp4"], "is not `builtin` or a video file"),
+    ("bench", ["--input", "no/such/clip.mp4"], "is not `builtin`, a video file or a folder of images"),
     ("bench", ["--gt", "no/such/alphas"], "does not exist"),
     ("bench", ["--reference", "no/such/artifact"], "does not exist"),
     ("run", ["photo.png", "-o", "out.png", "--background-plate", "no/plate.png"], "does not exist"),

@@ -132,13 +132,16 @@ def test_models_piped_prints_one_line_per_variant():
     lines = result.output.splitlines()
     specs = list_models()
     assert len(lines) == 1 + sum(len(spec.variants) for spec in specs), result.output
-    assert lines[0].split() == ["name", "variant", "task", "input", "license", "weights"]
+    assert lines[0].split() == ["name", "variant", "task", "purpose", "input", "license", "weights"]
     for spec in specs:
         for variant in spec.variants:
-            # name, variant, the whole input description and the licence on one line
+            # name, variant, what it is for, the whole input description and the licence on one line
             assert any(line.startswith(f"{spec.name} ") and f" {variant} " in f"{line} "
+                       and f"  {spec.purpose or '-'}  " in line
                        and spec.input_description in line and f"  {spec.license}  " in line for line in lines[1:]), \
                 (spec.name, variant, result.output)
+    assert any(line.startswith("rvm ") and "  people  " in line for line in lines)
+    assert any(line.startswith("u2netp ") and "  objects  " in line for line in lines)
 
 
 # ---- a PyTorch checkpoint with no download source --------------------------------------------

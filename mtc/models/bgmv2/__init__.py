@@ -129,6 +129,7 @@ register(
         license="MIT",
         paper="arXiv:2012.07810",
         input_description="RGB frame + background plate of the same size (sides multiples of 4)",
+        purpose="people",
         variants={v.name: v for v in (_variant(b, m) for m in REFINE_MODES for b in BACKBONES)},
         default_variant="mobilenetv2",
         aliases=("backgroundmattingv2",),

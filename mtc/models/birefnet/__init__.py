@@ -201,6 +201,7 @@ register(
         input_description="RGB image, any size (resized to the variant's size: 1024x1024, 2048x2048 or 2560x1440)",
         variants={name: _variant(name, release) for name, release in RELEASES.items()},
         default_variant="general",
+        purpose="objects",
     )
 )
 
@@ -214,5 +215,6 @@ register(
         input_description="RGB anime image, any size (resized to 1024x1024)",
         variants={"toonout": _variant("toonout", TOONOUT)},
         default_variant="toonout",
+        purpose="anime",
     )
 )

@@ -116,6 +116,7 @@ register(
         license="Apache-2.0",
         paper="arXiv:2011.11961",
         input_description="RGB portrait image or video frame, any size (rescaled around 512 px)",
+        purpose="people",
         variants={
             "photographic": _variant("photographic", PHOTOGRAPHIC),
             "webcam": _variant("webcam", WEBCAM),

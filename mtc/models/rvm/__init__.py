@@ -221,6 +221,7 @@ register(
         license="GPL-3.0",
         paper="arXiv:2108.11515",
         input_description="RGB video, any size (auto downsample ratio)",
+        purpose="people",
         variants={
             "mobilenetv3": VariantSpec(
                 name="mobilenetv3",

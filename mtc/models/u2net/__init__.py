@@ -176,6 +176,7 @@ register(
         license="Apache-2.0",
         paper="arXiv:2005.09007",
         input_description="RGB image, any size (resized to 320x320)",
+        purpose="objects",
         variants={"u2net": _variant("u2net", U2NET_PTH), "u2netp": _variant("u2netp", U2NETP_PTH)},
         default_variant="u2net",
     )
@@ -189,6 +190,7 @@ register(
         license="Apache-2.0",  # the architecture; the default variant's ONNX file is MIT (rembg)
         paper="arXiv:2005.09007",
         input_description="RGB image, any size (resized to 320x320, Lanczos)",
+        purpose="objects",
         variants={
             # ONNX ingest: the parity reference is the wrapped official graph before sanitizing.
             "onnx": VariantSpec(name="onnx", weights=U2NETP_ONNX, io=U2NETP_IO, build_onnx=_ingest_official_u2netp,
