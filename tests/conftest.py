@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 
 from mtc.errors import MtcError
+
+
+@pytest.fixture(autouse=True)
+def _mtc_logging_restored():
+    """Tests that run `mtc.cli.main` in-process attach its stderr log handler to the "mtc"
+    logger; later tests must see the logger as a library user has it, whatever ran before."""
+    logger = logging.getLogger("mtc")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = propagate
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from PIL import Image
 
 import mtc.runtime
 from mtc.artifact.manifest import MANIFEST_NAME, Manifest, ModelIO, Precision, StatePair, TensorSpec, file_entry
-from mtc.runtime.apply import make_renderer, matte_stream
+from mtc.runtime.apply import CoverageTally, FinishedSession, make_renderer, matte_stream
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads RSS from /proc")]
@@ -119,7 +119,9 @@ def test_a_thousand_images_of_mixed_sizes_hold_memory_and_disk_flat(tmp_path, mo
         height, width = (int(v) for v in rng.integers(16, 97, 2))
         sizes.add((height, width))
         Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(source / f"{index:04d}.png")
-    session = mtc.runtime.load(_recurrent_artifact(tmp_path / "artifact"), backend="onnxruntime", threads=1)
+    # As `mtc run` wraps it: finishing steps (none here) and the empty-matte tally.
+    session = FinishedSession(mtc.runtime.load(_recurrent_artifact(tmp_path / "artifact"), backend="onnxruntime",
+                                               threads=1), tally=CoverageTally())
     renderer = make_renderer("alpha", None)
 
     warm = tmp_path / "warm"
