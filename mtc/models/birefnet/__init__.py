@@ -53,7 +53,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mtc.artifact.manifest import ModelIO, Preprocess, TensorSpec
+from mtc.artifact.manifest import ModelIO
+from mtc.models.contracts import fixed_size_image_io
 from mtc.models.registry import ModelSpec, VariantSpec, register
 from mtc.weights import UrlSource, WeightFile
 
@@ -64,8 +65,6 @@ if TYPE_CHECKING:
 
     from mtc.export.torch_export import TorchBackend
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 MULTIPLE_OF = 32
 DEFORM_CONV_FORMS = ("native", "decomposed")  # how ASPPDeformable exports; see the module docstring
 
@@ -137,19 +136,9 @@ TOONOUT = Release("swin_v1_l", (1024, 1024),
                                 file="birefnet_finetuned_toonout.pth"),
                   "anime characters and objects")
 
-# The normalised input's range: (0 - mean) / std up to (1 - mean) / std over the channels.
-_INPUT_RANGE = (min(-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)),
-                max((1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)))
-
-
 def model_io(size: tuple[int, int]) -> ModelIO:
     """The contract of a graph exported at `size` (height, width)."""
-    return ModelIO(
-        inputs=(TensorSpec("src", "image", layout="NCHW", value_range=_INPUT_RANGE),),
-        outputs=(TensorSpec("alpha", "alpha", layout="NCHW", value_range=(0.0, 1.0)),),
-        preprocess=Preprocess(scale=1.0 / 255.0, mean=IMAGENET_MEAN, std=IMAGENET_STD, resize="fixed",
-                              fixed_size=size, multiple_of=MULTIPLE_OF),
-    )
+    return fixed_size_image_io(size, multiple_of=MULTIPLE_OF)
 
 
 def _net() -> ModuleType:

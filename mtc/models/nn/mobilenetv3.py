@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mtc.models.contracts import IMAGENET_MEAN, IMAGENET_STD
 from mtc.models.nn.layers import conv_norm_act
 
 # torchvision's table with the last stage dilated instead of strided, so the encoder stops at
@@ -30,8 +31,6 @@ BLOCKS = (
 )
 # Indices into `features` after which the 1/2, 1/4, 1/8 and 1/16 features are taken.
 TAPS = (1, 3, 6, 16)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 EPS = 1e-3  # torchvision's MobileNetV3 batch norm
 
 

@@ -64,8 +64,6 @@ if TYPE_CHECKING:
     from mtc.export.torch_export import TorchBackend
 
 MODEL_SIZE = 320
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _EPS = 1e-8
 
 INPUT_NAMES = ("src",)

@@ -18,7 +18,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from mtc.export.torch_export import export_onnx, load_checkpoint
-from mtc.models.u2net import _EPS, ARCHITECTURES, IMAGENET_MEAN, IMAGENET_STD, INPUT_NAMES, MODEL_SIZE, OUTPUT_NAMES
+from mtc.models.contracts import IMAGENET_MEAN, IMAGENET_STD
+from mtc.models.u2net import _EPS, ARCHITECTURES, INPUT_NAMES, MODEL_SIZE, OUTPUT_NAMES
 
 
 def _upsample_like(x, ref):

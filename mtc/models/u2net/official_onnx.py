@@ -74,7 +74,8 @@ def wrap_official_onnx(model: onnx.ModelProto) -> onnx.ModelProto:
     from onnx import TensorProto, helper, numpy_helper
 
     from mtc.graph_edit import remove_dead_nodes, sort_nodes
-    from mtc.models.u2net import _EPS, IMAGENET_MEAN, IMAGENET_STD, INPUT_NAMES, OUTPUT_NAMES
+    from mtc.models.contracts import IMAGENET_MEAN, IMAGENET_STD
+    from mtc.models.u2net import _EPS, INPUT_NAMES, OUTPUT_NAMES
 
     wrapped = onnx.ModelProto.FromString(model.SerializeToString())
     graph = wrapped.graph
