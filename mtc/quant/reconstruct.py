@@ -1,0 +1,301 @@
+"""Stage 1 of learned quantization: block reconstruction (BRECQ, Li et al. 2021).
+
+The graph is cut into blocks, and each block, in order, learns its weights' rounding
+(AdaRound) and its activations' step sizes (LSQ) so that its outputs match the FP32 graph's.
+It reads what the already-reconstructed quantized graph before it produces, so later blocks
+learn to absorb earlier blocks' remaining error; QDrop keeps half of the activations in float
+while learning, which generalises better from the calibration data.
+
+Blocks come from the graph alone: walking the nodes in order, the number of live activation
+tensors (made so far, read later) drops back to its level at a block's start where a residual
+unit, a squeeze-excitation branch, a decoder stage or a recurrent cell closes. A block is cut
+at such a point once it holds a quantized layer, and at the least busy point after
+`max_block_layers` layers otherwise.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from mtc.errors import MtcError
+from mtc.fsutil import atomic_write_bytes
+from mtc.quant.fake_quant import FakeQuant, attach_fake_quant
+from mtc.quant.qdq import ActivationRange, QdqPlan, float_tensors
+from mtc.quant.torch_graph import GraphModule, nn, to_torch_feeds, torch
+
+log = logging.getLogger("mtc")
+
+
+@dataclass(frozen=True)
+class ReconstructionConfig:
+    """How long and how hard each block learns.
+
+    Attributes:
+        iterations: optimizer steps per block.
+        batch: calibration samples per step.
+        samples: calibration samples used (None: all the feeds given).
+        max_block_layers: a block is cut after this many quantized layers even inside a unit.
+        rounding_lr, step_lr: Adam learning rates of the rounding parameters and of the
+            activation step sizes (in log space, so a relative rate).
+        rounding_weight: weight of AdaRound's regulariser against the reconstruction error.
+        warmup: share of the iterations before the regulariser starts.
+        exponents: the regulariser's exponent, annealed from the first to the second value
+            (a high exponent lets roundings move freely, a low one pushes them to 0 or 1).
+        drop: QDrop's probability of keeping an activation float while learning.
+        seed: for the sample order and QDrop's masks.
+    """
+
+    iterations: int = 200
+    batch: int = 2
+    samples: int | None = None
+    max_block_layers: int = 4
+    rounding_lr: float = 1e-2
+    step_lr: float = 1e-3
+    rounding_weight: float = 0.01
+    warmup: float = 0.2
+    exponents: tuple[float, float] = (20.0, 2.0)
+    drop: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.iterations < 1 or self.batch < 1 or self.max_block_layers < 1:
+            raise MtcError("reconstruction needs at least one iteration, one sample per step and one layer per block",
+                           hint="check the reconstruction options")
+
+    def exponent(self, iteration: int) -> float:
+        start = self.warmup * self.iterations
+        progress = max(0.0, (iteration - start) / max(self.iterations - start, 1))
+        high, low = self.exponents
+        return low + (high - low) * max(0.0, 1.0 - progress)
+
+
+@dataclass(frozen=True)
+class Block:
+    """nodes[start:stop] of the graph; `layers` the quantized nodes among them, `exits` the
+    float tensors made inside and read after it (or graph outputs): what it reconstructs."""
+
+    start: int
+    stop: int
+    layers: tuple[str, ...]
+    exits: tuple[str, ...]
+
+
+def _live_counts(model: onnx.ModelProto) -> tuple[list[int], dict[str, int]]:
+    """For each cut position p (before node p): how many float activations made before p are
+    read at or after p; and each tensor's last reader (a tensor is needed after a cut at p
+    when its last reader is at p or later)."""
+    nodes = list(model.graph.node)
+    floats = float_tensors(model)
+    constants = {i.name for i in model.graph.initializer} | {o for n in nodes if n.op_type == "Constant"
+                                                              for o in n.output}
+    last_read = {}
+    for position, node in enumerate(nodes):
+        for name in node.input:
+            last_read[name] = position
+    made = {i.name: -1 for i in model.graph.input}
+    for position, node in enumerate(nodes):
+        for name in node.output:
+            made[name] = position
+    counts = [0] * (len(nodes) + 1)
+    for name, position in made.items():
+        if name in floats and name not in constants and name in last_read:
+            for p in range(position + 1, last_read[name] + 1):
+                counts[p] += 1
+    return counts, last_read
+
+
+def find_blocks(model: onnx.ModelProto, plan: QdqPlan, *, max_block_layers: int = 4) -> list[Block]:
+    """Cut the graph (in node order) into blocks, each holding at least one quantized layer
+    (the last one may also hold the nodes after the last layer)."""
+    nodes = list(model.graph.node)
+    position = {n.name: i for i, n in enumerate(nodes)}
+    layers = sorted(position[name] for name in plan.node_names if name in position)
+    if not layers:
+        return []
+    counts, last_read = _live_counts(model)
+    cuts, start, held = [], 0, 0
+    for this, following in zip(layers, [*layers[1:], len(nodes)]):
+        held += 1
+        if following == len(nodes):
+            break
+        gap = range(this + 1, following + 1)
+        best = min(gap, key=lambda p: counts[p])
+        if counts[best] <= counts[start] or held >= max_block_layers:
+            cuts.append(best)
+            start, held = best, 0
+    bounds = [0, *cuts, len(nodes)]
+    outputs = {o.name for o in model.graph.output}
+    floats = float_tensors(model)
+    blocks = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        made = [o for n in nodes[a:b] if n.op_type != "Constant" for o in n.output if o]
+        exits = tuple(t for t in made if t in floats and (last_read.get(t, -1) >= b or t in outputs))
+        blocks.append(Block(a, b, tuple(nodes[i].name for i in layers if a <= i < b), exits))
+    return blocks
+
+
+@dataclass
+class Reconstruction:
+    """The reconstructed quantized executor, with what each block learned and how."""
+
+    module: GraphModule
+    quant: FakeQuant
+    blocks: list[Block]
+    losses: list[list[float]] = field(default_factory=list)  # per block: the reconstruction loss per step
+
+
+def _squared_error(got: Mapping, want: Mapping, names: Sequence[str]):
+    """Squared error summed over each sample's elements (as AdaRound and BRECQ weigh it
+    against the rounding regulariser)."""
+    return sum(((got[n] - want[n]) ** 2).sum() for n in names)
+
+
+def reconstruct(model: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, ActivationRange],
+                feeds: Sequence[Mapping[str, np.ndarray]], *, activation_type: str = "int8", weight_bits: int = 8,
+                config: ReconstructionConfig = ReconstructionConfig(), checkpoint: Path | None = None,
+                progress: Callable[[int, int], None] | None = None) -> Reconstruction:
+    """Reconstruct every block of `model` quantized as `plan` and `ranges` say, on `feeds`
+    (model inputs, recurrent state as the FP32 model produced it). `progress(done, total)` is
+    called after each block.
+
+    With `checkpoint`, what the finished blocks learned is saved there after each block, and a
+    run that finds it resumes after the last saved block with the same result as one that
+    was never interrupted.
+    """
+    teacher, student = GraphModule(model), GraphModule(model)
+    for module in (teacher, student):
+        module.requires_grad_(False)  # the float weights stay; only roundings and step sizes learn
+    quant = attach_fake_quant(student, model, plan, ranges, activation_type=activation_type, weight_bits=weight_bits)
+    blocks = find_blocks(model, plan, max_block_layers=config.max_block_layers)
+    _, last_read = _live_counts(model)
+    samples = list(feeds[: config.samples] if config.samples else feeds)
+    if not samples:
+        raise MtcError("block reconstruction got no calibration samples", hint="give it calibration frames")
+    teacher_fronts = [to_torch_feeds(s) for s in samples]
+    student_fronts = [dict(f) for f in teacher_fronts]
+    first_reader = _first_reader_block(student, quant, blocks)
+    rng = random.Random(config.seed)
+    torch.manual_seed(config.seed)
+    result = Reconstruction(student, quant, blocks)
+    identity = repr((plan.node_names, sorted(ranges.items()), activation_type, weight_bits, config, len(samples)))
+    done = _resume(checkpoint, identity, result, rng) if checkpoint is not None and Path(checkpoint).exists() else 0
+    with torch.no_grad():  # where the finished blocks leave both graphs
+        for block in blocks[:done]:
+            teacher_fronts = [_prune(teacher.run(f, block.start, block.stop), block.stop, last_read)
+                              for f in teacher_fronts]
+            student_fronts = [_prune(student.run(f, block.start, block.stop), block.stop, last_read)
+                              for f in student_fronts]
+    for number, block in enumerate(blocks[done:], start=done):
+        with torch.no_grad():
+            targets = [teacher.run(dict(front), block.start, block.stop, keep=block.exits) for front in teacher_fronts]
+        steps = [q for q, b in first_reader.items() if b == number]
+        result.losses.append(_train_block(student, quant, block, steps, student_fronts, targets, config, rng))
+        with torch.no_grad():
+            student_fronts = [_prune(student.run(front, block.start, block.stop), block.stop, last_read)
+                              for front in student_fronts]
+        teacher_fronts = [_prune(t, block.stop, last_read) for t in targets]
+        if checkpoint is not None:
+            _save(checkpoint, identity, number + 1, result, rng)
+        if progress:
+            progress(number + 1, len(blocks))
+    return result
+
+
+def _save(path: Path, identity: str, done: int, result: Reconstruction, rng: random.Random) -> None:
+    """What the first `done` blocks learned, and the random states the next block starts from."""
+    state = {"identity": identity, "done": done, "losses": result.losses,
+             "python_rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
+             "roundings": {key: q.rounding.detach() for key, q in result.quant.weights.items()
+                           if q.rounding is not None},
+             "steps": {name: q.log_gain.detach() for name, q in result.quant.activations.items()
+                       if not q.log_gain.requires_grad}}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())  # an interruption mid-write leaves the last checkpoint
+
+
+def _resume(path: Path, identity: str, result: Reconstruction, rng: random.Random) -> int:
+    state = torch.load(path, weights_only=True)
+    if state["identity"] != identity:
+        raise MtcError(f"{path} is the checkpoint of another reconstruction (other model, plan, data or options)",
+                       hint="delete it, or give this run another checkpoint path")
+    for key, rounding in state["roundings"].items():
+        quantizer = result.quant.weights[key]
+        quantizer.rounding = nn.Parameter(rounding.clone())
+        quantizer.fix_rounding()
+    for name, log_gain in state["steps"].items():
+        quantizer = result.quant.activations[name]
+        with torch.no_grad():
+            quantizer.log_gain.copy_(log_gain)
+        quantizer.log_gain.requires_grad_(False)
+    result.losses[:] = state["losses"]
+    rng.setstate(state["python_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    log.info("resuming block reconstruction after block %d of %d", state["done"], len(result.blocks))
+    return state["done"]
+
+
+def _prune(env: dict, stop: int, last_read: Mapping[str, int]) -> dict:
+    """Only the tensors that nodes from `stop` on still read."""
+    return {name: value for name, value in env.items() if last_read.get(name, -1) >= stop}
+
+
+def _first_reader_block(module: GraphModule, quant: FakeQuant, blocks: list[Block]) -> dict:
+    """Each activation quantizer -> the block that first reads through it: it learns there
+    and stays fixed after, so earlier blocks' outputs stay what they were trained to be."""
+    block_of = {}
+    for number, block in enumerate(blocks):
+        for node in module.nodes[block.start:block.stop]:
+            block_of[node.name] = number
+    first = {}
+    for (node, _), transform in module.input_transforms.items():
+        for quantizer in quant.activations.values():
+            if transform is quantizer:
+                first[quantizer] = min(first.get(quantizer, len(blocks)), block_of[node])
+    return first
+
+
+def _train_block(student: GraphModule, quant: FakeQuant, block: Block, step_quantizers, fronts, targets,
+                 config: ReconstructionConfig, rng: random.Random) -> list[float]:
+    if not block.exits:
+        return []
+    weights = []
+    for (node, index), quantizer in quant.weights.items():
+        if node in block.layers:
+            quantizer.learn_rounding(student.parameter(student.nodes[student.node_index[node]].input[index]))
+            weights.append(quantizer)
+    if not weights and not step_quantizers:
+        return []
+    groups = [{"params": [q.rounding for q in weights], "lr": config.rounding_lr},
+              {"params": [q.log_gain for q in step_quantizers], "lr": config.step_lr}]
+    optimizer = torch.optim.Adam([g for g in groups if g["params"]])
+    student.train()
+    quant.set_drop(config.drop)
+    losses = []
+    for iteration in range(config.iterations):
+        chosen = [rng.randrange(len(fronts)) for _ in range(config.batch)]
+        error = sum(_squared_error(student.run(dict(fronts[i]), block.start, block.stop), targets[i], block.exits)
+                    for i in chosen) / len(chosen)
+        loss = error
+        if iteration >= config.warmup * config.iterations and weights:
+            exponent = config.exponent(iteration)
+            loss = loss + config.rounding_weight * sum(q.rounding_penalty(exponent) for q in weights)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(error.detach()))
+    for quantizer in weights:
+        quantizer.fix_rounding()
+    for quantizer in step_quantizers:
+        quantizer.log_gain.requires_grad_(False)
+    student.eval()
+    quant.set_drop(0.0)
+    return losses
