@@ -30,15 +30,7 @@ class SwinWithEmbedding(SwinTransformer):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         embedded = self.patch_embed(x)
-        height, width = int(embedded.shape[2]), int(embedded.shape[3])
-        tokens = embedded.flatten(2).transpose(1, 2)
-        outputs = [embedded]
-        for i, stage in enumerate(self.layers):
-            out, tokens = stage(tokens, height, width)
-            out = getattr(self, f"norm{i}")(out)
-            outputs.append(out.view(-1, height, width, self.channels[i]).permute(0, 3, 1, 2))
-            height, width = (height + 1) // 2, (width + 1) // 2
-        return tuple(outputs)
+        return (embedded, *self.stages(embedded))
 
 
 def _backbone(arch: Architecture) -> nn.Module:

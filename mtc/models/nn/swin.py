@@ -247,10 +247,14 @@ class SwinTransformer(nn.Module):
             self.add_module(f"norm{i}", nn.LayerNorm(dim))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        x = self.patch_embed(x)
+        return self.stages(self.patch_embed(x))
+
+    def stages(self, embedded: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The four stages' normed outputs (NCHW) from the patch embedding (some decoders also
+        read the embedding itself)."""
         # Python ints: the traced graph is static in height and width (see the module docstring).
-        height, width = int(x.shape[2]), int(x.shape[3])
-        tokens = x.flatten(2).transpose(1, 2)
+        height, width = int(embedded.shape[2]), int(embedded.shape[3])
+        tokens = embedded.flatten(2).transpose(1, 2)
         outputs = []
         for i, stage in enumerate(self.layers):
             out, tokens = stage(tokens, height, width)
