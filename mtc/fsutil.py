@@ -215,11 +215,17 @@ def finish_file(tmp: Path, path: Path, *, replace: bool) -> None:
     if replace:
         os.replace(tmp, path)
     else:
-        try:
-            rename_no_replace(tmp, path)
-        except FileExistsError:
-            raise _appeared_error(path) from None
+        _move_into_place(tmp, path)
     fsync_dir(path.parent)
+
+
+def _move_into_place(tmp: Path, path: Path) -> None:
+    """Rename `tmp` to `path` unless something appeared there meanwhile (another run's output, a
+    folder the user made): the rename itself refuses, and that is an MtcError."""
+    try:
+        rename_no_replace(tmp, path)
+    except FileExistsError:
+        raise _appeared_error(path) from None
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -256,12 +262,7 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
             os.replace(tmp, path)
             shutil.rmtree(trash, ignore_errors=True)
         else:
-            # Without --force nothing that appeared at `path` during the run (another run's
-            # output, a folder the user made) is replaced: the rename itself refuses.
-            try:
-                rename_no_replace(tmp, path)
-            except FileExistsError:
-                raise _appeared_error(path) from None
+            _move_into_place(tmp, path)
         fsync_dir(path.parent)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,6 +1,8 @@
-"""I/O contracts several families share, as data (no torch): the families' specs build on them."""
+"""What several families' specs share, as data (no torch): I/O contracts and backbone configurations."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from mtc.artifact.manifest import ModelIO, Preprocess, TensorSpec
 
@@ -20,3 +22,23 @@ def fixed_size_image_io(size: tuple[int, int], *, multiple_of: int = 1, mean: tu
         preprocess=Preprocess(scale=1.0 / 255.0, mean=mean, std=std, resize="fixed", fixed_size=size,
                               multiple_of=multiple_of),
     )
+
+
+@dataclass(frozen=True)
+class SwinConfig:
+    """A Swin v1 backbone (patch 4, MLP ratio 4), as :class:`mtc.models.nn.swin.SwinTransformer` builds it."""
+
+    embed_dim: int
+    depths: tuple[int, ...]
+    num_heads: tuple[int, ...]
+    window_size: int
+
+    @property
+    def channels(self) -> tuple[int, ...]:
+        """Channels of the four stage outputs, finest first."""
+        return tuple(self.embed_dim * 2 ** i for i in range(len(self.depths)))
+
+    @property
+    def levels(self) -> tuple[int, ...]:
+        """Channels of the patch embedding, then of the four stages (for decoders that read both)."""
+        return (self.embed_dim, *self.channels)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
 
 torch = pytest.importorskip("torch")
 
@@ -331,22 +330,6 @@ def test_deform_conv_free_forms_run_on_openvino(small_onnx, small_case, form):
 
     assert "DeformConv" not in {node.op_type for node in model.graph.node}
     assert np.abs(actual - expected).max() < 2e-5  # measured 3.6e-7 (both)
-
-
-def test_rewrite_leaves_graphs_without_deform_conv_alone_and_refuses_strides():
-    plain = helper.make_model(helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])]))
-    strided = helper.make_model(helper.make_graph(
-        [helper.make_node("DeformConv", ["x", "w", "offset"], ["y"], kernel_shape=[3, 3], strides=[2, 2])], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8]),
-         helper.make_tensor_value_info("w", TensorProto.FLOAT, [4, 2, 3, 3]),
-         helper.make_tensor_value_info("offset", TensorProto.FLOAT, [1, 18, 3, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]), opset_imports=[helper.make_opsetid("", 19)])
-
-    assert decompose_deform_conv(plain) == (plain, 0)
-    with pytest.raises(MtcError, match="stride 1"):
-        decompose_deform_conv(strided)
 
 
 def test_export_refuses_sizes_that_are_not_multiples_of_32(small_matte):

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mtc.artifact.manifest import ModelIO
-from mtc.models.contracts import fixed_size_image_io
+from mtc.models.contracts import SwinConfig, fixed_size_image_io
 from mtc.models.registry import ModelSpec, VariantSpec, register
 from mtc.weights import UrlSource, WeightFile
 
@@ -70,21 +70,6 @@ DEFORM_CONV_FORMS = ("native", "decomposed")  # how ASPPDeformable exports; see 
 
 INPUT_NAMES = ("src",)
 OUTPUT_NAMES = ("alpha",)
-
-
-@dataclass(frozen=True)
-class SwinConfig:
-    """A Swin v1 backbone as the official `swin_v1_*` constructors build it."""
-
-    embed_dim: int
-    depths: tuple[int, ...]
-    num_heads: tuple[int, ...]
-    window_size: int
-
-    @property
-    def channels(self) -> tuple[int, ...]:
-        """Channels of the four stage outputs, finest first."""
-        return tuple(self.embed_dim * 2 ** i for i in range(len(self.depths)))
 
 
 # The official `bb` names and their `swin_v1_*` constructors.

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mtc.artifact.manifest import ModelIO
-from mtc.models.contracts import fixed_size_image_io
+from mtc.models.contracts import SwinConfig, fixed_size_image_io
 from mtc.models.registry import ModelSpec, VariantSpec, register
 from mtc.weights import UrlSource, WeightFile
 
@@ -61,21 +61,6 @@ OUTPUT_NAMES = ("alpha",)
 
 
 @dataclass(frozen=True)
-class SwinConfig:
-    """A Swin v1 backbone (the official `SwinB`: patch 4, MLP ratio 4)."""
-
-    embed_dim: int
-    depths: tuple[int, ...]
-    num_heads: tuple[int, ...]
-    window_size: int
-
-    @property
-    def channels(self) -> tuple[int, ...]:
-        """Channels of the five levels: the patch embedding, then the four stages."""
-        return (self.embed_dim, *(self.embed_dim * 2 ** i for i in range(len(self.depths))))
-
-
-@dataclass(frozen=True)
 class Res2NetConfig:
     """A Res2Net v1b backbone (see :class:`mtc.models.nn.res2net.Res2Net`)."""
 
@@ -87,7 +72,7 @@ class Res2NetConfig:
     scale: int = 4
 
     @property
-    def channels(self) -> tuple[int, ...]:
+    def levels(self) -> tuple[int, ...]:
         """Channels of the five levels: the stem, then the four stages."""
         return (64, *(4 * p for p in self.planes))
 

@@ -55,7 +55,7 @@ class InSPyReNet(nn.Module):
         self.backbone = _backbone(arch)
         depth = arch.depth
         base_h, base_w = arch.base_size
-        for i, channels in enumerate(arch.backbone.channels, start=1):
+        for i, channels in enumerate(arch.backbone.levels, start=1):
             self.add_module(f"context{i}", PAAE(channels, depth))
         self.decoder = PAAD(3 * depth, depth)
         self.attention0 = SICA(depth, depth, (base_h, base_w), lmap_in=True)
