@@ -23,6 +23,7 @@ FRAME_PATTERN = re.compile(r"%0?\d*d")
 # `mtc run`'s exit status when the output was written but the input video lost frames to
 # damaged data: distinct from 1 (nothing usable written), so scripts can tell the two apart.
 EXIT_LOST_FRAMES = 3
+LOCAL_RAY = "local"  # `--ray` without an address: start a cluster on this machine
 
 
 @click.command()
@@ -69,12 +70,15 @@ EXIT_LOST_FRAMES = 3
               show_default=True, help="cf: closed-form matting; knn: KNN matting.")
 @click.option("--post-process-mask", is_flag=True,
               help="Clean the matte into a binary mask: opening, Gaussian blur, threshold (before --alpha-matting).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value=LOCAL_RAY, metavar="[ADDRESS]",
+              help="INPUT is a video or a folder of videos and OUTPUT a folder: matte them on Ray, one task per video, "
+                   "on a local cluster or the one at ADDRESS (auto, ray://HOST:10001); `mtc batch` has more options.")
 @max_pixels_option
 def run(folder: Path, input: str, output: Path, what: str, background: str, plate: Path | None, ratio: float | None,
         backend: str,
         precision: str, profiles: str | None, threads: int | None, x264_preset: str, encoder: str,
         force: bool, watch: bool, raw_size: str | None, alpha_matting: bool, am_foreground: int, am_background: int,
-        am_erode: int, am_method: str, post_process_mask: bool) -> None:
+        am_erode: int, am_method: str, post_process_mask: bool, ray_address: str | None) -> None:
     """Matte INPUT with the artifact in FOLDER and write OUTPUT.
 
     INPUT is an image, a folder of images, a video, `builtin` for the built-in demo clip, or
@@ -87,6 +91,19 @@ def run(folder: Path, input: str, output: Path, what: str, background: str, plat
     from mtc.runtime.apply import CoverageTally, FinishedSession, make_renderer
     from mtc.runtime.media import is_video
 
+    if ray_address is not None:
+        from mtc.cli.batch import run_library
+
+        single_process = {"--watch": watch, "--raw": raw_size, "--alpha-matting": alpha_matting,
+                          "--post-process-mask": post_process_mask, "--background-plate": plate, "--ratio": ratio,
+                          "--profile": profiles, "--precision": precision != "fp32"}
+        if any(single_process.values()):
+            used = ", ".join(name for name, value in single_process.items() if value)
+            raise click.UsageError(f"--ray does not take {used}: it runs the artifact's defaults on each worker")
+        run_library(folder, [input], output, address=None if ray_address == LOCAL_RAY else ray_address,
+                    threads_per_video=threads or 1, what=what, background=background, backend=backend, force=force,
+                    x264_preset=x264_preset, encoder=encoder)
+        return
     raw = _raw_size(input, output, raw_size)
     if watch and not Path(input).is_dir():
         raise click.UsageError(f"--watch needs a folder to watch; {input!r} is not one")

@@ -12,13 +12,14 @@ from pathlib import Path
 
 from mtc.artifact.manifest import Manifest, read_manifest
 from mtc.backends import BackendOptions, create_backend
+from mtc.runtime.scenes import DEFAULT_SCENE_CUT_THRESHOLD
 from mtc.runtime.session import Matte, MattingSession, check_frame
 
 __all__ = ["load", "BackendOptions", "Matte", "MattingSession", "check_frame", "Manifest"]
 
 
 def load(folder: str | Path, *, backend: str = "auto", downsample_ratio: float | None = None,
-         scene_cut_threshold: float | None = 30.0, threads: int | None = None,
+         scene_cut_threshold: float | None = DEFAULT_SCENE_CUT_THRESHOLD, threads: int | None = None,
          allow_spinning: bool = True, precision: str = "fp32", providers: tuple[str, ...] | None = None,
          profiles: str | tuple | None = None, cuda_graph: bool = False,
          build_missing: bool = True) -> MattingSession:

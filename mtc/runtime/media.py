@@ -442,17 +442,22 @@ class VideoReader:
     def __iter__(self) -> Iterator[np.ndarray]:
         return (rgb for _, rgb in self.timed_frames())
 
-    def timed_frames(self) -> Iterator[tuple[float | None, np.ndarray]]:
+    def timed_frames(self, first: int = 0) -> Iterator[tuple[float | None, np.ndarray]]:
         """(presentation time in seconds from the first frame, frame) pairs; the time is None
         where the container stores none. Phones write variable frame rates: these times, not
-        the frame count, keep a re-encoded video in step with its audio."""
+        the frame count, keep a re-encoded video in step with its audio.
+
+        Frames before number `first` (0-based) are decoded, as the ones after need them, but
+        not converted or returned: a piece of the video starting there."""
         if self._started:
             raise RuntimeError("VideoReader can be iterated only once; open a new one")
         self._started = True
         to_rgb = VideoReformatter()  # keeps FFmpeg's conversion context across frames
         start = self._first.pts
         width, height = self._stored_size
-        for frame in itertools.chain([self._first], self._decoded):
+        for index, frame in enumerate(itertools.chain([self._first], self._decoded)):
+            if index < first:
+                continue
             # One swscale thread, for the reasons given in VideoWriter._encoder_frame.
             if (frame.width, frame.height) != self._stored_size:
                 self._note_resize(frame)

@@ -20,6 +20,7 @@ from mtc.artifact.manifest import ModelIO
 from mtc.backends import Backend
 from mtc.errors import MtcError
 from mtc.runtime.frames import MIN_FRAME_SIDE, check_frame
+from mtc.runtime.scenes import DEFAULT_SCENE_CUT_THRESHOLD, SceneCutDetector
 
 log = logging.getLogger("mtc")
 
@@ -132,7 +133,7 @@ class MattingSession:
     """
 
     def __init__(self, io: ModelIO, backend: Backend, *, downsample_ratio: float | None = None,
-                 scene_cut_threshold: float | None = 30.0, check_outputs: bool = True):
+                 scene_cut_threshold: float | None = DEFAULT_SCENE_CUT_THRESHOLD, check_outputs: bool = True):
         self.io = io
         self.checks_outputs = check_outputs
         self.backend = backend
@@ -140,6 +141,8 @@ class MattingSession:
             downsample_ratio = io.downsample.check(downsample_ratio)
         self.downsample_ratio = downsample_ratio
         self.scene_cut_threshold = scene_cut_threshold
+        # Only recurrent models have state a cut could make stale.
+        self._cuts = SceneCutDetector(scene_cut_threshold) if scene_cut_threshold is not None and io.states else None
         self.image_input = io.input_with_role("image")
         self.background_input = io.input_with_role("background")
         self.alpha_output = io.output_with_role("alpha")
@@ -162,7 +165,6 @@ class MattingSession:
         self._plate_tensor: np.ndarray | None = None  # ... preprocessed at the last model size
         self._state: dict[str, np.ndarray] = {}
         self._frame_shape: tuple[int, int] | None = None
-        self._thumb: np.ndarray | None = None
         self._checked_sizes: set[tuple[int, int]] = set()  # model input sizes whose outputs were checked
         self.frames_processed = 0
         self.state_resets = 0
@@ -172,19 +174,14 @@ class MattingSession:
 
     def reset(self) -> None:
         """Forget the recurrent state (the next frame starts a new shot)."""
+        self._reset_state()
+        if self._cuts is not None:
+            self._cuts.forget()
+
+    def _reset_state(self) -> None:
         self._state = {
             pair.input: np.full(pair.initial_shape, pair.initial_value, dtype=np.float32) for pair in self.io.states
         }
-        self._thumb = None
-
-    def _is_scene_cut(self, frame: np.ndarray) -> bool:
-        if self.scene_cut_threshold is None or not self.io.states:
-            return False
-        h, w = frame.shape[:2]
-        step_y, step_x = max(1, h // 36), max(1, w // 64)
-        thumb = frame[::step_y, ::step_x].mean(axis=2, dtype=np.float32)
-        previous, self._thumb = self._thumb, thumb
-        return previous is not None and float(np.abs(thumb - previous).mean()) > self.scene_cut_threshold
 
     # ---- the frame path ---------------------------------------------------------------------
 
@@ -259,12 +256,12 @@ class MattingSession:
                 self.state_resets += 1
             self.reset()
             self._frame_shape = (h, w)
-        elif self._is_scene_cut(frame):
+            if self._cuts is not None:
+                self._cuts.is_cut(frame)  # the first frame at this size: the reference for the next
+        elif self._cuts is not None and self._cuts.is_cut(frame):
             log.debug("scene cut at frame %d: resetting recurrent state", self.frames_processed)
-            self.reset()
+            self._reset_state()
             self.state_resets += 1
-        if self._thumb is None:
-            self._is_scene_cut(frame)  # seed the thumbnail for the next comparison
         model_h, model_w = self._model_size(h, w)
         if (model_h, model_w) != (h, w):
             frame = _resize_rgb(frame, model_h, model_w, self._filter)

@@ -1,5 +1,6 @@
 """Batch matting of a video library on a local Ray cluster: outputs identical to `mtc run`, a
-broken video reported without stopping the others, finished outputs skipped on a re-run."""
+broken video reported without stopping the others, finished outputs skipped on a re-run, and a
+video split at its scene cuts into pieces joined into the single run's output."""
 
 from __future__ import annotations
 
@@ -36,6 +37,24 @@ def library(tmp_path_factory):
                 writer.write(frame)
     (videos / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
     return artifact, videos
+
+
+def shots(*lengths: int) -> list[np.ndarray]:
+    """Steady shots, alternately dark and bright, so that every change of shot is a hard cut."""
+    frames = []
+    for number, count in enumerate(lengths):
+        shift = -60 if number % 2 else 60
+        frames += [np.clip(f.astype(np.int16) + shift, 0, 255).astype(np.uint8) for f in stream(count, seed=10 + number)]
+    return frames
+
+
+@pytest.fixture(scope="module")
+def long_video(library):
+    path = library[1].parent / "long" / "three-shots.mp4"
+    with VideoWriter(path, width=32, height=24, fps=10, kind="rgb") as writer:
+        for frame in shots(7, 5, 8):
+            writer.write(frame)
+    return path
 
 
 def _frames(path: Path) -> list[np.ndarray]:
@@ -94,3 +113,43 @@ def test_inputs_are_checked_before_any_work(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(MtcError, match="no video files"):
         find_videos([tmp_path / "empty"])
+
+
+def test_a_video_split_at_its_cuts_gives_the_single_run_output(cluster, library, long_video, tmp_path):
+    from mtc.cli.main import cli
+
+    artifact, _ = library
+    out = tmp_path / "out"
+    report = matte_library(artifact, [long_video], out, split_shots=True, min_piece_frames=5)
+    assert report.results[0].ok and report.results[0].frames == 20, report.results[0]
+    assert report.results[0].pieces == 3
+    single = tmp_path / "single.mp4"
+    result = CliRunner().invoke(cli, ["run", str(artifact), str(long_video), "-o", str(single)])
+    assert result.exit_code == 0, result.output
+    ours, theirs = _frames(out / long_video.name), _frames(single)
+    assert len(ours) == 20 and all(np.array_equal(a, b) for a, b in zip(ours, theirs))
+    # The pieces are gone once joined.
+    assert [p.name for p in out.iterdir()] == [long_video.name]
+
+
+def test_splitting_really_cuts_the_video_into_pieces(library, long_video):
+    from mtc.runtime.scenes import find_shots
+
+    plan = find_shots(long_video)
+    assert plan.cuts == (7, 12) and plan.frames == 20 and len(plan.times) == 20
+    assert plan.pieces(5) == [(0, 7), (7, 12), (12, 20)]
+    assert plan.pieces(6) == [(0, 7), (7, 20)]  # the 5-frame shot joins the next
+    assert plan.pieces(100) == [(0, 20)]
+
+
+def test_mtc_run_ray_mattes_a_folder_of_videos(cluster, library, tmp_path):
+    from mtc.cli.main import cli
+
+    artifact, videos = library
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["run", str(artifact), str(videos / "clip1.mp4"), "-o", str(out), "--what",
+                                      "alpha", "--ray"])
+    assert result.exit_code == 0, result.output
+    assert "1 of 1 videos done" in result.output and (out / "clip1.mp4").is_file()
+    refused = CliRunner().invoke(cli, ["run", str(artifact), str(videos), "-o", str(out), "--watch", "--ray"])
+    assert refused.exit_code == 2 and "--ray does not take --watch" in refused.output
