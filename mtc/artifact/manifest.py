@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mtc.artifact.program import Program, program_from_reader
 from mtc.errors import MtcError
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 REPORT_NAME = "report.json"
 
-INPUT_ROLES = ("image", "background", "state", "downsample_ratio")
+INPUT_ROLES = ("image", "background", "state", "downsample_ratio", "prompt")
 OUTPUT_ROLES = ("alpha", "foreground", "state", "aux")
 DTYPES = ("float32", "float16", "int64", "int32", "uint8")
 RESIZE_MODES = ("none", "fixed", "reference")
@@ -259,7 +260,17 @@ class Manifest:
     provenance: dict[str, Any] = field(default_factory=dict)
     check_sizes: tuple[CheckSize, ...] = ()
     quantization: QuantRecipe = field(default_factory=QuantRecipe)
+    # Several graphs and how values flow between them (mtc.artifact.program); None: the one
+    # graph in model_file is the model, fed per `io`.
+    program: Program | None = None
     schema_version: int = SCHEMA_VERSION
+
+    def require_single_graph(self, what: str) -> None:
+        """MtcError unless the model is one graph: `what` (a command) does not handle programs yet."""
+        if self.program is not None:
+            raise MtcError(f"{what} works on single-graph artifacts; {self.model} ({self.variant}) is "
+                           f"{len(self.program.graphs)} graphs run by a program",
+                           hint="run it with `mtc run` or mtc.runtime.load(); see docs/architecture.md")
 
     def checks(self) -> tuple[CheckSize, ...]:
         """The declared check sizes, else the defaults for this model's input rule."""
@@ -565,6 +576,7 @@ def manifest_from_dict(data: Any, *, source: str = MANIFEST_NAME) -> Manifest:
         provenance=r.get("provenance", dict, {}),
         check_sizes=_check_sizes(r, data),
         quantization=_quant_recipe(r.child("quantization")) if "quantization" in data else QuantRecipe(),
+        program=program_from_reader(r.child("program")) if data.get("program") is not None else None,
         schema_version=version,
     )
     problem = check_member_name(manifest.model_file)
@@ -572,7 +584,20 @@ def manifest_from_dict(data: Any, *, source: str = MANIFEST_NAME) -> Manifest:
         raise r.child("model_file").fail(problem)
     if manifest.model_file not in manifest.files:
         raise r.child("model_file").fail(f"names {manifest.model_file!r}, which is not listed in files")
+    for name in manifest.program.files if manifest.program else ():
+        if name not in manifest.files:
+            raise r.child("program").fail(f"names graph file {name!r}, which is not listed in files")
+    _check_prompt(manifest, r)
     return manifest
+
+
+def _check_prompt(manifest: Manifest, r: _Reader) -> None:
+    """A prompt input is what a prompted program reads on its first frame: one implies the other."""
+    prompt = manifest.io.input_with_role("prompt")
+    wants = manifest.program is not None and manifest.program.prompt is not None
+    if (prompt is not None) != wants:
+        raise r.child("io").fail("has a 'prompt' input without a prompted program" if prompt is not None
+                                 else "lacks the 'prompt' input its program reads")
 
 
 # ---- files and hashes -----------------------------------------------------------------------

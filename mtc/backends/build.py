@@ -41,6 +41,7 @@ def build(folder: str | Path, *, backend: str, profiles: str | tuple = "hd", pre
     folder = Path(folder)
     entry = get_backend(backend)
     manifest = read_manifest(folder)
+    manifest.require_single_graph("building engines")
     chosen = model_space_profiles(parse_profiles(profiles), manifest.io)
     common = BackendOptions(threads=threads, precision=precision)
     options = entry.options()

@@ -33,6 +33,7 @@ def inspect(folder: Path, resolution: tuple[int, int], ratio: float | None, as_j
     from mtc.graph_stats import frame_cost, summarize_graph
 
     manifest = read_manifest(folder)
+    manifest.require_single_graph("mtc inspect")
     model = onnx.load(str(folder / manifest.model_file))
     width, height = resolution
     if ratio is not None and manifest.io.downsample is not None:

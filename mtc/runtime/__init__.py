@@ -12,6 +12,7 @@ from pathlib import Path
 
 from mtc.artifact.manifest import Manifest, read_manifest
 from mtc.backends import BackendOptions, create_backend
+from mtc.errors import MtcError
 from mtc.runtime.scenes import DEFAULT_SCENE_CUT_THRESHOLD
 from mtc.runtime.session import Matte, MattingSession, check_frame
 
@@ -66,8 +67,17 @@ def load(folder: str | Path, *, backend: str = "auto", downsample_ratio: float |
                                            providers=tuple(providers) if providers is not None else None),
         "tensorrt": tensorrt.Options(profiles=profiles, cuda_graph=cuda_graph, build_missing=build_missing,
                                      ratio_policy="strict" if downsample_ratio is not None else "profile")})
-    engine = create_backend(backend, folder / manifest.model_file, io=manifest.io, manifest=manifest, folder=folder,
-                            options=options)
+    if manifest.program is not None:
+        from mtc.runtime.program import open_program
+
+        if backend == "tensorrt":
+            raise MtcError("multi-graph artifacts run on ONNX Runtime and OpenVINO; TensorRT engines for them "
+                           "are not built yet", hint="use --backend onnxruntime or openvino")
+        engine = open_program(manifest, folder, lambda path: create_backend(backend, path, folder=folder,
+                                                                            options=options))
+    else:
+        engine = create_backend(backend, folder / manifest.model_file, io=manifest.io, manifest=manifest,
+                                folder=folder, options=options)
     session = MattingSession(manifest.io, engine, downsample_ratio=downsample_ratio,
                              scene_cut_threshold=scene_cut_threshold)
     session.manifest = manifest

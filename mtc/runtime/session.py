@@ -145,6 +145,10 @@ class MattingSession:
         self._cuts = SceneCutDetector(scene_cut_threshold) if scene_cut_threshold is not None and io.states else None
         self.image_input = io.input_with_role("image")
         self.background_input = io.input_with_role("background")
+        self.prompt_input = io.input_with_role("prompt")
+        self._prompt: np.ndarray | None = None  # the first frame's mask as given (HxW float32 in [0, 1])
+        self._prompt_source = None  # or what makes it from the first frame
+        self._prompt_due = True  # the next frame begins a stream and gets the prompt
         self.alpha_output = io.output_with_role("alpha")
         self.foreground_output = io.output_with_role("foreground")
         missing = {t.name for t in io.inputs} - set(backend.input_names)
@@ -177,6 +181,10 @@ class MattingSession:
         self._reset_state()
         if self._cuts is not None:
             self._cuts.forget()
+        self._prompt_due = True
+        backend_reset = getattr(self.backend, "reset", None)  # a multi-graph engine's own memory
+        if backend_reset is not None:
+            backend_reset()
 
     def _reset_state(self) -> None:
         self._state = {
@@ -210,6 +218,34 @@ class MattingSession:
             check_frame(plate)
             plate = np.ascontiguousarray(plate)
         self._plate, self._plate_tensor = plate, None
+
+    def set_prompt(self, mask) -> None:
+        """Give the mask of the object to matte on the first frame, for models that follow an
+        object from a first-frame mask (the manifest has a `prompt` input).
+
+        Args:
+            mask: HxW, the size of the frames: bool, uint8 (0-255) or float in [0, 1]; or a
+                function that makes one from the first frame (HxWx3 uint8), e.g. another
+                session's alpha; None forgets it. Used on every first frame (the first, and the
+                first after `reset`); a function is asked again each time.
+
+        Raises:
+            MtcError: the model takes no prompt, or the mask is not 2-D.
+        """
+        if mask is not None and self.prompt_input is None:
+            raise MtcError("this model takes no first-frame mask", hint="drop --mask / --mask-from")
+        self._prompt_source = mask if callable(mask) else None
+        self._prompt = None if mask is None or callable(mask) else _as_mask(mask)
+
+    def _prompt_tensor(self, height: int, width: int, model_h: int, model_w: int) -> np.ndarray | None:
+        if self._prompt is None:
+            return None  # the engine says what it needs
+        if self._prompt.shape != (height, width):
+            mh, mw = self._prompt.shape
+            raise MtcError(f"the first-frame mask is {mw}x{mh} but the frames are {width}x{height}",
+                           hint="make the mask from the video's first frame, at its size")
+        plane = self._prompt if (model_h, model_w) == (height, width) else _resize_plane(self._prompt, model_h, model_w)
+        return np.ascontiguousarray(plane, dtype=np.float32)[None, None]
 
     def _background_tensor(self, height: int, width: int, model_h: int, model_w: int) -> np.ndarray:
         if self._plate is None:
@@ -262,16 +298,23 @@ class MattingSession:
             log.debug("scene cut at frame %d: resetting recurrent state", self.frames_processed)
             self._reset_state()
             self.state_resets += 1
+        if self.prompt_input is not None and self._prompt_due and self._prompt_source is not None:
+            self._prompt = _as_mask(self._prompt_source(frame))  # from the frame as it came
         model_h, model_w = self._model_size(h, w)
         if (model_h, model_w) != (h, w):
             frame = _resize_rgb(frame, model_h, model_w, self._filter)
         feeds = {self.image_input.name: self._image_tensor(frame), **self._state}
         if self.background_input is not None:
             feeds[self.background_input.name] = self._background_tensor(h, w, model_h, model_w)
+        if self.prompt_input is not None and self._prompt_due:
+            prompt = self._prompt_tensor(h, w, model_h, model_w)
+            if prompt is not None:
+                feeds[self.prompt_input.name] = prompt
         ratio = self.ratio_for(model_h, model_w)
         if ratio is not None:
             feeds[self.io.downsample.input] = np.array([ratio], dtype=np.float32)
         outputs = self.backend.run(feeds)
+        self._prompt_due = False
         if self.checks_outputs and (model_h, model_w) not in self._checked_sizes:
             self.check_outputs(outputs, model_h, model_w)
             self._checked_sizes.add((model_h, model_w))
@@ -354,6 +397,17 @@ def _pil_filter(name: str):
     from PIL import Image
 
     return {"bilinear": Image.BILINEAR, "lanczos": Image.LANCZOS}[name]
+
+
+def _as_mask(mask) -> np.ndarray:
+    """A first-frame mask as HxW float32 in [0, 1] (grey, RGB or an RGBA cut-out's alpha accepted)."""
+    mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[2] in (1, 3, 4):
+        mask = mask[..., 3] if mask.shape[2] == 4 else mask[..., 0]
+    if mask.ndim != 2:
+        raise MtcError(f"the first-frame mask must be a 2-D picture, got shape {mask.shape}",
+                       hint="pass a black-and-white PNG the size of the video")
+    return mask.astype(np.float32) / (255.0 if mask.dtype == np.uint8 else 1.0)
 
 
 def _resize_rgb(frame: np.ndarray, height: int, width: int, filter_name: str = "bilinear") -> np.ndarray:

@@ -130,6 +130,7 @@ def package_triton(artifact: str | Path, repository: str | Path, *, kind: str = 
         raise MtcError(f"unknown repository kind {kind!r}", hint=f"use one of {', '.join(KINDS)}")
     name = _check_name(name or default_name(artifact))
     manifest = read_manifest(artifact)
+    manifest.require_single_graph("mtc package")
     if kind != "python" and platform == "tensorrt_plan" and plan is None:
         raise MtcError("the tensorrt_plan platform needs the engine built for the serving GPU",
                        hint="pass --plan FILE (e.g. from trtexec on that GPU), or use --platform onnxruntime_onnx")
