@@ -97,6 +97,7 @@ def export(model: str, variant: str | None, output: Path | None, precision: str 
     spec = get_model(model)
     var = spec.variant(variant).alpha_only() if alpha_only else spec.variant(variant)
     output = output or default_output_dir(spec, var, precision or "fp32")
+    click.echo(f"{spec.name} is licensed under {spec.license}", err=True)
     export_options = dict(variant=variant, weights_path=weights_path, offline=offline, simplify=not no_simplify,
                           alpha_only=alpha_only)
     if precision is None:

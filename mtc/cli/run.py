@@ -70,6 +70,12 @@ LOCAL_RAY = "local"  # `--ray` without an address: start a cluster on this machi
               show_default=True, help="cf: closed-form matting; knn: KNN matting.")
 @click.option("--post-process-mask", is_flag=True,
               help="Clean the matte into a binary mask: opening, Gaussian blur, threshold (before --alpha-matting).")
+@click.option("--mask", "mask_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Models that follow an object (matanyone): the first frame's mask, white on black (or a cut-out), "
+                   "the size of the video.")
+@click.option("--mask-from", "mask_from", type=click.Path(path_type=Path, file_okay=False),
+              help="Models that follow an object: make the first frame's mask with this image-matting artifact "
+                   "(e.g. artifacts/birefnet-general-fp32), so one command mattes any object.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value=LOCAL_RAY, metavar="[ADDRESS]",
               help="INPUT is a video or a folder of videos and OUTPUT a folder: matte them on Ray, one task per video, "
                    "on a local cluster or the one at ADDRESS (auto, ray://HOST:10001); `mtc batch` has more options.")
@@ -78,7 +84,8 @@ def run(folder: Path, input: str, output: Path, what: str, background: str, plat
         backend: str,
         precision: str, profiles: str | None, threads: int | None, x264_preset: str, encoder: str,
         force: bool, watch: bool, raw_size: str | None, alpha_matting: bool, am_foreground: int, am_background: int,
-        am_erode: int, am_method: str, post_process_mask: bool, ray_address: str | None) -> None:
+        am_erode: int, am_method: str, post_process_mask: bool, mask_path: Path | None, mask_from: Path | None,
+        ray_address: str | None) -> None:
     """Matte INPUT with the artifact in FOLDER and write OUTPUT.
 
     INPUT is an image, a folder of images, a video, `builtin` for the built-in demo clip, or
@@ -95,6 +102,7 @@ def run(folder: Path, input: str, output: Path, what: str, background: str, plat
         from mtc.cli.batch import run_library
 
         single_process = {"--watch": watch, "--raw": raw_size, "--alpha-matting": alpha_matting,
+                          "--mask": mask_path, "--mask-from": mask_from,
                           "--post-process-mask": post_process_mask, "--background-plate": plate, "--ratio": ratio,
                           "--profile": profiles, "--precision": precision != "fp32"}
         if any(single_process.values()):
@@ -128,6 +136,7 @@ def run(folder: Path, input: str, output: Path, what: str, background: str, plat
         from mtc.runtime.media import read_image
 
         session.set_background(read_image(plate))
+    _give_prompt(session, mask_path, mask_from, backend=backend, threads=threads)
     if raw is not None:
         stats = _run_raw(session, raw, output, renderer, force)
         click.echo(f"{stats.frames} frames -> {output}: {stats.fps:.1f} FPS end to end, "
@@ -157,6 +166,36 @@ def run(folder: Path, input: str, output: Path, what: str, background: str, plat
         _warn_about_coverage(session.manifest, tally, every_frame=False)
     else:
         raise MtcError(f"input not found: {input}", hint=f"pass an image, a folder, a video, or `{BUILTIN}`")
+
+
+def _give_prompt(session, mask_path: Path | None, mask_from: Path | None, *, backend: str, threads: int | None) -> None:
+    """Hand the first-frame mask to a model that follows an object; refuse a mask elsewhere, and
+    a missing one before any frame is decoded."""
+    from mtc.errors import MtcError
+
+    if mask_path is not None and mask_from is not None:
+        raise click.UsageError("pass --mask or --mask-from, not both")
+    takes = session.prompt_input is not None
+    given = mask_path or mask_from
+    if given is not None and not takes:
+        flag = "--mask" if mask_path else "--mask-from"
+        raise MtcError(f"{flag}: this model takes no first-frame mask", hint=f"drop {flag}: {_purpose_hint(session.manifest)}")
+    if takes and given is None:
+        raise MtcError("this model mattes the object marked on the first frame, and no mask was given",
+                       hint="pass --mask FIRST_FRAME_MASK.png, or --mask-from an image-matting artifact "
+                            "(e.g. artifacts/birefnet-general-fp32)")
+    if mask_path is not None:
+        from mtc.runtime.media import read_mask
+
+        session.set_prompt(read_mask(mask_path))
+    elif mask_from is not None:
+        from mtc.runtime import load
+
+        finder = load(mask_from, backend=backend, threads=threads)
+        if finder.prompt_input is not None:
+            raise MtcError(f"--mask-from {mask_from}: that model needs a mask itself",
+                           hint="use an image-matting artifact (birefnet, u2net, inspyrenet)")
+        session.set_prompt(lambda frame: finder.process(frame).alpha)
 
 
 def _raw_size(input: str, output: Path, raw_size: str | None) -> tuple[int, int] | None:

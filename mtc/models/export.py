@@ -48,8 +48,12 @@ def export_model(name: str, *, variant: str | None = None, output: Path | None =
     weights = fetch_weights(var.weights, weights_path=weights_path, offline=offline)
     timings = {"fetch_s": time.perf_counter() - started}
     stages = Stages()
-    with stages.stage(f"building the ONNX graph of {spec.name} {var.name} ({var.exporter})", counts=False):
-        original = var.build_onnx(weights)
+    if var.build_program is not None:
+        with stages.stage(f"building the ONNX graphs of {spec.name} {var.name} ({var.exporter})", counts=False):
+            build = var.build_program(weights)
+    else:
+        with stages.stage(f"building the ONNX graph of {spec.name} {var.name} ({var.exporter})", counts=False):
+            original = var.build_onnx(weights)
     job = CompileJob(
         model=spec.name, variant=var.name, task=spec.task, license=spec.license, io=var.io,
         reference=var.build_reference(weights) if var.build_reference else None,
@@ -58,6 +62,11 @@ def export_model(name: str, *, variant: str | None = None, output: Path | None =
         rewrites=var.rewrites, check_sizes=var.check_sizes, quantization=var.quantization,
         provenance={"exporter": var.exporter, "source_file": var.weights.filename,
                     "source_sha256": sha256_file(weights)})
+    if var.build_program is not None:
+        from mtc.export.program import compile_program
+
+        return compile_program(build, job, output=output, overwrite=overwrite, simplify=simplify, timings=timings,
+                               stages=stages)
     return compile_artifact(original, job, output=output, overwrite=overwrite, simplify=simplify, timings=timings,
                             stages=stages)
 

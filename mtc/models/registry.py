@@ -23,11 +23,12 @@ if TYPE_CHECKING:
     import onnx
 
     from mtc.backends import Backend
+    from mtc.export.program import ProgramBuild
 
 # Families register themselves on import; the built-ins are listed here (they import no torch),
 # other packages add theirs through the entry point group below.
 _FAMILY_MODULES = ("mtc.models.rvm", "mtc.models.modnet", "mtc.models.u2net", "mtc.models.bgmv2",
-                   "mtc.models.birefnet", "mtc.models.inspyrenet")
+                   "mtc.models.birefnet", "mtc.models.inspyrenet", "mtc.models.matanyone")
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,9 @@ class VariantSpec:
     io: ModelIO
     # Builds the FP32 ONNX from the verified weight file. Models that ship as ONNX use the
     # ingest path; PyTorch ones build the module and export it.
-    build_onnx: Callable[[Path], onnx.ModelProto]
+    build_onnx: Callable[[Path], onnx.ModelProto] | None = None
+    # Multi-graph models build their graphs, references and program instead (mtc.export.program).
+    build_program: Callable[[Path], ProgramBuild] | None = None
     # The reference the exported graph is checked against. None: the graph built by
     # build_onnx itself, before sanitizing (ONNX ingest). PyTorch exporters return a
     # TorchBackend around the module, so the check is PyTorch vs ONNX Runtime.

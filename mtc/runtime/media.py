@@ -124,6 +124,32 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         ) from None
 
 
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """Read a mask picture as HxW uint8 (255 = the object): a grey or black-and-white image, or
+    a cut-out whose transparency marks the background (its alpha is the mask).
+
+    Raises:
+        MtcError: The file is missing or not an image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MtcError(f"mask {path} {'is a folder' if path.is_dir() else 'not found'}", hint="check the path")
+    try:
+        with Image.open(path) as img:
+            check_pixels(*img.size, f"mask {path}")
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                img = img.convert("RGBA")
+                if _see_through_share(img) > 0:
+                    return np.array(img.getchannel("A"), dtype=np.uint8)
+            return np.array(img.convert("L"), dtype=np.uint8)
+    except MtcError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise MtcError(f"cannot read mask {path}: not an image or corrupt ({exc})",
+                       hint="save the mask as a PNG, white on black") from None
+
+
 def _see_through_share(img: Image.Image) -> float:
     """The share of pixels whose alpha is below 255 (alpha channel, or palette / colour-key transparency)."""
     bands = img.getbands()

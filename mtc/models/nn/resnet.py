@@ -1,4 +1,9 @@
-"""ResNet-50/101 trunks in torchvision's layout, last stage dilated; shared by RVM and BGMv2."""
+"""ResNet trunks in torchvision's layout.
+
+:class:`ResNet` (ResNet-50/101, last stage dilated) is shared by RVM and BGMv2; :class:`BasicBlock` and
+:func:`stage` let a family assemble its own trunk under other attribute names (MatAnyone keeps
+only three stages and calls the first one `res2`).
+"""
 
 from __future__ import annotations
 
@@ -46,6 +51,57 @@ class Bottleneck(nn.Module):
         y = self.relu(self.bn1(self.conv1(x)))
         y = self.relu(self.bn2(self.conv2(y)))
         return self.relu(self.bn3(self.conv3(y)) + identity)
+
+
+class BasicBlock(nn.Module):
+    """ResNet-18/34 block: two 3x3 convs (the first one strided), torchvision's key names.
+
+    Args:
+        cin: Input channels.
+        planes: Output channels (``expansion`` is 1).
+        stride: Stride of the first conv.
+        downsample: Projection of the identity path when the shape changes, else None.
+        folded: Batch norms folded into the convs (see :func:`mtc.models.nn.layers.norm`).
+    """
+
+    expansion = 1
+
+    def __init__(self, cin: int, planes: int, *, stride: int = 1, downsample: nn.Module | None = None,
+                 folded: bool = False):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=folded)
+        self.bn1 = norm(planes, folded=folded)
+        self.relu = _relu()
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=folded)
+        self.bn2 = norm(planes, folded=folded)
+        self.downsample = downsample
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        y = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(y)) + identity)
+
+
+def stage(block: type[BasicBlock] | type[Bottleneck], cin: int, planes: int, blocks: int, *, stride: int,
+          folded: bool = False) -> nn.Sequential:
+    """One undilated ResNet stage (``layerN``): the first block strides and projects the identity
+    path when the shape changes (keys ``0.downsample.0/1``), the others keep the shape.
+
+    Args:
+        block: :class:`BasicBlock` or :class:`Bottleneck`.
+        cin: Input channels.
+        planes: The blocks' inner width; the stage outputs ``planes * block.expansion`` channels.
+        blocks: Number of blocks.
+        stride: Stride of the first block.
+        folded: Batch norms folded into the convs (see :func:`mtc.models.nn.layers.norm`).
+    """
+    cout = planes * block.expansion
+    downsample = None
+    if stride != 1 or cin != cout:
+        downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=folded), norm(cout, folded=folded))
+    layers = [block(cin, planes, stride=stride, downsample=downsample, folded=folded)]
+    layers += [block(cout, planes, folded=folded) for _ in range(1, blocks)]
+    return nn.Sequential(*layers)
 
 
 class ResNet(nn.Module):
