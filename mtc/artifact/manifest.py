@@ -184,10 +184,13 @@ class QuantRecipe:
         int8_preset: the INT8 preset `mtc quantize` and `mtc export --int8` use without --preset.
         builtin_photos: whether the built-in calibration and check data include still photos
             (for models that matte one image alone) besides the built-in clip.
+        int8_graphs: multi-graph artifacts: the graphs INT8 applies to (empty: all of them);
+            FP16 converts every graph.
     """
 
     int8_preset: str = "speed"
     builtin_photos: bool = False
+    int8_graphs: tuple[str, ...] = ()
 
 
 def default_quant_recipe(task: str, io: ModelIO) -> QuantRecipe:
@@ -516,7 +519,9 @@ def _check_sizes(r: _Reader, data: dict) -> tuple[CheckSize, ...]:
 
 
 def _quant_recipe(q: _Reader) -> QuantRecipe:
-    return QuantRecipe(int8_preset=q.name("int8_preset", "speed"), builtin_photos=q.get("builtin_photos", bool, False))
+    graphs = q.get("int8_graphs", list, [])
+    return QuantRecipe(int8_preset=q.name("int8_preset", "speed"), builtin_photos=q.get("builtin_photos", bool, False),
+                       int8_graphs=tuple(q.child("int8_graphs").name(i) for i in range(len(graphs))) if graphs else ())
 
 
 def _plain_json_problem(data: Any) -> tuple[str, str] | None:

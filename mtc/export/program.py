@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from mtc.artifact.manifest import MANIFEST_NAME, REPORT_NAME, Manifest, Precision, file_entry
+from mtc.artifact.manifest import MANIFEST_NAME, REPORT_NAME, Manifest, Precision, QuantRecipe, file_entry
 from mtc.artifact.program import Program
 from mtc.backends import Backend, OrtBackend
 from mtc.errors import MtcError
@@ -150,7 +150,7 @@ def compile_program(build: ProgramBuild, job: CompileJob, *, output: Path, overw
             model=job.model, variant=job.variant, task=job.task, license=job.license,
             model_file=program.graphs[0].file, io=job.io, precision=Precision(mode="fp32"),
             files={spec.file: file_entry(folder / spec.file) for spec in program.graphs},
-            check_sizes=job.check_sizes, program=program,
+            check_sizes=job.check_sizes, program=program, quantization=job.quantization or QuantRecipe(),
             provenance={**job.provenance, "opset": max(o.version for m in sanitized.values() for o in m.opset_import
                                                        if o.domain in ("", "ai.onnx")),
                         "tools": tool_versions(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},

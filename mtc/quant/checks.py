@@ -48,6 +48,10 @@ def run_alphas(io: ModelIO, backend: Backend, clip: Clip) -> np.ndarray:
     # A candidate's NaNs and out-of-range values are measured and reported, not refused.
     session = MattingSession(io, backend, downsample_ratio=clip.downsample_ratio, scene_cut_threshold=None,
                              check_outputs=False)
+    if session.prompt_input is not None:  # a model that follows the object marked on the first frame
+        from mtc.export.program import parity_prompt
+
+        session.set_prompt(parity_prompt(*clip.frames[0].shape[:2]))
     return np.stack([session.process(frame).alpha.copy() for frame in clip.frames])
 
 
@@ -118,7 +122,11 @@ class ReferenceAlphas:
         short = [dataclasses.replace(c, frames=c.frames[:frames]) for c in self.clips[:clips]]
         return ReferenceAlphas(self.io, None, short, [a[:frames] for a in self.alphas[:clips]])
 
+    def run(self, candidate: Backend, clip: Clip) -> np.ndarray:
+        """The candidate's alphas on `clip`, run the way the reference's were."""
+        return run_alphas(self.io, candidate, clip)
+
     def check(self, candidate: Backend, gates: Gates, *, with_grad: bool = True) -> CheckResult:
-        results = [compare_clip(clip, ref, run_alphas(self.io, candidate, clip), with_grad=with_grad)
+        results = [compare_clip(clip, ref, self.run(candidate, clip), with_grad=with_grad)
                    for clip, ref in zip(self.clips, self.alphas)]
         return CheckResult(results, gates)

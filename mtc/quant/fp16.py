@@ -30,7 +30,7 @@ VARIANCE_OPS = ("InstanceNormalization", "LayerNormalization", "GroupNormalizati
 FP32_INPUTS = {"Resize": (1, 2), "Upsample": (1,)}
 # Constants stay FP32 and are cast where FP16 ops read them (folded at load): an empty Constant
 # (e.g. Resize's unused `scales`) must stay recognisably constant.
-NEVER_FP16 = ("Constant", "Cast", "Shape", "Size", "NonZero", "TopK", "RandomNormalLike", "RandomUniformLike")
+NEVER_FP16 = ("Constant", "Cast", "Shape", "Size", "NonZero", "TopK", "Range", "ScatterElements", "RandomNormalLike", "RandomUniformLike")
 
 
 def overflow_prone_nodes(model: onnx.ModelProto, magnitudes: Mapping[str, float]) -> list[str]:

@@ -45,6 +45,12 @@ class TensorStats:
         self.minimum = min(self.minimum, float(values.min()))
         self.maximum = max(self.maximum, float(values.max()))
         self.count += values.size
+        if not np.isfinite(self.minimum + self.maximum):
+            # A masking constant (-inf before a softmax, say) is no activation range: the bounds
+            # keep it (the FP16 guard keeps such ops in FP32), the histogram counts finite values.
+            values = values[np.isfinite(values)]
+            if values.size == 0:
+                return
         magnitudes = np.abs(values)
         high = float(magnitudes.max())
         if high > self.hist_max:

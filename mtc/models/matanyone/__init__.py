@@ -31,7 +31,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mtc.artifact.manifest import ModelIO, Preprocess, TensorSpec
+from mtc.artifact.manifest import ModelIO, Preprocess, QuantRecipe, TensorSpec
 from mtc.artifact.program import GraphSpec, Phase, Program, Prompt, Ring, Slot, Step
 from mtc.models.registry import ModelSpec, VariantSpec, register
 from mtc.weights import UrlSource, WeightFile
@@ -144,6 +144,9 @@ PARITY_CASES = ((128, 96, 12, None), (96, 64, 8, None))
 # (tests/models/test_matanyone_artifact.py); the top-k selection could pick another 30th token
 # where two similarities tie within float error, which is what the margin is for.
 PARITY_TOLERANCE = 1e-4
+# INT8 on the two encoders, which carry most of the compute; the readout's attention and the
+# decoder stay float (FP16 converts all four).
+QUANTIZATION = QuantRecipe(int8_graphs=("image_encoder", "mask_encoder"))
 
 
 def build_program(weights: Path, *, config=None) -> ProgramBuild:
@@ -168,7 +171,7 @@ register(
                           "(--mask, or --mask-from another artifact)",
         variants={"base": VariantSpec(name="base", weights=WEIGHTS, io=IO, build_program=build_program,
                                       exporter="torch", parity_cases=PARITY_CASES,
-                                      parity_tolerance=PARITY_TOLERANCE)},
+                                      parity_tolerance=PARITY_TOLERANCE, quantization=QUANTIZATION)},
         default_variant="base",
         purpose="any object",
     )
