@@ -112,11 +112,14 @@ def model_size(session, height: int, width: int) -> tuple[int, int]:
 
 
 def frame_gflops(folder: Path, manifest, height: int, width: int, ratio: float | None) -> float | None:
-    """GFLOPs of one frame at the network's input size; None when the model is not ONNX."""
+    """GFLOPs of one frame at the network's input size; None when the model is not ONNX, or is
+    several graphs (a program runs them a varying number of times per frame)."""
     import onnx
 
     from mtc.graph_stats import frame_cost
 
+    if manifest.program is not None:
+        return None
     names = [manifest.model_file] + [n for n in manifest.files if n != manifest.model_file]
     onnx_file = next((n for n in names if n.endswith(".onnx")), None)
     if onnx_file is None:
@@ -220,6 +223,13 @@ def run_bench(config: BenchConfig, *, clock: Clock = time.perf_counter) -> dict:
     if reference_path is not None:
         reference = mtc.runtime.load(reference_path, backend=REFERENCE_BACKEND, downsample_ratio=config.ratio,
                                      threads=config.threads, allow_spinning=False)
+    for each in (session, reference):
+        if each is not None and each.prompt_input is not None:
+            # A model that follows the object marked on the first frame: the middle of each
+            # clip's first frame, the same for the artifact and its reference.
+            from mtc.export.program import parity_prompt
+
+            each.set_prompt(lambda frame: parity_prompt(*frame.shape[:2]))
     results = []
     if pairs is not None:
         log.info("%d images, each at its own size", len(pairs))
