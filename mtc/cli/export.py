@@ -59,7 +59,8 @@ def _state_pairs(ctx, param, values):
 @click.option("--task", type=click.Choice(["image", "video"]), help="ONNX file: image (no state) or video model "
               "[default: video when recurrent states are found].")
 @click.option("--input-size", callback=parse_resolution, metavar="WxH",
-              help="ONNX file: resize frames to this model input size [default: the graph's fixed size, else any].")
+              help="ONNX file: resize frames to this model input size [default: the graph's fixed size, else any]; "
+                   "variants trained on many sizes (birefnet dynamic): the size to export at.")
 @click.option("--multiple-of", type=click.IntRange(1, 1024), default=1, show_default=True,
               help="ONNX file with a dynamic input size: floor the input sides to a multiple of this.")
 @click.option("--mean", callback=_floats3, metavar="R,G,B", help="ONNX file: normalisation mean on RGB in [0, 1] [default: 0,0,0].")
@@ -96,10 +97,12 @@ def export(model: str, variant: str | None, output: Path | None, precision: str 
 
     spec = get_model(model)
     var = spec.variant(variant).alpha_only() if alpha_only else spec.variant(variant)
+    if input_size is not None:
+        var = var.sized(input_size[1], input_size[0])
     output = output or default_output_dir(spec, var, precision or "fp32")
     click.echo(f"{spec.name} is licensed under {spec.license}", err=True)
     export_options = dict(variant=variant, weights_path=weights_path, offline=offline, simplify=not no_simplify,
-                          alpha_only=alpha_only)
+                          alpha_only=alpha_only, size=(input_size[1], input_size[0]) if input_size else None)
     if precision is None:
         folder = export_model(model, output=output, overwrite=force, **export_options)
         click.echo(f"artifact: {folder}")

@@ -31,13 +31,17 @@ def default_output_dir(spec: ModelSpec, variant: VariantSpec, precision: str = "
 
 def export_model(name: str, *, variant: str | None = None, output: Path | None = None,
                  weights_path: Path | None = None, offline: bool | None = None, overwrite: bool = False,
-                 simplify: bool = True, tolerance: float | None = None, alpha_only: bool = False) -> Path:
+                 simplify: bool = True, tolerance: float | None = None, alpha_only: bool = False,
+                 size: tuple[int, int] | None = None) -> Path:
     """Export a registered model to an FP32 artifact folder and return its path.
 
     alpha_only: drop the foreground output (VariantSpec.alpha_only) where the model has one.
+    size: (height, width) to export a variant trained on many sizes at (VariantSpec.sized).
     """
     spec = get_model(name)
     var = spec.variant(variant)
+    if size is not None:
+        var = var.sized(*size)
     if alpha_only:
         var = var.alpha_only()
     output = Path(output) if output else default_output_dir(spec, var)

@@ -63,9 +63,19 @@ class VariantSpec:
     # Exact graph rewrites run after sanitizing, each returning (model, applied); the parity
     # check covers them like every other export step.
     rewrites: tuple[Callable[[onnx.ModelProto], tuple[onnx.ModelProto, bool]], ...] = ()
+    # A variant trained on many input sizes: the same variant exported at another (height,
+    # width) (`mtc export --input-size`); None: its size is fixed.
+    at_size: Callable[[tuple[int, int]], VariantSpec] | None = None
     # The rewrites that give the alpha-only form (no foreground output, less full-resolution
     # work); None: the model has no such form.
     alpha_only_rewrites: tuple[Callable[[onnx.ModelProto], tuple[onnx.ModelProto, bool]], ...] | None = None
+
+    def sized(self, height: int, width: int) -> VariantSpec:
+        """This variant exported at height x width, where it was trained for many sizes."""
+        if self.at_size is None:
+            raise MtcError(f"variant {self.name!r} has a fixed input size",
+                           hint="drop --input-size (it is for ONNX files and for variants trained on many sizes)")
+        return self.at_size((height, width))
 
     def alpha_only(self) -> VariantSpec:
         """This variant without its foreground output (the runtime composites the source frame)."""

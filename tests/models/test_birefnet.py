@@ -377,3 +377,18 @@ def test_lite_exports_at_full_size_through_the_pipeline(tmp_path):
     report = json.loads((artifact / "report.json").read_text())
     assert all(p["passed"] for p in report["parity"])
     assert matte.alpha.shape == (360, 480)
+
+
+def test_the_dynamic_variant_exports_at_other_sizes_and_the_others_refuse():
+    from mtc.errors import MtcError
+    from mtc.models.registry import get_model
+
+    spec = get_model("birefnet")
+    sized = spec.variant("dynamic").sized(1536, 2048)
+    assert sized.name == "dynamic-2048x1536" and sized.io.preprocess.fixed_size == (1536, 2048)
+    with pytest.raises(MtcError, match="fixed input size"):
+        spec.variant("general").sized(1024, 1024)
+    with pytest.raises(MtcError, match="multiples of 32"):
+        spec.variant("dynamic").sized(1000, 1024)
+    with pytest.raises(MtcError, match="from 256 to 2304"):
+        spec.variant("dynamic").sized(4096, 4096)

@@ -48,12 +48,14 @@ readers in ``checkpoint`` and the backbone in :mod:`mtc.models.nn.swin` (importe
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mtc.artifact.manifest import ModelIO
+from mtc.errors import MtcError
 from mtc.models.contracts import SwinConfig, fixed_size_image_io
 from mtc.models.registry import ModelSpec, VariantSpec, register
 from mtc.weights import UrlSource, WeightFile
@@ -158,11 +160,27 @@ PARITY_CASES = ((1280, 720, 1, None),)
 PARITY_TOLERANCE = 1e-4
 
 
-def _variant(name: str, release: Release) -> VariantSpec:
+# The dynamic model was trained on sizes from 256 to 2304 (multiples of 32).
+DYNAMIC_SIDES = (256, 2304)
+
+
+def _variant(name: str, release: Release, *, sizes: tuple[int, int] | None = None) -> VariantSpec:
+    """A released model as a variant; `sizes` (min, max side) where it exports at other sizes too."""
+    at_size = functools.partial(_resized, name, release, sizes) if sizes is not None else None
     return VariantSpec(name=name, weights=release.weights, io=model_io(release.size),
                        build_onnx=functools.partial(build_onnx, release.backbone, release.size),
                        build_reference=functools.partial(build_reference, release.backbone),
-                       exporter="torch", parity_cases=PARITY_CASES, parity_tolerance=PARITY_TOLERANCE)
+                       exporter="torch", parity_cases=PARITY_CASES, parity_tolerance=PARITY_TOLERANCE,
+                       at_size=at_size)
+
+
+def _resized(name: str, release: Release, sides: tuple[int, int], size: tuple[int, int]) -> VariantSpec:
+    height, width = size
+    if not all(sides[0] <= side <= sides[1] and side % MULTIPLE_OF == 0 for side in size):
+        raise MtcError(f"{name} exports at sides from {sides[0]} to {sides[1]} that are multiples of {MULTIPLE_OF}, "
+                       f"not {width}x{height}", hint=f"pick e.g. --input-size {1536}x{1536}")
+    variant = _variant(f"{name}-{width}x{height}", dataclasses.replace(release, size=size))
+    return dataclasses.replace(variant, at_size=None)
 
 
 register(
@@ -173,7 +191,8 @@ register(
         license="MIT",
         paper="arXiv:2401.03407",
         input_description="RGB image, any size (resized to the variant's size: 1024x1024, 2048x2048 or 2560x1440)",
-        variants={name: _variant(name, release) for name, release in RELEASES.items()},
+        variants={name: _variant(name, release, sizes=DYNAMIC_SIDES if name == "dynamic" else None)
+                  for name, release in RELEASES.items()},
         default_variant="general",
         purpose="objects",
     )
