@@ -241,14 +241,17 @@ def _check(program: Program, r: _Reader) -> None:
         raise r.fail("has a prompt but no start phase to read it")
     kept = set(slots) | {f"{q}.{f.name}" for q, ring in rings.items() for f in ring.fields} | {f"{q}.valid" for q in rings}
     first = {program.image, PROMPT_VALUE} if program.prompt is not None else {program.image}
-    for phases, made in ((tuple(enumerate(program.start)), first), ((("frame", program.frame),), {program.image})):
+    groups = [("start", [(f"start[{i}]", p) for i, p in enumerate(program.start)], first),
+              ("frame", [("frame", program.frame)], {program.image})]
+    for group, phases, made in groups:
+        if not phases:  # no start phases: the first frame runs the frame phase
+            continue
         made = made | kept
-        for where, phase in phases:
-            label = f"start[{where}]" if where != "frame" else "frame"
+        for label, phase in phases:
             for n, step in enumerate(phase.steps):
                 made |= _check_step(step, f"{label}.steps[{n}]", made, graphs, slots, rings, r)
         if program.alpha not in made:
-            raise r.fail(f"names alpha {program.alpha!r}, which the {label} phase does not make")
+            raise r.fail(f"names alpha {program.alpha!r}, which the {group} phases do not make")
 
 
 def _check_step(step: Step, node: str, made: set[str], graphs: dict, slots: dict, rings: dict, r: _Reader) -> set[str]:

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 # Families register themselves on import; the built-ins are listed here (they import no torch),
 # other packages add theirs through the entry point group below.
 _FAMILY_MODULES = ("mtc.models.rvm", "mtc.models.modnet", "mtc.models.u2net", "mtc.models.bgmv2",
-                   "mtc.models.birefnet", "mtc.models.inspyrenet", "mtc.models.matanyone")
+                   "mtc.models.birefnet", "mtc.models.inspyrenet", "mtc.models.matanyone", "mtc.models.pdfnet")
 
 
 @dataclass(frozen=True)
