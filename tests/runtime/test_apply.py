@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -112,3 +113,95 @@ def test_coverage_margins(opaque_pixels, state):
     tally = CoverageTally()
     tally.add(alpha, "x")
     assert (tally.empty, tally.full) == {"empty": (1, 0), "full": (0, 1), "neither": (0, 0)}[state]
+
+
+# ---- image folders: reading and writing overlapped with inference --------------------------------
+
+
+class BufferSession:
+    """Writes each frame's mean into one alpha buffer it reuses, as a backend's output; counts resets."""
+
+    def __init__(self, on_process=None):
+        self.buffer = np.zeros((4, 4), np.float32)
+        self.resets = 0
+        self.on_process = on_process
+
+    def reset(self):
+        self.resets += 1
+
+    def process(self, frame):
+        from mtc.runtime.session import Matte
+
+        if self.on_process:
+            self.on_process()
+        self.buffer[:] = frame.mean()
+        return Matte(self.buffer, source=frame)
+
+
+def _frames(count):
+    return {Path(f"{i}.png"): np.full((4, 4, 3), i, np.uint8) for i in range(count)}
+
+
+def test_matte_images_writes_each_image_its_own_matte_in_order():
+    from mtc.runtime.apply import matte_images
+
+    frames, written = _frames(6), []
+    session = BufferSession()
+
+    def write(path, matte):
+        time.sleep(0.02)  # a slow encoder: the model has moved on to the next image meanwhile
+        written.append((path, float(matte.alpha[0, 0])))
+
+    count = matte_images(session, list(frames), frames.__getitem__, write)
+    # The buffer is reused: without a copy, a matte waiting for the writer would show a later image.
+    assert written == [(path, float(i)) for i, path in enumerate(frames)]
+    assert count == 6 and session.resets == 6
+
+
+def test_matte_images_reads_the_next_image_while_the_model_runs():
+    from mtc.runtime.apply import matte_images
+
+    frames, reads = _frames(3), []
+    next_read = threading.Event()
+
+    def read(path):
+        reads.append(path)
+        if len(reads) == 2:
+            next_read.set()
+        return frames[path]
+
+    def process():
+        if len(reads) == 1:  # the first image: the reader fetches the second meanwhile
+            assert next_read.wait(10), "the next image was not read during inference"
+
+    assert matte_images(BufferSession(process), list(frames), read, lambda path, matte: None) == 3
+
+
+def test_matte_images_stops_at_a_bad_image_with_the_ones_before_it_written():
+    from mtc.runtime.apply import matte_images
+
+    frames, written = _frames(5), []
+
+    def read(path):
+        if path.name == "3.png":
+            raise MtcError("cannot read image 3.png")
+        return frames[path]
+
+    with pytest.raises(MtcError, match="3.png"):
+        matte_images(BufferSession(), list(frames), read, lambda path, matte: written.append(path.name))
+    assert written == ["0.png", "1.png", "2.png"]
+
+
+def test_matte_images_raises_a_write_error_and_stops():
+    from mtc.runtime.apply import matte_images
+
+    frames, written = _frames(5), []
+
+    def write(path, matte):
+        if path.name == "1.png":
+            raise MtcError("disk full")
+        written.append(path.name)
+
+    with pytest.raises(MtcError, match="disk full"):
+        matte_images(BufferSession(), list(frames), frames.__getitem__, write)
+    assert written == ["0.png"]
