@@ -13,6 +13,7 @@ each graph.
 from __future__ import annotations
 
 import dataclasses
+import html
 import json
 import logging
 import shutil
@@ -30,6 +31,8 @@ from mtc.errors import MtcError
 from mtc.fsutil import atomic_dir, atomic_write_text
 from mtc.quant.calibration import Clip
 from mtc.quant.checks import CheckResult, ReferenceAlphas, run_alphas
+from mtc.quant.pipeline import HTML_REPORT
+from mtc.quant.report import render_html
 from mtc.runtime.program import ProgramEngine
 from mtc.runtime.progress import Stages
 
@@ -127,7 +130,7 @@ def quantize_program(source: Path, output: Path, manifest: Manifest, *, precisio
         "quantized_graphs": sorted(chosen), "fp32_graphs": sorted(set(models) - set(chosen)),
         "calibration": {"clips": [{"name": c.name, "frames": len(c.frames)} for c in calib]},
     }
-    _write(output, source, manifest, models, chosen, report, precision, passed, overwrite)
+    _write(output, source, manifest, models, chosen, report, precision, passed, final, overwrite)
     return passed, final, report
 
 
@@ -136,10 +139,28 @@ def _then(value, advance):
     return value
 
 
+def render_program_html(report: dict, check: CheckResult) -> str:
+    """The single-graph HTML report of the whole program's check, with a table of each graph's
+    precision and its own check inside the program."""
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{graph['precision'].upper()}</td>"
+        f"<td>{max(c['mad'] for c in graph['check']['clips']):.3f}</td>"
+        f"<td>{max(c['dtssd'] for c in graph['check']['clips']):.3f}</td>"
+        f"<td>{html.escape('; '.join(graph['check']['failures']) or 'pass')}</td></tr>"
+        for name, graph in report["graphs"].items())
+    table = ("<h2>Graphs</h2><p>Each graph's candidate checked inside the whole program (the graphs before it "
+             "already in their new precision) against the FP32 program; a graph that misses the gates stays FP32."
+             "</p><table border=1 cellpadding=4><tr><th>graph</th><th>precision</th><th>worst MAD ×1e3</th>"
+             f"<th>worst dtSSD ×1e2</th><th>its check</th></tr>{rows}</table>")
+    page = render_html(report, check)
+    return page.replace("</body>", table + "</body>", 1)
+
+
 def _write(output: Path, source: Path, manifest: Manifest, models: dict, chosen: dict, report: dict, precision: str,
-           passed: bool, overwrite: bool) -> None:
+           passed: bool, final: CheckResult, overwrite: bool) -> None:
     with atomic_dir(output, overwrite=overwrite) as folder:
         atomic_write_text(folder / REPORT_NAME, json.dumps(report, indent=2, default=float) + "\n")
+        atomic_write_text(folder / HTML_REPORT, render_program_html(report, final))
         if not passed:
             return
         files = {}
