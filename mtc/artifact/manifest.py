@@ -209,6 +209,8 @@ class Precision:
     activation_type: str | None = None
     # The CPU class (mtc.backends.cpu) the checks ran on: integer kernels differ between classes.
     checked_cpu: str | None = None
+    # INT8 whose roundings and step sizes were learned ("ptq4vm"); None: calibrated only.
+    learning: str | None = None
 
 
 @dataclass(frozen=True)
@@ -576,6 +578,7 @@ def manifest_from_dict(data: Any, *, source: str = MANIFEST_NAME) -> Manifest:
             activation_type=pr.choice("activation_type", ("int8", "uint8"), None)
             if pr.get("activation_type", str, None) is not None else None,
             checked_cpu=pr.get("checked_cpu", str, None),
+            learning=pr.get("learning", str, None),
         ),
         files=files,
         provenance=r.get("provenance", dict, {}),

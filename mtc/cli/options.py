@@ -97,22 +97,67 @@ def _frame_source(ctx: click.Context, param: click.Parameter, value: str | None)
     return value
 
 
+PLACEMENT_PRESETS = ("speed", "openvino", "tensorrt")
+EFFORT_PRESETS = ("fast", "thorough")  # how long PTQ4VM learns (mtc.quant.config.PTQ4VM_PRESETS)
+PTQ4VM_FLAGS = {"ptq4vm_iterations": "--ptq4vm-iterations", "ptq4vm_batch": "--ptq4vm-batch",
+                "ptq4vm_samples": "--ptq4vm-samples", "ptq4vm_qdrop": "--ptq4vm-qdrop",
+                "ptq4vm_threads": "--ptq4vm-threads"}
+
+
+def split_presets(presets: tuple[str, ...], method: str | None) -> tuple[str | None, str | None]:
+    """--preset values -> (placement, PTQ4VM effort): at most one of each, and an effort only
+    with --method ptq4vm (where it defaults to fast)."""
+    placement = [p for p in presets if p in PLACEMENT_PRESETS]
+    effort = [p for p in presets if p in EFFORT_PRESETS]
+    if len(placement) > 1 or len(effort) > 1:
+        twice = placement if len(placement) > 1 else effort
+        raise click.UsageError(f"--preset {' and --preset '.join(twice)}: choose one")
+    if effort and method != "ptq4vm":
+        raise click.UsageError(f"--preset {effort[0]} says how long PTQ4VM learns: add --method ptq4vm")
+    return (placement[0] if placement else None,
+            (effort[0] if effort else "fast") if method == "ptq4vm" else None)
+
+
 def check_quantization_flags(precision: str, quant_options: dict) -> None:
-    """Read the gates file (and merge the gate flags) before an export or a quantization starts:
-    otherwise a bad file is found only after the FP32 export's minutes of work."""
+    """Check the flags together and read the gates file (merging the gate flags) before an
+    export or a quantization starts: otherwise a bad combination or file is found only after
+    the FP32 export's minutes of work."""
+    method = quant_options["method"]
+    if method == "ptq4vm" and precision != "int8":
+        raise click.UsageError("--method ptq4vm learns INT8 quantization: use it with --int8")
+    if method == "ptq4vm" and quant_options["weight_rounding"] == "gptq":
+        raise click.UsageError("--method ptq4vm learns the weights' rounding itself: drop --weight-rounding gptq")
+    given = [flag for key, flag in PTQ4VM_FLAGS.items() if quant_options[key] is not None]
+    if given and method != "ptq4vm":
+        raise click.UsageError(f"{given[0]} tunes PTQ4VM: add --method ptq4vm")
+    split_presets(quant_options["preset"], method)
     build_gates(precision, quant_options["max_mad"], quant_options["max_dtssd"], quant_options["gates_file"])
 
 
 def quantization_options(command):
     """Options shared by `mtc quantize` and `mtc export --int8/--fp16`."""
     decorators = [
-        click.option("--preset", type=click.Choice(["speed", "openvino", "tensorrt"]), default=None,
+        click.option("--preset", type=click.Choice([*PLACEMENT_PRESETS, *EFFORT_PRESETS]), multiple=True,
                      help="INT8 Q/DQ placement: speed (integer kernels end to end on CPU backends), "
                           "openvino (also the smaller convs: faster on OpenVINO, more error) or "
                           "tensorrt (conv inputs and weights only; the backend fuses the rest) "
-                          "[default: the model's recipe in its manifest, speed unless the family says otherwise]."),
-        click.option("--method", type=click.Choice(["mse", "minmax", "percentile", "entropy"]), default=None,
-                     help="Activation range calibration [default: mse]."),
+                          "[default: the model's recipe in its manifest, speed unless the family says otherwise]. "
+                          "With --method ptq4vm, also how long it learns: fast or thorough [default: fast]; "
+                          "repeat to give both, e.g. --preset openvino --preset thorough."),
+        click.option("--method", type=click.Choice(["mse", "minmax", "percentile", "entropy", "ptq4vm"]),
+                     default=None,
+                     help="Activation range calibration [default: mse]; ptq4vm: mse ranges, then the rounding, "
+                          "step sizes and per-layer affines learned against FP32 (slow: minutes; resumable)."),
+        click.option("--ptq4vm-iterations", type=click.IntRange(1, None), default=None, metavar="N",
+                     help="PTQ4VM: optimizer steps per block [default: fast 100, thorough 300]."),
+        click.option("--ptq4vm-batch", type=click.IntRange(1, None), default=None, metavar="N",
+                     help="PTQ4VM: calibration samples per step [default: fast 1, thorough 2]."),
+        click.option("--ptq4vm-samples", type=click.IntRange(1, None), default=None, metavar="N",
+                     help="PTQ4VM: learn from N calibration samples, the smallest frames first [default: 24]."),
+        click.option("--ptq4vm-qdrop", type=FiniteFloat(0, 1), default=None, metavar="P",
+                     help="PTQ4VM: probability of keeping an activation float while a block learns [default: 0.5]."),
+        click.option("--ptq4vm-threads", type=THREADS, default=None, metavar="N",
+                     help="PTQ4VM: torch threads while learning [default: torch's default]."),
         click.option("--weight-rounding", type=click.Choice(["gptq", "nearest"]), default=None,
                      help="INT8 conv weights: nearest, or gptq (Hessian-aware on the calibration frames, same "
                           "speed; use with --calib on footage like yours) [default: nearest]."),
@@ -183,22 +228,28 @@ def build_gates(precision: str, max_mad: float | None, max_dtssd: float | None, 
 def run_quantization(source, output, *, precision, preset, method, weight_rounding, weight_bits, calib, calib_frames,
                      check_source,
                      max_mad, max_dtssd, gates_file, no_fallback, no_equalize, keep_float, float_budget,
-                     float_budget_probes, force):
+                     float_budget_probes, force, ptq4vm_iterations, ptq4vm_batch, ptq4vm_samples, ptq4vm_qdrop,
+                     ptq4vm_threads):
     """Call the library and turn a gate failure into a one-line error after the report is written."""
     from pathlib import Path
 
     from mtc.artifact.manifest import read_manifest
     from mtc.errors import MtcError
-    from mtc.quant.config import Fallback
+    from mtc.quant.config import Fallback, ptq4vm_preset
     from mtc.quant.config import preset as make_preset  # "preset" is this function's CLI argument
     from mtc.quant.pipeline import DataPlan, quantize_artifact
 
     keep = tuple(name.strip() for name in keep_float.split(",") if name.strip()) if keep_float else None
-    preset = preset or read_manifest(source, verify_files=False).quantization.int8_preset
-    config = make_preset(preset, method=method, weight_rounding=weight_rounding, exclude_nodes=keep,
-                         equalize_concats=False if no_equalize else None,
+    placement, effort = split_presets(preset, method)
+    placement = placement or read_manifest(source, verify_files=False).quantization.int8_preset
+    learning = None
+    if effort is not None:
+        learning = ptq4vm_preset(effort, iterations=ptq4vm_iterations, batch=ptq4vm_batch, samples=ptq4vm_samples,
+                                 drop=ptq4vm_qdrop, threads=ptq4vm_threads)
+    config = make_preset(placement, method=None if method == "ptq4vm" else method, weight_rounding=weight_rounding,
+                         exclude_nodes=keep, equalize_concats=False if no_equalize else None,
                          float_budget=None if float_budget is None else float_budget / 100,
-                         float_budget_probes=float_budget_probes)
+                         float_budget_probes=float_budget_probes, learning=learning)
     if weight_bits != "auto":
         import dataclasses
 

@@ -43,6 +43,74 @@ WEIGHT_ROUNDING = ("nearest", "gptq")
 
 
 @dataclass(frozen=True)
+class Ptq4vmConfig:
+    """Learned INT8 (PTQ4VM): how hard the Q/DQ plan's rounding, step sizes and per-layer
+    affines are trained against the FP32 model (mtc.quant.ptq4vm). Range calibration still
+    runs first: its ranges are where the step sizes start.
+
+    Attributes:
+        iterations: optimizer steps per block in stage 1 (block reconstruction).
+        batch: calibration samples per step, in both stages.
+        samples: calibration samples learned from, smallest frames first (in recording order
+            among equals): a sample holds its block-boundary tensors, which for two dozen HD
+            frames run to gigabytes.
+        drop: QDrop's probability of keeping an activation float while a block learns (0..1).
+        threads: torch threads while learning (None: torch's own default).
+        max_block_layers: a block is cut after this many quantized layers even inside a unit.
+        gac_iterations: steps of stage 2 (global affine calibration); 0 skips it. Its result
+            is kept only where it lowers the end-to-end error on the calibration samples.
+        gac_learning_rate: Adam's rate for the per-layer gamma and beta of stage 2.
+        temporal_weight: for recurrent (video) models, weight of the flow-assisted temporal loss
+            in stage 2 (mtc.quant.flow; needs OpenCV, skipped without it); 0 turns it off.
+    """
+
+    iterations: int = 100
+    batch: int = 1
+    samples: int = 24
+    drop: float = 0.5
+    threads: int | None = None
+    max_block_layers: int = 4
+    gac_iterations: int = 30
+    gac_learning_rate: float = 1e-3
+    temporal_weight: float = 1.0
+
+    def __post_init__(self):
+        for name in ("iterations", "batch", "samples", "max_block_layers"):
+            if getattr(self, name) < 1:
+                raise MtcError(f"PTQ4VM {name.replace('_', ' ')} {getattr(self, name)} must be at least 1",
+                               hint="check the --ptq4vm-* options")
+        if self.gac_iterations < 0:
+            raise MtcError(f"PTQ4VM GAC iterations {self.gac_iterations} must be 0 (off) or more",
+                           hint="check the --ptq4vm-* options")
+        if not 0.0 <= self.drop <= 1.0:
+            raise MtcError(f"QDrop probability {self.drop:g} is not in [0, 1]", hint="pass --ptq4vm-qdrop 0.5, say")
+        if self.threads is not None and self.threads < 1:
+            raise MtcError(f"PTQ4VM threads {self.threads} must be at least 1", hint="pass --ptq4vm-threads 2, say")
+        if not self.temporal_weight >= 0:
+            raise MtcError(f"temporal loss weight {self.temporal_weight:g} must be 0 (off) or more",
+                           hint="check the PTQ4VM options")
+        if not self.gac_learning_rate > 0:
+            raise MtcError(f"GAC learning rate {self.gac_learning_rate:g} must be positive",
+                           hint="check the PTQ4VM options")
+
+
+# How long PTQ4VM learns. `fast` is the default: it fits the time target on a 2-core CPU for a
+# recurrent video model (figures: docs/quantization.md, "PTQ4VM"); `thorough` takes about six
+# times as long in stage 1 (three times the steps, two samples each). Both learn from 24
+# samples, the smallest frames first (see `samples`).
+PTQ4VM_PRESETS: dict[str, Ptq4vmConfig] = {
+    "fast": Ptq4vmConfig(),
+    "thorough": Ptq4vmConfig(iterations=300, batch=2, gac_iterations=150),
+}
+
+
+def ptq4vm_preset(name: str, **overrides) -> Ptq4vmConfig:
+    if name not in PTQ4VM_PRESETS:
+        raise MtcError(f"unknown PTQ4VM preset {name!r}", hint=f"choose one of: {', '.join(PTQ4VM_PRESETS)}")
+    return dataclasses.replace(PTQ4VM_PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
+
+
+@dataclass(frozen=True)
 class Int8Config:
     """How an FP32 graph becomes a Q/DQ INT8 graph.
 
@@ -83,6 +151,10 @@ class Int8Config:
         float_budget_probes: at most this many layers are probed for the float budget (each
             probe is one check on every check clip). When more fit the budget, the ones whose
             isolated INT8 output error per MAC is largest are probed (mtc.quant.affine).
+        learning: None, or PTQ4VM's settings: after range calibration, learn the weights'
+            rounding, the activations' step sizes and a per-layer affine against FP32 on the
+            same Q/DQ plan (mtc.quant.ptq4vm). The learned affine then replaces the
+            closed-form one of `affine_correction`.
     """
 
     method: str = "mse"
@@ -99,6 +171,7 @@ class Int8Config:
     float_budget: float = 0.0
     float_budget_probes: int = 24
     weight_bits: int | None = None
+    learning: Ptq4vmConfig | None = None
 
     def __post_init__(self):
         if not 0.0 <= self.float_budget <= 1.0:
@@ -112,6 +185,9 @@ class Int8Config:
         if self.weight_rounding not in WEIGHT_ROUNDING:
             raise MtcError(f"unknown weight rounding {self.weight_rounding!r}",
                            hint=f"choose one of: {', '.join(WEIGHT_ROUNDING)}")
+        if self.learning is not None and self.weight_rounding != "nearest":
+            raise MtcError(f"PTQ4VM learns the weights' rounding itself: it does not combine with "
+                           f"{self.weight_rounding} rounding", hint="drop --weight-rounding")
 
 
 PRESETS: dict[str, Int8Config] = {

@@ -11,12 +11,13 @@ multiplies the conv's per-channel weight scales, and the bias becomes gamma * b 
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
 
 from mtc.quant.affine import LayerFit, apply_corrections
+from mtc.quant.flow import FramePair, temporal_error
 from mtc.quant.qdq import QdqPlan
 from mtc.quant.torch_graph import GraphModule, nn, to_torch_feeds, torch
 
@@ -47,10 +48,15 @@ def attach_affine(module: GraphModule, plan: QdqPlan) -> dict[str, LayerAffine]:
 
 def train_affine(student: GraphModule, affines: Mapping[str, LayerAffine], teacher: GraphModule,
                  feeds: Sequence[Mapping[str, np.ndarray]], *, outputs: Sequence[str] | None = None,
-                 iterations: int = 100, batch: int = 1, learning_rate: float = 1e-3, seed: int = 0) -> list[float]:
+                 iterations: int = 100, batch: int = 1, learning_rate: float = 1e-3, seed: int = 0,
+                 pairs: Sequence[tuple[int, int, FramePair]] = (), temporal_weight: float = 1.0,
+                 progress: Callable[[], None] | None = None) -> list[float]:
     """Train only the affines, end to end: the squared error of the student's `outputs` (None:
     every float graph output; a matting model's alpha is what the paper fits) against the
-    teacher's, averaged over elements. Returns the loss per step."""
+    teacher's, averaged over elements. With `pairs` (consecutive feeds i, j and the motion
+    between them), each step takes max(1, batch // 2) pairs instead of single feeds and adds
+    `temporal_weight` times the flow-compensated temporal error of both frames (PTQ4VM's
+    temporal loss). Returns the loss per step; `progress()` is called after each."""
     with torch.no_grad():
         samples = [to_torch_feeds(f) for f in feeds]
         targets = [teacher(s) for s in samples]
@@ -61,17 +67,32 @@ def train_affine(student: GraphModule, affines: Mapping[str, LayerAffine], teach
     rng = random.Random(seed)
     losses = []
     for _ in range(iterations):
-        chosen = [rng.randrange(len(samples)) for _ in range(batch)]
-        loss = 0
-        for i in chosen:
-            got = student(samples[i])
-            loss = loss + sum(((got[n] - targets[i][n]) ** 2).mean() for n in names)
+        if pairs:
+            chosen = [pairs[rng.randrange(len(pairs))] for _ in range(max(1, batch // 2))]
+            loss = sum(objective(student, samples, targets, names, pair, temporal_weight) for pair in chosen)
+        else:
+            chosen = [rng.randrange(len(samples)) for _ in range(batch)]
+            loss = sum(objective(student, samples, targets, names, (i,), temporal_weight) for i in chosen)
         loss = loss / len(chosen)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
+        if progress:
+            progress()
     return losses
+
+
+def objective(student: GraphModule, samples, targets, names: Sequence[str], item: tuple, temporal_weight: float):
+    """What stage 2 minimises on one item: a feed index (i,), or a pair (i, j, FramePair) of
+    consecutive feeds, whose frames' errors count with the temporal error between them."""
+    got = [student(samples[i]) for i in item[:2]]
+    loss = sum(((g[n] - targets[i][n]) ** 2).mean() for g, i in zip(got, item[:2]) for n in names)
+    if len(item) == 3:
+        i, j, pair = item
+        loss = loss + temporal_weight * sum(temporal_error(got[0][n], got[1][n], targets[i][n], targets[j][n], pair)
+                                            for n in names)
+    return loss
 
 
 def affine_corrections(model: onnx.ModelProto, affines: Mapping[str, LayerAffine]) -> dict[str, LayerFit]:

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from mtc.graph_stats import node_macs
 from mtc.quant.affine import apply_corrections, fit_layers
 from mtc.quant.align import align_conv_inputs
 from mtc.quant.calibration import BUILTIN, Clip, builtin_photo_clips, load_clips, record_feeds
-from mtc.quant.checks import CheckResult, ReferenceAlphas, run_alphas
+from mtc.quant.checks import CheckResult, ReferenceAlphas
 from mtc.quant.config import Fallback, Gates, Int8Config, preset
 from mtc.quant.equalize import equalize_concat_inputs
 from mtc.quant.fp16 import (
@@ -68,6 +69,9 @@ log = logging.getLogger("mtc")
 MODEL_FILE = "model.onnx"
 REJECTED_FILE = "rejected.onnx"
 HTML_REPORT = "report.html"
+# PTQ4VM's checkpoints live in a folder beside the output, named after it with this suffix, so
+# a run of the same command finds them; it is removed once the artifact is written.
+WORK_SUFFIX = ".ptq4vm-work"
 # The FP16 fallback screens ops on this many frames of each check clip, and bisects a run of
 # ops whose error alone uses this share of a gate (smaller runs cost a check each).
 FP16_PROBE_FRAMES = 4
@@ -156,6 +160,10 @@ def quantize_artifact(source: Path, output: Path, *, precision: str, config: Int
     if data.settings is None:
         data = dataclasses.replace(data, settings=tuple((c.width, c.height, c.downsample_ratio)
                                                         for c in manifest.checks()))
+    if manifest.program is not None:
+        return _quantize_program(source, output, manifest, precision=precision, config=config, gates=gates,
+                                 fallback=fallback, data=data, overwrite=overwrite,
+                                 stages=stages if stages is not None else Stages())
     fp32_path = Path(source) / manifest.model_file
     model = onnx.shape_inference.infer_shapes(onnx.load(str(fp32_path)))
     unknown = sorted(set(config.exclude_nodes) - {n.name for n in model.graph.node}) if precision == "int8" else []
@@ -164,6 +172,10 @@ def quantize_artifact(source: Path, output: Path, *, precision: str, config: Int
                        hint="use ONNX node names as report.json lists them (e.g. its sensitivity section)")
     timings: dict[str, float] = {}
     stages = stages if stages is not None else Stages()
+    learning = precision == "int8" and config.learning is not None
+    work = work_folder(output) if learning else None
+    if learning:
+        from mtc.quant import torch_graph  # noqa: F401  (torch missing: fail before minutes of calibration)
 
     started = time.perf_counter()
     with stages.stage("loading calibration and check frames", counts=False):
@@ -180,7 +192,7 @@ def quantize_artifact(source: Path, output: Path, *, precision: str, config: Int
     all_int8 = None
     if precision == "int8":
         candidate, all_int8, check, details = choose_weight_bits(model, feeds, reference, config, gates, fallback,
-                                                                 timings, stages)
+                                                                 timings, stages, work=work)
     else:
         candidate, check, details = _fp16(model, feeds, reference, gates, fallback, timings, stages)
 
@@ -199,7 +211,42 @@ def quantize_artifact(source: Path, output: Path, *, precision: str, config: Int
                                     all_int8=all_int8, stages=stages)
     with stages.stage("writing the report" + (" and artifact" if check.passed else ""), counts=False):
         _write(output, source, manifest, candidate, check, report, precision, config, len(feeds), overwrite)
+    if work is not None and check.passed:
+        shutil.rmtree(work, ignore_errors=True)
+    elif work is not None:
+        log.info("PTQ4VM's checkpoints stay in %s: the same command (e.g. with other gates) resumes from them", work)
     return Outcome(output, check.passed, check, report)
+
+
+def _quantize_program(source: Path, output: Path, manifest: Manifest, *, precision: str, config: Int8Config, gates,
+                      fallback: Fallback, data: DataPlan, overwrite: bool, stages: Stages) -> Outcome:
+    """A multi-graph artifact, graph by graph through the steps below (mtc.quant.program)."""
+    from mtc.quant.program import quantize_program
+
+    if precision == "int8" and config.learning is not None:
+        raise MtcError("learned INT8 (--method ptq4vm) works on single-graph artifacts only",
+                       hint="drop --method ptq4vm: multi-graph artifacts use the calibrated presets")
+    with stages.stage("loading calibration and check frames", counts=False):
+        photos = manifest.quantization.builtin_photos
+        calib, checks = calibration_clips(manifest.io, data, photos=photos), check_clips(manifest.io, data, photos=photos)
+
+    def graph_step(model, feeds, reference, timings):
+        if precision == "fp16":
+            return _fp16(model, feeds, reference, gates, fallback, timings, stages)
+        candidate, _, check, details = choose_weight_bits(model, feeds, reference, config, gates, fallback, timings,
+                                                          stages)
+        return candidate, check, details
+
+    passed, check, report = quantize_program(source, output, manifest, precision=precision, gates=gates,
+                                             fallback=fallback, calib=calib, checks=checks, overwrite=overwrite,
+                                             stages=stages, graph_step=graph_step)
+    return Outcome(output, passed, check, report)
+
+
+def work_folder(output: Path) -> Path:
+    """Where learned quantization into `output` keeps its checkpoints (see WORK_SUFFIX)."""
+    output = Path(output)
+    return output.with_name(output.name + WORK_SUFFIX)
 
 
 class _Counted:
@@ -241,8 +288,8 @@ def kernel_fidelity(io, candidate: onnx.ModelProto, reference: ReferenceAlphas, 
     clip, fp32 = probe.clips[0], probe.alphas[0]
     data = candidate.SerializeToString()
     with stages.stage("integer kernels vs their float simulation", total=2 * len(clip.frames)) as advance:
-        kernels = run_alphas(io, _Counted(OrtBackend(data), advance), clip)
-        simulated = run_alphas(io, _Counted(OrtBackend(data, optimization="none"), advance), clip)
+        kernels = probe.run(_Counted(OrtBackend(data), advance), clip)
+        simulated = probe.run(_Counted(OrtBackend(data, optimization="none"), advance), clip)
     return {"cpu": cpu_class(), "clip": clip.name,
             "mad": round(metrics.mad(kernels, simulated), 4), "dtssd": round(metrics.dtssd(kernels, simulated), 4),
             "simulation_vs_fp32_mad": round(metrics.mad(simulated, fp32), 4),
@@ -254,13 +301,14 @@ def kernels_unfaithful(fidelity: dict) -> bool:
 
 
 def choose_weight_bits(model, feeds, reference, config: Int8Config, gates: Gates, fallback: Fallback, timings,
-                       stages: Stages):
+                       stages: Stages, *, work: Path | None = None):
     """The INT8 model on `config.weight_bits`; with None, on 8 bits, unless this CPU's integer
     kernels measure unfaithful to the graph (see `kernel_fidelity`): then on 7 bits too, keeping
-    whichever checks better against FP32 on this CPU."""
+    whichever checks better against FP32 on this CPU. `work`: the folder for learned
+    quantization's checkpoints."""
     bits = config.weight_bits or 8
     result = _int8(model, feeds, reference, dataclasses.replace(config, weight_bits=bits), gates, fallback, timings,
-                   stages)
+                   stages, work=work)
     fidelity = kernel_fidelity(reference.io, result[0], reference, stages)
     result[3]["int8"]["kernels_vs_simulation"] = fidelity
     if config.weight_bits is not None or not kernels_unfaithful(fidelity):
@@ -269,7 +317,7 @@ def choose_weight_bits(model, feeds, reference, config: Int8Config, gates: Gates
                 "itself costs %.2f): trying 7-bit weights, which such kernels compute exactly",
                 fidelity["mad"], fidelity["simulation_vs_fp32_mad"])
     seven = _int8(model, feeds, reference, dataclasses.replace(config, weight_bits=7), gates, fallback, timings,
-                  stages)
+                  stages, work=work)
     seven[3]["int8"]["kernels_vs_simulation"] = kernel_fidelity(reference.io, seven[0], reference, stages)
     ranked = sorted((result, seven), key=lambda r: (not r[2].passed, r[2].score))
     chosen = ranked[0]
@@ -281,7 +329,8 @@ def choose_weight_bits(model, feeds, reference, config: Int8Config, gates: Gates
     return chosen
 
 
-def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: Fallback, timings, stages: Stages):
+def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: Fallback, timings, stages: Stages,
+          *, work: Path | None = None):
     bits = config.weight_bits or 8
     excluded = set(config.exclude_nodes)
     mac_share = {}
@@ -319,18 +368,35 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
             rounded, rounding_gains = gptq_weights(model, hessians, bits=bits)
         timings["gptq_s"] = time.perf_counter() - started
 
+    learned = None
+    if config.learning is not None:
+        from mtc.quant.ptq4vm import learn
+
+        started = time.perf_counter()
+        alpha = reference.io.output_with_role("alpha")
+        # The temporal loss is for video models: their alpha at t+1 depends on frame t's.
+        image = reference.io.input_with_role("image") if reference.io.states else None
+        checkpoint = None
+        if work is not None:
+            Path(work).mkdir(parents=True, exist_ok=True)
+            checkpoint = Path(work) / f"blocks-w{bits}.pt"
+        learned = learn(model, plan, ranges, feeds, config=config.learning, activation_type=config.activation_type,
+                        weight_bits=bits, outputs=[alpha.name] if alpha is not None else None,
+                        image=image.name if image is not None else None, checkpoint=checkpoint, stages=stages)
+        ranges, rounded = learned.ranges, learned.rounded
+        timings["ptq4vm_s"] = time.perf_counter() - started
+
+    closed_form = config.affine_correction
     affordable = [n for n in plan.node_names if 0 < mac_share.get(n, 0.0) <= config.float_budget]
     fits = {}
-    if config.affine_correction or len(affordable) > config.float_budget_probes:
+    if closed_form or len(affordable) > config.float_budget_probes:
         started = time.perf_counter()
         with stages.stage("range fitting: per-layer INT8 error", total=len(feeds)) as advance:
             fits = fit_layers(model, plan, ranges, counted(feeds, advance), activation_type=config.activation_type,
                               weight_bits=bits,
                               rounded=rounded)
         timings["affine_s"] = time.perf_counter() - started
-    corrections = fits if config.affine_correction else {}
-    # each layer's output error with only it in INT8 (and its correction, if any), over its variance
-    errors = {n: fit.error if config.affine_correction else fit.uncorrected_error for n, fit in fits.items()}
+    corrections = fits if closed_form else {}
 
     def build(subplan):
         chosen = set(subplan.node_names)
@@ -342,9 +408,28 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
     all_int8 = build(plan)
     first = _checking(stages, "checking all-INT8 against FP32", reference, OrtBackend(all_int8.SerializeToString()),
                       gates)
+    affine_choice = None
+    if learned is not None and learned.corrections:
+        # PTQ4VM's trained affine and the closed-form fit (or none) compete on the check clips.
+        other, corrections = corrections, learned.corrections
+        trained = build(plan)
+        trained_check = _checking(stages, "checking all-INT8 with the trained affine against FP32", reference,
+                                  OrtBackend(trained.SerializeToString()), gates)
+        baseline = "closed_form" if closed_form else "none"
+        affine_choice = {name: {"passed": c.passed, "score": round(c.score, 4), **worst_clip_errors(c)}
+                         for name, c in ((baseline, first), ("gac", trained_check))}
+        gac_wins = (not trained_check.passed, trained_check.score) < (not first.passed, first.score)
+        if gac_wins:
+            all_int8, first, closed_form = trained, trained_check, False
+        else:
+            corrections = other
+        affine_choice["chosen"] = "gac" if gac_wins else baseline
     timings["check_s"] = time.perf_counter() - started
+    # each layer's output error with only it in INT8 (and its correction, if any), over its variance
+    errors = {n: fit.error if closed_form else fit.uncorrected_error for n, fit in fits.items()}
     details = {"int8": {"method": config.method, "quantize_outputs": config.quantize_outputs,
-                        "affine_correction": config.affine_correction, "weight_rounding": config.weight_rounding,
+                        "affine_correction": closed_form, "weight_rounding": config.weight_rounding,
+                        "learning": learned.report if learned is not None else None, "affine_choice": affine_choice,
                         "weight_bits": bits,
                         # per conv: layer-output error of round-to-nearest over GPTQ's (>= 1)
                         "gptq_error_ratio": {k: round(v, 2) for k, v in rounding_gains.items()},
@@ -588,7 +673,8 @@ def _write(output: Path, source: Path, manifest: Manifest, candidate: onnx.Model
             precision=Precision(mode=precision, calibration=config.method if precision == "int8" else None,
                                 samples=samples, excluded_nodes=excluded,
                                 activation_type=config.activation_type if precision == "int8" else None,
-                                checked_cpu=cpu_class()),
+                                checked_cpu=cpu_class(),
+                                learning="ptq4vm" if precision == "int8" and config.learning is not None else None),
             files={MODEL_FILE: file_entry(folder / MODEL_FILE)},
             provenance={**manifest.provenance, "quantized_from": str(Path(source).resolve()),
                         "reference_artifact": str(Path(source).resolve()),

@@ -15,6 +15,7 @@ at such a point once it holds a quantized layer, and at the least busy point aft
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import random
@@ -86,6 +87,10 @@ class Block:
     stop: int
     layers: tuple[str, ...]
     exits: tuple[str, ...]
+
+
+# (block number, block count, block) -> a context yielding a callable to step once per iteration.
+BlockDisplay = Callable[[int, int, Block], contextlib.AbstractContextManager[Callable[[], None]]]
 
 
 def _live_counts(model: onnx.ModelProto) -> tuple[list[int], dict[str, int]]:
@@ -161,14 +166,17 @@ def _squared_error(got: Mapping, want: Mapping, names: Sequence[str]):
 def reconstruct(model: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, ActivationRange],
                 feeds: Sequence[Mapping[str, np.ndarray]], *, activation_type: str = "int8", weight_bits: int = 8,
                 config: ReconstructionConfig = ReconstructionConfig(), checkpoint: Path | None = None,
-                progress: Callable[[int, int], None] | None = None) -> Reconstruction:
+                restart_stale: bool = False, progress: Callable[[int, int], None] | None = None,
+                block_display: BlockDisplay | None = None) -> Reconstruction:
     """Reconstruct every block of `model` quantized as `plan` and `ranges` say, on `feeds`
     (model inputs, recurrent state as the FP32 model produced it). `progress(done, total)` is
-    called after each block.
+    called after each block; each block runs inside `block_display(number, total,
+    block)`, a context that yields a callable stepped once per iteration (a progress bar).
 
     With `checkpoint`, what the finished blocks learned is saved there after each block, and a
     run that finds it resumes after the last saved block with the same result as one that
-    was never interrupted.
+    was never interrupted. A checkpoint of another reconstruction is refused, or with
+    `restart_stale` (the checkpoint is the caller's own scratch file) replaced.
     """
     teacher, student = GraphModule(model), GraphModule(model)
     for module in (teacher, student):
@@ -186,7 +194,9 @@ def reconstruct(model: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, Acti
     torch.manual_seed(config.seed)
     result = Reconstruction(student, quant, blocks)
     identity = repr((plan.node_names, sorted(ranges.items()), activation_type, weight_bits, config, len(samples)))
-    done = _resume(checkpoint, identity, result, rng) if checkpoint is not None and Path(checkpoint).exists() else 0
+    done = 0
+    if checkpoint is not None and Path(checkpoint).exists():
+        done = _resume(checkpoint, identity, result, rng, restart_stale=restart_stale)
     with torch.no_grad():  # where the finished blocks leave both graphs
         for block in blocks[:done]:
             teacher_fronts = [_prune(teacher.run(f, block.start, block.stop), block.stop, last_read)
@@ -197,7 +207,10 @@ def reconstruct(model: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, Acti
         with torch.no_grad():
             targets = [teacher.run(dict(front), block.start, block.stop, keep=block.exits) for front in teacher_fronts]
         steps = [q for q, b in first_reader.items() if b == number]
-        result.losses.append(_train_block(student, quant, block, steps, student_fronts, targets, config, rng))
+        display = block_display(number, len(blocks), block) if block_display else contextlib.nullcontext(None)
+        with display as advance:
+            result.losses.append(_train_block(student, quant, block, steps, student_fronts, targets, config, rng,
+                                              advance))
         with torch.no_grad():
             student_fronts = [_prune(student.run(front, block.start, block.stop), block.stop, last_read)
                               for front in student_fronts]
@@ -222,8 +235,12 @@ def _save(path: Path, identity: str, done: int, result: Reconstruction, rng: ran
     atomic_write_bytes(path, buffer.getvalue())  # an interruption mid-write leaves the last checkpoint
 
 
-def _resume(path: Path, identity: str, result: Reconstruction, rng: random.Random) -> int:
+def _resume(path: Path, identity: str, result: Reconstruction, rng: random.Random, *, restart_stale: bool) -> int:
     state = torch.load(path, weights_only=True)
+    if state["identity"] != identity and restart_stale:
+        log.info("%s is the checkpoint of another reconstruction (other model, plan, data or options): starting over",
+                 path)
+        return 0
     if state["identity"] != identity:
         raise MtcError(f"{path} is the checkpoint of another reconstruction (other model, plan, data or options)",
                        hint="delete it, or give this run another checkpoint path")
@@ -264,7 +281,8 @@ def _first_reader_block(module: GraphModule, quant: FakeQuant, blocks: list[Bloc
 
 
 def _train_block(student: GraphModule, quant: FakeQuant, block: Block, step_quantizers, fronts, targets,
-                 config: ReconstructionConfig, rng: random.Random) -> list[float]:
+                 config: ReconstructionConfig, rng: random.Random, advance: Callable[[], None] | None = None
+                 ) -> list[float]:
     if not block.exits:
         return []
     weights = []
@@ -292,6 +310,8 @@ def _train_block(student: GraphModule, quant: FakeQuant, block: Block, step_quan
         loss.backward()
         optimizer.step()
         losses.append(float(error.detach()))
+        if advance:
+            advance()
     for quantizer in weights:
         quantizer.fix_rounding()
     for quantizer in step_quantizers:

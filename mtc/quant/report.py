@@ -95,6 +95,55 @@ def bar_chart(values: dict[str, float], *, title: str, highlight: set[str] = fro
     return _figure(title, "".join(parts))
 
 
+def loss_curves(curves: list[tuple[str, list[float]]], *, title: str, width: int = 150, height: int = 64) -> str:
+    """Small line charts side by side, one per learned block: each on its own vertical scale
+    from 0 (losses of different blocks differ by orders of magnitude), labelled with the block
+    and its first and last loss."""
+    charts = []
+    for label, values in curves:
+        finite = [v for v in values if np.isfinite(v)]
+        top = max(finite + [1e-12]) * 1.05
+        axis, sx = height - 14, (width - 8) / max(len(values) - 1, 1)
+        points = " ".join(f"{4 + i * sx:.1f},{axis - (v if np.isfinite(v) else top) / top * (axis - 4):.1f}"
+                          for i, v in enumerate(values))
+        first, last = (_number(values[0]), _number(values[-1])) if values else ("–", "–")
+        charts.append(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-size="9">'
+                      f'<line x1="4" y1="{axis}" x2="{width - 4}" y2="{axis}" stroke="#444"/>'
+                      f'<polyline fill="none" stroke="{COLORS[0]}" stroke-width="1.2" points="{points}"/>'
+                      f'<text x="4" y="{height - 3}">{html.escape(label[:22])}: {first} → {last}</text></svg>')
+    return _figure(title, "<div style='display:flex;flex-wrap:wrap;gap:6px'>" + "".join(charts) + "</div>")
+
+
+def _learning(learning: dict, choice: dict | None) -> list[str]:
+    """The PTQ4VM section: what ran, which affine correction won, and each block's
+    reconstruction loss over its iterations."""
+    gac = learning["gac"]
+    if not gac["iterations"]:
+        stage2 = "Stage 2 (global affine calibration) was off."
+    else:
+        temporal = gac.get("temporal") or {}
+        stage2 = (f"Stage 2 (global affine calibration), {gac['iterations']} steps"
+                  + (f", with the flow-assisted temporal loss on {temporal['pairs']} pairs of consecutive frames"
+                     if temporal.get("weight") else "")
+                  + f": its loss over the calibration samples {_number(gac['error_before'])} → "
+                  f"{_number(gac['error_after'])}" + ("." if gac["kept"] else ", not kept."))
+    if choice:
+        names = {"gac": "trained (GAC)", "closed_form": "closed-form", "none": "none"}
+        rivals = "; ".join(f"{names[name]}: worst MAD {c['mad']:.3f}, dtSSD {c['dtssd']:.3f}"
+                           for name, c in choice.items() if name != "chosen")
+        stage2 += f" Affine correction on the check clips: {rivals}; kept: {names[choice['chosen']]}."
+    learned = [(f"{i + 1}. {', '.join(b['layers'])}", b["curve"]) for i, b in enumerate(learning["blocks"])
+               if b["curve"]]
+    sections = [f"<h2>Learned quantization: PTQ4VM</h2><p>Stage 1 (block reconstruction: AdaRound weight rounding, "
+                f"LSQ step sizes, QDrop {learning['drop']:g}) on {learning['samples']} calibration samples, "
+                f"{learning['iterations']} iterations per block, batch {learning['batch']}, "
+                f"{len(learning['blocks'])} blocks. {stage2}</p>"]
+    if learned:
+        sections.append(loss_curves(learned, title="block reconstruction loss per iteration (squared error of the "
+                                                   "block's outputs vs FP32; each block on its own scale)"))
+    return sections
+
+
 def diff_image(diff: np.ndarray) -> str:
     """|alpha difference| as an inline PNG (white = 1.0 difference), scaled so faint errors show."""
     from PIL import Image
@@ -130,7 +179,8 @@ def render_html(report: dict, check: CheckResult) -> str:
         f"<td>{len(c.nonfinite_frames)}</td></tr>" for c in check.clips)
     sections = [
         f"<h1>{html.escape(report['model'])} / {html.escape(report['variant'])}: {report['precision'].upper()} "
-        f"<span style='color:{color}'>{status}</span></h1>",
+        + ("(PTQ4VM) " if (report.get("int8") or {}).get("learning") else "")
+        + f"<span style='color:{color}'>{status}</span></h1>",
         f"<p>Gates vs FP32: MAD ≤ {check.gates.max_mad}, dtSSD ≤ {check.gates.max_dtssd} on every check clip"
         + (f", checked on a CPU of class {html.escape(report['checked_cpu'])} (integer kernels differ between "
            "classes)." if report.get("checked_cpu") else ".")
@@ -157,9 +207,12 @@ def render_html(report: dict, check: CheckResult) -> str:
         sections.append(f"<p>Worst frame {c.worst_frame}: |alpha − FP32 alpha| ×4</p>{diff_image(c.worst_diff)}")
     int8 = report.get("int8")
     if int8:
+        learned = ", then learned by PTQ4VM" if int8.get("learning") else ""
         sections.append(f"<h2>INT8 layers</h2><p>{int8['int8_layers']} of {int8['quantized_layers']} layers in INT8 "
-                        f"(ranges: {html.escape(int8['method'])}); kept in float: "
+                        f"(ranges: {html.escape(int8['method'])}{learned}); kept in float: "
                         f"{html.escape(', '.join(int8['fallback_layers']) or 'none')}.</p>")
+    if int8 and int8.get("learning"):
+        sections += _learning(int8["learning"], int8.get("affine_choice"))
     if int8 and int8.get("equalized_concat_inputs"):
         scales = {f"{g['conv']} ← {g['input']}": g["scale"] for g in int8["equalized_concat_inputs"]}
         sections.append(bar_chart(scales, title="concat-input equalization: scale applied to each input group "
