@@ -18,7 +18,7 @@ from mtc.artifact.manifest import ModelIO  # noqa: E402
 from mtc.export.compile import CompileJob, ParityCase  # noqa: E402
 from mtc.export.program import compile_program  # noqa: E402
 from mtc.export.torch_export import save_random_checkpoint  # noqa: E402
-from mtc.models.matanyone import IO, MASK_KERNEL, PARITY_TOLERANCE, build_program  # noqa: E402
+from mtc.models.matanyone import IO, MASK_KERNEL, PARITY_TOLERANCE, QUANTIZATION, build_program  # noqa: E402
 from mtc.models.matanyone.net import MatAnyone, MatAnyoneConfig  # noqa: E402
 from mtc.models.matanyone.reference import Graphs, run_graphs  # noqa: E402
 from mtc.runtime.program import ProgramEngine, close_mask  # noqa: E402
@@ -87,7 +87,8 @@ def test_the_program_is_the_official_flow(build):
 def artifact(build, tmp_path_factory):
     io: ModelIO = IO
     job = CompileJob(model="matanyone", variant="small", task="video_matting", license="test", io=io,
-                     cases=(ParityCase(80, 64, FRAMES), ParityCase(48, 32, 8)), tolerance=PARITY_TOLERANCE)
+                     cases=(ParityCase(80, 64, FRAMES), ParityCase(48, 32, 8)), tolerance=PARITY_TOLERANCE,
+                     quantization=QUANTIZATION)
     return compile_program(build, job, output=tmp_path_factory.mktemp("artifacts") / "matanyone-small")
 
 
@@ -159,3 +160,44 @@ def test_mtc_run_with_a_mask_or_a_mask_from_another_artifact(artifact, clip_file
     assert missing.returncode != 0 and "no mask was given" in missing.stderr and not (tmp_path / "none.mp4").exists()
     misplaced = _mtc("run", finder, video, "-o", tmp_path / "other.mp4", "--mask", clip_files / "mask.png")
     assert misplaced.returncode != 0 and "takes no first-frame mask" in misplaced.stderr
+    # mtc bench marks the middle of the first frame for such models.
+    bench = _mtc("bench", artifact, "-r", "80x64", "--backend", "onnxruntime", "--json", tmp_path / "bench.json")
+    assert bench.returncode == 0, bench.stderr
+    import json
+
+    result = json.loads((tmp_path / "bench.json").read_text())["results"][0]
+    assert result["model"]["fps"] > 0 and result["cost"]["gflops_per_frame"] is None
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_quantizing_the_program_graph_by_graph(artifact, tmp_path, precision):
+    """FP16 converts every graph, INT8 the two encoders the recipe names; each graph is checked
+    inside the whole program, and the report names the precision each graph got."""
+    import json
+
+    import onnx
+
+    from mtc.quant.config import Fallback, Gates
+    from mtc.quant.pipeline import DataPlan, quantize_artifact
+
+    # Random weights: the gates are generous, so what is tested is the mechanism, not a fidelity
+    # figure (the benchmark measures those); small clips keep it fast.
+    data = DataPlan(calib_frames=6, check_frames=8, settings=((80, 64, None),))
+    outcome = quantize_artifact(artifact, tmp_path / precision, precision=precision, data=data,
+                                gates=Gates(max_mad=50.0, max_dtssd=50.0), fallback=Fallback(enabled=False))
+    assert outcome.passed, outcome.check.failures
+    report = json.loads((tmp_path / precision / "report.json").read_text())
+    wanted = {"image_encoder", "mask_encoder"} if precision == "int8" else {
+        "image_encoder", "mask_encoder", "memory_readout", "segmenter"}
+    assert set(report["graphs"]) == wanted and set(report["quantized_graphs"]) == wanted
+    assert "<h2>Graphs</h2>" in (tmp_path / precision / "report.html").read_text()
+    marker = {"fp16": lambda m: any(i.data_type == onnx.TensorProto.FLOAT16 for i in m.graph.initializer),
+              "int8": lambda m: any(n.op_type == "QuantizeLinear" for n in m.graph.node)}[precision]
+    for name in ("image_encoder", "mask_encoder", "memory_readout", "segmenter"):
+        model = onnx.load(str(tmp_path / precision / f"{name}.onnx"))
+        assert marker(model) == (name in wanted), name
+    # The artifact runs, and its alphas are what the report's check measured.
+    frames, mask = _clip(8)
+    session = mtc.runtime.load(tmp_path / precision, backend="onnxruntime")
+    assert session.manifest.precision.mode == precision
+    assert np.isfinite(_run(session, frames, mask)).all()
