@@ -42,13 +42,7 @@ LENIENT = Gates(max_mad=1000.0, max_dtssd=1000.0)
 QUICK = Ptq4vmConfig(iterations=6, samples=4, gac_iterations=4, threads=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small ops on two threads of a shared 2-core machine spend most of their time waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _conv(rng, name, x, y, cin, cout, k=3):

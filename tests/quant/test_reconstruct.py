@@ -18,14 +18,7 @@ from mtc.quant.ranges import asymmetric_range, collect_stats  # noqa: E402
 from mtc.quant.reconstruct import ReconstructionConfig, find_blocks, reconstruct  # noqa: E402
 from mtc.quant.torch_graph import GraphModule, to_torch_feeds  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small ops on two threads of a shared 2-core machine spend most of their time waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _conv(rng, name, cin, cout, k):

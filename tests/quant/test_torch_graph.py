@@ -31,13 +31,7 @@ RVM_TOLERANCE = 3e-5
 U2NETP_TOLERANCE = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small ops on two threads of a shared 2-core machine spend most of their time waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _ort(model: onnx.ModelProto, feeds: dict, *, optimized: bool = True) -> dict:

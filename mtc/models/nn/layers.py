@@ -53,3 +53,16 @@ def conv_norm_act(cin: int, cout: int, kernel: int, *, stride: int = 1, dilation
         norm(cout, folded=folded, eps=eps),
         act() if act is not None else nn.Identity(),
     )
+
+
+class Mlp(nn.Module):
+    """A transformer's MLP: Linear, GELU, Linear (keys fc1, fc2), as Swin and ViT checkpoints name it."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))

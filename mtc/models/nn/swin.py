@@ -43,6 +43,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mtc.models.nn.layers import Mlp
+
 MASKED = -1e4  # see the module docstring: as good as -inf in float32, and finite
 
 
@@ -123,17 +125,6 @@ class WindowAttention(nn.Module):
             attn = (attn + cols).view(-1, self.heads, tokens, tokens)
         out = (attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(-1, tokens, channels)
         return self.proj(out)
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class SwinBlock(nn.Module):
