@@ -73,7 +73,7 @@ from common import dump, machine, summarize_times, update_results  # noqa: E402
 import mtc.runtime  # noqa: E402
 from calib_data.builtin_clip import ClipSpec, builtin_clip, builtin_frames  # noqa: E402
 from mtc.export.program import parity_prompt  # noqa: E402
-from mtc.models.matanyone import IO, PARITY_CASES, PARITY_TOLERANCE  # noqa: E402
+from mtc.models.matanyone import IO, PARITY_CASES, PARITY_TOLERANCE, QUANTIZATION  # noqa: E402
 from mtc.runtime.program import ProgramEngine  # noqa: E402
 from mtc.runtime.session import MattingSession  # noqa: E402
 
@@ -133,7 +133,7 @@ def export_here(work: Path, tiny: bool) -> dict:
     build_s = time.perf_counter() - started
     job = CompileJob(model="matanyone", variant="tiny-random" if tiny else "base-random", task="video_matting",
                      license=LICENSE, io=IO, cases=tuple(ParityCase(*case) for case in PARITY_CASES),
-                     tolerance=PARITY_TOLERANCE,
+                     tolerance=PARITY_TOLERANCE, quantization=QUANTIZATION,
                      provenance={"exporter": "torch", "source_file": CHECKPOINT, "weights": f"random, seed {WEIGHTS_SEED}"})
     started = time.perf_counter()
     artifact = compile_program(build, job, output=work / "artifact", overwrite=True)
