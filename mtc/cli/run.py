@@ -477,11 +477,10 @@ def _video_file(output: Path, size, fps, renderer, audio, x264_preset: str, enco
                 replace: bool):
     from mtc.runtime.media import VideoWriter
 
-    gray = renderer.kind == "alpha"
     with VideoWriter(output, width=size[0], height=size[1], fps=fps, kind="rgba" if renderer.has_alpha else "rgb",
                      audio_from=audio, x264_preset=x264_preset, timed=timed, encoder=encoder,
                      replace=replace) as writer:
-        yield lambda picture, time: writer.write(_gray_to_rgb(picture) if gray else picture, time=time)
+        yield lambda picture, time: writer.write(picture, time=time)
 
 
 @contextlib.contextmanager
@@ -504,9 +503,3 @@ def _noting_times(timed_frames, times: collections.deque):
     for time, frame in timed_frames:
         times.append(time)
         yield frame
-
-
-def _gray_to_rgb(alpha):
-    import numpy as np
-
-    return np.repeat(alpha[..., None], 3, axis=2)

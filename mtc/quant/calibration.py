@@ -89,7 +89,7 @@ def _resize(frame: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     return np.asarray(Image.fromarray(frame).resize(size, Image.BILINEAR))
 
 
-class _RecordingBackend:
+class RecordingBackend:
     """Passes runs through and keeps a copy of every input it was fed."""
 
     def __init__(self, backend: Backend):
@@ -104,7 +104,7 @@ class _RecordingBackend:
 
 def record_feeds(io: ModelIO, fp32_model: bytes | Path, clips: list[Clip]) -> list[dict[str, np.ndarray]]:
     """The model inputs, recurrent state included, that the FP32 model gets when run over `clips`."""
-    recorder = _RecordingBackend(OrtBackend(fp32_model))
+    recorder = RecordingBackend(OrtBackend(fp32_model))
     for clip in clips:
         session = MattingSession(io, recorder, downsample_ratio=clip.downsample_ratio, scene_cut_threshold=None)
         for frame in clip.frames:

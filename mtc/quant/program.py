@@ -29,7 +29,7 @@ from mtc.backends import Backend, OrtBackend
 from mtc.backends.cpu import cpu_class
 from mtc.errors import MtcError
 from mtc.fsutil import atomic_dir, atomic_write_text
-from mtc.quant.calibration import Clip
+from mtc.quant.calibration import Clip, RecordingBackend
 from mtc.quant.checks import CheckResult, ReferenceAlphas, run_alphas
 from mtc.quant.pipeline import HTML_REPORT
 from mtc.quant.report import render_html
@@ -37,19 +37,6 @@ from mtc.runtime.program import ProgramEngine
 from mtc.runtime.progress import Stages
 
 log = logging.getLogger("mtc")
-
-
-class _Recording:
-    """A graph's backend that keeps every input it is fed (the graph's calibration data)."""
-
-    def __init__(self, backend: Backend):
-        self.backend, self.feeds = backend, []
-        self.name, self.input_names, self.output_names = backend.name, backend.input_names, backend.output_names
-        self.fresh_outputs = getattr(backend, "fresh_outputs", False)
-
-    def run(self, feeds):
-        self.feeds.append({k: np.array(v) for k, v in feeds.items()})
-        return self.backend.run(feeds)
 
 
 class GraphInProgram(ReferenceAlphas):
@@ -94,7 +81,7 @@ def quantize_program(source: Path, output: Path, manifest: Manifest, *, precisio
     timings: dict[str, float] = {}
     started = time.perf_counter()
     with stages.stage("calibration: recording each graph's FP32 inputs", total=len(calib)) as advance:
-        recorders = {name: _Recording(backend) for name, backend in fp32.items()}
+        recorders = {name: RecordingBackend(backend) for name, backend in fp32.items()}
         for clip in calib:
             run_alphas(manifest.io, ProgramEngine(program, manifest.io, recorders), clip)
             advance()
@@ -130,7 +117,7 @@ def quantize_program(source: Path, output: Path, manifest: Manifest, *, precisio
         "quantized_graphs": sorted(chosen), "fp32_graphs": sorted(set(models) - set(chosen)),
         "calibration": {"clips": [{"name": c.name, "frames": len(c.frames)} for c in calib]},
     }
-    _write(output, source, manifest, models, chosen, report, precision, passed, final, overwrite)
+    _write(output, source, manifest, chosen, report, precision, passed, final, overwrite)
     return passed, final, report
 
 
@@ -156,7 +143,7 @@ def render_program_html(report: dict, check: CheckResult) -> str:
     return page.replace("</body>", table + "</body>", 1)
 
 
-def _write(output: Path, source: Path, manifest: Manifest, models: dict, chosen: dict, report: dict, precision: str,
+def _write(output: Path, source: Path, manifest: Manifest, chosen: dict, report: dict, precision: str,
            passed: bool, final: CheckResult, overwrite: bool) -> None:
     with atomic_dir(output, overwrite=overwrite) as folder:
         atomic_write_text(folder / REPORT_NAME, json.dumps(report, indent=2, default=float) + "\n")

@@ -975,7 +975,8 @@ class VideoWriter:
 
         Args:
             frame: ``HxWx3`` ``uint8`` RGB (``kind="rgb"``), or ``HxWx4`` RGBA
-                (``kind="rgba"``; RGB is accepted there and written fully opaque).
+                (``kind="rgba"``; RGB is accepted there and written fully opaque); an ``HxW``
+                grey picture (a matte) is written as grey RGB.
             time: With ``timed=True``, the frame's presentation time in seconds from the first
                 frame. A frame whose time is None (unknown) or does not advance is shown one
                 frame period (1 / fps) after the previous one.
@@ -983,6 +984,8 @@ class VideoWriter:
         if time is not None and not self._timed:
             raise ValueError("frame times need a VideoWriter opened with timed=True")
         frame = np.asarray(frame)
+        if frame.ndim == 2:
+            frame = np.repeat(frame[..., None], 3, axis=2)
         allowed = (3, 4) if self._channels == 4 else (3,)
         expected = (self.height, self.width)
         if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[:2] != expected or frame.shape[2] not in allowed:

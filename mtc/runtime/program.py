@@ -99,6 +99,8 @@ class ProgramEngine:
     def __init__(self, program: Program, io: ModelIO, graphs: dict):
         self.program = program
         self.graphs = graphs
+        self._specs = {g.name: g for g in program.graphs}
+        self._slot_init = {s.name: s.init for s in program.slots}
         self.image_name = io.input_with_role("image").name
         prompt = io.input_with_role("prompt")
         self.prompt_name = prompt.name if prompt is not None else None
@@ -169,7 +171,7 @@ class ProgramEngine:
 
     def _do(self, step: Step, values: dict[str, np.ndarray], where: str) -> None:
         if step.op == "run":
-            spec = self.program.graph(step.graph)
+            spec = self._specs[step.graph]
             feeds = {}
             for name in spec.inputs:
                 bound = step.inputs.get(name, name)
@@ -192,8 +194,7 @@ class ProgramEngine:
             if step.target in self._rings:
                 self._rings[step.target].clear()
             else:
-                spec = next(s for s in self.program.slots if s.name == step.target)
-                self._slots[step.target].fill(spec.init)
+                self._slots[step.target].fill(self._slot_init[step.target])
         else:  # keep, push
             entry = {field: self._read(source, where, values) for field, source in step.sources.items()}
             getattr(self._rings[step.target], step.op)(entry, where)

@@ -109,38 +109,30 @@ def _loaded_session(artifact: str, backend: str, threads: int):
     return mtc.runtime.load(artifact, backend=backend, threads=threads, allow_spinning=False)
 
 
-def _as_rgb(picture):
-    """A rendered picture as the video writer takes it (a grey matte becomes grey RGB)."""
-    import numpy as np
-
-    return np.repeat(picture[..., None], 3, axis=2) if picture.ndim == 2 else picture
-
-
-def _matte_range(artifact: str, source: str, write: Callable, *, what: str, background: str, backend: str,
+def _matte_range(artifact: str, reader, write: Callable, *, what: str, background: str, backend: str,
                  threads: int, first: int = 0, stop: int | None = None) -> dict:
-    """Matte frames [first, stop) of `source` from fresh state, passing (time, picture) to `write`."""
+    """Matte frames [first, stop) of an open VideoReader from fresh state, passing (time, picture)
+    to `write`."""
     import itertools
 
     from mtc.runtime.apply import make_renderer, matte_stream
-    from mtc.runtime.media import VideoReader
 
     session = _loaded_session(artifact, backend, threads)
     session.reset()  # a new video or piece is a new shot: nothing carries over from the last one
     renderer = make_renderer(what, background)
     started = time.perf_counter()
-    with VideoReader(Path(source)) as reader:
-        times: collections.deque = collections.deque()  # the decode thread appends, the writer pops
-        timed = reader.timed_frames(first)
-        if stop is not None:
-            timed = itertools.islice(timed, stop - first)
+    times: collections.deque = collections.deque()  # the decode thread appends, the writer pops
+    timed = reader.timed_frames(first)
+    if stop is not None:
+        timed = itertools.islice(timed, stop - first)
 
-        def frames():
-            for moment, frame in timed:
-                times.append(moment)
-                yield frame
+    def frames():
+        for moment, frame in timed:
+            times.append(moment)
+            yield frame
 
-        stats = matte_stream(session, frames(), lambda picture: write(times.popleft(), picture), renderer)
-        lost = list(reader.lost_frames) if stop is None else []  # complete only when read to the end
+    stats = matte_stream(session, frames(), lambda picture: write(times.popleft(), picture), renderer)
+    lost = list(reader.lost_frames) if stop is None else []  # complete only when read to the end
     return {"frames": stats.frames, "seconds": time.perf_counter() - started, "lost_frames": lost}
 
 
@@ -156,21 +148,21 @@ def matte_video(artifact: str, source: str, output: str, *, what: str = "composi
     """
     from mtc.runtime.media import VideoReader, VideoWriter
 
-    with VideoReader(Path(source)) as probe:
-        size, fps, audio = (probe.width, probe.height), probe.fps, probe.has_audio
-    with VideoWriter(output, width=size[0], height=size[1], fps=fps, kind=_output_kind(what), timed=True,
-                     x264_preset=x264_preset, audio_from=source if audio else None, encoder=encoder) as writer:
-        return _matte_range(artifact, source, lambda moment, picture: writer.write(_as_rgb(picture), time=moment),
+    with VideoReader(Path(source)) as reader, VideoWriter(
+            output, width=reader.width, height=reader.height, fps=reader.fps, kind=_output_kind(what), timed=True,
+            x264_preset=x264_preset, audio_from=source if reader.has_audio else None, encoder=encoder) as writer:
+        return _matte_range(artifact, reader, lambda moment, picture: writer.write(picture, time=moment),
                             what=what, background=background, backend=backend, threads=threads)
 
 
 def matte_piece(artifact: str, source: str, piece: str, first: int, stop: int, *, what: str, background: str,
                 backend: str, threads: int) -> dict:
     """Matte frames [first, stop) of `source` into the lossless file `piece` (a Ray task)."""
+    from mtc.runtime.media import VideoReader
     from mtc.serve.lossless import LosslessWriter
 
-    with LosslessWriter(piece) as writer:
-        return _matte_range(artifact, source, lambda moment, picture: writer.write(picture), what=what,
+    with VideoReader(Path(source)) as reader, LosslessWriter(piece) as writer:
+        return _matte_range(artifact, reader, lambda moment, picture: writer.write(picture), what=what,
                             background=background, backend=backend, threads=threads, first=first, stop=stop)
 
 
@@ -188,7 +180,7 @@ def join_pieces(source: str, pieces: list[str], output: str, times: list[float |
                      x264_preset=x264_preset, audio_from=source if audio else None, encoder=encoder) as writer:
         for piece in pieces:
             for picture in read_lossless(piece):
-                writer.write(_as_rgb(picture), time=next(moments))
+                writer.write(picture, time=next(moments))
 
 
 def _cause(exc: BaseException) -> str:
