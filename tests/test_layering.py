@@ -11,14 +11,15 @@ ROOT = Path(mtc.__file__).parent
 # What each layer may import from mtc (besides itself). Lower layers never reach up.
 ALLOWED = {
     "errors": set(),
+    "safe_text": set(),
     "fsutil": {"errors"},
-    "artifact": {"errors", "fsutil"},
+    "artifact": {"errors", "fsutil", "safe_text"},
     "passes": {"errors", "graph_edit"},
     "backends": {"errors", "fsutil", "artifact", "passes"},
     "runtime": {"errors", "fsutil", "artifact", "backends"},
 }
 GENERIC = ("artifact", "backends", "passes", "runtime", "export", "quant", "bench", "serve")
-FAMILY = re.compile(r"\b(rvm|modnet|u2netp?|u²-?netp?|bgmv2|backgroundmattingv2|birefnet|inspyrenet|matanyone)\b",
+FAMILY = re.compile(r"\b(rvm|modnet|u2netp?|u²-?netp?|bgmv2|backgroundmattingv2|birefnet|inspyrenet|matanyone|pdfnet)\b",
                     re.IGNORECASE)
 
 

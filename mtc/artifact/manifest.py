@@ -22,6 +22,7 @@ from typing import Any
 
 from mtc.artifact.program import Program, program_from_reader
 from mtc.errors import MtcError
+from mtc.safe_text import printable
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -307,7 +308,8 @@ class _Reader:
 
     def fail(self, what: str) -> MtcError:
         return MtcError(
-            f"{self.source}: {self.path or 'top level'} {what}",
+            # The path holds the manifest's own keys: untrusted text, shown escaped on one line.
+            f"{self.source}: {printable(self.path) if self.path else 'top level'} {what}",
             hint="the artifact is damaged or from another mtc version; re-export it",
         )
 
