@@ -33,7 +33,7 @@ OUTPUT_ROLES = ("alpha", "foreground", "state", "aux")
 DTYPES = ("float32", "float16", "int64", "int32", "uint8")
 RESIZE_MODES = ("none", "fixed", "reference")
 RESIZE_FILTERS = ("bilinear", "lanczos")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "bf16")  # bf16: the FP32 graph, checked on OpenVINO's CPU BF16
 
 # Bounds on what a manifest may declare: generous for any real model, small enough that nothing
 # derived from them (tensors, loops, files to hash) can cost gigabytes or hours.
@@ -187,11 +187,17 @@ class QuantRecipe:
             (for models that matte one image alone) besides the built-in clip.
         int8_graphs: multi-graph artifacts: the graphs INT8 applies to (empty: all of them);
             FP16 converts every graph.
+        int8_op_types: the ONNX op types INT8 quantizes: Conv for conv nets; transformers add
+            their linear layers (MatMul with a constant operand, Gemm).
+        int8_activation_matmuls: whether attention's own MatMuls (two activations) are
+            quantized too.
     """
 
     int8_preset: str = "speed"
     builtin_photos: bool = False
     int8_graphs: tuple[str, ...] = ()
+    int8_op_types: tuple[str, ...] = ("Conv",)
+    int8_activation_matmuls: bool = False
 
 
 def default_quant_recipe(task: str, io: ModelIO) -> QuantRecipe:
@@ -523,9 +529,14 @@ def _check_sizes(r: _Reader, data: dict) -> tuple[CheckSize, ...]:
 
 
 def _quant_recipe(q: _Reader) -> QuantRecipe:
-    graphs = q.get("int8_graphs", list, [])
+    def names(key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        values = q.get(key, list, None)
+        return default if values is None else tuple(q.child(key).name(i) for i in range(len(values)))
+
+    defaults = QuantRecipe()
     return QuantRecipe(int8_preset=q.name("int8_preset", "speed"), builtin_photos=q.get("builtin_photos", bool, False),
-                       int8_graphs=tuple(q.child("int8_graphs").name(i) for i in range(len(graphs))) if graphs else ())
+                       int8_graphs=names("int8_graphs", ()), int8_op_types=names("int8_op_types", defaults.int8_op_types),
+                       int8_activation_matmuls=q.get("int8_activation_matmuls", bool, False))
 
 
 def _plain_json_problem(data: Any) -> tuple[str, str] | None:

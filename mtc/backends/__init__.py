@@ -88,6 +88,8 @@ def create_backend(name: str, model_path: Path, *, io: ModelIO | None = None, ma
         options = _with_legacy_keywords(options, legacy)
     if io is None and manifest is not None:
         io = manifest.io
+    if manifest is not None and manifest.precision.mode == "bf16":
+        name, options = _bf16_artifact(name, options, availability)
     int8 = manifest is not None and manifest.precision.mode == "int8"
     if name == "onnxruntime" and options.precision == "fp32" and availability is None and not int8:
         choice = BackendChoice("onnxruntime", "requested")  # the common path skips probing
@@ -102,6 +104,21 @@ def create_backend(name: str, model_path: Path, *, io: ModelIO | None = None, ma
     describe = getattr(backend, "describe", None)
     log.info("backend: %s (%s): %s", choice.name, choice.reason, describe() if describe else backend.name)
     return backend
+
+
+def _bf16_artifact(name: str, options: BackendOptions, availability: Availability | None) -> tuple[str, BackendOptions]:
+    """A BF16 artifact holds the FP32 graph, checked on OpenVINO's CPU BF16: that is where it runs
+    (auto and openvino) when OpenVINO and a BF16 CPU are here. Anywhere else it runs in FP32,
+    more exact than it was checked and slower, and the log says so."""
+    import dataclasses
+
+    available = availability or probe_availability()
+    cpu_bf16 = available.bf16
+    if name in ("auto", "openvino") and cpu_bf16 and get_backend("openvino").probe(available).usable:
+        return "openvino", dataclasses.replace(options, precision="bf16")
+    why = "this CPU has no BF16" if not cpu_bf16 else f"{name} was asked for" if name != "auto" else "no OpenVINO here"
+    log.warning("BF16 artifact runs its graph in FP32 (%s): as exact as FP32, at FP32's speed", why)
+    return name, dataclasses.replace(options, precision="fp32")
 
 
 def _with_legacy_keywords(options: BackendOptions, legacy: dict) -> BackendOptions:

@@ -28,17 +28,34 @@ def class_from_flags(flags: set[str]) -> str:
     return "other"
 
 
+def bf16_from_flags(flags: set[str]) -> bool:
+    """Whether the CPU computes BF16 natively (AVX-512 BF16 or AMX), as OpenVINO's BF16 needs."""
+    return bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
 @functools.cache
-def cpu_class() -> str:
-    """This machine's CPU class (see CPU_CLASSES); "other" where the flags cannot be read."""
+def _cpu_flags() -> frozenset[str] | None:
+    """The feature flags of /proc/cpuinfo, or None where they cannot be read."""
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
+        return None
+    line = next((line for line in text.splitlines() if line.startswith("flags")), None)
+    return frozenset(line.split(":", 1)[1].split()) if line is not None else frozenset()
+
+
+def has_bf16() -> bool:
+    """Whether this CPU computes BF16 natively (False where the flags cannot be read)."""
+    flags = _cpu_flags()
+    return flags is not None and bf16_from_flags(set(flags))
+
+
+def cpu_class() -> str:
+    """This machine's CPU class (see CPU_CLASSES); "other" where the flags cannot be read."""
+    flags = _cpu_flags()
+    if flags is None:
         return "other" if platform.machine().lower() not in ("x86_64", "amd64") else "avx2"
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return class_from_flags(set(line.split(":", 1)[1].split()))
-    return "other"
+    return class_from_flags(set(flags)) if flags else "other"
 
 
 def int8_saturates(cpu: str) -> bool:

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mtc.backends.cpu import cpu_class, int8_saturates
+from mtc.backends.cpu import cpu_class, has_bf16, int8_saturates
 from mtc.errors import MtcError
 
 log = logging.getLogger("mtc")
@@ -44,6 +44,7 @@ class Availability:
     openvino: bool = False
     ort_providers: tuple[str, ...] = ("CPUExecutionProvider",)
     cpu: str = "other"  # mtc.backends.cpu class
+    bf16: bool = False  # the CPU computes BF16 natively (AVX-512 BF16 or AMX)
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,7 @@ def probe_availability() -> Availability:
         openvino=has_module("openvino"),
         ort_providers=tuple(ort.get_available_providers()),
         cpu=cpu_class(),
+        bf16=has_bf16(),
     )
 
 

@@ -48,6 +48,8 @@ def _state_pairs(ctx, param, values):
               help="Artifact folder [default: artifacts/MODEL-VARIANT-PRECISION].")
 @click.option("--int8", "precision", flag_value="int8", help="Also quantize to INT8 (checked against FP32).")
 @click.option("--fp16", "precision", flag_value="fp16", help="Also convert to FP16 (checked against FP32).")
+@click.option("--bf16", "precision", flag_value="bf16",
+              help="Also make a BF16 artifact: OpenVINO's CPU BF16, checked against FP32.")
 @click.option("--weights", "weights_path", type=click.Path(path_type=Path),
               help="Use this weight file instead of downloading (checked against the known sha256).")
 @click.option("--offline", is_flag=True, default=None, help="Never download; use the cache or --weights (also MTC_OFFLINE=1).")
@@ -81,8 +83,8 @@ def export(model: str, variant: str | None, output: Path | None, precision: str 
     The graph is sanitized (opset 17, unique dim names, state outputs routed, simplified) and
     checked against the original before anything is written. For an ONNX file that is not a
     registered model's official file, the roles of its inputs and outputs are inferred from
-    names and shapes (printed; the ONNX-file options override them). With --int8 or --fp16 the
-    FP32 export is then quantized and gated against it (see `mtc quantize`).
+    names and shapes (printed; the ONNX-file options override them). With --int8, --fp16 or --bf16
+    the FP32 export is then quantized and gated against it (see `mtc quantize`).
     """
     from mtc.models.export import default_output_dir, export_model
     from mtc.models.registry import get_model
@@ -130,7 +132,7 @@ def _export_onnx_file(path: Path, *, output: Path | None, precision: str | None,
         return
     target = output or Path("artifacts") / f"{name or path.stem}-onnx-{precision}"
     # The FP32 artifact stays beside the quantized one, as for registered models: the reference.
-    fp32 = target.with_name(re.sub(r"-(int8|fp16)$", "", target.name) + "-fp32")
+    fp32 = target.with_name(re.sub(r"-(int8|fp16|bf16)$", "", target.name) + "-fp32")
     if force or not _is_fp32_artifact_from(fp32, path):
         export_onnx_file(path, output=fp32, overwrite=force, simplify=simplify, hints=hints, name=name)
     else:

@@ -130,6 +130,20 @@ def check_quantization_flags(precision: str, quant_options: dict) -> None:
     given = [flag for key, flag in PTQ4VM_FLAGS.items() if quant_options[key] is not None]
     if given and method != "ptq4vm":
         raise click.UsageError(f"{given[0]} tunes PTQ4VM: add --method ptq4vm")
+    op_types = quant_options.get("op_types")
+    if (op_types or quant_options.get("quantize_attention")) and precision != "int8":
+        raise click.UsageError("--op-types and --quantize-attention choose what INT8 quantizes: use them with --int8")
+    if op_types is not None:
+        from mtc.quant.config import QUANTIZABLE_OPS
+
+        unknown = [t.strip() for t in op_types.split(",") if t.strip() not in QUANTIZABLE_OPS]
+        if unknown or not op_types.strip():
+            raise click.UsageError(f"--op-types {op_types!r}: {', '.join(unknown) or 'empty'} is not one of "
+                                   f"{', '.join(QUANTIZABLE_OPS)}")
+    if precision == "bf16":
+        from mtc.quant.pipeline import require_bf16_machine
+
+        require_bf16_machine()  # before an export's minutes of work
     split_presets(quant_options["preset"], method)
     build_gates(precision, quant_options["max_mad"], quant_options["max_dtssd"], quant_options["gates_file"])
 
@@ -185,6 +199,11 @@ def quantization_options(command):
         click.option("--float-budget-probes", type=click.IntRange(1, None), default=None, metavar="N",
                      help="Probe at most N layers for the float budget (one check each); when more fit it, "
                           "the ones with the largest isolated INT8 error per MAC [default: 24]."),
+        click.option("--op-types", default=None, metavar="OP[,OP...]",
+                     help="ONNX op types INT8 quantizes (Conv, ConvTranspose, Gemm, MatMul) [default: the "
+                          "artifact's recipe: Conv; with MatMul and Gemm for transformer families]."),
+        click.option("--quantize-attention", is_flag=True,
+                     help="Also quantize attention's own MatMuls (scores and their weighted sum; float by default)."),
         click.option("--no-equalize", is_flag=True,
                      help="Do not rescale the inputs of quantized convs' channel Concats (on by default: same "
                           "function in float, lower INT8 error; see docs/quantization.md)."),
@@ -229,7 +248,7 @@ def run_quantization(source, output, *, precision, preset, method, weight_roundi
                      check_source,
                      max_mad, max_dtssd, gates_file, no_fallback, no_equalize, keep_float, float_budget,
                      float_budget_probes, force, ptq4vm_iterations, ptq4vm_batch, ptq4vm_samples, ptq4vm_qdrop,
-                     ptq4vm_threads):
+                     ptq4vm_threads, op_types=None, quantize_attention=False):
     """Call the library and turn a gate failure into a one-line error after the report is written."""
     from pathlib import Path
 
@@ -249,7 +268,9 @@ def run_quantization(source, output, *, precision, preset, method, weight_roundi
     config = make_preset(placement, method=None if method == "ptq4vm" else method, weight_rounding=weight_rounding,
                          exclude_nodes=keep, equalize_concats=False if no_equalize else None,
                          float_budget=None if float_budget is None else float_budget / 100,
-                         float_budget_probes=float_budget_probes, learning=learning)
+                         float_budget_probes=float_budget_probes, learning=learning,
+                         op_types=tuple(t.strip() for t in op_types.split(",") if t.strip()) if op_types else None,
+                         activation_matmuls=True if quantize_attention else None)
     if weight_bits != "auto":
         import dataclasses
 

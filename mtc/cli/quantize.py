@@ -14,6 +14,8 @@ from mtc.cli.options import check_quantization_flags, quantization_options, run_
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Folder for the new artifact.")
 @click.option("--int8", "precision", flag_value="int8", help="INT8 with Q/DQ (TensorRT-compatible).")
 @click.option("--fp16", "precision", flag_value="fp16", help="FP16 with FP32 I/O; overflow-prone ops stay FP32.")
+@click.option("--bf16", "precision", flag_value="bf16",
+              help="The FP32 graph, checked as OpenVINO runs it in BF16 on this CPU (needs AVX-512 BF16 or AMX).")
 @quantization_options
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 def quantize(folder: Path, output: Path, precision: str | None, force: bool, **options) -> None:
@@ -23,6 +25,6 @@ def quantize(folder: Path, output: Path, precision: str | None, force: bool, **o
     folder holds only the report (report.json, report.html) and the rejected model.
     """
     if precision is None:
-        raise click.UsageError("choose --int8 or --fp16")
+        raise click.UsageError("choose --int8, --fp16 or --bf16")
     check_quantization_flags(precision, options)
     run_quantization(folder, output, precision=precision, force=force, **options)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mtc.artifact.manifest import ModelIO, Preprocess, TensorSpec
+from mtc.artifact.manifest import ModelIO, Preprocess, QuantRecipe, TensorSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -22,6 +22,12 @@ def fixed_size_image_io(size: tuple[int, int], *, multiple_of: int = 1, mean: tu
         preprocess=Preprocess(scale=1.0 / 255.0, mean=mean, std=std, resize="fixed", fixed_size=size,
                               multiple_of=multiple_of),
     )
+
+
+# Image models with a transformer backbone: INT8 covers its linear layers (attention projections
+# and MLPs) besides the convs; LayerNorm, Softmax, GELU and attention's own MatMuls stay float
+# (mtc.quant.qdq.RULES). Still photos join the built-in calibration data, as for any image model.
+TRANSFORMER_IMAGE_RECIPE = QuantRecipe(builtin_photos=True, int8_op_types=("Conv", "MatMul", "Gemm"))
 
 
 @dataclass(frozen=True)

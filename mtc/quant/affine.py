@@ -29,10 +29,18 @@ from mtc.quant.ranges import expose_tensors
 GAMMA_LIMITS = (0.5, 2.0)  # a correction outside this range means the fit is not to be trusted
 
 
+# Where a layer's output channels lie in its output: NCHW for convs, the last axis for linear layers.
+CHANNEL_AXIS = {"Conv": 1, "Gemm": -1, "MatMul": -1}
+# Layers whose correction folds exactly: a bias input takes beta (a MatMul has none; its bias is a
+# separate Add that other layers may share), and gamma scales the per-channel weight scale.
+CORRECTABLE = ("Conv", "Gemm")
+
+
 class _ChannelFit:
     """Streaming sufficient statistics for y_fp ~ gamma * y_q + beta, per channel."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, axis: int = 1):
+        self.axis = axis
         self.n = 0
         self.sq = np.zeros(channels)
         self.sqq = np.zeros(channels)
@@ -41,8 +49,8 @@ class _ChannelFit:
         self.sqf = np.zeros(channels)
 
     def update(self, quantized: np.ndarray, reference: np.ndarray) -> None:
-        q = np.moveaxis(quantized, 1, 0).reshape(quantized.shape[1], -1).astype(np.float64)
-        f = np.moveaxis(reference, 1, 0).reshape(reference.shape[1], -1).astype(np.float64)
+        q = np.moveaxis(quantized, self.axis, 0).reshape(quantized.shape[self.axis], -1).astype(np.float64)
+        f = np.moveaxis(reference, self.axis, 0).reshape(reference.shape[self.axis], -1).astype(np.float64)
         self.n += q.shape[1]
         self.sq += q.sum(1)
         self.sqq += (q * q).sum(1)
@@ -84,18 +92,17 @@ PROBE = "__probe"
 def probe_model(fp32: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, ActivationRange], *,
                 activation_type: str = "int8", rounded: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
                 weight_bits: int = 8) -> onnx.ModelProto:
-    """The FP32 graph plus, for each planned Conv, a quantized copy reading the same FP32 input."""
+    """The FP32 graph plus, for each planned layer with weights, a quantized copy reading the same
+    FP32 input."""
     model = onnx.ModelProto()
     model.CopyFrom(fp32)
-    probes = []
-    for node in list(model.graph.node):
-        if node.op_type != "Conv" or node.name not in set(plan.node_names):
-            continue
+    probes, planned = [], {n.node: n for n in plan.nodes}
+    for node in _fitted_layers(model, plan):
         copy = onnx.NodeProto()
         copy.CopyFrom(node)
         copy.name, copy.output[:] = node.name + PROBE, [node.output[0] + PROBE]
         model.graph.node.append(copy)
-        quant = next(n for n in plan.nodes if n.node == node.name)
+        quant = planned[node.name]
         probes.append(NodeQuant(copy.name, quant.inputs, quant.weights))
     return insert_qdq(model, QdqPlan(tuple(probes)), ranges, activation_type=activation_type, rounded=rounded,
                       weight_bits=weight_bits)
@@ -105,9 +112,11 @@ def fit_layers(fp32: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, Activa
                feeds: Iterable[dict[str, np.ndarray]], *, activation_type: str = "int8",
                rounded: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
                weight_bits: int = 8) -> dict[str, LayerFit]:
-    """A LayerFit for every Conv in `plan`, each quantized alone (with the INT8 weights `rounded`
-    gives, where it gives them) and fed FP32 inputs, in one pass over `feeds`."""
-    convs = [n for n in fp32.graph.node if n.op_type == "Conv" and n.name in set(plan.node_names)]
+    """A LayerFit for every layer with weights in `plan`, each quantized alone (with the INT8
+    weights `rounded` gives, where it gives them) and fed FP32 inputs, in one pass over `feeds`.
+    Layers without a bias to fold beta into (MatMul) get the identity correction: their fit
+    only measures their error."""
+    convs = _fitted_layers(fp32, plan)
     outputs = [t for n in convs for t in (n.output[0], n.output[0] + PROBE)]
     probes = probe_model(fp32, plan, ranges, activation_type=activation_type, rounded=rounded, weight_bits=weight_bits)
     runner = OrtBackend(expose_tensors(probes, outputs).SerializeToString(), optimization="basic")
@@ -116,12 +125,23 @@ def fit_layers(fp32: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, Activa
         got = runner.run({k: v for k, v in feed.items() if k in runner.input_names})
         for node in convs:
             reference, quantized = got[node.output[0]], got[node.output[0] + PROBE]
-            fits.setdefault(node.name, _ChannelFit(reference.shape[1])).update(quantized, reference)
+            axis = CHANNEL_AXIS[node.op_type] % reference.ndim
+            fits.setdefault(node.name, _ChannelFit(reference.shape[axis], axis)).update(quantized, reference)
+    kinds = {n.name: n.op_type for n in convs}
     layers = {}
     for name, fit in fits.items():
-        gamma, beta = fit.solve()
+        if kinds[name] in CORRECTABLE:
+            gamma, beta = fit.solve()
+        else:
+            gamma, beta = np.ones(fit.sq.shape, np.float32), np.zeros(fit.sq.shape, np.float32)
         layers[name] = LayerFit(gamma, beta, fit.relative_error(gamma, beta), fit.relative_error())
     return layers
+
+
+def _fitted_layers(model: onnx.ModelProto, plan: QdqPlan) -> list[onnx.NodeProto]:
+    """The planned layers with quantized weights of a kind the fit understands, in graph order."""
+    weighted = {n.node for n in plan.nodes if n.weights}
+    return [n for n in model.graph.node if n.name in weighted and n.op_type in CHANNEL_AXIS]
 
 
 def apply_corrections(quantized: onnx.ModelProto, corrections: Mapping[str, LayerFit]) -> onnx.ModelProto:
@@ -131,7 +151,7 @@ def apply_corrections(quantized: onnx.ModelProto, corrections: Mapping[str, Laye
     graph = out.graph
     inits = {i.name: i for i in graph.initializer}
     for node in graph.node:
-        if node.name not in corrections:
+        if node.name not in corrections or node.op_type not in CORRECTABLE:
             continue
         gamma, beta = corrections[node.name].gamma, corrections[node.name].beta
         scale_name = weight_scale_name(node)

@@ -40,6 +40,7 @@ class Fallback:
 
 
 WEIGHT_ROUNDING = ("nearest", "gptq")
+QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # the op types mtc.quant.qdq.RULES covers
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,11 @@ class Int8Config:
     Attributes:
         method: activation range calibration: minmax, percentile, entropy or mse.
         percentile: for method="percentile", the |x| percentile kept unclipped.
-        op_types: op types that get Q/DQ (see mtc.quant.qdq.RULES).
+        op_types: op types that get Q/DQ (see mtc.quant.qdq.RULES); None: the ones the
+            artifact's quantization recipe names (family knowledge: Conv for conv nets, Conv,
+            MatMul and Gemm for transformers).
+        activation_matmuls: also quantize MatMuls of two activations (attention scores and
+            their weighted sum); None: as the artifact's recipe says.
         quantize_outputs: also quantize each op's output (after a fused Relu) so CPU
             backends run integer kernels end to end instead of float convs on
             dequantized inputs; TensorRT fuses either form.
@@ -159,7 +164,8 @@ class Int8Config:
 
     method: str = "mse"
     percentile: float = 99.99
-    op_types: tuple[str, ...] = ("Conv",)
+    op_types: tuple[str, ...] | None = None
+    activation_matmuls: bool | None = None
     quantize_outputs: bool = True
     exclude_nodes: tuple[str, ...] = ()
     min_mac_share: float = 0.0
@@ -185,6 +191,10 @@ class Int8Config:
         if self.weight_rounding not in WEIGHT_ROUNDING:
             raise MtcError(f"unknown weight rounding {self.weight_rounding!r}",
                            hint=f"choose one of: {', '.join(WEIGHT_ROUNDING)}")
+        unknown = sorted(set(self.op_types or ()) - set(QUANTIZABLE_OPS))
+        if unknown:
+            raise MtcError(f"no INT8 rule for op type {', '.join(unknown)}",
+                           hint=f"choose among: {', '.join(QUANTIZABLE_OPS)}")
         if self.learning is not None and self.weight_rounding != "nearest":
             raise MtcError(f"PTQ4VM learns the weights' rounding itself: it does not combine with "
                            f"{self.weight_rounding} rounding", hint="drop --weight-rounding")
@@ -206,6 +216,13 @@ PRESETS: dict[str, Int8Config] = {
     # TensorRT style: every conv, Q/DQ on inputs and weights only; the builder fuses outputs.
     "tensorrt": Int8Config(quantize_outputs=False),
 }
+
+
+def with_recipe(config: Int8Config, op_types: tuple[str, ...], activation_matmuls: bool) -> Int8Config:
+    """`config` with what it leaves open (None) taken from the artifact's quantization recipe."""
+    return dataclasses.replace(
+        config, op_types=config.op_types if config.op_types is not None else tuple(op_types),
+        activation_matmuls=config.activation_matmuls if config.activation_matmuls is not None else activation_matmuls)
 
 
 def preset(name: str, **overrides) -> Int8Config:

@@ -33,6 +33,19 @@ FP32_INPUTS = {"Resize": (1, 2), "Upsample": (1,)}
 NEVER_FP16 = ("Constant", "Cast", "Shape", "Size", "NonZero", "TopK", "Range", "ScatterElements", "RandomNormalLike", "RandomUniformLike")
 
 
+def activation_magnitudes(model: onnx.ModelProto, feeds: Iterable[dict[str, np.ndarray]], *,
+                          progress=None) -> dict[str, float]:
+    """Peak |value| of every float tensor the graph computes, over `feeds` (needs inferred shapes)."""
+    from mtc.quant.ranges import collect_stats
+
+    # Constants are not activations (some hold +-inf as clip bounds); they are cast, not computed.
+    names = sorted({o for n in model.graph.node if n.op_type != "Constant" for o in n.output if o})
+    floats = {v.name for v in model.graph.value_info if v.type.tensor_type.elem_type == TensorProto.FLOAT}
+    floats |= {o.name for o in model.graph.output if o.type.tensor_type.elem_type == TensorProto.FLOAT}
+    stats = collect_stats(model, [n for n in names if n in floats], feeds, progress=progress)
+    return {name: s.amax for name, s in stats.items()}
+
+
 def overflow_prone_nodes(model: onnx.ModelProto, magnitudes: Mapping[str, float]) -> list[str]:
     """Nodes whose measured outputs (or squared inputs, for normalizations) leave FP16's range."""
     limit = FP16_MAX / HEADROOM

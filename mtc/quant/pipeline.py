@@ -15,6 +15,7 @@ import logging
 import shutil
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,9 +43,10 @@ from mtc.quant.affine import apply_corrections, fit_layers
 from mtc.quant.align import align_conv_inputs
 from mtc.quant.calibration import BUILTIN, Clip, builtin_photo_clips, load_clips, record_feeds
 from mtc.quant.checks import CheckResult, ReferenceAlphas
-from mtc.quant.config import Fallback, Gates, Int8Config, preset
+from mtc.quant.config import Fallback, Gates, Int8Config, preset, with_recipe
 from mtc.quant.equalize import equalize_concat_inputs
 from mtc.quant.fp16 import (
+    activation_magnitudes,
     convert_to_fp16,
     fp16_compute_nodes,
     overflow_prone_nodes,
@@ -76,7 +78,9 @@ WORK_SUFFIX = ".ptq4vm-work"
 # ops whose error alone uses this share of a gate (smaller runs cost a check each).
 FP16_PROBE_FRAMES = 4
 FP16_VISIBLE_SHARE = 0.25
-DEFAULT_GATES = {"int8": Gates(max_mad=2.0, max_dtssd=2.0), "fp16": Gates(max_mad=0.1, max_dtssd=0.1)}
+# BF16 keeps 8 significant bits, so it rounds like an 8-bit grid: INT8's gates.
+DEFAULT_GATES = {"int8": Gates(max_mad=2.0, max_dtssd=2.0), "fp16": Gates(max_mad=0.1, max_dtssd=0.1),
+                 "bf16": Gates(max_mad=2.0, max_dtssd=2.0)}
 
 
 @dataclass(frozen=True)
@@ -144,8 +148,8 @@ def quantize_artifact(source: Path, output: Path, *, precision: str, config: Int
     `stages` reports each step (its name, a bar with ETA, its duration) on stderr; by default
     a `Stages()`, which writes one line per step when stderr is not a terminal.
     """
-    if precision not in ("int8", "fp16"):
-        raise MtcError(f"unknown precision {precision!r}", hint="use --int8 or --fp16")
+    if precision not in DEFAULT_GATES:
+        raise MtcError(f"unknown precision {precision!r}", hint="use --int8, --fp16 or --bf16")
     manifest = read_manifest(source)
     if manifest.precision.mode != "fp32":
         raise MtcError(f"{source} is already {manifest.precision.mode}", hint="quantize the FP32 artifact it came from")
@@ -156,10 +160,14 @@ def quantize_artifact(source: Path, output: Path, *, precision: str, config: Int
         raise MtcError(f"{output} already exists", hint="pass --force to replace it, or choose another -o")
     gates = gates or DEFAULT_GATES[precision]
     config = config if config is not None else preset(manifest.quantization.int8_preset)
+    recipe = manifest.quantization
+    config = with_recipe(config, recipe.int8_op_types, recipe.int8_activation_matmuls)
     io = manifest.io
     if data.settings is None:
         data = dataclasses.replace(data, settings=tuple((c.width, c.height, c.downsample_ratio)
                                                         for c in manifest.checks()))
+    if precision == "bf16":
+        _require_bf16(manifest)
     if manifest.program is not None:
         return _quantize_program(source, output, manifest, precision=precision, config=config, gates=gates,
                                  fallback=fallback, data=data, overwrite=overwrite,
@@ -180,7 +188,7 @@ def quantize_artifact(source: Path, output: Path, *, precision: str, config: Int
     started = time.perf_counter()
     with stages.stage("loading calibration and check frames", counts=False):
         photos = manifest.quantization.builtin_photos
-        calib = calibration_clips(io, data, photos=photos)
+        calib = calibration_clips(io, data, photos=photos) if precision != "bf16" else []  # BF16 has nothing to fit
         checks = check_clips(io, data, photos=photos)
     with stages.stage("calibration: recording FP32 inputs", total=sum(len(c.frames) for c in calib)) as advance:
         # The frames are counted as the recorder steps through them (it takes no callback).
@@ -193,6 +201,8 @@ def quantize_artifact(source: Path, output: Path, *, precision: str, config: Int
     if precision == "int8":
         candidate, all_int8, check, details = choose_weight_bits(model, feeds, reference, config, gates, fallback,
                                                                  timings, stages, work=work)
+    elif precision == "bf16":
+        candidate, check, details = _bf16(fp32_path, io, reference, gates, timings, stages)
     else:
         candidate, check, details = _fp16(model, feeds, reference, gates, fallback, timings, stages)
 
@@ -339,9 +349,10 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
         total = sum(macs.values()) or 1
         mac_share = {name: value / total for name, value in macs.items()}
         excluded |= {name for name, share in mac_share.items() if share < config.min_mac_share}
-    plan = plan_qdq(model, op_types=config.op_types, exclude_nodes=excluded, quantize_outputs=config.quantize_outputs)
+    plan = plan_qdq(model, op_types=config.op_types, exclude_nodes=excluded, quantize_outputs=config.quantize_outputs,
+                    activation_matmuls=bool(config.activation_matmuls))
     if not plan.nodes:
-        raise MtcError("nothing to quantize: the model has no eligible layers", hint="check --op-types")
+        raise MtcError("nothing to quantize: the model has no eligible layers", hint="name the op types its layers have with --op-types (e.g. Conv,MatMul)")
     equalized = []
     if config.equalize_concats:
         started = time.perf_counter()
@@ -353,7 +364,7 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
         model, aligned = align_conv_inputs(model, plan.node_names)
     if equalized or aligned:  # the graph around the planned convs changed: plan it again
         plan = plan_qdq(model, op_types=config.op_types, exclude_nodes=excluded,
-                        quantize_outputs=config.quantize_outputs)
+                        quantize_outputs=config.quantize_outputs, activation_matmuls=bool(config.activation_matmuls))
     started = time.perf_counter()
     with stages.stage("calibration: activation ranges", total=len(feeds)) as advance:
         stats = collect_stats(model, plan.activation_tensors(), feeds, progress=advance)
@@ -434,7 +445,10 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
                         # per conv: layer-output error of round-to-nearest over GPTQ's (>= 1)
                         "gptq_error_ratio": {k: round(v, 2) for k, v in rounding_gains.items()},
                         "min_mac_share": config.min_mac_share, "activation_type": config.activation_type,
-                        "op_types": list(config.op_types), "quantized_layers": len(plan.nodes),
+                        "op_types": list(config.op_types), "activation_matmuls": bool(config.activation_matmuls),
+                        "quantized_layers": len(plan.nodes),
+                        "quantized_by_op": dict(Counter(n.op_type for n in model.graph.node
+                                                        if n.name in set(plan.node_names))),
                         "one_sided_tensors": sum(lo == 0 for lo, _ in ranges.values()),
                         "channel_aligned_layers": aligned,
                         "isolated_layer_error": {n: round(e, 6) for n, e in errors.items()},
@@ -502,14 +516,44 @@ def activation_range(stats: TensorStats, config: Int8Config) -> ActivationRange:
     return -amax, amax
 
 
+def _require_bf16(manifest: Manifest) -> None:
+    """Refuse a BF16 artifact that cannot be made or checked here, before any work."""
+    if manifest.program is not None:
+        raise MtcError("BF16 artifacts are single-graph for now", hint="use --fp16 or --int8 for this artifact")
+    require_bf16_machine()
+
+
+def require_bf16_machine() -> None:
+    """Refuse BF16 where this machine cannot check it: OpenVINO missing, or a CPU without BF16."""
+    from mtc.backends.cpu import has_bf16
+    from mtc.backends.registry import has_module
+
+    if not has_module("openvino"):
+        raise MtcError("a BF16 artifact is checked on OpenVINO, which is not installed",
+                       hint="pip install 'mtc[openvino]', or use --fp16 / --int8")
+    if not has_bf16():
+        raise MtcError("this CPU has no BF16 (AVX-512 BF16 or AMX), so a BF16 artifact cannot be checked here",
+                       hint="quantize on a CPU with BF16, or use --int8 / --fp16")
+
+
+def _bf16(fp32_path: Path, io, reference, gates: Gates, timings, stages: Stages):
+    """The FP32 graph itself, checked as OpenVINO runs it in BF16 on this CPU. Nothing is
+    rewritten: OpenVINO's CPU plugin chooses which ops compute in BF16 (matrix products and
+    convolutions; it keeps normalizations' statistics in FP32), so there is no per-op fallback."""
+    from mtc.backends.openvino.session import OpenVinoBackend
+
+    started = time.perf_counter()
+    backend = OpenVinoBackend(fp32_path, io=io, precision="bf16", cache=False)
+    check = _checking(stages, "checking OpenVINO BF16 against FP32", reference, backend, gates)
+    timings["check_s"] = time.perf_counter() - started
+    return onnx.load(str(fp32_path)), check, {"bf16": {"backend": backend.describe(),
+                                                       "inference_precision": backend.precision}}
+
+
 def _fp16(model, feeds, reference, gates: Gates, fallback: Fallback, timings, stages: Stages):
     started = time.perf_counter()
-    # Constants are not activations (some hold +-inf as clip bounds); they are cast, not computed.
-    names = sorted({o for n in model.graph.node if n.op_type != "Constant" for o in n.output if o})
-    floats = {v.name for v in model.graph.value_info if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
     with stages.stage("calibration: activation magnitudes", total=len(feeds)) as advance:
-        stats = collect_stats(model, [n for n in names if n in floats], feeds, progress=advance)
-    magnitudes = {name: s.amax for name, s in stats.items()}
+        magnitudes = activation_magnitudes(model, feeds, progress=advance)
     overflow = overflow_prone_nodes(model, magnitudes)
     candidate = convert_to_fp16(model, keep_fp32=overflow)
     timings["convert_s"] = time.perf_counter() - started
@@ -584,7 +628,7 @@ def interleaved_fps(io, models: dict[str, tuple[str, Path | bytes]], clip: Clip,
     """FPS (1 / median frame time) of each (backend, model) over the same frames, on the CPU,
     interleaved frame by frame (who goes first alternates) so bursts of load on a shared machine
     hit every model alike. Backends: "onnxruntime" (spinning off) or "openvino" (FP32, static
-    shapes, no compile cache). With `stages`, the timing is a stage with a bar over its runs."""
+    shapes, no compile cache; "openvino-bf16" in BF16). With `stages`, the timing is a stage with a bar over its runs."""
     from mtc.runtime.session import MattingSession
 
     frames_used = clip.frames[:frames]
@@ -619,7 +663,7 @@ def _timing_backend(backend: str, model: Path | bytes, io, scratch_file: Path):
     if isinstance(model, bytes):  # OpenVINO reads files
         scratch_file.write_bytes(model)
         model = scratch_file
-    return OpenVinoBackend(model, io=io, precision="fp32", cache=False)
+    return OpenVinoBackend(model, io=io, precision="bf16" if backend == "openvino-bf16" else "fp32", cache=False)
 
 
 def measure_speed(io, fp32_path: Path, candidate: onnx.ModelProto, clip: Clip, *, precision: str,
@@ -632,6 +676,14 @@ def measure_speed(io, fp32_path: Path, candidate: onnx.ModelProto, clip: Clip, *
     Indicative only; benchmarks/ has the controlled comparison. `stages` reports the timing."""
     from mtc.backends.registry import choose_backend, probe_availability
 
+    if precision == "bf16":  # the same graph: FP32 on both backends against OpenVINO's BF16
+        fps = interleaved_fps(io, {"fp32": ("onnxruntime", fp32_path), "fp32_openvino": ("openvino", fp32_path),
+                                   "candidate": ("openvino-bf16", fp32_path)}, clip, stages=stages)
+        return {"backend": "openvino-bf16", "clip": clip.name, "fps_fp32": fps["fp32"], "fps": fps["candidate"],
+                "speedup": fps["candidate"] / fps["fp32"], "auto_backend": "openvino",
+                "openvino": {"fps_fp32": fps["fp32_openvino"], "fps": fps["candidate"],
+                             "speedup": fps["candidate"] / fps["fp32_openvino"],
+                             "vs_onnxruntime_fp32": fps["candidate"] / fps["fp32"]}}
     candidate_bytes = candidate.SerializeToString()
     models = {"fp32": ("onnxruntime", fp32_path), "candidate": ("onnxruntime", candidate_bytes)}
     if all_int8 is not None:

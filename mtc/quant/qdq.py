@@ -25,20 +25,36 @@ INT8_MAX = 127
 FUSED_ACTIVATIONS = ("Relu",)
 
 
+LAST_AXIS = -1  # a weight's channel axis counted from the end (resolved per node: its rank varies)
+
+
 @dataclass(frozen=True)
 class OpRule:
+    """Which inputs of one op form are quantized, and whether its output may be.
+
+    `weights` are (input index, output-channel axis) of initializer inputs; `output` says whether
+    the op's output may get a Q/DQ pair (when the config asks for outputs): a Conv's output
+    feeds the next integer conv, while a linear layer's output feeds float ops (its bias Add,
+    a LayerNorm, a GELU, a residual Add), where a Q/DQ pair would only add a rounding.
+    """
+
     activations: tuple[int, ...] = (0,)
-    weights: tuple[tuple[int, int], ...] = ()  # (input index, channel axis)
-    output: bool = False
+    weights: tuple[tuple[int, int], ...] = ()
+    output: bool = True
 
 
-RULES: dict[str, OpRule] = {
-    "Conv": OpRule(activations=(0,), weights=((1, 0),)),
-    "ConvTranspose": OpRule(activations=(0,), weights=((1, 1),)),
-    "Gemm": OpRule(activations=(0,), weights=((1, 0),)),
-    "MatMul": OpRule(activations=(0, 1)),
+# Per op type, its forms in order of preference: the first whose weights are all initializers
+# and whose activations are all float tensors applies. A MatMul with a constant right operand is
+# a linear layer (a transformer's attention projections and MLP); a MatMul of two activations is
+# attention itself (scores and their weighted sum), quantized only when asked
+# (`plan_qdq(activation_matmuls=True)`): its softmax probabilities are mostly below one 8-bit step.
+RULES: dict[str, tuple[OpRule, ...]] = {
+    "Conv": (OpRule(activations=(0,), weights=((1, 0),)),),
+    "ConvTranspose": (OpRule(activations=(0,), weights=((1, 1),)),),
+    "Gemm": (OpRule(activations=(0,), weights=((1, 0),), output=False),),  # axis 1 when transB=0 (see _weight_axis)
+    "MatMul": (OpRule(activations=(0,), weights=((1, LAST_AXIS),), output=False),
+               OpRule(activations=(0, 1), output=False)),
 }
-
 
 @dataclass(frozen=True)
 class NodeQuant:
@@ -102,13 +118,15 @@ def float_tensors_of(graph: onnx.GraphProto) -> set[str]:
 
 
 def plan_qdq(model: onnx.ModelProto, *, op_types: Iterable[str] = ("Conv",), exclude_nodes: Iterable[str] = (),
-             quantize_outputs: bool = False, rules: Mapping[str, OpRule] = RULES) -> QdqPlan:
+             quantize_outputs: bool = False, activation_matmuls: bool = False,
+             rules: Mapping[str, tuple[OpRule, ...]] = RULES) -> QdqPlan:
     """Decide Q/DQ positions for every node of `op_types` not in `exclude_nodes`.
 
+    `activation_matmuls` also quantizes MatMuls whose operands are both activations (attention).
     The model needs inferred shapes (value_info) so activation types are known.
     """
     op_types, excluded = set(op_types), set(exclude_nodes)
-    initializers = {i.name for i in model.graph.initializer}
+    initializers = {i.name: i for i in model.graph.initializer}
     floats = float_tensors(model)
     consumers: dict[str, list[tuple[str, int]]] = defaultdict(list)
     for node in model.graph.node:
@@ -118,18 +136,16 @@ def plan_qdq(model: onnx.ModelProto, *, op_types: Iterable[str] = ("Conv",), exc
     nodes_by_name = {n.name: n for n in model.graph.node}
     planned = []
     for node in model.graph.node:
-        if node.op_type not in op_types or node.name in excluded or node.op_type not in rules:
+        if node.op_type not in op_types or node.name in excluded:
             continue
-        rule = rules[node.op_type]
-        weights = tuple((i, axis) for i, axis in rule.weights if i < len(node.input) and node.input[i] in initializers)
-        if len(weights) != len(rule.weights):
-            continue  # weights computed at run time: leave the node in float
-        inputs = tuple((node.input[i], i) for i in rule.activations
-                       if i < len(node.input) and node.input[i] in floats and node.input[i] not in initializers)
-        if len(inputs) != len(rule.activations):
+        form = _matching_form(node, rules.get(node.op_type, ()), initializers, floats,
+                              activation_matmuls=activation_matmuls)
+        if form is None:
             continue
+        rule, weights = form
+        inputs = tuple((node.input[i], i) for i in rule.activations)
         output, readers = None, ()
-        if quantize_outputs or rule.output:
+        if quantize_outputs and rule.output:
             tensor, tensor_readers = node.output[0], consumers[node.output[0]]
             if len(tensor_readers) == 1 and nodes_by_name[tensor_readers[0][0]].op_type in FUSED_ACTIVATIONS:
                 tensor = nodes_by_name[tensor_readers[0][0]].output[0]
@@ -138,6 +154,28 @@ def plan_qdq(model: onnx.ModelProto, *, op_types: Iterable[str] = ("Conv",), exc
                 output, readers = tensor, tuple(tensor_readers)
         planned.append(NodeQuant(node.name, inputs, weights, output, readers))
     return QdqPlan(tuple(planned))
+
+
+def _matching_form(node: onnx.NodeProto, forms: Iterable[OpRule], initializers: Mapping[str, onnx.TensorProto],
+                   floats: set[str], *, activation_matmuls: bool) -> tuple[OpRule, tuple[tuple[int, int], ...]] | None:
+    """The first form of `node` that applies, with its weights' resolved channel axes."""
+    for rule in forms:
+        if not rule.weights and node.op_type == "MatMul" and not activation_matmuls:
+            continue
+        weights = tuple((i, _weight_axis(node, axis, initializers[node.input[i]])) for i, axis in rule.weights
+                        if i < len(node.input) and node.input[i] in initializers)
+        activations_ok = all(i < len(node.input) and node.input[i] in floats and node.input[i] not in initializers
+                             for i in rule.activations)
+        if len(weights) == len(rule.weights) and activations_ok:
+            return rule, weights
+    return None  # weights computed at run time, or integer operands: the node stays float
+
+
+def _weight_axis(node: onnx.NodeProto, axis: int, weight: onnx.TensorProto) -> int:
+    """The output-channel axis of `node`'s weight, non-negative."""
+    if node.op_type == "Gemm" and not next((a.i for a in node.attribute if a.name == "transB"), 0):
+        return 1  # B is (K, N): its output channels are columns
+    return axis % len(weight.dims)
 
 
 def weight_limit(bits: int) -> int:

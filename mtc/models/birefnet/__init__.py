@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING
 
 from mtc.artifact.manifest import ModelIO
 from mtc.errors import MtcError
-from mtc.models.contracts import SwinConfig, fixed_size_image_io
+from mtc.models.contracts import TRANSFORMER_IMAGE_RECIPE, SwinConfig, fixed_size_image_io
 from mtc.models.registry import ModelSpec, VariantSpec, register
 from mtc.weights import UrlSource, WeightFile
 
@@ -171,7 +171,7 @@ def _variant(name: str, release: Release, *, sizes: tuple[int, int] | None = Non
                        build_onnx=functools.partial(build_onnx, release.backbone, release.size),
                        build_reference=functools.partial(build_reference, release.backbone),
                        exporter="torch", parity_cases=PARITY_CASES, parity_tolerance=PARITY_TOLERANCE,
-                       at_size=at_size)
+                       at_size=at_size, quantization=TRANSFORMER_IMAGE_RECIPE)
 
 
 def _resized(name: str, release: Release, sides: tuple[int, int], size: tuple[int, int]) -> VariantSpec:

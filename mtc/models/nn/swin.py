@@ -26,9 +26,10 @@ What the ONNX graph inherits from it:
   heads, N, N), instead of one (windows, N, N) constant: 3.6 MB instead of 40 MB for Swin-L's
   first stage at 1024², 7 MB instead of 153 MB at 2048². (A finer, rank-8 factoring over the
   rows and columns inside the window is smaller still, but OpenVINO 2026.4 computes it wrongly.)
-  Each masks with a finite -1e4 where the official code has -inf: in float32 the masked weights
-  are exactly zero either way (exp(-1e4 + logit) underflows, also at -2e4 where both apply),
-  but finite constants keep range calibration and FP16 conversion free of infinities. The masks
+  Each masks with -100, the official code's value for its one mask (-200 where both apply:
+  exp(-100) is already nothing next to an unmasked weight in float32). Small finite constants
+  keep range calibration free of infinities, and the masked logits far inside FP16's range, so
+  FP16's overflow guard need not keep every shifted block's mask Adds in FP32. The masks
   are added after the relative position bias and one after the other, so constant folding
   cannot merge them into a full-size constant again.
 """
@@ -45,7 +46,7 @@ from torch.nn import functional as F
 
 from mtc.models.nn.layers import Mlp
 
-MASKED = -1e4  # see the module docstring: as good as -inf in float32, and finite
+MASKED = -100.0  # the official value (see the module docstring)
 
 
 def _window_partition(x: torch.Tensor, window: int) -> torch.Tensor:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from mtc.artifact.manifest import ModelIO, Preprocess, TensorSpec
 from mtc.artifact.program import GraphSpec, Phase, Program, Step
+from mtc.models.contracts import TRANSFORMER_IMAGE_RECIPE
 from mtc.models.registry import ModelSpec, VariantSpec, register
 from mtc.weights import UrlSource, WeightFile
 
@@ -100,7 +101,8 @@ register(
         input_description="RGB image, any size (resized to 1024x1024)",
         variants={"swin-b": VariantSpec(name="swin-b", weights=WEIGHTS, io=model_io(),
                                         build_program=functools.partial(build_program), exporter="torch",
-                                        parity_cases=PARITY_CASES, parity_tolerance=PARITY_TOLERANCE)},
+                                        parity_cases=PARITY_CASES, parity_tolerance=PARITY_TOLERANCE,
+                                        quantization=TRANSFORMER_IMAGE_RECIPE)},
         default_variant="swin-b",
         purpose="objects",
     )
