@@ -317,7 +317,9 @@ def test_openvino_gives_the_alpha_onnxruntime_gives(artifact, assert_cpu_backend
 
 def test_variants_declare_their_size_backbone_and_weights():
     spec = get_model("inspyrenet")
-    sizes = {name: variant.io.preprocess.fixed_size for name, variant in spec.variants.items()}
+    # The single-pass variants; the -blend ones are tested in test_inspyrenet_blend.py.
+    sizes = {name: variant.io.preprocess.fixed_size for name, variant in spec.variants.items()
+             if name in inspyrenet.RELEASES}
     backbones = {name: type(release.arch.backbone).__name__ for name, release in inspyrenet.RELEASES.items()}
 
     assert spec.default_variant == "base"
@@ -327,6 +329,7 @@ def test_variants_declare_their_size_backbone_and_weights():
     assert spec.variant("fast").weights.sources[0].url == (
         "https://github.com/plemeri/transparent-background/releases/download/1.2.12/ckpt_fast.pth")
     assert all(v.weights.sha256 is None for v in spec.variants.values())  # none published (md5 only)
+    assert all(spec.variants[name].build_program is None for name in inspyrenet.RELEASES)  # one graph, one pass
 
 
 @pytest.mark.slow

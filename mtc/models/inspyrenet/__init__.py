@@ -18,12 +18,21 @@ Re-implemented from the facts of the official code (github.com/plemeri/InSPyReNe
 Inference as transparent-background runs it: one pass (`threshold=None`) on the image resized
 to the mode's base size (1024x1024 for `base`, 384x384 for `fast`; bilinear), ImageNet
 mean/std; the output is sigmoid(d0) min-max normalised, (p - min) / (max - min + 1e-8), and
-resized back to the image. The two-pass pyramid blend of the original repository (a
-low-resolution pass and a full-resolution pass above a size threshold) is not exported.
+resized back to the image. That is every variant named after a release.
 
-The exported graph: `src` (N x 3 x H x W, ImageNet-normalised RGB at the variant's size) ->
-`alpha` (N x 1 x H x W). Static in H and W (Swin's windows and the SICA pooling sizes depend on
-them), batch dynamic; sides must be multiples of 32.
+The two-pass pyramid blend of the original repository (`lib/InSPyReNet.py`, `threshold` set) is
+the `-blend` variants: a pass at the base size and a pass at a full-resolution size, their
+saliency pyramids blended (:mod:`.blend` states the facts). It is an artifact of three graphs
+chained by the manifest's program (`lr`, `hr`, `blend`), so no Python runs between them: the
+runtime resizes the image to the full size, `lr` downscales it to the base size inside the graph.
+The official code blends only when both sides of the (dynamically resized) image exceed the
+threshold and otherwise runs the single pass; a program cannot choose by frame size, so a blend
+artifact always blends, at a full size both of whose sides exceed the threshold (checked).
+
+The exported single-pass graph: `src` (N x 3 x H x W, ImageNet-normalised RGB at the variant's
+size) -> `alpha` (N x 1 x H x W). Static in H and W (Swin's windows and the SICA pooling sizes
+depend on them), batch dynamic; sides must be multiples of 32. The blend's graphs are static,
+batch 1.
 
 Weights: transparent-background's `base`, `fast` and `base-nightly` checkpoints (Swin-B) from its
 GitHub release (it publishes md5 sums, recorded below, but no sha256: the files are used
@@ -37,13 +46,16 @@ models); the blocks live in ``modules``, the network and export in ``net`` and t
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mtc.artifact.manifest import ModelIO
-from mtc.models.contracts import SwinConfig, fixed_size_image_io
+from mtc.artifact.manifest import ModelIO, QuantRecipe
+from mtc.artifact.program import GraphSpec, Phase, Program, Step
+from mtc.errors import MtcError
+from mtc.models.contracts import TRANSFORMER_IMAGE_RECIPE, SwinConfig, fixed_size_image_io
 from mtc.models.registry import ModelSpec, VariantSpec, register
 from mtc.weights import UrlSource, WeightFile
 
@@ -52,6 +64,7 @@ if TYPE_CHECKING:
 
     import onnx
 
+    from mtc.export.program import ProgramBuild
     from mtc.export.torch_export import TorchBackend
 
 MULTIPLE_OF = 32  # the backbones' output stride
@@ -124,6 +137,52 @@ RELEASES = {
                    download_page=f"https://drive.google.com/file/d/{_RES2NET50_DRIVE_ID}/view")),
 }
 
+
+@dataclass(frozen=True)
+class Blend:
+    """The two-pass pyramid blend's resolution rule: the full-resolution pass runs at `full_size`
+    (height, width), the other at the base size, and the official code blends only images both
+    of whose sides exceed `threshold`."""
+
+    full_size: tuple[int, int]
+    threshold: int
+
+    def check(self, base_size: tuple[int, int]) -> None:
+        """MtcError (one line) unless the official code would blend at this full size."""
+        height, width = self.full_size
+        if height % MULTIPLE_OF or width % MULTIPLE_OF:
+            raise MtcError(f"InSPyReNet needs sides that are multiples of {MULTIPLE_OF}, not {width}x{height}",
+                           hint=f"round the size to a multiple of {MULTIPLE_OF}")
+        if min(height, width) <= self.threshold or height < base_size[0] or width < base_size[1]:
+            raise MtcError(f"the pyramid blend needs both sides above {self.threshold} and at least the base size "
+                           f"{base_size[1]}x{base_size[0]}, not {width}x{height} (the official code runs the "
+                           f"single pass there)", hint="export the variant without -blend for small images")
+
+
+# Where the blend runs. The official configurations blend with the Swin-B models trained at
+# 384x384 (`InSPyReNet_SwinB.yaml`, `Plus_Ultra_LR.yaml`: `threshold: 512`, test images resized
+# to at most 1280 on the shorter side by `dynamic_resize`, L=1280); a fixed graph size squares
+# that to 1280x1280. The Res2Net50 model (also 384x384) gets the same rule, though its config
+# runs the single pass only (`threshold: NULL`), as do the 1024x1024 models'; for those the rule
+# at twice the base size is ours.
+BLENDS = {
+    "base": Blend((2048, 2048), 1024),
+    "fast": Blend((1280, 1280), 512),
+    "base-nightly": Blend((2048, 2048), 1024),
+    "res2net50": Blend((1280, 1280), 512),
+}
+BLEND_SUFFIX = "-blend"
+
+
+def blend_program() -> Program:
+    """The low-resolution pass, the full-resolution pass, then the blend of their pyramids."""
+    return Program(
+        graphs=(GraphSpec("lr", "lr.onnx", ("image",), ("lr_d0",)),
+                GraphSpec("hr", "hr.onnx", ("image",), ("hr_p2", "hr_p1", "hr_p0")),
+                GraphSpec("blend", "blend.onnx", ("lr_d0", "hr_p2", "hr_p1", "hr_p0"), ("alpha",))),
+        frame=Phase((Step(op="run", graph="lr"), Step(op="run", graph="hr"), Step(op="run", graph="blend"))))
+
+
 def model_io(size: tuple[int, int]) -> ModelIO:
     """The contract of a graph exported at `size` (height, width)."""
     return fixed_size_image_io(size, multiple_of=MULTIPLE_OF)
@@ -152,6 +211,14 @@ def build_reference(arch: Architecture, weights: Path) -> TorchBackend:
     return TorchBackend(_net().matte_module(arch, weights), input_names=INPUT_NAMES, output_names=OUTPUT_NAMES)
 
 
+def build_program(arch: Architecture, blend: Blend, weights: Path) -> ProgramBuild:
+    """The blend's three graphs, their PyTorch references and the program (imports torch)."""
+    _net()
+    from mtc.models.inspyrenet import export
+
+    return export.build(arch, blend, weights)
+
+
 # Every frame is resized to the base size, so one graph input size is all there is to check;
 # a 16:9 frame takes the resize path too. One frame: a Swin-B pass at 1024x1024 takes seconds.
 PARITY_CASES = ((1280, 720, 1, None),)
@@ -160,11 +227,57 @@ PARITY_CASES = ((1280, 720, 1, None),)
 PARITY_TOLERANCE = 1e-4
 
 
+def _recipe(arch: Architecture) -> QuantRecipe:
+    """Swin-B's linear layers join INT8 (the transformer recipe); Res2Net is convs only."""
+    if isinstance(arch.backbone, SwinConfig):
+        return TRANSFORMER_IMAGE_RECIPE
+    return dataclasses.replace(TRANSFORMER_IMAGE_RECIPE, int8_op_types=("Conv",))
+
+
 def _variant(name: str, release: Release) -> VariantSpec:
     return VariantSpec(name=name, weights=release.weights, io=model_io(release.arch.base_size),
                        build_onnx=functools.partial(build_onnx, release.arch),
                        build_reference=functools.partial(build_reference, release.arch),
-                       exporter="torch", parity_cases=PARITY_CASES, parity_tolerance=PARITY_TOLERANCE)
+                       exporter="torch", parity_cases=PARITY_CASES, parity_tolerance=PARITY_TOLERANCE,
+                       quantization=_recipe(release.arch))
+
+
+# The blend: one frame at 16:9 too (resized to the full size); two passes of Swin-B.
+BLEND_PARITY_CASES = ((1280, 720, 1, None),)
+# The blend's chained alpha cannot be held to PARITY_TOLERANCE end to end: where a transition
+# mask's morphological gradient lies within float noise of 0.5, PyTorch and a backend disagree on
+# the mask, and the full-resolution Laplacian enters one alpha and not the other (fast-blend at
+# 1280x1280 with random weights: 10 of 1.6 M pixels, by up to 0.61; any two implementations of
+# the official code can differ so). So the program check bounds only the alpha's range (a NaN
+# still fails it), and the build checks each graph against PyTorch on the same inputs, where
+# PARITY_TOLERANCE holds (export.check_graphs); report.json records both.
+BLEND_CHAIN_TOLERANCE = 1.0
+# INT8 on the two passes only: the blend graph holds no weights, and its transition masks
+# threshold at 0.5, where quantization noise would flip whole edge regions.
+BLEND_GRAPHS = ("lr", "hr")
+
+
+def _blend_variant(name: str, release: Release, blend: Blend) -> VariantSpec:
+    """The release blended at `blend.full_size`; `--input-size` picks another full size."""
+    blend.check(release.arch.base_size)
+    return VariantSpec(name=name, weights=release.weights, io=model_io(blend.full_size),
+                       build_program=functools.partial(build_program, release.arch, blend),
+                       exporter="torch", parity_cases=BLEND_PARITY_CASES, parity_tolerance=BLEND_CHAIN_TOLERANCE,
+                       quantization=dataclasses.replace(_recipe(release.arch), int8_graphs=BLEND_GRAPHS),
+                       at_size=functools.partial(_blend_at_size, name, release, blend.threshold))
+
+
+def _blend_at_size(name: str, release: Release, threshold: int, size: tuple[int, int]) -> VariantSpec:
+    height, width = size
+    variant = _blend_variant(f"{name}-{width}x{height}", release, Blend((height, width), threshold))
+    return dataclasses.replace(variant, at_size=None)
+
+
+def _variants() -> dict[str, VariantSpec]:
+    variants = {name: _variant(name, release) for name, release in RELEASES.items()}
+    for name, release in RELEASES.items():
+        variants[name + BLEND_SUFFIX] = _blend_variant(name + BLEND_SUFFIX, release, BLENDS[name])
+    return variants
 
 
 register(
@@ -174,8 +287,9 @@ register(
         summary="InSPyReNet: background removal for any object, as transparent-background runs it (Swin-B; Res2Net50)",
         license="MIT",
         paper="arXiv:2209.09475",
-        input_description="RGB image, any size (resized to 1024x1024 for base, 384x384 for fast and res2net50)",
-        variants={name: _variant(name, release) for name, release in RELEASES.items()},
+        input_description=("RGB image, any size (resized to 1024x1024 for base, 384x384 for fast and res2net50; "
+                           "the -blend variants to 2048x2048 or 1280x1280 for their full-resolution pass)"),
+        variants=_variants(),
         default_variant="base",
         purpose="objects",
     )

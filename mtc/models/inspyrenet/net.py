@@ -1,14 +1,16 @@
 """InSPyReNet's network, checkpoint loading and ONNX export (imports torch).
 
 Module names follow the official `InSPyReNet` (`backbone`, `context1..5`, `decoder`,
-`attention0..2`), because its checkpoints store the weights under them. Only the single-pass
-inference path is built: the pyramid of saliency logits d3 (1/8) -> d2 -> d1 -> d0 (full size),
-each finer level the coarser one expanded plus the Laplacian its SICA predicts.
+`attention0..2`), because its checkpoints store the weights under them. The inference path is
+built: the pyramid of saliency logits d3 (1/8) -> d2 -> d1 -> d0 (full size), each finer level
+the coarser one expanded plus the Laplacian its SICA predicts. `InSPyReNet.pyramid` returns the
+whole pyramid, which the two-pass blend (:mod:`.blend`) reads; the single pass uses only d0.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import onnx
 import torch
@@ -22,6 +24,18 @@ from mtc.models.nn.res2net import Res2Net
 from mtc.models.nn.swin import SwinTransformer
 
 _EPS = 1e-8  # the official min-max normalisation's denominator term
+
+
+class Pyramid(NamedTuple):
+    """One pass's saliency pyramid: logits d3 (1/8) to d0 (full size), Laplacians p2 (1/4) to p0 (full)."""
+
+    d3: torch.Tensor
+    d2: torch.Tensor
+    d1: torch.Tensor
+    d0: torch.Tensor
+    p2: torch.Tensor
+    p1: torch.Tensor
+    p0: torch.Tensor
 
 
 class SwinWithEmbedding(SwinTransformer):
@@ -64,6 +78,10 @@ class InSPyReNet(nn.Module):
         self.image_pyramid = ImagePyramid(7, 1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pyramid(x).d0
+
+    def pyramid(self, x: torch.Tensor) -> Pyramid:
+        """The saliency logits d3 (1/8) to d0 (full size) and the Laplacians p2, p1, p0 between them."""
         height, width = int(x.shape[2]), int(x.shape[3])
         x1, x2, x3, x4, x5 = self.backbone(x)
         x1, x2, x3 = self.context1(x1), self.context2(x2), self.context3(x3)
@@ -78,7 +96,7 @@ class InSPyReNet(nn.Module):
         d1 = self.image_pyramid.reconstruct(d2, p1)  # 1/2
 
         _, p0 = self.attention0(resize(f1, (height, width)), d1, p1)
-        return self.image_pyramid.reconstruct(d1, p0)
+        return Pyramid(d3, d2, d1, self.image_pyramid.reconstruct(d1, p0), p2, p1, p0)
 
 
 class InSPyReNetMatte(nn.Module):
