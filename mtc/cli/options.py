@@ -283,6 +283,8 @@ def run_quantization(source, output, *, precision, preset, method, weight_roundi
     if not outcome.passed:
         raise MtcError(f"{precision.upper()} model fails its gates ({'; '.join(outcome.check.failures)}); "
                        f"report in {output}/report.html, no artifact written",
-                       hint="relax --max-mad/--max-dtssd, allow fallback, or calibrate on frames like yours (--calib)")
+                       hint="BF16 has no fallback: keep the FP32 artifact, try --int8 or --fp16, or relax "
+                            "--max-mad/--max-dtssd" if precision == "bf16" else
+                       "relax --max-mad/--max-dtssd, allow fallback, or calibrate on frames like yours (--calib)")
     click.echo(f"artifact: {output} ({precision}, worst clip MAD {worst.mad:.3f}, dtSSD {worst.dtssd:.3f}; "
                f"report {output}/report.html)")

@@ -134,11 +134,11 @@ def run(folder: Path, input: str, output: Path, what: str, background: str, plat
         from mtc.runtime.media import require_hardware_encoder
 
         require_hardware_encoder(encoder)  # before the model loads, not after
-    # Beside the codec threads, idle ONNX Runtime workers must sleep, not spin: spinning took
-    # the HD pipeline from 7.4 to 6.6 FPS (FP32 RVM, 2 cores).
+    # Beside the codec threads (videos and image folders alike), idle ONNX Runtime workers must
+    # sleep, not spin: spinning took the HD pipeline from 7.4 to 6.6 FPS (FP32 RVM, 2 cores).
     tally = CoverageTally()
     session = FinishedSession(load(folder, backend=backend, downsample_ratio=ratio, threads=threads,
-                                   precision=precision, profiles=profiles, allow_spinning=not video), steps, tally)
+                                   precision=precision, profiles=profiles, allow_spinning=False), steps, tally)
     if plate is not None:
         from mtc.runtime.media import read_image
 

@@ -193,7 +193,10 @@ def matte_images(session: MattingSession, paths: Iterable[Path], read: Callable[
     """Matte independent images with reading and writing overlapped with inference.
 
     A reader thread decodes image N+1 and a writer thread renders and encodes image N-1 while
-    image N runs through the model (both at lowered priority, as in `matte_stream`). Each image
+    image N runs through the model. Unlike `matte_stream`'s, these threads keep their priority:
+    decoding and encoding a full-size photo costs as much as a network at its fixed input size or
+    more, so they are the critical path as often as inference is (lowered, they starved beside
+    other busy processes: a folder took 1.6-2.3x as long). Each image
     starts from a fresh state (`session.reset()`). Images are written in order; an error
     reading or writing one stops the run there, with the images before it written, as a plain
     loop would. At most one decoded image waits ahead and one matte behind, so memory holds
@@ -215,7 +218,6 @@ def matte_images(session: MattingSession, paths: Iterable[Path], read: Callable[
     finished: queue.Queue = queue.Queue(maxsize=1)
 
     def produce() -> None:
-        _yield_cores_to_inference()
         try:
             for path in paths:
                 if stop.is_set():
@@ -232,7 +234,6 @@ def matte_images(session: MattingSession, paths: Iterable[Path], read: Callable[
 
     def consume() -> None:
         nonlocal written
-        _yield_cores_to_inference()
         for path, matte in _drain(finished):
             if errors:
                 continue  # keep draining so the main thread never blocks
