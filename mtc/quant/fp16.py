@@ -33,16 +33,22 @@ FP32_INPUTS = {"Resize": (1, 2), "Upsample": (1,)}
 NEVER_FP16 = ("Constant", "Cast", "Shape", "Size", "NonZero", "TopK", "Range", "ScatterElements", "RandomNormalLike", "RandomUniformLike")
 
 
-def activation_magnitudes(model: onnx.ModelProto, feeds: Iterable[dict[str, np.ndarray]], *,
-                          progress=None) -> dict[str, float]:
-    """Peak |value| of every float tensor the graph computes, over `feeds` (needs inferred shapes)."""
-    from mtc.quant.ranges import collect_stats
-
+def computed_floats(model: onnx.ModelProto) -> list[str]:
+    """The float tensors the graph computes (needs inferred shapes)."""
     # Constants are not activations (some hold +-inf as clip bounds); they are cast, not computed.
     names = sorted({o for n in model.graph.node if n.op_type != "Constant" for o in n.output if o})
     floats = {v.name for v in model.graph.value_info if v.type.tensor_type.elem_type == TensorProto.FLOAT}
     floats |= {o.name for o in model.graph.output if o.type.tensor_type.elem_type == TensorProto.FLOAT}
-    stats = collect_stats(model, [n for n in names if n in floats], feeds, progress=progress)
+    return [n for n in names if n in floats]
+
+
+def activation_magnitudes(model: onnx.ModelProto, feeds: Iterable[dict[str, np.ndarray]], *,
+                          progress=None) -> dict[str, float]:
+    """Peak |value| of every float tensor the graph computes, over `feeds` (needs inferred
+    shapes). `progress` is called once per feed per pass (`ranges.stat_passes`)."""
+    from mtc.quant.ranges import collect_stats
+
+    stats = collect_stats(model, computed_floats(model), feeds, progress=progress)
     return {name: s.amax for name, s in stats.items()}
 
 

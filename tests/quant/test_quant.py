@@ -1047,3 +1047,23 @@ def test_checks_measure_a_candidates_nan_instead_of_refusing_it():
     alphas = run_alphas(io, NanBackend(), clip)  # a session for users would refuse this output
     assert np.isnan(alphas).all()
     assert compare_clip(clip, np.zeros_like(alphas), alphas).nonfinite_frames == [0, 1]
+
+
+def test_statistics_are_collected_in_passes_that_bound_the_exposed_memory():
+    from mtc.quant.ranges import collect_stats, stat_passes
+
+    model = _toy_chain()
+    tensors = ["a", "a_relu", "b", "c"]
+    feeds = [{"x": np.random.default_rng(i).standard_normal((1, 3, 16, 16)).astype(np.float32)} for i in range(3)]
+    one_pass = collect_stats(model, tensors, feeds)
+    calls = []
+    grouped = collect_stats(model, tensors, feeds, budget=8 * 16 * 16 * 4, progress=lambda: calls.append(1))
+
+    # a, a_relu and b hold 8 channels of 16x16 float32 (8 KiB each), c holds 4: one budget's worth
+    # each, and c does not fit beside b.
+    assert stat_passes(model, tensors, feeds[0], budget=8 * 16 * 16 * 4) == [["a"], ["a_relu"], ["b"], ["c"]]
+    assert len(calls) == len(feeds) * len(stat_passes(model, tensors, feeds[0], budget=8 * 16 * 16 * 4))
+    for name in tensors:
+        assert grouped[name].amax == one_pass[name].amax and grouped[name].count == one_pass[name].count
+        np.testing.assert_array_equal(grouped[name].hist, one_pass[name].hist)
+    assert len(stat_passes(model, tensors, feeds[0])) == 1  # small tensors: one pass, as before

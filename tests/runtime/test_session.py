@@ -268,6 +268,7 @@ def test_alpha_only_model_composites_the_source_frame_without_a_float_copy():
     from mtc.runtime.session import Matte
 
     frame, plate = _frame(30, 40, seed=1), _frame(30, 40, seed=2)
+    frame[:5] = 0  # black rows: this model's alpha is 0 there
     session = MattingSession(_toy_io(), RecordingBackend())  # no foreground output
     matte = session.process(frame)
     assert matte._foreground is None  # nothing converted until someone reads .foreground
@@ -276,7 +277,9 @@ def test_alpha_only_model_composites_the_source_frame_without_a_float_copy():
     for background in ((0, 255, 0), plate):
         got, expected = matte.composite(background), reference.composite(background)
         assert got.dtype == np.uint8 and int(np.abs(got.astype(int) - expected).max()) <= 1
-    np.testing.assert_array_equal(matte.rgba()[..., :3], frame)
+    visible = (reference.alpha_u8() > 0)[..., None]
+    assert 0 < visible.mean() < 1  # both kinds of pixel are there
+    np.testing.assert_array_equal(matte.rgba()[..., :3], frame * visible)  # invisible colours are zero
     np.testing.assert_array_equal(matte.rgba()[..., 3], reference.alpha_u8())
     np.testing.assert_allclose(matte.foreground, frame / 255.0, atol=1e-6)
 
