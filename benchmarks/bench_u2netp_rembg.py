@@ -194,7 +194,8 @@ def label_of(artifact: Path) -> str:
 
 
 def run(photos: list[Path], artifacts: list[Path], official: Path, *, backend: str, threads: int,
-        folder: Path | None = None, png_compression: int = 1, rounds: int = 3, quality: bool = True) -> dict:
+        folder: Path | None = None, png_compression: int = 1, rounds: int = 3, quality: bool = True,
+        e2e_artifact: Path | None = None, e2e_backend: str | None = None) -> dict:
     from rembg import remove
 
     sessions = {}
@@ -206,8 +207,9 @@ def run(photos: list[Path], artifacts: list[Path], official: Path, *, backend: s
     rows, timings = [], {"rembg": []} | {label: [] for label in sessions}
     with tempfile.TemporaryDirectory(prefix="u2net-home-") as home:
         rembg = rembg_session(official, Path(home), threads)
-        e2e = end_to_end(photos, folder, artifacts[0], rembg, backend=backend, threads=threads,
-                         png_compression=png_compression, rounds=rounds)
+        e2e = end_to_end(photos, folder, e2e_artifact or artifacts[0], rembg, backend=e2e_backend or backend,
+                         threads=threads, png_compression=png_compression, rounds=rounds)
+        e2e["backend"] = e2e_backend or backend
         for path in photos if quality else ():
             image = load_photo(path)
             frame = np.asarray(image)
@@ -281,7 +283,7 @@ vs {e2e['mtc_mb']:.1f} MB (mtc).
 
 def markdown(result: dict, command: str, backend: str, threads: int) -> str:
     m, labels = result["machine"], [k for k in result["summary"] if k != "rembg"]
-    e2e = markdown_end_to_end(result["end_to_end"], backend, threads)
+    e2e = markdown_end_to_end(result["end_to_end"], result["end_to_end"].get("backend", backend), threads)
     if not labels:
         return f"""## U²-Netp: mtc vs rembg, end to end on real photos
 
@@ -331,6 +333,9 @@ def main() -> None:
                         help="zlib level of mtc's PNGs end to end [default: mtc run's default]")
     parser.add_argument("--rounds", type=int, default=3, help="folder runs of each side, alternating [default: 3]")
     parser.add_argument("--end-to-end-only", action="store_true", help="skip the per-artifact mask comparison")
+    parser.add_argument("--end-to-end-artifact", type=Path,
+                        help="the artifact end to end [default: the first --artifact], e.g. the fastest one")
+    parser.add_argument("--end-to-end-backend", help="its backend [default: --backend]")
     parser.add_argument("--json")
     parser.add_argument("--no-results", action="store_true", help="do not update RESULTS.md")
     args = parser.parse_args()
@@ -358,7 +363,8 @@ def main() -> None:
                       **run(photos, artifacts, official, backend=args.backend, threads=args.threads,
                             folder=Path(args.photos) if Path(args.photos).is_dir() else None,
                             png_compression=DEFAULT_PNG_COMPRESSION if args.png_compression is None
-                            else args.png_compression, rounds=args.rounds, quality=not args.end_to_end_only)}
+                            else args.png_compression, rounds=args.rounds, quality=not args.end_to_end_only,
+                            e2e_artifact=args.end_to_end_artifact, e2e_backend=args.end_to_end_backend)}
     except metadata.PackageNotFoundError:
         sys.exit("error: rembg is not installed (hint: pip install rembg; only this benchmark needs it)")
     except MtcError as exc:
@@ -369,6 +375,9 @@ def main() -> None:
         command = " ".join(["python benchmarks/bench_u2netp_rembg.py --photos", args.photos,
                             *(f"--artifact {a.name}" for a in args.artifact),
                             *(["--end-to-end-only"] if args.end_to_end_only else []),
+                            *([f"--end-to-end-artifact {args.end_to_end_artifact.name}"]
+                              if args.end_to_end_artifact else []),
+                            *([f"--end-to-end-backend {args.end_to_end_backend}"] if args.end_to_end_backend else []),
                             *([f"--png-compression {args.png_compression}"] if args.png_compression is not None else [])])
         update_results("bench_u2netp_rembg", markdown(result, command, args.backend, args.threads))
 

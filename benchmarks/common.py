@@ -47,6 +47,34 @@ def update_results(section: str, markdown: str) -> None:
     RESULTS.write_text(text)
 
 
+# Runs a command and reports its wall time and peak resident memory. A child's maximum resident
+# set counts what the process that forked it held at the fork (Linux keeps it across exec), so
+# the measured command is started from this small launcher, not from a benchmark holding models.
+_LAUNCHER = """
+import json, os, subprocess, sys, time
+started = time.perf_counter()
+process = subprocess.Popen(sys.argv[1:])
+_, status, usage = os.wait4(process.pid, 0)
+print(json.dumps({"seconds": time.perf_counter() - started, "peak_mib": usage.ru_maxrss / 1024,
+                  "exit": os.waitstatus_to_exitcode(status)}))
+"""
+
+
+def run_measured(command: list[str], env: dict | None = None) -> dict:
+    """{"seconds", "peak_mib", "output"} of `command` run to completion (output: its stdout);
+    SystemExit with its last error line when it fails."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _LAUNCHER, *command], env=env, capture_output=True, text=True)
+    lines = done.stdout.strip().splitlines()
+    result = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {"exit": done.returncode}
+    if result["exit"] != 0:
+        raise SystemExit(f"{' '.join(command[:4])} ... failed (exit {result['exit']}): "
+                         f"{(done.stderr.strip().splitlines() or ['no output'])[-1]}")
+    return {"seconds": result["seconds"], "peak_mib": result["peak_mib"], "output": "\n".join(lines[:-1])}
+
+
 def dump(result: dict, path: str | None) -> None:
     text = json.dumps(result, indent=2)
     print(text)
