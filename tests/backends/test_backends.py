@@ -315,9 +315,9 @@ def test_library_errors_are_summarised_by_their_cause_not_their_source_location(
     assert exception_summary(ValueError("x" * 500), 10) == "x" * 10
 
 
-@pytest.mark.parametrize("source, spinning", [("builtin", False), ("photo.png", True)])
+@pytest.mark.parametrize("source", ["builtin", "photo.png", "photos"])
 def test_run_command_stops_onnxruntime_spinning_beside_the_codec_threads(rvm_artifact, tmp_path, monkeypatch,
-                                                                         source, spinning):
+                                                                         source):
     from click.testing import CliRunner
     from PIL import Image
 
@@ -325,14 +325,16 @@ def test_run_command_stops_onnxruntime_spinning_beside_the_codec_threads(rvm_art
     from mtc.cli.run import run
 
     Image.fromarray(np.full((96, 128, 3), 120, np.uint8)).save(tmp_path / "photo.png")
+    (tmp_path / "photos").mkdir()
+    Image.fromarray(np.full((96, 128, 3), 90, np.uint8)).save(tmp_path / "photos" / "a.png")
     monkeypatch.chdir(tmp_path)
     loaded = []
     real_load = mtc.runtime.load
     monkeypatch.setattr(mtc.runtime, "load", lambda *a, **kw: loaded.append(kw) or real_load(*a, **kw))
-    output = "out.mp4" if source == "builtin" else "out.png"
+    output = {"builtin": "out.mp4", "photo.png": "out.png", "photos": "cutouts"}[source]
     result = CliRunner().invoke(run, [str(rvm_artifact), source, "-o", output, "--backend", "onnxruntime"])
     assert result.exit_code == 0, result.output
-    assert [kw["allow_spinning"] for kw in loaded] == [spinning]
+    assert [kw["allow_spinning"] for kw in loaded] == [False]  # videos and image folders have codec threads
 
 
 def test_fp16_artifacts_stay_on_onnxruntime_on_the_cpu(caplog):
