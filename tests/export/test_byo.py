@@ -75,7 +75,8 @@ def test_export_of_an_official_file_given_as_a_path_uses_its_family(rvm_onnx, tm
     assert result.returncode == 0, result.stderr
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert (manifest["model"], manifest["variant"]) == ("rvm", "mobilenetv3")
-    assert manifest["quantization"] == {"int8_preset": "speed", "builtin_photos": False, "int8_graphs": []}  # a video model
+    assert manifest["quantization"] == {"int8_preset": "speed", "builtin_photos": False, "int8_graphs": [],
+                                        "int8_op_types": ["Conv"], "int8_activation_matmuls": False}  # a video model
 
 
 def test_export_of_an_unknown_onnx_writes_a_checked_artifact_the_runtime_runs(tmp_path):
@@ -87,7 +88,8 @@ def test_export_of_an_unknown_onnx_writes_a_checked_artifact_the_runtime_runs(tm
     manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
     assert manifest["model"] == "cutout" and manifest["task"] == "image_matting"
     assert manifest["provenance"]["contract"] == "inferred"
-    assert manifest["quantization"] == {"int8_preset": "speed", "builtin_photos": True, "int8_graphs": []}  # the task's defaults
+    assert manifest["quantization"] == {"int8_preset": "speed", "builtin_photos": True, "int8_graphs": [],
+                                        "int8_op_types": ["Conv"], "int8_activation_matmuls": False}  # the task's defaults
     session = mtc.runtime.load(tmp_path / "art", backend="onnxruntime")
     matte = session.process(np.full((50, 70, 3), 200, np.uint8))
     assert matte.alpha.shape == (50, 70)
