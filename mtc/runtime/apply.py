@@ -195,8 +195,8 @@ def matte_images(session: MattingSession, paths: Iterable[Path], read: Callable[
     A reader thread decodes image N+1 and a writer thread renders and encodes image N-1 while
     image N runs through the model. Unlike `matte_stream`'s, these threads keep their priority:
     decoding and encoding a full-size photo costs as much as a network at its fixed input size or
-    more, so they are the critical path as often as inference is (lowered, they starved beside
-    other busy processes: a folder took 1.6-2.3x as long). Each image
+    more, so they are the critical path as often as inference is; lowered, they starve beside
+    other busy processes (docs/runtime.md). Each image
     starts from a fresh state (`session.reset()`). Images are written in order; an error
     reading or writing one stops the run there, with the images before it written, as a plain
     loop would. At most one decoded image waits ahead and one matte behind, so memory holds
