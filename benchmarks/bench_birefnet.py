@@ -36,7 +36,7 @@ from common import dump, machine, summarize_times, update_results  # noqa: E402
 import mtc.runtime  # noqa: E402
 from calib_data.builtin_photos import builtin_photos  # noqa: E402
 from mtc.artifact.manifest import read_manifest  # noqa: E402
-from mtc.backends.cpu import cpu_class  # noqa: E402
+from mtc.backends.cpu import cpu_class, has_bf16  # noqa: E402
 from mtc.metrics import mad  # noqa: E402
 from mtc.quant.config import Fallback, Gates, preset  # noqa: E402
 from mtc.quant.pipeline import DEFAULT_GATES, DataPlan, quantize_artifact  # noqa: E402
@@ -95,9 +95,7 @@ class PlainOrt:
 def make_runners(folders: dict[str, Path], threads: int) -> dict:
     common = {"threads": threads, "scene_cut_threshold": None}
     runners = {REFERENCE: PlainOrt(folders["fp32"], threads)}
-    import openvino
-
-    bf16 = "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    bf16 = has_bf16()
     for precision in ("fp32", "int8", "fp16"):
         runners[f"mtc_ort_{precision}"] = mtc.runtime.load(folders[precision], backend="onnxruntime",
                                                            allow_spinning=False, **common)

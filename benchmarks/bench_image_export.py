@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import dump, machine, run_measured, update_results  # noqa: E402
 
-from mtc.backends.cpu import cpu_class  # noqa: E402
+from mtc.backends.cpu import cpu_class, has_bf16  # noqa: E402
 
 # name -> (model, variant, input side): the standard sizes of the image families
 CASES = {
@@ -96,10 +96,8 @@ def _child(*args: str, env: dict) -> dict:
 
 
 def runners() -> list[tuple[str, str]]:
-    import openvino
-
     found = [("onnxruntime", "fp32"), ("openvino", "fp32")]
-    if "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+    if has_bf16():
         found.append(("openvino", "bf16"))
     return found
 

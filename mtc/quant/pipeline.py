@@ -367,9 +367,9 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
         plan = plan_qdq(model, op_types=config.op_types, exclude_nodes=excluded,
                         quantize_outputs=config.quantize_outputs, activation_matmuls=bool(config.activation_matmuls))
     started = time.perf_counter()
-    passes = len(stat_passes(model, plan.activation_tensors(), feeds[0]))
-    with stages.stage("calibration: activation ranges", total=len(feeds) * passes) as advance:
-        stats = collect_stats(model, plan.activation_tensors(), feeds, progress=advance)
+    groups = stat_passes(model, plan.activation_tensors(), feeds[0])
+    with stages.stage("calibration: activation ranges", total=len(feeds) * len(groups)) as advance:
+        stats = collect_stats(model, plan.activation_tensors(), feeds, progress=advance, groups=groups)
     ranges = {name: activation_range(s, config) for name, s in stats.items()}
     timings["calibrate_s"] = time.perf_counter() - started
 
@@ -554,9 +554,9 @@ def _bf16(fp32_path: Path, io, reference, gates: Gates, timings, stages: Stages)
 
 def _fp16(model, feeds, reference, gates: Gates, fallback: Fallback, timings, stages: Stages):
     started = time.perf_counter()
-    passes = len(stat_passes(model, computed_floats(model), feeds[0]))
-    with stages.stage("calibration: activation magnitudes", total=len(feeds) * passes) as advance:
-        magnitudes = activation_magnitudes(model, feeds, progress=advance)
+    groups = stat_passes(model, computed_floats(model), feeds[0])
+    with stages.stage("calibration: activation magnitudes", total=len(feeds) * len(groups)) as advance:
+        magnitudes = activation_magnitudes(model, feeds, progress=advance, groups=groups)
     overflow = overflow_prone_nodes(model, magnitudes)
     candidate = convert_to_fp16(model, keep_fp32=overflow)
     timings["convert_s"] = time.perf_counter() - started

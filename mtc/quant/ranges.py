@@ -215,15 +215,17 @@ def _tensor_bytes(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> dict[s
 
 
 def collect_stats(model: onnx.ModelProto, tensor_names: Sequence[str], feeds: Iterable[dict[str, np.ndarray]],
-                  *, progress=None, budget: int = EXPOSED_BYTES) -> dict[str, TensorStats]:
+                  *, progress=None, budget: int = EXPOSED_BYTES,
+                  groups: Sequence[Sequence[str]] | None = None) -> dict[str, TensorStats]:
     """Run `model` over the feeds with `tensor_names` exposed as outputs and accumulate their
-    statistics: one pass per group of `stat_passes` (whose count times the feeds is how often
-    `progress` is called)."""
+    statistics: one pass per group of `stat_passes` (pass `groups` where the caller made them
+    already, e.g. to size a progress bar: `progress` is called once per feed per group)."""
     from mtc.backends import OrtBackend
 
     feeds = list(feeds)
     stats = {name: TensorStats() for name in tensor_names}
-    groups = stat_passes(model, tensor_names, feeds[0], budget=budget) if feeds else []
+    if groups is None:
+        groups = stat_passes(model, tensor_names, feeds[0], budget=budget) if feeds else []
     for group in groups:
         backend = OrtBackend(expose_tensors(model, group).SerializeToString(), optimization="basic")
         for feed in feeds:
