@@ -203,14 +203,19 @@ def _tensor_bytes(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> dict[s
                 dim.dim_value = size
     del copy.graph.value_info[:]
     try:
-        inferred = onnx.shape_inference.infer_shapes(copy)
+        # data_prop folds the shape arithmetic (Shape -> Gather -> Concat -> Reshape) that a
+        # transformer's window and head reshapes are made of; without it most of their sizes
+        # stay unknown and the passes multiply.
+        inferred = onnx.shape_inference.infer_shapes(copy, data_prop=True)
     except Exception:  # noqa: BLE001  (an estimate: unknown sizes are assumed large)
         return {}
     sizes = {}
-    for value in inferred.graph.value_info:
-        dims = value.type.tensor_type.shape.dim
+    for value in [*inferred.graph.value_info, *inferred.graph.output]:
+        tensor = value.type.tensor_type
+        dims = tensor.shape.dim
         if dims and all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
-            sizes[value.name] = 4 * int(np.prod([d.dim_value for d in dims]))
+            width = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)).itemsize if tensor.elem_type else 4
+            sizes[value.name] = width * int(np.prod([d.dim_value for d in dims]))
     return sizes
 
 

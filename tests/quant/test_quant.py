@@ -1067,3 +1067,29 @@ def test_statistics_are_collected_in_passes_that_bound_the_exposed_memory():
         assert grouped[name].amax == one_pass[name].amax and grouped[name].count == one_pass[name].count
         np.testing.assert_array_equal(grouped[name].hist, one_pass[name].hist)
     assert len(stat_passes(model, tensors, feeds[0])) == 1  # small tensors: one pass, as before
+
+
+def test_pass_sizes_follow_shapes_computed_inside_the_graph():
+    """A reshape whose target is computed from Shape (as a transformer's window and head
+    reshapes are) has a size only once the shape arithmetic is folded: the sizing must know it,
+    not assume an unknown tensor is large."""
+    from onnx import TensorProto, helper
+
+    from mtc.quant.ranges import _tensor_bytes
+
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "zero"], ["batch"], axis=0),
+        helper.make_node("Concat", ["batch", "minus_one"], ["target"], axis=0),
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("Reshape", ["r", "target"], ["flat"]),
+        helper.make_node("Sigmoid", ["flat"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "reshape", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [helper.make_tensor("zero", TensorProto.INT64, [1], [0]), helper.make_tensor("minus_one", TensorProto.INT64, [1], [-1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    sizes = _tensor_bytes(model, {"x": np.zeros((2, 3, 8, 4), np.float32)})
+    assert sizes["flat"] == sizes["r"] == 2 * 3 * 8 * 4 * 4
+    assert sizes["y"] == 2 * 3 * 8 * 4 * 4
