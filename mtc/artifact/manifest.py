@@ -28,7 +28,7 @@ SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 REPORT_NAME = "report.json"
 
-INPUT_ROLES = ("image", "background", "state", "downsample_ratio", "prompt")
+INPUT_ROLES = ("image", "background", "state", "downsample_ratio", "prompt", "frame_size")
 OUTPUT_ROLES = ("alpha", "foreground", "state", "aux")
 DTYPES = ("float32", "float16", "int64", "int32", "uint8")
 RESIZE_MODES = ("none", "fixed", "reference")
@@ -256,6 +256,9 @@ class ModelIO:
         if self.downsample is not None:
             ratio = downsample_ratio if downsample_ratio is not None else self.downsample.ratio_for(height, width)
             feeds[self.downsample.input] = np.array([ratio], np.float32)
+        frame_size = self.input_with_role("frame_size")
+        if frame_size is not None:
+            feeds[frame_size.name] = np.array([height, width], np.float32)
         return feeds
 
 
@@ -609,6 +612,7 @@ def manifest_from_dict(data: Any, *, source: str = MANIFEST_NAME) -> Manifest:
         if name not in manifest.files:
             raise r.child("program").fail(f"names graph file {name!r}, which is not listed in files")
     _check_prompt(manifest, r)
+    _check_frame_size(manifest, r)
     return manifest
 
 
@@ -619,6 +623,15 @@ def _check_prompt(manifest: Manifest, r: _Reader) -> None:
     if (prompt is not None) != wants:
         raise r.child("io").fail("has a 'prompt' input without a prompted program" if prompt is not None
                                  else "lacks the 'prompt' input its program reads")
+
+
+def _check_frame_size(manifest: Manifest, r: _Reader) -> None:
+    """A frame_size input is what a program with a small-frame phase chooses by: one implies the other."""
+    frame_size = manifest.io.input_with_role("frame_size")
+    wants = manifest.program is not None and manifest.program.small is not None
+    if (frame_size is not None) != wants:
+        raise r.child("io").fail("has a 'frame_size' input without a program that chooses by it" if frame_size is not None
+                                 else "lacks the 'frame_size' input its program chooses its phase by")
 
 
 # ---- files and hashes -----------------------------------------------------------------------

@@ -16,7 +16,11 @@ model:
   while the memory fills;
 - **phases**: the steps of the first frame (`start`, each phase repeated `repeat` times on the
   same frame) and of every later frame (`frame`). A step with `every: N` runs only on the
-  frames whose count (1 for the first frame after `start`) is a multiple of N.
+  frames whose count (1 for the first frame after `start`) is a multiple of N;
+- **small frames** (optional): frames whose shorter side, as they arrive (before the runtime
+  resizes them to the model's input), is at most `side` run the `small` phase instead of the
+  frame phase: a model that adds work only for large pictures. Such a program's artifact has a
+  `frame_size` input, which the runtime feeds with the frame's (height, width).
 
 Shapes of slots and ring fields are ints, or "H"/"W" (the model input's height and width) and
 "H/k"/"W/k" (rounded up). The program's alpha is a value named by `alpha` (1, 1, H, W).
@@ -35,6 +39,7 @@ STEP_OPS = ("run", "set", "add", "clear", "keep", "push")
 MAX_REPEAT = 1000
 MAX_ENTRIES = 256
 MAX_EVERY = 1 << 20
+MAX_SIDE = 1 << 16
 _DIM = re.compile(r"(H|W)(?:/([1-9][0-9]*))?")
 
 
@@ -114,6 +119,15 @@ class Prompt:
 
 
 @dataclass(frozen=True)
+class SmallFrames:
+    """Frames whose shorter side as they arrive is at most `side` run `phase` instead of the
+    frame phase."""
+
+    side: int
+    phase: Phase
+
+
+@dataclass(frozen=True)
 class Program:
     graphs: tuple[GraphSpec, ...]
     frame: Phase
@@ -123,9 +137,16 @@ class Program:
     prompt: Prompt | None = None
     image: str = "image"
     alpha: str = "alpha"
+    small: SmallFrames | None = None
 
     def graph(self, name: str) -> GraphSpec:
         return next(g for g in self.graphs if g.name == name)
+
+    def phase_for(self, height: int, width: int) -> Phase:
+        """The per-frame phase for a frame of height x width as it arrives."""
+        if self.small is not None and min(height, width) <= self.small.side:
+            return self.small.phase
+        return self.frame
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -216,12 +237,16 @@ def program_from_reader(r: _Reader) -> Program:
     if r.data.get("prompt") is not None:
         p = r.child("prompt")
         prompt = Prompt(threshold=p.number("threshold", float, 0.0, 1.0, 0.5), closing=p.number("closing", int, 0, 255, 0))
+    small = None
+    if r.data.get("small") is not None:
+        node = r.child("small")
+        small = SmallFrames(side=node.number("side", int, 1, MAX_SIDE), phase=_phase(node.child("phase")))
     program = Program(
         graphs=tuple(graphs),
         frame=_phase(r.child("frame")),
         start=tuple(_phase(p) for p in r.items("start")) if "start" in r.data else (),
         slots=tuple(_slot(s) for s in r.items("slots")) if "slots" in r.data else (),
-        rings=rings, prompt=prompt, image=r.name("image", "image"), alpha=r.name("alpha", "alpha"))
+        rings=rings, prompt=prompt, image=r.name("image", "image"), alpha=r.name("alpha", "alpha"), small=small)
     _check(program, r)
     return program
 
@@ -242,7 +267,10 @@ def _check(program: Program, r: _Reader) -> None:
     kept = set(slots) | {f"{q}.{f.name}" for q, ring in rings.items() for f in ring.fields} | {f"{q}.valid" for q in rings}
     first = {program.image, PROMPT_VALUE} if program.prompt is not None else {program.image}
     groups = [("start", [(f"start[{i}]", p) for i, p in enumerate(program.start)], first),
-              ("frame", [("frame", program.frame)], {program.image})]
+              ("frame", [("frame", program.frame)], {program.image}),
+              ("small", [("small.phase", program.small.phase)] if program.small else [], {program.image})]
+    if program.small is not None and program.start:
+        raise r.fail("has both start phases and a small-frame phase (a first frame would need both)")
     for group, phases, made in groups:
         if not phases:  # no start phases: the first frame runs the frame phase
             continue

@@ -105,7 +105,9 @@ class ProgramEngine:
         prompt = io.input_with_role("prompt")
         self.prompt_name = prompt.name if prompt is not None else None
         self.alpha_name = io.output_with_role("alpha").name
-        self.input_names = (self.image_name, *((self.prompt_name,) if self.prompt_name else ()))
+        frame_size = io.input_with_role("frame_size")
+        self.frame_size_name = frame_size.name if frame_size is not None else None
+        self.input_names = (self.image_name, *(name for name in (self.prompt_name, self.frame_size_name) if name))
         self.output_names = (self.alpha_name,)
         inner = sorted({getattr(b, "name", "?") for b in graphs.values()})
         self.name = f"{'+'.join(inner)} ({len(graphs)} graphs)"
@@ -141,9 +143,17 @@ class ProgramEngine:
         else:
             self._size = (height, width)
             self.frames += 1
-            for index, step in enumerate(self.program.frame.steps):
+            phase, label = self.program.frame, "frame"
+            if self.frame_size_name is not None:
+                arrived = feeds.get(self.frame_size_name)
+                if arrived is None:
+                    raise MtcError("this model chooses its steps by the frame's size, and was not given it",
+                                   hint="run it through mtc.runtime.load(...), which feeds the frame size")
+                phase = self.program.phase_for(*(int(side) for side in np.asarray(arrived).reshape(-1)[:2]))
+                label = "frame" if phase is self.program.frame else "small.phase"
+            for index, step in enumerate(phase.steps):
                 if not step.every or self.frames % step.every == 0:
-                    self._do(step, values, f"frame.steps[{index}]")
+                    self._do(step, values, f"{label}.steps[{index}]")
         return {self.alpha_name: np.array(values[self.program.alpha], dtype=np.float32, copy=True)}
 
     def _prompt(self, mask: np.ndarray | None) -> np.ndarray:

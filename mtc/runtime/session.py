@@ -152,6 +152,7 @@ class MattingSession:
         self.image_input = io.input_with_role("image")
         self.background_input = io.input_with_role("background")
         self.prompt_input = io.input_with_role("prompt")
+        self.frame_size_input = io.input_with_role("frame_size")  # a program choosing its steps by the frame's size
         self._prompt: np.ndarray | None = None  # the first frame's mask as given (HxW float32 in [0, 1])
         self._prompt_source = None  # or what makes it from the first frame
         self._prompt_due = True  # the next frame begins a stream and gets the prompt
@@ -310,6 +311,8 @@ class MattingSession:
         if (model_h, model_w) != (h, w):
             frame = _resize_rgb(frame, model_h, model_w, self._filter)
         feeds = {self.image_input.name: self._image_tensor(frame), **self._state}
+        if self.frame_size_input is not None:
+            feeds[self.frame_size_input.name] = np.array([h, w], np.float32)
         if self.background_input is not None:
             feeds[self.background_input.name] = self._background_tensor(h, w, model_h, model_w)
         if self.prompt_input is not None and self._prompt_due:

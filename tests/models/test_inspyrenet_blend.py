@@ -1,7 +1,7 @@
 """InSPyReNet's two-pass pyramid blend (the `-blend` variants): our PyTorch blend against a plain
-re-statement of the official `forward_inference` with a threshold, the three-graph artifact
-against PyTorch through `mtc.runtime` on ONNX Runtime and OpenVINO, and the single pass left as
-the default.
+re-statement of the official `forward_inference` with a threshold, the four-graph artifact
+against PyTorch through `mtc.runtime` on ONNX Runtime and OpenVINO (blending frames above the
+threshold, the single pass for the others), and the single pass left as the default.
 
 Reduced networks with calibrated random weights (test_inspyrenet.py), base size 64x64 and full
 size 128x128 (threshold 96), so that each test takes seconds.
@@ -28,6 +28,7 @@ from mtc.export.compile import CompileJob, ParityCase  # noqa: E402
 from mtc.export.program import compile_program  # noqa: E402
 from mtc.models.inspyrenet import Blend, Release  # noqa: E402
 from mtc.models.inspyrenet.blend import (  # noqa: E402
+    SinglePass,
     Transition,
     TwoPassMatte,
     antialiased_bilinear_weights,
@@ -222,61 +223,91 @@ def artifact(checkpoints, tmp_path_factory):
     """The reduced Swin model's blend through the steps `mtc export` runs for a program variant."""
     variant = _small_variant("swinb")
     job = CompileJob(model="inspyrenet", variant=variant.name, task="image_matting", license="MIT", io=variant.io,
-                     cases=(ParityCase(160, 90, 1),), tolerance=variant.parity_tolerance,
+                     cases=tuple(ParityCase(*case) for case in variant.parity_cases), tolerance=variant.parity_tolerance,
                      quantization=variant.quantization)
     build = variant.build_program(checkpoints["swinb"])
     return compile_program(build, job, output=tmp_path_factory.mktemp("artifacts") / "small-blend")
 
 
-def _photo(seed: int) -> np.ndarray:
+def _photo(seed: int, size: tuple[int, int] = (150, 200)) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    photo = rng.integers(0, 80, (150, 200, 3), dtype=np.uint8)
-    photo[30:120, 60:150] = (210, 170, 70)
-    photo[50:70, 20:190] = (40, 90, 200)
+    height, width = size
+    photo = rng.integers(0, 80, (height, width, 3), dtype=np.uint8)
+    photo[height // 5:height * 4 // 5, width * 3 // 10:width * 3 // 4] = (210, 170, 70)
+    photo[height // 3:height * 7 // 15, width // 10:width * 19 // 20] = (40, 90, 200)
     return photo
 
 
-def _pytorch_alpha(checkpoints, photo: np.ndarray) -> np.ndarray:
-    """The blend in PyTorch on the photo as the runtime feeds it (PIL-bilinear to the full size, ImageNet mean/std)."""
+def _normalised(photo: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """The photo as the runtime feeds a graph of `size`: PIL bilinear, ImageNet mean/std."""
     from PIL import Image
 
-    resized = np.asarray(Image.fromarray(photo).resize(FULL[::-1], Image.BILINEAR), np.float32) / 255
-    image = torch.from_numpy(((resized - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)[None].copy())
+    resized = np.asarray(Image.fromarray(photo).resize(size[::-1], Image.BILINEAR), np.float32) / 255
+    return torch.from_numpy(((resized - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)[None].copy())
+
+
+def _pytorch_alpha(checkpoints, photo: np.ndarray, *, blend: bool = True) -> np.ndarray:
+    """The blend (or the low-resolution pass alone) in PyTorch on the photo as the runtime feeds it."""
     matte = TwoPassMatte(load_network(SMALL["swinb"], checkpoints["swinb"]), FULL, BASE).eval()
+    image = _normalised(photo, FULL)
     with torch.no_grad():
-        return matte(image)[0, 0].numpy()
+        return (matte(image) if blend else matte.single(matte.lr(image)))[0, 0].numpy()
 
 
-def test_artifact_is_three_graphs_chained_by_the_program(artifact):
+def test_artifact_is_four_graphs_chained_by_the_program(artifact):
     manifest = json.loads((artifact / "manifest.json").read_text())
     report = json.loads((artifact / "report.json").read_text())
     program = manifest["program"]
 
     assert [(g["name"], g["file"]) for g in program["graphs"]] == [("lr", "lr.onnx"), ("hr", "hr.onnx"),
-                                                                   ("blend", "blend.onnx")]
+                                                                   ("blend", "blend.onnx"), ("single", "single.onnx")]
     assert [s["graph"] for s in program["frame"]["steps"]] == ["lr", "hr", "blend"]
+    assert program["small"]["side"] == BLEND.threshold
+    assert [s["graph"] for s in program["small"]["phase"]["steps"]] == ["lr", "single"]
     assert manifest["io"]["preprocess"]["fixed_size"] == list(FULL)
-    case = report["parity"][0]
-    assert case["passed"] and set(case["graph_max_abs_diff"]) == {"lr", "hr", "blend"}
+    assert [t["role"] for t in manifest["io"]["inputs"]] == ["image", "frame_size"]
+    blended, single = report["parity"]
+    # one frame of each phase: the blend's graphs ran on the first, the single pass's on the second
+    assert blended["resolution"] == "128x97" and single["resolution"] == "170x96"
+    assert blended["passed"] and set(blended["graph_max_abs_diff"]) == {"lr", "hr", "blend", "single"}
+    assert single["passed"]
     # Gated loosely (mask flips, see BLEND_CHAIN_TOLERANCE); at this size none occur.
-    assert case["tolerance"] == inspyrenet.BLEND_CHAIN_TOLERANCE
-    assert case["alpha_max_abs_diff"] < inspyrenet.PARITY_TOLERANCE
+    assert blended["tolerance"] == inspyrenet.BLEND_CHAIN_TOLERANCE
+    assert max(blended["alpha_max_abs_diff"], single["alpha_max_abs_diff"]) < inspyrenet.PARITY_TOLERANCE
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
-def test_runtime_gives_the_pytorch_blend(artifact, checkpoints, backend):
+def test_runtime_blends_large_frames_and_runs_the_single_pass_on_small_ones(artifact, checkpoints, backend):
     if backend == "openvino":
         pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'mtc[openvino]')")
     session = mtc.runtime.load(artifact, backend=backend)
-    for seed in (0, 1):
-        photo = _photo(seed)
+    # 150x200: both sides above the threshold (96), blended; 96x140: the shorter side at it, not blended.
+    for seed, size, blend in ((0, (150, 200), True), (1, (150, 200), True), (2, (96, 140), False)):
+        photo = _photo(seed, size)
         alpha = session.step(photo)["alpha"][0, 0]  # at the full size, before resizing back
-        expected = _pytorch_alpha(checkpoints, photo)
+        expected = _pytorch_alpha(checkpoints, photo, blend=blend)
+        other = _pytorch_alpha(checkpoints, photo, blend=not blend)
 
         assert alpha.shape == expected.shape == FULL
         assert expected.std() > 0.05  # a real matte
         assert float(np.abs(alpha - expected).max()) < 1e-4
-    assert session.process(_photo(2)).alpha.shape == (150, 200)
+        assert float(np.abs(alpha - other).max()) > 0.05  # the other phase would have given another matte
+    assert session.process(_photo(3)).alpha.shape == (150, 200)
+    assert session.process(_photo(4, (60, 90))).alpha.shape == (60, 90)
+
+
+def test_the_single_pass_phase_is_the_single_pass_model(checkpoints):
+    """On a small frame the program's single pass (the frame resized to the full size, then
+    downscaled inside `lr`) is the plain single-pass model on the frame resized to the base size,
+    up to the two resizes' difference: the saliency at the base size agrees closely."""
+    net = load_network(SMALL["swinb"], checkpoints["swinb"])
+    matte = TwoPassMatte(net, FULL, BASE).eval()
+    photo = _photo(5, (72, 96))
+    with torch.no_grad():
+        program = matte.single(matte.lr(_normalised(photo, FULL)))
+        plain = SinglePass(FULL)(net(_normalised(photo, BASE)))
+
+    assert float(torch.abs(program - plain).mean()) < 0.02
 
 
 @pytest.fixture(scope="module")
@@ -291,7 +322,7 @@ def test_the_res2net_blend_exports_too(res2net_build):
     build = res2net_build
     image = _image(41).numpy()
     values = {"image": image}
-    for step in build.program.frame.steps:
+    for step in (*build.program.frame.steps, build.program.small.phase.steps[-1]):
         spec = build.program.graph(step.graph)
         feeds = {name: values[name] for name in spec.inputs}
         session = ort.InferenceSession(build.graphs[step.graph].SerializeToString(), providers=["CPUExecutionProvider"])
@@ -308,17 +339,18 @@ def test_build_checks_each_graph_on_the_same_inputs(res2net_build):
     output is off by 1e-3 of its scale is refused."""
     from mtc.models.inspyrenet.export import check_graphs, example_image
 
-    values = {"image": example_image(FULL)}
-    for step in res2net_build.program.frame.steps:
-        spec = res2net_build.program.graph(step.graph)
-        values.update(res2net_build.references[step.graph].run({k: values[k] for k in spec.inputs}))
-    worst = check_graphs(res2net_build.graphs, values)
+    values, expected = {"image": example_image(FULL)}, {}
+    for spec in res2net_build.program.graphs:
+        expected[spec.name] = res2net_build.references[spec.name].run({k: values[k] for k in spec.inputs})
+        values.update({k: v for k, v in expected[spec.name].items() if k != "alpha"})
+    worst = check_graphs(res2net_build.graphs, values, expected)
 
-    assert set(worst) == {"lr.lr_d0", "hr.hr_p2", "hr.hr_p1", "hr.hr_p0", "blend.alpha"}
-    assert worst["blend.alpha"] < 1e-5
-    values["hr_p1"] = values["hr_p1"] + 1e-3 * np.abs(values["hr_p1"]).max()
+    assert set(worst) == {"lr.lr_d0", "hr.hr_p2", "hr.hr_p1", "hr.hr_p0", "blend.alpha", "single.alpha"}
+    assert worst["blend.alpha"] < 1e-5 and worst["single.alpha"] < 1e-5
+    p1 = expected["hr"]["hr_p1"]
+    expected["hr"]["hr_p1"] = p1 + 1e-3 * np.abs(p1).max()
     with pytest.raises(MtcError, match="graph hr differs from PyTorch"):
-        check_graphs(res2net_build.graphs, values)
+        check_graphs(res2net_build.graphs, values, expected)
 
 
 # ---- (c) the single pass stays the default; the blend's rule is data ---------------------------
@@ -337,6 +369,9 @@ def test_single_pass_is_the_default_and_blend_an_option():
     assert all(v.build_program is not None and v.build_onnx is None for v in blends.values())
     assert all(v.weights == spec.variant(name.removesuffix("-blend")).weights for name, v in blends.items())
     assert spec.variant("fast-blend").quantization.int8_graphs == ("lr", "hr")
+    # export checks one frame of each phase: blended (both sides above the threshold) and not
+    assert spec.variant("fast-blend").parity_cases == ((1280, 720, 1, None), (910, 512, 1, None))
+    assert spec.variant("base-blend").parity_cases == ((2048, 1152, 1, None), (1820, 1024, 1, None))
 
 
 def test_single_pass_logits_are_the_pyramids_finest(checkpoints):

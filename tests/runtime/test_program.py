@@ -213,3 +213,74 @@ def test_single_graph_commands_refuse_a_program_artifact_clearly(artifact, tmp_p
         result = CliRunner().invoke(cli, args)
         said = result.output + str(result.exception or "")
         assert result.exit_code != 0 and "works on single-graph artifacts" in said, said
+
+
+# ---- a program that chooses its steps by the frame's size ------------------------------------
+
+
+def _constant_alpha(value: float) -> onnx.ModelProto:
+    """image -> alpha of the image's height and width, every pixel `value`."""
+    consts = [numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+              numpy_helper.from_array(np.array(value, np.float32), "value")]
+    nodes = [helper.make_node("ReduceMean", ["image"], ["grey"], axes=[1], keepdims=1),
+             helper.make_node("Mul", ["grey", "zero"], ["nothing"]),
+             helper.make_node("Add", ["nothing", "value"], ["alpha"])]
+    graph = helper.make_graph(nodes, "constant", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, "H", "W"])],
+                              [helper.make_tensor_value_info("alpha", TensorProto.FLOAT, [1, 1, "H", "W"])],
+                              initializer=consts)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+SMALL_SIDE = 40
+
+
+def _routed_program() -> Program:
+    from mtc.artifact.program import SmallFrames
+
+    return Program(graphs=(GraphSpec("large", "large.onnx", ("image",), ("alpha",)),
+                           GraphSpec("small", "small.onnx", ("image",), ("alpha",))),
+                   frame=Phase((Step(op="run", graph="large"),)),
+                   small=SmallFrames(side=SMALL_SIDE, phase=Phase((Step(op="run", graph="small"),))))
+
+
+@pytest.fixture
+def routed(tmp_path):
+    folder = tmp_path / "routed"
+    folder.mkdir()
+    onnx.save(_constant_alpha(0.75), str(folder / "large.onnx"))
+    onnx.save(_constant_alpha(0.25), str(folder / "small.onnx"))
+    io = ModelIO(inputs=(TensorSpec("image", "image", shape=(1, 3, "H", "W"), layout="NCHW"),
+                         TensorSpec("frame_size", "frame_size", shape=(2,))),
+                 outputs=(TensorSpec("alpha", "alpha", shape=(1, 1, "H", "W"), layout="NCHW", value_range=(0.0, 1.0)),))
+    manifest = Manifest(model="tiny", variant="routed", task="image_matting", license="MIT", model_file="large.onnx",
+                        io=io, precision=Precision(), program=_routed_program(),
+                        files={n: file_entry(folder / n) for n in ("large.onnx", "small.onnx")})
+    (folder / MANIFEST_NAME).write_text(manifest.to_json())
+    return folder
+
+
+def test_a_program_runs_its_small_frame_phase_by_the_size_frames_arrive_at(routed):
+    session = mtc.runtime.load(routed, backend="onnxruntime")
+
+    assert read_manifest(routed).program == _routed_program()
+    # the shorter side decides, as the frame arrives: above the side the frame phase, at or below it the small one
+    for (height, width), expected in (((48, 64), 0.75), ((64, 41), 0.75), ((40, 64), 0.25), ((64, 16), 0.25),
+                                      ((41, 41), 0.75)):
+        alpha = session.process(np.full((height, width, 3), 90, np.uint8)).alpha
+        assert alpha.shape == (height, width)
+        np.testing.assert_allclose(alpha, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["io"]["inputs"].pop(), "lacks the 'frame_size' input its program chooses its phase by"),
+    (lambda d: d["program"].update(small=None), "has a 'frame_size' input without a program that chooses by it"),
+    (lambda d: d["program"]["small"]["phase"]["steps"].clear(), "names alpha 'alpha', which the small phases do not make"),
+    (lambda d: d["program"]["small"].update(side=0), "side"),
+    (lambda d: d["program"].update(start=[{"steps": [{"op": "run", "graph": "large"}]}]),
+     "both start phases and a small-frame phase"),
+])
+def test_an_inconsistent_size_choice_is_refused(routed, edit, message):
+    data = json.loads((routed / MANIFEST_NAME).read_text())
+    edit(data)
+    with pytest.raises(MtcError, match=message):
+        manifest_from_dict(data, source="manifest.json")

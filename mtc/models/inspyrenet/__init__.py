@@ -22,12 +22,14 @@ resized back to the image. That is every variant named after a release.
 
 The two-pass pyramid blend of the original repository (`lib/InSPyReNet.py`, `threshold` set) is
 the `-blend` variants: a pass at the base size and a pass at a full-resolution size, their
-saliency pyramids blended (:mod:`.blend` states the facts). It is an artifact of three graphs
-chained by the manifest's program (`lr`, `hr`, `blend`), so no Python runs between them: the
-runtime resizes the image to the full size, `lr` downscales it to the base size inside the graph.
-The official code blends only when both sides of the (dynamically resized) image exceed the
-threshold and otherwise runs the single pass; a program cannot choose by frame size, so a blend
-artifact always blends, at a full size both of whose sides exceed the threshold (checked).
+saliency pyramids blended (:mod:`.blend` states the facts). It is an artifact of four graphs
+chained by the manifest's program (`lr`, `hr`, `blend`, `single`), so no Python runs between
+them: the runtime resizes the image to the full size, `lr` downscales it to the base size inside
+the graph. The official code blends only when both sides of the (dynamically resized) image
+exceed the threshold and otherwise runs the single pass; so does the program: its small-frame
+phase (`mtc.artifact.program.SmallFrames`) runs `lr` then `single` for a frame with a side at or
+below the threshold as it arrives, the frame phase `lr`, `hr` and `blend` for the others. The
+full size itself must exceed the threshold on both sides (checked).
 
 The exported single-pass graph: `src` (N x 3 x H x W, ImageNet-normalised RGB at the variant's
 size) -> `alpha` (N x 1 x H x W). Static in H and W (Swin's windows and the SICA pooling sizes
@@ -52,8 +54,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mtc.artifact.manifest import ModelIO, QuantRecipe
-from mtc.artifact.program import GraphSpec, Phase, Program, Step
+from mtc.artifact.manifest import ModelIO, QuantRecipe, TensorSpec
+from mtc.artifact.program import GraphSpec, Phase, Program, SmallFrames, Step
 from mtc.errors import MtcError
 from mtc.models.contracts import TRANSFORMER_IMAGE_RECIPE, SwinConfig, fixed_size_image_io
 from mtc.models.registry import ModelSpec, VariantSpec, register
@@ -158,6 +160,13 @@ class Blend:
                            f"{base_size[1]}x{base_size[0]}, not {width}x{height} (the official code runs the "
                            f"single pass there)", hint="export the variant without -blend for small images")
 
+    def parity_cases(self) -> tuple[tuple[int, int, int, None], ...]:
+        """One 16:9 frame of each phase (width, height, frames, ratio): one the blend runs on (both
+        sides above the threshold), one the single pass runs on (the shorter side at it)."""
+        height, width = self.full_size
+        large = max(height * 9 // 16, self.threshold + 1)
+        return ((width, large, 1, None), (self.threshold * 16 // 9, self.threshold, 1, None))
+
 
 # Where the blend runs. The official configurations blend with the Swin-B models trained at
 # 384x384 (`InSPyReNet_SwinB.yaml`, `Plus_Ultra_LR.yaml`: `threshold: 512`, test images resized
@@ -174,18 +183,29 @@ BLENDS = {
 BLEND_SUFFIX = "-blend"
 
 
-def blend_program() -> Program:
-    """The low-resolution pass, the full-resolution pass, then the blend of their pyramids."""
+def blend_program(threshold: int) -> Program:
+    """The low-resolution pass, the full-resolution pass, then the blend of their pyramids; for
+    frames with a side at or below `threshold`, the low-resolution pass alone."""
     return Program(
         graphs=(GraphSpec("lr", "lr.onnx", ("image",), ("lr_d0",)),
                 GraphSpec("hr", "hr.onnx", ("image",), ("hr_p2", "hr_p1", "hr_p0")),
-                GraphSpec("blend", "blend.onnx", ("lr_d0", "hr_p2", "hr_p1", "hr_p0"), ("alpha",))),
-        frame=Phase((Step(op="run", graph="lr"), Step(op="run", graph="hr"), Step(op="run", graph="blend"))))
+                GraphSpec("blend", "blend.onnx", ("lr_d0", "hr_p2", "hr_p1", "hr_p0"), ("alpha",)),
+                GraphSpec("single", "single.onnx", ("lr_d0",), ("alpha",))),
+        frame=Phase((Step(op="run", graph="lr"), Step(op="run", graph="hr"), Step(op="run", graph="blend"))),
+        small=SmallFrames(side=threshold, phase=Phase((Step(op="run", graph="lr"), Step(op="run", graph="single")))))
 
 
 def model_io(size: tuple[int, int]) -> ModelIO:
     """The contract of a graph exported at `size` (height, width)."""
     return fixed_size_image_io(size, multiple_of=MULTIPLE_OF)
+
+
+def blend_io(full_size: tuple[int, int]) -> ModelIO:
+    """The blend artifact's contract: the image at the full size, and the frame's size as it
+    arrives, which chooses between the blend and the single pass."""
+    io = model_io(full_size)
+    frame_size = TensorSpec("frame_size", "frame_size", shape=(2,), value_range=(1.0, float(1 << 16)))
+    return dataclasses.replace(io, inputs=(*io.inputs, frame_size))
 
 
 def _net() -> ModuleType:
@@ -242,15 +262,14 @@ def _variant(name: str, release: Release) -> VariantSpec:
                        quantization=_recipe(release.arch))
 
 
-# The blend: one frame at 16:9 too (resized to the full size); two passes of Swin-B.
-BLEND_PARITY_CASES = ((1280, 720, 1, None),)
 # The blend's chained alpha cannot be held to PARITY_TOLERANCE end to end: where a transition
 # mask's morphological gradient lies within float noise of 0.5, PyTorch and a backend disagree on
 # the mask, and the full-resolution Laplacian enters one alpha and not the other (fast-blend at
 # 1280x1280 with random weights: 10 of 1.6 M pixels, by up to 0.61; any two implementations of
 # the official code can differ so). So the program check bounds only the alpha's range (a NaN
 # still fails it), and the build checks each graph against PyTorch on the same inputs, where
-# PARITY_TOLERANCE holds (export.check_graphs); report.json records both.
+# PARITY_TOLERANCE holds (export.check_graphs); report.json records both. The parity frames are
+# one of each phase (Blend.parity_cases).
 BLEND_CHAIN_TOLERANCE = 1.0
 # INT8 on the two passes only: the blend graph holds no weights, and its transition masks
 # threshold at 0.5, where quantization noise would flip whole edge regions.
@@ -260,9 +279,9 @@ BLEND_GRAPHS = ("lr", "hr")
 def _blend_variant(name: str, release: Release, blend: Blend) -> VariantSpec:
     """The release blended at `blend.full_size`; `--input-size` picks another full size."""
     blend.check(release.arch.base_size)
-    return VariantSpec(name=name, weights=release.weights, io=model_io(blend.full_size),
+    return VariantSpec(name=name, weights=release.weights, io=blend_io(blend.full_size),
                        build_program=functools.partial(build_program, release.arch, blend),
-                       exporter="torch", parity_cases=BLEND_PARITY_CASES, parity_tolerance=BLEND_CHAIN_TOLERANCE,
+                       exporter="torch", parity_cases=blend.parity_cases(), parity_tolerance=BLEND_CHAIN_TOLERANCE,
                        quantization=dataclasses.replace(_recipe(release.arch), int8_graphs=BLEND_GRAPHS),
                        at_size=functools.partial(_blend_at_size, name, release, blend.threshold))
 

@@ -24,7 +24,10 @@ The graphs, each static in height and width:
   as `F.interpolate(..., antialias=True)`), written as two matrix products so that every backend
   runs the same arithmetic;
 - :class:`HighResolutionPass` (`hr`): `image` -> `hr_p2`, `hr_p1`, `hr_p0`, the Laplacians;
-- :class:`PyramidBlend` (`blend`): `lr_d0`, `hr_p2`, `hr_p1`, `hr_p0` -> `alpha`.
+- :class:`PyramidBlend` (`blend`): `lr_d0`, `hr_p2`, `hr_p1`, `hr_p0` -> `alpha`;
+- :class:`SinglePass` (`single`): `lr_d0` -> `alpha`, for the frames the official code does not
+  blend (a side at or below the threshold): the low-resolution pass's saliency, as the
+  single-pass model gives it, resized to the full size the runtime expects.
 """
 
 from __future__ import annotations
@@ -35,15 +38,15 @@ from torch import nn
 from torch.nn import functional as F
 
 from mtc.models.inspyrenet.modules import ImagePyramid, resize
-from mtc.models.inspyrenet.net import InSPyReNet
+from mtc.models.inspyrenet.net import InSPyReNet, saliency
 
-_EPS = 1e-8  # the official min-max normalisation's denominator term
 # Ellipse sizes of the official Transition(k) for the blend into p2, p1 and p0.
 TRANSITION_SIZES = {"p2": 5, "p1": 9, "p0": 17}
 
 LR_INPUTS, LR_OUTPUTS = ("image",), ("lr_d0",)
 HR_INPUTS, HR_OUTPUTS = ("image",), ("hr_p2", "hr_p1", "hr_p0")
 BLEND_INPUTS, BLEND_OUTPUTS = ("lr_d0", "hr_p2", "hr_p1", "hr_p0"), ("alpha",)
+SINGLE_INPUTS, SINGLE_OUTPUTS = ("lr_d0",), ("alpha",)
 
 
 def ellipse(size: int) -> np.ndarray:
@@ -157,10 +160,19 @@ class PyramidBlend(nn.Module):
         for transition, laplacian in zip(self.transitions, (p2, p1, p0)):
             mask = resize(transition(logits), (int(laplacian.shape[2]), int(laplacian.shape[3])))
             logits = self.image_pyramid.reconstruct(logits, mask * laplacian)
-        pred = torch.sigmoid(logits)
-        low = torch.amin(pred, dim=(1, 2, 3), keepdim=True)
-        high = torch.amax(pred, dim=(1, 2, 3), keepdim=True)
-        return (pred - low) / (high - low + _EPS)
+        return saliency(logits)
+
+
+class SinglePass(nn.Module):
+    """`lr_d0` (N, 1, h, w) -> `alpha` (N, 1, H, W): the saliency at the base size, then resized
+    bilinearly to the full size (no weights)."""
+
+    def __init__(self, full_size: tuple[int, int]):
+        super().__init__()
+        self.full_size = full_size
+
+    def forward(self, lr_d0: torch.Tensor) -> torch.Tensor:
+        return resize(saliency(lr_d0), self.full_size)
 
 
 class TwoPassMatte(nn.Module):
@@ -171,6 +183,7 @@ class TwoPassMatte(nn.Module):
         self.lr = LowResolutionPass(net, full_size, base_size)
         self.hr = HighResolutionPass(net)
         self.blend = PyramidBlend()
+        self.single = SinglePass(full_size)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.blend(self.lr(image), *self.hr(image))

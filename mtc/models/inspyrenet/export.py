@@ -21,6 +21,8 @@ from mtc.models.inspyrenet.blend import (
     HR_OUTPUTS,
     LR_INPUTS,
     LR_OUTPUTS,
+    SINGLE_INPUTS,
+    SINGLE_OUTPUTS,
     TwoPassMatte,
 )
 from mtc.models.inspyrenet.net import load_network
@@ -49,10 +51,11 @@ def example_image(size: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(normalised.transpose(2, 0, 1)[None])
 
 
-def check_graphs(graphs: dict[str, onnx.ModelProto], values: dict[str, np.ndarray]) -> dict[str, float]:
+def check_graphs(graphs: dict[str, onnx.ModelProto], values: dict[str, np.ndarray],
+                 expected: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
     """Each graph on ONNX Runtime against PyTorch on the *same* inputs: `values` holds the PyTorch
-    chain's image and every graph's outputs. MtcError past PARITY_TOLERANCE times the output's
-    scale (the passes give logits in the tens).
+    chain's image and the values the graphs read, `expected` each graph's PyTorch outputs.
+    MtcError past PARITY_TOLERANCE times the output's scale (the passes give logits in the tens).
 
     The program check of `mtc export` compares the two chains end to end, where a transition
     mask may legitimately differ (see `BLEND_CHAIN_TOLERANCE`); this is the check that holds.
@@ -60,16 +63,16 @@ def check_graphs(graphs: dict[str, onnx.ModelProto], values: dict[str, np.ndarra
     from mtc.backends import OrtBackend
 
     worst = {}
-    for spec in blend_program().graphs:
-        actual = OrtBackend(graphs[spec.name].SerializeToString(), allow_spinning=False).run(
-            {k: values[k] for k in spec.inputs})
-        for output in spec.outputs:
-            reference = values[output].astype(np.float64)
+    for name, model in graphs.items():
+        session = OrtBackend(model.SerializeToString(), allow_spinning=False)
+        actual = session.run({k: values[k] for k in session.input_names})
+        for output, reference in expected[name].items():
+            reference = reference.astype(np.float64)
             diff = float(np.max(np.abs(actual[output] - reference)))
             scale = max(1.0, float(np.max(np.abs(reference))))
-            worst[f"{spec.name}.{output}"] = diff
+            worst[f"{name}.{output}"] = diff
             if not diff <= PARITY_TOLERANCE * scale:  # NaN fails too
-                raise MtcError(f"graph {spec.name} differs from PyTorch by {diff:.2e} on {output} (at most "
+                raise MtcError(f"graph {name} differs from PyTorch by {diff:.2e} on {output} (at most "
                                f"{PARITY_TOLERANCE * scale:.1e} allowed, outputs up to {scale:.3g})",
                                hint="report this as a bug of the InSPyReNet blend export")
     log.info("blend graphs vs PyTorch on the same inputs: %s", {k: f"{v:.1e}" for k, v in worst.items()})
@@ -77,20 +80,22 @@ def check_graphs(graphs: dict[str, onnx.ModelProto], values: dict[str, np.ndarra
 
 
 def build(arch: Architecture, blend: Blend, weights: Path) -> ProgramBuild:
-    """The `lr`, `hr` and `blend` graphs, static at the blend's full size and batch 1, each
-    checked against PyTorch on the same inputs."""
+    """The `lr`, `hr`, `blend` and `single` graphs, static at the blend's full size and batch 1,
+    each checked against PyTorch on the same inputs."""
     blend.check(arch.base_size)
     matte = two_pass_matte(arch, blend, weights)
     modules = {"lr": (matte.lr, LR_INPUTS, LR_OUTPUTS), "hr": (matte.hr, HR_INPUTS, HR_OUTPUTS),
-               "blend": (matte.blend, BLEND_INPUTS, BLEND_OUTPUTS)}
+               "blend": (matte.blend, BLEND_INPUTS, BLEND_OUTPUTS),
+               "single": (matte.single, SINGLE_INPUTS, SINGLE_OUTPUTS)}
     references = {name: TorchBackend(module, input_names=inputs, output_names=outputs)
                   for name, (module, inputs, outputs) in modules.items()}
     values = {"image": example_image(blend.full_size)}
-    graphs = {}
+    graphs, expected = {}, {}
     for name, (module, inputs, outputs) in modules.items():
         feeds = {k: values[k] for k in inputs}
         graphs[name] = export_onnx(module, tuple(torch.from_numpy(feeds[k]) for k in inputs), input_names=inputs,
                                    output_names=outputs, opset=OPSET)
-        values.update(references[name].run(feeds))
-    check_graphs(graphs, values)
-    return ProgramBuild(graphs=graphs, references=references, program=blend_program())
+        expected[name] = references[name].run(feeds)
+        values.update({k: v for k, v in expected[name].items() if k != "alpha"})  # two graphs make an alpha
+    check_graphs(graphs, values, expected)
+    return ProgramBuild(graphs=graphs, references=references, program=blend_program(blend.threshold))

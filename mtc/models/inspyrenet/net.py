@@ -99,20 +99,25 @@ class InSPyReNet(nn.Module):
         return Pyramid(d3, d2, d1, self.image_pyramid.reconstruct(d1, p0), p2, p1, p0)
 
 
+def saliency(logits: torch.Tensor) -> torch.Tensor:
+    """The sigmoid of d0's logits, min-max normalised as the official inference does,
+    (p - min) / (max - min + 1e-8), per image (the official code takes min and max over the
+    whole batch; transparent-background runs batches of one)."""
+    pred = torch.sigmoid(logits)
+    low = torch.amin(pred, dim=(1, 2, 3), keepdim=True)
+    high = torch.amax(pred, dim=(1, 2, 3), keepdim=True)
+    return (pred - low) / (high - low + _EPS)
+
+
 class InSPyReNetMatte(nn.Module):
-    """`src` (ImageNet-normalised RGB) -> `alpha`: the sigmoid of d0, min-max normalised as the
-    official inference does, (p - min) / (max - min + 1e-8), per image (the official code takes
-    min and max over the whole batch; transparent-background runs batches of one)."""
+    """`src` (ImageNet-normalised RGB) -> `alpha`, the saliency of one pass."""
 
     def __init__(self, net: InSPyReNet):
         super().__init__()
         self.net = net
 
     def forward(self, src: torch.Tensor) -> torch.Tensor:
-        pred = torch.sigmoid(self.net(src))
-        low = torch.amin(pred, dim=(1, 2, 3), keepdim=True)
-        high = torch.amax(pred, dim=(1, 2, 3), keepdim=True)
-        return (pred - low) / (high - low + _EPS)
+        return saliency(self.net(src))
 
 
 def build_network(arch: Architecture) -> InSPyReNet:
