@@ -62,7 +62,7 @@ def export_model(name: str, *, variant: str | None = None, output: Path | None =
         model=spec.name, variant=var.name, task=spec.task, license=spec.license, io=var.io,
         reference=var.build_reference(weights) if var.build_reference else None,
         cases=tuple(ParityCase(*case) for case in var.parity_cases),
-        tolerance=var.parity_tolerance if tolerance is None else tolerance,
+        tolerance=var.parity_tolerance if tolerance is None else tolerance, outliers=var.parity_outliers,
         rewrites=var.rewrites, check_sizes=var.check_sizes, quantization=var.quantization,
         provenance={"exporter": var.exporter, "source_file": var.weights.filename,
                     "source_sha256": sha256_file(weights)})

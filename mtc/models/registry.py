@@ -60,6 +60,9 @@ class VariantSpec:
     # Max |difference| allowed against the reference (PyTorch vs ONNX Runtime differs by ~1e-5
     # in recurrent states; ONNX-vs-ONNX ingest is bit-exact).
     parity_tolerance: float = 1e-5
+    # Multi-graph programs with a hard threshold inside: the share of alpha pixels allowed past
+    # parity_tolerance (export.compile.CompileJob.outliers); 0 for everything else.
+    parity_outliers: float = 0.0
     # Exact graph rewrites run after sanitizing, each returning (model, applied); the parity
     # check covers them like every other export step.
     rewrites: tuple[Callable[[onnx.ModelProto], tuple[onnx.ModelProto, bool]], ...] = ()

@@ -284,3 +284,40 @@ def test_an_inconsistent_size_choice_is_refused(routed, edit, message):
     edit(data)
     with pytest.raises(MtcError, match=message):
         manifest_from_dict(data, source="manifest.json")
+
+
+class _FlippedPixels:
+    """A graph whose alpha is `value` except `count` pixels set to 1 - value: what a backend
+    disagreeing with the reference on a few pixels at a hard threshold gives."""
+
+    name, input_names, output_names, fresh_outputs = "flipped", ("image",), ("alpha",), True
+
+    def __init__(self, value: float, count: int):
+        self.value, self.count = value, count
+
+    def run(self, feeds):
+        alpha = np.full((1, 1, *feeds["image"].shape[2:]), self.value, np.float32)
+        alpha.reshape(-1)[: self.count] = 1 - self.value
+        return {"alpha": alpha}
+
+
+@pytest.mark.parametrize("count, outliers, passed", [(0, 0.0, True), (1, 0.0, False), (3, 1e-3, True),
+                                                     (20, 1e-3, False)])
+def test_program_parity_allows_only_the_declared_share_of_outlier_pixels(count, outliers, passed):
+    """A program with a hard threshold inside may differ from its reference on a few pixels;
+    the export check allows the declared share of them, and only that (0: none)."""
+    from mtc.export.compile import CompileJob, ParityCase
+    from mtc.export.program import compare_programs
+
+    program = Program(graphs=(GraphSpec("net", "net.onnx", ("image",), ("alpha",)),), frame=Phase((Step(op="run", graph="net"),)))
+    io = ModelIO(inputs=(TensorSpec("image", "image", shape=(1, 3, "H", "W"), layout="NCHW"),),
+                 outputs=(TensorSpec("alpha", "alpha", shape=(1, 1, "H", "W"), layout="NCHW", value_range=(0.0, 1.0)),))
+    job = CompileJob(model="tiny", variant="flips", task="image_matting", license="MIT", io=io, tolerance=1e-3,
+                     outliers=outliers)
+    # 64x48 frames, 2 of them: 6144 pixels; 3 flips are 0.05%, 20 are 0.33%
+    result = compare_programs(job, program, {"net": _FlippedPixels(0.25, 0)}, {"net": _FlippedPixels(0.25, count)},
+                              ParityCase(64, 48, 2))
+
+    assert result["passed"] is passed
+    assert result["alpha_share_over_tolerance"] == pytest.approx(2 * count / 6144)
+    assert result["alpha_max_abs_diff"] == pytest.approx(0.5 if count else 0.0)

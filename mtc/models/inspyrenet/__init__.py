@@ -262,15 +262,16 @@ def _variant(name: str, release: Release) -> VariantSpec:
                        quantization=_recipe(release.arch))
 
 
-# The blend's chained alpha cannot be held to PARITY_TOLERANCE end to end: where a transition
+# The blend's chained alpha cannot be held to a max |difference| end to end: where a transition
 # mask's morphological gradient lies within float noise of 0.5, PyTorch and a backend disagree on
 # the mask, and the full-resolution Laplacian enters one alpha and not the other (fast-blend at
 # 1280x1280 with random weights: 10 of 1.6 M pixels, by up to 0.61; any two implementations of
-# the official code can differ so). So the program check bounds only the alpha's range (a NaN
-# still fails it), and the build checks each graph against PyTorch on the same inputs, where
-# PARITY_TOLERANCE holds (export.check_graphs); report.json records both. The parity frames are
-# one of each phase (Blend.parity_cases).
-BLEND_CHAIN_TOLERANCE = 1.0
+# the official code can differ so). So the program check allows that few pixels past the
+# tolerance, with a wide margin, and the build checks each graph against PyTorch on the same
+# inputs, where PARITY_TOLERANCE holds (export.check_graphs); report.json records both. The
+# parity frames are one of each phase (Blend.parity_cases).
+BLEND_CHAIN_TOLERANCE = 1e-3
+BLEND_CHAIN_OUTLIERS = 1e-4
 # INT8 on the two passes only: the blend graph holds no weights, and its transition masks
 # threshold at 0.5, where quantization noise would flip whole edge regions.
 BLEND_GRAPHS = ("lr", "hr")
@@ -282,6 +283,7 @@ def _blend_variant(name: str, release: Release, blend: Blend) -> VariantSpec:
     return VariantSpec(name=name, weights=release.weights, io=blend_io(blend.full_size),
                        build_program=functools.partial(build_program, release.arch, blend),
                        exporter="torch", parity_cases=blend.parity_cases(), parity_tolerance=BLEND_CHAIN_TOLERANCE,
+                       parity_outliers=BLEND_CHAIN_OUTLIERS,
                        quantization=dataclasses.replace(_recipe(release.arch), int8_graphs=BLEND_GRAPHS),
                        at_size=functools.partial(_blend_at_size, name, release, blend.threshold))
 
