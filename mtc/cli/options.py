@@ -148,6 +148,32 @@ def check_quantization_flags(precision: str, quant_options: dict) -> None:
     build_gates(precision, quant_options["max_mad"], quant_options["max_dtssd"], quant_options["gates_file"])
 
 
+SIMULATED_MODES = ("w4a8", "w4a4")  # mtc.quant.lowbit.SIMULATED_MODES, without importing it here
+# Flags that mean nothing in simulation: it quantizes every layer at the bits asked, measures
+# and gates nothing, and writes no model. Each is refused rather than silently ignored.
+SIMULATION_REFUSED = {"float_budget": "--float-budget", "float_budget_probes": "--float-budget-probes",
+                      "max_mad": "--max-mad", "max_dtssd": "--max-dtssd", "gates_file": "--gates"}
+
+
+def check_simulation_flags(precision: str | None, quant_options: dict) -> None:
+    """`--simulate` is INT8's low-bit sibling: refuse --fp16/--bf16 and the flags it cannot
+    honour, then check the rest as `--int8` would be checked."""
+    if precision in ("fp16", "bf16"):
+        raise click.UsageError(f"--simulate quantizes weights and activations to integers: drop --{precision}")
+    if quant_options["weight_bits"] != "auto":
+        raise click.UsageError("--simulate sets the weight bits itself (w4a8, w4a4): drop --weight-bits")
+    if quant_options["weight_rounding"] == "gptq":
+        raise click.UsageError("--simulate rounds weights to nearest, or learns the rounding with --method ptq4vm: "
+                               "drop --weight-rounding gptq")
+    given = [flag for key, flag in SIMULATION_REFUSED.items() if quant_options[key] is not None]
+    if quant_options["no_fallback"]:
+        given.append("--no-fallback")
+    if given:
+        raise click.UsageError(f"{given[0]} does not apply to --simulate: it quantizes every layer, has no gates "
+                               "or fallback, and writes no model")
+    check_quantization_flags("int8", quant_options)
+
+
 def quantization_options(command):
     """Options shared by `mtc quantize` and `mtc export --int8/--fp16`."""
     decorators = [
@@ -288,3 +314,36 @@ def run_quantization(source, output, *, precision, preset, method, weight_roundi
                        "relax --max-mad/--max-dtssd, allow fallback, or calibrate on frames like yours (--calib)")
     click.echo(f"artifact: {output} ({precision}, worst clip MAD {worst.mad:.3f}, dtSSD {worst.dtssd:.3f}; "
                f"report {output}/report.html)")
+
+
+def run_simulation(source, output, *, mode, force, preset, method, weight_rounding, calib, calib_frames, check_source,
+                   no_equalize, keep_float, ptq4vm_iterations, ptq4vm_batch, ptq4vm_samples, ptq4vm_qdrop,
+                   ptq4vm_threads, op_types=None, quantize_attention=False, **_refused):
+    """Call the simulated low-bit evaluation (mtc.quant.lowbit) and print its figures."""
+    from pathlib import Path
+
+    from mtc.artifact.manifest import read_manifest
+    from mtc.quant.config import preset as make_preset  # "preset" is this function's CLI argument
+    from mtc.quant.config import ptq4vm_preset
+    from mtc.quant.lowbit import NOTICE, simulate_artifact
+    from mtc.quant.pipeline import DataPlan
+
+    keep = tuple(name.strip() for name in keep_float.split(",") if name.strip()) if keep_float else None
+    placement, effort = split_presets(preset, method)
+    placement = placement or read_manifest(source, verify_files=False).quantization.int8_preset
+    learning = None
+    if effort is not None:
+        learning = ptq4vm_preset(effort, iterations=ptq4vm_iterations, batch=ptq4vm_batch, samples=ptq4vm_samples,
+                                 drop=ptq4vm_qdrop, threads=ptq4vm_threads)
+    config = make_preset(placement, method=None if method == "ptq4vm" else method, weight_rounding=weight_rounding,
+                         exclude_nodes=keep, equalize_concats=False if no_equalize else None, learning=learning,
+                         op_types=tuple(t.strip() for t in op_types.split(",") if t.strip()) if op_types else None,
+                         activation_matmuls=True if quantize_attention else None)
+    data = DataPlan(calib=calib, calib_frames=calib_frames, check=check_source)
+    report = simulate_artifact(Path(source), Path(output), mode=mode, config=config, data=data, overwrite=force)
+    worst = max(report["metrics_vs_fp32"], key=lambda c: c["mad_x1e3"] + c["dtssd_x1e2"])
+    kept = report["kept_8bit"]
+    click.echo(f"simulated {mode.upper()} ({report['method']}; {len(set(kept['first']) | set(kept['last']))} of "
+               f"{report['quantized_layers']} layers kept at 8 bits): worst clip MAD {worst['mad_x1e3']:.3f}, "
+               f"dtSSD {worst['dtssd_x1e2']:.3f} vs FP32; report {output}/report.html")
+    click.echo(NOTICE)

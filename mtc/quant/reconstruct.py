@@ -19,7 +19,7 @@ import contextlib
 import io
 import logging
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +28,7 @@ import onnx
 
 from mtc.errors import MtcError
 from mtc.fsutil import atomic_write_bytes
-from mtc.quant.fake_quant import FakeQuant, attach_fake_quant
+from mtc.quant.fake_quant import FakeQuant, attach_fake_quant, layer_bits
 from mtc.quant.qdq import ActivationRange, QdqPlan, float_tensors
 from mtc.quant.torch_graph import GraphModule, nn, to_torch_feeds, torch
 
@@ -165,6 +165,8 @@ def _squared_error(got: Mapping, want: Mapping, names: Sequence[str]):
 
 def reconstruct(model: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, ActivationRange],
                 feeds: Sequence[Mapping[str, np.ndarray]], *, activation_type: str = "int8", weight_bits: int = 8,
+                activation_bits: int = 8, per_layer: Mapping[str, tuple[int, int]] | None = None,
+                keep_8bit: Iterable[str] = (),
                 config: ReconstructionConfig = ReconstructionConfig(), checkpoint: Path | None = None,
                 restart_stale: bool = False, progress: Callable[[int, int], None] | None = None,
                 block_display: BlockDisplay | None = None) -> Reconstruction:
@@ -172,6 +174,8 @@ def reconstruct(model: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, Acti
     (model inputs, recurrent state as the FP32 model produced it). `progress(done, total)` is
     called after each block; each block runs inside `block_display(number, total,
     block)`, a context that yields a callable stepped once per iteration (a progress bar).
+    Bit widths per layer are `attach_fake_quant`'s (`weight_bits`, `activation_bits`,
+    `per_layer`, `keep_8bit`).
 
     With `checkpoint`, what the finished blocks learned is saved there after each block, and a
     run that finds it resumes after the last saved block with the same result as one that
@@ -181,7 +185,9 @@ def reconstruct(model: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, Acti
     teacher, student = GraphModule(model), GraphModule(model)
     for module in (teacher, student):
         module.requires_grad_(False)  # the float weights stay; only roundings and step sizes learn
-    quant = attach_fake_quant(student, model, plan, ranges, activation_type=activation_type, weight_bits=weight_bits)
+    keep_8bit = tuple(keep_8bit)
+    quant = attach_fake_quant(student, model, plan, ranges, activation_type=activation_type, weight_bits=weight_bits,
+                              activation_bits=activation_bits, per_layer=per_layer, keep_8bit=keep_8bit)
     blocks = find_blocks(model, plan, max_block_layers=config.max_block_layers)
     _, last_read = _live_counts(model)
     samples = list(feeds[: config.samples] if config.samples else feeds)
@@ -194,6 +200,11 @@ def reconstruct(model: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, Acti
     torch.manual_seed(config.seed)
     result = Reconstruction(student, quant, blocks)
     identity = repr((plan.node_names, sorted(ranges.items()), activation_type, weight_bits, config, len(samples)))
+    bits = layer_bits(plan, weight_bits=weight_bits, activation_bits=activation_bits, per_layer=per_layer,
+                      keep_8bit=keep_8bit)
+    mixed = sorted((name, b) for name, b in bits.items() if b != (weight_bits, 8))
+    if mixed:  # only then: checkpoints of uniform 8-bit-activation runs keep the identity they had
+        identity += repr(mixed)
     done = 0
     if checkpoint is not None and Path(checkpoint).exists():
         done = _resume(checkpoint, identity, result, rng, restart_stale=restart_stale)
