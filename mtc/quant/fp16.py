@@ -43,13 +43,12 @@ def computed_floats(model: onnx.ModelProto) -> list[str]:
 
 
 def activation_magnitudes(model: onnx.ModelProto, feeds: Iterable[dict[str, np.ndarray]], *,
-                          progress=None, groups=None) -> dict[str, float]:
+                          progress=None) -> dict[str, float]:
     """Peak |value| of every float tensor the graph computes, over `feeds` (needs inferred
-    shapes). `progress` is called once per feed per pass (`groups`, else `ranges.stat_passes`)."""
-    from mtc.quant.ranges import collect_stats
+    shapes), one run per feed (`ranges.tensor_peaks`). `progress` is called once per feed."""
+    from mtc.quant.ranges import tensor_peaks
 
-    stats = collect_stats(model, computed_floats(model), feeds, progress=progress, groups=groups)
-    return {name: s.amax for name, s in stats.items()}
+    return tensor_peaks(model, computed_floats(model), feeds, progress=progress)
 
 
 def overflow_prone_nodes(model: onnx.ModelProto, magnitudes: Mapping[str, float]) -> list[str]:

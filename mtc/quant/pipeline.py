@@ -47,7 +47,6 @@ from mtc.quant.config import Fallback, Gates, Int8Config, preset, with_recipe
 from mtc.quant.equalize import equalize_concat_inputs
 from mtc.quant.fp16 import (
     activation_magnitudes,
-    computed_floats,
     convert_to_fp16,
     fp16_compute_nodes,
     overflow_prone_nodes,
@@ -554,9 +553,8 @@ def _bf16(fp32_path: Path, io, reference, gates: Gates, timings, stages: Stages)
 
 def _fp16(model, feeds, reference, gates: Gates, fallback: Fallback, timings, stages: Stages):
     started = time.perf_counter()
-    groups = stat_passes(model, computed_floats(model), feeds[0])
-    with stages.stage("calibration: activation magnitudes", total=len(feeds) * len(groups)) as advance:
-        magnitudes = activation_magnitudes(model, feeds, progress=advance, groups=groups)
+    with stages.stage("calibration: activation magnitudes", total=len(feeds)) as advance:
+        magnitudes = activation_magnitudes(model, feeds, progress=advance)
     overflow = overflow_prone_nodes(model, magnitudes)
     candidate = convert_to_fp16(model, keep_fp32=overflow)
     timings["convert_s"] = time.perf_counter() - started

@@ -8,6 +8,7 @@ as TensorRT's INT8 expects; `asymmetric_range` a [lo, hi] one for uint8 with a z
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -15,6 +16,8 @@ import numpy as np
 import onnx
 
 from mtc.errors import MtcError
+
+log = logging.getLogger("mtc")
 
 HISTOGRAM_BINS = 2048
 METHODS = ("minmax", "percentile", "entropy", "mse")
@@ -242,6 +245,55 @@ def collect_stats(model: onnx.ModelProto, tensor_names: Sequence[str], feeds: It
                 progress()
         del backend
     return stats
+
+
+PEAK_SUFFIX = "__mtc_peak"
+
+
+def tensor_peaks(model: onnx.ModelProto, tensor_names: Sequence[str], feeds: Iterable[dict[str, np.ndarray]],
+                 *, progress=None) -> dict[str, float]:
+    """Peak |value| of each of `tensor_names` (float tensors) over the feeds, in one run per
+    feed: the graph computes each tensor's max(|x|) itself and outputs only those scalars, so
+    nothing large is kept alive (exposing the tensors themselves takes a pass per memory-sized
+    group, see `collect_stats`). `progress` is called once per feed.
+
+    A tensor that is empty for these feeds has peak 0. Where ONNX Runtime cannot run the
+    reductions (an empty tensor whose size inference could not tell), the tensors are
+    exposed in groups instead: the same peaks, more passes."""
+    from mtc.backends import OrtBackend
+
+    feeds = list(feeds)
+    sizes = _tensor_bytes(model, feeds[0]) if feeds else {}
+    names = [name for name in tensor_names if sizes.get(name, 1) > 0]
+    peaks = dict.fromkeys(tensor_names, 0.0)
+    try:
+        backend = OrtBackend(with_peaks(model, names).SerializeToString(), optimization="basic")
+        for feed in feeds:
+            outputs = backend.run({k: v for k, v in feed.items() if k in backend.input_names})
+            for name in names:
+                peaks[name] = max(peaks[name], float(outputs[name + PEAK_SUFFIX]))
+            if progress:
+                progress()
+    except Exception as error:  # noqa: BLE001  (the grouped passes measure the same peaks)
+        log.warning("measuring peaks inside the graph failed (%s): exposing the tensors in groups instead",
+                    str(error).splitlines()[0][:200])
+        stats = collect_stats(model, names, feeds)
+        peaks.update({name: stats[name].amax for name in names})
+    return peaks
+
+
+def with_peaks(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """A copy of `model` that also outputs max(|x|) over every element of each tensor in
+    `names`, as the scalar `<name>__mtc_peak`."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for name in names:
+        magnitude = f"{name}{PEAK_SUFFIX}_abs"
+        copy.graph.node.append(onnx.helper.make_node("Abs", [name], [magnitude], name=magnitude))
+        copy.graph.node.append(onnx.helper.make_node("ReduceMax", [magnitude], [name + PEAK_SUFFIX], keepdims=0,
+                                                     name=name + PEAK_SUFFIX))
+        copy.graph.output.append(onnx.helper.make_tensor_value_info(name + PEAK_SUFFIX, onnx.TensorProto.FLOAT, []))
+    return copy
 
 
 def expose_tensors(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:

@@ -1093,3 +1093,36 @@ def test_pass_sizes_follow_shapes_computed_inside_the_graph():
     sizes = _tensor_bytes(model, {"x": np.zeros((2, 3, 8, 4), np.float32)})
     assert sizes["flat"] == sizes["r"] == 2 * 3 * 8 * 4 * 4
     assert sizes["y"] == 2 * 3 * 8 * 4 * 4
+
+
+def test_peaks_measured_inside_the_graph_equal_the_exposed_tensors_peaks():
+    """FP16's magnitudes in one run per feed (each tensor's max |x| computed by the graph, only
+    scalars out) are the peaks of the tensors themselves; a scalar tensor is measured too, and
+    a tensor empty for the feed has peak 0."""
+    from onnx import TensorProto, helper
+
+    from mtc.quant.ranges import collect_stats, tensor_peaks, with_peaks
+
+    model = _toy_chain()
+    tensors = ["a", "a_relu", "b", "c"]
+    feeds = [{"x": (10 * np.random.default_rng(i).standard_normal((1, 3, 16, 16))).astype(np.float32)} for i in range(3)]
+    calls = []
+    peaks = tensor_peaks(model, tensors, feeds, progress=lambda: calls.append(1))
+    exposed = collect_stats(model, tensors, feeds)
+
+    assert len(calls) == len(feeds)
+    assert all(peaks[name] == pytest.approx(exposed[name].amax, rel=1e-6) and peaks[name] > 0 for name in tensors)
+    assert len(with_peaks(model, tensors).graph.output) == len(model.graph.output) + len(tensors)
+
+    nodes = [helper.make_node("ReduceMean", ["x"], ["mean"], keepdims=0),  # a scalar
+             helper.make_node("Slice", ["x", "zero", "zero", "axis"], ["nothing"]),  # empty
+             helper.make_node("Neg", ["nothing"], ["still_nothing"]),
+             helper.make_node("Mul", ["x", "mean"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "odd", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2]),
+         helper.make_tensor_value_info("still_nothing", TensorProto.FLOAT, None)],
+        [helper.make_tensor("zero", TensorProto.INT64, [1], [0]), helper.make_tensor("axis", TensorProto.INT64, [1], [1])])
+    odd = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    peaks = tensor_peaks(odd, ["mean", "still_nothing", "y"], [{"x": np.array([[-3.0, 1.0]], np.float32)}])
+    assert peaks == {"mean": pytest.approx(1.0), "still_nothing": 0.0, "y": pytest.approx(3.0)}
