@@ -97,7 +97,7 @@ def _frame_source(ctx: click.Context, param: click.Parameter, value: str | None)
     return value
 
 
-PLACEMENT_PRESETS = ("speed", "openvino", "tensorrt")
+PLACEMENT_PRESETS = ("speed", "openvino", "dense", "tensorrt")  # mtc.quant.config.PRESETS
 EFFORT_PRESETS = ("fast", "thorough")  # how long PTQ4VM learns (mtc.quant.config.PTQ4VM_PRESETS)
 PTQ4VM_FLAGS = {"ptq4vm_iterations": "--ptq4vm-iterations", "ptq4vm_batch": "--ptq4vm-batch",
                 "ptq4vm_samples": "--ptq4vm-samples", "ptq4vm_qdrop": "--ptq4vm-qdrop",
@@ -179,7 +179,8 @@ def quantization_options(command):
     decorators = [
         click.option("--preset", type=click.Choice([*PLACEMENT_PRESETS, *EFFORT_PRESETS]), multiple=True,
                      help="INT8 Q/DQ placement: speed (integer kernels end to end on CPU backends), "
-                          "openvino (also the smaller convs: faster on OpenVINO, more error) or "
+                          "openvino (also the smaller convs: faster on OpenVINO, more error), "
+                          "dense (every conv, no float budget: for --method ptq4vm) or "
                           "tensorrt (conv inputs and weights only; the backend fuses the rest) "
                           "[default: the model's recipe in its manifest, speed unless the family says otherwise]. "
                           "With --method ptq4vm, also how long it learns: fast or thorough [default: fast]; "

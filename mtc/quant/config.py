@@ -215,6 +215,10 @@ PRESETS: dict[str, Int8Config] = {
     "openvino": Int8Config(min_mac_share=0.005, activation_type="uint8", align_channels=True, float_budget=0.04),
     # TensorRT style: every conv, Q/DQ on inputs and weights only; the builder fuses outputs.
     "tensorrt": Int8Config(quantize_outputs=False),
+    # Every conv in INT8 for OpenVINO, no float budget: the placement PTQ4VM's learning is for
+    # (--method ptq4vm), where the learned rounding and step sizes, not float layers, carry the
+    # fidelity. Plainly calibrated it is the fastest and the least faithful.
+    "dense": Int8Config(activation_type="uint8", align_channels=True),
 }
 
 

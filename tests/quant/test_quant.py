@@ -297,15 +297,24 @@ def test_openvino_preset_also_quantizes_the_smaller_convs(tmp_path):
     base = [sys.executable, "-m", "mtc", "quantize", str(source), "--int8", "--no-fallback", "--float-budget", "0",
             "--max-mad", "1000", "--max-dtssd", "1000", "--calib-frames", "4"]
     layers = {}
-    for name in ("speed", "openvino"):
+    for name in ("speed", "openvino", "dense"):
         result = subprocess.run([*base, "--preset", name, "-o", str(tmp_path / name)], capture_output=True, text=True,
                                 timeout=600)
         assert result.returncode == 0, result.stderr
         layers[name] = json.loads((tmp_path / name / "report.json").read_text())["int8"]["quantized_layers"]
         manifest = json.loads((tmp_path / name / "manifest.json").read_text())
         assert manifest["precision"]["activation_type"] == "uint8"  # what OpenVINO runs faithfully
-    # conv3 holds 1% of the MACs: under speed's 1.5% threshold, over openvino's 0.5%.
-    assert layers == {"speed": 2, "openvino": 3}
+    # conv3 holds 1% of the MACs: under speed's 1.5% threshold, over openvino's 0.5%; dense takes every conv.
+    assert layers == {"speed": 2, "openvino": 3, "dense": 3}
+
+
+def test_every_placement_preset_is_offered_on_the_command_line():
+    from mtc.cli.options import PLACEMENT_PRESETS
+    from mtc.quant.config import PRESETS
+
+    assert set(PLACEMENT_PRESETS) == set(PRESETS)
+    dense = PRESETS["dense"]
+    assert dense.min_mac_share == 0 and dense.float_budget == 0 and dense.activation_type == "uint8"
 
 
 def test_activation_quant_int8_is_symmetric_and_uint8_spans_the_range():
