@@ -47,6 +47,10 @@ class ReconstructionConfig:
         rounding_lr, step_lr: Adam learning rates of the rounding parameters and of the
             activation step sizes (in log space, so a relative rate).
         rounding_weight: weight of AdaRound's regulariser against the reconstruction error.
+            With a schedule of a hundred steps (AdaRound's own runs take ten thousand), the
+            rounding rate and this weight must be large enough for the roundings to reach 0 or
+            1 while they learn: left undecided, they are forced at the end, away from what the
+            step sizes learned against (measured: docs/quantization.md, "PTQ4VM").
         warmup: share of the iterations before the regulariser starts.
         exponents: the regulariser's exponent, annealed from the first to the second value
             (a high exponent lets roundings move freely, a low one pushes them to 0 or 1).
@@ -58,9 +62,9 @@ class ReconstructionConfig:
     batch: int = 2
     samples: int | None = None
     max_block_layers: int = 4
-    rounding_lr: float = 1e-2
+    rounding_lr: float = 1e-1
     step_lr: float = 1e-3
-    rounding_weight: float = 0.01
+    rounding_weight: float = 1.0
     warmup: float = 0.2
     exponents: tuple[float, float] = (20.0, 2.0)
     drop: float = 0.5

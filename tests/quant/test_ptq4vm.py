@@ -128,8 +128,9 @@ def test_the_exported_qdq_graph_equals_the_learned_fake_quant_module():
     rng = np.random.default_rng(0)
     feeds = [{"src": rng.random((1, 3, 32, 48), dtype=np.float32)} for _ in range(6)]
     plan, ranges = _calibrated(model, feeds)
-    # A learning rate that moves the affines a visible amount in a few steps, so the fold is exercised.
-    config = Ptq4vmConfig(iterations=20, samples=6, batch=2, gac_iterations=20, gac_learning_rate=5e-3, threads=1)
+    # A learning rate that moves the affines a visible amount in a few steps, and a stage 1 short
+    # enough to leave stage 2 something to gain, so that it is kept and the fold is exercised.
+    config = Ptq4vmConfig(iterations=2, samples=6, batch=2, gac_iterations=20, gac_learning_rate=5e-3, threads=1)
 
     learned = learn(model, plan, ranges, feeds, config=config, activation_type="uint8", weight_bits=8,
                     outputs=["pha"], stages=Stages())
