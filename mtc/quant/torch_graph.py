@@ -100,6 +100,16 @@ def _mean(x, axes, keep):
     return torch.mean(x, dim=axes, keepdim=keep)
 
 
+def _sum(x, axes, keep):
+    return torch.sum(x, dim=axes, keepdim=keep)
+
+
+def _prod(x, axes, keep):
+    for axis in sorted(axes, reverse=True):  # torch.prod takes one dim at a time
+        x = torch.prod(x, dim=axis, keepdim=keep)
+    return x
+
+
 def _spatial_pads(pads: Sequence[int], dims: int) -> list[int]:
     """ONNX pads (all begins, then all ends) as F.pad's (last axis first) pairs."""
     out = []
@@ -298,6 +308,43 @@ def _slice(inputs, attrs):
     return x
 
 
+def _depth_to_space(inputs, attrs):
+    """Channel blocks to spatial blocks: DCR (the default) takes the block offset from the
+    outer channel digits, CRD from the inner ones."""
+    x, block = inputs[0], attrs["blocksize"]
+    n, channels, height, width = x.shape
+    depth = channels // (block * block)
+    if _text(attrs.get("mode", "DCR")) == "DCR":
+        x = x.reshape(n, block, block, depth, height, width).permute(0, 3, 4, 1, 5, 2)
+    else:
+        x = x.reshape(n, depth, block, block, height, width).permute(0, 1, 4, 2, 5, 3)
+    return x.reshape(n, depth, height * block, width * block)
+
+
+def _top_k(inputs, attrs, outputs: int):
+    x, k = inputs[0], _ints(inputs[1])[0]
+    values, indices = torch.topk(x, k, dim=attrs.get("axis", -1), largest=bool(attrs.get("largest", 1)),
+                                 sorted=bool(attrs.get("sorted", 1)))
+    return [values, indices]
+
+
+_SCATTER_REDUCTIONS = {"add": "sum", "mul": "prod", "max": "amax", "min": "amin"}
+
+
+def _scatter_elements(inputs, attrs):
+    data, indices, updates = inputs
+    axis = attrs.get("axis", 0) % data.dim()
+    indices = torch.where(indices < 0, indices + data.shape[axis], indices)
+    reduction = _text(attrs.get("reduction", "none"))
+    if reduction == "none":
+        return data.scatter(axis, indices, updates)
+    return data.scatter_reduce(axis, indices, updates, _SCATTER_REDUCTIONS[reduction], include_self=True)
+
+
+def _einsum(inputs, attrs):
+    return torch.einsum(_text(attrs["equation"]).replace(" ", ""), *inputs)
+
+
 def _reshape(inputs, attrs):
     x, shape = inputs[0], _ints(inputs[1])
     if not attrs.get("allowzero", 0):
@@ -428,12 +475,41 @@ def _nearest_index(coords: np.ndarray, rule: str) -> np.ndarray:
     raise MtcError(f"Resize nearest_mode {rule!r} is not supported by the torch executor", hint="use floor or round_*")
 
 
+def _cubic_weights(fraction: np.ndarray, a: float) -> np.ndarray:
+    """The four taps' weights (at floor - 1 .. floor + 2) of ONNX Resize's cubic convolution
+    for a coordinate `fraction` past its floor, with coefficient `a`."""
+    distances = np.stack([fraction + 1, fraction, 1 - fraction, 2 - fraction]).astype(np.float64)
+    near = ((a + 2) * distances - (a + 3)) * distances * distances + 1  # |d| <= 1
+    far = ((a * distances - 5 * a) * distances + 8 * a) * distances - 4 * a  # 1 < |d| < 2
+    return np.where(distances <= 1, near, far)
+
+
+def _resize_cubic(x, axis: int, coords: np.ndarray, in_len: int, attrs: dict):
+    """Cubic along `axis`: taps outside the input read the edge, or with exclude_outside weigh
+    nothing (the others renormalised)."""
+    floor = np.floor(coords)
+    weights = _cubic_weights(coords - floor, attrs["cubic_coeff_a"])
+    taps = floor.astype(np.int64) + np.arange(-1, 3)[:, None]
+    if attrs["exclude_outside"]:
+        weights = weights * ((taps >= 0) & (taps < in_len))
+        weights = weights / weights.sum(axis=0, keepdims=True)
+    shape = [1] * x.dim()
+    shape[axis] = len(coords)
+    out = 0
+    for tap, weight in zip(np.clip(taps, 0, in_len - 1), weights.astype(np.float32)):
+        out = out + (x.index_select(axis, torch.from_numpy(tap).to(x.device))
+                     * torch.from_numpy(weight).reshape(shape).to(x.device, x.dtype))
+    return out
+
+
 def _resize_axis(x, axis: int, out_len: int, scale: np.float32, attrs: dict):
     in_len = x.shape[axis]
     coords = _source_coordinates(out_len, in_len, scale, attrs["coordinate_transformation_mode"])
     if attrs["mode"] == "nearest":
         index = np.clip(_nearest_index(coords, attrs["nearest_mode"]), 0, in_len - 1).astype(np.int64)
         return x.index_select(axis, torch.from_numpy(index).to(x.device))
+    if attrs["mode"] == "cubic":
+        return _resize_cubic(x, axis, coords, in_len, attrs)
     coords = np.clip(coords, np.float32(0), np.float32(in_len - 1))
     low = np.minimum(coords.astype(np.int64), in_len - 1)
     high = np.minimum(low + 1, in_len - 1)
@@ -453,10 +529,12 @@ def _resize(inputs, attrs):
         "mode": _text(attrs.get("mode", "nearest")),
         "coordinate_transformation_mode": _text(attrs.get("coordinate_transformation_mode", "half_pixel")),
         "nearest_mode": _text(attrs.get("nearest_mode", "round_prefer_floor")),
+        "cubic_coeff_a": attrs.get("cubic_coeff_a", -0.75),
+        "exclude_outside": attrs.get("exclude_outside", 0),
     }
-    if settings["mode"] not in ("nearest", "linear") or attrs.get("antialias", 0) or "axes" in attrs:
+    if settings["mode"] not in ("nearest", "linear", "cubic") or attrs.get("antialias", 0) or "axes" in attrs:
         raise MtcError(f"Resize mode {settings['mode']!r} (or antialias/axes) is not supported by the torch executor",
-                       hint="use nearest or linear")
+                       hint="use nearest, linear or cubic")
     in_shape = list(x.shape)
     if sizes is not None and sizes.numel():
         out_shape = _ints(sizes)
@@ -501,19 +579,22 @@ OPS: dict[str, Callable] = {
     "Relu": _unary(torch.relu), "Sigmoid": _unary(torch.sigmoid), "Tanh": _unary(torch.tanh),
     "Erf": _unary(torch.erf), "Floor": _unary(torch.floor), "Sqrt": _unary(torch.sqrt), "Exp": _unary(torch.exp),
     "Log": _unary(torch.log), "Neg": _unary(torch.neg), "Abs": _unary(torch.abs), "Not": _unary(torch.logical_not),
-    "Reciprocal": _unary(torch.reciprocal), "Identity": _unary(lambda x: x),
+    "Reciprocal": _unary(torch.reciprocal), "Identity": _unary(lambda x: x), "Sin": _unary(torch.sin),
+    "Cos": _unary(torch.cos),
     "HardSigmoid": _hard_sigmoid, "Clip": _clip, "Softmax": _softmax,
     "Conv": _conv, "ConvTranspose": _conv_transpose, "DeformConv": _deform_conv, "Gemm": _gemm, "MatMul": _binary(torch.matmul),
     "MaxPool": _max_pool, "AveragePool": _average_pool, "GlobalAveragePool": _global_average_pool,
     "BatchNormalization": _batch_norm, "InstanceNormalization": _instance_norm,
     "LayerNormalization": _layer_norm,
     "ReduceMean": _reduce(_mean), "ReduceMax": _reduce(_amax), "ReduceMin": _reduce(_amin),
+    "ReduceSum": _reduce(_sum), "ReduceProd": _reduce(_prod), "Einsum": _einsum,
+    "ScatterElements": _scatter_elements,
     "Concat": _concat, "Slice": _slice, "Reshape": _reshape, "Flatten": _flatten, "Transpose": _transpose,
     "Unsqueeze": _unsqueeze, "Squeeze": _squeeze, "Gather": _gather, "Shape": _shape,
     "ConstantOfShape": _constant_of_shape, "Expand": _expand, "Range": _range, "Where": _where, "Cast": _cast,
-    "Pad": _pad, "Resize": _resize,
+    "Pad": _pad, "Resize": _resize, "DepthToSpace": _depth_to_space,
 }
-MULTI_OUTPUT = {"Split": _split}  # ops that return a list, one tensor per output
+MULTI_OUTPUT = {"Split": _split, "TopK": _top_k}  # ops that return a list, one tensor per output
 SUPPORTED_OPS = frozenset(OPS) | frozenset(MULTI_OUTPUT) | {"Constant"}
 
 

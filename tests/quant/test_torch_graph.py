@@ -87,6 +87,28 @@ CASES = {
     "resize-nearest-round": ("Resize", {"x": X}, {"mode": "nearest"},
                              {"roi": np.zeros(0, np.float32), "scales": np.zeros(0, np.float32),
                               "sizes": np.array([1, 4, 3, 11], I64)}),
+    "resize-cubic-half-pixel-sizes": ("Resize", {"x": X}, {"mode": "cubic"},
+                                      {"roi": np.zeros(0, np.float32), "scales": np.zeros(0, np.float32),
+                                       "sizes": np.array([1, 4, 3, 11], I64)}),
+    "resize-cubic-align-corners-exclude-outside": ("Resize", {"x": X}, {"mode": "cubic", "cubic_coeff_a": -0.5,
+                                                   "coordinate_transformation_mode": "align_corners",
+                                                   "exclude_outside": 1},
+                                                   {"roi": np.zeros(0, np.float32),
+                                                    "scales": np.array([1, 1, 2, 1.5], np.float32)}),
+    "depth-to-space-dcr": ("DepthToSpace", {"x": X}, {"blocksize": 2}, {}),
+    "depth-to-space-crd": ("DepthToSpace", {"x": X}, {"blocksize": 2, "mode": "CRD"}, {}),
+    "einsum": ("Einsum", {"a": rng.normal(size=(2, 3, 6)).astype(np.float32)}, {"equation": "bij,kj->bki"},
+               {"w": rng.normal(size=(5, 6)).astype(np.float32)}),
+    "reduce-sum-axes-input": ("ReduceSum", {"x": X}, {"keepdims": 1}, {"axes": np.array([-1, 1], I64)}),
+    "reduce-prod": ("ReduceProd", {"x": X}, {"axes": [1, 3], "keepdims": 0}, {}),
+    "scatter-elements-negative": ("ScatterElements", {"x": X}, {"axis": 3},
+                                  {"i": np.array([[[[-1, 0], [2, -3]]]], I64),
+                                   "u": rng.normal(size=(1, 1, 2, 2)).astype(np.float32)}),
+    "scatter-elements-add": ("ScatterElements", {"x": X}, {"axis": 1, "reduction": "add"},
+                             {"i": np.array([[[[0, 0, 3]], [[0, 2, 2]]]], I64),
+                              "u": rng.normal(size=(1, 2, 1, 3)).astype(np.float32)}),
+    "sin": ("Sin", {"x": X}, {}, {}),
+    "cos": ("Cos", {"x": X}, {}, {}),
     "slice-negative-step": ("Slice", {"x": X}, {}, {"starts": np.array([-1, 1], I64), "ends": np.array([-100, 6], I64),
                                                     "axes": np.array([3, 2], I64), "steps": np.array([-2, 2], I64)}),
     "pad-constant": ("Pad", {"x": X}, {}, {"pads": np.array([0, 1, 2, 0, 0, 0, 1, -1], I64),
@@ -154,6 +176,16 @@ def test_split_and_reduce_read_their_attributes_and_inputs(opset):
         want, got = _ort(model, {"x": X}), _torch(model, {"x": X})
         assert want.keys() == got.keys()
         assert all(np.array_equal(want[k], got[k]) for k in want)
+
+
+@pytest.mark.parametrize("largest", [0, 1])
+def test_top_k_returns_values_and_indices(largest):
+    model = _one_op("TopK", {"x": X}, {"axis": 1, "largest": largest}, constants={"k": np.array([3], I64)}, outputs=2)
+
+    want, got = _ort(model, {"x": X}), _torch(model, {"x": X})
+
+    assert np.array_equal(want["y0"], got["y0"]) and np.array_equal(want["y1"], got["y1"])
+    assert got["y1"].dtype == np.int64
 
 
 @pytest.mark.parametrize("with_mask", [False, True])
