@@ -253,25 +253,36 @@ PEAK_SUFFIX = "__mtc_peak"
 def tensor_peaks(model: onnx.ModelProto, tensor_names: Sequence[str], feeds: Iterable[dict[str, np.ndarray]],
                  *, progress=None) -> dict[str, float]:
     """Peak |value| of each of `tensor_names` (float tensors) over the feeds, in one run per
-    feed: the graph computes each tensor's max(|x|) itself and outputs only those scalars, so
-    nothing large is kept alive (exposing the tensors themselves takes a pass per memory-sized
-    group, see `collect_stats`). `progress` is called once per feed.
+    feed: the graph computes each tensor's max(|x|) itself, right after the tensor is made, and
+    outputs only those scalars, so nothing large is kept alive for them (exposing the tensors
+    themselves takes a pass per memory-sized group, see `collect_stats`). `progress` is called
+    once per feed.
 
     A tensor that is empty for these feeds has peak 0. Where ONNX Runtime cannot run the
     reductions (an empty tensor whose size inference could not tell), the tensors are
     exposed in groups instead: the same peaks, more passes."""
-    from mtc.backends import OrtBackend
+    import onnxruntime as ort
+
+    from mtc.backends.onnxruntime.session import session_options
 
     feeds = list(feeds)
     sizes = _tensor_bytes(model, feeds[0]) if feeds else {}
     names = [name for name in tensor_names if sizes.get(name, 1) > 0]
     peaks = dict.fromkeys(tensor_names, 0.0)
     try:
-        backend = OrtBackend(with_peaks(model, names).SerializeToString(), optimization="basic")
+        options = session_options(threads=None, allow_spinning=False, optimization="basic")
+        # ONNX Runtime's default order may run a reduction long after its tensor was made (it
+        # then stays alive until then: a transformer at 1024x1024 ran out of 23 GB); by
+        # priority, it keeps the node order, where each reduction follows its tensor.
+        options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+        session = ort.InferenceSession(with_peaks(model, names).SerializeToString(), options,
+                                       providers=["CPUExecutionProvider"])
+        inputs = {i.name for i in session.get_inputs()}
+        outputs = [name + PEAK_SUFFIX for name in names]
         for feed in feeds:
-            outputs = backend.run({k: v for k, v in feed.items() if k in backend.input_names})
-            for name in names:
-                peaks[name] = max(peaks[name], float(outputs[name + PEAK_SUFFIX]))
+            values = session.run(outputs, {k: v for k, v in feed.items() if k in inputs})
+            for name, value in zip(names, values):
+                peaks[name] = max(peaks[name], float(value))
             if progress:
                 progress()
     except Exception as error:  # noqa: BLE001  (the grouped passes measure the same peaks)
@@ -284,14 +295,25 @@ def tensor_peaks(model: onnx.ModelProto, tensor_names: Sequence[str], feeds: Ite
 
 def with_peaks(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
     """A copy of `model` that also outputs max(|x|) over every element of each tensor in
-    `names`, as the scalar `<name>__mtc_peak`."""
+    `names`, as the scalar `<name>__mtc_peak`, computed by nodes placed right after the node
+    that makes the tensor (or first, for a graph input)."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    for name in names:
+    wanted = set(names)
+
+    def peak_nodes(name: str) -> list[onnx.NodeProto]:
         magnitude = f"{name}{PEAK_SUFFIX}_abs"
-        copy.graph.node.append(onnx.helper.make_node("Abs", [name], [magnitude], name=magnitude))
-        copy.graph.node.append(onnx.helper.make_node("ReduceMax", [magnitude], [name + PEAK_SUFFIX], keepdims=0,
-                                                     name=name + PEAK_SUFFIX))
+        return [onnx.helper.make_node("Abs", [name], [magnitude], name=magnitude),
+                onnx.helper.make_node("ReduceMax", [magnitude], [name + PEAK_SUFFIX], keepdims=0,
+                                      name=name + PEAK_SUFFIX)]
+
+    nodes = [peak for i in copy.graph.input if i.name in wanted for peak in peak_nodes(i.name)]
+    for node in copy.graph.node:
+        nodes.append(node)
+        nodes += [peak for o in node.output if o in wanted for peak in peak_nodes(o)]
+    del copy.graph.node[:]
+    copy.graph.node.extend(nodes)
+    for name in names:
         copy.graph.output.append(onnx.helper.make_tensor_value_info(name + PEAK_SUFFIX, onnx.TensorProto.FLOAT, []))
     return copy
 

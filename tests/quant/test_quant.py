@@ -1121,7 +1121,15 @@ def test_peaks_measured_inside_the_graph_equal_the_exposed_tensors_peaks():
 
     assert len(calls) == len(feeds)
     assert all(peaks[name] == pytest.approx(exposed[name].amax, rel=1e-6) and peaks[name] > 0 for name in tensors)
-    assert len(with_peaks(model, tensors).graph.output) == len(model.graph.output) + len(tensors)
+    peaked = with_peaks(model, tensors)
+    assert len(peaked.graph.output) == len(model.graph.output) + len(tensors)
+    # each tensor's reduction follows the node that makes it, so the tensor need not outlive its readers
+    order = [n.name for n in peaked.graph.node]
+    for node in model.graph.node:
+        for name in node.output:
+            if name in tensors:
+                assert order[order.index(node.name) + 1:order.index(node.name) + 3] == [
+                    f"{name}__mtc_peak_abs", f"{name}__mtc_peak"]
 
     nodes = [helper.make_node("ReduceMean", ["x"], ["mean"], keepdims=0),  # a scalar
              helper.make_node("Slice", ["x", "zero", "zero", "axis"], ["nothing"]),  # empty
