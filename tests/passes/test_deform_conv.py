@@ -115,3 +115,24 @@ def test_each_backend_gets_the_form_it_runs(tmp_path, monkeypatch):
     with pytest.raises(Exception, match="DeformConv"):  # what OpenVINO would face without the pass
         ov.Core().read_model(str(folder / "model.onnx"))
     assert np.abs(ov_alpha - ort_alpha).max() < 1e-5
+
+
+def test_an_fp16_deform_conv_is_decomposed_in_float32_and_cast_back():
+    """An FP16 artifact's DeformConv (float16 inputs) decomposes too: the arithmetic runs in
+    float32 between casts, so OpenVINO, which has no DeformConv, reads the graph (its element
+    types used to clash: float32 constants against float16 activations)."""
+    from mtc.quant.fp16 import convert_to_fp16
+
+    model = onnx.shape_inference.infer_shapes(_deform_model(3, seed=3))
+    fp16 = convert_to_fp16(model)
+    assert any(n.op_type == "DeformConv" for n in fp16.graph.node)
+    rewritten, count = decompose_deform_conv(fp16)
+    onnx.checker.check_model(rewritten)
+    x = np.random.default_rng(13).random((1, 3, SIZE, SIZE), dtype=np.float32)
+
+    assert count == 1 and "DeformConv" not in {node.op_type for node in rewritten.graph.node}
+    assert np.abs(_run(rewritten, x) - _run(model, x)).max() < 5e-3  # FP16 activations around it, not the op
+    openvino = pytest.importorskip("openvino")
+    core = openvino.Core()  # pinned to f32: on a BF16 CPU OpenVINO's default would round everything to BF16
+    compiled = core.compile_model(core.read_model(rewritten.SerializeToString()), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    assert np.abs(compiled({"src": x})[compiled.output(0)] - _run(model, x)).max() < 5e-3

@@ -29,15 +29,18 @@ def _static_dims(shapes: dict[str, list[int | None]], name: str, node: onnx.Node
     return dims
 
 
-def _tensor_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+def _tensor_shapes(model: onnx.ModelProto) -> tuple[dict[str, list[int | None]], dict[str, int]]:
+    """Each tensor's shape and element type (TensorProto enum), as far as inference tells."""
     inferred = onnx.shape_inference.infer_shapes(model)
-    shapes = {}
+    shapes, types = {}, {}
     for info in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
         dims = info.type.tensor_type.shape.dim
         shapes[info.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+        types[info.name] = info.type.tensor_type.elem_type
     for init in model.graph.initializer:
         shapes[init.name] = list(init.dims)
-    return shapes
+        types[init.name] = init.data_type
+    return shapes, types
 
 
 class _Builder:
@@ -64,7 +67,7 @@ class _Builder:
         return out
 
 
-def _decompose(node: onnx.NodeProto, shapes: dict[str, list[int | None]]) -> _Builder:
+def _decompose(node: onnx.NodeProto, shapes: dict[str, list[int | None]], types: dict[str, int]) -> _Builder:
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     unsupported = {k: v for k, v in (("strides", [1, 1]), ("dilations", [1, 1])) if attrs.get(k, v) != v}
     unsupported.update({k: attrs[k] for k in ("group", "offset_group") if attrs.get(k, 1) != 1})
@@ -83,6 +86,12 @@ def _decompose(node: onnx.NodeProto, shapes: dict[str, list[int | None]]) -> _Bu
 
     b = _Builder(node.name or node.output[0])
     i64 = np.int64
+    # A DeformConv of another float type (an FP16 graph) is computed in float32: its sampling
+    # positions need float32's precision anyway, and the result is cast back.
+    element = types.get(x, TensorProto.FLOAT)
+    if element != TensorProto.FLOAT:
+        x, weight, offset, bias, mask = (b.op("Cast", [name], "as_float", to=TensorProto.FLOAT) if name else None
+                                         for name in (x, weight, offset, bias, mask))
     # Undeformed tap positions, (positions, taps), position-major and taps row-major.
     grid_r = (np.arange(out_h)[:, None, None, None] - pads[0] + np.arange(kernel[0])[None, None, :, None])
     grid_c = (np.arange(out_w)[None, :, None, None] - pads[1] + np.arange(kernel[1])[None, None, None, :])
@@ -150,7 +159,10 @@ def _decompose(node: onnx.NodeProto, shapes: dict[str, list[int | None]]) -> _Bu
     if bias is not None:
         out = b.op("Add", [out, b.op("Reshape", [bias, b.const(np.array([1, -1, 1, 1], i64), "shape")], "bias")],
                    "biased")
-    b.nodes.append(helper.make_node("Identity", [out], [node.output[0]], name=f"{b.prefix}/output"))
+    if element != TensorProto.FLOAT:
+        b.nodes.append(helper.make_node("Cast", [out], [node.output[0]], name=f"{b.prefix}/output", to=element))
+    else:
+        b.nodes.append(helper.make_node("Identity", [out], [node.output[0]], name=f"{b.prefix}/output"))
     return b
 
 
@@ -160,13 +172,13 @@ def decompose_deform_conv(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]
     count = sum(node.op_type == "DeformConv" and node.domain in ("", "ai.onnx") for node in model.graph.node)
     if not count:
         return model, 0
-    shapes = _tensor_shapes(model)
+    shapes, types = _tensor_shapes(model)
     rewritten = onnx.ModelProto()
     rewritten.CopyFrom(model)
     del rewritten.graph.node[:]
     for node in model.graph.node:
         if node.op_type == "DeformConv" and node.domain in ("", "ai.onnx"):
-            built = _decompose(node, shapes)
+            built = _decompose(node, shapes, types)
             rewritten.graph.node.extend(built.nodes)
             rewritten.graph.initializer.extend(built.constants)
         else:
