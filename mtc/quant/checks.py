@@ -130,3 +130,19 @@ class ReferenceAlphas:
         results = [compare_clip(clip, ref, self.run(candidate, clip), with_grad=with_grad)
                    for clip, ref in zip(self.clips, self.alphas)]
         return CheckResult(results, gates)
+
+
+class Counted:
+    """A backend that calls `advance()` after each run (one per frame): progress through
+    code that runs a backend and takes no callback. Everything else is the backend's."""
+
+    def __init__(self, backend, advance):
+        self._backend, self._advance = backend, advance
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+    def run(self, feeds):
+        outputs = self._backend.run(feeds)
+        self._advance()
+        return outputs

@@ -291,7 +291,7 @@ def simulate_artifact(source: Path, output: Path, *, mode: str, config: Int8Conf
     from mtc.backends import OrtBackend
     from mtc.backends.cpu import cpu_class
     from mtc.quant.calibration import record_feeds
-    from mtc.quant.checks import ReferenceAlphas
+    from mtc.quant.checks import Counted, ReferenceAlphas
     from mtc.quant.config import preset, with_recipe
     from mtc.quant.pipeline import DataPlan, calibration_clips, check_clips
     from mtc.runtime.progress import Stages, counted
@@ -328,7 +328,7 @@ def simulate_artifact(source: Path, output: Path, *, mode: str, config: Int8Conf
     with stages.stage("calibration: recording FP32 inputs", total=sum(len(c.frames) for c in calib)) as advance:
         feeds = record_feeds(io, fp32_path, [dataclasses.replace(c, frames=counted(c.frames, advance)) for c in calib])
     with stages.stage("FP32 reference on the check frames", total=sum(len(c.frames) for c in checks)) as advance:
-        reference = ReferenceAlphas(io, _Advancing(OrtBackend(fp32_path), advance), checks)
+        reference = ReferenceAlphas(io, Counted(OrtBackend(fp32_path), advance), checks)
     timings["data_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -388,21 +388,6 @@ def _simulate_with_threads(calibrated: CalibratedPlan, feeds, config: Int8Config
                             inputs=inputs, outputs=outputs, checkpoint=checkpoint, block_display=display)
     finally:
         torch.set_num_threads(threads)
-
-
-class _Advancing:
-    """A backend that calls `advance()` after each run."""
-
-    def __init__(self, backend, advance):
-        self._backend, self._advance = backend, advance
-
-    def __getattr__(self, name):
-        return getattr(self._backend, name)
-
-    def run(self, feeds):
-        outputs = self._backend.run(feeds)
-        self._advance()
-        return outputs
 
 
 def simulation_report(manifest, simulated: Simulated, calibrated: CalibratedPlan, config: Int8Config, check, *,

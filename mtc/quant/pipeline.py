@@ -42,7 +42,7 @@ from mtc.graph_stats import node_macs
 from mtc.quant.affine import apply_corrections, fit_layers
 from mtc.quant.align import align_conv_inputs
 from mtc.quant.calibration import BUILTIN, Clip, builtin_photo_clips, load_clips, record_feeds
-from mtc.quant.checks import CheckResult, ReferenceAlphas
+from mtc.quant.checks import CheckResult, Counted, ReferenceAlphas
 from mtc.quant.config import Fallback, Gates, Int8Config, preset, with_recipe
 from mtc.quant.equalize import equalize_concat_inputs
 from mtc.quant.fp16 import (
@@ -194,7 +194,7 @@ def quantize_artifact(source: Path, output: Path, *, precision: str, config: Int
         # The frames are counted as the recorder steps through them (it takes no callback).
         feeds = record_feeds(io, fp32_path, [dataclasses.replace(c, frames=counted(c.frames, advance)) for c in calib])
     with stages.stage("FP32 reference on the check frames", total=sum(len(c.frames) for c in checks)) as advance:
-        reference = ReferenceAlphas(io, _Counted(OrtBackend(fp32_path), advance), checks)
+        reference = ReferenceAlphas(io, Counted(OrtBackend(fp32_path), advance), checks)
     timings["data_s"] = time.perf_counter() - started
 
     all_int8 = None
@@ -259,26 +259,10 @@ def work_folder(output: Path) -> Path:
     return output.with_name(output.name + WORK_SUFFIX)
 
 
-class _Counted:
-    """A backend that calls `advance()` after each run (one per frame): progress through
-    code that runs a backend and takes no callback. Everything else is the backend's."""
-
-    def __init__(self, backend, advance):
-        self._backend, self._advance = backend, advance
-
-    def __getattr__(self, name):
-        return getattr(self._backend, name)
-
-    def run(self, feeds):
-        outputs = self._backend.run(feeds)
-        self._advance()
-        return outputs
-
-
 def _checking(stages: Stages, name: str, reference: ReferenceAlphas, candidate, gates: Gates) -> CheckResult:
     """`reference.check(candidate, gates)` as a stage with a bar over the check frames."""
     with stages.stage(name, total=sum(len(c.frames) for c in reference.clips)) as advance:
-        return reference.check(_Counted(candidate, advance), gates)
+        return reference.check(Counted(candidate, advance), gates)
 
 
 # Integer kernels that differ from their own float simulation by more than this share of what
@@ -298,8 +282,8 @@ def kernel_fidelity(io, candidate: onnx.ModelProto, reference: ReferenceAlphas, 
     clip, fp32 = probe.clips[0], probe.alphas[0]
     data = candidate.SerializeToString()
     with stages.stage("integer kernels vs their float simulation", total=2 * len(clip.frames)) as advance:
-        kernels = probe.run(_Counted(OrtBackend(data), advance), clip)
-        simulated = probe.run(_Counted(OrtBackend(data, optimization="none"), advance), clip)
+        kernels = probe.run(Counted(OrtBackend(data), advance), clip)
+        simulated = probe.run(Counted(OrtBackend(data, optimization="none"), advance), clip)
     return {"cpu": cpu_class(), "clip": clip.name,
             "mad": round(metrics.mad(kernels, simulated), 4), "dtssd": round(metrics.dtssd(kernels, simulated), 4),
             "simulation_vs_fp32_mad": round(metrics.mad(simulated, fp32), 4),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -23,6 +24,10 @@ from mtc.quant.qdq import activation_quant, plan_qdq  # noqa: E402
 from mtc.quant.ranges import asymmetric_range, collect_stats  # noqa: E402
 from mtc.quant.reconstruct import ReconstructionConfig  # noqa: E402
 from mtc.quant.torch_graph import GraphModule, to_torch_feeds  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_reconstruct import _images  # noqa: E402
+from test_reconstruct import _quantized as _calibrated  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -148,22 +153,6 @@ def _residual_net() -> onnx.ModelProto:
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 16, 16])],
                               initializer=[i for p in parts for i in p[1]])
     return onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
-
-
-def _images(seed: int, count: int) -> list[dict]:
-    """Piecewise-smooth images (coarse blocks plus noise): structure a conv net responds to."""
-    rng = np.random.default_rng(seed)
-    images = []
-    for _ in range(count):
-        coarse = np.kron(rng.normal(0, 1, (1, 3, 8, 8)), np.ones((1, 1, 4, 4)))
-        images.append({"x": (coarse + 0.3 * rng.normal(0, 1, (1, 3, 32, 32))).astype(np.float32)})
-    return images
-
-
-def _calibrated(model, feeds):
-    plan = plan_qdq(model, quantize_outputs=True)
-    stats = collect_stats(model, plan.activation_tensors(), feeds)
-    return plan, {k: asymmetric_range(s, "mse") for k, s in stats.items()}
 
 
 def _output_error(module, model, feeds) -> float:
