@@ -299,12 +299,16 @@ class Result:
     vs_gt: list[StreamingMetrics] = field(default_factory=list)
 
 
+# Scored per configuration on round 0: alpha error, its temporal change and its gradient error.
+METRICS = ("mad", "dtssd", "grad")
+
+
 def _mean_over_clips(accs: list[StreamingMetrics]) -> dict | None:
     if not accs:
         return None
     results = [a.result() for a in accs]
     total = sum(r["frames"] for r in results)
-    return {m: sum(r[m] * r["frames"] for r in results) / total for m in ("mad", "dtssd")}
+    return {m: sum(r[m] * r["frames"] for r in results) / total for m in METRICS}
 
 
 def bench_case(runners: dict, clips: list[Clip], rounds: int, warmup: int) -> dict[str, Result]:
@@ -320,8 +324,7 @@ def bench_case(runners: dict, clips: list[Clip], rounds: int, warmup: int) -> di
         for clip in clips:
             for runner in runners.values():
                 runner.reset()
-            scores = {label: (StreamingMetrics(("mad", "dtssd")),
-                              StreamingMetrics(("mad", "dtssd")) if clip.gt is not None else None)
+            scores = {label: (StreamingMetrics(METRICS), StreamingMetrics(METRICS) if clip.gt is not None else None)
                       for label in labels} if r == 0 else {}
             for t, frame in enumerate(clip.frames):
                 shift = t % len(labels)

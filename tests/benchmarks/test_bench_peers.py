@@ -101,8 +101,9 @@ def test_bench_case_scores_against_the_first_configuration(peers):
     assert summary["vs_fp32"]["mad"] == pytest.approx(matting_metrics(other, ref, which=("mad",))["mad"], rel=1e-9)
     assert summary["vs_fp32"]["dtssd"] == pytest.approx(matting_metrics(other, ref, which=("dtssd",))["dtssd"],
                                                          rel=1e-9)
+    assert summary["vs_fp32"]["grad"] == pytest.approx(matting_metrics(other, ref, which=("grad",))["grad"], rel=1e-9)
     assert summary["vs_gt"]["mad"] == pytest.approx(matting_metrics(other, gt, which=("mad",))["mad"], rel=1e-9)
-    assert peers.summarize(results["ort_fp32"], None)["vs_fp32"] == {"mad": 0.0, "dtssd": 0.0}
+    assert peers.summarize(results["ort_fp32"], None)["vs_fp32"] == {"mad": 0.0, "dtssd": 0.0, "grad": 0.0}
 
 
 def test_evalset_composites_have_exact_alpha(peers, tmp_path):

@@ -1,0 +1,220 @@
+"""PTQ4VM vs plain calibration on the official RVM, every conv in INT8 (the `dense` placement),
+side by side with the peers, on OpenVINO.
+
+Artifacts, from the FP32 artifact with mtc's built-in calibration data, each quantized in a
+child process (wall time and peak memory measured):
+
+- `speed`: `mtc quantize --int8` as shipped (the `speed` placement: the layers that carry the
+  compute, equalization, the closed-form affine fit, the float budget, gates and fallback);
+- `dense-<method>`: `--preset dense` (every conv in INT8, uint8 activations), plain range
+  calibration with each `--methods` entry (default: mse), then equalization and the
+  closed-form affine fit; no float budget, gates or fallback, so it shows what it costs;
+- `dense-ptq4vm`: the same plan learned with `--method ptq4vm --preset fast` (block
+  reconstruction, then global affine calibration competing with the closed-form fit).
+
+Then `bench_peers.py` runs them through mtc.runtime on OpenVINO beside plain ONNX Runtime FP32
+(the speed and fidelity reference), OpenVINO FP32/BF16, ONNX Runtime's `quantize_static` and
+NNCF's defaults, interleaved frame by frame: once on the built-in clip and, with `--evalset`,
+once on ground-truth composites (evalset foregrounds moving over the evalset videos).
+
+Targets (issue 22): the dense PTQ4VM artifact within MAD <= 0.5 and dtSSD <= 0.5 of FP32 at
+512x288 and at 1920x1080; its dtSSD vs FP32 at least 30% below the best plain calibrator's on the
+same plan, MAD not worse; the fast preset within 15 minutes on 2 cores.
+
+    python benchmarks/bench_ptq4vm.py [--artifact artifacts/rvm-mobilenetv3-fp32] [--work DIR]
+        [--methods mse,percentile] [--evalset ../shared/evalset] [--frames 16] [--rounds 3] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import dump, ensure_artifact, machine, run_measured, update_results  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+PLAIN_METHODS = ("mse", "minmax", "percentile", "entropy")
+TARGETS = {"mad": 0.5, "dtssd": 0.5, "dtssd_cut": 0.30, "minutes": 15.0}
+
+
+def configurations(methods: tuple[str, ...]) -> dict[str, dict]:
+    """name -> how `make` quantizes it (placement, method)."""
+    configs = {"speed": {"placement": "speed", "method": "mse", "shipped": True}}
+    for method in methods:
+        configs[f"dense-{method}"] = {"placement": "dense", "method": method, "shipped": False}
+    configs["dense-ptq4vm"] = {"placement": "dense", "method": "ptq4vm", "shipped": False}
+    return configs
+
+
+def make(name: str, source: Path, output: Path, methods: tuple[str, ...]) -> None:
+    """Quantize one configuration (run in a child process, so its time and memory are its own)."""
+    from mtc.quant.config import Fallback, Gates, preset, ptq4vm_preset
+    from mtc.quant.pipeline import quantize_artifact
+
+    spec = configurations(methods)[name]
+    if spec["shipped"]:
+        quantize_artifact(source, output, precision="int8", overwrite=True)
+        return
+    learning = ptq4vm_preset("fast") if spec["method"] == "ptq4vm" else None
+    config = preset(spec["placement"], method="mse" if learning else spec["method"], learning=learning)
+    quantize_artifact(source, output, precision="int8", config=config, gates=Gates(max_mad=None, max_dtssd=None),
+                      fallback=Fallback(enabled=False), overwrite=True)
+
+
+def layers(folder: Path) -> dict:
+    report = json.loads((folder / "report.json").read_text())["int8"]
+    learned = report.get("learning") or {}
+    return {"int8_layers": report["int8_layers"], "quantized_layers": report["quantized_layers"],
+            "affine_choice": report.get("affine_choice"), "learning_timings": learned.get("timings")}
+
+
+def peers(artifacts: dict[str, Path], args, evalset: Path | None) -> dict:
+    """bench_peers.py on the artifacts (OpenVINO), its JSON."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        command = [sys.executable, str(HERE / "bench_peers.py"), "--no-results", "--json", out.name,
+                   "--frames", str(args.frames), "--rounds", str(args.rounds), "--threads", str(args.threads),
+                   *(arg for folder in artifacts.values() for arg in ("--artifact", f"{folder}@openvino"))]
+        if evalset is not None:
+            command += ["--evalset", str(evalset), "--clips", str(args.clips)]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        return json.loads(Path(out.name).read_text())
+
+
+def label_of(config: dict, folders: dict[str, Path]) -> str | None:
+    """Which of our artifacts a bench_peers configuration is: bench_peers labels the first mtc
+    artifact of a kind by kind alone (`mtc_int8_openvino`), the others with their folder's name."""
+    named = next((name for name, folder in folders.items() if config["label"].endswith("_" + folder.name)), None)
+    if named is None and config["label"].startswith("mtc_"):
+        return next(iter(folders))
+    return named
+
+
+def verdicts(result: dict) -> list[str]:
+    """The issue's targets, each with what was measured."""
+    lines = []
+    made = result["artifacts"]
+    if "dense-ptq4vm" in made:
+        minutes = made["dense-ptq4vm"]["seconds"] / 60
+        lines.append(f"- fast preset on 2 cores: {minutes:.1f} min for the whole quantization "
+                     f"({'met' if minutes <= TARGETS['minutes'] else 'missed'}: <= {TARGETS['minutes']:.0f} min)")
+    for source, run in result["runs"].items():
+        for case in run["cases"]:
+            rows = {label_of(c, result["folders"]): c for c in case["configs"]}
+            learned = rows.get("dense-ptq4vm")
+            if learned is None or learned["vs_fp32"] is None:
+                continue
+            mad, dtssd = learned["vs_fp32"]["mad"], learned["vs_fp32"]["dtssd"]
+            met = mad <= TARGETS["mad"] and dtssd <= TARGETS["dtssd"]
+            lines.append(f"- {source}, {case['resolution']}: dense PTQ4VM vs FP32 MAD {mad:.2f} / dtSSD {dtssd:.2f} "
+                         f"({'met' if met else 'missed'}: <= {TARGETS['mad']} / {TARGETS['dtssd']})")
+            plain = [rows[n] for n in rows if n and n.startswith("dense-") and n != "dense-ptq4vm"]
+            if plain:
+                best = min(plain, key=lambda c: c["vs_fp32"]["dtssd"])
+                cut = 1 - dtssd / best["vs_fp32"]["dtssd"]
+                ok = cut >= TARGETS["dtssd_cut"] and mad <= best["vs_fp32"]["mad"]
+                lines.append(f"  - vs the best plain calibrator on the same plan ({label_of(best, result['folders'])}: "
+                             f"MAD {best['vs_fp32']['mad']:.2f} / dtSSD {best['vs_fp32']['dtssd']:.2f}): dtSSD "
+                             f"{100 * cut:+.0f}% lower, MAD {'not worse' if mad <= best['vs_fp32']['mad'] else 'worse'} "
+                             f"({'met' if ok else 'missed'}: >= {100 * TARGETS['dtssd_cut']:.0f}% lower, MAD not worse)")
+    return lines
+
+
+def render(result: dict) -> None:
+    m = result["machine"]
+    made = result["artifacts"]
+    lines = [
+        "## PTQ4VM vs plain calibration: RVM MobileNetV3, every conv in INT8, on OpenVINO", "",
+        f"`python benchmarks/bench_ptq4vm.py` — {m['date']}, {m['cpu']} (class {result['cpu_class']}), {m['cores']} "
+        f"cores, {result['threads']} threads, onnxruntime {m['onnxruntime']}, openvino "
+        f"{m['libraries'].get('openvino', 'absent')}. Quantized from the official FP32 file with the built-in data; "
+        f"then `bench_peers.py` ({result['frames']} frames per clip, {result['rounds']} interleaved rounds; FPS ratio "
+        "× plain ONNX Runtime FP32 on the same frames; MAD ×1e3, dtSSD ×1e2 and Grad /1e3 of alpha vs FP32 and vs "
+        "ground truth).",
+        "",
+        "| artifact | placement | method | INT8 layers | quantize time | peak memory |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, info in made.items():
+        lines.append(f"| {name} | {info['placement']} | {info['method']} | {info['int8_layers']}/{info['quantized_layers']} "
+                     f"| {info['seconds'] / 60:.1f} min | {info['peak_mib'] / 1024:.1f} GB |")
+    for source, run in result["runs"].items():
+        lines += ["", f"### {source}", "",
+                  "| resolution | configuration | × ORT FP32 | MAD vs FP32 | dtSSD vs FP32 | Grad vs FP32 | MAD vs GT "
+                  "| dtSSD vs GT | Grad vs GT |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        fmt = lambda d, k: f"{d[k]:.3g}" if d else "–"  # noqa: E731
+        for case in run["cases"]:
+            for c in case["configs"]:
+                name = label_of(c, result["folders"]) or c["label"]
+                row = " | ".join(fmt(c[side], metric) for side in ("vs_fp32", "vs_gt") for metric in ("mad", "dtssd", "grad"))
+                lines.append(f"| {case['resolution']} | {name} | {c['speedup_vs_ort_fp32']:.2f}× | {row} |")
+    lines += ["", "Targets:", *verdicts(result)]
+    update_results("bench_ptq4vm", "\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--artifact", type=Path, help="FP32 RVM artifact [default: artifacts/rvm-mobilenetv3-fp32]")
+    parser.add_argument("--work", type=Path, help="folder for the quantized artifacts, reused when present "
+                        "(default: temporary)")
+    parser.add_argument("--methods", default="mse", help="plain calibrators on the dense plan [default: mse]")
+    parser.add_argument("--evalset", type=Path, help="evalset folder: also score on ground-truth composites")
+    parser.add_argument("--clips", type=int, default=3, help="evalset clips per resolution [default: 3]")
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json")
+    parser.add_argument("--no-results", action="store_true")
+    parser.add_argument("--make", help=argparse.SUPPRESS)  # internal: quantize one configuration
+    parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    unknown = sorted(set(methods) - set(PLAIN_METHODS))
+    if unknown:
+        parser.error(f"--methods: {', '.join(unknown)} is not one of {', '.join(PLAIN_METHODS)}")
+    source = ensure_artifact(args.artifact)
+    if args.make:
+        make(args.make, source, args.output, methods)
+        return
+
+    from mtc.backends.cpu import cpu_class
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        folders, made = {}, {}
+        for name, spec in configurations(methods).items():
+            folders[name] = work / f"rvm-int8-{name}"
+            measured = {"seconds": None, "peak_mib": None}
+            timing = folders[name] / "bench_timing.json"
+            if (folders[name] / "manifest.json").exists() and timing.exists():
+                measured = json.loads(timing.read_text())
+                print(f"{name}: reusing {folders[name]}", file=sys.stderr)
+            else:
+                print(f"{name}: quantizing ({spec['placement']} placement, {spec['method']})", file=sys.stderr)
+                run = run_measured([sys.executable, str(Path(__file__).resolve()), "--make", name, "--output",
+                                    str(folders[name]), "--artifact", str(source), "--methods", args.methods])
+                measured = {"seconds": run["seconds"], "peak_mib": run["peak_mib"]}
+                timing.write_text(json.dumps(measured))
+                print(f"{name}: {measured['seconds'] / 60:.1f} min, peak {measured['peak_mib']:.0f} MiB", file=sys.stderr)
+            made[name] = {**spec, **measured, **layers(folders[name])}
+        runs = {"built-in clip": peers(folders, args, None)}
+        if args.evalset is not None:
+            runs["evalset composites (ground truth)"] = peers(folders, args, args.evalset)
+        result = {"benchmark": "ptq4vm_dense", "machine": machine(), "cpu_class": cpu_class(), "threads": args.threads,
+                  "frames": args.frames, "rounds": args.rounds, "artifacts": made,
+                  "folders": {name: str(folder) for name, folder in folders.items()}, "runs": runs}
+        result["folders"] = {name: Path(folder) for name, folder in result["folders"].items()}
+        printable = {**result, "folders": {k: str(v) for k, v in result["folders"].items()}}
+        dump(printable, args.json)
+        if not args.no_results:
+            render(result)
+
+
+if __name__ == "__main__":
+    main()
