@@ -85,10 +85,10 @@ def peers(artifacts: dict[str, Path], args, evalset: Path | None) -> dict:
         return json.loads(Path(out.name).read_text())
 
 
-def label_of(config: dict, folders: dict[str, Path]) -> str | None:
+def label_of(config: dict, folders: dict[str, str]) -> str | None:
     """Which of our artifacts a bench_peers configuration is: bench_peers labels the first mtc
     artifact of a kind by kind alone (`mtc_int8_openvino`), the others with their folder's name."""
-    named = next((name for name, folder in folders.items() if config["label"].endswith("_" + folder.name)), None)
+    named = next((name for name, folder in folders.items() if config["label"].endswith("_" + Path(folder).name)), None)
     if named is None and config["label"].startswith("mtc_"):
         return next(iter(folders))
     return named
@@ -209,9 +209,7 @@ def main() -> None:
         result = {"benchmark": "ptq4vm_dense", "machine": machine(), "cpu_class": cpu_class(), "threads": args.threads,
                   "frames": args.frames, "rounds": args.rounds, "artifacts": made,
                   "folders": {name: str(folder) for name, folder in folders.items()}, "runs": runs}
-        result["folders"] = {name: Path(folder) for name, folder in result["folders"].items()}
-        printable = {**result, "folders": {k: str(v) for k, v in result["folders"].items()}}
-        dump(printable, args.json)
+        dump(result, args.json)
         if not args.no_results:
             render(result)
 

@@ -618,20 +618,21 @@ def manifest_from_dict(data: Any, *, source: str = MANIFEST_NAME) -> Manifest:
 
 def _check_prompt(manifest: Manifest, r: _Reader) -> None:
     """A prompt input is what a prompted program reads on its first frame: one implies the other."""
-    prompt = manifest.io.input_with_role("prompt")
-    wants = manifest.program is not None and manifest.program.prompt is not None
-    if (prompt is not None) != wants:
-        raise r.child("io").fail("has a 'prompt' input without a prompted program" if prompt is not None
-                                 else "lacks the 'prompt' input its program reads")
+    _check_paired_input(manifest, r, "prompt", manifest.program is not None and manifest.program.prompt is not None,
+                        without="a prompted program", lacks="its program reads")
 
 
 def _check_frame_size(manifest: Manifest, r: _Reader) -> None:
     """A frame_size input is what a program with a small-frame phase chooses by: one implies the other."""
-    frame_size = manifest.io.input_with_role("frame_size")
-    wants = manifest.program is not None and manifest.program.small is not None
-    if (frame_size is not None) != wants:
-        raise r.child("io").fail("has a 'frame_size' input without a program that chooses by it" if frame_size is not None
-                                 else "lacks the 'frame_size' input its program chooses its phase by")
+    _check_paired_input(manifest, r, "frame_size", manifest.program is not None and manifest.program.small is not None,
+                        without="a program that chooses by it", lacks="its program chooses its phase by")
+
+
+def _check_paired_input(manifest: Manifest, r: _Reader, role: str, wanted: bool, *, without: str, lacks: str) -> None:
+    """An input with `role` exactly where the program wants one."""
+    if (manifest.io.input_with_role(role) is not None) != wanted:
+        raise r.child("io").fail(f"has a {role!r} input without {without}" if not wanted
+                                 else f"lacks the {role!r} input {lacks}")
 
 
 # ---- files and hashes -----------------------------------------------------------------------

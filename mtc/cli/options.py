@@ -271,19 +271,13 @@ def build_gates(precision: str, max_mad: float | None, max_dtssd: float | None, 
     return Gates(**values)
 
 
-def run_quantization(source, output, *, precision, preset, method, weight_rounding, weight_bits, calib, calib_frames,
-                     check_source,
-                     max_mad, max_dtssd, gates_file, no_fallback, no_equalize, keep_float, float_budget,
-                     float_budget_probes, force, ptq4vm_iterations, ptq4vm_batch, ptq4vm_samples, ptq4vm_qdrop,
-                     ptq4vm_threads, op_types=None, quantize_attention=False):
-    """Call the library and turn a gate failure into a one-line error after the report is written."""
-    from pathlib import Path
-
+def int8_config(source, *, preset, method, weight_rounding, keep_float, no_equalize, ptq4vm_iterations, ptq4vm_batch,
+                ptq4vm_samples, ptq4vm_qdrop, ptq4vm_threads, op_types, quantize_attention, **overrides):
+    """The INT8 settings the command line asks for: the placement (--preset, else the artifact's
+    recipe), PTQ4VM's effort, and the flags; `overrides` go to the preset unchanged."""
     from mtc.artifact.manifest import read_manifest
-    from mtc.errors import MtcError
-    from mtc.quant.config import Fallback, ptq4vm_preset
     from mtc.quant.config import preset as make_preset  # "preset" is this function's CLI argument
-    from mtc.quant.pipeline import DataPlan, quantize_artifact
+    from mtc.quant.config import ptq4vm_preset
 
     keep = tuple(name.strip() for name in keep_float.split(",") if name.strip()) if keep_float else None
     placement, effort = split_presets(preset, method)
@@ -292,12 +286,30 @@ def run_quantization(source, output, *, precision, preset, method, weight_roundi
     if effort is not None:
         learning = ptq4vm_preset(effort, iterations=ptq4vm_iterations, batch=ptq4vm_batch, samples=ptq4vm_samples,
                                  drop=ptq4vm_qdrop, threads=ptq4vm_threads)
-    config = make_preset(placement, method=None if method == "ptq4vm" else method, weight_rounding=weight_rounding,
-                         exclude_nodes=keep, equalize_concats=False if no_equalize else None,
+    return make_preset(placement, method=None if method == "ptq4vm" else method, weight_rounding=weight_rounding,
+                       exclude_nodes=keep, equalize_concats=False if no_equalize else None, learning=learning,
+                       op_types=tuple(t.strip() for t in op_types.split(",") if t.strip()) if op_types else None,
+                       activation_matmuls=True if quantize_attention else None, **overrides)
+
+
+def run_quantization(source, output, *, precision, preset, method, weight_rounding, weight_bits, calib, calib_frames,
+                     check_source,
+                     max_mad, max_dtssd, gates_file, no_fallback, no_equalize, keep_float, float_budget,
+                     float_budget_probes, force, ptq4vm_iterations, ptq4vm_batch, ptq4vm_samples, ptq4vm_qdrop,
+                     ptq4vm_threads, op_types=None, quantize_attention=False):
+    """Call the library and turn a gate failure into a one-line error after the report is written."""
+    from pathlib import Path
+
+    from mtc.errors import MtcError
+    from mtc.quant.config import Fallback
+    from mtc.quant.pipeline import DataPlan, quantize_artifact
+
+    config = int8_config(source, preset=preset, method=method, weight_rounding=weight_rounding, keep_float=keep_float,
+                         no_equalize=no_equalize, ptq4vm_iterations=ptq4vm_iterations, ptq4vm_batch=ptq4vm_batch,
+                         ptq4vm_samples=ptq4vm_samples, ptq4vm_qdrop=ptq4vm_qdrop, ptq4vm_threads=ptq4vm_threads,
+                         op_types=op_types, quantize_attention=quantize_attention,
                          float_budget=None if float_budget is None else float_budget / 100,
-                         float_budget_probes=float_budget_probes, learning=learning,
-                         op_types=tuple(t.strip() for t in op_types.split(",") if t.strip()) if op_types else None,
-                         activation_matmuls=True if quantize_attention else None)
+                         float_budget_probes=float_budget_probes)
     if weight_bits != "auto":
         import dataclasses
 
@@ -323,23 +335,13 @@ def run_simulation(source, output, *, mode, force, preset, method, weight_roundi
     """Call the simulated low-bit evaluation (mtc.quant.lowbit) and print its figures."""
     from pathlib import Path
 
-    from mtc.artifact.manifest import read_manifest
-    from mtc.quant.config import preset as make_preset  # "preset" is this function's CLI argument
-    from mtc.quant.config import ptq4vm_preset
     from mtc.quant.lowbit import NOTICE, simulate_artifact
     from mtc.quant.pipeline import DataPlan
 
-    keep = tuple(name.strip() for name in keep_float.split(",") if name.strip()) if keep_float else None
-    placement, effort = split_presets(preset, method)
-    placement = placement or read_manifest(source, verify_files=False).quantization.int8_preset
-    learning = None
-    if effort is not None:
-        learning = ptq4vm_preset(effort, iterations=ptq4vm_iterations, batch=ptq4vm_batch, samples=ptq4vm_samples,
-                                 drop=ptq4vm_qdrop, threads=ptq4vm_threads)
-    config = make_preset(placement, method=None if method == "ptq4vm" else method, weight_rounding=weight_rounding,
-                         exclude_nodes=keep, equalize_concats=False if no_equalize else None, learning=learning,
-                         op_types=tuple(t.strip() for t in op_types.split(",") if t.strip()) if op_types else None,
-                         activation_matmuls=True if quantize_attention else None)
+    config = int8_config(source, preset=preset, method=method, weight_rounding=weight_rounding, keep_float=keep_float,
+                         no_equalize=no_equalize, ptq4vm_iterations=ptq4vm_iterations, ptq4vm_batch=ptq4vm_batch,
+                         ptq4vm_samples=ptq4vm_samples, ptq4vm_qdrop=ptq4vm_qdrop, ptq4vm_threads=ptq4vm_threads,
+                         op_types=op_types, quantize_attention=quantize_attention)
     data = DataPlan(calib=calib, calib_frames=calib_frames, check=check_source)
     report = simulate_artifact(Path(source), Path(output), mode=mode, config=config, data=data, overwrite=force)
     worst = max(report["metrics_vs_fp32"], key=lambda c: c["mad_x1e3"] + c["dtssd_x1e2"])
