@@ -26,7 +26,8 @@ from mtc.export.torch_export import save_random_checkpoint  # noqa: E402
 from mtc.models.birefnet.checkpoint import read_checkpoint  # noqa: E402
 from mtc.models.birefnet.deform_conv import DeformableConv2d, deform_conv2d, set_onnx_form  # noqa: E402
 from mtc.models.registry import get_model  # noqa: E402
-from mtc.passes.openvino.deform_conv import decompose_deform_conv  # noqa: E402
+from mtc.passes.deform_conv import decompose_deform_conv  # noqa: E402
+from mtc.passes.openvino.deform_conv import deform_conv_as_openvino_op, zero_padded_sampling  # noqa: E402
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -146,7 +147,7 @@ def test_deform_conv_matches_its_definition(kernel):
 @pytest.mark.parametrize("kernel", [1, 3, 7])
 def test_deform_conv_onnx_forms_match_pytorch(form, kernel):
     """Exported as DeformConv, exported decomposed, or exported as DeformConv and decomposed on
-    the ONNX graph (what a build for a backend without the op does, with no PyTorch at hand)."""
+    the ONNX graph (what a backend without the op gets, with no PyTorch at hand)."""
     from mtc.export.torch_export import export_onnx
 
     layer = _deform_layer(kernel, seed=kernel)
@@ -315,20 +316,22 @@ def test_each_size_is_its_own_static_graph(small_matte):
     assert np.abs(actual - expected).max() < 2e-5  # measured 1.2e-6
 
 
-@pytest.mark.parametrize("form", ["decomposed", "rewritten"])
-def test_deform_conv_free_forms_run_on_openvino(small_onnx, small_case, form):
-    """OpenVINO (2026.4) converts no ONNX DeformConv: the decomposed export, or the native export
-    rewritten on the graph, is what it runs."""
+@pytest.mark.parametrize("form", ["openvino_op", "decomposed"])
+def test_openvino_runs_the_model_in_either_form(small_onnx, small_case, form):
+    """OpenVINO reads no ONNX DeformConv: its backend writes the native export as its own
+    DeformableConvolution (zero-padded once read); the decomposed export runs as it is."""
     ov = pytest.importorskip("openvino")
-    model = small_onnx("decomposed") if form == "decomposed" else decompose_deform_conv(small_onnx("native"))[0]
+    model = small_onnx("decomposed") if form == "decomposed" else deform_conv_as_openvino_op(small_onnx("native"))[0]
     x, expected = small_case
     core = ov.Core()
-    compiled = core.compile_model(core.read_model(model.SerializeToString(), b""), "CPU",
-                                  {"INFERENCE_PRECISION_HINT": "f32"})
+    graph = core.read_model(model.SerializeToString(), b"")
+    padded = zero_padded_sampling(graph)
+    compiled = core.compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
 
     actual = compiled({"src": x})[0]
 
     assert "DeformConv" not in {node.op_type for node in model.graph.node}
+    assert padded == (20 if form == "openvino_op" else 0)
     assert np.abs(actual - expected).max() < 2e-5  # measured 3.6e-7 (both)
 
 

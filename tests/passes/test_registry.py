@@ -23,9 +23,10 @@ def test_every_pass_states_an_exactness_a_test_checks():
         assert f"def {match[2]}(" in source, f"{graph_pass.name}: {match[1]} has no {match[2]}"
 
 
-def test_openvino_passes_by_stage():
-    assert [p.name for p in passes_for("openvino", "onnx")] == ["decompose_deform_conv", "merge_split_outputs"]
-    assert [p.name for p in passes_for("openvino", "read")] == ["hard_sigmoid_as_hsigmoid"]
+def test_passes_by_backend_and_stage():
+    assert [p.name for p in passes_for("openvino", "onnx")] == ["deform_conv_as_openvino_op", "merge_split_outputs"]
+    assert [p.name for p in passes_for("openvino", "read")] == ["zero_padded_sampling", "hard_sigmoid_as_hsigmoid"]
+    assert [p.name for p in passes_for("onnxruntime", "onnx")] == ["decompose_deform_conv"]
     assert {p.name for p in passes_for("openvino", "static")} >= {"upsample_as_transposed_conv", "guide_as_conv"}
 
 
@@ -48,3 +49,20 @@ def test_the_fingerprint_changes_with_the_passes(monkeypatch):
                       run=lambda model, context: 0, describe="{} extras")
     monkeypatch.setattr(passes, "_PASSES", [*all_passes(), extra])
     assert fingerprint("openvino") != before
+
+
+def test_the_fingerprint_changes_with_any_pass_source(monkeypatch, tmp_path):
+    """Registrations hold lambdas, so a pass's code is wherever its package keeps it: an edit to
+    any module of the passes' package must change the fingerprint."""
+    for source in passes.PASS_SOURCES.rglob("*.py"):
+        target = tmp_path / source.relative_to(passes.PASS_SOURCES)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(source.read_bytes())
+    monkeypatch.setattr(passes, "PASS_SOURCES", tmp_path)
+    passes._fingerprint.cache_clear()
+    before = fingerprint("openvino")
+    passes._fingerprint.cache_clear()
+    (tmp_path / "openvino" / "deform_conv.py").write_text("# changed\n", encoding="utf-8")
+
+    assert fingerprint("openvino") != before
+    passes._fingerprint.cache_clear()

@@ -45,7 +45,12 @@ def save_optimized_model(model_path: Path, model_sha256: str, *, providers=None,
     """Optimize `model_path` with ONNX Runtime and save the result in the cache (atomically)."""
     import onnxruntime as ort
 
-    from mtc.backends.onnxruntime.session import available_providers, resolve_providers, session_options
+    from mtc.backends.onnxruntime.session import (
+        available_providers,
+        resolve_providers,
+        session_options,
+        with_onnx_passes,
+    )
 
     target = optimized_model_path(model_sha256, providers=providers, level=level, root=root)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -56,7 +61,8 @@ def save_optimized_model(model_path: Path, model_sha256: str, *, providers=None,
     started = time.perf_counter()
     seal = seal_path(target)
     try:
-        ort.InferenceSession(str(model_path), options, providers=resolve_providers(providers, available_providers()))
+        ort.InferenceSession(with_onnx_passes(model_path), options,
+                             providers=resolve_providers(providers, available_providers()))
         os.replace(partial, target)
         seal_entry(seal, [target])
     except OSError as exc:

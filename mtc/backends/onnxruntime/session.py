@@ -23,6 +23,7 @@ import numpy as np
 
 from mtc.backends.base import DeviceState, default_threads
 from mtc.errors import MtcError, exception_summary
+from mtc.passes import PassContext, describe_counts, passes_for
 
 log = logging.getLogger("mtc")
 
@@ -98,6 +99,29 @@ def session_options(*, threads: int | None, allow_spinning: bool, optimization: 
     return options
 
 
+def with_onnx_passes(model: str | Path | bytes) -> str | bytes:
+    """The model as this ONNX Runtime should load it: after the "onnx" passes that apply to it
+    (mtc.passes.onnxruntime: ops an older version lacks), as bytes if they rewrote it, else as
+    given. When no pass applies, the file is not even parsed."""
+    source = model if isinstance(model, bytes) else str(model)
+    applicable = [p for p in passes_for("onnxruntime", "onnx") if p.applies(PassContext())]
+    if not applicable:
+        return source
+    import onnx
+
+    try:
+        proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(source)
+    except Exception:  # missing, not ONNX, or corrupt: ONNX Runtime's loader says which
+        return source
+    counts = {}
+    for graph_pass in applicable:
+        proto, counts[graph_pass.name] = graph_pass.run(proto, PassContext())
+    if not any(counts.values()):
+        return source
+    log.debug("onnxruntime: %s", describe_counts("onnxruntime", "onnx", counts))
+    return proto.SerializeToString()
+
+
 class OrtBackend:
     """ONNX Runtime with the CPU, CUDA or TensorRT execution provider.
 
@@ -126,7 +150,7 @@ class OrtBackend:
         import onnxruntime as ort
 
         self.providers = resolve_providers(providers, available_providers())
-        source = model if isinstance(model, bytes) else str(model)
+        source = with_onnx_passes(model)
         provider_list = [(p, _provider_options(p)) for p in self.providers]
         self.session = None
         self.optimized_model: Path | None = None  # set when the pre-optimized model is what runs

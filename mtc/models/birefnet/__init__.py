@@ -27,10 +27,11 @@ graph is static in H and W; the batch stays dynamic. H and W must be multiples o
 decoder cuts the image into a 32 x 32 grid of patches at the coarsest level).
 
 Deformable convs export as the standard ONNX `DeformConv` (opset 19) by default; `build_onnx`
-takes `deform_conv="decomposed"` for backends that lack the op (see
-:mod:`mtc.models.birefnet.deform_conv`). OpenVINO cannot read the op: its backend runs the
-graph pass :mod:`mtc.passes.openvino.deform_conv`, which decomposes the native form on the
-ONNX graph (no PyTorch needed), while ONNX Runtime and TensorRT run the op itself.
+takes `deform_conv="decomposed"` for runtimes that lack the op (see
+:mod:`mtc.models.birefnet.deform_conv`). ONNX Runtime and TensorRT run the op itself; OpenVINO's
+backend writes it as OpenVINO's own DeformableConvolution (:mod:`mtc.passes.openvino.deform_conv`),
+and an ONNX Runtime older than 1.31 gets the decomposition on the ONNX graph
+(:mod:`mtc.passes.deform_conv`, no PyTorch needed).
 
 Weights: Hugging Face `model.safetensors` (read with the `safetensors` library, which never
 unpickles) or official `.pth` files (GitHub release, Google Drive; `torch.load` with

@@ -8,14 +8,15 @@ the PyTorch computation, and it exports in one of two forms:
 
 - "native": the standard ONNX `DeformConv` (opset 19), one node. Its offset layout is
   torchvision's: channel 2k is dy and 2k+1 dx of tap k (taps row-major). ONNX Runtime has CPU
-  and CUDA kernels for it and the TensorRT parser takes it; OpenVINO (2026.4) cannot read it.
+  and CUDA kernels for it and the TensorRT parser takes it; OpenVINO (2026.4) reads it only as
+  its own op (:mod:`mtc.passes.openvino.deform_conv`).
 - "decomposed": the same arithmetic as ordinary ops (Floor, Gather, Mul, MatMul), for
   backends without the op. The four bilinear corners are gathered from the (N*H*W, C) image
   with flat int64 indices (clamped, their weight zeroed when outside the image), weighted,
   summed, and contracted with the kernel in one MatMul. Its largest tensor is the sampled
   (N, H*W, taps, C) stack: 822 MB for a 7x7 kernel on 64 channels at 256x256 (BiRefNet at
   1024² has one), so this form is for backends that need it, not the default.
-  :mod:`mtc.passes.openvino.deform_conv` produces the same form from an exported native graph.
+  :mod:`mtc.passes.deform_conv` produces the same form from an exported native graph.
 
 Both keep the batch dynamic and the spatial size static (read as Python ints at export).
 """
