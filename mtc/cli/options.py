@@ -133,6 +133,8 @@ def check_quantization_flags(precision: str, quant_options: dict) -> None:
     op_types = quant_options.get("op_types")
     if (op_types or quant_options.get("quantize_attention")) and precision != "int8":
         raise click.UsageError("--op-types and --quantize-attention choose what INT8 quantizes: use them with --int8")
+    if quant_options.get("check_backend") and precision != "int8":
+        raise click.UsageError("--check-backend chooses whose integer kernels check INT8: use it with --int8")
     if op_types is not None:
         from mtc.quant.config import QUANTIZABLE_OPS
 
@@ -152,7 +154,8 @@ SIMULATED_MODES = ("w4a8", "w4a4")  # mtc.quant.lowbit.SIMULATED_MODES, without 
 # Flags that mean nothing in simulation: it quantizes every layer at the bits asked, measures
 # and gates nothing, and writes no model. Each is refused rather than silently ignored.
 SIMULATION_REFUSED = {"float_budget": "--float-budget", "float_budget_probes": "--float-budget-probes",
-                      "max_mad": "--max-mad", "max_dtssd": "--max-dtssd", "gates_file": "--gates"}
+                      "max_mad": "--max-mad", "max_dtssd": "--max-dtssd", "gates_file": "--gates",
+                      "check_backend": "--check-backend"}
 
 
 def check_simulation_flags(precision: str | None, quant_options: dict) -> None:
@@ -216,6 +219,9 @@ def quantization_options(command):
         click.option("--gates", "gates_file", type=click.Path(exists=True, dir_okay=False),
                      help="TOML file with max_mad / max_dtssd (top level or under [gates])."),
         click.option("--no-fallback", is_flag=True, help="Do not move sensitive layers back to float."),
+        click.option("--check-backend", type=click.Choice(["onnxruntime", "openvino"]), default=None,
+                     help="Whose integer kernels INT8's checks, gates, fallback and choices run on [default: the "
+                          "placement's backend: openvino for openvino and dense, else onnxruntime]."),
         click.option("--keep-float", default=None, metavar="LAYER[,LAYER...]",
                      help="Layers (ONNX node names) kept in float from the start, e.g. the most sensitive ones "
                           "in report.html."),
@@ -293,7 +299,7 @@ def int8_config(source, *, preset, method, weight_rounding, keep_float, no_equal
 
 
 def run_quantization(source, output, *, precision, preset, method, weight_rounding, weight_bits, calib, calib_frames,
-                     check_source,
+                     check_source, check_backend,
                      max_mad, max_dtssd, gates_file, no_fallback, no_equalize, keep_float, float_budget,
                      float_budget_probes, force, ptq4vm_iterations, ptq4vm_batch, ptq4vm_samples, ptq4vm_qdrop,
                      ptq4vm_threads, op_types=None, quantize_attention=False):
@@ -309,7 +315,7 @@ def run_quantization(source, output, *, precision, preset, method, weight_roundi
                          ptq4vm_samples=ptq4vm_samples, ptq4vm_qdrop=ptq4vm_qdrop, ptq4vm_threads=ptq4vm_threads,
                          op_types=op_types, quantize_attention=quantize_attention,
                          float_budget=None if float_budget is None else float_budget / 100,
-                         float_budget_probes=float_budget_probes)
+                         float_budget_probes=float_budget_probes, check_backend=check_backend)
     if weight_bits != "auto":
         import dataclasses
 

@@ -111,6 +111,9 @@ def ptq4vm_preset(name: str, **overrides) -> Ptq4vmConfig:
     return dataclasses.replace(PTQ4VM_PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
 
 
+CHECK_BACKENDS = ("onnxruntime", "openvino")
+
+
 @dataclass(frozen=True)
 class Int8Config:
     """How an FP32 graph becomes a Q/DQ INT8 graph.
@@ -160,6 +163,11 @@ class Int8Config:
             rounding, the activations' step sizes and a per-layer affine against FP32 on the
             same Q/DQ plan (mtc.quant.ptq4vm). The learned affine then replaces the
             closed-form one of `affine_correction`.
+        check_backend: whose integer kernels the checks run on, and so the gates, the float
+            budget, the fallback and every choice between candidates (weight bits, trained or
+            closed-form affine): "onnxruntime", or "openvino" for the placements made for it.
+            Kernels differ in how faithfully they compute the same Q/DQ graph, so a choice
+            measured on one backend can be the wrong one for another.
     """
 
     method: str = "mse"
@@ -178,6 +186,7 @@ class Int8Config:
     float_budget_probes: int = 24
     weight_bits: int | None = None
     learning: Ptq4vmConfig | None = None
+    check_backend: str = "onnxruntime"
 
     def __post_init__(self):
         if not 0.0 <= self.float_budget <= 1.0:
@@ -195,6 +204,9 @@ class Int8Config:
         if unknown:
             raise MtcError(f"no INT8 rule for op type {', '.join(unknown)}",
                            hint=f"choose among: {', '.join(QUANTIZABLE_OPS)}")
+        if self.check_backend not in CHECK_BACKENDS:
+            raise MtcError(f"unknown check backend {self.check_backend!r}",
+                           hint=f"choose one of: {', '.join(CHECK_BACKENDS)}")
         if self.learning is not None and self.weight_rounding != "nearest":
             raise MtcError(f"PTQ4VM learns the weights' rounding itself: it does not combine with "
                            f"{self.weight_rounding} rounding", hint="drop --weight-rounding")
@@ -212,13 +224,14 @@ PRESETS: dict[str, Int8Config] = {
     # are quantized: faster there, at more error. Not lower: a smaller threshold was faster
     # still but left the error targets behind. Not the default: on ONNX Runtime the extra small
     # layers cost more in conversions than they save. Figures: docs/quantization.md, "Presets".
-    "openvino": Int8Config(min_mac_share=0.005, activation_type="uint8", align_channels=True, float_budget=0.04),
+    "openvino": Int8Config(min_mac_share=0.005, activation_type="uint8", align_channels=True, float_budget=0.04,
+                           check_backend="openvino"),
     # TensorRT style: every conv, Q/DQ on inputs and weights only; the builder fuses outputs.
     "tensorrt": Int8Config(quantize_outputs=False),
     # Every conv in INT8 for OpenVINO, no float budget: the placement PTQ4VM's learning is for
     # (--method ptq4vm), where the learned rounding and step sizes, not float layers, carry the
     # fidelity. Plainly calibrated it is the fastest and the least faithful.
-    "dense": Int8Config(activation_type="uint8", align_channels=True),
+    "dense": Int8Config(activation_type="uint8", align_channels=True, check_backend="openvino"),
 }
 
 

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,7 +35,7 @@ from mtc.artifact.manifest import (
     read_manifest,
     sha256_file,
 )
-from mtc.backends import OrtBackend
+from mtc.backends import Backend, OrtBackend
 from mtc.backends.cpu import cpu_class
 from mtc.errors import MtcError
 from mtc.fsutil import atomic_dir, atomic_write_text
@@ -265,6 +266,27 @@ def _checking(stages: Stages, name: str, reference: ReferenceAlphas, candidate, 
         return reference.check(Counted(candidate, advance), gates)
 
 
+def check_runner(backend: str, io) -> Callable[[onnx.ModelProto], Backend]:
+    """model -> a backend running it as `backend`'s kernels do (FP32 for whatever stays float),
+    for the INT8 checks (Int8Config.check_backend)."""
+    if backend == "onnxruntime":
+        return lambda model: OrtBackend(model.SerializeToString())
+    from mtc.backends.registry import has_module
+
+    if not has_module("openvino"):
+        raise MtcError("this INT8 placement is checked on OpenVINO, which is not installed",
+                       hint="pip install 'mtc[openvino]', or pass --check-backend onnxruntime")
+    from mtc.backends.openvino.session import OpenVinoBackend
+
+    def on_openvino(model: onnx.ModelProto) -> Backend:
+        with tempfile.TemporaryDirectory(prefix="mtc-check-") as scratch:  # OpenVINO reads files, once
+            path = Path(scratch) / "candidate.onnx"
+            path.write_bytes(model.SerializeToString())
+            return OpenVinoBackend(path, io=io, precision="fp32", cache=False)
+
+    return on_openvino
+
+
 # Integer kernels that differ from their own float simulation by more than this share of what
 # quantization itself costs are not computing the Q/DQ graph faithfully. Exact kernels still
 # differ a little (bias and requantization rounding: about half the quantization error on a
@@ -273,18 +295,18 @@ def _checking(stages: Stages, name: str, reference: ReferenceAlphas, candidate, 
 KERNEL_ERROR_SHARE = 1.0
 
 
-def kernel_fidelity(io, candidate: onnx.ModelProto, reference: ReferenceAlphas, stages: Stages) -> dict:
-    """How the CPU's integer kernels compare with an exact float simulation of the same Q/DQ
-    graph (ONNX Runtime with graph optimizations off runs DequantizeLinear into float convs), on
-    the first check clip; with the simulation's own error against FP32 for scale. Tells a CPU
-    class problem from a quantization problem."""
+def kernel_fidelity(candidate: onnx.ModelProto, reference: ReferenceAlphas, stages: Stages, *,
+                    backend: str = "onnxruntime") -> dict:
+    """How `backend`'s integer kernels on this CPU compare with an exact float simulation of the
+    same Q/DQ graph (ONNX Runtime with graph optimizations off runs DequantizeLinear into float
+    convs), on the first check clip; with the simulation's own error against FP32 for scale.
+    Tells a CPU class (or backend) problem from a quantization problem."""
     probe = reference.head(clips=1, frames=12)
     clip, fp32 = probe.clips[0], probe.alphas[0]
-    data = candidate.SerializeToString()
-    with stages.stage("integer kernels vs their float simulation", total=2 * len(clip.frames)) as advance:
-        kernels = probe.run(Counted(OrtBackend(data), advance), clip)
-        simulated = probe.run(Counted(OrtBackend(data, optimization="none"), advance), clip)
-    return {"cpu": cpu_class(), "clip": clip.name,
+    with stages.stage(f"integer kernels vs their float simulation ({backend})", total=2 * len(clip.frames)) as advance:
+        kernels = probe.run(Counted(check_runner(backend, reference.io)(candidate), advance), clip)
+        simulated = probe.run(Counted(OrtBackend(candidate.SerializeToString(), optimization="none"), advance), clip)
+    return {"cpu": cpu_class(), "backend": backend, "clip": clip.name,
             "mad": round(metrics.mad(kernels, simulated), 4), "dtssd": round(metrics.dtssd(kernels, simulated), 4),
             "simulation_vs_fp32_mad": round(metrics.mad(simulated, fp32), 4),
             "simulation_vs_fp32_dtssd": round(metrics.dtssd(simulated, fp32), 4)}
@@ -303,16 +325,17 @@ def choose_weight_bits(model, feeds, reference, config: Int8Config, gates: Gates
     bits = config.weight_bits or 8
     result = _int8(model, feeds, reference, dataclasses.replace(config, weight_bits=bits), gates, fallback, timings,
                    stages, work=work)
-    fidelity = kernel_fidelity(reference.io, result[0], reference, stages)
+    fidelity = kernel_fidelity(result[0], reference, stages, backend=config.check_backend)
     result[3]["int8"]["kernels_vs_simulation"] = fidelity
     if config.weight_bits is not None or not kernels_unfaithful(fidelity):
         return result
-    log.warning("this CPU's integer kernels differ from the graph's float simulation by MAD %.2f (the quantization "
-                "itself costs %.2f): trying 7-bit weights, which such kernels compute exactly",
-                fidelity["mad"], fidelity["simulation_vs_fp32_mad"])
+    log.warning("%s's integer kernels on this CPU differ from the graph's float simulation by MAD %.2f (the "
+                "quantization itself costs %.2f): trying 7-bit weights, which such kernels compute exactly",
+                config.check_backend, fidelity["mad"], fidelity["simulation_vs_fp32_mad"])
     seven = _int8(model, feeds, reference, dataclasses.replace(config, weight_bits=7), gates, fallback, timings,
                   stages, work=work)
-    seven[3]["int8"]["kernels_vs_simulation"] = kernel_fidelity(reference.io, seven[0], reference, stages)
+    seven[3]["int8"]["kernels_vs_simulation"] = kernel_fidelity(seven[0], reference, stages,
+                                                                backend=config.check_backend)
     ranked = sorted((result, seven), key=lambda r: (not r[2].passed, r[2].score))
     chosen = ranked[0]
     chosen[3]["int8"]["weight_bits_choice"] = {
@@ -394,6 +417,8 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
         timings["affine_s"] = time.perf_counter() - started
     corrections = fits if closed_form else {}
 
+    run_on = check_runner(config.check_backend, reference.io)
+
     def build(subplan):
         chosen = set(subplan.node_names)
         quantized = insert_qdq(model, subplan, ranges, activation_type=config.activation_type, rounded=rounded,
@@ -402,15 +427,14 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
 
     started = time.perf_counter()
     all_int8 = build(plan)
-    first = _checking(stages, "checking all-INT8 against FP32", reference, OrtBackend(all_int8.SerializeToString()),
-                      gates)
+    first = _checking(stages, "checking all-INT8 against FP32", reference, run_on(all_int8), gates)
     affine_choice = None
     if learned is not None and learned.corrections:
         # PTQ4VM's trained affine and the closed-form fit (or none) compete on the check clips.
         other, corrections = corrections, learned.corrections
         trained = build(plan)
         trained_check = _checking(stages, "checking all-INT8 with the trained affine against FP32", reference,
-                                  OrtBackend(trained.SerializeToString()), gates)
+                                  run_on(trained), gates)
         baseline = "closed_form" if closed_form else "none"
         affine_choice = {name: {"passed": c.passed, "score": round(c.score, 4), **worst_clip_errors(c)}
                          for name, c in ((baseline, first), ("gac", trained_check))}
@@ -449,13 +473,13 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
                      len(affordable), len(probed))
         probe = reference.head(clips=len(reference.clips), frames=12)  # every setting: HD has its own weak spots
         with stages.stage("float budget: probing layers", total=len(probed) + 1) as advance:
-            baseline, removal = removal_sensitivity(build, plan, probe, probed, progress=advance)
+            baseline, removal = removal_sensitivity(lambda subplan: run_on(build(subplan)), plan, probe, probed,
+                                                    progress=advance)
         budget_layers = spend_float_budget(baseline, removal, mac_share, config.float_budget)
         if budget_layers:
             final_plan = plan.without(budget_layers)
             final_model = build(final_plan)
-            check = _checking(stages, "checking the float-budget model", reference,
-                              OrtBackend(final_model.SerializeToString()), gates)
+            check = _checking(stages, "checking the float-budget model", reference, run_on(final_model), gates)
         timings["float_budget_s"] = time.perf_counter() - started
         details["removal_sensitivity"] = {"all_int8": baseline, "layers": removal}
         details["int8"]["float_budget"] = {
@@ -468,12 +492,13 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
         started = time.perf_counter()
         probe = reference.head(clips=1, frames=12)  # one layer at a time: keep the probe short
         with stages.stage("layer sensitivity, one at a time", total=len(final_plan.nodes)) as advance:
-            sensitivity = layer_sensitivity(build, final_plan, probe, progress=advance)
+            sensitivity = layer_sensitivity(lambda subplan: run_on(build(subplan)), final_plan, probe,
+                                            progress=advance)
         timings["sensitivity_s"] = time.perf_counter() - started
         started = time.perf_counter()
         # The search builds one candidate per attempt; how many it needs is not known up front.
         with stages.stage("fallback search until gates pass") as advance:
-            result = fallback_until_gates_pass(lambda subplan: _then(build(subplan), advance), final_plan, reference,
+            result = fallback_until_gates_pass(lambda subplan: run_on(_then(build(subplan), advance)), final_plan, reference,
                                                gates, sensitivity, max_fraction=fallback.max_fraction)
         timings["fallback_s"] = time.perf_counter() - started
         final_plan, check, fallback_layers = result.plan, result.check, result.fallback_nodes

@@ -16,9 +16,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import onnx
-
-from mtc.backends import OrtBackend
+from mtc.backends import Backend
 from mtc.quant.checks import CheckResult, ReferenceAlphas
 from mtc.quant.config import Gates
 from mtc.quant.qdq import QdqPlan
@@ -26,11 +24,8 @@ from mtc.quant.qdq import QdqPlan
 log = logging.getLogger("mtc")
 
 
-Builder = Callable[[QdqPlan], onnx.ModelProto]  # a plan -> the quantized model it describes
-
-
-def candidate_backend(build: Builder, plan: QdqPlan) -> OrtBackend:
-    return OrtBackend(build(plan).SerializeToString())
+# A plan -> a backend running the quantized model it describes, as the checks' backend runs it.
+Runner = Callable[[QdqPlan], Backend]
 
 
 def worst_clip_errors(result: CheckResult) -> dict[str, float]:
@@ -38,31 +33,31 @@ def worst_clip_errors(result: CheckResult) -> dict[str, float]:
     return {"mad": max(c.mad for c in result.clips), "dtssd": max(c.dtssd for c in result.clips)}
 
 
-def layer_sensitivity(build: Builder, plan: QdqPlan, probe: ReferenceAlphas, *,
+def layer_sensitivity(runner: Runner, plan: QdqPlan, probe: ReferenceAlphas, *,
                       progress: Callable[[], None] | None = None) -> dict[str, dict[str, float]]:
     """MAD and dtSSD vs FP32 on the probe clips with only one layer quantized, for every layer."""
     scores = {}
     no_gates = Gates(max_mad=None, max_dtssd=None)
     for name in plan.node_names:
-        result = probe.check(candidate_backend(build, plan.only([name])), no_gates, with_grad=False)
+        result = probe.check(runner(plan.only([name])), no_gates, with_grad=False)
         scores[name] = worst_clip_errors(result)
         if progress:
             progress()
     return scores
 
 
-def removal_sensitivity(build: Builder, plan: QdqPlan, probe: ReferenceAlphas, layers: Sequence[str], *,
+def removal_sensitivity(runner: Runner, plan: QdqPlan, probe: ReferenceAlphas, layers: Sequence[str], *,
                         progress: Callable[[], None] | None = None
                         ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Worst-clip MAD and dtSSD vs FP32 on the probe clips with every layer in INT8 (the
     baseline), then with every layer but one, for each of `layers`."""
     no_gates = Gates(max_mad=None, max_dtssd=None)
-    baseline = worst_clip_errors(probe.check(candidate_backend(build, plan), no_gates, with_grad=False))
+    baseline = worst_clip_errors(probe.check(runner(plan), no_gates, with_grad=False))
     if progress:
         progress()
     scores = {}
     for name in layers:
-        result = probe.check(candidate_backend(build, plan.without([name])), no_gates, with_grad=False)
+        result = probe.check(runner(plan.without([name])), no_gates, with_grad=False)
         scores[name] = worst_clip_errors(result)
         if progress:
             progress()
@@ -102,14 +97,14 @@ class FallbackResult:
     steps: list[dict] = field(default_factory=list)  # what each attempt kept in float and what it measured
 
 
-def fallback_until_gates_pass(build: Builder, plan: QdqPlan, check: ReferenceAlphas, gates: Gates,
+def fallback_until_gates_pass(runner: Runner, plan: QdqPlan, check: ReferenceAlphas, gates: Gates,
                               sensitivity: dict[str, dict[str, float]], *, max_fraction: float = 0.5) -> FallbackResult:
     ranked = sorted(plan.node_names, key=lambda n: -(sensitivity[n]["mad"] + sensitivity[n]["dtssd"]))
     limit = max(1, int(len(ranked) * max_fraction))
     steps = []
 
     def attempt(excluded: list[str]) -> CheckResult:
-        result = check.check(candidate_backend(build, plan.without(excluded)), gates, with_grad=False)
+        result = check.check(runner(plan.without(excluded)), gates, with_grad=False)
         steps.append({"float_layers": len(excluded), **worst_clip_errors(result), "passed": result.passed})
         log.info("fallback: %d layers in float -> worst MAD %.3f, dtSSD %.3f (%s)", len(excluded), steps[-1]["mad"],
                  steps[-1]["dtssd"], "pass" if result.passed else "fail")

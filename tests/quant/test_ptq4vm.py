@@ -196,6 +196,7 @@ def test_a_run_interrupted_between_blocks_resumes_to_the_same_artifact(tmp_path,
     (["--method", "ptq4vm", "--weight-rounding", "gptq"], "drop --weight-rounding gptq"),
     (["--method", "ptq4vm", "--ptq4vm-iterations", "0"], "--ptq4vm-iterations"),
     (["--method", "ptq4vm", "--ptq4vm-qdrop", "1.5"], "--ptq4vm-qdrop"),
+    (["--check-backend", "tensorrt"], "--check-backend"),
 ])
 def test_bad_ptq4vm_options_stop_with_one_line(tmp_path, capsys, flags, message):
     from mtc.cli.main import main
@@ -215,6 +216,16 @@ def test_ptq4vm_with_fp16_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["quantize", str(_artifact(tmp_path / "toy")), "-o", str(tmp_path / "out"), "--fp16", "--method", "ptq4vm"])
     assert exit_info.value.code == 2 and "--method ptq4vm learns INT8 quantization" in capsys.readouterr().err
+
+
+def test_check_backend_with_fp16_is_refused(tmp_path, capsys):
+    from mtc.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["quantize", str(_artifact(tmp_path / "toy")), "-o", str(tmp_path / "out"), "--fp16",
+              "--check-backend", "openvino"])
+    assert exit_info.value.code == 2 and "--check-backend chooses whose integer kernels check INT8" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("bad", [{"iterations": 0}, {"samples": 0}, {"drop": -0.1}, {"threads": 0},

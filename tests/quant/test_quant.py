@@ -1014,7 +1014,7 @@ def test_auto_weight_bits_tries_seven_bits_only_where_kernels_are_unfaithful(tmp
 
     real = pipeline.kernel_fidelity
     monkeypatch.setattr(pipeline, "kernel_fidelity",  # as on a CPU whose kernels saturate
-                        lambda *args: {**real(*args), "mad": 5.0, "simulation_vs_fp32_mad": 1.0})
+                        lambda *args, **kwargs: {**real(*args, **kwargs), "mad": 5.0, "simulation_vs_fp32_mad": 1.0})
     chosen = quantize_artifact(source, tmp_path / "b", precision="int8", config=Int8Config(method="minmax"),
                                gates=Gates(max_mad=50, max_dtssd=50), data=SMALL)
     choice = chosen.report["int8"]["weight_bits_choice"]
@@ -1030,6 +1030,47 @@ def test_auto_weight_bits_tries_seven_bits_only_where_kernels_are_unfaithful(tmp
                               config=Int8Config(method="minmax", weight_bits=7),
                               gates=Gates(max_mad=50, max_dtssd=50), data=SMALL)
     assert fixed.report["int8"]["weight_bits"] == 7 and "weight_bits_choice" not in fixed.report["int8"]
+
+
+def test_checks_run_on_the_backend_the_placement_is_for(tmp_path, monkeypatch):
+    """With check_backend="openvino" every INT8 check (the all-INT8 check, the kernels' fidelity,
+    the fallback search) runs the candidates on OpenVINO, and the report says so; the default
+    runs them on ONNX Runtime."""
+    pytest.importorskip("openvino")
+    from mtc.backends.openvino import session as openvino_session
+    from mtc.quant.config import preset
+
+    opened = []
+
+    class Counting(openvino_session.OpenVinoBackend):
+        def __init__(self, *args, **kwargs):
+            opened.append(args[0])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(openvino_session, "OpenVinoBackend", Counting)
+    source = _toy_artifact(tmp_path / "toy")
+    on_ort = quantize_artifact(source, tmp_path / "ort", precision="int8", config=Int8Config(method="minmax"),
+                               gates=Gates(max_mad=50, max_dtssd=50), data=SMALL)
+    assert on_ort.report["int8"]["kernels_vs_simulation"]["backend"] == "onnxruntime"
+    after_ort = len(opened)
+    strict = Gates(max_mad=1e-6, max_dtssd=1e-6)  # fails: the fallback search runs too
+    on_openvino = quantize_artifact(source, tmp_path / "ov", precision="int8",
+                                    config=Int8Config(method="minmax", check_backend="openvino"), gates=strict,
+                                    data=SMALL)
+
+    assert preset("dense").check_backend == preset("openvino").check_backend == "openvino"
+    assert preset("speed").check_backend == "onnxruntime"
+    assert on_openvino.report["int8"]["kernels_vs_simulation"]["backend"] == "openvino"
+    assert after_ort == 0  # ONNX Runtime's checks opened no OpenVINO session
+    steps = len(on_openvino.report["fallback_steps"])
+    assert steps >= 1 and len(opened) >= 2 + steps  # the all-INT8 check, the fidelity probe, each fallback step
+
+
+def test_unknown_check_backends_are_refused():
+    from mtc.errors import MtcError
+
+    with pytest.raises(MtcError, match="unknown check backend 'tensorrt'"):
+        Int8Config(check_backend="tensorrt")
 
 
 def test_weight_bits_must_be_seven_or_eight():
