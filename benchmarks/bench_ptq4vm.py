@@ -66,6 +66,37 @@ def make(name: str, source: Path, output: Path, methods: tuple[str, ...]) -> Non
                       fallback=Fallback(enabled=False), overwrite=True)
 
 
+def make_all(source: Path, work: Path, prefix: str, methods: tuple[str, ...]) -> tuple[dict[str, Path], dict]:
+    """Every configuration quantized from `source` into `work/<prefix>-<name>`, each in a child
+    process (wall time and peak memory measured), reused when already there; the folders, and
+    per configuration its settings, time, memory and layer counts."""
+    folders, made = {}, {}
+    for name, spec in configurations(methods).items():
+        folders[name] = work / f"{prefix}-{name}"
+        timing = folders[name] / "bench_timing.json"
+        if (folders[name] / "manifest.json").exists() and timing.exists():
+            measured = json.loads(timing.read_text())
+            print(f"{name}: reusing {folders[name]}", file=sys.stderr)
+        else:
+            print(f"{name}: quantizing ({spec['placement']} placement, {spec['method']})", file=sys.stderr)
+            run = run_measured([sys.executable, str(Path(__file__).resolve()), "--make", name, "--output",
+                                str(folders[name]), "--artifact", str(source), "--methods", ",".join(methods)])
+            measured = {"seconds": run["seconds"], "peak_mib": run["peak_mib"]}
+            timing.write_text(json.dumps(measured))
+            print(f"{name}: {measured['seconds'] / 60:.1f} min, peak {measured['peak_mib']:.0f} MiB", file=sys.stderr)
+        made[name] = {**spec, **measured, **layers(folders[name])}
+    return folders, made
+
+
+def parse_methods(parser: argparse.ArgumentParser, text: str) -> tuple[str, ...]:
+    """--methods as a tuple of plain calibrators (a usage error names any other)."""
+    methods = tuple(m.strip() for m in text.split(",") if m.strip())
+    unknown = sorted(set(methods) - set(PLAIN_METHODS))
+    if unknown:
+        parser.error(f"--methods: {', '.join(unknown)} is not one of {', '.join(PLAIN_METHODS)}")
+    return methods
+
+
 def layers(folder: Path) -> dict:
     report = json.loads((folder / "report.json").read_text())["int8"]
     learned = report.get("learning") or {}
@@ -173,10 +204,7 @@ def main() -> None:
     parser.add_argument("--make", help=argparse.SUPPRESS)  # internal: quantize one configuration
     parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    unknown = sorted(set(methods) - set(PLAIN_METHODS))
-    if unknown:
-        parser.error(f"--methods: {', '.join(unknown)} is not one of {', '.join(PLAIN_METHODS)}")
+    methods = parse_methods(parser, args.methods)
     source = ensure_artifact(args.artifact)
     if args.make:
         make(args.make, source, args.output, methods)
@@ -187,22 +215,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        folders, made = {}, {}
-        for name, spec in configurations(methods).items():
-            folders[name] = work / f"rvm-int8-{name}"
-            measured = {"seconds": None, "peak_mib": None}
-            timing = folders[name] / "bench_timing.json"
-            if (folders[name] / "manifest.json").exists() and timing.exists():
-                measured = json.loads(timing.read_text())
-                print(f"{name}: reusing {folders[name]}", file=sys.stderr)
-            else:
-                print(f"{name}: quantizing ({spec['placement']} placement, {spec['method']})", file=sys.stderr)
-                run = run_measured([sys.executable, str(Path(__file__).resolve()), "--make", name, "--output",
-                                    str(folders[name]), "--artifact", str(source), "--methods", args.methods])
-                measured = {"seconds": run["seconds"], "peak_mib": run["peak_mib"]}
-                timing.write_text(json.dumps(measured))
-                print(f"{name}: {measured['seconds'] / 60:.1f} min, peak {measured['peak_mib']:.0f} MiB", file=sys.stderr)
-            made[name] = {**spec, **measured, **layers(folders[name])}
+        folders, made = make_all(source, work, "rvm-int8", methods)
         runs = {"built-in clip": peers(folders, args, None)}
         if args.evalset is not None:
             runs["evalset composites (ground truth)"] = peers(folders, args, args.evalset)

@@ -1,0 +1,51 @@
+"""benchmarks/bench_ptq4vm_image.py: its verdict and its RESULTS.md section. The run itself
+quantizes a real model with PTQ4VM (minutes), so it is not run here."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location("bench_ptq4vm_image", BENCHMARKS / "bench_ptq4vm_image.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module
+    sys.path.remove(str(BENCHMARKS))
+
+
+def _result(mad: float) -> dict:
+    score = {"mad_vs_fp32": mad, "worst_mad_vs_fp32": 2 * mad, "worst_photo": "a.png", "mae_vs_gt": 31.5,
+             "median_ms": 40.0, "speed_vs_reference": 1.8}
+    made = {"placement": "dense", "method": "ptq4vm", "int8_layers": 40, "quantized_layers": 40, "seconds": 600,
+            "peak_mib": 2048}
+    return {"machine": {"date": "2026-12-04", "cpu": "a CPU", "cores": 2, "onnxruntime": "1.32.0",
+                        "libraries": {"openvino": "2026.4"}},
+            "cpu_class": "amx", "threads": 2, "photos": 3, "with_gt": 2, "rounds": 3, "source": "u2netp-fp32",
+            "artifacts": {"dense-ptq4vm": made},
+            "scores": {"fp32 (ONNX Runtime)": {**score, "mad_vs_fp32": 0.0, "mae_vs_gt": None},
+                       "dense-ptq4vm": score}}
+
+
+@pytest.mark.parametrize(("mad", "verdict"), [(1.5, "met"), (2.5, "missed")])
+def test_the_verdict_follows_the_target(bench, mad, verdict):
+    (line,) = bench.verdicts(_result(mad))
+    assert f"MAD {mad:.2f}" in line and f"({verdict}: <= 2)" in line
+
+
+def test_the_results_section_holds_every_row(bench, monkeypatch):
+    written = {}
+    monkeypatch.setattr(bench, "update_results", lambda section, text: written.update({section: text}))
+    bench.render(_result(1.5))
+    text = written["bench_ptq4vm_image"]
+    assert "| dense-ptq4vm | dense | ptq4vm | 40/40 | 10.0 min | 2.0 GB | 1.50 (3.00) | 31.50 | 1.80× |" in text
+    assert "| fp32 (ONNX Runtime) | – | – | – | – | – | 0.00 (3.00) | – | 1.80× |" in text
+    assert "class amx" in text and "(met: <= 2)" in text
