@@ -82,8 +82,23 @@ def child_run(name: str, folder: Path, backend: str, precision: str) -> dict:
     session.process(frame)
     first = time.perf_counter() - started
     started = time.perf_counter()
-    session.process(frame)
-    return {"first_s": first, "second_s": time.perf_counter() - started}
+    alpha = session.process(frame).alpha
+    second = time.perf_counter() - started
+    np.save(folder / f"{name}-{backend}-{precision}-alpha.npy", alpha)  # compared in the parent
+    return {"first_s": first, "second_s": second}
+
+
+def add_fidelity(row: dict, work: Path) -> None:
+    """Each run's alpha MAD (x1e3) against ONNX Runtime FP32's on the same image."""
+    import numpy as np
+
+    from mtc.metrics import mad
+
+    reference = work / f"{row['name']}-onnxruntime-fp32-alpha.npy"
+    for key, entry in row["run"].items():
+        alpha = work / f"{row['name']}-{key}-alpha.npy"
+        if "failed" not in entry and alpha.exists() and reference.exists():
+            entry["mad_vs_ort_fp32"] = mad(np.load(alpha), np.load(reference))
 
 
 def _child(*args: str, env: dict) -> dict:
@@ -132,6 +147,7 @@ def main() -> None:
                 for backend, precision in runners():
                     row["run"][f"{backend}-{precision}"] = _child("run", name, str(work), backend, precision, env=env)
                     print(f"{name}: {backend} {precision} {row['run'][f'{backend}-{precision}']}", file=sys.stderr)
+                add_fidelity(row, work)
             rows.append(row)
     result = {"benchmark": "image_export", "machine": machine(), "cpu_class": cpu_class(), "rows": rows}
     dump(result, args.json)
@@ -146,10 +162,11 @@ def _cell(entry: dict, key: str, fmt: str) -> str:
 def render(result: dict) -> None:
     m = result["machine"]
     backends = sorted({k for r in result["rows"] for k in r["run"]})
-    head = " | ".join(f"{b}: peak MiB / s per image" for b in backends)
+    head = " | ".join(f"{b}: peak MiB / s per image / MAD" for b in backends)
     lines = []
     for r in result["rows"]:
-        runs = " | ".join(f"{_cell(r['run'][b], 'peak_mib', '.0f')} / {_cell(r['run'][b], 'second_s', '.1f')}"
+        runs = " | ".join(f"{_cell(r['run'][b], 'peak_mib', '.0f')} / {_cell(r['run'][b], 'second_s', '.1f')} / "
+                          f"{_cell(r['run'][b], 'mad_vs_ort_fp32', '.2f') if 'mad_vs_ort_fp32' in r['run'][b] else '-'}"
                           if b in r["run"] else "-" for b in backends)
         lines.append(f"| {r['name']} | {r['size']}² | {_cell(r['export'], 'export_s', '.0f')} "
                      f"| {_cell(r['export'], 'peak_mib', '.0f')} | {runs} |")
@@ -158,7 +175,7 @@ def render(result: dict) -> None:
 `python benchmarks/bench_image_export.py` — {m['date']}, {m['cpu']} (class {result['cpu_class']}), {m['cores']} cores, onnxruntime {m['onnxruntime']}.
 Random weights in the official layouts. Each step in its own process; peak = its maximum resident set. Export:
 graph build, simplification and the parity check. Per backend: the artifact loaded with 2 threads, one image at the
-standard size matted twice (the second time is the one shown).
+standard size matted twice (the second time is the one shown); MAD: its alpha vs ONNX Runtime FP32's, ×1e3.
 
 | model | size | export s | export peak MiB | {head} |
 |---|---|---|---|{'---|' * len(backends)}

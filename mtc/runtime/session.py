@@ -393,13 +393,23 @@ class MattingSession:
         h, w = frame.shape[:2]
         alpha = outputs[self.alpha_output.name][0, 0]
         if alpha.shape != (h, w):
-            alpha = _resize_plane(alpha, h, w, self._filter)
+            alpha = _within(_resize_plane(alpha, h, w, self._filter), self.alpha_output.value_range)
         if self.foreground_output is None:
             return Matte(alpha, source=frame)
         foreground = outputs[self.foreground_output.name][0].transpose(1, 2, 0)
         if foreground.shape[:2] != (h, w):
             foreground = np.stack([_resize_plane(foreground[..., c], h, w, self._filter) for c in range(3)], axis=2)
+            foreground = _within(foreground, self.foreground_output.value_range)
         return Matte(alpha, foreground)
+
+
+def _within(plane: np.ndarray, value_range: tuple[float, float] | None) -> np.ndarray:
+    """A resized output clipped back to its declared range: a Lanczos filter overshoots at sharp
+    edges (an alpha of -0.03 or 1.05 beside a hard edge), which the model itself never gives.
+    (PIL's arrays are read-only, so this is a new one.)"""
+    if value_range is None:
+        return plane
+    return np.clip(plane, value_range[0], value_range[1])
 
 
 def _pil_filter(name: str):

@@ -60,6 +60,30 @@ def test_fixed_resize_rule_and_alpha_back_at_frame_size():
     assert matte.foreground.shape == (50, 70, 3)
 
 
+def test_a_resized_alpha_stays_within_its_declared_range():
+    """Lanczos overshoots beside a hard edge: the alpha the session returns at the frame's size
+    is clipped back to the output's value range, as the model's own output is."""
+    class Step:
+        name, input_names, output_names = "step", ("img",), ("alpha",)
+
+        def run(self, feeds):
+            alpha = np.zeros((1, 1, 32, 48), np.float32)
+            alpha[..., 24:] = 1.0  # a hard edge: the worst case for Lanczos
+            return {"alpha": alpha}
+
+    io = ModelIO((TensorSpec("img", "image"),), (TensorSpec("alpha", "alpha", value_range=(0.0, 1.0)),), (),
+                 Preprocess(resize="fixed", fixed_size=(32, 48), resize_filter="lanczos"))
+    unclipped = MattingSession(io, Step()).process(_frame(50, 170)).alpha
+    import dataclasses
+
+    free = dataclasses.replace(io, outputs=(TensorSpec("alpha", "alpha"),))
+    overshoot = MattingSession(free, Step()).process(_frame(50, 170)).alpha
+
+    assert overshoot.min() < -0.01 and overshoot.max() > 1.01  # what the filter alone gives
+    assert unclipped.min() == 0.0 and unclipped.max() == 1.0
+    np.testing.assert_array_equal(unclipped, np.clip(overshoot, 0, 1))
+
+
 def test_reference_resize_rule_floors_to_multiple():
     backend = RecordingBackend()
     session = MattingSession(_toy_io(Preprocess(resize="reference", reference_side=64, multiple_of=32)), backend)
