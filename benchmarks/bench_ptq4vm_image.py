@@ -88,7 +88,7 @@ def score(photos: list[Path], gt: Path | None, folders: dict[str, Path], *, roun
     for name in names:
         per_photo = [mad(a, r) for a, r in zip(alphas[name], reference)]
         ratios = [statistics.median(times[REFERENCE][i]) / statistics.median(times[name][i]) for i in range(len(frames))]
-        gt_errors = {p.name: mae(a, truths[p.name]) for p, a in zip(photos, alphas[name]) if p.name in truths}
+        gt_errors = {p.name: 1e3 * mae(a, truths[p.name]) for p, a in zip(photos, alphas[name]) if p.name in truths}
         result[name] = {
             "mad_vs_fp32": float(np.mean(per_photo)), "worst_mad_vs_fp32": float(np.max(per_photo)),
             "worst_photo": photos[int(np.argmax(per_photo))].name,
@@ -117,7 +117,7 @@ def render(result: dict) -> None:
         info = result["artifacts"].get(name)
         made = (f"{info['placement']} | {info['method']} | {info['int8_layers']}/{info['quantized_layers']} | "
                 f"{info['seconds'] / 60:.1f} min | {info['peak_mib'] / 1024:.1f} GB") if info else "– | – | – | – | –"
-        gt = f"{scored['mae_vs_gt']:.2f}" if scored["mae_vs_gt"] is not None else "–"
+        gt = f"{scored['mae_vs_gt']:.1f}" if scored["mae_vs_gt"] is not None else "–"
         lines.append(f"| {name} | {made} | {scored['mad_vs_fp32']:.2f} ({scored['worst_mad_vs_fp32']:.2f}) | {gt} "
                      f"| {scored['speed_vs_reference']:.2f}× |")
     lines += ["", "Target:", *verdicts(result)]

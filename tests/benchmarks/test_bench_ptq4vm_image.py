@@ -23,7 +23,7 @@ def bench():
 
 
 def _result(mad: float) -> dict:
-    score = {"mad_vs_fp32": mad, "worst_mad_vs_fp32": 2 * mad, "worst_photo": "a.png", "mae_vs_gt": 31.5,
+    score = {"mad_vs_fp32": mad, "worst_mad_vs_fp32": 2 * mad, "worst_photo": "a.png", "mae_vs_gt": 291.5,
              "median_ms": 40.0, "speed_vs_reference": 1.8}
     made = {"placement": "dense", "method": "ptq4vm", "int8_layers": 40, "quantized_layers": 40, "seconds": 600,
             "peak_mib": 2048}
@@ -46,6 +46,6 @@ def test_the_results_section_holds_every_row(bench, monkeypatch):
     monkeypatch.setattr(bench, "update_results", lambda section, text: written.update({section: text}))
     bench.render(_result(1.5))
     text = written["bench_ptq4vm_image"]
-    assert "| dense-ptq4vm | dense | ptq4vm | 40/40 | 10.0 min | 2.0 GB | 1.50 (3.00) | 31.50 | 1.80× |" in text
+    assert "| dense-ptq4vm | dense | ptq4vm | 40/40 | 10.0 min | 2.0 GB | 1.50 (3.00) | 291.5 | 1.80× |" in text
     assert "| fp32 (ONNX Runtime) | – | – | – | – | – | 0.00 (3.00) | – | 1.80× |" in text
     assert "class amx" in text and "(met: <= 2)" in text
