@@ -94,6 +94,21 @@ def run_passes(model: Any, *, backend: str, stage: str, context: PassContext = P
     return counts
 
 
+def onnx_passes_apply(backend: str, context: PassContext = PassContext()) -> bool:
+    """Whether any of the backend's "onnx" passes would run here (else the proto need not be parsed)."""
+    return any(p.applies(context) for p in passes_for(backend, "onnx"))
+
+
+def run_onnx_passes(proto: Any, *, backend: str, context: PassContext = PassContext()) -> tuple[Any, dict[str, Any]]:
+    """Run the backend's "onnx" passes that apply on an onnx.ModelProto: the rewritten proto and
+    what each returned (a count, or what the pass reports, e.g. the outputs it merged)."""
+    results = {}
+    for graph_pass in passes_for(backend, "onnx"):
+        if graph_pass.applies(context):
+            proto, results[graph_pass.name] = graph_pass.run(proto, context)
+    return proto, results
+
+
 def describe_counts(backend: str, stage: str, counts: dict[str, int]) -> str:
     """One log phrase per pass, in registry order."""
     return ", ".join(p.describe.format(counts.get(p.name, 0)) for p in passes_for(backend, stage))

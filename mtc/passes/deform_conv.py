@@ -75,9 +75,7 @@ def _decompose(node: onnx.NodeProto, shapes: dict[str, list[int | None]], types:
     if unsupported:
         raise MtcError(f"DeformConv {node.name or node.output[0]!r} has {unsupported}: only stride 1, dilation 1 "
                        "and one (offset) group are decomposed", hint="run the model on a backend with DeformConv")
-    x, weight, offset = node.input[:3]
-    bias = node.input[3] if len(node.input) > 3 and node.input[3] else None
-    mask = node.input[4] if len(node.input) > 4 and node.input[4] else None
+    x, weight, offset, bias, mask = deform_conv_inputs(node)
     _, channels, height, width = _static_dims(shapes, x, node)
     _, _, out_h, out_w = _static_dims(shapes, offset, node)
     out_channels = shapes[weight][0]
@@ -167,25 +165,44 @@ def _decompose(node: onnx.NodeProto, shapes: dict[str, list[int | None]], types:
     return b
 
 
+def deform_conv_inputs(node: onnx.NodeProto) -> tuple[str, str, str, str | None, str | None]:
+    """A DeformConv's (X, W, offset, B, mask) tensor names; None for an optional input left out."""
+    optional = [node.input[i] if len(node.input) > i and node.input[i] else None for i in (3, 4)]
+    return node.input[0], node.input[1], node.input[2], optional[0], optional[1]
+
+
 def is_onnx_deform_conv(node: onnx.NodeProto) -> bool:
     return node.op_type == "DeformConv" and node.domain in ("", "ai.onnx")
 
 
-def decompose_deform_conv(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
-    """`model` with every DeformConv replaced by ordinary ops (Floor, Gather, Mul, MatMul, ...),
-    and how many there were. Exact up to float rounding: the arithmetic is DeformConv's."""
+def rewrite_deform_convs(model: onnx.ModelProto, rewrite) -> tuple[onnx.ModelProto, int]:
+    """A copy of `model` in which `rewrite(node, graph)` has replaced every ONNX DeformConv (it
+    appends the replacement's nodes and initializers to `graph`), and how many there were; the
+    model itself when it has none."""
     count = sum(is_onnx_deform_conv(node) for node in model.graph.node)
     if not count:
         return model, 0
-    shapes, types = _tensor_shapes(model)
     rewritten = onnx.ModelProto()
     rewritten.CopyFrom(model)
     del rewritten.graph.node[:]
     for node in model.graph.node:
         if is_onnx_deform_conv(node):
-            built = _decompose(node, shapes, types)
-            rewritten.graph.node.extend(built.nodes)
-            rewritten.graph.initializer.extend(built.constants)
+            rewrite(node, rewritten.graph)
         else:
             rewritten.graph.node.append(node)
     return rewritten, count
+
+
+def decompose_deform_conv(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """`model` with every DeformConv replaced by ordinary ops (Floor, Gather, Mul, MatMul, ...),
+    and how many there were. Exact up to float rounding: the arithmetic is DeformConv's."""
+    if not any(is_onnx_deform_conv(node) for node in model.graph.node):
+        return model, 0
+    shapes, types = _tensor_shapes(model)
+
+    def decompose(node: onnx.NodeProto, graph: onnx.GraphProto) -> None:
+        built = _decompose(node, shapes, types)
+        graph.node.extend(built.nodes)
+        graph.initializer.extend(built.constants)
+
+    return rewrite_deform_convs(model, decompose)

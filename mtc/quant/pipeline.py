@@ -276,13 +276,10 @@ def check_runner(backend: str, io) -> Callable[[onnx.ModelProto], Backend]:
     if not has_module("openvino"):
         raise MtcError("this INT8 placement is checked on OpenVINO, which is not installed",
                        hint="pip install 'mtc[openvino]', or pass --check-backend onnxruntime")
-    from mtc.backends.openvino.session import OpenVinoBackend
 
     def on_openvino(model: onnx.ModelProto) -> Backend:
-        with tempfile.TemporaryDirectory(prefix="mtc-check-") as scratch:  # OpenVINO reads files, once
-            path = Path(scratch) / "candidate.onnx"
-            path.write_bytes(model.SerializeToString())
-            return OpenVinoBackend(path, io=io, precision="fp32", cache=False)
+        with tempfile.TemporaryDirectory(prefix="mtc-check-") as scratch:  # OpenVINO reads the file at load only
+            return _cpu_backend("openvino", model.SerializeToString(), io, Path(scratch) / "candidate.onnx")
 
     return on_openvino
 
@@ -419,6 +416,9 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
 
     run_on = check_runner(config.check_backend, reference.io)
 
+    def run_plan(subplan):
+        return run_on(build(subplan))
+
     def build(subplan):
         chosen = set(subplan.node_names)
         quantized = insert_qdq(model, subplan, ranges, activation_type=config.activation_type, rounded=rounded,
@@ -473,8 +473,7 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
                      len(affordable), len(probed))
         probe = reference.head(clips=len(reference.clips), frames=12)  # every setting: HD has its own weak spots
         with stages.stage("float budget: probing layers", total=len(probed) + 1) as advance:
-            baseline, removal = removal_sensitivity(lambda subplan: run_on(build(subplan)), plan, probe, probed,
-                                                    progress=advance)
+            baseline, removal = removal_sensitivity(run_plan, plan, probe, probed, progress=advance)
         budget_layers = spend_float_budget(baseline, removal, mac_share, config.float_budget)
         if budget_layers:
             final_plan = plan.without(budget_layers)
@@ -492,13 +491,12 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
         started = time.perf_counter()
         probe = reference.head(clips=1, frames=12)  # one layer at a time: keep the probe short
         with stages.stage("layer sensitivity, one at a time", total=len(final_plan.nodes)) as advance:
-            sensitivity = layer_sensitivity(lambda subplan: run_on(build(subplan)), final_plan, probe,
-                                            progress=advance)
+            sensitivity = layer_sensitivity(run_plan, final_plan, probe, progress=advance)
         timings["sensitivity_s"] = time.perf_counter() - started
         started = time.perf_counter()
         # The search builds one candidate per attempt; how many it needs is not known up front.
         with stages.stage("fallback search until gates pass") as advance:
-            result = fallback_until_gates_pass(lambda subplan: run_on(_then(build(subplan), advance)), final_plan, reference,
+            result = fallback_until_gates_pass(lambda subplan: _then(run_plan(subplan), advance), final_plan, reference,
                                                gates, sensitivity, max_fraction=fallback.max_fraction)
         timings["fallback_s"] = time.perf_counter() - started
         final_plan, check, fallback_layers = result.plan, result.check, result.fallback_nodes
@@ -646,7 +644,7 @@ def interleaved_fps(io, models: dict[str, tuple[str, Path | bytes]], clip: Clip,
     timing = stages.stage(f"speed timing: {len(models)} models interleaved", total=steps) \
         if stages is not None else contextlib.nullcontext(lambda: None)
     with timing as advance, tempfile.TemporaryDirectory(prefix="mtc-timing-") as scratch:
-        sessions = {name: MattingSession(io, _timing_backend(backend, model, io, Path(scratch) / f"{name}.onnx"),
+        sessions = {name: MattingSession(io, _cpu_backend(backend, model, io, Path(scratch) / f"{name}.onnx"),
                                          downsample_ratio=clip.downsample_ratio, scene_cut_threshold=None)
                     for name, (backend, model) in models.items()}
         for session in sessions.values():
@@ -665,7 +663,9 @@ def interleaved_fps(io, models: dict[str, tuple[str, Path | bytes]], clip: Clip,
     return {name: 1.0 / float(np.median(t)) for name, t in times.items()}
 
 
-def _timing_backend(backend: str, model: Path | bytes, io, scratch_file: Path):
+def _cpu_backend(backend: str, model: Path | bytes, io, scratch_file: Path):
+    """A CPU backend on `model`: "onnxruntime" (spinning off), "openvino" or "openvino-bf16";
+    OpenVINO reads files, so bytes are written to `scratch_file` first."""
     if backend == "onnxruntime":
         return OrtBackend(model, allow_spinning=False)
     from mtc.backends.openvino.session import OpenVinoBackend

@@ -23,7 +23,7 @@ import numpy as np
 
 from mtc.backends.base import DeviceState, default_threads
 from mtc.errors import MtcError, exception_summary
-from mtc.passes import PassContext, describe_counts, passes_for
+from mtc.passes import describe_counts, onnx_passes_apply, run_onnx_passes
 
 log = logging.getLogger("mtc")
 
@@ -104,8 +104,7 @@ def with_onnx_passes(model: str | Path | bytes) -> str | bytes:
     (mtc.passes.onnxruntime: ops an older version lacks), as bytes if they rewrote it, else as
     given. When no pass applies, the file is not even parsed."""
     source = model if isinstance(model, bytes) else str(model)
-    applicable = [p for p in passes_for("onnxruntime", "onnx") if p.applies(PassContext())]
-    if not applicable:
+    if not onnx_passes_apply("onnxruntime"):
         return source
     import onnx
 
@@ -113,9 +112,7 @@ def with_onnx_passes(model: str | Path | bytes) -> str | bytes:
         proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(source)
     except Exception:  # missing, not ONNX, or corrupt: ONNX Runtime's loader says which
         return source
-    counts = {}
-    for graph_pass in applicable:
-        proto, counts[graph_pass.name] = graph_pass.run(proto, PassContext())
+    proto, counts = run_onnx_passes(proto, backend="onnxruntime")
     if not any(counts.values()):
         return source
     log.debug("onnxruntime: %s", describe_counts("onnxruntime", "onnx", counts))

@@ -51,7 +51,7 @@ from mtc.backends.base import default_threads, is_broadcast_initial, require
 from mtc.backends.openvino import MAX_STATIC_SHAPES
 from mtc.errors import MtcError, exception_summary
 from mtc.fsutil import atomic_write_text, out_of_space
-from mtc.passes import PassContext, describe_counts, fingerprint, passes_for, run_passes
+from mtc.passes import PassContext, describe_counts, fingerprint, run_onnx_passes, run_passes
 from mtc.passes.openvino.ops import openvino_ops
 from mtc.passes.openvino.split_outputs import MergedOutput
 
@@ -373,9 +373,7 @@ def _onnx_with_merged_outputs(path: Path) -> tuple[str | bytes, dict[str, Merged
         return str(path), {}
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
         return str(path), {}
-    results = {}
-    for graph_pass in passes_for("openvino", "onnx"):
-        proto, results[graph_pass.name] = graph_pass.run(proto, PassContext())
+    proto, results = run_onnx_passes(proto, backend="openvino")
     if not any(results.values()):
         return data, {}
     log.debug("openvino: %s", describe_counts("openvino", "onnx", {name: len(result) if isinstance(result, list)

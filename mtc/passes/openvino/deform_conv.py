@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from mtc.passes.deform_conv import is_onnx_deform_conv
+from mtc.passes.deform_conv import deform_conv_inputs, rewrite_deform_convs
 from mtc.passes.openvino.ops import openvino_ops, replace_openvino_ops
 
 OPENVINO_DOMAIN = "org.openvinotoolkit"
@@ -34,27 +34,15 @@ def deform_conv_as_openvino_op(model: onnx.ModelProto) -> tuple[onnx.ModelProto,
     """`model` with every ONNX DeformConv written as OpenVINO's DeformableConv2D (its bias as an
     Add after it), and how many there were. :func:`zero_padded_sampling` must then run on the
     graph OpenVINO reads."""
-    count = sum(is_onnx_deform_conv(node) for node in model.graph.node)
-    if not count:
-        return model, 0
-    rewritten = onnx.ModelProto()
-    rewritten.CopyFrom(model)
-    del rewritten.graph.node[:]
-    for node in model.graph.node:
-        if is_onnx_deform_conv(node):
-            _rewrite(node, rewritten.graph)
-        else:
-            rewritten.graph.node.append(node)
-    if not any(o.domain == OPENVINO_DOMAIN for o in rewritten.opset_import):
+    rewritten, count = rewrite_deform_convs(model, _rewrite)
+    if count and not any(o.domain == OPENVINO_DOMAIN for o in rewritten.opset_import):
         rewritten.opset_import.append(helper.make_opsetid(OPENVINO_DOMAIN, 1))
     return rewritten, count
 
 
 def _rewrite(node: onnx.NodeProto, graph: onnx.GraphProto) -> None:
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    x, weight, offset = node.input[:3]
-    bias = node.input[3] if len(node.input) > 3 and node.input[3] else None
-    mask = node.input[4] if len(node.input) > 4 and node.input[4] else None
+    x, weight, offset, bias, mask = deform_conv_inputs(node)
     name = (node.name or node.output[0]) + MARKER
     unbiased = f"{name}/unbiased" if bias else node.output[0]
     graph.node.append(helper.make_node(
