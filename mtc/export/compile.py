@@ -39,7 +39,7 @@ from mtc.backends import Backend, OrtBackend
 from mtc.backends.onnxruntime.session import check_state_shapes
 from mtc.errors import MtcError
 from mtc.export.onnx_ingest import sanitize
-from mtc.export.parity import ParityResult, compare_on_frames
+from mtc.export.parity import FLOOR_FACTOR, ParityResult, compare_on_frames
 from mtc.fsutil import atomic_dir, atomic_write_text
 from mtc.runtime.progress import Stages
 
@@ -122,7 +122,8 @@ def compile_artifact(original: onnx.ModelProto, job: CompileJob, *, output: Path
     with stages.stage(f"checking the export against its reference at {sizes}", total=len(cases)) as advance:
         # No spinning: ORT's idle threads would steal the cores a PyTorch reference runs on in between.
         parity = check_export_parity(io, reference, OrtBackend(model_bytes, allow_spinning=False), cases,
-                                     tolerance=job.tolerance, advance=advance)
+                                     tolerance=job.tolerance, advance=advance,
+                                     floor=OrtBackend(model_bytes, allow_spinning=False, optimization="none"))
         check_state_strides(io, model_bytes, cases[0])
     timings["parity_s"] = time.perf_counter() - started
 
@@ -185,8 +186,10 @@ def io_from_graph(io: ModelIO, model: onnx.ModelProto) -> ModelIO:
 
 
 def check_export_parity(io: ModelIO, ref_backend: Backend, cand_backend: Backend, cases: tuple[ParityCase, ...], *,
-                        tolerance: float = 1e-5, advance: Callable[[], None] = lambda: None) -> list[ParityResult]:
-    """Compare two backends on the built-in clip at each case; raise if any output drifts."""
+                        tolerance: float = 1e-5, advance: Callable[[], None] = lambda: None,
+                        floor: Backend | None = None) -> list[ParityResult]:
+    """Compare two backends on the built-in clip at each case; raise if any output drifts.
+    `floor` runs the candidate's graph by a second implementation (`compare_on_frames`)."""
     from calib_data.builtin_clip import ClipSpec, builtin_clip
 
     results = []
@@ -197,12 +200,14 @@ def check_export_parity(io: ModelIO, ref_backend: Backend, cand_backend: Backend
         background = frames[0][:, ::-1].copy() if io.input_with_role("background") is not None else None
         result = compare_on_frames(io, ref_backend, cand_backend, list(frames),
                                    downsample_ratio=case.downsample_ratio, tolerance=tolerance,
-                                   background=background)
-        log.info("parity %dx%d ratio %s: max |diff| %.2e", case.width, case.height, result.downsample_ratio, result.worst)
+                                   background=background, floor=floor)
+        log.info("parity %dx%d ratio %s: max |diff| %.2e (allowed %.1e)", case.width, case.height,
+                 result.downsample_ratio, result.worst, result.allowed)
         if not result.passed:
             raise MtcError(
                 f"exported model differs from its reference by {result.worst:.2e} at {case.width}x{case.height} "
-                f"(tolerance {tolerance:.0e})",
+                f"(allowed {result.allowed:.1e}: tolerance {tolerance:.0e}"
+                + (f", or {FLOOR_FACTOR:g}x what ONNX Runtime differs from itself by" if floor is not None else "") + ")",
                 hint="report this as a bug with the model file; export with --no-simplify to skip simplification",
             )
         results.append(result)

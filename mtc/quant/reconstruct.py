@@ -307,6 +307,9 @@ def _train_block(student: GraphModule, quant: FakeQuant, block: Block, step_quan
             weights.append(quantizer)
     if not weights and not step_quantizers:
         return []
+    student.eval()
+    with _nearest(weights):
+        before = _block_error(student, block, fronts, targets)
     groups = [{"params": [q.rounding for q in weights], "lr": config.rounding_lr},
               {"params": [q.log_gain for q in step_quantizers], "lr": config.step_lr}]
     optimizer = torch.optim.Adam([g for g in groups if g["params"]])
@@ -333,4 +336,36 @@ def _train_block(student: GraphModule, quant: FakeQuant, block: Block, step_quan
         quantizer.log_gain.requires_grad_(False)
     student.eval()
     quant.set_drop(0.0)
+    learned = _block_error(student, block, fronts, targets)
+    if learned > before:
+        # The regulariser can force roundings away from what the block needs (a short schedule
+        # against a small block error): then the block keeps nearest rounding and its
+        # calibrated steps rather than come out worse than it went in.
+        log.info("block %s: learned quantization error %.4g above nearest rounding's %.4g: keeping nearest",
+                 block.layers[0] if block.layers else block.start, learned, before)
+        for quantizer in weights:
+            quantizer.rounding = None
+        with torch.no_grad():
+            for quantizer in step_quantizers:
+                quantizer.log_gain.zero_()
     return losses
+
+
+@contextlib.contextmanager
+def _nearest(weights):
+    """The weight quantizers round to nearest inside the block (their learned rounding kept)."""
+    kept = [q.rounding for q in weights]
+    for quantizer in weights:
+        quantizer.rounding = None
+    try:
+        yield
+    finally:
+        for quantizer, rounding in zip(weights, kept):
+            quantizer.rounding = rounding
+
+
+def _block_error(student: GraphModule, block: Block, fronts, targets) -> float:
+    """The block's mean squared error over all the samples, quantization as it stands (no QDrop)."""
+    with torch.no_grad():
+        return sum(float(_squared_error(student.run(dict(front), block.start, block.stop), target, block.exits))
+                   for front, target in zip(fronts, targets)) / len(fronts)

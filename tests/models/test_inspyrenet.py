@@ -230,7 +230,7 @@ def _assert_graph_matches_pytorch(model, module, size: tuple[int, int]) -> None:
     assert expected.shape == (2, 1, *size) and 0.1 < expected.std() < 0.45  # a real map, not saturated
     assert expected.min(axis=(1, 2, 3)) == pytest.approx(0, abs=1e-6)  # min-max normalised per image
     assert expected.max(axis=(1, 2, 3)) == pytest.approx(1, abs=1e-6)
-    assert np.abs(actual - expected).max() < 2e-5  # the spec allows 1e-4
+    assert np.abs(actual - expected).max() < 2e-5  # the spec allows 1e-3
 
 
 # At the base size every SICA pools at its own resolution; at 96x64 it resizes to the base size's
@@ -346,5 +346,6 @@ def test_fast_exports_at_full_size(tmp_path):
         np.random.default_rng(24).integers(0, 256, (360, 480, 3), dtype=np.uint8))
 
     report = json.loads((artifact / "report.json").read_text())
-    assert all(p["passed"] and p["max_abs_diff"]["alpha"] < 2e-5 for p in report["parity"])
+    # alpha max |diff| 2e-5 on AVX-512 CPUs, 5.3e-4 on an AVX2-only EPYC (the spec's reasoning)
+    assert all(p["passed"] and p["max_abs_diff"]["alpha"] <= inspyrenet.PARITY_TOLERANCE for p in report["parity"])
     assert matte.alpha.shape == (360, 480) and matte.alpha.std() > 0.01  # measured 0.039

@@ -185,22 +185,22 @@ def test_w4a8_error_lies_between_w8a8_and_w4a4():
 
 
 def test_reconstruction_at_w4a8_with_8bit_ends_lowers_the_output_error():
-    """Measured on held-out images: output MSE 0.142 with nearest rounding, 0.064 reconstructed.
-    The rounding regulariser is weighted up from the default 0.01: against this summed error, 0.01
-    leaves most roundings undecided (soft values inside (0.1, 0.9)) after a few hundred steps, and
-    their forced decisions then lose to nearest rounding once the ends are 8-bit (0.20 here)."""
+    """Measured on held-out images (AMD EPYC, AVX2 only): output MSE 0.142 with nearest rounding,
+    0.070 reconstructed with the default regulariser weight. Weighted up to 10 it forced one
+    block's roundings against its error (loss 6 -> 203) and the result tied with nearest rounding:
+    reconstruction now keeps nearest rounding in such a block."""
     model = _residual_net()
     calib, held_out = _images(1, 32), _images(2, 16)
     plan, ranges = _calibrated(model, calib)
     nearest = simulate(model, plan, ranges, calib, weight_bits=4, activation_bits=8, activation_type="uint8")
 
     learned = simulate(model, plan, ranges, calib, weight_bits=4, activation_bits=8, activation_type="uint8",
-                       learn=ReconstructionConfig(iterations=200, batch=4, rounding_weight=10.0))
+                       learn=ReconstructionConfig(iterations=200, batch=4))
 
     assert _output_error(learned.module, model, held_out) < 0.7 * _output_error(nearest.module, model, held_out)
     weights = learned.quant.weights
     assert weights["c1", 1].limit == 127 and weights["c5", 1].limit == 127 and weights["c3", 1].limit == 7
-    assert all(q.rounding is not None and not q.soft for q in weights.values())
+    assert all(not q.soft for q in weights.values()) and any(q.rounding is not None for q in weights.values())
 
 
 def test_low_bit_activations_cannot_be_exported_as_qdq():

@@ -96,8 +96,28 @@ def test_reconstruction_lowers_the_w4_output_error_vs_min_max_rounding():
 
     before, after = _output_error(nearest, reference, held_out), _output_error(result.module, reference, held_out)
     assert after < 0.6 * before
-    assert all(q.rounding is not None and not q.soft for q in result.quant.weights.values())
+    assert all(not q.soft for q in result.quant.weights.values())  # every rounding decided
+    assert sum(q.rounding is not None for q in result.quant.weights.values()) >= 3  # learned, not only kept
     assert any(q.log_gain.item() != 0 for q in result.quant.activations.values())  # step sizes moved too
+
+
+def test_a_block_that_learns_worse_than_nearest_rounding_keeps_nearest_rounding_and_its_steps():
+    """Step sizes flung by e^10 per step and roundings by 100 leave every block far worse than it
+    went in: each block then keeps nearest rounding and its calibrated steps, so the result is
+    the untrained one."""
+    model = _residual_net()
+    calib = _images(1, 8)
+    plan, ranges = _quantized(model, calib)
+    nearest = GraphModule(model)
+    attach_fake_quant(nearest, model, plan, ranges, activation_type="uint8", weight_bits=4)
+
+    result = reconstruct(model, plan, ranges, calib, activation_type="uint8", weight_bits=4,
+                         config=ReconstructionConfig(iterations=5, batch=2, step_lr=10.0, rounding_lr=100.0))
+
+    assert all(q.rounding is None for q in result.quant.weights.values())
+    assert all(q.log_gain.item() == 0 for q in result.quant.activations.values())
+    assert all(losses[-1] > 10 * losses[0] for losses in result.losses)  # they did learn, badly
+    assert _output_error(result.module, nearest, calib) == 0
 
 
 def test_reconstructed_roundings_are_what_the_exported_qdq_graph_holds():

@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 torch = pytest.importorskip("torch")
 
 from mtc.errors import MtcError  # noqa: E402
+from mtc.export.parity import FLOOR_FACTOR  # noqa: E402
 from mtc.quant.fake_quant import attach_fake_quant, export_qdq  # noqa: E402
 from mtc.quant.qdq import insert_qdq, plan_qdq  # noqa: E402
 from mtc.quant.ranges import asymmetric_range, collect_stats, threshold  # noqa: E402
@@ -26,9 +27,16 @@ OP_TOLERANCE = 1e-5
 # largest on the recurrent states) over 4 frames at 512x288, U²-Netp 3.2e-5 on its min-max
 # normalised map. ONNX Runtime differs from itself by as much between its optimization levels
 # (1.2e-5 and 9.5e-5), and a float64 run of the same graph is no closer to it: this is float32
-# summation order, the floor for any two implementations.
+# summation order, the floor for any two implementations. That floor depends on the CPU class
+# (an AVX2-only EPYC: U²-Netp 1.3e-4 against ONNX Runtime's own 8.5e-5), so these tolerances
+# widen to FLOOR_FACTOR times it where it is larger, as the export's parity check does.
 RVM_TOLERANCE = 3e-5
 U2NETP_TOLERANCE = 1e-4
+
+
+def _allowed(tolerance: float, model: onnx.ModelProto, feeds: dict) -> float:
+    floor = _max_diff(_ort(model, feeds), _ort(model, feeds, optimized=False))
+    return max(tolerance, FLOOR_FACTOR * floor)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -278,7 +286,7 @@ def test_executor_matches_onnxruntime_on_the_real_u2netp(u2netp_artifact):
     want, got = _ort(model, feeds), _torch(model, feeds)
 
     assert got["alpha"].std() > 0.1  # a real saliency map, not a flat one
-    assert _max_diff(want, got) <= U2NETP_TOLERANCE
+    assert _max_diff(want, got) <= _allowed(U2NETP_TOLERANCE, model, feeds)
 
 
 # --------------------------------------------------------------------------- fake quantization

@@ -242,9 +242,12 @@ def build_program(arch: Architecture, blend: Blend, weights: Path) -> ProgramBui
 # Every frame is resized to the base size, so one graph input size is all there is to check;
 # a 16:9 frame takes the resize path too. One frame: a Swin-B pass at 1024x1024 takes seconds.
 PARITY_CASES = ((1280, 720, 1, None),)
-# Max |diff| PyTorch vs ONNX Runtime allowed on alpha in [0, 1] (1/40 of an 8-bit step); the
-# min-max stretch amplifies differences (tests/models/test_inspyrenet.py states the measured ones).
-PARITY_TOLERANCE = 1e-4
+# Max |diff| PyTorch vs ONNX Runtime allowed on alpha in [0, 1]: a quarter of an 8-bit step,
+# invisible in any matte, while a broken export differs by far more. The min-max stretch
+# amplifies float32 differences, and how much PyTorch's and ONNX Runtime's kernels differ
+# depends on the CPU class: the real-size `fast` model measured 2e-5 on AVX-512 CPUs and 5.3e-4
+# on an AVX2-only EPYC, where ONNX Runtime differed from itself (optimizations on and off) by 1.2e-5.
+PARITY_TOLERANCE = 1e-3
 
 
 def _recipe(arch: Architecture) -> QuantRecipe:
