@@ -19,6 +19,11 @@ from mtc.runtime.session import MattingSession
 FLOOR_FACTOR = 2.0
 
 
+def allowed_difference(tolerance: float, floor: float) -> float:
+    """The tolerance, or FLOOR_FACTOR times the measured floor where that is larger."""
+    return max(tolerance, FLOOR_FACTOR * floor)
+
+
 @dataclass(frozen=True)
 class ParityResult:
     height: int
@@ -35,8 +40,7 @@ class ParityResult:
 
     @property
     def allowed(self) -> float:
-        """The tolerance, or FLOOR_FACTOR times the measured floor where that is larger."""
-        return max(self.tolerance, FLOOR_FACTOR * max(self.floor.values(), default=0.0)) if self.floor else self.tolerance
+        return allowed_difference(self.tolerance, max(self.floor.values(), default=0.0) if self.floor else 0.0)
 
     @property
     def passed(self) -> bool:

@@ -300,16 +300,14 @@ def _train_block(student: GraphModule, quant: FakeQuant, block: Block, step_quan
                  ) -> list[float]:
     if not block.exits:
         return []
-    weights = []
-    for (node, index), quantizer in quant.weights.items():
-        if node in block.layers:
-            quantizer.learn_rounding(student.parameter(student.nodes[student.node_index[node]].input[index]))
-            weights.append(quantizer)
+    weights = {quantizer: student.parameter(student.nodes[student.node_index[node]].input[index])
+               for (node, index), quantizer in quant.weights.items() if node in block.layers}
     if not weights and not step_quantizers:
         return []
     student.eval()
-    with _nearest(weights):
-        before = _block_error(student, block, fronts, targets)
+    before = _block_error(student, block, fronts, targets)  # nearest rounding, calibrated steps
+    for quantizer, weight in weights.items():
+        quantizer.learn_rounding(weight)
     groups = [{"params": [q.rounding for q in weights], "lr": config.rounding_lr},
               {"params": [q.log_gain for q in step_quantizers], "lr": config.step_lr}]
     optimizer = torch.optim.Adam([g for g in groups if g["params"]])
@@ -349,19 +347,6 @@ def _train_block(student: GraphModule, quant: FakeQuant, block: Block, step_quan
             for quantizer in step_quantizers:
                 quantizer.log_gain.zero_()
     return losses
-
-
-@contextlib.contextmanager
-def _nearest(weights):
-    """The weight quantizers round to nearest inside the block (their learned rounding kept)."""
-    kept = [q.rounding for q in weights]
-    for quantizer in weights:
-        quantizer.rounding = None
-    try:
-        yield
-    finally:
-        for quantizer, rounding in zip(weights, kept):
-            quantizer.rounding = rounding
 
 
 def _block_error(student: GraphModule, block: Block, fronts, targets) -> float:

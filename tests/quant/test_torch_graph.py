@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 torch = pytest.importorskip("torch")
 
 from mtc.errors import MtcError  # noqa: E402
-from mtc.export.parity import FLOOR_FACTOR  # noqa: E402
+from mtc.export.parity import allowed_difference  # noqa: E402
 from mtc.quant.fake_quant import attach_fake_quant, export_qdq  # noqa: E402
 from mtc.quant.qdq import insert_qdq, plan_qdq  # noqa: E402
 from mtc.quant.ranges import asymmetric_range, collect_stats, threshold  # noqa: E402
@@ -29,14 +29,13 @@ OP_TOLERANCE = 1e-5
 # (1.2e-5 and 9.5e-5), and a float64 run of the same graph is no closer to it: this is float32
 # summation order, the floor for any two implementations. That floor depends on the CPU class
 # (an AVX2-only EPYC: U²-Netp 1.3e-4 against ONNX Runtime's own 8.5e-5), so these tolerances
-# widen to FLOOR_FACTOR times it where it is larger, as the export's parity check does.
+# widen to twice it where that is larger, as the export's parity check does.
 RVM_TOLERANCE = 3e-5
 U2NETP_TOLERANCE = 1e-4
 
 
 def _allowed(tolerance: float, model: onnx.ModelProto, feeds: dict) -> float:
-    floor = _max_diff(_ort(model, feeds), _ort(model, feeds, optimized=False))
-    return max(tolerance, FLOOR_FACTOR * floor)
+    return allowed_difference(tolerance, _max_diff(_ort(model, feeds), _ort(model, feeds, optimized=False)))
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
