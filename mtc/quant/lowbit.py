@@ -397,8 +397,9 @@ def simulation_report(manifest, simulated: Simulated, calibrated: CalibratedPlan
     blocks = None
     if reconstruction is not None:
         blocks = [{"layers": list(block.layers), "first_loss": losses[0] if losses else None,
-                   "last_loss": losses[-1] if losses else None}
-                  for block, losses in zip(reconstruction.blocks, reconstruction.losses)]
+                   "last_loss": losses[-1] if losses else None, **(outcome or {})}
+                  for block, losses, outcome in zip(reconstruction.blocks, reconstruction.losses,
+                                                    reconstruction.outcomes)]
     learning = config.learning
     return {
         "title": f"Simulated {mode.upper()} (fake quantization in the torch executor; not an artifact)",

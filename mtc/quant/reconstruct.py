@@ -159,6 +159,9 @@ class Reconstruction:
     quant: FakeQuant
     blocks: list[Block]
     losses: list[list[float]] = field(default_factory=list)  # per block: the reconstruction loss per step
+    # Per block: its error over all samples with nearest rounding and with what it learned, and
+    # which it kept ("learned" or "nearest"); None for a block with nothing to learn.
+    outcomes: list[dict | None] = field(default_factory=list)
 
 
 def _squared_error(got: Mapping, want: Mapping, names: Sequence[str]):
@@ -224,8 +227,9 @@ def reconstruct(model: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, Acti
         steps = [q for q, b in first_reader.items() if b == number]
         display = block_display(number, len(blocks), block) if block_display else contextlib.nullcontext(None)
         with display as advance:
-            result.losses.append(_train_block(student, quant, block, steps, student_fronts, targets, config, rng,
-                                              advance))
+            losses, outcome = _train_block(student, quant, block, steps, student_fronts, targets, config, rng, advance)
+        result.losses.append(losses)
+        result.outcomes.append(outcome)
         with torch.no_grad():
             student_fronts = [_prune(student.run(front, block.start, block.stop), block.stop, last_read)
                               for front in student_fronts]
@@ -239,7 +243,7 @@ def reconstruct(model: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, Acti
 
 def _save(path: Path, identity: str, done: int, result: Reconstruction, rng: random.Random) -> None:
     """What the first `done` blocks learned, and the random states the next block starts from."""
-    state = {"identity": identity, "done": done, "losses": result.losses,
+    state = {"identity": identity, "done": done, "losses": result.losses, "outcomes": result.outcomes,
              "python_rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
              "roundings": {key: q.rounding.detach() for key, q in result.quant.weights.items()
                            if q.rounding is not None},
@@ -269,6 +273,7 @@ def _resume(path: Path, identity: str, result: Reconstruction, rng: random.Rando
             quantizer.log_gain.copy_(log_gain)
         quantizer.log_gain.requires_grad_(False)
     result.losses[:] = state["losses"]
+    result.outcomes[:] = state.get("outcomes", [None] * state["done"])  # older checkpoints did not record them
     rng.setstate(state["python_rng"])
     torch.set_rng_state(state["torch_rng"])
     log.info("resuming block reconstruction after block %d of %d", state["done"], len(result.blocks))
@@ -297,13 +302,14 @@ def _first_reader_block(module: GraphModule, quant: FakeQuant, blocks: list[Bloc
 
 def _train_block(student: GraphModule, quant: FakeQuant, block: Block, step_quantizers, fronts, targets,
                  config: ReconstructionConfig, rng: random.Random, advance: Callable[[], None] | None = None
-                 ) -> list[float]:
+                 ) -> tuple[list[float], dict | None]:
+    """The block's loss per step, and its outcome (see `Reconstruction.outcomes`)."""
     if not block.exits:
-        return []
+        return [], None
     weights = {quantizer: student.parameter(student.nodes[student.node_index[node]].input[index])
                for (node, index), quantizer in quant.weights.items() if node in block.layers}
     if not weights and not step_quantizers:
-        return []
+        return [], None
     student.eval()
     before = _block_error(student, block, fronts, targets)  # nearest rounding, calibrated steps
     for quantizer, weight in weights.items():
@@ -335,6 +341,7 @@ def _train_block(student: GraphModule, quant: FakeQuant, block: Block, step_quan
     student.eval()
     quant.set_drop(0.0)
     learned = _block_error(student, block, fronts, targets)
+    outcome = {"nearest_error": before, "learned_error": learned, "kept": "learned" if learned <= before else "nearest"}
     if learned > before:
         # The regulariser can force roundings away from what the block needs (a short schedule
         # against a small block error): then the block keeps nearest rounding and its
@@ -346,7 +353,7 @@ def _train_block(student: GraphModule, quant: FakeQuant, block: Block, step_quan
         with torch.no_grad():
             for quantizer in step_quantizers:
                 quantizer.log_gain.zero_()
-    return losses
+    return losses, outcome
 
 
 def _block_error(student: GraphModule, block: Block, fronts, targets) -> float:

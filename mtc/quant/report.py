@@ -132,15 +132,20 @@ def _learning(learning: dict, choice: dict | None) -> list[str]:
         rivals = "; ".join(f"{names[name]}: worst MAD {c['mad']:.3f}, dtSSD {c['dtssd']:.3f}"
                            for name, c in choice.items() if name != "chosen")
         stage2 += f" Affine correction on the check clips: {rivals}; kept: {names[choice['chosen']]}."
-    learned = [(f"{i + 1}. {', '.join(b['layers'])}", b["curve"]) for i, b in enumerate(learning["blocks"])
-               if b["curve"]]
+    # Labels are cut short under the charts: the mark goes before the layer names.
+    learned = [(f"{i + 1}{' (nearest)' if b.get('kept') == 'nearest' else '.'} {', '.join(b['layers'])}", b["curve"])
+               for i, b in enumerate(learning["blocks"]) if b["curve"]]
+    kept_nearest = sum(b.get("kept") == "nearest" for b in learning["blocks"])
+    guard = (f" {kept_nearest} of them ended with a larger error than nearest rounding gives and kept nearest "
+             "rounding and their calibrated step sizes." if kept_nearest else "")
     sections = [f"<h2>Learned quantization: PTQ4VM</h2><p>Stage 1 (block reconstruction: AdaRound weight rounding, "
                 f"LSQ step sizes, QDrop {learning['drop']:g}) on {learning['samples']} calibration samples, "
                 f"{learning['iterations']} iterations per block, batch {learning['batch']}, "
-                f"{len(learning['blocks'])} blocks. {stage2}</p>"]
+                f"{len(learning['blocks'])} blocks.{guard} {stage2}</p>"]
     if learned:
         sections.append(loss_curves(learned, title="block reconstruction loss per iteration (squared error of the "
-                                                   "block's outputs vs FP32; each block on its own scale)"))
+                                                   "block's outputs vs FP32; each block on its own scale; "
+                                                   "(nearest): kept nearest rounding)"))
     return sections
 
 

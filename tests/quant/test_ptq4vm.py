@@ -104,6 +104,7 @@ def test_cli_ptq4vm_writes_a_checked_qdq_artifact_with_its_loss_curves(tmp_path)
     # The speed preset leaves the small 1x1 conv c4 in float.
     assert [b["layers"] for b in learning["blocks"]] == [["c1"], ["c2", "c3"]]
     assert all(b["iterations"] == 5 and len(b["curve"]) == 5 for b in learning["blocks"])
+    assert all(b["kept"] in ("learned", "nearest") and b["nearest_error"] >= 0 for b in learning["blocks"])
     choice = report["int8"]["affine_choice"]  # None when stage 2 did not lower its own error
     assert choice is None or choice["chosen"] in ("gac", "closed_form") and set(choice) > {"gac", "closed_form"}
     assert report["check"]["clips"] and report["int8"]["kernels_vs_simulation"]  # the same checks ran

@@ -98,6 +98,9 @@ def test_reconstruction_lowers_the_w4_output_error_vs_min_max_rounding():
     assert after < 0.6 * before
     assert all(not q.soft for q in result.quant.weights.values())  # every rounding decided
     assert sum(q.rounding is not None for q in result.quant.weights.values()) >= 3  # learned, not only kept
+    assert len(result.outcomes) == len(result.blocks)
+    assert all((o["learned_error"] <= o["nearest_error"]) == (o["kept"] == "learned") for o in result.outcomes)
+    assert any(o["kept"] == "learned" for o in result.outcomes)
     assert any(q.log_gain.item() != 0 for q in result.quant.activations.values())  # step sizes moved too
 
 
@@ -117,6 +120,7 @@ def test_a_block_that_learns_worse_than_nearest_rounding_keeps_nearest_rounding_
     assert all(q.rounding is None for q in result.quant.weights.values())
     assert all(q.log_gain.item() == 0 for q in result.quant.activations.values())
     assert all(losses[-1] > 10 * losses[0] for losses in result.losses)  # they did learn, badly
+    assert all(o["kept"] == "nearest" and o["learned_error"] > o["nearest_error"] for o in result.outcomes)
     assert _output_error(result.module, nearest, calib) == 0
 
 
@@ -201,7 +205,8 @@ def test_resuming_after_an_interruption_between_blocks_gives_the_same_result(tmp
     def run(**options):
         result = reconstruct(model, plan, ranges, calib, activation_type="uint8", weight_bits=4, config=config,
                              **options)
-        return export_qdq(result.module, model, plan, result.quant, activation_type="uint8"), result.losses
+        return (export_qdq(result.module, model, plan, result.quant, activation_type="uint8"),
+                (result.losses, result.outcomes))
 
     def stop_after_two(done, total):
         if done == 2:

@@ -110,3 +110,19 @@ def test_per_frame_axes_are_numbered(caption):
                if content.isdigit() and axis_y < float(attributes["y"]) < svg_height]
     # frames count from 0 like "Worst frame N"; several ticks, in order, all within the clip
     assert len(numbers) >= 4 and numbers[0] == 0 and numbers == sorted(numbers) and numbers[-1] < FRAMES, numbers
+
+
+def test_the_learning_section_names_the_blocks_that_kept_nearest_rounding():
+    block = {"iterations": 3, "first_loss": 2.0, "last_loss": 1.0, "curve": [2.0, 1.5, 1.0]}
+    learning = {"method": "ptq4vm", "samples": 8, "iterations": 3, "batch": 1, "drop": 0.5,
+                "gac": {"iterations": 0, "kept": False},
+                "blocks": [{**block, "layers": ["conv_stem"], "nearest_error": 3.0, "learned_error": 1.0,
+                            "kept": "learned"},
+                           {**block, "layers": ["conv_head"], "nearest_error": 1.0, "learned_error": 4.0,
+                            "kept": "nearest"}]}
+    report = _report(fps=9.0, fps_all_int8=10.0)
+    report["int8"]["learning"] = learning
+    text = html.unescape(render_html(report, _check()))
+    assert ("2 blocks. 1 of them ended with a larger error than nearest rounding gives and kept nearest rounding "
+            "and their calibrated step sizes.") in text
+    assert "2 (nearest) conv_head: 2 → 1" in text and "1. conv_stem: 2 → 1" in text
