@@ -319,6 +319,8 @@ def choose_weight_bits(model, feeds, reference, config: Int8Config, gates: Gates
     kernels measure unfaithful to the graph (see `kernel_fidelity`): then on 7 bits too, keeping
     whichever checks better against FP32 on this CPU. `work`: the folder for learned
     quantization's checkpoints."""
+    if config.learning is not None and config.weight_bits is None:
+        return _learned_weight_bits(model, feeds, reference, config, gates, fallback, timings, stages, work=work)
     bits = config.weight_bits or 8
     result = _int8(model, feeds, reference, dataclasses.replace(config, weight_bits=bits), gates, fallback, timings,
                    stages, work=work)
@@ -343,8 +345,36 @@ def choose_weight_bits(model, feeds, reference, config: Int8Config, gates: Gates
     return chosen
 
 
+def _learned_weight_bits(model, feeds, reference, config: Int8Config, gates: Gates, fallback: Fallback, timings,
+                         stages: Stages, *, work: Path | None):
+    """Learned INT8 with its weight bits decided before it learns, so it learns once: learning
+    is the longest step, and learning on both widths to keep the better would double it. The
+    kernels are probed on the calibrated plan with 8-bit nearest-rounded weights; where they
+    measure unfaithful to its float simulation, the weights take 7 bits."""
+    probe: dict = {}
+
+    def bits_for(calibrated: onnx.ModelProto) -> int:
+        probe.update(kernel_fidelity(calibrated, reference, stages, backend=config.check_backend))
+        return 7 if kernels_unfaithful(probe) else 8
+
+    result = _int8(model, feeds, reference, config, gates, fallback, timings, stages, work=work, bits_for=bits_for)
+    details = result[3]["int8"]
+    details["kernels_vs_simulation"] = kernel_fidelity(result[0], reference, stages, backend=config.check_backend)
+    if details["weight_bits"] == 7:
+        log.warning("%s's integer kernels on this CPU differ from the graph's float simulation by MAD %.2f (the "
+                    "quantization itself costs %.2f): learning on 7-bit weights, which such kernels compute exactly",
+                    config.check_backend, probe["mad"], probe["simulation_vs_fp32_mad"])
+    details["weight_bits_choice"] = {
+        "reason": "integer kernels unfaithful to the float simulation on this CPU, probed before learning"
+        if details["weight_bits"] == 7 else "integer kernels faithful to the float simulation, probed before learning",
+        "probe": probe, "chosen": details["weight_bits"]}
+    return result
+
+
 def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: Fallback, timings, stages: Stages,
-          *, work: Path | None = None):
+          *, work: Path | None = None, bits_for: Callable[[onnx.ModelProto], int] | None = None):
+    """INT8 as `config` says. `bits_for`, for learned quantization with its weight bits left
+    open: given the calibrated plan with 8-bit nearest-rounded weights, the bits to learn on."""
     bits = config.weight_bits or 8
     excluded = set(config.exclude_nodes)
     mac_share = {}
@@ -388,6 +418,8 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
     if config.learning is not None:
         from mtc.quant.ptq4vm import learn
 
+        if bits_for is not None:
+            bits = bits_for(insert_qdq(model, plan, ranges, activation_type=config.activation_type, weight_bits=8))
         started = time.perf_counter()
         alpha = reference.io.output_with_role("alpha")
         # The temporal loss is for video models: their alpha at t+1 depends on frame t's.

@@ -152,6 +152,37 @@ def test_the_exported_qdq_graph_equals_the_learned_fake_quant_module():
         assert (difference > 1e-5).mean() <= 0.01 and difference.max() < 0.05
 
 
+@pytest.mark.parametrize(("kernel_error", "bits"), [(0.0, 8), (5.0, 7)])
+def test_learned_int8_decides_its_weight_bits_before_it_learns_and_learns_once(tmp_path, monkeypatch, kernel_error,
+                                                                               bits):
+    """Left open, the weight bits are decided on the calibrated plan before learning (7 where the
+    kernels measure unfaithful to the simulation, as on CPUs whose u8s8 kernels saturate), so
+    learning, the longest step, runs once."""
+    from mtc.quant import pipeline, ptq4vm
+
+    real_learn, real_fidelity = ptq4vm.learn, pipeline.kernel_fidelity
+    learned_on = []
+
+    def counting_learn(*args, **kwargs):
+        learned_on.append(kwargs["weight_bits"])
+        return real_learn(*args, **kwargs)
+
+    monkeypatch.setattr(ptq4vm, "learn", counting_learn)
+    monkeypatch.setattr(pipeline, "kernel_fidelity", lambda *args, **kwargs: {
+        **real_fidelity(*args, **kwargs), "mad": kernel_error, "simulation_vs_fp32_mad": 1.0})
+    config = Int8Config(learning=QUICK, activation_type="uint8", float_budget=0.0)
+    result = quantize_artifact(_artifact(tmp_path / "toy"), tmp_path / "int8", precision="int8", config=config,
+                               gates=LENIENT, data=SMALL, fallback=Fallback(enabled=False))
+
+    assert learned_on == [bits]
+    int8 = result.report["int8"]
+    assert int8["weight_bits"] == int8["weight_bits_choice"]["chosen"] == bits
+    assert int8["weight_bits_choice"]["probe"]["mad"] == kernel_error
+    weights = [numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / "int8" / "model.onnx")).graph.initializer
+               if i.name.endswith("__int8")]
+    assert weights and max(np.abs(w.astype(np.int32)).max() for w in weights) == (63 if bits == 7 else 127)
+
+
 class _Interrupted(Exception):
     pass
 
