@@ -10,7 +10,9 @@ child process (wall time and peak memory measured):
   calibration with each `--methods` entry (default: mse), then equalization and the
   closed-form affine fit; no float budget, gates or fallback, so it shows what it costs;
 - `dense-ptq4vm`: the same plan learned with `--method ptq4vm --preset fast` (block
-  reconstruction, then global affine calibration competing with the closed-form fit).
+  reconstruction, then global affine calibration competing with the closed-form fit);
+- `dense-outputs-mse`: the dense placement as it was before it dropped the Q/DQ on the convs'
+  outputs (mse ranges), the evidence for that choice.
 
 Then `bench_peers.py` runs them through mtc.runtime on OpenVINO beside plain ONNX Runtime FP32
 (the speed and fidelity reference), OpenVINO FP32/BF16, ONNX Runtime's `quantize_static` and
@@ -48,22 +50,31 @@ def configurations(methods: tuple[str, ...]) -> dict[str, dict]:
     for method in methods:
         configs[f"dense-{method}"] = {"placement": "dense", "method": method, "shipped": False}
     configs["dense-ptq4vm"] = {"placement": "dense", "method": "ptq4vm", "shipped": False}
+    configs["dense-outputs-mse"] = {"placement": "dense", "method": "mse", "shipped": False,
+                                    "overrides": {"quantize_outputs": True}}
     return configs
 
 
 def make(name: str, source: Path, output: Path, methods: tuple[str, ...]) -> None:
     """Quantize one configuration (run in a child process, so its time and memory are its own)."""
-    from mtc.quant.config import Fallback, Gates, preset, ptq4vm_preset
+    from mtc.quant.config import Fallback, Gates
     from mtc.quant.pipeline import quantize_artifact
 
     spec = configurations(methods)[name]
     if spec["shipped"]:
         quantize_artifact(source, output, precision="int8", overwrite=True)
         return
+    quantize_artifact(source, output, precision="int8", config=preset_of(spec),
+                      gates=Gates(max_mad=None, max_dtssd=None), fallback=Fallback(enabled=False), overwrite=True)
+
+
+def preset_of(spec: dict):
+    """The INT8 configuration a non-shipped configuration quantizes with."""
+    from mtc.quant.config import preset, ptq4vm_preset
+
     learning = ptq4vm_preset("fast") if spec["method"] == "ptq4vm" else None
-    config = preset(spec["placement"], method="mse" if learning else spec["method"], learning=learning)
-    quantize_artifact(source, output, precision="int8", config=config, gates=Gates(max_mad=None, max_dtssd=None),
-                      fallback=Fallback(enabled=False), overwrite=True)
+    return preset(spec["placement"], method="mse" if learning else spec["method"], learning=learning,
+                  **spec.get("overrides", {}))
 
 
 def make_all(source: Path, work: Path, prefix: str, methods: tuple[str, ...]) -> tuple[dict[str, Path], dict]:
@@ -86,6 +97,11 @@ def make_all(source: Path, work: Path, prefix: str, methods: tuple[str, ...]) ->
             print(f"{name}: {measured['seconds'] / 60:.1f} min, peak {measured['peak_mib']:.0f} MiB", file=sys.stderr)
         made[name] = {**spec, **measured, **layers(folders[name])}
     return folders, made
+
+
+def placement_label(info: dict) -> str:
+    """A configuration's placement as the results tables name it."""
+    return info["placement"] + (" + conv outputs" if info.get("overrides", {}).get("quantize_outputs") else "")
 
 
 def parse_methods(parser: argparse.ArgumentParser, text: str) -> tuple[str, ...]:
@@ -143,7 +159,8 @@ def verdicts(result: dict) -> list[str]:
             met = mad <= TARGETS["mad"] and dtssd <= TARGETS["dtssd"]
             lines.append(f"- {source}, {case['resolution']}: dense PTQ4VM vs FP32 MAD {mad:.2f} / dtSSD {dtssd:.2f} "
                          f"({'met' if met else 'missed'}: <= {TARGETS['mad']} / {TARGETS['dtssd']})")
-            plain = [rows[n] for n in rows if n and n.startswith("dense-") and n != "dense-ptq4vm"]
+            plain = [rows[n] for n in rows if n in made and made[n]["placement"] == "dense"
+                     and made[n]["method"] != "ptq4vm" and not made[n].get("overrides")]
             if plain:
                 best = min(plain, key=lambda c: c["vs_fp32"]["dtssd"])
                 cut = 1 - dtssd / best["vs_fp32"]["dtssd"]
@@ -171,7 +188,7 @@ def render(result: dict) -> None:
         "|---|---|---|---|---|---|",
     ]
     for name, info in made.items():
-        lines.append(f"| {name} | {info['placement']} | {info['method']} | {info['int8_layers']}/{info['quantized_layers']} "
+        lines.append(f"| {name} | {placement_label(info)} | {info['method']} | {info['int8_layers']}/{info['quantized_layers']} "
                      f"| {info['seconds'] / 60:.1f} min | {info['peak_mib'] / 1024:.1f} GB |")
     for source, run in result["runs"].items():
         lines += ["", f"### {source}", "",

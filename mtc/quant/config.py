@@ -155,7 +155,9 @@ class Int8Config:
         weight_bits: 8 (|w| <= 127), 7 (|w| <= 63: exact on CPUs without VNNI, whose integer
             kernels saturate on full-range weights), or None: 8, and 7 instead where the
             integer kernels of the CPU that quantizes measure worse than their own float
-            simulation and 7 bits check better (mtc.quant.pipeline.choose_weight_bits).
+            simulation and 7 bits check better (mtc.quant.pipeline.choose_weight_bits). With
+            `learning`, decided before it learns, on the calibrated plan: 7 where the kernels
+            measure unfaithful, so learning runs once.
         float_budget_probes: at most this many layers are probed for the float budget (each
             probe is one check on every check clip). When more fit the budget, the ones whose
             isolated INT8 output error per MAC is largest are probed (mtc.quant.affine).
@@ -230,8 +232,13 @@ PRESETS: dict[str, Int8Config] = {
     "tensorrt": Int8Config(quantize_outputs=False),
     # Every conv in INT8 for OpenVINO, no float budget: the placement PTQ4VM's learning is for
     # (--method ptq4vm), where the learned rounding and step sizes, not float layers, carry the
-    # fidelity. Plainly calibrated it is the fastest and the least faithful.
-    "dense": Int8Config(activation_type="uint8", align_channels=True, check_backend="openvino"),
+    # fidelity. Q/DQ on the convs' inputs and weights only, as NNCF and PTQ4VM place them: a conv
+    # output quantized before a hardswish, sigmoid or tanh spends its 256 steps on a wide
+    # pre-activation range exactly where the function is steep, and OpenVINO fuses those
+    # functions and the next conv's quantization into the conv anyway, so it runs faster
+    # without them too (measured: docs/quantization.md, "Dense placement").
+    "dense": Int8Config(activation_type="uint8", align_channels=True, check_backend="openvino",
+                        quantize_outputs=False),
 }
 
 

@@ -315,6 +315,7 @@ def test_every_placement_preset_is_offered_on_the_command_line():
     assert set(PLACEMENT_PRESETS) == set(PRESETS)
     dense = PRESETS["dense"]
     assert dense.min_mac_share == 0 and dense.float_budget == 0 and dense.activation_type == "uint8"
+    assert not dense.quantize_outputs  # inputs and weights only: see the preset's comment
 
 
 def test_activation_quant_int8_is_symmetric_and_uint8_spans_the_range():

@@ -1,0 +1,55 @@
+"""benchmarks/bench_ptq4vm.py: which artifact its verdicts compare PTQ4VM with. The run itself
+quantizes the real RVM several times (tens of minutes), so it is not run here."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location("bench_ptq4vm", BENCHMARKS / "bench_ptq4vm.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module
+    sys.path.remove(str(BENCHMARKS))
+
+
+def _row(label: str, mad: float, dtssd: float) -> dict:
+    return {"label": label, "speedup_vs_ort_fp32": 2.0, "vs_fp32": {"mad": mad, "dtssd": dtssd, "grad": 0.1},
+            "vs_gt": None}
+
+
+def _result(bench, rows: list[dict]) -> dict:
+    made = {name: {**spec, "seconds": 300, "peak_mib": 2048, "int8_layers": 85, "quantized_layers": 85}
+            for name, spec in bench.configurations(("mse",)).items()}
+    folders = {name: f"/work/rvm-int8-{name}" for name in made}
+    return {"artifacts": made, "folders": folders,
+            "runs": {"built-in clip": {"cases": [{"resolution": "512x288", "configs": rows}]}}}
+
+
+def test_ptq4vm_is_compared_with_the_plain_calibrators_of_its_own_plan_only(bench):
+    rows = [_row("mtc_int8_openvino_rvm-int8-speed", 0.3, 0.3),
+            _row("mtc_int8_openvino_rvm-int8-dense-mse", 1.5, 1.6),
+            _row("mtc_int8_openvino_rvm-int8-dense-ptq4vm", 1.2, 1.0),
+            # Another placement (conv outputs quantized too): never "the best plain calibrator".
+            _row("mtc_int8_openvino_rvm-int8-dense-outputs-mse", 0.9, 0.9)]
+    lines = bench.verdicts(_result(bench, rows))
+    comparison = next(line for line in lines if "best plain calibrator" in line)
+    assert "dense-mse: MAD 1.50 / dtSSD 1.60" in comparison
+    assert "dtSSD +38% lower, MAD not worse (met" in comparison
+
+
+def test_the_placement_column_names_the_quantized_conv_outputs(bench):
+    made = bench.configurations(("mse",))
+    assert bench.placement_label(made["dense-mse"]) == "dense"
+    assert bench.placement_label(made["dense-outputs-mse"]) == "dense + conv outputs"
+    assert bench.preset_of(made["dense-outputs-mse"]).quantize_outputs
+    assert not bench.preset_of(made["dense-mse"]).quantize_outputs
