@@ -3,23 +3,13 @@ quantizes the real RVM several times (tens of minutes), so it is not run here.""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location("bench_ptq4vm", BENCHMARKS / "bench_ptq4vm.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
-    sys.path.remove(str(BENCHMARKS))
+def bench(script_module):
+    with script_module("bench_ptq4vm") as module:
+        yield module
 
 
 def _row(label: str, mad: float, dtssd: float) -> dict:

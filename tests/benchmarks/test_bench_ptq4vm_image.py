@@ -3,23 +3,13 @@ quantizes a real model with PTQ4VM (minutes), so it is not run here."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location("bench_ptq4vm_image", BENCHMARKS / "bench_ptq4vm_image.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
-    sys.path.remove(str(BENCHMARKS))
+def bench(script_module):
+    with script_module("bench_ptq4vm_image") as module:
+        yield module
 
 
 def _result(mad: float) -> dict:
