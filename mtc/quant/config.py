@@ -145,6 +145,9 @@ class Int8Config:
         equalize_concats: rescale the inputs of a quantized conv's channel Concat so each
             group gets a fair share of the one activation range, folding the inverse into the
             conv's weights (same float function; mtc.quant.equalize).
+        split_outlier_channels: a quantized conv whose input has a few channels far wider than
+            the rest reads them through a float conv of its own, so the rest get an INT8 range
+            that fits them (same float function; mtc.quant.outliers).
         affine_correction: fit a per-channel gamma/beta against FP32 and fold it into the
             weight scales and biases (mtc.quant.affine; zero inference cost).
         float_budget: share of the model's MACs (0..1) that may stay in float where measured
@@ -183,6 +186,7 @@ class Int8Config:
     align_channels: bool = False
     weight_rounding: str = "nearest"
     equalize_concats: bool = True
+    split_outlier_channels: bool = False
     affine_correction: bool = True
     float_budget: float = 0.0
     float_budget_probes: int = 24
@@ -236,9 +240,11 @@ PRESETS: dict[str, Int8Config] = {
     # output quantized before a hardswish, sigmoid or tanh spends its 256 steps on a wide
     # pre-activation range exactly where the function is steep, and OpenVINO fuses those
     # functions and the next conv's quantization into the conv anyway, so it runs faster
-    # without them too (measured: docs/quantization.md, "Dense placement").
+    # without them too (measured: docs/quantization.md, "Dense placement"). With every conv in
+    # INT8, no float layer absorbs a conv whose input has an outlier channel, so such channels get
+    # a float conv of their own (a sliver of the MACs).
     "dense": Int8Config(activation_type="uint8", align_channels=True, check_backend="openvino",
-                        quantize_outputs=False),
+                        quantize_outputs=False, split_outlier_channels=True),
 }
 
 

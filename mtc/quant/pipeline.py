@@ -55,6 +55,7 @@ from mtc.quant.fp16 import (
     shortest_passing_prefix,
 )
 from mtc.quant.gptq import conv_hessians, gptq_weights
+from mtc.quant.outliers import outlier_conv_name, split_outlier_channels
 from mtc.quant.qdq import INT8_MAX, UINT8_MAX, ActivationRange, insert_qdq, plan_qdq
 from mtc.quant.ranges import TensorStats, asymmetric_range, collect_stats, stat_passes, threshold
 from mtc.quant.sensitivity import (
@@ -393,10 +394,17 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
         with stages.stage("equalizing concat inputs", total=len(feeds)) as advance:
             model, equalized = equalize_concat_inputs(model, plan.node_names, feeds, progress=advance)
         timings["equalize_s"] = time.perf_counter() - started
+    splits = []
+    if config.split_outlier_channels:
+        started = time.perf_counter()
+        with stages.stage("splitting outlier input channels", total=len(feeds)) as advance:
+            model, splits = split_outlier_channels(model, plan.node_names, feeds, progress=advance)
+        timings["split_s"] = time.perf_counter() - started
+        excluded |= {outlier_conv_name(split.conv) for split in splits}
     aligned = []
     if config.align_channels:
         model, aligned = align_conv_inputs(model, plan.node_names)
-    if equalized or aligned:  # the graph around the planned convs changed: plan it again
+    if equalized or splits or aligned:  # the graph around the planned convs changed: plan it again
         plan = plan_qdq(model, op_types=config.op_types, exclude_nodes=excluded,
                         quantize_outputs=config.quantize_outputs, activation_matmuls=bool(config.activation_matmuls))
     started = time.perf_counter()
@@ -495,6 +503,9 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
                         "isolated_layer_error": {n: round(e, 6) for n, e in errors.items()},
                         "equalized_concat_inputs": [{"conv": g.conv, "input": g.tensor, "scale": round(g.scale, 4)}
                                                     for g in equalized],
+                        "split_outlier_channels": [{"conv": c.conv, "channels": list(c.channels),
+                                                    "range_before": round(c.range_before, 4),
+                                                    "range_after": round(c.range_after, 4)} for c in splits],
                         "all_int8_check": first.to_dict()}}
     final_plan, final_model, check, budget_layers = plan, all_int8, first, []
     if affordable and len(plan.nodes) > 1:

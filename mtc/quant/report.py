@@ -216,6 +216,12 @@ def render_html(report: dict, check: CheckResult) -> str:
         sections.append(f"<h2>INT8 layers</h2><p>{int8['int8_layers']} of {int8['quantized_layers']} layers in INT8 "
                         f"(ranges: {html.escape(int8['method'])}{learned}); kept in float: "
                         f"{html.escape(', '.join(int8['fallback_layers']) or 'none')}.</p>")
+    if int8 and int8.get("split_outlier_channels"):
+        rows = "".join(f"<li>{html.escape(c['conv'])}: input channel{'s' if len(c['channels']) > 1 else ''} "
+                       f"{html.escape(', '.join(map(str, c['channels'])))} read by a float conv; the INT8 input range "
+                       f"of the rest {c['range_before']:.3g} → {c['range_after']:.3g}</li>"
+                       for c in int8["split_outlier_channels"])
+        sections.append(f"<p>Outlier-channel split (a gap in the input channels' ranges):</p><ul>{rows}</ul>")
     if int8 and int8.get("learning"):
         sections += _learning(int8["learning"], int8.get("affine_choice"))
     if int8 and int8.get("equalized_concat_inputs"):
