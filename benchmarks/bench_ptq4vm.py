@@ -104,6 +104,13 @@ def placement_label(info: dict) -> str:
     return info["placement"] + (" + conv outputs" if info.get("overrides", {}).get("quantize_outputs") else "")
 
 
+def layers_label(info: dict) -> str:
+    """A configuration's INT8 layer count as the results tables show it, naming the float convs
+    that read split-off outlier channels (mtc.quant.outliers)."""
+    outliers = info.get("outlier_convs", 0)
+    return f"{info['int8_layers']}/{info['quantized_layers']}" + (f" + {outliers} outlier float" if outliers else "")
+
+
 def parse_methods(parser: argparse.ArgumentParser, text: str) -> tuple[str, ...]:
     """--methods as a tuple of plain calibrators (a usage error names any other)."""
     methods = tuple(m.strip() for m in text.split(",") if m.strip())
@@ -117,7 +124,7 @@ def layers(folder: Path) -> dict:
     report = json.loads((folder / "report.json").read_text())["int8"]
     learned = report.get("learning") or {}
     return {"int8_layers": report["int8_layers"], "quantized_layers": report["quantized_layers"],
-            "affine_choice": report.get("affine_choice"), "learning_timings": learned.get("timings")}
+            "outlier_convs": len(report.get("split_outlier_channels") or []), "affine_choice": report.get("affine_choice"), "learning_timings": learned.get("timings")}
 
 
 def peers(artifacts: dict[str, Path], args, evalset: Path | None) -> dict:
@@ -188,7 +195,7 @@ def render(result: dict) -> None:
         "|---|---|---|---|---|---|",
     ]
     for name, info in made.items():
-        lines.append(f"| {name} | {placement_label(info)} | {info['method']} | {info['int8_layers']}/{info['quantized_layers']} "
+        lines.append(f"| {name} | {placement_label(info)} | {info['method']} | {layers_label(info)} "
                      f"| {info['seconds'] / 60:.1f} min | {info['peak_mib'] / 1024:.1f} GB |")
     for source, run in result["runs"].items():
         lines += ["", f"### {source}", "",

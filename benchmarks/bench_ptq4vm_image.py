@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_ptq4vm import make_all, parse_methods, placement_label  # noqa: E402
+from bench_ptq4vm import layers_label, make_all, parse_methods, placement_label  # noqa: E402
 from bench_u2netp_rembg import load_photo, photos_in  # noqa: E402
 from common import dump, machine, update_results  # noqa: E402
 
@@ -116,7 +116,7 @@ def render(result: dict) -> None:
     ]
     for name, scored in result["scores"].items():
         info = result["artifacts"].get(name)
-        made = (f"{placement_label(info)} | {info['method']} | {info['int8_layers']}/{info['quantized_layers']} | "
+        made = (f"{placement_label(info)} | {info['method']} | {layers_label(info)} | "
                 f"{info['seconds'] / 60:.1f} min | {info['peak_mib'] / 1024:.1f} GB") if info else "– | – | – | – | –"
         gt = f"{scored['mae_vs_gt']:.1f}" if scored["mae_vs_gt"] is not None else "–"
         lines.append(f"| {name} | {made} | {scored['mad_vs_fp32']:.2f} ({scored['worst_mad_vs_fp32']:.2f}) | {gt} "

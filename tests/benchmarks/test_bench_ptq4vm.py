@@ -43,3 +43,9 @@ def test_the_placement_column_names_the_quantized_conv_outputs(bench):
     assert bench.placement_label(made["dense-outputs-mse"]) == "dense + conv outputs"
     assert bench.preset_of(made["dense-outputs-mse"]).quantize_outputs
     assert not bench.preset_of(made["dense-mse"]).quantize_outputs
+
+
+def test_the_layer_column_names_the_float_convs_of_split_outlier_channels(bench):
+    assert bench.layers_label({"int8_layers": 85, "quantized_layers": 85}) == "85/85"
+    assert bench.layers_label({"int8_layers": 119, "quantized_layers": 119, "outlier_convs": 3}) == \
+        "119/119 + 3 outlier float"

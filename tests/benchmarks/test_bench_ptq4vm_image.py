@@ -15,8 +15,8 @@ def bench(script_module):
 def _result(mad: float) -> dict:
     score = {"mad_vs_fp32": mad, "worst_mad_vs_fp32": 2 * mad, "worst_photo": "a.png", "mae_vs_gt": 291.5,
              "median_ms": 40.0, "speed_vs_reference": 1.8}
-    made = {"placement": "dense", "method": "ptq4vm", "int8_layers": 40, "quantized_layers": 40, "seconds": 600,
-            "peak_mib": 2048}
+    made = {"placement": "dense", "method": "ptq4vm", "int8_layers": 40, "quantized_layers": 40, "outlier_convs": 3,
+            "seconds": 600, "peak_mib": 2048}
     return {"machine": {"date": "2026-12-04", "cpu": "a CPU", "cores": 2, "onnxruntime": "1.32.0",
                         "libraries": {"openvino": "2026.4"}},
             "cpu_class": "amx", "threads": 2, "photos": 3, "with_gt": 2, "rounds": 3, "source": "u2netp-fp32",
@@ -36,6 +36,6 @@ def test_the_results_section_holds_every_row(bench, monkeypatch):
     monkeypatch.setattr(bench, "update_results", lambda section, text: written.update({section: text}))
     bench.render(_result(1.5))
     text = written["bench_ptq4vm_image"]
-    assert "| dense-ptq4vm | dense | ptq4vm | 40/40 | 10.0 min | 2.0 GB | 1.50 (3.00) | 291.5 | 1.80× |" in text
+    assert "| dense-ptq4vm | dense | ptq4vm | 40/40 + 3 outlier float | 10.0 min | 2.0 GB | 1.50 (3.00) | 291.5 | 1.80× |" in text
     assert "| fp32 (ONNX Runtime) | – | – | – | – | – | 0.00 (3.00) | – | 1.80× |" in text
     assert "class amx" in text and "(met: <= 2)" in text
