@@ -66,6 +66,19 @@ def write_tiny_artifact(folder: Path, *, with_ratio: bool = False, alpha_op: str
     return folder
 
 
+def write_model_artifact(folder: Path, model: onnx.ModelProto) -> Path:
+    """`model` (image input `src` -> alpha output `pha`, both 1xCxhxw) as an FP32 image-matting
+    artifact folder."""
+    folder.mkdir()
+    onnx.save(model, str(folder / "model.onnx"))
+    io = ModelIO(inputs=(TensorSpec("src", "image", shape=(1, 3, "h", "w")),),
+                 outputs=(TensorSpec("pha", "alpha", shape=(1, 1, "h", "w")),), preprocess=Preprocess())
+    manifest = Manifest(model="toy", variant="v", task="image_matting", license="MIT", model_file="model.onnx", io=io,
+                        files={"model.onnx": file_entry(folder / "model.onnx")})
+    (folder / MANIFEST_NAME).write_text(manifest.to_json())
+    return folder
+
+
 def edit_manifest(folder: Path, change) -> None:
     """Apply `change(data)` to the folder's manifest.json (as a hostile or damaged file would)."""
     path = folder / MANIFEST_NAME

@@ -372,6 +372,16 @@ def _learned_weight_bits(model, feeds, reference, config: Int8Config, gates: Gat
     return result
 
 
+def _graph_pass(stages: Stages, timings: dict, key: str, title: str, feeds, rewrite, model, layer_names):
+    """`rewrite(model, layer_names, feeds, progress=...)` as one timed stage (seconds in
+    `timings[key]`): a graph rewrite measured on the calibration feeds; its result."""
+    started = time.perf_counter()
+    with stages.stage(title, total=len(feeds)) as advance:
+        result = rewrite(model, layer_names, feeds, progress=advance)
+    timings[key] = time.perf_counter() - started
+    return result
+
+
 def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: Fallback, timings, stages: Stages,
           *, work: Path | None = None, bits_for: Callable[[onnx.ModelProto], int] | None = None):
     """INT8 as `config` says. `bits_for`, for learned quantization with its weight bits left
@@ -390,16 +400,12 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
         raise MtcError("nothing to quantize: the model has no eligible layers", hint="name the op types its layers have with --op-types (e.g. Conv,MatMul)")
     equalized = []
     if config.equalize_concats:
-        started = time.perf_counter()
-        with stages.stage("equalizing concat inputs", total=len(feeds)) as advance:
-            model, equalized = equalize_concat_inputs(model, plan.node_names, feeds, progress=advance)
-        timings["equalize_s"] = time.perf_counter() - started
+        model, equalized = _graph_pass(stages, timings, "equalize_s", "equalizing concat inputs", feeds,
+                                       equalize_concat_inputs, model, plan.node_names)
     splits = []
     if config.split_outlier_channels:
-        started = time.perf_counter()
-        with stages.stage("splitting outlier input channels", total=len(feeds)) as advance:
-            model, splits = split_outlier_channels(model, plan.node_names, feeds, progress=advance)
-        timings["split_s"] = time.perf_counter() - started
+        model, splits = _graph_pass(stages, timings, "split_s", "splitting outlier input channels", feeds,
+                                    split_outlier_channels, model, plan.node_names)
         excluded |= {outlier_conv_name(split.conv) for split in splits}
     aligned = []
     if config.align_channels:

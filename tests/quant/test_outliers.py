@@ -7,8 +7,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from tiny_artifacts import write_model_artifact
 
-from mtc.artifact.manifest import MANIFEST_NAME, Manifest, ModelIO, Preprocess, TensorSpec, file_entry
 from mtc.quant.config import Fallback, Gates, Int8Config
 from mtc.quant.outliers import outlier_channels, outlier_conv_name, split_outlier_channels
 from mtc.quant.pipeline import DataPlan, quantize_artifact
@@ -88,14 +88,7 @@ def _artifact(folder, model):
     model.graph.node.append(sigmoid)
     del model.graph.output[:]
     model.graph.output.append(helper.make_tensor_value_info("pha", TensorProto.FLOAT, [1, 1, "h", "w"]))
-    folder.mkdir()
-    onnx.save(model, str(folder / "model.onnx"))
-    io = ModelIO(inputs=(TensorSpec("src", "image", shape=(1, 3, "h", "w")),),
-                 outputs=(TensorSpec("pha", "alpha", shape=(1, 1, "h", "w")),), preprocess=Preprocess())
-    manifest = Manifest(model="toy", variant="v", task="image_matting", license="MIT", model_file="model.onnx", io=io,
-                        files={"model.onnx": file_entry(folder / "model.onnx")})
-    (folder / MANIFEST_NAME).write_text(manifest.to_json())
-    return folder
+    return write_model_artifact(folder, model)
 
 
 @pytest.mark.parametrize("affine", [False, True])

@@ -10,8 +10,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from tiny_artifacts import write_model_artifact
 
-from mtc.artifact.manifest import MANIFEST_NAME, Manifest, ModelIO, Preprocess, TensorSpec, file_entry
+from mtc.artifact.manifest import MANIFEST_NAME, ModelIO, TensorSpec
 from mtc.quant.config import Fallback, Gates, Int8Config
 from mtc.quant.fp16 import convert_to_fp16, overflow_prone_nodes
 from mtc.quant.pipeline import DataPlan, quantize_artifact
@@ -187,19 +188,7 @@ def _toy_artifact(folder):
     n2, i2 = _conv("conv2", "a_relu", "b", 8, 8, weights=w2)
     n3, i3 = _conv("conv3", "b", "c", 8, 1, k=1, weights=(rng.standard_normal((1, 8, 1, 1)) * 0.3).astype(np.float32))
     sig = helper.make_node("Sigmoid", ["c"], ["pha"], name="sig")
-    return _save_artifact(folder, _model([n1, relu, n2, n3, sig], i1 + i2 + i3, [src], [alpha]))
-
-
-def _save_artifact(folder, model):
-    """`model` (src -> pha) as an FP32 artifact folder."""
-    folder.mkdir()
-    onnx.save(model, str(folder / "model.onnx"))
-    io = ModelIO(inputs=(TensorSpec("src", "image", shape=(1, 3, "h", "w")),),
-                 outputs=(TensorSpec("pha", "alpha", shape=(1, 1, "h", "w")),), preprocess=Preprocess())
-    manifest = Manifest(model="toy", variant="v", task="image_matting", license="MIT", model_file="model.onnx", io=io,
-                        files={"model.onnx": file_entry(folder / "model.onnx")})
-    (folder / MANIFEST_NAME).write_text(manifest.to_json())
-    return folder
+    return write_model_artifact(folder, _model([n1, relu, n2, n3, sig], i1 + i2 + i3, [src], [alpha]))
 
 
 SMALL = DataPlan(calib_frames=6, check_frames=6, settings=((64, 48, None),))
@@ -671,7 +660,7 @@ def _decoder_concat_artifact(folder):
     w2[:, 3:] *= 0.01
     n2, i2 = _conv("decoder", "cat", "logit", 11, 1, weights=w2)
     sig = helper.make_node("Sigmoid", ["logit"], ["pha"], name="sig")
-    return _save_artifact(folder, _model([n1, concat, n2, sig], i1 + i2, [src], [alpha]))
+    return write_model_artifact(folder, _model([n1, concat, n2, sig], i1 + i2, [src], [alpha]))
 
 
 def test_quantize_artifact_equalizes_a_decoder_style_concat_and_reports_it(tmp_path):
@@ -944,7 +933,7 @@ def _fp16_sensitive_stem_artifact(folder):
     nodes = [stem, helper.make_node("Mul", ["a", "k"], ["b"], name="scale"),
              helper.make_node("Relu", ["b"], ["c"], name="relu"), helper.make_node("Sigmoid", ["c"], ["pha"], name="sig")]
     scale = numpy_helper.from_array(np.array(0.01, np.float32), "k")
-    return _save_artifact(folder, _model(nodes, inits + [scale], [src], [alpha]))
+    return write_model_artifact(folder, _model(nodes, inits + [scale], [src], [alpha]))
 
 
 def test_fp16_fallback_keeps_the_most_sensitive_ops_in_fp32(tmp_path):
