@@ -51,7 +51,7 @@ def configurations(methods: tuple[str, ...]) -> dict[str, dict]:
         configs[f"dense-{method}"] = {"placement": "dense", "method": method, "shipped": False}
     configs["dense-ptq4vm"] = {"placement": "dense", "method": "ptq4vm", "shipped": False}
     configs["dense-outputs-mse"] = {"placement": "dense", "method": "mse", "shipped": False,
-                                    "overrides": {"quantize_outputs": True}}
+                                    "overrides": {"quantize_outputs": True, "split_outlier_channels": False}}
     return configs
 
 

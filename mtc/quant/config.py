@@ -210,6 +210,11 @@ class Int8Config:
         if unknown:
             raise MtcError(f"no INT8 rule for op type {', '.join(unknown)}",
                            hint=f"choose among: {', '.join(QUANTIZABLE_OPS)}")
+        if self.split_outlier_channels and self.quantize_outputs:
+            # The split conv's output is a partial sum that the outliers' conv completes: it can
+            # reach the size of the bias it cancels, far outside the sum's own range.
+            raise MtcError("the outlier-channel split needs Q/DQ on conv inputs and weights only",
+                           hint="set split_outlier_channels=False to quantize conv outputs")
         if self.check_backend not in CHECK_BACKENDS:
             raise MtcError(f"unknown check backend {self.check_backend!r}",
                            hint=f"choose one of: {', '.join(CHECK_BACKENDS)}")
