@@ -124,7 +124,8 @@ def layers(folder: Path) -> dict:
     report = json.loads((folder / "report.json").read_text())["int8"]
     learned = report.get("learning") or {}
     return {"int8_layers": report["int8_layers"], "quantized_layers": report["quantized_layers"],
-            "outlier_convs": len(report.get("split_outlier_channels") or []), "affine_choice": report.get("affine_choice"), "learning_timings": learned.get("timings")}
+            "outlier_convs": len(report.get("split_outlier_channels") or []),
+            "affine_choice": report.get("affine_choice"), "learning_timings": learned.get("timings")}
 
 
 def peers(artifacts: dict[str, Path], args, evalset: Path | None) -> dict:

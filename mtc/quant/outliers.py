@@ -27,9 +27,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from mtc.backends import OrtBackend
 from mtc.graph_edit import attribute, drop_unused_initializers, sort_nodes
-from mtc.quant.ranges import expose_tensors, stat_passes
+from mtc.quant.ranges import exposed_runs
 
 # Split at a gap of at least this factor between consecutive channel ranges (widest first): the
 # INT8 step of the channels left shrinks at least as much.
@@ -62,22 +61,15 @@ def outlier_channels(peaks: np.ndarray) -> tuple[int, ...]:
 
 def channel_peaks(model: onnx.ModelProto, tensor_names: Sequence[str], feeds: Sequence[dict],
                   *, progress=None) -> dict[str, np.ndarray]:
-    """Peak |x| per channel (axis 1) of each tensor over the feeds, exposing the tensors in
-    memory-sized groups (`stat_passes`). `progress` is called once per feed per group."""
+    """Peak |x| per channel (axis 1) of each tensor over the feeds (`exposed_runs`; `progress`
+    is called once per feed per group of tensors)."""
     peaks: dict[str, np.ndarray] = {}
-    for group in stat_passes(model, tensor_names, feeds[0]):
-        backend = OrtBackend(expose_tensors(model, group).SerializeToString(), optimization="basic")
-        for feed in feeds:
-            outputs = backend.run({k: v for k, v in feed.items() if k in backend.input_names})
-            for name in group:
-                values = np.abs(outputs[name])
-                axes = tuple(a for a in range(values.ndim) if a != 1)
-                peak = values.max(axis=axes) if values.size else np.zeros(values.shape[1], np.float32)
-                peaks[name] = peak if name not in peaks else np.maximum(peaks[name], peak)
-            del outputs
-            if progress:
-                progress()
-        del backend
+    for group, outputs in exposed_runs(model, tensor_names, feeds, progress=progress):
+        for name in group:
+            values = np.abs(outputs[name])
+            axes = tuple(a for a in range(values.ndim) if a != 1)
+            peak = values.max(axis=axes) if values.size else np.zeros(values.shape[1], np.float32)
+            peaks[name] = peak if name not in peaks else np.maximum(peaks[name], peak)
     return peaks
 
 
@@ -96,7 +88,8 @@ def split_outlier_channels(model: onnx.ModelProto, conv_names: Iterable[str], fe
     graph = out.graph
     initializers = {i.name: i for i in graph.initializer}
     splits = []
-    for conv in [n for n in graph.node if n.name in {c.name for c in candidates}]:
+    names = {c.name for c in candidates}
+    for conv in [n for n in graph.node if n.name in names]:
         channel_peak = peaks[conv.input[0]]
         weight = numpy_helper.to_array(initializers[conv.input[1]])
         if channel_peak.shape != (weight.shape[1],):

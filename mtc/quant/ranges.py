@@ -228,23 +228,32 @@ def collect_stats(model: onnx.ModelProto, tensor_names: Sequence[str], feeds: It
     """Run `model` over the feeds with `tensor_names` exposed as outputs and accumulate their
     statistics: one pass per group of `stat_passes` (pass `groups` where the caller made them
     already, e.g. to size a progress bar: `progress` is called once per feed per group)."""
+    stats = {name: TensorStats() for name in tensor_names}
+    for group, outputs in exposed_runs(model, tensor_names, feeds, progress=progress, budget=budget, groups=groups):
+        for name in group:
+            stats[name].update(outputs[name])
+    return stats
+
+
+def exposed_runs(model: onnx.ModelProto, tensor_names: Sequence[str], feeds: Iterable[dict[str, np.ndarray]],
+                 *, progress=None, budget: int = EXPOSED_BYTES, groups: Sequence[Sequence[str]] | None = None):
+    """(group, outputs) for every feed of every group of `tensor_names` (`stat_passes`, or
+    `groups`): `model` run with that group exposed, one session per group, so only one group's
+    tensors are alive at a time. `progress` is called after each run."""
     from mtc.backends import OrtBackend
 
     feeds = list(feeds)
-    stats = {name: TensorStats() for name in tensor_names}
     if groups is None:
         groups = stat_passes(model, tensor_names, feeds[0], budget=budget) if feeds else []
     for group in groups:
         backend = OrtBackend(expose_tensors(model, group).SerializeToString(), optimization="basic")
         for feed in feeds:
             outputs = backend.run({k: v for k, v in feed.items() if k in backend.input_names})
-            for name in group:
-                stats[name].update(outputs[name])
+            yield group, outputs
             del outputs
             if progress:
                 progress()
         del backend
-    return stats
 
 
 PEAK_SUFFIX = "__mtc_peak"
