@@ -234,7 +234,7 @@ def calibrated_plan(model: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndar
     `mtc quantize` does before its INT8 steps."""
     from mtc.quant.equalize import equalize_concat_inputs
     from mtc.quant.pipeline import activation_range
-    from mtc.quant.ranges import collect_stats, stat_passes
+    from mtc.quant.ranges import collect_stats
     from mtc.runtime.progress import Stages
 
     stages = stages if stages is not None else Stages()
@@ -253,9 +253,8 @@ def calibrated_plan(model: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndar
             model, equalized = equalize_concat_inputs(model, plan.node_names, feeds, progress=advance)
         if equalized:
             plan = plan_of(model)
-    groups = stat_passes(model, plan.activation_tensors(), feeds[0])
-    with stages.stage("calibration: activation ranges", total=len(feeds) * len(groups)) as advance:
-        stats = collect_stats(model, plan.activation_tensors(), feeds, progress=advance, groups=groups)
+    with stages.stage("calibration: activation ranges", total=len(feeds)) as advance:
+        stats = collect_stats(model, plan.activation_tensors(), feeds, progress=advance)
     return CalibratedPlan(model, plan, {name: activation_range(s, config) for name, s in stats.items()}, equalized)
 
 

@@ -61,8 +61,8 @@ def outlier_channels(peaks: np.ndarray) -> tuple[int, ...]:
 
 def channel_peaks(model: onnx.ModelProto, tensor_names: Sequence[str], feeds: Sequence[dict],
                   *, progress=None) -> dict[str, np.ndarray]:
-    """Peak |x| per channel (axis 1) of each tensor over the feeds (`exposed_runs`; `progress`
-    is called once per feed per group of tensors)."""
+    """Peak |x| per channel (axis 1) of each tensor over the feeds (`exposed_runs`, and its
+    `progress`: one step per feed in all)."""
     peaks: dict[str, np.ndarray] = {}
     for group, outputs in exposed_runs(model, tensor_names, feeds, progress=progress):
         for name in group:

@@ -57,7 +57,7 @@ from mtc.quant.fp16 import (
 from mtc.quant.gptq import conv_hessians, gptq_weights
 from mtc.quant.outliers import outlier_conv_name, split_outlier_channels
 from mtc.quant.qdq import INT8_MAX, UINT8_MAX, ActivationRange, insert_qdq, plan_qdq
-from mtc.quant.ranges import TensorStats, asymmetric_range, collect_stats, stat_passes, threshold
+from mtc.quant.ranges import TensorStats, asymmetric_range, collect_stats, threshold
 from mtc.quant.sensitivity import (
     fallback_until_gates_pass,
     layer_sensitivity,
@@ -414,9 +414,8 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
         plan = plan_qdq(model, op_types=config.op_types, exclude_nodes=excluded,
                         quantize_outputs=config.quantize_outputs, activation_matmuls=bool(config.activation_matmuls))
     started = time.perf_counter()
-    groups = stat_passes(model, plan.activation_tensors(), feeds[0])
-    with stages.stage("calibration: activation ranges", total=len(feeds) * len(groups)) as advance:
-        stats = collect_stats(model, plan.activation_tensors(), feeds, progress=advance, groups=groups)
+    with stages.stage("calibration: activation ranges", total=len(feeds)) as advance:
+        stats = collect_stats(model, plan.activation_tensors(), feeds, progress=advance)
     ranges = {name: activation_range(s, config) for name, s in stats.items()}
     timings["calibrate_s"] = time.perf_counter() - started
 

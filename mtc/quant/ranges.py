@@ -223,28 +223,27 @@ def _tensor_bytes(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> dict[s
 
 
 def collect_stats(model: onnx.ModelProto, tensor_names: Sequence[str], feeds: Iterable[dict[str, np.ndarray]],
-                  *, progress=None, budget: int = EXPOSED_BYTES,
-                  groups: Sequence[Sequence[str]] | None = None) -> dict[str, TensorStats]:
+                  *, progress=None, budget: int = EXPOSED_BYTES) -> dict[str, TensorStats]:
     """Run `model` over the feeds with `tensor_names` exposed as outputs and accumulate their
-    statistics: one pass per group of `stat_passes` (pass `groups` where the caller made them
-    already, e.g. to size a progress bar: `progress` is called once per feed per group)."""
+    statistics: one pass per group of `stat_passes` (`progress` as in `exposed_runs`)."""
     stats = {name: TensorStats() for name in tensor_names}
-    for group, outputs in exposed_runs(model, tensor_names, feeds, progress=progress, budget=budget, groups=groups):
+    for group, outputs in exposed_runs(model, tensor_names, feeds, progress=progress, budget=budget):
         for name in group:
             stats[name].update(outputs[name])
     return stats
 
 
 def exposed_runs(model: onnx.ModelProto, tensor_names: Sequence[str], feeds: Iterable[dict[str, np.ndarray]],
-                 *, progress=None, budget: int = EXPOSED_BYTES, groups: Sequence[Sequence[str]] | None = None):
-    """(group, outputs) for every feed of every group of `tensor_names` (`stat_passes`, or
-    `groups`): `model` run with that group exposed, one session per group, so only one group's
-    tensors are alive at a time. `progress` is called after each run."""
+                 *, progress=None, budget: int = EXPOSED_BYTES):
+    """(group, outputs) for every feed of every group of `tensor_names` (`stat_passes`):
+    `model` run with that group exposed, one session per group, so only one group's tensors
+    are alive at a time. `progress(steps=...)` is called after each run with its share of a
+    feed (1 / the number of groups): the calls add up to one per feed however many groups the
+    tensors take, so a bar of one step per feed ends full."""
     from mtc.backends import OrtBackend
 
     feeds = list(feeds)
-    if groups is None:
-        groups = stat_passes(model, tensor_names, feeds[0], budget=budget) if feeds else []
+    groups = stat_passes(model, tensor_names, feeds[0], budget=budget) if feeds else []
     for group in groups:
         backend = OrtBackend(expose_tensors(model, group).SerializeToString(), optimization="basic")
         for feed in feeds:
@@ -252,7 +251,7 @@ def exposed_runs(model: onnx.ModelProto, tensor_names: Sequence[str], feeds: Ite
             yield group, outputs
             del outputs
             if progress:
-                progress()
+                progress(steps=1 / len(groups))
         del backend
 
 

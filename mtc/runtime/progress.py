@@ -27,7 +27,7 @@ def _stderr_console() -> Console:
 @contextlib.contextmanager
 def frame_progress(description: str, total: int | None, *, console: Console | None = None,
                    transient: bool = False) -> Iterator[Callable[..., None]]:
-    """Yield `advance(fps=None)`; shows a bar with count, FPS and ETA on a terminal.
+    """Yield `advance(fps=None, steps=1)`; shows a bar with count, FPS and ETA on a terminal.
 
     Args:
         description: what the loop does, shown left of the bar.
@@ -60,8 +60,8 @@ def frame_progress(description: str, total: int | None, *, console: Console | No
                   console=console, transient=transient, redirect_stdout=sys.stdout.isatty()) as bar:
         task = bar.add_task(description, total=total, fps="")
 
-        def advance(fps: float | None = None) -> None:
-            bar.update(task, advance=1, fps=f"{fps:.1f} FPS" if fps else "")
+        def advance(fps: float | None = None, steps: float = 1) -> None:
+            bar.update(task, advance=steps, fps=f"{fps:.1f} FPS" if fps else "")
 
         yield advance
 

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 
@@ -1097,16 +1098,37 @@ def test_statistics_are_collected_in_passes_that_bound_the_exposed_memory():
     feeds = [{"x": np.random.default_rng(i).standard_normal((1, 3, 16, 16)).astype(np.float32)} for i in range(3)]
     one_pass = collect_stats(model, tensors, feeds)
     calls = []
-    grouped = collect_stats(model, tensors, feeds, budget=8 * 16 * 16 * 4, progress=lambda: calls.append(1))
+    grouped = collect_stats(model, tensors, feeds, budget=8 * 16 * 16 * 4, progress=lambda steps: calls.append(steps))
 
     # a, a_relu and b hold 8 channels of 16x16 float32 (8 KiB each), c holds 4: one budget's worth
     # each, and c does not fit beside b.
     assert stat_passes(model, tensors, feeds[0], budget=8 * 16 * 16 * 4) == [["a"], ["a_relu"], ["b"], ["c"]]
-    assert len(calls) == len(feeds) * len(stat_passes(model, tensors, feeds[0], budget=8 * 16 * 16 * 4))
+    assert len(calls) == len(feeds) * 4  # a run per feed per pass: one step per feed in all, for a bar per feed
+    assert sum(calls) == pytest.approx(len(feeds))
     for name in tensors:
         assert grouped[name].amax == one_pass[name].amax and grouped[name].count == one_pass[name].count
         np.testing.assert_array_equal(grouped[name].hist, one_pass[name].hist)
     assert len(stat_passes(model, tensors, feeds[0])) == 1  # small tensors: one pass, as before
+
+
+def test_a_pass_per_group_of_tensors_fills_a_bar_of_one_step_per_feed():
+    # Statistics over 2 feeds whose 4 tensors take 4 exposed passes: 8 runs, each a quarter of
+    # a feed, so the bar ends at 2/2 instead of running on to 8/2.
+    import io
+
+    from rich.console import Console
+
+    from mtc.quant.ranges import collect_stats
+    from mtc.runtime.progress import Stages
+
+    model = _toy_chain()
+    feeds = [{"x": np.full((1, 3, 16, 16), i, np.float32)} for i in range(2)]
+    stream = io.StringIO()
+    console = Console(file=stream, force_terminal=True, width=120, color_system=None)
+    with Stages(console).stage("calibration: activation ranges", total=len(feeds)) as advance:
+        collect_stats(model, ["a", "a_relu", "b", "c"], feeds, budget=8 * 16 * 16 * 4, progress=advance)
+    shown = [int(done) for done in re.findall(r"\b(\d+)/2\b", stream.getvalue())]
+    assert shown and max(shown) == 2, stream.getvalue()
 
 
 def test_pass_sizes_follow_shapes_computed_inside_the_graph():
