@@ -148,6 +148,10 @@ class Int8Config:
         split_outlier_channels: a quantized conv whose input has a few channels far wider than
             the rest reads them through a float conv of its own, so the rest get an INT8 range
             that fits them (same float function; mtc.quant.outliers).
+        equalize_depthwise: scale each input channel of a quantized depthwise conv up to the
+            range of its widest channel, folding the inverse into the conv's filters, so every
+            channel gets the full INT8 range (same float function; one per-channel Mul;
+            mtc.quant.equalize).
         affine_correction: fit a per-channel gamma/beta against FP32 and fold it into the
             weight scales and biases (mtc.quant.affine; zero inference cost).
         float_budget: share of the model's MACs (0..1) that may stay in float where measured
@@ -187,6 +191,7 @@ class Int8Config:
     weight_rounding: str = "nearest"
     equalize_concats: bool = True
     split_outlier_channels: bool = False
+    equalize_depthwise: bool = False
     affine_correction: bool = True
     float_budget: float = 0.0
     float_budget_probes: int = 24
@@ -247,9 +252,10 @@ PRESETS: dict[str, Int8Config] = {
     # functions and the next conv's quantization into the conv anyway, so it runs faster
     # without them too (measured: docs/quantization.md, "Dense placement"). With every conv in
     # INT8, no float layer absorbs a conv whose input has an outlier channel, so such channels get
-    # a float conv of their own (a sliver of the MACs).
+    # a float conv of their own (a sliver of the MACs), and a depthwise conv, whose channels
+    # spread widely and which the other presets keep in float, gets its input channels equalized.
     "dense": Int8Config(activation_type="uint8", align_channels=True, check_backend="openvino",
-                        quantize_outputs=False, split_outlier_channels=True),
+                        quantize_outputs=False, split_outlier_channels=True, equalize_depthwise=True),
 }
 
 

@@ -28,7 +28,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from mtc.graph_edit import attribute, drop_unused_initializers, sort_nodes
-from mtc.quant.ranges import exposed_runs
+from mtc.quant.ranges import channel_ranges
 
 # Split at a gap of at least this factor between consecutive channel ranges (widest first): the
 # INT8 step of the channels left shrinks at least as much.
@@ -59,20 +59,6 @@ def outlier_channels(peaks: np.ndarray) -> tuple[int, ...]:
     return ()
 
 
-def channel_peaks(model: onnx.ModelProto, tensor_names: Sequence[str], feeds: Sequence[dict],
-                  *, progress=None) -> dict[str, np.ndarray]:
-    """Peak |x| per channel (axis 1) of each tensor over the feeds (`exposed_runs`, and its
-    `progress`: one step per feed in all)."""
-    peaks: dict[str, np.ndarray] = {}
-    for group, outputs in exposed_runs(model, tensor_names, feeds, progress=progress):
-        for name in group:
-            values = np.abs(outputs[name])
-            axes = tuple(a for a in range(values.ndim) if a != 1)
-            peak = values.max(axis=axes) if values.size else np.zeros(values.shape[1], np.float32)
-            peaks[name] = peak if name not in peaks else np.maximum(peaks[name], peak)
-    return peaks
-
-
 def split_outlier_channels(model: onnx.ModelProto, conv_names: Iterable[str], feeds: Sequence[dict],
                            *, progress=None) -> tuple[onnx.ModelProto, list[ChannelSplit]]:
     """A copy of `model` where each named conv with outlier input channels (`outlier_channels`
@@ -82,7 +68,8 @@ def split_outlier_channels(model: onnx.ModelProto, conv_names: Iterable[str], fe
     candidates = _splittable_convs(model, set(conv_names))
     if not candidates or not feeds:
         return model, []
-    peaks = channel_peaks(model, sorted({conv.input[0] for conv in candidates}), feeds, progress=progress)
+    ranges = channel_ranges(model, sorted({conv.input[0] for conv in candidates}), feeds, progress=progress)
+    peaks = {name: np.maximum(-low, high) for name, (low, high) in ranges.items()}
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
@@ -90,9 +77,9 @@ def split_outlier_channels(model: onnx.ModelProto, conv_names: Iterable[str], fe
     splits = []
     names = {c.name for c in candidates}
     for conv in [n for n in graph.node if n.name in names]:
-        channel_peak = peaks[conv.input[0]]
+        channel_peak = peaks.get(conv.input[0])  # none: the tensor was empty on the feeds
         weight = numpy_helper.to_array(initializers[conv.input[1]])
-        if channel_peak.shape != (weight.shape[1],):
+        if channel_peak is None or channel_peak.shape != (weight.shape[1],):
             continue
         outliers = outlier_channels(channel_peak)
         if not outliers:

@@ -45,7 +45,7 @@ from mtc.quant.align import align_conv_inputs
 from mtc.quant.calibration import BUILTIN, Clip, builtin_photo_clips, load_clips, record_feeds
 from mtc.quant.checks import CheckResult, Counted, ReferenceAlphas
 from mtc.quant.config import Fallback, Gates, Int8Config, preset, with_recipe
-from mtc.quant.equalize import equalize_concat_inputs
+from mtc.quant.equalize import equalize_concat_inputs, equalize_depthwise_inputs
 from mtc.quant.fp16 import (
     activation_magnitudes,
     convert_to_fp16,
@@ -407,10 +407,14 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
         model, splits = _graph_pass(stages, timings, "split_s", "splitting outlier input channels", feeds,
                                     split_outlier_channels, model, plan.node_names)
         excluded |= {outlier_conv_name(split.conv) for split in splits}
+    depthwise = []
+    if config.equalize_depthwise:
+        model, depthwise = _graph_pass(stages, timings, "equalize_depthwise_s", "equalizing depthwise conv inputs",
+                                       feeds, equalize_depthwise_inputs, model, plan.node_names)
     aligned = []
     if config.align_channels:
         model, aligned = align_conv_inputs(model, plan.node_names)
-    if equalized or splits or aligned:  # the graph around the planned convs changed: plan it again
+    if equalized or splits or depthwise or aligned:  # the graph around the planned convs changed: plan it again
         plan = plan_qdq(model, op_types=config.op_types, exclude_nodes=excluded,
                         quantize_outputs=config.quantize_outputs, activation_matmuls=bool(config.activation_matmuls))
     started = time.perf_counter()
@@ -511,6 +515,8 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
                         "split_outlier_channels": [{"conv": c.conv, "channels": list(c.channels),
                                                     "range_before": round(c.range_before, 4),
                                                     "range_after": round(c.range_after, 4)} for c in splits],
+                        "equalized_depthwise_inputs": [{"conv": c.conv, "channels": c.channels,
+                                                        "largest_scale": round(c.largest, 4)} for c in depthwise],
                         "all_int8_check": first.to_dict()}}
     final_plan, final_model, check, budget_layers = plan, all_int8, first, []
     if affordable and len(plan.nodes) > 1:

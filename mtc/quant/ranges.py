@@ -255,6 +255,24 @@ def exposed_runs(model: onnx.ModelProto, tensor_names: Sequence[str], feeds: Ite
         del backend
 
 
+def channel_ranges(model: onnx.ModelProto, tensor_names: Sequence[str], feeds: Sequence[dict],
+                   *, progress=None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per channel (axis 1) of each tensor, its smallest and largest value over the feeds
+    (`exposed_runs`, and its `progress`: one step per feed in all)."""
+    ranges: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for group, outputs in exposed_runs(model, tensor_names, feeds, progress=progress):
+        for name in group:
+            values = outputs[name]
+            if not values.size:
+                continue
+            axes = tuple(a for a in range(values.ndim) if a != 1)
+            low, high = values.min(axis=axes), values.max(axis=axes)
+            if name in ranges:
+                low, high = np.minimum(ranges[name][0], low), np.maximum(ranges[name][1], high)
+            ranges[name] = (low, high)
+    return ranges
+
+
 PEAK_SUFFIX = "__mtc_peak"
 
 

@@ -228,6 +228,10 @@ def render_html(report: dict, check: CheckResult) -> str:
         scales = {f"{g['conv']} ← {g['input']}": g["scale"] for g in int8["equalized_concat_inputs"]}
         sections.append(bar_chart(scales, title="concat-input equalization: scale applied to each input group "
                                                 "(its weights take the inverse)"))
+    if int8 and int8.get("equalized_depthwise_inputs"):
+        scales = {c["conv"]: c["largest_scale"] for c in int8["equalized_depthwise_inputs"]}
+        sections.append(bar_chart(scales, title="depthwise-input equalization: the largest scale applied to an input "
+                                                "channel of each conv (its filters take the inverse)"))
     if int8 and int8.get("gptq_error_ratio"):
         gains = int8["gptq_error_ratio"]
         sections.append(bar_chart(dict(sorted(gains.items(), key=lambda kv: -kv[1])[:40]),
