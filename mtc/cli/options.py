@@ -238,8 +238,9 @@ def quantization_options(command):
         click.option("--quantize-attention", is_flag=True,
                      help="Also quantize attention's own MatMuls (scores and their weighted sum; float by default)."),
         click.option("--no-equalize", is_flag=True,
-                     help="Do not rescale the inputs of quantized convs' channel Concats (on by default: same "
-                          "function in float, lower INT8 error; see docs/quantization.md)."),
+                     help="Do not rescale what quantized convs read: the inputs of their channel Concats (on by "
+                          "default) and, in the dense preset, depthwise convs' input channels (same function in "
+                          "float, lower INT8 error; see docs/quantization.md)."),
     ]
     for decorator in reversed(decorators):
         command = decorator(command)
@@ -293,7 +294,8 @@ def int8_config(source, *, preset, method, weight_rounding, keep_float, no_equal
         learning = ptq4vm_preset(effort, iterations=ptq4vm_iterations, batch=ptq4vm_batch, samples=ptq4vm_samples,
                                  drop=ptq4vm_qdrop, threads=ptq4vm_threads)
     return make_preset(placement, method=None if method == "ptq4vm" else method, weight_rounding=weight_rounding,
-                       exclude_nodes=keep, equalize_concats=False if no_equalize else None, learning=learning,
+                       exclude_nodes=keep, equalize_concats=False if no_equalize else None,
+                       equalize_depthwise=False if no_equalize else None, learning=learning,
                        op_types=tuple(t.strip() for t in op_types.split(",") if t.strip()) if op_types else None,
                        activation_matmuls=True if quantize_attention else None, **overrides)
 

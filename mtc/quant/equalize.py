@@ -24,12 +24,12 @@ nothing: they are quantized per output channel, whose scale follows. Each channe
 until it meets the edge of the tensor's range (at most MAX_CHANNEL_SCALE), so every channel gets
 close to the full INT8 range instead of the widest channel's step, as a per-channel activation
 scale would give it. The channels of a MobileNetV3 block spread out widely (after a hardswish
-the widest reaches 6 to 16 times the median channel), and no other layer absorbs the scale: the
+the widest reaches up to 16 times the median channel), and no other layer absorbs the scale: the
 hardswish before it is not homogeneous. Its floor of -0.375 is shared by every channel, so
 scaling a channel also scales its floor: the short side of the range may grow to
 SHORT_SIDE_SHARE of the long side, which costs every channel a little of its step and gives the
-narrow ones far more. The cost is one per-channel Mul on the conv's input, which OpenVINO fuses
-into the conv before it. Measured: docs/quantization.md, "Presets".
+narrow ones far more. The cost is one per-channel Mul on the conv's input. Measured:
+docs/quantization.md, "Presets".
 """
 
 from __future__ import annotations

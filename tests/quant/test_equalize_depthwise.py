@@ -2,6 +2,10 @@
 picks, that the rescaled graph computes the same function, and that it lowers the INT8 error
 of a depthwise conv whose input channels spread widely."""
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -99,12 +103,17 @@ def test_convs_not_named_or_evenly_spread_are_left_alone():
     assert equalize_depthwise_inputs(even, ["depthwise"], _feeds(2, seed=0)) == (even, [])
 
 
-def test_equalizing_lowers_the_dense_int8_error_and_is_reported(tmp_path):
+def _artifact(folder):
+    """The model as an image artifact: a sigmoid makes its logit an alpha."""
     model = _depthwise_model()
     model.graph.node.append(helper.make_node("Sigmoid", ["logit"], ["pha"], name="sigmoid"))
     del model.graph.output[:]
     model.graph.output.append(helper.make_tensor_value_info("pha", TensorProto.FLOAT, [1, 1, "h", "w"]))
-    source = write_model_artifact(tmp_path / "toy", model)
+    return write_model_artifact(folder, model)
+
+
+def test_equalizing_lowers_the_dense_int8_error_and_is_reported(tmp_path):
+    source = _artifact(tmp_path / "toy")
     data = DataPlan(calib_frames=6, check_frames=6, settings=((64, 48, None),))
     mads = {}
     for equalize in (False, True):
@@ -120,3 +129,15 @@ def test_equalizing_lowers_the_dense_int8_error_and_is_reported(tmp_path):
         html = (tmp_path / f"int8-{equalize}" / "report.html").read_text()
         assert ("depthwise-input equalization" in html) == equalize
     assert mads[True] < 0.5 * mads[False], mads
+
+
+def test_the_dense_preset_equalizes_depthwise_inputs_unless_told_not_to(tmp_path):
+    source = _artifact(tmp_path / "toy")
+    for flags, expected in (([], ["depthwise"]), (["--no-equalize"], [])):
+        out = tmp_path / f"int8-{len(flags)}"
+        result = subprocess.run([sys.executable, "-m", "mtc", "quantize", str(source), "-o", str(out), "--int8",
+                                 "--preset", "dense", "--calib-frames", "4", "--max-mad", "1000", "--max-dtssd", "1000",
+                                 *flags], capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr
+        scaled = json.loads((out / "report.json").read_text())["int8"]["equalized_depthwise_inputs"]
+        assert [c["conv"] for c in scaled] == expected
