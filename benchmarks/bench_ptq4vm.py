@@ -175,7 +175,8 @@ def verdicts(result: dict) -> list[str]:
                 ok = cut >= TARGETS["dtssd_cut"] and mad <= best["vs_fp32"]["mad"]
                 lines.append(f"  - vs the best plain calibrator on the same plan ({label_of(best, result['folders'])}: "
                              f"MAD {best['vs_fp32']['mad']:.2f} / dtSSD {best['vs_fp32']['dtssd']:.2f}): dtSSD "
-                             f"{100 * cut:+.0f}% lower, MAD {'not worse' if mad <= best['vs_fp32']['mad'] else 'worse'} "
+                             f"{abs(100 * cut):.0f}% {'lower' if cut >= 0 else 'higher'}, "
+                             f"MAD {'not worse' if mad <= best['vs_fp32']['mad'] else 'worse'} "
                              f"({'met' if ok else 'missed'}: >= {100 * TARGETS['dtssd_cut']:.0f}% lower, MAD not worse)")
     return lines
 
