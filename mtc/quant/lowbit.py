@@ -36,6 +36,7 @@ from mtc.quant.qdq import ActivationRange, QdqPlan, plan_qdq
 
 if TYPE_CHECKING:
     from mtc.quant.fake_quant import FakeQuant
+    from mtc.quant.pipeline import Rewrites
     from mtc.quant.reconstruct import Reconstruction, ReconstructionConfig
     from mtc.quant.torch_graph import GraphModule
 
@@ -211,12 +212,13 @@ class SimulatedBackend:
 
 @dataclass
 class CalibratedPlan:
-    """The model as quantized (after concat equalization), its plan and calibrated ranges."""
+    """The model as quantized (after the rewrites of `mtc.quant.pipeline.rewrite_for_int8`),
+    its plan and calibrated ranges."""
 
     model: onnx.ModelProto
     plan: QdqPlan
     ranges: dict[str, ActivationRange]
-    equalized: list
+    rewrites: Rewrites
 
 
 def dense_config(config: Int8Config) -> Int8Config:
@@ -229,33 +231,29 @@ def dense_config(config: Int8Config) -> Int8Config:
 
 def calibrated_plan(model: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarray]], config: Int8Config, *,
                     stages=None) -> CalibratedPlan:
-    """Plan `config`'s placement on `model` (op types resolved: see `with_recipe`), equalize its
-    concat inputs if the config says so, and calibrate its activation ranges on `feeds`, as
+    """Plan `config`'s placement on `model` (op types resolved: see `with_recipe`), rewrite the
+    graph around it as `config` says and calibrate its activation ranges on `feeds`, as
     `mtc quantize` does before its INT8 steps."""
-    from mtc.quant.equalize import equalize_concat_inputs
-    from mtc.quant.pipeline import activation_range
+    from mtc.quant.pipeline import activation_range, rewrite_for_int8
     from mtc.quant.ranges import collect_stats
     from mtc.runtime.progress import Stages
 
     stages = stages if stages is not None else Stages()
 
-    def plan_of(graph):
-        return plan_qdq(graph, op_types=config.op_types, exclude_nodes=config.exclude_nodes,
+    def plan_of(graph, excluded=()):
+        return plan_qdq(graph, op_types=config.op_types, exclude_nodes={*config.exclude_nodes, *excluded},
                         quantize_outputs=config.quantize_outputs, activation_matmuls=bool(config.activation_matmuls))
 
     plan = plan_of(model)
     if not plan.nodes:
         raise MtcError("nothing to quantize: the model has no eligible layers",
                        hint="name the op types its layers have with --op-types (e.g. Conv,MatMul)")
-    equalized = []
-    if config.equalize_concats:
-        with stages.stage("equalizing concat inputs", total=len(feeds)) as advance:
-            model, equalized = equalize_concat_inputs(model, plan.node_names, feeds, progress=advance)
-        if equalized:
-            plan = plan_of(model)
+    model, rewrites = rewrite_for_int8(model, plan.node_names, feeds, config, stages)
+    if rewrites:
+        plan = plan_of(model, rewrites.float_convs())
     with stages.stage("calibration: activation ranges", total=len(feeds)) as advance:
         stats = collect_stats(model, plan.activation_tensors(), feeds, progress=advance)
-    return CalibratedPlan(model, plan, {name: activation_range(s, config) for name, s in stats.items()}, equalized)
+    return CalibratedPlan(model, plan, {name: activation_range(s, config) for name, s in stats.items()}, rewrites)
 
 
 def reconstruction_config(config: Int8Config) -> ReconstructionConfig | None:
@@ -414,7 +412,9 @@ def simulation_report(manifest, simulated: Simulated, calibrated: CalibratedPlan
             "iterations": learning.iterations, "batch": learning.batch, "samples": min(learning.samples, calib_frames),
             "drop": learning.drop, "max_block_layers": learning.max_block_layers, "blocks": blocks},
         "placement": {"dense": True, "op_types": list(config.op_types), "activation_type": config.activation_type,
-                      "quantize_outputs": config.quantize_outputs, "equalized_concat_inputs": len(calibrated.equalized),
+                      "quantize_outputs": config.quantize_outputs, "equalized_concat_inputs": len(calibrated.rewrites.equalized),
+                      "split_outlier_channels": len(calibrated.rewrites.splits),
+                      "equalized_depthwise_inputs": len(calibrated.rewrites.depthwise),
                       "excluded": list(config.exclude_nodes)},
         "quantized_layers": len(calibrated.plan.nodes),
         "low_bit_layers": sum(1 for b in simulated.bits.values() if b != (8, 8)),

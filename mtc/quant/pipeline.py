@@ -16,8 +16,8 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -372,14 +372,44 @@ def _learned_weight_bits(model, feeds, reference, config: Int8Config, gates: Gat
     return result
 
 
-def _graph_pass(stages: Stages, timings: dict, key: str, title: str, feeds, rewrite, model, layer_names):
-    """`rewrite(model, layer_names, feeds, progress=...)` as one timed stage (seconds in
-    `timings[key]`): a graph rewrite measured on the calibration feeds; its result."""
-    started = time.perf_counter()
-    with stages.stage(title, total=len(feeds)) as advance:
-        result = rewrite(model, layer_names, feeds, progress=advance)
-    timings[key] = time.perf_counter() - started
-    return result
+@dataclass
+class Rewrites:
+    """What `rewrite_for_int8` changed (each list empty where it changed nothing)."""
+
+    equalized: list = field(default_factory=list)  # concat-input scales
+    splits: list = field(default_factory=list)  # outlier-channel splits
+    depthwise: list = field(default_factory=list)  # depthwise-input channel scales
+
+    def __bool__(self) -> bool:
+        return bool(self.equalized or self.splits or self.depthwise)
+
+    def float_convs(self) -> set[str]:
+        """The convs the rewrites added that stay float (the outliers' convs)."""
+        return {outlier_conv_name(split.conv) for split in self.splits}
+
+
+def rewrite_for_int8(model: onnx.ModelProto, layer_names: Sequence[str], feeds, config: Int8Config, stages: Stages,
+                     timings: dict | None = None) -> tuple[onnx.ModelProto, Rewrites]:
+    """The rewrites `config` asks for around the planned `layer_names` before their ranges are
+    calibrated, each the same float function, each measured on the calibration `feeds`:
+    concat-input equalization, the outlier-channel split, depthwise-input equalization. Seconds
+    per rewrite go into `timings`."""
+    timings = timings if timings is not None else {}
+    done = Rewrites()
+    passes = (("equalized", config.equalize_concats, "equalize_s", "equalizing concat inputs", equalize_concat_inputs),
+              ("splits", config.split_outlier_channels, "split_s", "splitting outlier input channels",
+               split_outlier_channels),
+              ("depthwise", config.equalize_depthwise, "equalize_depthwise_s", "equalizing depthwise conv inputs",
+               equalize_depthwise_inputs))
+    for attribute_name, wanted, key, title, rewrite in passes:
+        if not wanted:
+            continue
+        started = time.perf_counter()
+        with stages.stage(title, total=len(feeds)) as advance:
+            model, changes = rewrite(model, layer_names, feeds, progress=advance)
+        timings[key] = time.perf_counter() - started
+        setattr(done, attribute_name, changes)
+    return model, done
 
 
 def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: Fallback, timings, stages: Stages,
@@ -398,23 +428,12 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
                     activation_matmuls=bool(config.activation_matmuls))
     if not plan.nodes:
         raise MtcError("nothing to quantize: the model has no eligible layers", hint="name the op types its layers have with --op-types (e.g. Conv,MatMul)")
-    equalized = []
-    if config.equalize_concats:
-        model, equalized = _graph_pass(stages, timings, "equalize_s", "equalizing concat inputs", feeds,
-                                       equalize_concat_inputs, model, plan.node_names)
-    splits = []
-    if config.split_outlier_channels:
-        model, splits = _graph_pass(stages, timings, "split_s", "splitting outlier input channels", feeds,
-                                    split_outlier_channels, model, plan.node_names)
-        excluded |= {outlier_conv_name(split.conv) for split in splits}
-    depthwise = []
-    if config.equalize_depthwise:
-        model, depthwise = _graph_pass(stages, timings, "equalize_depthwise_s", "equalizing depthwise conv inputs",
-                                       feeds, equalize_depthwise_inputs, model, plan.node_names)
+    model, rewrites = rewrite_for_int8(model, plan.node_names, feeds, config, stages, timings)
+    excluded |= rewrites.float_convs()
     aligned = []
     if config.align_channels:
         model, aligned = align_conv_inputs(model, plan.node_names)
-    if equalized or splits or depthwise or aligned:  # the graph around the planned convs changed: plan it again
+    if rewrites or aligned:  # the graph around the planned convs changed: plan it again
         plan = plan_qdq(model, op_types=config.op_types, exclude_nodes=excluded,
                         quantize_outputs=config.quantize_outputs, activation_matmuls=bool(config.activation_matmuls))
     started = time.perf_counter()
@@ -511,12 +530,13 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
                         "channel_aligned_layers": aligned,
                         "isolated_layer_error": {n: round(e, 6) for n, e in errors.items()},
                         "equalized_concat_inputs": [{"conv": g.conv, "input": g.tensor, "scale": round(g.scale, 4)}
-                                                    for g in equalized],
+                                                    for g in rewrites.equalized],
                         "split_outlier_channels": [{"conv": c.conv, "channels": list(c.channels),
                                                     "range_before": round(c.range_before, 4),
-                                                    "range_after": round(c.range_after, 4)} for c in splits],
+                                                    "range_after": round(c.range_after, 4)} for c in rewrites.splits],
                         "equalized_depthwise_inputs": [{"conv": c.conv, "channels": c.channels,
-                                                        "largest_scale": round(c.largest, 4)} for c in depthwise],
+                                                        "largest_scale": round(c.largest, 4)}
+                                                       for c in rewrites.depthwise],
                         "all_int8_check": first.to_dict()}}
     final_plan, final_model, check, budget_layers = plan, all_int8, first, []
     if affordable and len(plan.nodes) > 1:

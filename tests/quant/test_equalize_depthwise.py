@@ -141,3 +141,13 @@ def test_the_dense_preset_equalizes_depthwise_inputs_unless_told_not_to(tmp_path
         assert result.returncode == 0, result.stderr
         scaled = json.loads((out / "report.json").read_text())["int8"]["equalized_depthwise_inputs"]
         assert [c["conv"] for c in scaled] == expected
+
+
+def test_the_simulated_low_bit_path_rewrites_the_graph_as_quantize_does():
+    from mtc.quant.lowbit import calibrated_plan
+
+    config = Int8Config(activation_type="uint8", quantize_outputs=False, equalize_depthwise=True, op_types=("Conv",),
+                        activation_matmuls=False)
+    calibrated = calibrated_plan(_depthwise_model(), _feeds(3, seed=0), config)
+    assert [c.conv for c in calibrated.rewrites.depthwise] == ["depthwise"]
+    assert "depthwise__equalize_channels" in calibrated.plan.activation_tensors()
