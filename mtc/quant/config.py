@@ -148,10 +148,10 @@ class Int8Config:
         split_outlier_channels: a quantized conv whose input has a few channels far wider than
             the rest reads them through a float conv of its own, so the rest get an INT8 range
             that fits them (same float function; mtc.quant.outliers).
-        equalize_depthwise: scale each input channel of a quantized depthwise conv up to the
-            range of its widest channel, folding the inverse into the conv's filters, so every
-            channel gets the full INT8 range (same float function; one per-channel Mul;
-            mtc.quant.equalize).
+        equalize_depthwise: scale each input channel of a quantized depthwise conv up toward
+            the edge of the tensor's range, folding the inverse into the conv's filters, so the
+            narrow channels get nearly the INT8 resolution of a per-channel scale (same float
+            function; one per-channel Mul; mtc.quant.equalize).
         affine_correction: fit a per-channel gamma/beta against FP32 and fold it into the
             weight scales and biases (mtc.quant.affine; zero inference cost).
         float_budget: share of the model's MACs (0..1) that may stay in float where measured

@@ -2,21 +2,21 @@
 INT8 activation range fairly, folding the inverse into the conv's weights (the same float
 function, up to rounding).
 
-Concat inputs. 
-A decoder conv reads Concat(upsampled features, encoder skip, the image at that scale) through a
-single per-tensor scale, but the groups' ranges differ widely: on the recurrent video model an encoder skip reaches 50
-and the image 1, so the image channels keep about five levels. Scaling group i by k_i before the
-Concat and the conv's weights for those input channels by 1/k_i computes the same conv (in float,
-up to rounding). With k_i = sqrt(w_i / a_i), relative to the widest group (a_i: the group's
-activation range on the calibration data, w_i: the range of its weights), the activation and
-weight quantization noise of each group are balanced: cross-layer equalization's rule (Nagel et
-al., 2019), applied across concat groups instead of across two layers. The cost is one Mul per
-rescaled group on the Concat's inputs.
+Concat inputs. A decoder conv reads Concat(upsampled features, encoder skip, the image at that
+scale) through a single per-tensor scale, but the groups' ranges differ widely: on the recurrent
+video model an encoder skip reaches 50 and the image 1, so the image channels keep about five
+levels. Scaling group i by k_i before the Concat and the conv's weights for those input channels
+by 1/k_i computes the same conv (in float, up to rounding). With k_i = sqrt(w_i / a_i), relative
+to the widest group (a_i: the group's activation range on the calibration data, w_i: the range
+of its weights), the activation and weight quantization noise of each group are balanced:
+cross-layer equalization's rule (Nagel et al., 2019), applied across concat groups instead of
+across two layers. The cost is one Mul per rescaled group on the Concat's inputs.
 
-Measured on the recurrent video model (speed preset, built-in calibration; alpha vs FP32, benchmarks/RESULTS.md):
-held-out built-in MAD/dtSSD 0.50/0.54 -> 0.42/0.45 at 512x288 and 0.73/0.67 -> 0.67/0.57 at
-1920x1080; on real footage (evalset composites) 1.33/0.83 -> 1.22/0.76 and 1.21/0.90 ->
-1.12/0.83, at the same speed within noise (12 input groups of 9 convs get a Mul).
+Measured on the recurrent video model (speed preset, built-in calibration; alpha vs FP32,
+benchmarks/RESULTS.md): held-out built-in MAD/dtSSD 0.50/0.54 -> 0.42/0.45 at 512x288 and
+0.73/0.67 -> 0.67/0.57 at 1920x1080; on real footage (evalset composites) 1.33/0.83 -> 1.22/0.76
+and 1.21/0.90 -> 1.12/0.83, at the same speed within noise (12 input groups of 9 convs get a
+Mul).
 
 Depthwise conv inputs. A depthwise conv's output channel reads one input channel, so scaling
 input channel c by k_c and its filters by 1/k_c computes the same conv, and costs the weights
