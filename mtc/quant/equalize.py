@@ -42,7 +42,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from mtc.graph_edit import attribute, drop_unused_initializers, producers, reader_counts, sort_nodes
-from mtc.quant.ranges import channel_ranges, collect_stats
+from mtc.quant.ranges import collect_stats
 
 # Groups whose scale would change by less than this are left alone (a Mul for nothing).
 MIN_CHANGE = 0.05
@@ -120,17 +120,22 @@ class ChannelScales:
     largest: float  # the largest factor applied
 
 
-def equalize_depthwise_inputs(model: onnx.ModelProto, conv_names: Iterable[str], feeds: Sequence[dict],
-                              *, progress=None) -> tuple[onnx.ModelProto, list[ChannelScales]]:
+def depthwise_candidate_inputs(model: onnx.ModelProto, conv_names: Iterable[str]) -> list[str]:
+    """The input tensors of the named depthwise convs, whose per-channel ranges
+    (`mtc.quant.ranges.channel_ranges`) `equalize_depthwise_inputs` needs."""
+    return sorted({conv.input[0] for conv in _depthwise_convs(model, set(conv_names))})
+
+
+def equalize_depthwise_inputs(model: onnx.ModelProto, conv_names: Iterable[str],
+                              ranges: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[onnx.ModelProto, list[ChannelScales]]:
     """A copy of `model` where the input channels of the named depthwise convs are scaled as
-    above (`channel_scales` of their ranges on the feeds; `progress` as in
-    `mtc.quant.ranges.channel_ranges`). Only convs with one input channel per group and
-    initializer weights qualify. Returns the model and the convs rescaled (empty: `model`
+    above (`channel_scales` of their input's per-channel `ranges` on the calibration data). Only
+    convs with one input channel per group and initializer weights qualify, and only where
+    `ranges` holds their input. Returns the model and the convs rescaled (empty: `model`
     unchanged)."""
-    candidates = _depthwise_convs(model, set(conv_names))
-    if not candidates or not feeds:
+    candidates = [conv for conv in _depthwise_convs(model, set(conv_names)) if conv.input[0] in ranges]
+    if not candidates:
         return model, []
-    ranges = channel_ranges(model, sorted({conv.input[0] for conv in candidates}), feeds, progress=progress)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
@@ -138,7 +143,7 @@ def equalize_depthwise_inputs(model: onnx.ModelProto, conv_names: Iterable[str],
     names = {c.name for c in candidates}
     applied = []
     for conv in [n for n in graph.node if n.name in names]:
-        if conv.input[0] not in ranges or ranges[conv.input[0]][0].shape != (attribute(conv, "group", 1),):
+        if ranges[conv.input[0]][0].shape != (attribute(conv, "group", 1),):
             continue
         scale = channel_scales(*ranges[conv.input[0]])
         if (scale == 1.0).all():

@@ -20,7 +20,7 @@ docs/quantization.md, "Presets".
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +28,6 @@ import onnx
 from onnx import helper, numpy_helper
 
 from mtc.graph_edit import attribute, drop_unused_initializers, sort_nodes
-from mtc.quant.ranges import channel_ranges
 
 # Split at a gap of at least this factor between consecutive channel ranges (widest first): the
 # INT8 step of the channels left shrinks at least as much.
@@ -59,16 +58,22 @@ def outlier_channels(peaks: np.ndarray) -> tuple[int, ...]:
     return ()
 
 
-def split_outlier_channels(model: onnx.ModelProto, conv_names: Iterable[str], feeds: Sequence[dict],
-                           *, progress=None) -> tuple[onnx.ModelProto, list[ChannelSplit]]:
+def split_candidate_inputs(model: onnx.ModelProto, conv_names: Iterable[str]) -> list[str]:
+    """The input tensors of the named convs a split may apply to, whose per-channel ranges
+    (`mtc.quant.ranges.channel_ranges`) `split_outlier_channels` needs."""
+    return sorted({conv.input[0] for conv in _splittable_convs(model, set(conv_names))})
+
+
+def split_outlier_channels(model: onnx.ModelProto, conv_names: Iterable[str],
+                           ranges: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[onnx.ModelProto, list[ChannelSplit]]:
     """A copy of `model` where each named conv with outlier input channels (`outlier_channels`
-    on the feeds' peaks) is split as above; the outliers' convs are named by
-    `outlier_conv_name`, for the caller to keep in float. Only ungrouped convs with initializer
-    weights qualify. Returns the model and the splits made (empty: `model` unchanged)."""
-    candidates = _splittable_convs(model, set(conv_names))
-    if not candidates or not feeds:
+    on the peaks of its input's per-channel `ranges` on the calibration data) is split as above;
+    the outliers' convs are named by `outlier_conv_name`, for the caller to keep in float. Only
+    ungrouped convs with initializer weights qualify, and only where `ranges` holds their input.
+    Returns the model and the splits made (empty: `model` unchanged)."""
+    candidates = [conv for conv in _splittable_convs(model, set(conv_names)) if conv.input[0] in ranges]
+    if not candidates:
         return model, []
-    ranges = channel_ranges(model, sorted({conv.input[0] for conv in candidates}), feeds, progress=progress)
     peaks = {name: np.maximum(-low, high) for name, (low, high) in ranges.items()}
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -77,9 +82,9 @@ def split_outlier_channels(model: onnx.ModelProto, conv_names: Iterable[str], fe
     splits = []
     names = {c.name for c in candidates}
     for conv in [n for n in graph.node if n.name in names]:
-        channel_peak = peaks.get(conv.input[0])  # none: the tensor was empty on the feeds
+        channel_peak = peaks[conv.input[0]]
         weight = numpy_helper.to_array(initializers[conv.input[1]])
-        if channel_peak is None or channel_peak.shape != (weight.shape[1],):
+        if channel_peak.shape != (weight.shape[1],):
             continue
         outliers = outlier_channels(channel_peak)
         if not outliers:

@@ -45,7 +45,7 @@ from mtc.quant.align import align_conv_inputs
 from mtc.quant.calibration import BUILTIN, Clip, builtin_photo_clips, load_clips, record_feeds
 from mtc.quant.checks import CheckResult, Counted, ReferenceAlphas
 from mtc.quant.config import Fallback, Gates, Int8Config, preset, with_recipe
-from mtc.quant.equalize import equalize_concat_inputs, equalize_depthwise_inputs
+from mtc.quant.equalize import depthwise_candidate_inputs, equalize_concat_inputs, equalize_depthwise_inputs
 from mtc.quant.fp16 import (
     activation_magnitudes,
     convert_to_fp16,
@@ -55,9 +55,9 @@ from mtc.quant.fp16 import (
     shortest_passing_prefix,
 )
 from mtc.quant.gptq import conv_hessians, gptq_weights
-from mtc.quant.outliers import outlier_conv_name, split_outlier_channels
+from mtc.quant.outliers import outlier_conv_name, split_candidate_inputs, split_outlier_channels
 from mtc.quant.qdq import INT8_MAX, UINT8_MAX, ActivationRange, insert_qdq, plan_qdq
-from mtc.quant.ranges import TensorStats, asymmetric_range, collect_stats, threshold
+from mtc.quant.ranges import TensorStats, asymmetric_range, channel_ranges, collect_stats, threshold
 from mtc.quant.sensitivity import (
     fallback_until_gates_pass,
     layer_sensitivity,
@@ -392,23 +392,32 @@ def rewrite_for_int8(model: onnx.ModelProto, layer_names: Sequence[str], feeds, 
                      timings: dict | None = None) -> tuple[onnx.ModelProto, Rewrites]:
     """The rewrites `config` asks for around the planned `layer_names` before their ranges are
     calibrated, each the same float function, each measured on the calibration `feeds`:
-    concat-input equalization, the outlier-channel split, depthwise-input equalization. Seconds
-    per rewrite go into `timings`."""
+    concat-input equalization, then the outlier-channel split and depthwise-input equalization.
+    The last two read disjoint tensors that neither changes, so one pass measures the
+    per-channel ranges of both; the first rescales concat outputs the split may read, so it
+    runs before that pass. Seconds per pass go into `timings`."""
     timings = timings if timings is not None else {}
     done = Rewrites()
-    passes = (("equalized", config.equalize_concats, "equalize_s", "equalizing concat inputs", equalize_concat_inputs),
-              ("splits", config.split_outlier_channels, "split_s", "splitting outlier input channels",
-               split_outlier_channels),
-              ("depthwise", config.equalize_depthwise, "equalize_depthwise_s", "equalizing depthwise conv inputs",
-               equalize_depthwise_inputs))
-    for attribute_name, wanted, key, title, rewrite in passes:
-        if not wanted:
-            continue
+    if config.equalize_concats:
         started = time.perf_counter()
-        with stages.stage(title, total=len(feeds)) as advance:
-            model, changes = rewrite(model, layer_names, feeds, progress=advance)
-        timings[key] = time.perf_counter() - started
-        setattr(done, attribute_name, changes)
+        with stages.stage("equalizing concat inputs", total=len(feeds)) as advance:
+            model, done.equalized = equalize_concat_inputs(model, layer_names, feeds, progress=advance)
+        timings["equalize_s"] = time.perf_counter() - started
+    measured = set()
+    if config.split_outlier_channels:
+        measured.update(split_candidate_inputs(model, layer_names))
+    if config.equalize_depthwise:
+        measured.update(depthwise_candidate_inputs(model, layer_names))
+    if not measured:
+        return model, done
+    started = time.perf_counter()
+    with stages.stage("per-channel ranges of conv inputs", total=len(feeds)) as advance:
+        ranges = channel_ranges(model, sorted(measured), feeds, progress=advance)
+    if config.split_outlier_channels:
+        model, done.splits = split_outlier_channels(model, layer_names, ranges)
+    if config.equalize_depthwise:
+        model, done.depthwise = equalize_depthwise_inputs(model, layer_names, ranges)
+    timings["channel_rewrites_s"] = time.perf_counter() - started
     return model, done
 
 

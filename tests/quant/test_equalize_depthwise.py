@@ -2,6 +2,7 @@
 picks, that the rescaled graph computes the same function, and that it lowers the INT8 error
 of a depthwise conv whose input channels spread widely."""
 
+import io
 import json
 import subprocess
 import sys
@@ -13,8 +14,15 @@ from onnx import TensorProto, helper, numpy_helper
 from tiny_artifacts import write_model_artifact
 
 from mtc.quant.config import Fallback, Gates, Int8Config
-from mtc.quant.equalize import MAX_CHANNEL_SCALE, SHORT_SIDE_SHARE, channel_scales, equalize_depthwise_inputs
+from mtc.quant.equalize import (
+    MAX_CHANNEL_SCALE,
+    SHORT_SIDE_SHARE,
+    channel_scales,
+    depthwise_candidate_inputs,
+    equalize_depthwise_inputs,
+)
 from mtc.quant.pipeline import DataPlan, quantize_artifact
+from mtc.quant.ranges import channel_ranges
 
 # The expand conv's output channels reach these sizes (|bias| + what the image adds): one wide
 # channel, a spread of narrow ones, one nearly silent.
@@ -56,9 +64,11 @@ def _run(model, feed):
     return session.run(["logit"], feed)[0]
 
 
-def _input_ranges(model, feeds):
-    from mtc.quant.ranges import channel_ranges
+def _equalize(model, names, feeds):
+    return equalize_depthwise_inputs(model, names, channel_ranges(model, depthwise_candidate_inputs(model, names), feeds))
 
+
+def _input_ranges(model, feeds):
     conv = next(n for n in model.graph.node if n.name == "depthwise")
     return channel_ranges(model, [conv.input[0]], feeds)[conv.input[0]]
 
@@ -81,7 +91,7 @@ def test_equalizing_keeps_the_float_function_and_brings_the_channels_to_the_edge
     for multiplier in (1, 2):
         model = _depthwise_model(multiplier)
         feeds = _feeds(3, seed=0)
-        equalized, scaled = equalize_depthwise_inputs(model, ["expand", "depthwise", "project"], feeds)
+        equalized, scaled = _equalize(model, ["expand", "depthwise", "project"], feeds)
         assert [s.conv for s in scaled] == ["depthwise"]  # the ungrouped convs are not for this pass
         onnx.checker.check_model(equalized, full_check=True)
         for feed in _feeds(2, seed=1):
@@ -95,12 +105,12 @@ def test_equalizing_keeps_the_float_function_and_brings_the_channels_to_the_edge
 
 def test_convs_not_named_or_evenly_spread_are_left_alone():
     model = _depthwise_model()
-    assert equalize_depthwise_inputs(model, ["expand", "project"], _feeds(2, seed=0)) == (model, [])
+    assert _equalize(model, ["expand", "project"], _feeds(2, seed=0)) == (model, [])
     even = _depthwise_model()
     for init in even.graph.initializer:
         if init.name == "exp_w":
             init.CopyFrom(numpy_helper.from_array(np.ones((len(CHANNEL_GAINS), 3, 1, 1), np.float32), "exp_w"))
-    assert equalize_depthwise_inputs(even, ["depthwise"], _feeds(2, seed=0)) == (even, [])
+    assert _equalize(even, ["depthwise"], _feeds(2, seed=0)) == (even, [])
 
 
 def _artifact(folder):
@@ -151,3 +161,30 @@ def test_the_simulated_low_bit_path_rewrites_the_graph_as_quantize_does():
     calibrated = calibrated_plan(_depthwise_model(), _feeds(3, seed=0), config)
     assert [c.conv for c in calibrated.rewrites.depthwise] == ["depthwise"]
     assert "depthwise__equalize_channels" in calibrated.plan.activation_tensors()
+
+
+def test_the_split_and_the_depthwise_equalization_share_one_statistics_pass(monkeypatch):
+    from rich.console import Console
+
+    import mtc.quant.pipeline as pipeline
+    from mtc.quant.outliers import split_candidate_inputs, split_outlier_channels
+    from mtc.runtime.progress import Stages
+
+    measured = []
+
+    def counted_ranges(model, names, feeds, *, progress=None):
+        measured.append(list(names))
+        return channel_ranges(model, names, feeds, progress=progress)
+
+    monkeypatch.setattr(pipeline, "channel_ranges", counted_ranges)
+    model, feeds, names = _depthwise_model(), _feeds(3, seed=0), ["expand", "depthwise", "project"]
+    config = Int8Config(activation_type="uint8", quantize_outputs=False, equalize_concats=False,
+                        split_outlier_channels=True, equalize_depthwise=True)
+    rewritten, done = pipeline.rewrite_for_int8(model, names, feeds, config, Stages(Console(file=io.StringIO())))
+    expected = sorted(set(split_candidate_inputs(model, names)) | set(depthwise_candidate_inputs(model, names)))
+    assert measured == [expected] and len(expected) == 3
+    # the same graph as the two rewrites one after the other, each measuring its own inputs
+    split, _ = split_outlier_channels(model, names, channel_ranges(model, split_candidate_inputs(model, names), feeds))
+    alone, scaled = _equalize(split, names, feeds)
+    assert [s.conv for s in done.depthwise] == [s.conv for s in scaled] == ["depthwise"]
+    assert rewritten.SerializeToString() == alone.SerializeToString()

@@ -10,8 +10,9 @@ from onnx import TensorProto, helper, numpy_helper
 from tiny_artifacts import write_model_artifact
 
 from mtc.quant.config import Fallback, Gates, Int8Config
-from mtc.quant.outliers import outlier_channels, outlier_conv_name, split_outlier_channels
+from mtc.quant.outliers import outlier_channels, outlier_conv_name, split_candidate_inputs, split_outlier_channels
 from mtc.quant.pipeline import DataPlan, quantize_artifact
+from mtc.quant.ranges import channel_ranges
 
 WIDE = 5  # the encoder channel that sits near a large constant
 
@@ -64,9 +65,13 @@ def _run(model, feed):
     return session.run(["logit"], feed)[0]
 
 
+def _split(model, names, feeds):
+    return split_outlier_channels(model, names, channel_ranges(model, split_candidate_inputs(model, names), feeds))
+
+
 def test_splitting_keeps_the_float_function_and_reports_the_ranges():
     model = _wide_channel_model()
-    split, splits = split_outlier_channels(model, ["encoder", "decoder"], _feeds(3, seed=0))
+    split, splits = _split(model, ["encoder", "decoder"], _feeds(3, seed=0))
     assert [(s.conv, s.channels) for s in splits] == [("decoder", (WIDE,))]
     assert splits[0].range_before > 150 and splits[0].range_after < splits[0].range_before / 10
     convs = {n.name: n for n in split.graph.node if n.op_type == "Conv"}
@@ -78,9 +83,9 @@ def test_splitting_keeps_the_float_function_and_reports_the_ranges():
 
 def test_grouped_convs_and_convs_not_named_are_left_alone():
     model = _wide_channel_model(group=8)
-    assert split_outlier_channels(model, ["decoder"], _feeds(2, seed=0)) == (model, [])
+    assert _split(model, ["decoder"], _feeds(2, seed=0)) == (model, [])
     model = _wide_channel_model()
-    assert split_outlier_channels(model, ["encoder"], _feeds(2, seed=0)) == (model, [])
+    assert _split(model, ["encoder"], _feeds(2, seed=0)) == (model, [])
 
 
 def _artifact(folder, model):
