@@ -12,7 +12,9 @@ artifact on ONNX Runtime (the fidelity and speed reference: same pre- and post-p
 interleaved photo by photo with the order alternating; every runner first sees every photo once
 (warm-up, and the alphas compared), then --rounds timed passes. Reported per artifact: alpha MAD ×1e3 vs FP32
 (mean over photos, and the worst photo), MAE ×1e3 vs ground truth where --gt has the photo's
-alpha (same file stem), and the median per-photo speed × the reference.
+alpha (same file stem), and the median per-photo speed × the reference. As a yardstick, the
+reference also runs on the photos with one gray level of random noise (`one_gray_level_noise`):
+how far the model's own alpha moves for a change nobody sees.
 
 Target (issue 22): dense PTQ4VM INT8 vs FP32 MAD <= 2 on the evalset photos.
 
@@ -34,10 +36,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ptq4vm import layers_label, make_all, parse_methods, placement_label  # noqa: E402
 from bench_u2netp_rembg import load_photo, photos_in  # noqa: E402
-from common import dump, machine, update_results  # noqa: E402
+from common import dump, machine, one_gray_level_noise, update_results  # noqa: E402
 
 TARGET_MAD = 2.0
 REFERENCE = "fp32 (ONNX Runtime)"
+NOISE_FLOOR = "fp32, input ±1 gray level"
 
 
 def fp32_artifact(path: Path | None, work: Path) -> Path:
@@ -85,7 +88,12 @@ def score(photos: list[Path], gt: Path | None, folders: dict[str, Path], *, roun
                 opened[name].process(frame)
                 times[name][i].append(time.perf_counter() - started)
     reference = alphas[REFERENCE]
-    result = {}
+    # the reference itself on the photos with one gray level of noise: how far it moves for that
+    noisy = [np.array(opened[REFERENCE].process(one_gray_level_noise(f, seed=i)).alpha, np.float32)
+             for i, f in enumerate(frames)]
+    floor = [mad(a, r) for a, r in zip(noisy, reference)]
+    result = {NOISE_FLOOR: {"mad_vs_fp32": float(np.mean(floor)), "worst_mad_vs_fp32": float(np.max(floor)),
+                            "worst_photo": photos[int(np.argmax(floor))].name}}
     for name in names:
         per_photo = [mad(a, r) for a, r in zip(alphas[name], reference)]
         ratios = [statistics.median(times[REFERENCE][i]) / statistics.median(times[name][i]) for i in range(len(frames))]
@@ -115,12 +123,19 @@ def render(result: dict) -> None:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, scored in result["scores"].items():
+        if name == NOISE_FLOOR:
+            continue
         info = result["artifacts"].get(name)
         made = (f"{placement_label(info)} | {info['method']} | {layers_label(info)} | "
                 f"{info['seconds'] / 60:.1f} min | {info['peak_mib'] / 1024:.1f} GB") if info else "– | – | – | – | –"
         gt = f"{scored['mae_vs_gt']:.1f}" if scored["mae_vs_gt"] is not None else "–"
         lines.append(f"| {name} | {made} | {scored['mad_vs_fp32']:.2f} ({scored['worst_mad_vs_fp32']:.2f}) | {gt} "
                      f"| {scored['speed_vs_reference']:.2f}× |")
+    floor = result["scores"].get(NOISE_FLOOR)
+    if floor is not None:
+        lines += ["", f"For scale: the FP32 artifact itself, on the photos with each pixel moved by one gray level at "
+                      f"random (-1, 0, +1 with probabilities 1/4, 1/2, 1/4), moves MAD {floor['mad_vs_fp32']:.2f} "
+                      f"(worst photo {floor['worst_mad_vs_fp32']:.2f}) from its alpha on the clean photos."]
     lines += ["", "Target:", *verdicts(result)]
     update_results("bench_ptq4vm_image", "\n".join(lines))
 

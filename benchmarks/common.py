@@ -104,3 +104,14 @@ class OrtRvm:
         feeds = dict(zip(STATES, self.state), src=src, downsample_ratio=self.ratio)
         _, pha, *self.state = self.session.run(["fgr", "pha", "r1o", "r2o", "r3o", "r4o"], feeds)
         return pha[0, 0]
+
+
+def one_gray_level_noise(frame, seed: int):
+    """`frame` (uint8) with each value moved by -1, 0 or +1 gray level (probabilities 1/4, 1/2,
+    1/4; clipped to 0..255): noise below what eyes or 8-bit codecs keep apart, to show how much
+    a model's own output moves for it, the yardstick for the INT8 error."""
+    import numpy as np
+
+    step = np.random.default_rng(seed).integers(0, 4, size=frame.shape)  # 0: -1, 1-2: 0, 3: +1
+    moved = frame.astype(np.int16) + (step == 3) - (step == 0)
+    return np.clip(moved, 0, 255).astype(np.uint8)

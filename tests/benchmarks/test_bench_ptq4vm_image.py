@@ -12,6 +12,9 @@ def bench(script_module):
         yield module
 
 
+NOISE_FLOOR = "fp32, input ±1 gray level"
+
+
 def _result(mad: float) -> dict:
     score = {"mad_vs_fp32": mad, "worst_mad_vs_fp32": 2 * mad, "worst_photo": "a.png", "mae_vs_gt": 291.5,
              "median_ms": 40.0, "speed_vs_reference": 1.8}
@@ -22,7 +25,8 @@ def _result(mad: float) -> dict:
             "cpu_class": "amx", "threads": 2, "photos": 3, "with_gt": 2, "rounds": 3, "source": "u2netp-fp32",
             "artifacts": {"dense-ptq4vm": made},
             "scores": {"fp32 (ONNX Runtime)": {**score, "mad_vs_fp32": 0.0, "mae_vs_gt": None},
-                       "dense-ptq4vm": score}}
+                       "dense-ptq4vm": score,
+                       NOISE_FLOOR: {"mad_vs_fp32": 4.5, "worst_mad_vs_fp32": 45.0, "worst_photo": "b.png"}}}
 
 
 @pytest.mark.parametrize(("mad", "verdict"), [(1.5, "met"), (2.5, "missed")])
@@ -39,3 +43,19 @@ def test_the_results_section_holds_every_row(bench, monkeypatch):
     assert "| dense-ptq4vm | dense | ptq4vm | 40/40 + 3 outlier float | 10.0 min | 2.0 GB | 1.50 (3.00) | 291.5 | 1.80× |" in text
     assert "| fp32 (ONNX Runtime) | – | – | – | – | – | 0.00 (3.00) | – | 1.80× |" in text
     assert "class amx" in text and "(met: <= 2)" in text
+    assert "moves MAD 4.50 (worst photo 45.00) from its alpha on the clean photos" in text
+    assert bench.NOISE_FLOOR == NOISE_FLOOR and "| fp32, input" not in text  # a sentence, not a row
+
+
+def test_one_gray_level_noise_moves_values_by_at_most_one_and_stays_in_range(script_module):
+    import numpy as np
+
+    with script_module("common") as common:
+        frame = np.array([[0, 128, 255] * 2000], np.uint8)
+        noisy = common.one_gray_level_noise(frame, seed=0)
+        moved = noisy.astype(int) - frame
+        assert noisy.dtype == np.uint8 and set(np.unique(moved)) <= {-1, 0, 1}
+        assert 0.4 < (moved[:, 1::3] != 0).mean() < 0.6  # mid-gray moves either way half the time
+        assert noisy[:, 0::3].min() == 0 and noisy[:, 2::3].max() == 255  # clipped, not wrapped
+        assert (common.one_gray_level_noise(frame, seed=0) == noisy).all()
+
