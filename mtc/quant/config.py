@@ -152,6 +152,11 @@ class Int8Config:
             the edge of the tensor's range, folding the inverse into the conv's filters, so the
             narrow channels get nearly the INT8 resolution of a per-channel scale (same float
             function; one per-channel Mul; mtc.quant.equalize).
+        exact_image_input: a quantized conv that reads a per-channel normalization of a tensor
+            reads that tensor instead, the normalization folded into its weights (same float
+            function); where the tensor is a [0, 1] image on the calibration data its INT8 grid
+            is the 8-bit image's own, so quantizing the image costs nothing
+            (mtc.quant.image_input). uint8 activations only.
         affine_correction: fit a per-channel gamma/beta against FP32 and fold it into the
             weight scales and biases (mtc.quant.affine; zero inference cost).
         float_budget: share of the model's MACs (0..1) that may stay in float where measured
@@ -192,6 +197,7 @@ class Int8Config:
     equalize_concats: bool = True
     split_outlier_channels: bool = False
     equalize_depthwise: bool = False
+    exact_image_input: bool = False
     affine_correction: bool = True
     float_budget: float = 0.0
     float_budget_probes: int = 24
@@ -220,6 +226,10 @@ class Int8Config:
             # reach the size of the bias it cancels, far outside the sum's own range.
             raise MtcError("the outlier-channel split needs Q/DQ on conv inputs and weights only",
                            hint="set split_outlier_channels=False to quantize conv outputs")
+        if self.exact_image_input and self.activation_type != "uint8":
+            # int8's symmetric range cannot put 256 levels of a [0, 1] image on its grid
+            raise MtcError("the exact image input needs uint8 activations",
+                           hint="set exact_image_input=False for int8 (TensorRT) activations")
         if self.check_backend not in CHECK_BACKENDS:
             raise MtcError(f"unknown check backend {self.check_backend!r}",
                            hint=f"choose one of: {', '.join(CHECK_BACKENDS)}")
@@ -252,10 +262,12 @@ PRESETS: dict[str, Int8Config] = {
     # functions and the next conv's quantization into the conv anyway, so it runs faster
     # without them too (measured: docs/quantization.md, "Dense placement"). With every conv in
     # INT8, no float layer absorbs a conv whose input has an outlier channel, so such channels get
-    # a float conv of their own (a sliver of the MACs), and a depthwise conv, whose channels
-    # spread widely and which the other presets keep in float, gets its input channels equalized.
+    # a float conv of their own (a sliver of the MACs), a depthwise conv, whose channels
+    # spread widely and which the other presets keep in float, gets its input channels equalized,
+    # and the first conv reads the 8-bit image on its own grid rather than its normalization.
     "dense": Int8Config(activation_type="uint8", align_channels=True, check_backend="openvino",
-                        quantize_outputs=False, split_outlier_channels=True, equalize_depthwise=True),
+                        quantize_outputs=False, split_outlier_channels=True, equalize_depthwise=True,
+                        exact_image_input=True),
 }
 
 

@@ -150,14 +150,15 @@ def simulate(model: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, Activat
              calib_feeds: Sequence[Mapping[str, np.ndarray]], *, weight_bits: int, activation_bits: int,
              activation_type: str = "int8", learn: ReconstructionConfig | None = None, inputs: Sequence[str] | None = None,
              outputs: Sequence[str] | None = None, keep_8bit: Iterable[str] | None = None,
-             checkpoint: Path | None = None, block_display=None) -> Simulated:
+             fixed_steps: Iterable[str] = (), checkpoint: Path | None = None, block_display=None) -> Simulated:
     """`model` quantized as `plan` and `ranges` say, at `weight_bits`/`activation_bits` except
     the first and last layers (`boundary_layers` of `inputs` and `outputs`; or the layers of
     `keep_8bit` when given), which stay W8A8.
 
     With `learn` (a `mtc.quant.reconstruct.ReconstructionConfig`), block reconstruction learns
     the rounding and step sizes at those bits on `calib_feeds` (model inputs, recurrent state
-    as the FP32 model produced it); `checkpoint` and `block_display` are `reconstruct`'s.
+    as the FP32 model produced it); `fixed_steps`, `checkpoint` and `block_display` are
+    `reconstruct`'s.
     Without, weights round to nearest and activations use the calibrated ranges.
     """
     from mtc.quant.fake_quant import attach_fake_quant, layer_bits
@@ -171,7 +172,7 @@ def simulate(model: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, Activat
     if learn is not None:
         reconstruction = reconstruct(model, plan, ranges, calib_feeds, activation_type=activation_type,
                                      weight_bits=weight_bits, activation_bits=activation_bits, keep_8bit=kept,
-                                     config=learn, checkpoint=checkpoint, restart_stale=True,
+                                     config=learn, fixed_steps=fixed_steps, checkpoint=checkpoint, restart_stale=True,
                                      block_display=block_display)
         module, quant = reconstruction.module, reconstruction.quant
     else:
@@ -219,6 +220,7 @@ class CalibratedPlan:
     plan: QdqPlan
     ranges: dict[str, ActivationRange]
     rewrites: Rewrites
+    exact: tuple[str, ...] = ()  # tensors on their exact grid (a folded image input): steps not learned
 
 
 def dense_config(config: Int8Config) -> Int8Config:
@@ -234,7 +236,7 @@ def calibrated_plan(model: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndar
     """Plan `config`'s placement on `model` (op types resolved: see `with_recipe`), rewrite the
     graph around it as `config` says and calibrate its activation ranges on `feeds`, as
     `mtc quantize` does before its INT8 steps."""
-    from mtc.quant.pipeline import activation_range, rewrite_for_int8
+    from mtc.quant.pipeline import activation_ranges, rewrite_for_int8
     from mtc.quant.ranges import collect_stats
     from mtc.runtime.progress import Stages
 
@@ -253,7 +255,8 @@ def calibrated_plan(model: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndar
         plan = plan_of(model, rewrites.float_convs())
     with stages.stage("calibration: activation ranges", total=len(feeds)) as advance:
         stats = collect_stats(model, plan.activation_tensors(), feeds, progress=advance)
-    return CalibratedPlan(model, plan, {name: activation_range(s, config) for name, s in stats.items()}, rewrites)
+    ranges, exact = activation_ranges(model, stats, config, rewrites)
+    return CalibratedPlan(model, plan, ranges, rewrites, exact)
 
 
 def reconstruction_config(config: Int8Config) -> ReconstructionConfig | None:
@@ -382,7 +385,8 @@ def _simulate_with_threads(calibrated: CalibratedPlan, feeds, config: Int8Config
               else contextlib.nullcontext()):
             return simulate(calibrated.model, calibrated.plan, calibrated.ranges, samples, weight_bits=weight_bits,
                             activation_bits=activation_bits, activation_type=config.activation_type, learn=learn,
-                            inputs=inputs, outputs=outputs, checkpoint=checkpoint, block_display=display)
+                            inputs=inputs, outputs=outputs, fixed_steps=calibrated.exact, checkpoint=checkpoint,
+                            block_display=display)
     finally:
         torch.set_num_threads(threads)
 
@@ -416,6 +420,7 @@ def simulation_report(manifest, simulated: Simulated, calibrated: CalibratedPlan
                       "equalized_concat_inputs": len(calibrated.rewrites.equalized),
                       "split_outlier_channels": len(calibrated.rewrites.splits),
                       "equalized_depthwise_inputs": len(calibrated.rewrites.depthwise),
+                      "exact_image_inputs": len(calibrated.rewrites.image_inputs),
                       "excluded": list(config.exclude_nodes)},
         "quantized_layers": len(calibrated.plan.nodes),
         "low_bit_layers": sum(1 for b in simulated.bits.values() if b != (8, 8)),

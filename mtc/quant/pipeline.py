@@ -55,6 +55,7 @@ from mtc.quant.fp16 import (
     shortest_passing_prefix,
 )
 from mtc.quant.gptq import conv_hessians, gptq_weights
+from mtc.quant.image_input import exact_range, fold_input_normalization
 from mtc.quant.outliers import outlier_conv_name, split_candidate_inputs, split_outlier_channels
 from mtc.quant.qdq import INT8_MAX, UINT8_MAX, ActivationRange, insert_qdq, plan_qdq
 from mtc.quant.ranges import TensorStats, asymmetric_range, channel_ranges, collect_stats, threshold
@@ -379,9 +380,10 @@ class Rewrites:
     equalized: list = field(default_factory=list)  # concat-input scales
     splits: list = field(default_factory=list)  # outlier-channel splits
     depthwise: list = field(default_factory=list)  # depthwise-input channel scales
+    image_inputs: list = field(default_factory=list)  # normalizations folded into the convs reading them
 
     def __bool__(self) -> bool:
-        return bool(self.equalized or self.splits or self.depthwise)
+        return bool(self.equalized or self.splits or self.depthwise or self.image_inputs)
 
     def float_convs(self) -> set[str]:
         """The convs the rewrites added that stay float (the outliers' convs)."""
@@ -391,13 +393,16 @@ class Rewrites:
 def rewrite_for_int8(model: onnx.ModelProto, layer_names: Sequence[str], feeds, config: Int8Config, stages: Stages,
                      timings: dict | None = None) -> tuple[onnx.ModelProto, Rewrites]:
     """The rewrites `config` asks for around the planned `layer_names` before their ranges are
-    calibrated, each the same float function, each measured on the calibration `feeds`:
-    concat-input equalization, then the outlier-channel split and depthwise-input equalization.
-    The last two read disjoint tensors that neither changes, so one pass measures the
-    per-channel ranges of both; the first rescales concat outputs the split may read, so it
-    runs before that pass. Seconds per pass go into `timings`."""
+    calibrated, each the same float function: the normalization folded into the convs that read
+    an image, then, measured on the calibration `feeds`, concat-input equalization, the
+    outlier-channel split and depthwise-input equalization. The last two read disjoint tensors
+    that neither changes, so one pass measures the per-channel ranges of both; concat
+    equalization rescales concat outputs the split may read, so it runs before that pass.
+    Seconds per pass go into `timings`."""
     timings = timings if timings is not None else {}
     done = Rewrites()
+    if config.exact_image_input:
+        model, done.image_inputs = fold_input_normalization(model, layer_names)
     if config.equalize_concats:
         started = time.perf_counter()
         with stages.stage("equalizing concat inputs", total=len(feeds)) as advance:
@@ -448,7 +453,8 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
     started = time.perf_counter()
     with stages.stage("calibration: activation ranges", total=len(feeds)) as advance:
         stats = collect_stats(model, plan.activation_tensors(), feeds, progress=advance)
-    ranges = {name: activation_range(s, config) for name, s in stats.items()}
+    ranges, exact = activation_ranges(model, stats, config, rewrites)
+    exact_convs = {node.name for node in model.graph.node if node.input and node.input[0] in exact}
     timings["calibrate_s"] = time.perf_counter() - started
 
     rounded, rounding_gains = {}, {}
@@ -475,7 +481,8 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
             checkpoint = Path(work) / f"blocks-w{bits}.pt"
         learned = learn(model, plan, ranges, feeds, config=config.learning, activation_type=config.activation_type,
                         weight_bits=bits, outputs=[alpha.name] if alpha is not None else None,
-                        image=image.name if image is not None else None, checkpoint=checkpoint, stages=stages)
+                        image=image.name if image is not None else None, fixed_steps=exact, checkpoint=checkpoint,
+                        stages=stages)
         ranges, rounded = learned.ranges, learned.rounded
         timings["ptq4vm_s"] = time.perf_counter() - started
 
@@ -546,6 +553,8 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
                         "equalized_depthwise_inputs": [{"conv": c.conv, "channels": c.channels,
                                                         "largest_scale": round(c.largest, 4)}
                                                        for c in rewrites.depthwise],
+                        "exact_image_inputs": [{"conv": f.conv, "image": f.image, "padded": f.padded,
+                                                "exact_grid": f.conv in exact_convs} for f in rewrites.image_inputs],
                         "all_int8_check": first.to_dict()}}
     final_plan, final_model, check, budget_layers = plan, all_int8, first, []
     if affordable and len(plan.nodes) > 1:
@@ -595,6 +604,24 @@ def _then(value, advance):
     """`value`, after calling `advance()`."""
     advance()
     return value
+
+
+def activation_ranges(model: onnx.ModelProto, stats: dict[str, TensorStats], config: Int8Config,
+                      rewrites: Rewrites) -> tuple[dict[str, ActivationRange], tuple[str, ...]]:
+    """Each tensor's INT8 range from its calibration `stats` (`activation_range`), except a
+    folded image input (`rewrites.image_inputs`) whose values are those of a [0, 1] image: that
+    one gets the 8-bit grid itself (`exact_range`). Returns the ranges and the tensors on that
+    grid, whose step sizes learning must leave alone."""
+    ranges = {name: activation_range(s, config) for name, s in stats.items()}
+    folded = {fold.conv for fold in rewrites.image_inputs}
+    exact = []
+    for node in model.graph.node:  # the conv's input now: channel alignment may have padded it
+        if node.name in folded and node.input[0] in stats:
+            value_range = exact_range(stats[node.input[0]].minimum, stats[node.input[0]].maximum)
+            if value_range is not None:
+                ranges[node.input[0]] = value_range
+                exact.append(node.input[0])
+    return ranges, tuple(exact)
 
 
 def activation_range(stats: TensorStats, config: Int8Config) -> ActivationRange:

@@ -56,11 +56,12 @@ class Learned:
 def learn(model: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, ActivationRange],
           feeds: Sequence[Mapping[str, np.ndarray]], *, config: Ptq4vmConfig, activation_type: str,
           weight_bits: int, outputs: Sequence[str] | None = None, image: str | None = None,
-          checkpoint: Path | None = None, stages: Stages | None = None) -> Learned:
+          fixed_steps: Sequence[str] = (), checkpoint: Path | None = None, stages: Stages | None = None) -> Learned:
     """Learn `plan`'s quantization of `model`, starting from the calibrated `ranges`, on
     `config.samples` of `feeds`, the smallest first. Stage 2 fits `outputs` (None: every float
     output); for a recurrent model, `image` names the frame input that stage 2's temporal loss
-    takes the motion from (None: no temporal loss).
+    takes the motion from (None: no temporal loss). The tensors of `fixed_steps` keep their
+    calibrated step sizes.
 
     `checkpoint` is a scratch file this run owns: a checkpoint of another run found there is
     replaced, one of this run is resumed from.
@@ -74,6 +75,7 @@ def learn(model: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, Activation
         started = time.perf_counter()
         reconstruction = reconstruct(
             model, plan, ranges, samples, activation_type=activation_type, weight_bits=weight_bits,
+            fixed_steps=fixed_steps,
             config=ReconstructionConfig(iterations=config.iterations, batch=config.batch,
                                         max_block_layers=config.max_block_layers, drop=config.drop),
             checkpoint=checkpoint, restart_stale=True, block_display=_BlockBars(stages, config.iterations))

@@ -173,7 +173,7 @@ def _squared_error(got: Mapping, want: Mapping, names: Sequence[str]):
 def reconstruct(model: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, ActivationRange],
                 feeds: Sequence[Mapping[str, np.ndarray]], *, activation_type: str = "int8", weight_bits: int = 8,
                 activation_bits: int = 8, per_layer: Mapping[str, tuple[int, int]] | None = None,
-                keep_8bit: Iterable[str] = (),
+                keep_8bit: Iterable[str] = (), fixed_steps: Iterable[str] = (),
                 config: ReconstructionConfig = ReconstructionConfig(), checkpoint: Path | None = None,
                 restart_stale: bool = False, progress: Callable[[int, int], None] | None = None,
                 block_display: BlockDisplay | None = None) -> Reconstruction:
@@ -182,7 +182,8 @@ def reconstruct(model: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, Acti
     called after each block; each block runs inside `block_display(number, total,
     block)`, a context that yields a callable stepped once per iteration (a progress bar).
     Bit widths per layer are `attach_fake_quant`'s (`weight_bits`, `activation_bits`,
-    `per_layer`, `keep_8bit`).
+    `per_layer`, `keep_8bit`). The activations named in `fixed_steps` keep the step size their
+    range gives (a tensor already on its exact grid).
 
     With `checkpoint`, what the finished blocks learned is saved there after each block, and a
     run that finds it resumes after the last saved block with the same result as one that
@@ -212,6 +213,9 @@ def reconstruct(model: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, Acti
     mixed = sorted((name, b) for name, b in bits.items() if b != (weight_bits, 8))
     if mixed:  # only then: checkpoints of uniform 8-bit-activation runs keep the identity they had
         identity += repr(mixed)
+    fixed = {quant.activations[name] for name in fixed_steps if name in quant.activations}
+    if fixed:
+        identity += repr(sorted(name for name in fixed_steps if name in quant.activations))
     done = 0
     if checkpoint is not None and Path(checkpoint).exists():
         done = _resume(checkpoint, identity, result, rng, restart_stale=restart_stale)
@@ -224,7 +228,7 @@ def reconstruct(model: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, Acti
     for number, block in enumerate(blocks[done:], start=done):
         with torch.no_grad():
             targets = [teacher.run(dict(front), block.start, block.stop, keep=block.exits) for front in teacher_fronts]
-        steps = [q for q, b in first_reader.items() if b == number]
+        steps = [q for q, b in first_reader.items() if b == number and q not in fixed]
         display = block_display(number, len(blocks), block) if block_display else contextlib.nullcontext(None)
         with display as advance:
             losses, outcome = _train_block(student, quant, block, steps, student_fronts, targets, config, rng, advance)

@@ -222,6 +222,12 @@ def render_html(report: dict, check: CheckResult) -> str:
                        f"of the rest {c['range_before']:.3g} → {c['range_after']:.3g}</li>"
                        for c in int8["split_outlier_channels"])
         sections.append(f"<p>Outlier-channel split (a gap in the input channels' ranges):</p><ul>{rows}</ul>")
+    if int8 and int8.get("exact_image_inputs"):
+        rows = "".join(f"<li>{html.escape(f['conv'])} reads {html.escape(f['image'])}"
+                       f"{' (its padding made explicit)' if f['padded'] else ''}: "
+                       f"{'on the 8-bit grid itself (centred: levels -128..127 of step 1/255)' if f['exact_grid'] else 'calibrated (not a [0, 1] image on the calibration data)'}</li>"
+                       for f in int8["exact_image_inputs"])
+        sections.append(f"<p>Input normalization folded into the first convs' weights:</p><ul>{rows}</ul>")
     if int8 and int8.get("learning"):
         sections += _learning(int8["learning"], int8.get("affine_choice"))
     if int8 and int8.get("equalized_concat_inputs"):
