@@ -53,7 +53,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import STATES, OrtRvm, update_results  # noqa: E402
+from common import ONE_GRAY_LEVEL, STATES, OrtRvm, one_gray_level_noise, update_results  # noqa: E402
 
 from calib_data.builtin_clip import CALIBRATION_SHOTS, ClipSpec, builtin_frames  # noqa: E402
 from mtc.bench.accuracy import StreamingMetrics, as_alpha  # noqa: E402
@@ -114,6 +114,24 @@ class MtcRvm:
 
     def process(self, frame: np.ndarray) -> np.ndarray:
         return self.session.process(frame).alpha
+
+
+class OneGrayLevel:
+    """A runner fed each frame with one gray level of random noise (`one_gray_level_noise`; the
+    same noise per frame index on every clip): not a peer, the yardstick for INT8's error, how
+    far the model's own alpha moves for a change nobody sees."""
+
+    def __init__(self, runner):
+        self.runner = runner
+        self.reset()
+
+    def reset(self) -> None:
+        self.runner.reset()
+        self.index = 0
+
+    def process(self, frame: np.ndarray) -> np.ndarray:
+        self.index += 1
+        return self.runner.process(one_gray_level_noise(frame, seed=self.index))
 
 
 # ---- the stock INT8 peer ------------------------------------------------------------------------
@@ -477,6 +495,8 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=3, help="evalset clips per resolution")
     parser.add_argument("--calib-frames", type=int, default=16, help="built-in clip frames per case for INT8")
     parser.add_argument("--no-openvino", action="store_true")
+    parser.add_argument("--one-gray-level", action="store_true",
+                        help="also plain ONNX Runtime FP32 on frames with one gray level of noise (a yardstick)")
     parser.add_argument("--json", help="also write the JSON here")
     parser.add_argument("--plot", type=Path, default=PLOT, help="PNG plot path (default: %(default)s)")
     parser.add_argument("--no-results", action="store_true", help="do not update RESULTS.md or the plot")
@@ -501,6 +521,8 @@ def main() -> None:
             else builtin_clips(width, height, args.frames)
         runners = {"ort_fp32": OrtRvm(official, ratio, args.threads),
                    "ort_int8_qdq": OrtRvm(int8, ratio, args.threads)}
+        if args.one_gray_level:
+            runners[ONE_GRAY_LEVEL] = OneGrayLevel(OrtRvm(official, ratio, args.threads))
         if use_openvino:
             runners["openvino_fp32"] = OpenVinoRvm(official, ratio, args.threads)
             if use_bf16:

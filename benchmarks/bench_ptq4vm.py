@@ -16,7 +16,8 @@ child process (wall time and peak memory measured):
 
 Then `bench_peers.py` runs them through mtc.runtime on OpenVINO beside plain ONNX Runtime FP32
 (the speed and fidelity reference), OpenVINO FP32/BF16, ONNX Runtime's `quantize_static` and
-NNCF's defaults, interleaved frame by frame: once on the built-in clip and, with `--evalset`,
+NNCF's defaults, and, as a yardstick, the reference on frames with one gray level of noise,
+interleaved frame by frame: once on the built-in clip and, with `--evalset`,
 once on ground-truth composites (evalset foregrounds moving over the evalset videos).
 
 Targets (issue 22): the dense PTQ4VM artifact within MAD <= 0.5 and dtSSD <= 0.5 of FP32 at
@@ -37,7 +38,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import dump, ensure_artifact, machine, run_measured, update_results  # noqa: E402
+from common import ONE_GRAY_LEVEL, dump, ensure_artifact, machine, run_measured, update_results  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 PLAIN_METHODS = ("mse", "minmax", "percentile", "entropy")
@@ -131,7 +132,7 @@ def layers(folder: Path) -> dict:
 def peers(artifacts: dict[str, Path], args, evalset: Path | None) -> dict:
     """bench_peers.py on the artifacts (OpenVINO), its JSON."""
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        command = [sys.executable, str(HERE / "bench_peers.py"), "--no-results", "--json", out.name,
+        command = [sys.executable, str(HERE / "bench_peers.py"), "--no-results", "--json", out.name, "--one-gray-level",
                    "--frames", str(args.frames), "--rounds", str(args.rounds), "--threads", str(args.threads),
                    *(arg for folder in artifacts.values() for arg in ("--artifact", f"{folder}@openvino"))]
         if evalset is not None:
@@ -210,6 +211,11 @@ def render(result: dict) -> None:
                 name = label_of(c, result["folders"]) or c["label"]
                 row = " | ".join(fmt(c[side], metric) for side in ("vs_fp32", "vs_gt") for metric in ("mad", "dtssd", "grad"))
                 lines.append(f"| {case['resolution']} | {name} | {c['speedup_vs_ort_fp32']:.2f}× | {row} |")
+    if any(c["label"] == ONE_GRAY_LEVEL for run in result["runs"].values() for case in run["cases"]
+           for c in case["configs"]):
+        lines += ["", f"`{ONE_GRAY_LEVEL}` is no peer but a yardstick: plain ONNX Runtime FP32 on the frames with "
+                      "each pixel moved by one gray level at random (-1, 0, +1 with probabilities 1/4, 1/2, 1/4), "
+                      "scored against itself on the clean frames."]
     lines += ["", "Targets:", *verdicts(result)]
     update_results("bench_ptq4vm", "\n".join(lines))
 

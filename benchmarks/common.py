@@ -106,6 +106,10 @@ class OrtRvm:
         return pha[0, 0]
 
 
+# bench_peers.py's label for plain ONNX Runtime FP32 fed `one_gray_level_noise` frames
+ONE_GRAY_LEVEL = "ort_fp32_one_gray_level_noise"
+
+
 def one_gray_level_noise(frame, seed: int):
     """`frame` (uint8) with each value moved by -1, 0 or +1 gray level (probabilities 1/4, 1/2,
     1/4; clipped to 0..255): noise below what eyes or 8-bit codecs keep apart, to show how much

@@ -106,6 +106,29 @@ def test_bench_case_scores_against_the_first_configuration(peers):
     assert peers.summarize(results["ort_fp32"], None)["vs_fp32"] == {"mad": 0.0, "dtssd": 0.0, "grad": 0.0}
 
 
+def test_the_one_gray_level_runner_feeds_the_same_noise_per_frame_index_on_every_clip(peers):
+    class Recorder:
+        def __init__(self):
+            self.frames, self.resets = [], 0
+
+        def reset(self):
+            self.resets += 1
+
+        def process(self, frame):
+            self.frames.append(frame)
+            return frame[..., 0]
+
+    inner = Recorder()
+    runner = peers.OneGrayLevel(inner)
+    frame = np.full((6, 8, 3), 100, np.uint8)
+    first = [runner.process(frame) for _ in range(2)]
+    runner.reset()
+    again = [runner.process(frame) for _ in range(2)]
+    moved = np.stack(inner.frames).astype(int) - 100
+    assert set(np.unique(moved)) == {-1, 0, 1} and inner.resets == 2  # the wrapped runner is reset too
+    assert (first[0] == again[0]).all() and (first[1] == again[1]).all() and not (first[0] == first[1]).all()
+
+
 def test_evalset_composites_have_exact_alpha(peers, tmp_path):
     from mtc.runtime.media import VideoWriter
 

@@ -56,3 +56,19 @@ def test_a_learned_model_with_more_flicker_than_the_plain_one_reads_higher_not_n
             _row("mtc_int8_openvino_rvm-int8-dense-ptq4vm", 0.7, 0.84)]
     comparison = next(line for line in bench.verdicts(_result(bench, rows)) if "best plain calibrator" in line)
     assert "dtSSD 20% higher, MAD not worse (missed" in comparison
+
+
+def test_the_one_gray_level_yardstick_is_a_row_explained_as_no_peer(bench, monkeypatch):
+    rows = [_row("ort_fp32", 0.0, 0.0), _row(bench.ONE_GRAY_LEVEL, 1.1, 0.85),
+            _row("mtc_int8_openvino_rvm-int8-dense-ptq4vm", 0.7, 0.7)]
+    result = {**_result(bench, rows), "machine": {"date": "2026-12-05", "cpu": "a CPU", "cores": 2,
+                                                   "onnxruntime": "1.32.0", "libraries": {}},
+              "cpu_class": "avx2", "threads": 2, "frames": 16, "rounds": 3}
+    written = {}
+    monkeypatch.setattr(bench, "update_results", lambda section, text: written.update({section: text}))
+    bench.render(result)
+    text = written["bench_ptq4vm"]
+    assert f"| 512x288 | {bench.ONE_GRAY_LEVEL} | 2.00× | 1.1 | 0.85 |" in text
+    assert f"`{bench.ONE_GRAY_LEVEL}` is no peer but a yardstick" in text
+    # the verdicts still judge the learned artifact only
+    assert any("dense PTQ4VM vs FP32 MAD 0.70 / dtSSD 0.70" in line for line in bench.verdicts(result))
