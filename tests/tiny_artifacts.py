@@ -79,6 +79,15 @@ def write_model_artifact(folder: Path, model: onnx.ModelProto) -> Path:
     return folder
 
 
+def write_logit_artifact(folder: Path, model: onnx.ModelProto) -> Path:
+    """`model`, whose output `logit` (1x1xhxw) a sigmoid makes the alpha, as an FP32
+    image-matting artifact folder (see `write_model_artifact`)."""
+    model.graph.node.append(helper.make_node("Sigmoid", ["logit"], ["pha"], name="sigmoid"))
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("pha", TensorProto.FLOAT, [1, 1, "h", "w"]))
+    return write_model_artifact(folder, model)
+
+
 def edit_manifest(folder: Path, change) -> None:
     """Apply `change(data)` to the folder's manifest.json (as a hostile or damaged file would)."""
     path = folder / MANIFEST_NAME

@@ -114,6 +114,11 @@ def loss_curves(curves: list[tuple[str, list[float]]], *, title: str, width: int
     return _figure(title, "<div style='display:flex;flex-wrap:wrap;gap:6px'>" + "".join(charts) + "</div>")
 
 
+def _bullets(intro: str, items: list[str]) -> str:
+    """A paragraph and a bullet list of already escaped HTML items."""
+    return f"<p>{intro}</p><ul>{''.join(f'<li>{item}</li>' for item in items)}</ul>"
+
+
 def _learning(learning: dict, choice: dict | None) -> list[str]:
     """The PTQ4VM section: what ran, which affine correction won, and each block's
     reconstruction loss over its iterations."""
@@ -217,17 +222,17 @@ def render_html(report: dict, check: CheckResult) -> str:
                         f"(ranges: {html.escape(int8['method'])}{learned}); kept in float: "
                         f"{html.escape(', '.join(int8['fallback_layers']) or 'none')}.</p>")
     if int8 and int8.get("split_outlier_channels"):
-        rows = "".join(f"<li>{html.escape(c['conv'])}: input channel{'s' if len(c['channels']) > 1 else ''} "
-                       f"{html.escape(', '.join(map(str, c['channels'])))} read by a float conv; the INT8 input range "
-                       f"of the rest {c['range_before']:.3g} → {c['range_after']:.3g}</li>"
-                       for c in int8["split_outlier_channels"])
-        sections.append(f"<p>Outlier-channel split (a gap in the input channels' ranges):</p><ul>{rows}</ul>")
+        sections.append(_bullets("Outlier-channel split (a gap in the input channels' ranges):", [
+            f"{html.escape(c['conv'])}: input channel{'s' if len(c['channels']) > 1 else ''} "
+            f"{html.escape(', '.join(map(str, c['channels'])))} read by a float conv; the INT8 input range of the rest "
+            f"{c['range_before']:.3g} → {c['range_after']:.3g}" for c in int8["split_outlier_channels"]]))
     if int8 and int8.get("exact_image_inputs"):
-        rows = "".join(f"<li>{html.escape(f['conv'])} reads {html.escape(f['image'])}"
-                       f"{' (its padding made explicit)' if f['padded'] else ''}: "
-                       f"{'on the 8-bit grid itself (centred: levels -128..127 of step 1/255)' if f['exact_grid'] else 'calibrated (not a [0, 1] image on the calibration data)'}</li>"
-                       for f in int8["exact_image_inputs"])
-        sections.append(f"<p>Input normalization folded into the first convs' weights:</p><ul>{rows}</ul>")
+        grid = {True: "on the 8-bit grid itself (centred: levels -128..127 of step 1/255)",
+                False: "calibrated (not a [0, 1] image on the calibration data)"}
+        sections.append(_bullets("Input normalization folded into the first convs' weights:", [
+            f"{html.escape(f['conv'])} reads {html.escape(f['image'])}"
+            f"{' (its padding made explicit)' if f['padded'] else ''}: {grid[f['exact_grid']]}"
+            for f in int8["exact_image_inputs"]]))
     if int8 and int8.get("learning"):
         sections += _learning(int8["learning"], int8.get("affine_choice"))
     if int8 and int8.get("equalized_concat_inputs"):

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
-from tiny_artifacts import write_model_artifact
+from tiny_artifacts import write_logit_artifact
 
 from mtc.quant.config import Fallback, Gates, Int8Config
 from mtc.quant.equalize import (
@@ -113,17 +113,8 @@ def test_convs_not_named_or_evenly_spread_are_left_alone():
     assert _equalize(even, ["depthwise"], _feeds(2, seed=0)) == (even, [])
 
 
-def _artifact(folder):
-    """The model as an image artifact: a sigmoid makes its logit an alpha."""
-    model = _depthwise_model()
-    model.graph.node.append(helper.make_node("Sigmoid", ["logit"], ["pha"], name="sigmoid"))
-    del model.graph.output[:]
-    model.graph.output.append(helper.make_tensor_value_info("pha", TensorProto.FLOAT, [1, 1, "h", "w"]))
-    return write_model_artifact(folder, model)
-
-
 def test_equalizing_lowers_the_dense_int8_error_and_is_reported(tmp_path):
-    source = _artifact(tmp_path / "toy")
+    source = write_logit_artifact(tmp_path / "toy", _depthwise_model())
     data = DataPlan(calib_frames=6, check_frames=6, settings=((64, 48, None),))
     mads = {}
     for equalize in (False, True):
@@ -142,7 +133,7 @@ def test_equalizing_lowers_the_dense_int8_error_and_is_reported(tmp_path):
 
 
 def test_the_dense_preset_equalizes_depthwise_inputs_unless_told_not_to(tmp_path):
-    source = _artifact(tmp_path / "toy")
+    source = write_logit_artifact(tmp_path / "toy", _depthwise_model())
     for flags, expected in (([], ["depthwise"]), (["--no-equalize"], [])):
         out = tmp_path / f"int8-{len(flags)}"
         result = subprocess.run([sys.executable, "-m", "mtc", "quantize", str(source), "-o", str(out), "--int8",

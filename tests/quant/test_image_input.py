@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from tiny_artifacts import write_model_artifact
+from tiny_artifacts import write_logit_artifact
 
 from mtc.errors import MtcError
 from mtc.quant.config import Fallback, Gates, Int8Config
@@ -91,16 +91,8 @@ def test_the_exact_image_input_needs_uint8_activations():
         Int8Config(exact_image_input=True, activation_type="int8")
 
 
-def _artifact(folder):
-    model = _normalized_model()
-    model.graph.node.append(helper.make_node("Sigmoid", ["logit"], ["pha"], name="sigmoid"))
-    del model.graph.output[:]
-    model.graph.output.append(helper.make_tensor_value_info("pha", TensorProto.FLOAT, [1, 1, "h", "w"]))
-    return write_model_artifact(folder, model)
-
-
 def test_the_folded_input_is_quantized_on_the_pixel_grid_and_costs_nothing(tmp_path):
-    source = _artifact(tmp_path / "toy")
+    source = write_logit_artifact(tmp_path / "toy", _normalized_model())
     data = DataPlan(calib_frames=6, check_frames=6, settings=((64, 48, None),))
     rounding = {}
     for exact in (False, True):

@@ -7,7 +7,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from tiny_artifacts import write_model_artifact
+from tiny_artifacts import write_logit_artifact
 
 from mtc.quant.config import Fallback, Gates, Int8Config
 from mtc.quant.outliers import outlier_channels, outlier_conv_name, split_candidate_inputs, split_outlier_channels
@@ -88,17 +88,9 @@ def test_grouped_convs_and_convs_not_named_are_left_alone():
     assert _split(model, ["encoder"], _feeds(2, seed=0)) == (model, [])
 
 
-def _artifact(folder, model):
-    sigmoid = helper.make_node("Sigmoid", ["logit"], ["pha"], name="sigmoid")
-    model.graph.node.append(sigmoid)
-    del model.graph.output[:]
-    model.graph.output.append(helper.make_tensor_value_info("pha", TensorProto.FLOAT, [1, 1, "h", "w"]))
-    return write_model_artifact(folder, model)
-
-
 @pytest.mark.parametrize("affine", [False, True])
 def test_the_split_lowers_the_dense_int8_error_and_keeps_only_the_outliers_conv_float(tmp_path, affine):
-    source = _artifact(tmp_path / "toy", _wide_channel_model())
+    source = write_logit_artifact(tmp_path / "toy", _wide_channel_model())
     data = DataPlan(calib_frames=6, check_frames=6, settings=((64, 48, None),))
     mads = {}
     for split in (False, True):
