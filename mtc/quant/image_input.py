@@ -51,26 +51,17 @@ def fold_input_normalization(model: onnx.ModelProto, conv_names: Iterable[str]
     the affine folded into its weights and bias as above. Only ungrouped convs with initializer
     weights and explicit (or no) padding qualify. Returns the model and the folds made (empty:
     `model` unchanged)."""
+    found = _foldable(model, set(conv_names))
+    if not found:
+        return model, []
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
-    wanted = set(conv_names)
     initializers = {i.name: i for i in graph.initializer}
-    constants = _constants(graph)
-    writers = producers(graph)
     folds = []
-    for conv in [n for n in graph.node if n.op_type == "Conv" and n.name in wanted]:
-        if conv.input[1] not in initializers or attribute(conv, "group", 1) != 1:
-            continue
-        if attribute(conv, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-            continue
+    for conv in [n for n in graph.node if n.name in found]:
+        image, gain, offset = found[conv.name]
         weight = numpy_helper.to_array(initializers[conv.input[1]])
-        found = _affine_source(conv.input[0], writers, constants, weight.shape[1])
-        if found is None:
-            continue
-        image, gain, offset = found
-        if not np.all(np.isfinite(gain)) or np.any(gain == 0) or not np.all(np.isfinite(offset)):
-            continue
         spatial = weight.shape[2:]
         shape = (1, weight.shape[1]) + (1,) * len(spatial)
         folded_weight = weight * gain.reshape(shape)
@@ -93,11 +84,41 @@ def fold_input_normalization(model: onnx.ModelProto, conv_names: Iterable[str]
         else:
             conv.input.append(f"{name}_bias")
         folds.append(FoldedNormalization(conv.name, source, image, bool(any(pads))))
-    if not folds:
-        return model, []
     sort_nodes(graph)
     remove_dead_nodes(graph)
     return onnx.shape_inference.infer_shapes(out), folds
+
+
+def _foldable(model: onnx.ModelProto, wanted: set[str]) -> dict[str, tuple[str, np.ndarray, np.ndarray]]:
+    """conv name -> (image, gain, offset) for each wanted conv that qualifies (see
+    `fold_input_normalization`)."""
+    graph = model.graph
+    initializers = {i.name: i for i in graph.initializer}
+    constant_nodes = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
+    writers = producers(graph)
+
+    def per_channel(name: str, channels: int) -> np.ndarray | None:
+        # only small constants are read: a weight is never one value per channel of an image
+        proto = initializers.get(name)
+        if proto is None and name in constant_nodes:
+            proto = attribute(constant_nodes[name], "value")
+        if proto is None or np.prod(proto.dims, dtype=np.int64) > channels:
+            return None
+        return _per_channel(numpy_helper.to_array(proto), channels)
+
+    found = {}
+    for conv in graph.node:
+        if conv.op_type != "Conv" or conv.name not in wanted or conv.input[1] not in initializers:
+            continue
+        if attribute(conv, "group", 1) != 1 or attribute(conv, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            continue
+        affine = _affine_source(conv.input[0], writers, per_channel, initializers[conv.input[1]].dims[1])
+        if affine is None:
+            continue
+        _, gain, offset = affine
+        if np.all(np.isfinite(gain)) and np.all(gain != 0) and np.all(np.isfinite(offset)):
+            found[conv.name] = affine
+    return found
 
 
 def exact_range(minimum: float, maximum: float) -> ActivationRange | None:
@@ -109,14 +130,15 @@ def exact_range(minimum: float, maximum: float) -> ActivationRange | None:
     return IMAGE_RANGE if low - tolerance <= minimum and maximum <= high + tolerance else None
 
 
-def _affine_source(tensor: str, writers: dict, constants: dict, channels: int):
+def _affine_source(tensor: str, writers: dict, per_channel, channels: int):
     """(x, gain, offset) with `tensor` = gain * x + offset per channel, walking back through
-    AFFINE_OPS by per-channel constants as far as they go; None if not even one."""
+    AFFINE_OPS by per-channel constants (`per_channel(name, channels)`: the constant's value per
+    channel, or None) as far as they go; None if not even one."""
     gain, offset = np.ones(channels, np.float64), np.zeros(channels, np.float64)
     walked = 0
     while tensor in writers and writers[tensor].op_type in AFFINE_OPS:
         node = writers[tensor]
-        operands = [_per_channel(constants.get(name), channels) for name in node.input]
+        operands = [per_channel(name, channels) for name in node.input]
         if len(node.input) != 2 or (operands[0] is None) == (operands[1] is None):
             break
         constant_first = operands[0] is not None
@@ -139,10 +161,10 @@ def _affine_source(tensor: str, writers: dict, constants: dict, channels: int):
     return (tensor, gain, offset) if walked else None
 
 
-def _per_channel(value: np.ndarray | None, channels: int) -> np.ndarray | None:
-    """`value` as one number per channel (axis 1 of an NCHW-like tensor), or None if it is no
-    constant that broadcasts that way."""
-    if value is None or not np.issubdtype(value.dtype, np.floating):
+def _per_channel(value: np.ndarray, channels: int) -> np.ndarray | None:
+    """`value` as one number per channel (axis 1 of an NCHW-like tensor), or None if it does
+    not broadcast that way."""
+    if not np.issubdtype(value.dtype, np.floating):
         return None
     if value.size == 1:
         return np.full(channels, float(value.reshape(())), np.float64)
@@ -150,14 +172,6 @@ def _per_channel(value: np.ndarray | None, channels: int) -> np.ndarray | None:
     if squeezed != [channels] or value.ndim < 3 or value.shape[-3] != channels:
         return None  # one value per channel must sit on the channel axis (C, 1, 1) / (1, C, 1, 1)
     return value.reshape(channels).astype(np.float64)
-
-
-def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and attribute(node, "value") is not None:
-            values[node.output[0]] = numpy_helper.to_array(attribute(node, "value"))
-    return values
 
 
 def _centred_image(graph: onnx.GraphProto, name: str, image: str, level: np.ndarray, pads: list[int],

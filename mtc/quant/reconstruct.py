@@ -213,9 +213,10 @@ def reconstruct(model: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, Acti
     mixed = sorted((name, b) for name, b in bits.items() if b != (weight_bits, 8))
     if mixed:  # only then: checkpoints of uniform 8-bit-activation runs keep the identity they had
         identity += repr(mixed)
-    fixed = {quant.activations[name] for name in fixed_steps if name in quant.activations}
-    if fixed:
-        identity += repr(sorted(name for name in fixed_steps if name in quant.activations))
+    fixed_names = sorted(name for name in fixed_steps if name in quant.activations)
+    fixed = {quant.activations[name] for name in fixed_names}
+    if fixed_names:
+        identity += repr(fixed_names)
     done = 0
     if checkpoint is not None and Path(checkpoint).exists():
         done = _resume(checkpoint, identity, result, rng, restart_stale=restart_stale)
