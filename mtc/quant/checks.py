@@ -12,7 +12,7 @@ import numpy as np
 from mtc import metrics
 from mtc.artifact.manifest import ModelIO
 from mtc.backends import Backend
-from mtc.quant.calibration import Clip
+from mtc.quant.calibration import Clip, RecordingBackend
 from mtc.quant.config import Gates
 from mtc.runtime.session import MattingSession
 
@@ -113,9 +113,14 @@ class ReferenceAlphas:
     """FP32 alphas of the check clips, computed once and reused for every candidate."""
 
     def __init__(self, io: ModelIO, reference: Backend | None, clips: Sequence[Clip],
-                 alphas: Sequence[np.ndarray] | None = None):
+                 alphas: Sequence[np.ndarray] | None = None, *, record_inputs: bool = False):
+        """`record_inputs`: also keep the inputs the reference got (`feeds`: the model's inputs on
+        the check frames, recurrent state included), for measurements beyond the alphas."""
         self.io, self.clips = io, list(clips)
-        self.alphas = list(alphas) if alphas is not None else [run_alphas(io, reference, clip) for clip in self.clips]
+        recorder = RecordingBackend(reference) if record_inputs and alphas is None else None
+        runner = recorder or reference
+        self.alphas = list(alphas) if alphas is not None else [run_alphas(io, runner, clip) for clip in self.clips]
+        self.feeds: list[dict[str, np.ndarray]] | None = recorder.feeds if recorder is not None else None
 
     def head(self, *, clips: int, frames: int) -> ReferenceAlphas:
         """The first `frames` frames of the first `clips` clips, without re-running the reference."""

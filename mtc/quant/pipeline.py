@@ -45,6 +45,7 @@ from mtc.quant.align import align_conv_inputs
 from mtc.quant.calibration import BUILTIN, Clip, builtin_photo_clips, load_clips, record_feeds
 from mtc.quant.checks import CheckResult, Counted, ReferenceAlphas
 from mtc.quant.config import Fallback, Gates, Int8Config, preset, with_recipe
+from mtc.quant.coverage import COVERAGE_FRAMES, coverage_report, range_coverage, spread
 from mtc.quant.equalize import depthwise_candidate_inputs, equalize_concat_inputs, equalize_depthwise_inputs
 from mtc.quant.fp16 import (
     activation_magnitudes,
@@ -197,7 +198,9 @@ def quantize_artifact(source: Path, output: Path, *, precision: str, config: Int
         # The frames are counted as the recorder steps through them (it takes no callback).
         feeds = record_feeds(io, fp32_path, [dataclasses.replace(c, frames=counted(c.frames, advance)) for c in calib])
     with stages.stage("FP32 reference on the check frames", total=sum(len(c.frames) for c in checks)) as advance:
-        reference = ReferenceAlphas(io, Counted(OrtBackend(fp32_path), advance), checks)
+        # INT8 also measures how its ranges cover the check frames (mtc.quant.coverage).
+        reference = ReferenceAlphas(io, Counted(OrtBackend(fp32_path), advance), checks,
+                                    record_inputs=precision == "int8")
     timings["data_s"] = time.perf_counter() - started
 
     all_int8 = None
@@ -426,6 +429,30 @@ def rewrite_for_int8(model: onnx.ModelProto, layer_names: Sequence[str], feeds, 
     return model, done
 
 
+def _coverage(model, plan, ranges, stats, reference, config: Int8Config, timings, stages: Stages) -> dict | None:
+    """report.json's `range_coverage` (mtc.quant.coverage) on the check frames the reference
+    recorded; None where it recorded none."""
+    if not reference.feeds:
+        return None
+    started = time.perf_counter()
+    feeds = spread(reference.feeds, COVERAGE_FRAMES)
+    with stages.stage("range coverage: clipping on the check frames", total=len(feeds)) as advance:
+        measured = range_coverage(model, ranges, feeds, stats=stats, activation_type=config.activation_type,
+                                  progress=advance)
+    planned = set(plan.node_names)
+    readers = {tensor: node.name for node in model.graph.node if node.name in planned
+               for tensor in node.input if tensor in ranges}
+    coverage = coverage_report(measured, readers, len(feeds))
+    timings["coverage_s"] = time.perf_counter() - started
+    worst = coverage["clipping_dominates"]
+    if worst:
+        log.warning("%d of %d INT8 inputs lose more than twice as much to clipping as to rounding on the check frames, "
+                    "and as they lost to clipping on the calibration data (worst: %s's input, %.3g times its rounding "
+                    "error): the calibration data do not cover this footage; calibrate on footage like it (--calib)", len(worst), coverage["tensors"], worst[0]["read_by"] or worst[0]["tensor"],
+                    worst[0]["clip_to_round"])
+    return coverage
+
+
 def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: Fallback, timings, stages: Stages,
           *, work: Path | None = None, bits_for: Callable[[onnx.ModelProto], int] | None = None):
     """INT8 as `config` says. `bits_for`, for learned quantization with its weight bits left
@@ -485,6 +512,8 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
                         stages=stages)
         ranges, rounded = learned.ranges, learned.rounded
         timings["ptq4vm_s"] = time.perf_counter() - started
+
+    coverage = _coverage(model, plan, ranges, stats, reference, config, timings, stages)
 
     closed_form = config.affine_correction
     affordable = [n for n in plan.node_names if 0 < mac_share.get(n, 0.0) <= config.float_budget]
@@ -555,6 +584,7 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
                                                        for c in rewrites.depthwise],
                         "exact_image_inputs": [{"conv": f.conv, "image": f.image, "padded": f.padded,
                                                 "exact_grid": f.conv in exact_convs} for f in rewrites.image_inputs],
+                        "range_coverage": coverage,
                         "all_int8_check": first.to_dict()}}
     final_plan, final_model, check, budget_layers = plan, all_int8, first, []
     if affordable and len(plan.nodes) > 1:

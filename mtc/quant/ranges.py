@@ -133,6 +133,17 @@ def _mse_range(stats: TensorStats, levels: int) -> tuple[float, float]:
     return -float(clip[low]), float(clip[high])
 
 
+def clipping_error(stats: TensorStats, low: float, high: float) -> float:
+    """The squared error clipping the calibration values to [low, high] adds up to, from the
+    histograms (each value at its bin's centre)."""
+    if stats.count == 0 or stats.hist_max == 0:
+        return 0.0
+    centers = (np.arange(HISTOGRAM_BINS) + 0.5) * (stats.hist_max / HISTOGRAM_BINS)
+    positive, negative = stats.hist - stats.neg_hist, stats.neg_hist
+    return float((positive * np.square(np.maximum(centers - high, 0.0))).sum()
+                 + (negative * np.square(np.maximum(centers + low, 0.0))).sum())
+
+
 def _entropy_threshold(hist: np.ndarray, edges: np.ndarray, levels: int = 128) -> float:
     """TensorRT-style KL calibration: the clip that keeps the 128-level histogram closest to the data."""
     best_kl, best_index = np.inf, len(hist)

@@ -119,6 +119,23 @@ def _bullets(intro: str, items: list[str]) -> str:
     return f"<p>{intro}</p><ul>{''.join(f'<li>{item}</li>' for item in items)}</ul>"
 
 
+def _coverage(coverage: dict) -> str:
+    """The range coverage: the INT8 inputs the check frames drive past their calibrated range."""
+    worst = coverage["clipping_dominates"]
+    head = f"Range coverage on the {coverage['frames']} check frames: "
+    if not worst:
+        return f"<p>{head}no INT8 input outgrows its calibrated range.</p>"
+    shown = worst[:20]
+    more = f" (the {len(shown)} worst shown)" if len(worst) > len(shown) else ""
+    return _bullets(
+        f"{head}{len(worst)} of {coverage['tensors']} INT8 inputs lose more than twice as much to clipping as to "
+        f"rounding, and as they lost to clipping on the calibration data{more}. The calibration data do not cover this footage: "
+        "calibrate on footage like it (<code>--calib</code>).",
+        [f"{html.escape(c['read_by'] or c['tensor'])}'s input: clipping error {c['clip_to_round']:.3g}× the rounding "
+         f"error ({c['calibration_clip_to_round']:.3g}× on the calibration data), {c['clipped_share']:.2%} of its "
+         "values clipped" for c in shown])
+
+
 def _learning(learning: dict, choice: dict | None) -> list[str]:
     """The PTQ4VM section: what ran, which affine correction won, and each block's
     reconstruction loss over its iterations."""
@@ -233,6 +250,8 @@ def render_html(report: dict, check: CheckResult) -> str:
             f"{html.escape(f['conv'])} reads {html.escape(f['image'])}"
             f"{' (its padding made explicit)' if f['padded'] else ''}: {grid[f['exact_grid']]}"
             for f in int8["exact_image_inputs"]]))
+    if int8 and int8.get("range_coverage"):
+        sections.append(_coverage(int8["range_coverage"]))
     if int8 and int8.get("learning"):
         sections += _learning(int8["learning"], int8.get("affine_choice"))
     if int8 and int8.get("equalized_concat_inputs"):

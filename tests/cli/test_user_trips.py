@@ -76,6 +76,7 @@ QUANT_STAGES = [
     "equalizing concat inputs",
     "calibration: activation ranges",
     "weight rounding (GPTQ)",
+    "range coverage: clipping on the check frames",
     "range fitting: per-layer INT8 error",
     "checking all-INT8 against FP32",
     "float budget: probing layers",
