@@ -109,18 +109,29 @@ class CheckResult:
                 "clips": [c.to_dict() for c in self.clips]}
 
 
+def spread(items: Sequence, count: int) -> list:
+    """At most `count` of `items`, evenly spaced from the first to the last."""
+    if len(items) <= count:
+        return list(items)
+    if count == 1:
+        return [items[0]]
+    return [items[round(i * (len(items) - 1) / (count - 1))] for i in range(count)]
+
+
 class ReferenceAlphas:
     """FP32 alphas of the check clips, computed once and reused for every candidate."""
 
     def __init__(self, io: ModelIO, reference: Backend | None, clips: Sequence[Clip],
-                 alphas: Sequence[np.ndarray] | None = None, *, record_inputs: bool = False):
-        """`record_inputs`: also keep the inputs the reference got (`feeds`: the model's inputs on
-        the check frames, recurrent state included), for measurements beyond the alphas."""
+                 alphas: Sequence[np.ndarray] | None = None, *, record_inputs: int = 0):
+        """`record_inputs`: also keep up to this many of the inputs the reference got, spread over
+        the check frames (`feeds`: the model's inputs, recurrent state included), for
+        measurements beyond the alphas."""
         self.io, self.clips = io, list(clips)
         recorder = RecordingBackend(reference) if record_inputs and alphas is None else None
         runner = recorder or reference
         self.alphas = list(alphas) if alphas is not None else [run_alphas(io, runner, clip) for clip in self.clips]
-        self.feeds: list[dict[str, np.ndarray]] | None = recorder.feeds if recorder is not None else None
+        self.feeds: list[dict[str, np.ndarray]] | None = \
+            spread(recorder.feeds, record_inputs) if recorder is not None else None
 
     def head(self, *, clips: int, frames: int) -> ReferenceAlphas:
         """The first `frames` frames of the first `clips` clips, without re-running the reference."""

@@ -51,13 +51,6 @@ def representable(value_range: ActivationRange, activation_type: str) -> tuple[f
     return (0 - int(zero_point)) * scale, (UINT8_MAX - int(zero_point)) * scale
 
 
-def spread(items: Sequence, count: int) -> list:
-    """At most `count` of `items`, evenly spaced from the first."""
-    if len(items) <= count:
-        return list(items)
-    return [items[round(i * (len(items) - 1) / (count - 1))] for i in range(count)] if count > 1 else [items[0]]
-
-
 def range_coverage(model: onnx.ModelProto, ranges: Mapping[str, ActivationRange], feeds: Sequence[dict], *,
                    stats: Mapping[str, TensorStats], activation_type: str, progress=None) -> list[Coverage]:
     """Per tensor of `ranges` (tensors of `model`, before Q/DQ), its clipping on `feeds` and,
@@ -93,7 +86,7 @@ def coverage_report(coverage: Sequence[Coverage], readers: Mapping[str, str], fr
     and the ones the check frames outgrew (`Coverage.outgrown`; `readers`: the quantized node
     each tensor feeds, for the reader)."""
     return {"frames": frames, "tensors": len(coverage),
-            "clipping_dominates": [{"tensor": c.tensor, "read_by": readers.get(c.tensor, ""),
-                                    "clipped_share": round(c.clipped_share, 6), "clip_to_round": round(c.clip_to_round, 2),
-                                    "calibration_clip_to_round": round(c.calibration_clip_to_round, 2)}
-                                   for c in coverage if c.outgrown]}
+            "outgrown": [{"tensor": c.tensor, "read_by": readers.get(c.tensor, ""),
+                          "clipped_share": round(c.clipped_share, 6), "clip_to_round": round(c.clip_to_round, 2),
+                          "calibration_clip_to_round": round(c.calibration_clip_to_round, 2)}
+                         for c in coverage if c.outgrown]}

@@ -45,7 +45,7 @@ from mtc.quant.align import align_conv_inputs
 from mtc.quant.calibration import BUILTIN, Clip, builtin_photo_clips, load_clips, record_feeds
 from mtc.quant.checks import CheckResult, Counted, ReferenceAlphas
 from mtc.quant.config import Fallback, Gates, Int8Config, preset, with_recipe
-from mtc.quant.coverage import COVERAGE_FRAMES, coverage_report, range_coverage, spread
+from mtc.quant.coverage import COVERAGE_FRAMES, coverage_report, range_coverage
 from mtc.quant.equalize import depthwise_candidate_inputs, equalize_concat_inputs, equalize_depthwise_inputs
 from mtc.quant.fp16 import (
     activation_magnitudes,
@@ -200,7 +200,7 @@ def quantize_artifact(source: Path, output: Path, *, precision: str, config: Int
     with stages.stage("FP32 reference on the check frames", total=sum(len(c.frames) for c in checks)) as advance:
         # INT8 also measures how its ranges cover the check frames (mtc.quant.coverage).
         reference = ReferenceAlphas(io, Counted(OrtBackend(fp32_path), advance), checks,
-                                    record_inputs=precision == "int8")
+                                    record_inputs=COVERAGE_FRAMES if precision == "int8" else 0)
     timings["data_s"] = time.perf_counter() - started
 
     all_int8 = None
@@ -435,21 +435,21 @@ def _coverage(model, plan, ranges, stats, reference, config: Int8Config, timings
     if not reference.feeds:
         return None
     started = time.perf_counter()
-    feeds = spread(reference.feeds, COVERAGE_FRAMES)
-    with stages.stage("range coverage: clipping on the check frames", total=len(feeds)) as advance:
-        measured = range_coverage(model, ranges, feeds, stats=stats, activation_type=config.activation_type,
+    with stages.stage("range coverage: clipping on the check frames", total=len(reference.feeds)) as advance:
+        measured = range_coverage(model, ranges, reference.feeds, stats=stats, activation_type=config.activation_type,
                                   progress=advance)
     planned = set(plan.node_names)
     readers = {tensor: node.name for node in model.graph.node if node.name in planned
                for tensor in node.input if tensor in ranges}
-    coverage = coverage_report(measured, readers, len(feeds))
+    coverage = coverage_report(measured, readers, len(reference.feeds))
     timings["coverage_s"] = time.perf_counter() - started
-    worst = coverage["clipping_dominates"]
-    if worst:
+    outgrown = coverage["outgrown"]
+    if outgrown:
+        worst = outgrown[0]
         log.warning("%d of %d INT8 inputs lose more than twice as much to clipping as to rounding on the check frames, "
                     "and as they lost to clipping on the calibration data (worst: %s's input, %.3g times its rounding "
-                    "error): the calibration data do not cover this footage; calibrate on footage like it (--calib)", len(worst), coverage["tensors"], worst[0]["read_by"] or worst[0]["tensor"],
-                    worst[0]["clip_to_round"])
+                    "error): the calibration data do not cover this footage; calibrate on footage like it (--calib)",
+                    len(outgrown), coverage["tensors"], worst["read_by"] or worst["tensor"], worst["clip_to_round"])
     return coverage
 
 

@@ -121,7 +121,7 @@ def _bullets(intro: str, items: list[str]) -> str:
 
 def _coverage(coverage: dict) -> str:
     """The range coverage: the INT8 inputs the check frames drive past their calibrated range."""
-    worst = coverage["clipping_dominates"]
+    worst = coverage["outgrown"]
     head = f"Range coverage on the {coverage['frames']} check frames: "
     if not worst:
         return f"<p>{head}no INT8 input outgrows its calibrated range.</p>"

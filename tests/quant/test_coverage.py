@@ -9,8 +9,9 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from tiny_artifacts import write_logit_artifact
 
+from mtc.quant.checks import spread
 from mtc.quant.config import Fallback, Gates, Int8Config
-from mtc.quant.coverage import coverage_report, range_coverage, representable, spread
+from mtc.quant.coverage import coverage_report, range_coverage, representable
 from mtc.quant.pipeline import DataPlan, quantize_artifact
 from mtc.quant.ranges import TensorStats, clipping_error
 
@@ -58,7 +59,7 @@ def test_clipping_is_measured_against_the_rounding_error_on_both_data():
     assert quiet.clipped_share == 0 and quiet.clip_to_round == 0 and not quiet.outgrown
     report = coverage_report([coverage, same, quiet], {"x": "relu"}, frames=2)
     assert report["tensors"] == 3 and report["frames"] == 2
-    assert [c["read_by"] for c in report["clipping_dominates"]] == ["relu"]
+    assert [c["read_by"] for c in report["outgrown"]] == ["relu"]
 
 
 def test_the_calibration_clipping_error_comes_from_the_histograms():
@@ -111,7 +112,7 @@ def test_check_footage_brighter_than_the_calibration_is_reported(tmp_path):
     same, same_html = reports["same"]
     brighter, brighter_html = reports["brighter"]
     assert same["tensors"] == brighter["tensors"] == 2 and same["frames"] == 4
-    assert same["clipping_dominates"] == [] and "no INT8 input outgrows its calibrated range" in same_html
-    worst = brighter["clipping_dominates"][0]
+    assert same["outgrown"] == [] and "no INT8 input outgrows its calibrated range" in same_html
+    worst = brighter["outgrown"][0]
     assert worst["tensor"] == "src" and worst["read_by"] == "c1" and worst["clipped_share"] > 0.5
     assert "lose more than twice as much to clipping" in brighter_html and "c1" in brighter_html
