@@ -84,7 +84,8 @@ def _conv_model():
     nodes = [helper.make_node("Conv", ["src", "c1_w"], ["a1"], name="c1", pads=[1] * 4),
              helper.make_node("Relu", ["a1"], ["r1"], name="relu"),
              helper.make_node("Conv", ["r1", "c2_w"], ["logit"], name="c2")]
-    graph = helper.make_graph(nodes, "convs", [helper.make_tensor_value_info("src", TensorProto.FLOAT, [1, 3, "h", "w"])],
+    graph = helper.make_graph(nodes, "convs",
+                              [helper.make_tensor_value_info("src", TensorProto.FLOAT, [1, 3, "h", "w"])],
                               [helper.make_tensor_value_info("logit", TensorProto.FLOAT, None)], inits)
     return onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
 
