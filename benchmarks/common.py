@@ -109,6 +109,12 @@ class OrtRvm:
 # bench_peers.py's label for plain ONNX Runtime FP32 fed `one_gray_level_noise` frames
 ONE_GRAY_LEVEL = "ort_fp32_one_gray_level_noise"
 
+# The evalset composites' "away from the subject": farther than this share of the frame height
+# from any pixel of the subject's ground-truth alpha. There the background videos show people of
+# their own, whom the FP32 model mattes half-heartedly, and a quantized model's error there is a
+# flipped decision, not an edge.
+NEAR_SUBJECT = 0.04
+
 
 def one_gray_level_noise(frame, seed: int):
     """`frame` (uint8) with each value moved by -1, 0 or +1 gray level (probabilities 1/4, 1/2,

@@ -106,6 +106,48 @@ def test_bench_case_scores_against_the_first_configuration(peers):
     assert peers.summarize(results["ort_fp32"], None)["vs_fp32"] == {"mad": 0.0, "dtssd": 0.0, "grad": 0.0}
 
 
+def test_away_from_the_subject_starts_four_percent_of_the_height_from_its_alpha(peers):
+    gt = np.zeros((100, 200), np.float32)
+    gt[40:60, 90:110] = 1.0
+    away = peers.away_from_subject(gt)
+    assert not away[40:60, 90:110].any()
+    assert not away[36, 100] and not away[50, 113]  # 4 pixels (4% of 100) from the subject
+    assert away[35, 100] and away[50, 114] and away[0, 0]
+    assert peers.away_from_subject(np.zeros((50, 60), np.float32)).all()
+
+
+def test_bench_case_splits_off_the_error_away_from_the_subject(peers):
+    rng = np.random.default_rng(2)
+    gt = np.zeros((4, 50, 60), np.float32)
+    gt[:, 20:30, 25:35] = 1.0
+    ref = rng.random(gt.shape).astype(np.float32)
+    other = np.clip(ref + rng.normal(0, 0.1, gt.shape), 0, 1).astype(np.float32)
+    clip = peers.Clip("c", [np.zeros((50, 60, 3), np.uint8)] * 4, list(gt))
+    results = peers.bench_case({"ort_fp32": Replay(ref), "other": Replay(other)}, [clip], rounds=1, warmup=0)
+    summary = peers.summarize(results["other"], reference_fps=None)
+    away = np.stack([peers.away_from_subject(g) for g in gt])
+    expected = 1e3 * float(np.abs(other - ref)[away].sum()) / other.size
+    assert summary["mad_vs_fp32_away_from_subject"] == pytest.approx(expected, rel=1e-6)
+    assert 0 < summary["mad_vs_fp32_away_from_subject"] < summary["vs_fp32"]["mad"]
+    assert peers.summarize(results["ort_fp32"], None)["mad_vs_fp32_away_from_subject"] == 0.0
+    # no ground truth, no subject to be away from
+    plain = peers.Clip("b", [np.zeros((50, 60, 3), np.uint8)] * 4, None)
+    results = peers.bench_case({"ort_fp32": Replay(ref), "other": Replay(other)}, [plain], rounds=1, warmup=0)
+    assert peers.summarize(results["other"], None)["mad_vs_fp32_away_from_subject"] is None
+
+
+def test_markdown_shows_the_error_away_from_the_subject_for_evalset_runs_only(peers):
+    config = {"fps": 10.0, "speedup_vs_ort_fp32": 1.0, "vs_fp32": None, "vs_gt": None, "network_resolution_problem": None}
+    result = {"machine": {"date": "d", "cpu": "c", "cores": 2, "onnxruntime": "1", "libraries": {}}, "threads": 2,
+              "frames": 4, "rounds": 1, "evalset": "/data/evalset", "calib_frames": 4,
+              "cases": [{"resolution": "96x64", "downsample_ratio": 0.5, "configs": [
+                  {**config, "label": "ort_fp32", "mad_vs_fp32_away_from_subject": 0.0},
+                  {**config, "label": "mtc_int8", "mad_vs_fp32_away_from_subject": 1.234}]}]}
+    text = peers.markdown(result)
+    assert "MAD vs FP32 away from the subject |" in text and "| mtc_int8 | 10.0 | 1.00 | – | – | – | – | 1.23 |" in text
+    assert "away from the subject" not in peers.markdown({**result, "evalset": None})
+
+
 def test_the_one_gray_level_runner_feeds_the_same_noise_per_frame_index_on_every_clip(peers):
     class Recorder:
         def __init__(self):

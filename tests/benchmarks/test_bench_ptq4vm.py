@@ -72,3 +72,18 @@ def test_the_one_gray_level_yardstick_is_a_row_explained_as_no_peer(bench, monke
     assert f"`{bench.ONE_GRAY_LEVEL}` is no peer but a yardstick" in text
     # the verdicts still judge the learned artifact only
     assert any("dense PTQ4VM vs FP32 MAD 0.70 / dtSSD 0.70" in line for line in bench.verdicts(result))
+
+
+def test_evalset_tables_show_the_error_away_from_the_subject(bench, monkeypatch):
+    row = {**_row("mtc_int8_openvino_rvm-int8-dense-ptq4vm", 0.7, 0.7), "mad_vs_fp32_away_from_subject": 0.25}
+    result = {**_result(bench, [row]), "machine": {"date": "2026-12-05", "cpu": "a CPU", "cores": 2,
+                                                   "onnxruntime": "1.32.0", "libraries": {}},
+              "cpu_class": "avx2", "threads": 2, "frames": 16, "rounds": 3}
+    result["runs"]["evalset composites (ground truth)"] = {"evalset": "/data/evalset",
+                                                           "cases": [{"resolution": "512x288", "configs": [row]}]}
+    written = {}
+    monkeypatch.setattr(bench, "update_results", lambda section, text: written.update({section: text}))
+    bench.render(result)
+    builtin, evalset = written["bench_ptq4vm"].split("### evalset composites")
+    assert "away from the subject" not in builtin.split("### built-in clip")[1]
+    assert "| 0.25 |" in evalset and "farther than 4% of the frame height" in evalset
