@@ -53,7 +53,15 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import NEAR_SUBJECT, ONE_GRAY_LEVEL, STATES, OrtRvm, one_gray_level_noise, update_results  # noqa: E402
+from common import (  # noqa: E402
+    NEAR_SUBJECT,
+    ONE_GRAY_LEVEL,
+    STATES,
+    OrtRvm,
+    away_cell,
+    one_gray_level_noise,
+    update_results,
+)
 
 from calib_data.builtin_clip import CALIBRATION_SHOTS, ClipSpec, builtin_frames  # noqa: E402
 from mtc.bench.accuracy import StreamingMetrics, as_alpha  # noqa: E402
@@ -465,17 +473,12 @@ def markdown(result: dict) -> str:
             lines.append(f"| {case['resolution']} | {case['downsample_ratio']:g} | {label} | {c['fps']:.1f} "
                          f"| {c['speedup_vs_ort_fp32']:.2f} | {fmt(c['vs_fp32'], 'mad')} | {fmt(c['vs_fp32'], 'dtssd')} "
                          f"| {fmt(c['vs_gt'], 'mad')} | {fmt(c['vs_gt'], 'dtssd')} |"
-                         + (f" {_away(c)} |" if result["evalset"] else ""))
+                         + (f" {away_cell(c)} |" if result["evalset"] else ""))
     if footnotes:
         lines += ["", "† runs the network at another resolution than the official model at that ratio (the model "
                   "quantized the downsample ratio's path): " + "; ".join(footnotes) + "."]
     lines += ["", "![FPS vs temporal error](peers.png)" if result.get("plot") else ""]
     return "\n".join(lines)
-
-
-def _away(config: dict) -> str:
-    away = config.get("mad_vs_fp32_away_from_subject")
-    return "–" if away is None else f"{away:.3g}"
 
 
 def plot(result: dict, path: Path) -> bool:

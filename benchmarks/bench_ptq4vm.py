@@ -38,7 +38,16 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import NEAR_SUBJECT, ONE_GRAY_LEVEL, dump, ensure_artifact, machine, run_measured, update_results  # noqa: E402
+from common import (  # noqa: E402
+    NEAR_SUBJECT,
+    ONE_GRAY_LEVEL,
+    away_cell,
+    dump,
+    ensure_artifact,
+    machine,
+    run_measured,
+    update_results,
+)
 
 HERE = Path(__file__).resolve().parent
 PLAIN_METHODS = ("mse", "minmax", "percentile", "entropy")
@@ -212,8 +221,7 @@ def render(result: dict) -> None:
                 name = label_of(c, result["folders"]) or c["label"]
                 row = " | ".join(fmt(c[side], metric) for side in ("vs_fp32", "vs_gt") for metric in ("mad", "dtssd", "grad"))
                 if away:
-                    value = c.get("mad_vs_fp32_away_from_subject")
-                    row += " | " + ("–" if value is None else f"{value:.3g}")
+                    row += f" | {away_cell(c)}"
                 lines.append(f"| {case['resolution']} | {name} | {c['speedup_vs_ort_fp32']:.2f}× | {row} |")
         if away:
             lines += ["", f"\"Away from the subject\": the part of the MAD vs FP32 farther than {NEAR_SUBJECT:.0%} of the "

@@ -116,6 +116,12 @@ ONE_GRAY_LEVEL = "ort_fp32_one_gray_level_noise"
 NEAR_SUBJECT = 0.04
 
 
+def away_cell(config: dict) -> str:
+    """A results table's cell for a configuration's MAD vs FP32 away from the subject."""
+    away = config.get("mad_vs_fp32_away_from_subject")
+    return "–" if away is None else f"{away:.3g}"
+
+
 def one_gray_level_noise(frame, seed: int):
     """`frame` (uint8) with each value moved by -1, 0 or +1 gray level (probabilities 1/4, 1/2,
     1/4; clipped to 0..255): noise below what eyes or 8-bit codecs keep apart, to show how much
