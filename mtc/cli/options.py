@@ -133,6 +133,8 @@ def check_quantization_flags(precision: str, quant_options: dict) -> None:
     op_types = quant_options.get("op_types")
     if (op_types or quant_options.get("quantize_attention")) and precision != "int8":
         raise click.UsageError("--op-types and --quantize-attention choose what INT8 quantizes: use them with --int8")
+    if quant_options.get("keep_outgrown_int8") and precision != "int8":
+        raise click.UsageError("--keep-outgrown-int8 keeps INT8 layers INT8: use it with --int8")
     if quant_options.get("check_backend") and precision != "int8":
         raise click.UsageError("--check-backend chooses whose integer kernels check INT8: use it with --int8")
     if op_types is not None:
@@ -169,8 +171,8 @@ def check_simulation_flags(precision: str | None, quant_options: dict) -> None:
         raise click.UsageError("--simulate rounds weights to nearest, or learns the rounding with --method ptq4vm: "
                                "drop --weight-rounding gptq")
     given = [flag for key, flag in SIMULATION_REFUSED.items() if quant_options[key] is not None]
-    if quant_options["no_fallback"]:
-        given.append("--no-fallback")
+    given += [flag for key, flag in (("no_fallback", "--no-fallback"), ("keep_outgrown_int8", "--keep-outgrown-int8"))
+              if quant_options[key]]
     if given:
         raise click.UsageError(f"{given[0]} does not apply to --simulate: it quantizes every layer, has no gates "
                                "or fallback, and writes no model")
@@ -219,6 +221,10 @@ def quantization_options(command):
         click.option("--gates", "gates_file", type=click.Path(exists=True, dir_okay=False),
                      help="TOML file with max_mad / max_dtssd (top level or under [gates])."),
         click.option("--no-fallback", is_flag=True, help="Do not move sensitive layers back to float."),
+        click.option("--keep-outgrown-int8", is_flag=True,
+                     help="Keep layers INT8 even where the check frames drive their input past its calibrated "
+                          "range (by default they stay in float, up to a quarter of the layers; the report lists "
+                          "them either way)."),
         click.option("--check-backend", type=click.Choice(["onnxruntime", "openvino"]), default=None,
                      help="Whose integer kernels INT8's checks, gates, fallback and choices run on [default: the "
                           "placement's backend: openvino for openvino and dense, else onnxruntime]."),
@@ -304,7 +310,7 @@ def run_quantization(source, output, *, precision, preset, method, weight_roundi
                      check_source, check_backend,
                      max_mad, max_dtssd, gates_file, no_fallback, no_equalize, keep_float, float_budget,
                      float_budget_probes, force, ptq4vm_iterations, ptq4vm_batch, ptq4vm_samples, ptq4vm_qdrop,
-                     ptq4vm_threads, op_types=None, quantize_attention=False):
+                     ptq4vm_threads, op_types=None, quantize_attention=False, keep_outgrown_int8=False):
     """Call the library and turn a gate failure into a one-line error after the report is written."""
     from pathlib import Path
 
@@ -317,7 +323,8 @@ def run_quantization(source, output, *, precision, preset, method, weight_roundi
                          ptq4vm_samples=ptq4vm_samples, ptq4vm_qdrop=ptq4vm_qdrop, ptq4vm_threads=ptq4vm_threads,
                          op_types=op_types, quantize_attention=quantize_attention,
                          float_budget=None if float_budget is None else float_budget / 100,
-                         float_budget_probes=float_budget_probes, check_backend=check_backend)
+                         float_budget_probes=float_budget_probes, check_backend=check_backend,
+                         float_outgrown=not keep_outgrown_int8)
     if weight_bits != "auto":
         import dataclasses
 

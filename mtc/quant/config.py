@@ -177,6 +177,11 @@ class Int8Config:
             rounding, the activations' step sizes and a per-layer affine against FP32 on the
             same Q/DQ plan (mtc.quant.ptq4vm). The learned affine then replaces the
             closed-form one of `affine_correction`.
+        float_outgrown: a quantized layer whose input (or quantized output) outgrows its
+            calibrated range on the check frames (mtc.quant.coverage) stays in float, the worst
+            first, up to a quarter of the quantized layers: there clipping, not rounding, is the
+            INT8 error, and on the footage the check stands for. Off: such layers stay INT8 and the
+            report only lists them.
         check_backend: whose integer kernels the checks run on, and so the gates, the float
             budget, the fallback and every choice between candidates (weight bits, trained or
             closed-form affine): "onnxruntime", or "openvino" for the placements made for it.
@@ -203,6 +208,7 @@ class Int8Config:
     float_budget_probes: int = 24
     weight_bits: int | None = None
     learning: Ptq4vmConfig | None = None
+    float_outgrown: bool = True
     check_backend: str = "onnxruntime"
 
     def __post_init__(self):

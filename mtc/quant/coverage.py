@@ -7,7 +7,7 @@ range, and then clipping, not rounding, is the INT8 error. On the recurrent vide
 footage this happened where the dense preset's depthwise equalization had scaled up channels
 that were quiet on the calibration clip and woke up (docs/quantization.md, "What happens, in
 order", step 7). Checking on the user's own footage (`--check`) then names those tensors, where
-a worse check score alone would not say why."""
+a worse check score alone would not say why, and the layers reading them stay in float."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from mtc.quant.qdq import INT8_MAX, UINT8_MAX, ActivationRange, activation_quant
+from mtc.quant.qdq import INT8_MAX, UINT8_MAX, ActivationRange, QdqPlan, activation_quant
 from mtc.quant.ranges import TensorStats, clipping_error, exposed_runs
 
 # Listed in the report: the tensors whose clipping error on the check frames exceeds OUTGROWN
@@ -26,6 +26,10 @@ from mtc.quant.ranges import TensorStats, clipping_error, exposed_runs
 # finer steps on the calibration data itself (a heavy tail clipped at the optimum), and a
 # check clip of other scenes moves that balance a little without outgrowing the range.
 OUTGROWN = 2.0
+# At most this share of the quantized layers stays float because the check frames outgrow their
+# ranges (`Int8Config.float_outgrown`): beyond it the calibration data do not fit the footage at
+# all, and calibrating on footage like it is the fix, not float layers.
+FLOAT_SHARE = 0.25
 # Check frames measured, spread over the clips: each takes a run per memory-sized group of
 # tensors, and a dozen frames tell a range that footage outgrows as well as all of them.
 COVERAGE_FRAMES = 12
@@ -81,11 +85,27 @@ def range_coverage(model: onnx.ModelProto, ranges: Mapping[str, ActivationRange]
     return sorted(result, key=lambda c: -c.clip_to_round)
 
 
-def coverage_report(coverage: Sequence[Coverage], readers: Mapping[str, str], frames: int) -> dict:
+def layers_to_keep_float(coverage: Sequence[Coverage], plan: QdqPlan) -> list[str]:
+    """The layers of `plan` whose Q/DQ sit on an outgrown tensor, the worst tensor first, while
+    they fit FLOAT_SHARE of the plan's layers (at least one, never all)."""
+    limit = min(max(1, int(len(plan.nodes) * FLOAT_SHARE)), len(plan.nodes) - 1)
+    kept: list[str] = []
+    for c in coverage:
+        if not c.outgrown:
+            continue
+        layers = [name for name in plan.nodes_on(c.tensor) if name not in kept]
+        if len(kept) + len(layers) > limit:
+            break
+        kept += layers
+    return kept
+
+
+def coverage_report(coverage: Sequence[Coverage], readers: Mapping[str, str], frames: int,
+                    kept_float: Sequence[str] = ()) -> dict:
     """report.json's `range_coverage`: how many tensors were measured on how many check frames,
-    and the ones the check frames outgrew (`Coverage.outgrown`; `readers`: the quantized node
-    each tensor feeds, for the reader)."""
-    return {"frames": frames, "tensors": len(coverage),
+    the ones the check frames outgrew (`Coverage.outgrown`; `readers`: the quantized node each
+    tensor feeds, for the reader) and the layers kept in float for them."""
+    return {"frames": frames, "tensors": len(coverage), "kept_float": list(kept_float),
             "outgrown": [{"tensor": c.tensor, "read_by": readers.get(c.tensor, ""),
                           "clipped_share": round(c.clipped_share, 6), "clip_to_round": round(c.clip_to_round, 2),
                           "calibration_clip_to_round": round(c.calibration_clip_to_round, 2)}

@@ -45,7 +45,7 @@ from mtc.quant.align import align_conv_inputs
 from mtc.quant.calibration import BUILTIN, Clip, builtin_photo_clips, load_clips, record_feeds
 from mtc.quant.checks import CheckResult, Counted, ReferenceAlphas
 from mtc.quant.config import Fallback, Gates, Int8Config, preset, with_recipe
-from mtc.quant.coverage import COVERAGE_FRAMES, coverage_report, range_coverage
+from mtc.quant.coverage import COVERAGE_FRAMES, coverage_report, layers_to_keep_float, range_coverage
 from mtc.quant.equalize import depthwise_candidate_inputs, equalize_concat_inputs, equalize_depthwise_inputs
 from mtc.quant.fp16 import (
     activation_magnitudes,
@@ -431,7 +431,7 @@ def rewrite_for_int8(model: onnx.ModelProto, layer_names: Sequence[str], feeds, 
 
 def _coverage(model, plan, ranges, stats, reference, config: Int8Config, timings, stages: Stages) -> dict | None:
     """report.json's `range_coverage` (mtc.quant.coverage) on the check frames the reference
-    recorded; None where it recorded none."""
+    recorded, with the layers to keep in float for it (`kept_float`); None where it recorded none."""
     if not reference.feeds:
         return None
     started = time.perf_counter()
@@ -441,15 +441,19 @@ def _coverage(model, plan, ranges, stats, reference, config: Int8Config, timings
     planned = set(plan.node_names)
     readers = {tensor: node.name for node in model.graph.node if node.name in planned
                for tensor in node.input if tensor in ranges}
-    coverage = coverage_report(measured, readers, len(reference.feeds))
+    kept = layers_to_keep_float(measured, plan) if config.float_outgrown else []
+    coverage = coverage_report(measured, readers, len(reference.feeds), kept)
     timings["coverage_s"] = time.perf_counter() - started
     outgrown = coverage["outgrown"]
     if outgrown:
         worst = outgrown[0]
+        remedy = (f"{len(kept)} layers reading them stay in float (--keep-outgrown-int8: keep them INT8)" if kept
+                  else "they stay INT8")
         log.warning("%d of %d INT8 inputs lose more than twice as much to clipping as to rounding on the check frames, "
                     "and as they lost to clipping on the calibration data (worst: %s's input, %.3g times its rounding "
-                    "error): the calibration data do not cover this footage; calibrate on footage like it (--calib)",
-                    len(outgrown), coverage["tensors"], worst["read_by"] or worst["tensor"], worst["clip_to_round"])
+                    "error); %s. The calibration data do not cover this footage: calibrate on footage like it (--calib)",
+                    len(outgrown), coverage["tensors"], worst["read_by"] or worst["tensor"], worst["clip_to_round"],
+                    remedy)
     return coverage
 
 
@@ -514,6 +518,10 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
         timings["ptq4vm_s"] = time.perf_counter() - started
 
     coverage = _coverage(model, plan, ranges, stats, reference, config, timings, stages)
+    planned = plan
+    outgrown_layers = coverage["kept_float"] if coverage else []
+    if outgrown_layers:
+        plan = plan.without(outgrown_layers)
 
     closed_form = config.affine_correction
     affordable = [n for n in plan.node_names if 0 < mac_share.get(n, 0.0) <= config.float_budget]
@@ -568,9 +576,9 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
                         "gptq_error_ratio": {k: round(v, 2) for k, v in rounding_gains.items()},
                         "min_mac_share": config.min_mac_share, "activation_type": config.activation_type,
                         "op_types": list(config.op_types), "activation_matmuls": bool(config.activation_matmuls),
-                        "quantized_layers": len(plan.nodes),
+                        "quantized_layers": len(planned.nodes),
                         "quantized_by_op": dict(Counter(n.op_type for n in model.graph.node
-                                                        if n.name in set(plan.node_names))),
+                                                        if n.name in set(planned.node_names))),
                         "one_sided_tensors": sum(lo == 0 for lo, _ in ranges.values()),
                         "channel_aligned_layers": aligned,
                         "isolated_layer_error": {n: round(e, 6) for n, e in errors.items()},
@@ -625,9 +633,11 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
         final_model = build(final_plan)
         details["sensitivity"] = sensitivity
         details["fallback_steps"] = result.steps
-    details["int8"]["fallback_layers"] = budget_layers + fallback_layers
+    details["int8"]["fallback_layers"] = outgrown_layers + budget_layers + fallback_layers
     details["int8"]["int8_layers"] = len(final_plan.nodes)
-    return final_model, (None if final_model is all_int8 else all_int8), check, details
+    # what the float layers cost in speed is measured against every planned layer in INT8
+    every_layer = build(planned) if outgrown_layers else all_int8
+    return final_model, (None if final_model is every_layer else every_layer), check, details
 
 
 def _then(value, advance):

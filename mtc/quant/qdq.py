@@ -96,6 +96,10 @@ class QdqPlan:
             kept.append(replace(n, output=n.output if readers else None, output_readers=readers))
         return QdqPlan(tuple(kept))
 
+    def nodes_on(self, tensor: str) -> list[str]:
+        """The nodes whose Q/DQ sit on `tensor`: those reading it, and the one quantizing it as its output."""
+        return [n.node for n in self.nodes if n.output == tensor or any(t == tensor for t, _ in n.inputs)]
+
     def activation_readers(self) -> dict[str, list[tuple[str, int]]]:
         readers: dict[str, list[tuple[str, int]]] = defaultdict(list)
         for n in self.nodes:

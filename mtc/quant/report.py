@@ -127,10 +127,13 @@ def _coverage(coverage: dict) -> str:
         return f"<p>{head}no INT8 input outgrows its calibrated range.</p>"
     shown = worst[:20]
     more = f" (the {len(shown)} worst shown)" if len(worst) > len(shown) else ""
+    kept = coverage.get("kept_float") or []
+    remedy = (f"{len(kept)} layers reading them stay in float ({html.escape(', '.join(kept))}; "
+              "<code>--keep-outgrown-int8</code> keeps them INT8). " if kept else "")
     return _bullets(
         f"{head}{len(worst)} of {coverage['tensors']} INT8 inputs lose more than twice as much to clipping as to "
-        f"rounding, and as they lost to clipping on the calibration data{more}. The calibration data do not cover "
-        "this footage: calibrate on footage like it (<code>--calib</code>).",
+        f"rounding, and as they lost to clipping on the calibration data{more}. {remedy}The calibration data do not "
+        "cover this footage: calibrate on footage like it (<code>--calib</code>).",
         [f"{html.escape(c['read_by'] or c['tensor'])}'s input: clipping error {c['clip_to_round']:.3g}× the rounding "
          f"error ({c['calibration_clip_to_round']:.3g}× on the calibration data), {c['clipped_share']:.2%} of its "
          "values clipped" for c in shown])

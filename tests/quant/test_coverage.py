@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -11,8 +13,9 @@ from tiny_artifacts import write_logit_artifact
 
 from mtc.quant.checks import spread
 from mtc.quant.config import Fallback, Gates, Int8Config
-from mtc.quant.coverage import coverage_report, range_coverage, representable
+from mtc.quant.coverage import Coverage, coverage_report, layers_to_keep_float, range_coverage, representable
 from mtc.quant.pipeline import DataPlan, quantize_artifact
+from mtc.quant.qdq import NodeQuant, QdqPlan
 from mtc.quant.ranges import TensorStats, clipping_error
 
 
@@ -98,22 +101,98 @@ def _photos(folder, low, high, seed):
     return folder
 
 
-def test_check_footage_brighter_than_the_calibration_is_reported(tmp_path):
+def _coverage(tensor, clip_to_round):
+    return Coverage(tensor, clipped_share=0.1, clip_to_round=clip_to_round, calibration_clip_to_round=0.0)
+
+
+def _plan(*nodes):
+    """NodeQuant per (name, input tensors, quantized output or None)."""
+    return QdqPlan(tuple(NodeQuant(name, tuple((t, 0) for t in inputs), ((1, 0),), output)
+                         for name, inputs, output in nodes))
+
+
+def test_the_layers_kept_in_float_are_the_worst_tensors_and_at_most_a_quarter():
+    plan = _plan(*[(f"c{i}", [f"t{i}"], None) for i in range(8)], ("shared_a", ["s"], None),
+                 ("shared_b", ["s"], None), ("producer", ["p_in"], "s"))
+    assert plan.nodes_on("s") == ["shared_a", "shared_b", "producer"]
+    coverage = [_coverage("t3", 50.0), _coverage("t5", 1.0), _coverage("t1", 40.0), _coverage("s", 30.0),
+                _coverage("t2", 20.0)]
+    # a quarter of 11 layers is 2: t3's and t1's readers; "s" would take three more; t5 is not outgrown
+    assert layers_to_keep_float(coverage, plan) == ["c3", "c1"]
+    # a tensor read by more layers than fit stays INT8 (its readers are all or nothing)
+    assert layers_to_keep_float([_coverage("s", 9.0)], _plan(*[(f"c{i}", ["s"], None) for i in range(12)])) == []
+    # every layer reading the one outgrown tensor fits: all of them go, never the whole plan
+    many = _plan(*[(f"c{i}", ["s" if i < 3 else f"t{i}"], None) for i in range(12)])
+    assert layers_to_keep_float([_coverage("s", 9.0)], many) == ["c0", "c1", "c2"]
+    assert layers_to_keep_float([_coverage("t0", 9.0)], _plan(("c0", ["t0"], None))) == []
+    assert layers_to_keep_float([_coverage("t0", 9.0)], _plan(("c0", ["t0"], None), ("c1", ["t1"], None))) == ["c0"]
+
+
+def _reads_through_qdq(model_path, node_name):
+    model = onnx.load(str(model_path))
+    producers = {out: node.op_type for node in model.graph.node for out in node.output}
+    [node] = [n for n in model.graph.node if n.name == node_name]
+    return producers.get(node.input[0]) == "DequantizeLinear"
+
+
+def test_check_footage_brighter_than_the_calibration_is_reported_and_its_layer_kept_float(tmp_path):
     source = write_logit_artifact(tmp_path / "toy", _conv_model())
     dark = _photos(tmp_path / "dark", 0, 60, seed=1)
     bright = _photos(tmp_path / "bright", 150, 256, seed=2)
-    config = Int8Config(activation_type="uint8", quantize_outputs=False)
     reports = {}
-    for name, check in (("same", dark), ("brighter", bright)):
+    for name, check, float_outgrown in (("same", dark, True), ("brighter", bright, True),
+                                        ("brighter-int8", bright, False)):
         out = tmp_path / name
+        config = Int8Config(activation_type="uint8", quantize_outputs=False, float_outgrown=float_outgrown)
         data = DataPlan(calib=dark, calib_frames=4, check=check, check_frames=4, settings=((64, 48, None),))
         outcome = quantize_artifact(source, out, precision="int8", config=config, gates=Gates(None, None),
                                     fallback=Fallback(enabled=False), data=data)
-        reports[name] = outcome.report["int8"]["range_coverage"], (out / "report.html").read_text()
-    same, same_html = reports["same"]
-    brighter, brighter_html = reports["brighter"]
-    assert same["tensors"] == brighter["tensors"] == 2 and same["frames"] == 4
-    assert same["outgrown"] == [] and "no INT8 input outgrows its calibrated range" in same_html
-    worst = brighter["outgrown"][0]
+        reports[name] = outcome.report["int8"], (out / "report.html").read_text(), out / "model.onnx"
+    same, same_html, same_model = reports["same"]
+    brighter, brighter_html, brighter_model = reports["brighter"]
+    assert same["range_coverage"]["tensors"] == brighter["range_coverage"]["tensors"] == 2
+    assert same["range_coverage"]["frames"] == 4
+    assert same["range_coverage"]["outgrown"] == [] and same["range_coverage"]["kept_float"] == []
+    assert "no INT8 input outgrows its calibrated range" in same_html
+    assert same["int8_layers"] == 2 and _reads_through_qdq(same_model, "c1")
+    worst = brighter["range_coverage"]["outgrown"][0]
     assert worst["tensor"] == "src" and worst["read_by"] == "c1" and worst["clipped_share"] > 0.5
     assert "lose more than twice as much to clipping" in brighter_html and "c1" in brighter_html
+    # the layer reading the outgrown input stays float; the other stays INT8
+    assert brighter["range_coverage"]["kept_float"] == ["c1"] and "c1" in brighter["fallback_layers"]
+    assert brighter["quantized_layers"] == 2 and brighter["int8_layers"] == 1
+    assert not _reads_through_qdq(brighter_model, "c1") and _reads_through_qdq(brighter_model, "c2")
+    assert "stay in float (c1;" in brighter_html
+    assert json.loads((brighter_model.parent / "manifest.json").read_text())["precision"]["excluded_nodes"] == ["c1"]
+    kept_int8, kept_int8_html, kept_int8_model = reports["brighter-int8"]
+    assert kept_int8["range_coverage"]["outgrown"] and kept_int8["range_coverage"]["kept_float"] == []
+    assert kept_int8["int8_layers"] == 2 and _reads_through_qdq(kept_int8_model, "c1")
+    assert "stay in float" not in kept_int8_html
+
+
+@pytest.mark.parametrize("flags", [[], ["--keep-outgrown-int8"]])
+def test_the_command_line_keeps_outgrown_layers_float_unless_told(tmp_path, monkeypatch, flags):
+    import mtc.quant.pipeline
+    from mtc.cli.main import main
+
+    seen = {}
+
+    def capture(source, output, *, config, **_):
+        seen["config"] = config
+        raise SystemExit(0)
+
+    monkeypatch.setattr(mtc.quant.pipeline, "quantize_artifact", capture)
+    source = write_logit_artifact(tmp_path / "toy", _conv_model())
+    with pytest.raises(SystemExit):
+        main(["quantize", str(source), "-o", str(tmp_path / "out"), "--int8", *flags])
+    assert seen["config"].float_outgrown is not bool(flags)
+
+
+def test_keep_outgrown_int8_without_int8_is_refused(tmp_path, capsys):
+    from mtc.cli.main import main
+
+    source = write_logit_artifact(tmp_path / "toy", _conv_model())
+    with pytest.raises(SystemExit) as exit_info:
+        main(["quantize", str(source), "-o", str(tmp_path / "out"), "--fp16", "--keep-outgrown-int8"])
+    assert exit_info.value.code == 2 and "--keep-outgrown-int8 keeps INT8 layers INT8" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

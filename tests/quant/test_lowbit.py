@@ -290,6 +290,7 @@ def test_cli_simulate_writes_a_simulated_report_and_no_model(tmp_path, capsys, f
     (["--max-mad", "1"], "--max-mad does not apply to --simulate"),
     (["--float-budget", "2"], "--float-budget does not apply to --simulate"),
     (["--no-fallback"], "--no-fallback does not apply to --simulate"),
+    (["--keep-outgrown-int8"], "--keep-outgrown-int8 does not apply to --simulate"),
     (["--check-backend", "openvino"], "--check-backend does not apply to --simulate"),
     (["--ptq4vm-batch", "2"], "--ptq4vm-batch tunes PTQ4VM: add --method ptq4vm"),
     (["--preset", "thorough"], "add --method ptq4vm"),
