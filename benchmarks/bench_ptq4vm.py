@@ -12,7 +12,11 @@ child process (wall time and peak memory measured):
 - `dense-ptq4vm`: the same plan learned with `--method ptq4vm --preset fast` (block
   reconstruction, then global affine calibration competing with the closed-form fit);
 - `dense-outputs-mse`: the dense placement as it was before it dropped the Q/DQ on the convs'
-  outputs (mse ranges), the evidence for that choice.
+  outputs (mse ranges), the evidence for that choice;
+- `dense-mse-checked`, with `--check-footage VIDEO`: `dense-mse` checked on that video instead
+  of the built-in clip, so the layers whose inputs the video drives past their calibrated
+  ranges stay in float (range coverage). The video stands for the user's footage: never pass
+  evalset footage, on which the artifacts are scored.
 
 Then `bench_peers.py` runs them through mtc.runtime on OpenVINO beside plain ONNX Runtime FP32
 (the speed and fidelity reference), OpenVINO FP32/BF16, ONNX Runtime's `quantize_static` and
@@ -25,7 +29,8 @@ Targets (issue 22): the dense PTQ4VM artifact within MAD <= 0.5 and dtSSD <= 0.5
 same plan, MAD not worse; the fast preset within 15 minutes on 2 cores.
 
     python benchmarks/bench_ptq4vm.py [--artifact artifacts/rvm-mobilenetv3-fp32] [--work DIR]
-        [--methods mse,percentile] [--evalset ../shared/evalset] [--frames 16] [--rounds 3] [--json out.json]
+        [--methods mse,percentile] [--evalset ../shared/evalset] [--check-footage street.mp4]
+        [--frames 16] [--rounds 3] [--json out.json]
 """
 
 from __future__ import annotations
@@ -54,28 +59,31 @@ PLAIN_METHODS = ("mse", "minmax", "percentile", "entropy")
 TARGETS = {"mad": 0.5, "dtssd": 0.5, "dtssd_cut": 0.30, "minutes": 15.0}
 
 
-def configurations(methods: tuple[str, ...]) -> dict[str, dict]:
-    """name -> how `make` quantizes it (placement, method)."""
+def configurations(methods: tuple[str, ...], footage: Path | None = None) -> dict[str, dict]:
+    """name -> how `make` quantizes it (placement, method, and the check video if not the built-in clip)."""
     configs = {"speed": {"placement": "speed", "method": "mse", "shipped": True}}
     for method in methods:
         configs[f"dense-{method}"] = {"placement": "dense", "method": method, "shipped": False}
     configs["dense-ptq4vm"] = {"placement": "dense", "method": "ptq4vm", "shipped": False}
     configs["dense-outputs-mse"] = {"placement": "dense", "method": "mse", "shipped": False,
                                     "overrides": {"quantize_outputs": True, "split_outlier_channels": False}}
+    if footage is not None:
+        configs["dense-mse-checked"] = {"placement": "dense", "method": "mse", "shipped": False, "check": str(footage)}
     return configs
 
 
-def make(name: str, source: Path, output: Path, methods: tuple[str, ...]) -> None:
+def make(name: str, source: Path, output: Path, methods: tuple[str, ...], footage: Path | None) -> None:
     """Quantize one configuration (run in a child process, so its time and memory are its own)."""
     from mtc.quant.config import Fallback, Gates
-    from mtc.quant.pipeline import quantize_artifact
+    from mtc.quant.pipeline import DataPlan, quantize_artifact
 
-    spec = configurations(methods)[name]
+    spec = configurations(methods, footage)[name]
     if spec["shipped"]:
         quantize_artifact(source, output, precision="int8", overwrite=True)
         return
     quantize_artifact(source, output, precision="int8", config=preset_of(spec),
-                      gates=Gates(max_mad=None, max_dtssd=None), fallback=Fallback(enabled=False), overwrite=True)
+                      gates=Gates(max_mad=None, max_dtssd=None), fallback=Fallback(enabled=False),
+                      data=DataPlan(check=spec.get("check")), overwrite=True)
 
 
 def preset_of(spec: dict):
@@ -87,12 +95,13 @@ def preset_of(spec: dict):
                   **spec.get("overrides", {}))
 
 
-def make_all(source: Path, work: Path, prefix: str, methods: tuple[str, ...]) -> tuple[dict[str, Path], dict]:
+def make_all(source: Path, work: Path, prefix: str, methods: tuple[str, ...],
+             footage: Path | None = None) -> tuple[dict[str, Path], dict]:
     """Every configuration quantized from `source` into `work/<prefix>-<name>`, each in a child
     process (wall time and peak memory measured), reused when already there; the folders, and
     per configuration its settings, time, memory and layer counts."""
     folders, made = {}, {}
-    for name, spec in configurations(methods).items():
+    for name, spec in configurations(methods, footage).items():
         folders[name] = work / f"{prefix}-{name}"
         timing = folders[name] / "bench_timing.json"
         if (folders[name] / "manifest.json").exists() and timing.exists():
@@ -101,7 +110,8 @@ def make_all(source: Path, work: Path, prefix: str, methods: tuple[str, ...]) ->
         else:
             print(f"{name}: quantizing ({spec['placement']} placement, {spec['method']})", file=sys.stderr)
             run = run_measured([sys.executable, str(Path(__file__).resolve()), "--make", name, "--output",
-                                str(folders[name]), "--artifact", str(source), "--methods", ",".join(methods)])
+                                str(folders[name]), "--artifact", str(source), "--methods", ",".join(methods),
+                                *(("--check-footage", str(footage)) if footage is not None else ())])
             measured = {"seconds": run["seconds"], "peak_mib": run["peak_mib"]}
             timing.write_text(json.dumps(measured))
             print(f"{name}: {measured['seconds'] / 60:.1f} min, peak {measured['peak_mib']:.0f} MiB", file=sys.stderr)
@@ -111,7 +121,9 @@ def make_all(source: Path, work: Path, prefix: str, methods: tuple[str, ...]) ->
 
 def placement_label(info: dict) -> str:
     """A configuration's placement as the results tables name it."""
-    return info["placement"] + (" + conv outputs" if info.get("overrides", {}).get("quantize_outputs") else "")
+    outputs = " + conv outputs" if info.get("overrides", {}).get("quantize_outputs") else ""
+    checked = f", checked on {Path(info['check']).name}" if info.get("check") else ""
+    return info["placement"] + outputs + checked
 
 
 def layers_label(info: dict) -> str:
@@ -128,6 +140,18 @@ def parse_methods(parser: argparse.ArgumentParser, text: str) -> tuple[str, ...]
     if unknown:
         parser.error(f"--methods: {', '.join(unknown)} is not one of {', '.join(PLAIN_METHODS)}")
     return methods
+
+
+def check_footage(parser: argparse.ArgumentParser, video: Path | None, evalset: Path | None) -> Path | None:
+    """--check-footage, refused when missing or inside the evalset (the artifacts are scored there)."""
+    if video is None:
+        return None
+    if not video.is_file():
+        parser.error(f"--check-footage {video}: no such video file")
+    if evalset is not None and video.resolve().is_relative_to(evalset.resolve()):
+        parser.error(f"--check-footage {video} is evalset footage: checking on it would tune the artifact to the "
+                     "clips it is scored on; pass other footage")
+    return video.resolve()
 
 
 def layers(folder: Path) -> dict:
@@ -178,7 +202,7 @@ def verdicts(result: dict) -> list[str]:
             lines.append(f"- {source}, {case['resolution']}: dense PTQ4VM vs FP32 MAD {mad:.2f} / dtSSD {dtssd:.2f} "
                          f"({'met' if met else 'missed'}: <= {TARGETS['mad']} / {TARGETS['dtssd']})")
             plain = [rows[n] for n in rows if n in made and made[n]["placement"] == "dense"
-                     and made[n]["method"] != "ptq4vm" and not made[n].get("overrides")]
+                     and made[n]["method"] != "ptq4vm" and not made[n].get("overrides") and not made[n].get("check")]
             if plain:
                 best = min(plain, key=lambda c: c["vs_fp32"]["dtssd"])
                 cut = 1 - dtssd / best["vs_fp32"]["dtssd"]
@@ -244,6 +268,9 @@ def main() -> None:
     parser.add_argument("--methods", default="mse", help="plain calibrators on the dense plan [default: mse]")
     parser.add_argument("--evalset", type=Path, help="evalset folder: also score on ground-truth composites")
     parser.add_argument("--clips", type=int, default=3, help="evalset clips per resolution [default: 3]")
+    parser.add_argument("--check-footage", type=Path, metavar="VIDEO",
+                        help="also quantize dense-mse checked on this video (footage like the user's, not the "
+                             "evalset's), its outgrown layers kept in float")
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
@@ -253,9 +280,10 @@ def main() -> None:
     parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     methods = parse_methods(parser, args.methods)
+    footage = check_footage(parser, args.check_footage, args.evalset)
     source = ensure_artifact(args.artifact)
     if args.make:
-        make(args.make, source, args.output, methods)
+        make(args.make, source, args.output, methods, footage)
         return
 
     from mtc.backends.cpu import cpu_class
@@ -263,7 +291,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        folders, made = make_all(source, work, "rvm-int8", methods)
+        folders, made = make_all(source, work, "rvm-int8", methods, footage)
         runs = {"built-in clip": peers(folders, args, None)}
         if args.evalset is not None:
             runs["evalset composites (ground truth)"] = peers(folders, args, args.evalset)

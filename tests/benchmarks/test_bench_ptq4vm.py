@@ -87,3 +87,34 @@ def test_evalset_tables_show_the_error_away_from_the_subject(bench, monkeypatch)
     builtin, evalset = written["bench_ptq4vm"].split("### evalset composites")
     assert "away from the subject" not in builtin.split("### built-in clip")[1]
     assert "| 0.25 |" in evalset and "farther than 4% of the frame height" in evalset
+
+
+def test_the_footage_checked_artifact_is_labelled_and_never_the_plain_calibrator_compared(bench, tmp_path):
+    video = tmp_path / "street.mp4"
+    made = bench.configurations(("mse",), video)
+    assert bench.placement_label(made["dense-mse-checked"]) == "dense, checked on street.mp4"
+    result = _result(bench, [_row("mtc_int8_openvino_rvm-int8-dense-mse", 1.5, 1.6),
+                             _row("mtc_int8_openvino_rvm-int8-dense-ptq4vm", 1.2, 1.0),
+                             _row("mtc_int8_openvino_rvm-int8-dense-mse-checked", 0.9, 0.9)])
+    result["artifacts"]["dense-mse-checked"] = {**made["dense-mse-checked"], "seconds": 150, "peak_mib": 2048,
+                                                "int8_layers": 74, "quantized_layers": 85}
+    result["folders"]["dense-mse-checked"] = "/work/rvm-int8-dense-mse-checked"
+    comparison = next(line for line in bench.verdicts(result) if "best plain calibrator" in line)
+    assert "dense-mse: MAD 1.50 / dtSSD 1.60" in comparison
+
+
+def test_check_footage_from_the_evalset_is_refused(bench, tmp_path):
+    import argparse
+
+    evalset = tmp_path / "evalset"
+    (evalset / "videos").mkdir(parents=True)
+    inside, outside = evalset / "videos" / "a.mp4", tmp_path / "street.mp4"
+    inside.write_bytes(b"x")
+    outside.write_bytes(b"x")
+    parser = argparse.ArgumentParser()
+    assert bench.check_footage(parser, outside, evalset) == outside.resolve()
+    assert bench.check_footage(parser, None, evalset) is None
+    with pytest.raises(SystemExit):
+        bench.check_footage(parser, inside, evalset)
+    with pytest.raises(SystemExit):
+        bench.check_footage(parser, tmp_path / "missing.mp4", None)
