@@ -30,7 +30,8 @@ class Clip:
 
 
 def load_clips(source: str | Path, *, frames: int, size: tuple[int, int] | None = None, seed: int = 0,
-               downsample_ratio: float | None = None, builtin_shots: int | None = None) -> list[Clip]:
+               downsample_ratio: float | None = None, builtin_shots: int | None = None,
+               keep_aspect: bool = False) -> list[Clip]:
     """Clips from `source`: "builtin", a video file, or a folder of images (each image its own clip).
 
     Args:
@@ -42,6 +43,10 @@ def load_clips(source: str | Path, *, frames: int, size: tuple[int, int] | None 
         downsample_ratio: fixed ratio for recurrent models (None: the model's auto rule).
         builtin_shots: shots of the built-in clip (None: one per background photo, as
             calibration wants).
+        keep_aspect: for a model that runs frames at their own aspect: a file's frames keep
+            theirs, `size` turned to their orientation (portrait footage gets height x width)
+            and centre-cropped to its aspect, rather than stretched to `size` (as a model with a
+            fixed input size sees them).
     """
     if str(source) == BUILTIN:
         from calib_data.builtin_clip import CALIBRATION_SHOTS, ClipSpec, builtin_clip
@@ -62,13 +67,13 @@ def load_clips(source: str | Path, *, frames: int, size: tuple[int, int] | None 
         collected = []
         with VideoReader(path) as reader:
             for frame in reader:
-                collected.append(_resize(frame, size))
+                collected.append(_resize(frame, size, keep_aspect))
                 if len(collected) >= frames:
                     break
         return [Clip(path.name, np.stack(collected), downsample_ratio)]
     if path.is_dir():
         images = list_images(path)[:frames]
-        return [Clip(p.name, _resize(read_image(p), size)[None], downsample_ratio) for p in images]
+        return [Clip(p.name, _resize(read_image(p), size, keep_aspect)[None], downsample_ratio) for p in images]
     raise MtcError(f"calibration source not found or not a video/folder: {source}",
                    hint=f"pass a video, a folder of images, or `{BUILTIN}`")
 
@@ -81,12 +86,24 @@ def builtin_photo_clips(split: str, size: tuple[int, int]) -> list[Clip]:
             for name, frame in builtin_photos(split, size)]
 
 
-def _resize(frame: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
-    if size is None or (frame.shape[1], frame.shape[0]) == size:
+def _resize(frame: np.ndarray, size: tuple[int, int] | None, keep_aspect: bool = False) -> np.ndarray:
+    """`frame` at `size` (width, height): stretched, or with `keep_aspect` at `size` turned to the
+    frame's orientation and centre-cropped to its aspect (nothing squashed)."""
+    if size is None:
+        return frame
+    height, width = frame.shape[:2]
+    box = None
+    if keep_aspect:
+        if (height > width) != (size[1] > size[0]):
+            size = (size[1], size[0])
+        crop_w, crop_h = min(width, height * size[0] / size[1]), min(height, width * size[1] / size[0])
+        left, top = (width - crop_w) / 2, (height - crop_h) / 2
+        box = (left, top, left + crop_w, top + crop_h)
+    if (width, height) == size:
         return frame
     from PIL import Image
 
-    return np.asarray(Image.fromarray(frame).resize(size, Image.BILINEAR))
+    return np.asarray(Image.fromarray(frame).resize(size, Image.BILINEAR, box=box))
 
 
 class RecordingBackend:

@@ -114,13 +114,20 @@ def _settings_for(io, settings):
     return settings if io.downsample is not None else tuple((w, h, None) for w, h, _ in settings[:1])
 
 
+def _keeps_aspect(io) -> bool:
+    """Whether the runtime runs this model on frames at their own aspect (any input size but a
+    fixed one, to which it stretches them): footage given for calibration and checks is then
+    cropped to the check size's aspect, not squashed to it."""
+    return io.preprocess.resize != "fixed"
+
+
 def calibration_clips(io, data: DataPlan, *, photos: bool = False) -> list[Clip]:
     clips = []
     for width, height, ratio in _settings_for(io, data.settings):
         # As many HD frames as small ones (about 25 MB each as model input): with half as many,
         # the recurrent video model's INT8 MAD vs FP32 on real footage at 512x288 was 0.73 instead of 0.66.
         clips += load_clips(data.calib, frames=data.calib_frames, size=(width, height), seed=0,
-                            downsample_ratio=ratio)
+                            downsample_ratio=ratio, keep_aspect=_keeps_aspect(io))
         if photos and str(data.calib) == BUILTIN:
             clips += builtin_photo_clips("calibration", (width, height))
     return clips
@@ -137,7 +144,7 @@ def check_clips(io, data: DataPlan, *, photos: bool = False) -> list[Clip]:
         # grey "camera" shot; 0.06 on real footage), although it passes on real footage.
         source = data.check if data.check is not None else BUILTIN
         clips += load_clips(source, frames=frames, size=(width, height), seed=1, downsample_ratio=ratio,
-                            builtin_shots=DEMO_SHOTS)
+                            builtin_shots=DEMO_SHOTS, keep_aspect=_keeps_aspect(io))
         if photos and data.check is None:
             clips += builtin_photo_clips("check", (width, height))
     return clips

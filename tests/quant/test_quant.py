@@ -753,6 +753,33 @@ def test_image_models_also_calibrate_and_check_on_disjoint_builtin_photos(tmp_pa
     assert not default_quant_recipe("image_matting", with_background).builtin_photos
 
 
+def test_footage_keeps_its_aspect_unless_the_model_stretches_frames_to_a_fixed_size(tmp_path):
+    from PIL import Image
+
+    from mtc.artifact.manifest import Preprocess, read_manifest
+    from mtc.quant.pipeline import calibration_clips, check_clips
+
+    # A 4:3 photo whose top eighth is green, and a portrait one.
+    landscape = np.zeros((300, 400, 3), np.uint8)
+    landscape[:, :, 2] = 255
+    landscape[:37, :, 1], landscape[:37, :, 2] = 255, 0
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(landscape).save(folder / "a_landscape.png")
+    Image.fromarray(np.zeros((400, 300, 3), np.uint8)).save(folder / "b_portrait.png")
+    io = read_manifest(_toy_artifact(tmp_path / "toy")).io
+    assert io.preprocess.resize != "fixed"
+    plan = DataPlan(calib=folder, check=folder, settings=((64, 36, None),))
+    for clips in (calibration_clips(io, plan), check_clips(io, plan)):
+        wide, tall = (c.frames[0] for c in clips)
+        # cropped to 16:9 (the green band cut off), and the portrait photo checked upright
+        assert wide.shape == (36, 64, 3) and wide[0, :, 1].max() < 40 and tall.shape == (64, 36, 3)
+    fixed = dataclasses.replace(io, preprocess=Preprocess(resize="fixed", fixed_size=(36, 64)))
+    wide, tall = (c.frames[0] for c in calibration_clips(fixed, plan))
+    # a fixed-size model sees what its runtime gives it: the whole photo, stretched
+    assert wide.shape == tall.shape == (36, 64, 3) and wide[0, :, 1].min() > 200
+
+
 @pytest.mark.parametrize(("recipe_preset", "activation_type", "quantize_outputs"),
                          [("tensorrt", "int8", False), ("speed", "uint8", True)])
 def test_without_a_config_the_manifests_recipe_names_the_preset(tmp_path, recipe_preset, activation_type,
