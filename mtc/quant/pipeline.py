@@ -495,6 +495,14 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
     exact_convs = {node.name for node in model.graph.node if node.input and node.input[0] in exact}
     timings["calibrate_s"] = time.perf_counter() - started
 
+    # Before any rounding is chosen or learned: what the check footage outgrows stays float, so
+    # GPTQ and PTQ4VM fit the rest around it.
+    coverage = _coverage(model, plan, ranges, stats, reference, config, timings, stages)
+    planned = plan
+    outgrown_layers = coverage["kept_float"] if coverage else []
+    if outgrown_layers:
+        plan = plan.without(outgrown_layers)
+
     rounded, rounding_gains = {}, {}
     if config.weight_rounding == "gptq":
         started = time.perf_counter()
@@ -521,14 +529,9 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
                         weight_bits=bits, outputs=[alpha.name] if alpha is not None else None,
                         image=image.name if image is not None else None, fixed_steps=exact, checkpoint=checkpoint,
                         stages=stages)
-        ranges, rounded = learned.ranges, learned.rounded
+        # the calibrated ranges stay for the layers kept float (the speed check builds them in INT8)
+        ranges, rounded = {**ranges, **learned.ranges}, learned.rounded
         timings["ptq4vm_s"] = time.perf_counter() - started
-
-    coverage = _coverage(model, plan, ranges, stats, reference, config, timings, stages)
-    planned = plan
-    outgrown_layers = coverage["kept_float"] if coverage else []
-    if outgrown_layers:
-        plan = plan.without(outgrown_layers)
 
     closed_form = config.affine_correction
     affordable = [n for n in plan.node_names if 0 < mac_share.get(n, 0.0) <= config.float_budget]

@@ -143,7 +143,9 @@ def test_check_footage_brighter_than_the_calibration_is_reported_and_its_layer_k
     for name, check, float_outgrown in (("same", dark, True), ("brighter", bright, True),
                                         ("brighter-int8", bright, False)):
         out = tmp_path / name
-        config = Int8Config(activation_type="uint8", quantize_outputs=False, float_outgrown=float_outgrown)
+        # GPTQ rounds only what stays INT8: coverage decides first
+        config = Int8Config(activation_type="uint8", quantize_outputs=False, float_outgrown=float_outgrown,
+                            weight_rounding="gptq")
         data = DataPlan(calib=dark, calib_frames=4, check=check, check_frames=4, settings=((64, 48, None),))
         outcome = quantize_artifact(source, out, precision="int8", config=config, gates=Gates(None, None),
                                     fallback=Fallback(enabled=False), data=data)
@@ -161,6 +163,7 @@ def test_check_footage_brighter_than_the_calibration_is_reported_and_its_layer_k
     # the layer reading the outgrown input stays float; the other stays INT8
     assert brighter["range_coverage"]["kept_float"] == ["c1"] and "c1" in brighter["fallback_layers"]
     assert brighter["quantized_layers"] == 2 and brighter["int8_layers"] == 1
+    assert set(brighter["gptq_error_ratio"]) == {"c2"} and set(same["gptq_error_ratio"]) == {"c1", "c2"}
     assert not _reads_through_qdq(brighter_model, "c1") and _reads_through_qdq(brighter_model, "c2")
     assert "stay in float (c1;" in brighter_html
     assert json.loads((brighter_model.parent / "manifest.json").read_text())["precision"]["excluded_nodes"] == ["c1"]
