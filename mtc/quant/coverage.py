@@ -103,8 +103,8 @@ def layers_to_keep_float(coverage: Sequence[Coverage], plan: QdqPlan) -> list[st
 def coverage_report(coverage: Sequence[Coverage], readers: Mapping[str, str], frames: int,
                     kept_float: Sequence[str] = ()) -> dict:
     """report.json's `range_coverage`: how many tensors were measured on how many check frames,
-    the ones the check frames outgrew (`Coverage.outgrown`; `readers`: the quantized node each
-    tensor feeds, for the reader) and the layers kept in float for them."""
+    the ones the check frames outgrew (`Coverage.outgrown`; `readers`: the quantized layers
+    whose Q/DQ sit on each, for the reader) and the layers kept in float for them."""
     return {"frames": frames, "tensors": len(coverage), "kept_float": list(kept_float),
             "outgrown": [{"tensor": c.tensor, "read_by": readers.get(c.tensor, ""),
                           "clipped_share": round(c.clipped_share, 6), "clip_to_round": round(c.clip_to_round, 2),

@@ -445,9 +445,7 @@ def _coverage(model, plan, ranges, stats, reference, config: Int8Config, timings
     with stages.stage("range coverage: clipping on the check frames", total=len(reference.feeds)) as advance:
         measured = range_coverage(model, ranges, reference.feeds, stats=stats, activation_type=config.activation_type,
                                   progress=advance)
-    planned = set(plan.node_names)
-    readers = {tensor: node.name for node in model.graph.node if node.name in planned
-               for tensor in node.input if tensor in ranges}
+    readers = {c.tensor: ", ".join(plan.nodes_on(c.tensor)) for c in measured if c.outgrown}
     kept = layers_to_keep_float(measured, plan) if config.float_outgrown else []
     coverage = coverage_report(measured, readers, len(reference.feeds), kept)
     timings["coverage_s"] = time.perf_counter() - started
