@@ -83,18 +83,18 @@ def max_pixels_option(command):
                                           "or $MTC_MAX_PIXELS].")(command)
 
 
-def _frame_source(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """`builtin`, a video file or a folder of images, checked to exist before the model loads."""
-    if value is None or value == "builtin":
-        return value
+def _frame_sources(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...] | None:
+    """Each of `builtin`, a video file or a folder of images, checked to exist before the model
+    loads; None when the flag was not given and has no default (the built-in check)."""
     from pathlib import Path
 
     from mtc.runtime.media import is_video
 
-    path = Path(value)
-    if not (path.is_dir() or path.is_file() and is_video(path)):
-        raise click.BadParameter(f"{value!r} is not `builtin`, a video file or a folder of images")
-    return value
+    for source in value:
+        path = Path(source)
+        if source != "builtin" and not (path.is_dir() or path.is_file() and is_video(path)):
+            raise click.BadParameter(f"{source!r} is not `builtin`, a video file or a folder of images")
+    return value or None
 
 
 PLACEMENT_PRESETS = ("speed", "openvino", "dense", "tensorrt")  # mtc.quant.config.PRESETS
@@ -210,12 +210,14 @@ def quantization_options(command):
         click.option("--weight-bits", type=click.Choice(["auto", "8", "7"]), default="auto", show_default=True,
                      help="INT8 conv weights on 8 bits, or 7 (what CPUs without VNNI compute exactly); auto: 8, "
                           "and 7 too where this CPU's integer kernels measure unfaithful, keeping the better."),
-        click.option("--calib", default="builtin", show_default=True, callback=_frame_source,
-                     help="Calibration frames: a video, a folder of images, or `builtin`."),
+        click.option("--calib", multiple=True, default=["builtin"], show_default=True, callback=_frame_sources,
+                     help="Calibration frames: a video, a folder of images, or `builtin`; repeat to calibrate on "
+                          "several, e.g. --calib builtin --calib my_clip.mp4."),
         click.option("--calib-frames", type=click.IntRange(1, 10000), default=24, show_default=True,
-                     help="Calibration frames per resolution setting."),
-        click.option("--check", "check_source", default=None, callback=_frame_source,
-                     help="Held-out frames for the gates (video or folder) [default: the built-in clip, other motion]."),
+                     help="Calibration frames per source and resolution setting."),
+        click.option("--check", "check_source", multiple=True, callback=_frame_sources,
+                     help="Held-out frames for the gates (video or folder); repeat for several "
+                          "[default: the built-in clip, other motion]."),
         click.option("--max-mad", type=THRESHOLD, help="Gate: MAD vs FP32 (x1e3) on every check clip [int8 2.0, fp16 0.1]."),
         click.option("--max-dtssd", type=THRESHOLD, help="Gate: dtSSD vs FP32 (x1e2) on every check clip [int8 2.0, fp16 0.1]."),
         click.option("--gates", "gates_file", type=click.Path(exists=True, dir_okay=False),

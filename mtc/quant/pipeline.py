@@ -87,17 +87,37 @@ DEFAULT_GATES = {"int8": Gates(max_mad=2.0, max_dtssd=2.0), "fp16": Gates(max_ma
                  "bf16": Gates(max_mad=2.0, max_dtssd=2.0)}
 
 
+Sources = str | Path | tuple[str | Path, ...]
+
+
 @dataclass(frozen=True)
 class DataPlan:
-    """Where calibration and check frames come from, and at which resolutions they run."""
+    """Where calibration and check frames come from, and at which resolutions they run.
 
-    calib: str | Path = BUILTIN
+    `calib` and `check` take one source or several ("builtin", a video, a folder of images);
+    each source gives up to `calib_frames` / `check_frames` frames per setting, so the built-in
+    clip plus one's own footage calibrates on both. They are kept as tuples, repeats dropped.
+    """
+
+    calib: Sources = BUILTIN
     calib_frames: int = 24
-    check: str | Path | None = None
+    check: Sources | None = None  # None: the built-in check clip (and photos where the model takes them)
     check_frames: int = 24
     # (width, height, downsample ratio) settings; None: the check sizes the artifact declares
     # (its family's choice, or the defaults for its input rule).
     settings: tuple[tuple[int, int, float | None], ...] | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "calib", _as_sources(self.calib))
+        if self.check is not None:
+            object.__setattr__(self, "check", _as_sources(self.check))
+
+
+def _as_sources(value: Sources) -> tuple[str | Path, ...]:
+    sources = (value,) if isinstance(value, (str, Path)) else tuple(value)
+    if not sources:
+        raise MtcError("no calibration or check source given", hint=f"pass a video, a folder of images, or `{BUILTIN}`")
+    return tuple(dict.fromkeys(sources))  # order kept, repeats dropped
 
 
 @dataclass
@@ -126,10 +146,11 @@ def calibration_clips(io, data: DataPlan, *, photos: bool = False) -> list[Clip]
     for width, height, ratio in _settings_for(io, data.settings):
         # As many HD frames as small ones (about 25 MB each as model input): with half as many,
         # the recurrent video model's INT8 MAD vs FP32 on real footage at 512x288 was 0.73 instead of 0.66.
-        clips += load_clips(data.calib, frames=data.calib_frames, size=(width, height), seed=0,
-                            downsample_ratio=ratio, keep_aspect=_keeps_aspect(io))
-        if photos and str(data.calib) == BUILTIN:
-            clips += builtin_photo_clips("calibration", (width, height))
+        for source in data.calib:
+            clips += load_clips(source, frames=data.calib_frames, size=(width, height), seed=0,
+                                downsample_ratio=ratio, keep_aspect=_keeps_aspect(io))
+            if photos and str(source) == BUILTIN:
+                clips += builtin_photo_clips("calibration", (width, height))
     return clips
 
 
@@ -142,9 +163,9 @@ def check_clips(io, data: DataPlan, *, photos: bool = False) -> list[Clip]:
         # Another seed: different motion than calibration saw. The built-in check is the two-shot
         # demo clip: on the six-scene clip the FP16 recurrent video model misses its 0.1 MAD gate at HD (0.16, on the
         # grey "camera" shot; 0.06 on real footage), although it passes on real footage.
-        source = data.check if data.check is not None else BUILTIN
-        clips += load_clips(source, frames=frames, size=(width, height), seed=1, downsample_ratio=ratio,
-                            builtin_shots=DEMO_SHOTS, keep_aspect=_keeps_aspect(io))
+        for source in data.check or (BUILTIN,):
+            clips += load_clips(source, frames=frames, size=(width, height), seed=1, downsample_ratio=ratio,
+                                builtin_shots=DEMO_SHOTS, keep_aspect=_keeps_aspect(io))
         if photos and data.check is None:
             clips += builtin_photo_clips("check", (width, height))
     return clips
@@ -224,7 +245,7 @@ def quantize_artifact(source: Path, output: Path, *, precision: str, config: Int
         "passed": check.passed, "check": check.to_dict(), "timings": {k: round(v, 2) for k, v in timings.items()},
         # Integer kernels differ between CPU classes: the checks hold for this one.
         "checked_cpu": cpu_class(),
-        "calibration": {"source": str(data.calib), "frames": len(feeds),
+        "calibration": {"sources": [str(source) for source in data.calib], "frames": len(feeds),
                         "clips": [{"name": c.name, "frames": len(c.frames), "downsample_ratio": c.downsample_ratio}
                                   for c in calib]},
         **details,

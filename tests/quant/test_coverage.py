@@ -191,6 +191,28 @@ def test_the_command_line_keeps_outgrown_layers_float_unless_told(tmp_path, monk
     assert seen["config"].float_outgrown is not bool(flags)
 
 
+def test_the_command_line_takes_several_calibration_and_check_sources(tmp_path, monkeypatch):
+    import mtc.quant.pipeline
+    from mtc.cli.main import main
+
+    seen = {}
+
+    def capture(source, output, *, data, **_):
+        seen["data"] = data
+        raise SystemExit(0)
+
+    monkeypatch.setattr(mtc.quant.pipeline, "quantize_artifact", capture)
+    source = write_logit_artifact(tmp_path / "toy", _conv_model())
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for flags, calib, check in (([], ("builtin",), None),
+                                (["--calib", "builtin", "--calib", str(folder), "--check", str(folder)],
+                                 ("builtin", str(folder)), (str(folder),))):
+        with pytest.raises(SystemExit):
+            main(["quantize", str(source), "-o", str(tmp_path / "out"), "--int8", *flags])
+        assert seen["data"].calib == calib and seen["data"].check == check
+
+
 def test_keep_outgrown_int8_without_int8_is_refused(tmp_path, capsys):
     from mtc.cli.main import main
 

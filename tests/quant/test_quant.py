@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tiny_artifacts import write_model_artifact
 
 from mtc.artifact.manifest import MANIFEST_NAME, ModelIO, TensorSpec
+from mtc.errors import MtcError
 from mtc.quant.config import Fallback, Gates, Int8Config
 from mtc.quant.fp16 import convert_to_fp16, overflow_prone_nodes
 from mtc.quant.pipeline import DataPlan, quantize_artifact
@@ -239,8 +240,6 @@ def test_gate_failure_exits_nonzero_writes_report_and_no_artifact(tmp_path):
 
 
 def test_quantizing_a_quantized_artifact_is_refused(tmp_path):
-    from mtc.errors import MtcError
-
     source = _toy_artifact(tmp_path / "toy")
     quantize_artifact(source, tmp_path / "fp16", precision="fp16", data=SMALL, gates=Gates(None, None))
     with pytest.raises(MtcError, match="already fp16"):
@@ -580,7 +579,6 @@ def test_gptq_weights_flow_into_the_qdq_graph_and_the_affine_fit(tmp_path):
 
 
 def test_unknown_weight_rounding_is_refused_wherever_the_config_is_made():
-    from mtc.errors import MtcError
     from mtc.quant.config import preset
 
     for make in (lambda: Int8Config(weight_rounding="stochastic"), lambda: preset("speed", weight_rounding="x")):
@@ -780,6 +778,32 @@ def test_footage_keeps_its_aspect_unless_the_model_stretches_frames_to_a_fixed_s
     assert wide.shape == tall.shape == (36, 64, 3) and wide[0, :, 1].min() > 200
 
 
+def test_several_sources_each_give_their_frames_for_calibration_and_checks(tmp_path):
+    from PIL import Image
+
+    from calib_data.builtin_photos import CALIBRATION_PHOTOS
+    from mtc.artifact.manifest import read_manifest
+    from mtc.quant.pipeline import calibration_clips, check_clips
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, level in (("a.png", 40), ("b.png", 200)):
+        Image.fromarray(np.full((36, 64, 3), level, np.uint8)).save(folder / name)
+    io = read_manifest(_toy_artifact(tmp_path / "toy")).io
+    plan = DataPlan(calib=("builtin", folder, "builtin"), calib_frames=4, check=(folder, "builtin"), check_frames=4,
+                    settings=((64, 36, None),))
+    assert plan.calib == ("builtin", folder)  # a repeat is dropped, the order kept
+    calib, check = calibration_clips(io, plan, photos=True), check_clips(io, plan, photos=True)
+    # the built-in clip with its photos (`builtin` asked for), then the folder's two images
+    assert [c.frames.shape[0] for c in calib] == [4] + [1] * len(CALIBRATION_PHOTOS) + [1, 1]
+    assert [c.name for c in calib[-2:]] == ["a.png", "b.png"] and calib[-1].frames.min() == 200
+    # checks: the folder's images, then the built-in clip; the user's sources replace the photos
+    assert [c.name for c in check[:2]] == ["a.png", "b.png"] and len(check) == 3 and check[2].frames.shape[0] == 4
+    assert DataPlan(calib=folder).calib == (folder,) and DataPlan().check is None
+    with pytest.raises(MtcError, match="no calibration or check source"):
+        DataPlan(check=())
+
+
 @pytest.mark.parametrize(("recipe_preset", "activation_type", "quantize_outputs"),
                          [("tensorrt", "int8", False), ("speed", "uint8", True)])
 def test_without_a_config_the_manifests_recipe_names_the_preset(tmp_path, recipe_preset, activation_type,
@@ -859,7 +883,7 @@ def test_speed_is_also_timed_on_openvino_where_auto_would_run_the_artifact_there
 
 
 def test_float_budget_outside_zero_to_one_is_refused():
-    from mtc.errors import MtcError
+
 
     with pytest.raises(MtcError, match="float budget"):
         Int8Config(float_budget=2.0)
@@ -1085,14 +1109,14 @@ def test_checks_run_on_the_backend_the_placement_is_for(tmp_path, monkeypatch):
 
 
 def test_unknown_check_backends_are_refused():
-    from mtc.errors import MtcError
+
 
     with pytest.raises(MtcError, match="unknown check backend 'tensorrt'"):
         Int8Config(check_backend="tensorrt")
 
 
 def test_weight_bits_must_be_seven_or_eight():
-    from mtc.errors import MtcError
+
 
     with pytest.raises(MtcError, match="not 7 or 8"):
         Int8Config(weight_bits=4)
