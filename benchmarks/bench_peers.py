@@ -262,17 +262,9 @@ class Clip:
     gt: list[np.ndarray] | None = None  # HxW float32 alpha in [0, 1]
 
 
-def _cover(image: Image.Image, width: int, height: int) -> Image.Image:
-    """Centre-crop to the target aspect, then resize."""
-    scale = max(width / image.width, height / image.height)
-    crop_w, crop_h = width / scale, height / scale
-    left, top = (image.width - crop_w) / 2, (image.height - crop_h) / 2
-    return image.resize((width, height), Image.BILINEAR, box=(left, top, left + crop_w, top + crop_h))
-
-
 def evalset_clips(root: Path, width: int, height: int, frames: int, count: int) -> list[Clip]:
     """Foregrounds with exact alpha moving over real background videos (I = aF + (1 - a)B)."""
-    from mtc.runtime.media import VideoReader, read_image
+    from mtc.runtime.media import VideoReader, cover, read_image
 
     videos = sorted((root / "videos").glob("*.mp4"))
     if not videos:
@@ -291,7 +283,7 @@ def evalset_clips(root: Path, width: int, height: int, frames: int, count: int) 
         with VideoReader(video) as reader:
             backgrounds = []
             for frame in reader:
-                backgrounds.append(np.asarray(_cover(Image.fromarray(frame), width, height), np.float32))
+                backgrounds.append(np.asarray(cover(Image.fromarray(frame), (width, height)), np.float32))
                 if len(backgrounds) == frames:
                     break
         rgb_frames, gts = [], []

@@ -22,6 +22,7 @@ from PIL import Image
 
 from calib_data.builtin_clip import _data_dir
 from mtc.errors import MtcError
+from mtc.runtime.media import cover
 
 #: (file in skimage/data, what it shows, source and licence as scikit-image states them)
 CALIBRATION_PHOTOS = (
@@ -66,9 +67,5 @@ def builtin_photos(split: str, size: tuple[int, int]) -> list[tuple[str, np.ndar
         raise MtcError(f"built-in photos at {width}x{height} are too small", hint="use width and height >= 16")
     out = []
     for name, photo in _photos(split):
-        crop_w = min(photo.width, photo.height * width / height)
-        crop_h = crop_w * height / width
-        left, top = (photo.width - crop_w) / 2, (photo.height - crop_h) / 2
-        resized = photo.resize((width, height), Image.Resampling.LANCZOS, box=(left, top, left + crop_w, top + crop_h))
-        out.append((name, np.asarray(resized)))
+        out.append((name, np.asarray(cover(photo, (width, height), Image.Resampling.LANCZOS))))
     return out

@@ -92,18 +92,16 @@ def _resize(frame: np.ndarray, size: tuple[int, int] | None, keep_aspect: bool =
     if size is None:
         return frame
     height, width = frame.shape[:2]
-    box = None
-    if keep_aspect:
-        if (height > width) != (size[1] > size[0]):
-            size = (size[1], size[0])
-        crop_w, crop_h = min(width, height * size[0] / size[1]), min(height, width * size[1] / size[0])
-        left, top = (width - crop_w) / 2, (height - crop_h) / 2
-        box = (left, top, left + crop_w, top + crop_h)
+    if keep_aspect and (height > width) != (size[1] > size[0]):
+        size = (size[1], size[0])
     if (width, height) == size:
         return frame
     from PIL import Image
 
-    return np.asarray(Image.fromarray(frame).resize(size, Image.BILINEAR, box=box))
+    from mtc.runtime.media import cover
+
+    image = Image.fromarray(frame)
+    return np.asarray(cover(image, size) if keep_aspect else image.resize(size, Image.Resampling.BILINEAR))
 
 
 class RecordingBackend:

@@ -228,6 +228,16 @@ def write_image(path: str | os.PathLike, array: np.ndarray, *, png_compression: 
         img.save(handle, format=fmt, **options)
 
 
+def cover(image: Image.Image, size: tuple[int, int],
+          resample: Image.Resampling = Image.Resampling.BILINEAR) -> Image.Image:
+    """`image` filling `size` (width, height): centre-cropped to that aspect, then resized, so
+    nothing is squashed."""
+    width, height = size
+    crop_w, crop_h = min(image.width, image.height * width / height), min(image.height, image.width * height / width)
+    left, top = (image.width - crop_w) / 2, (image.height - crop_h) / 2
+    return image.resize(size, resample, box=(left, top, left + crop_w, top + crop_h))
+
+
 def _natural_key(path: Path) -> list:
     # frame_2.png sorts before frame_10.png, matching how sequences are numbered.
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]

@@ -19,6 +19,7 @@ from mtc.runtime.frames import check_frame
 from mtc.runtime.media import (
     VideoReader,
     VideoWriter,
+    cover,
     is_image,
     is_video,
     list_images,
@@ -66,6 +67,23 @@ def _no_leftovers(folder: Path) -> list[str]:
 
 # --------------------------------------------------------------------------------------------
 # images
+
+
+@pytest.mark.parametrize("size", [(64, 36), (36, 64), (40, 30)])
+def test_cover_fills_the_size_cropping_the_centre_never_squashing(size):
+    from PIL import Image
+
+    # 4:3 and green, with a red band along the top and a blue one down the left (20 pixels
+    # each): cropping to a wider aspect trims the top, to a taller one the left, the same keeps both.
+    image = np.zeros((300, 400, 3), np.uint8)
+    image[:, :, 1] = 255
+    image[:20, :] = (255, 0, 0)
+    image[20:, :20] = (0, 0, 255)
+    out = np.asarray(cover(Image.fromarray(image), size))
+    assert out.shape == (size[1], size[0], 3)
+    aspect = size[0] / size[1]
+    assert bool(out[0, size[0] // 2, 0] > 150) is (aspect <= 4 / 3)  # the top band kept
+    assert bool(out[size[1] // 2, 0, 2] > 150) is (aspect >= 4 / 3)  # the left band kept
 
 
 def test_read_image_png_round_trip_is_exact(tmp_path):
