@@ -58,7 +58,7 @@ from mtc.quant.fp16 import (
 from mtc.quant.gptq import conv_hessians, gptq_weights
 from mtc.quant.image_input import exact_range, fold_input_normalization
 from mtc.quant.outliers import outlier_conv_name, split_candidate_inputs, split_outlier_channels
-from mtc.quant.qdq import INT8_MAX, UINT8_MAX, ActivationRange, insert_qdq, plan_qdq
+from mtc.quant.qdq import INT8_MAX, UINT8_MAX, ActivationRange, QdqPlan, insert_qdq, plan_qdq
 from mtc.quant.ranges import TensorStats, asymmetric_range, channel_ranges, collect_stats, threshold
 from mtc.quant.sensitivity import (
     fallback_until_gates_pass,
@@ -352,11 +352,12 @@ def choose_weight_bits(model, feeds, reference, config: Int8Config, gates: Gates
     kernels measure unfaithful to the graph (see `kernel_fidelity`): then on 7 bits too, keeping
     whichever checks better against FP32 on this CPU. `work`: the folder for learned
     quantization's checkpoints."""
+    calibrated = calibrate_int8(model, feeds, reference, config, timings, stages)
     if config.learning is not None and config.weight_bits is None:
-        return _learned_weight_bits(model, feeds, reference, config, gates, fallback, timings, stages, work=work)
+        return _learned_weight_bits(calibrated, feeds, reference, config, gates, fallback, timings, stages, work=work)
     bits = config.weight_bits or 8
-    result = _int8(model, feeds, reference, dataclasses.replace(config, weight_bits=bits), gates, fallback, timings,
-                   stages, work=work)
+    result = _int8(calibrated, feeds, reference, dataclasses.replace(config, weight_bits=bits), gates, fallback,
+                   timings, stages, work=work)
     fidelity = kernel_fidelity(result[0], reference, stages, backend=config.check_backend)
     result[3]["int8"]["kernels_vs_simulation"] = fidelity
     if config.weight_bits is not None or not kernels_unfaithful(fidelity):
@@ -364,8 +365,8 @@ def choose_weight_bits(model, feeds, reference, config: Int8Config, gates: Gates
     log.warning("%s's integer kernels on this CPU differ from the graph's float simulation by MAD %.2f (the "
                 "quantization itself costs %.2f): trying 7-bit weights, which such kernels compute exactly",
                 config.check_backend, fidelity["mad"], fidelity["simulation_vs_fp32_mad"])
-    seven = _int8(model, feeds, reference, dataclasses.replace(config, weight_bits=7), gates, fallback, timings,
-                  stages, work=work)
+    seven = _int8(calibrated, feeds, reference, dataclasses.replace(config, weight_bits=7), gates, fallback,
+                  timings, stages, work=work)
     seven[3]["int8"]["kernels_vs_simulation"] = kernel_fidelity(seven[0], reference, stages,
                                                                 backend=config.check_backend)
     ranked = sorted((result, seven), key=lambda r: (not r[2].passed, r[2].score))
@@ -378,8 +379,8 @@ def choose_weight_bits(model, feeds, reference, config: Int8Config, gates: Gates
     return chosen
 
 
-def _learned_weight_bits(model, feeds, reference, config: Int8Config, gates: Gates, fallback: Fallback, timings,
-                         stages: Stages, *, work: Path | None):
+def _learned_weight_bits(calibrated: Calibrated, feeds, reference, config: Int8Config, gates: Gates,
+                         fallback: Fallback, timings, stages: Stages, *, work: Path | None):
     """Learned INT8 with its weight bits decided before it learns, so it learns once: learning
     is the longest step, and learning on both widths to keep the better would double it. The
     kernels are probed on the calibrated plan with 8-bit nearest-rounded weights; where they
@@ -390,7 +391,8 @@ def _learned_weight_bits(model, feeds, reference, config: Int8Config, gates: Gat
         probe.update(kernel_fidelity(calibrated, reference, stages, backend=config.check_backend))
         return 7 if kernels_unfaithful(probe) else 8
 
-    result = _int8(model, feeds, reference, config, gates, fallback, timings, stages, work=work, bits_for=bits_for)
+    result = _int8(calibrated, feeds, reference, config, gates, fallback, timings, stages, work=work,
+                   bits_for=bits_for)
     details = result[3]["int8"]
     details["kernels_vs_simulation"] = kernel_fidelity(result[0], reference, stages, backend=config.check_backend)
     if details["weight_bits"] == 7:
@@ -483,11 +485,25 @@ def _coverage(model, plan, ranges, stats, reference, config: Int8Config, timings
     return coverage
 
 
-def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: Fallback, timings, stages: Stages,
-          *, work: Path | None = None, bits_for: Callable[[onnx.ModelProto], int] | None = None):
-    """INT8 as `config` says. `bits_for`, for learned quantization with its weight bits left
-    open: given the calibrated plan with 8-bit nearest-rounded weights, the bits to learn on."""
-    bits = config.weight_bits or 8
+@dataclass(frozen=True)
+class Calibrated:
+    """What INT8 settles before any weight is rounded; none of it depends on the weight bits, so
+    trying two widths calibrates once."""
+
+    model: onnx.ModelProto  # rewritten for INT8 (equalized, split, aligned, folded)
+    planned: QdqPlan  # every layer the placement quantizes
+    plan: QdqPlan  # those the check footage leaves INT8 (`coverage`'s kept_float removed)
+    ranges: dict[str, ActivationRange]
+    exact: tuple[str, ...]  # tensors on an exact grid, whose step nothing learns
+    coverage: dict | None
+    rewrites: Rewrites
+    aligned: list[str]
+    mac_share: dict[str, float]
+
+
+def calibrate_int8(model, feeds, reference, config: Int8Config, timings, stages: Stages) -> Calibrated:
+    """Plan the Q/DQ placement, rewrite the graph for it, calibrate the activation ranges and
+    measure how they cover the check frames (the layers they outgrow leave the plan)."""
     excluded = set(config.exclude_nodes)
     mac_share = {}
     if config.min_mac_share > 0 or config.float_budget > 0:
@@ -511,17 +527,26 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
     with stages.stage("calibration: activation ranges", total=len(feeds)) as advance:
         stats = collect_stats(model, plan.activation_tensors(), feeds, progress=advance)
     ranges, exact = activation_ranges(model, stats, config, rewrites)
-    exact_convs = {node.name for node in model.graph.node if node.input and node.input[0] in exact}
     timings["calibrate_s"] = time.perf_counter() - started
 
     # Before any rounding is chosen or learned: what the check footage outgrows stays float, so
     # GPTQ and PTQ4VM fit the rest around it.
     coverage = _coverage(model, plan, ranges, stats, reference, config, timings, stages)
-    planned = plan
-    outgrown_layers = coverage["kept_float"] if coverage else []
-    if outgrown_layers:
-        plan = plan.without(outgrown_layers)
+    outgrown = coverage["kept_float"] if coverage else []
+    return Calibrated(model=model, planned=plan, plan=plan.without(outgrown) if outgrown else plan, ranges=ranges,
+                      exact=exact, coverage=coverage, rewrites=rewrites, aligned=aligned, mac_share=mac_share)
 
+
+def _int8(calibrated: Calibrated, feeds, reference, config: Int8Config, gates: Gates, fallback: Fallback, timings,
+          stages: Stages, *, work: Path | None = None, bits_for: Callable[[onnx.ModelProto], int] | None = None):
+    """INT8 on `calibrated` as `config` says. `bits_for`, for learned quantization with its
+    weight bits left open: given the calibrated plan with 8-bit nearest-rounded weights, the bits
+    to learn on."""
+    bits = config.weight_bits or 8
+    model, planned, plan, ranges = calibrated.model, calibrated.planned, calibrated.plan, calibrated.ranges
+    exact, coverage, rewrites, mac_share = calibrated.exact, calibrated.coverage, calibrated.rewrites, calibrated.mac_share
+    outgrown_layers = coverage["kept_float"] if coverage else []
+    exact_convs = {node.name for node in model.graph.node if node.input and node.input[0] in exact}
     rounded, rounding_gains = {}, {}
     if config.weight_rounding == "gptq":
         started = time.perf_counter()
@@ -609,7 +634,7 @@ def _int8(model, feeds, reference, config: Int8Config, gates: Gates, fallback: F
                         "quantized_by_op": dict(Counter(n.op_type for n in model.graph.node
                                                         if n.name in set(planned.node_names))),
                         "one_sided_tensors": sum(lo == 0 for lo, _ in ranges.values()),
-                        "channel_aligned_layers": aligned,
+                        "channel_aligned_layers": calibrated.aligned,
                         "isolated_layer_error": {n: round(e, 6) for n, e in errors.items()},
                         "equalized_concat_inputs": [{"conv": g.conv, "input": g.tensor, "scale": round(g.scale, 4)}
                                                     for g in rewrites.equalized],

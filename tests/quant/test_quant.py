@@ -1057,10 +1057,13 @@ def test_auto_weight_bits_tries_seven_bits_only_where_kernels_are_unfaithful(tmp
     real = pipeline.kernel_fidelity
     monkeypatch.setattr(pipeline, "kernel_fidelity",  # as on a CPU whose kernels saturate
                         lambda *args, **kwargs: {**real(*args, **kwargs), "mad": 5.0, "simulation_vs_fp32_mad": 1.0})
+    calibrations, collect_stats = [], pipeline.collect_stats
+    monkeypatch.setattr(pipeline, "collect_stats", lambda *a, **k: calibrations.append(1) or collect_stats(*a, **k))
     chosen = quantize_artifact(source, tmp_path / "b", precision="int8", config=Int8Config(method="minmax"),
                                gates=Gates(max_mad=50, max_dtssd=50), data=SMALL)
     choice = chosen.report["int8"]["weight_bits_choice"]
     assert set(choice["candidates"]) == {"8", "7"}
+    assert len(calibrations) == 1  # the ranges do not depend on the weight bits: calibrated once for both
     best = min(choice["candidates"].items(), key=lambda kv: (not kv[1]["passed"], kv[1]["score"]))
     assert str(choice["chosen"]) == best[0] == str(chosen.report["int8"]["weight_bits"])
     limit = 63 if choice["chosen"] == 7 else 127
