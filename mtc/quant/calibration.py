@@ -7,6 +7,7 @@ order; zero states would calibrate a situation that never occurs after the first
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,15 +106,19 @@ def _resize(frame: np.ndarray, size: tuple[int, int] | None, keep_aspect: bool =
 
 
 class RecordingBackend:
-    """Passes runs through and keeps a copy of every input it was fed."""
+    """Passes runs through and keeps a copy of the inputs it was fed: of every run, or of the
+    runs numbered in `keep` (counted from 0), so a caller that needs a few never holds them all."""
 
-    def __init__(self, backend: Backend):
+    def __init__(self, backend: Backend, keep: Collection[int] | None = None):
         self.backend, self.name = backend, "recording"
         self.input_names, self.output_names = backend.input_names, backend.output_names
         self.feeds: list[dict[str, np.ndarray]] = []
+        self._keep, self._runs = (None if keep is None else set(keep)), 0
 
     def run(self, feeds):
-        self.feeds.append({k: np.array(v, copy=True) for k, v in feeds.items()})
+        if self._keep is None or self._runs in self._keep:
+            self.feeds.append({k: np.array(v, copy=True) for k, v in feeds.items()})
+        self._runs += 1
         return self.backend.run(feeds)
 
 

@@ -127,11 +127,13 @@ class ReferenceAlphas:
         the check frames (`feeds`: the model's inputs, recurrent state included), for
         measurements beyond the alphas."""
         self.io, self.clips = io, list(clips)
-        recorder = RecordingBackend(reference) if record_inputs and alphas is None else None
+        recorder = None
+        if record_inputs and alphas is None:  # one run per frame: record only the runs kept
+            runs = sum(len(clip.frames) for clip in self.clips)
+            recorder = RecordingBackend(reference, keep=spread(range(runs), record_inputs))
         runner = recorder or reference
         self.alphas = list(alphas) if alphas is not None else [run_alphas(io, runner, clip) for clip in self.clips]
-        self.feeds: list[dict[str, np.ndarray]] | None = \
-            spread(recorder.feeds, record_inputs) if recorder is not None else None
+        self.feeds: list[dict[str, np.ndarray]] | None = recorder.feeds if recorder is not None else None
 
     def head(self, *, clips: int, frames: int) -> ReferenceAlphas:
         """The first `frames` frames of the first `clips` clips, without re-running the reference."""

@@ -93,6 +93,35 @@ def _conv_model():
     return onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
 
 
+def test_the_reference_records_only_the_check_inputs_it_keeps(tmp_path, monkeypatch):
+    from mtc.artifact.manifest import read_manifest
+    from mtc.backends import OrtBackend
+    from mtc.quant import calibration, checks
+    from mtc.quant.calibration import Clip
+    from mtc.quant.checks import ReferenceAlphas
+
+    source = write_logit_artifact(tmp_path / "toy", _conv_model())
+    io = read_manifest(source).io
+    rng = np.random.default_rng(0)
+    clips = [Clip(name, rng.integers(0, 256, (count, 24, 32, 3), dtype=np.uint8)) for name, count in
+             (("a", 4), ("b", 6))]
+    held = []
+
+    class Watched(calibration.RecordingBackend):
+        def run(self, feeds):
+            outputs = super().run(feeds)
+            held.append(len(self.feeds))
+            return outputs
+
+    monkeypatch.setattr(checks, "RecordingBackend", Watched)
+    reference = ReferenceAlphas(io, OrtBackend(source / "model.onnx"), clips, record_inputs=3)
+    frames = np.concatenate([c.frames for c in clips])
+    # runs 0, 4 and 9 of the ten (the first, the middle and the last frame), never more held
+    assert len(held) == 10 and max(held) == 3 and len(reference.feeds) == 3
+    for feeds, frame in zip(reference.feeds, frames[[0, 4, 9]]):
+        np.testing.assert_allclose(feeds["src"][0].transpose(1, 2, 0), frame / 255, atol=1e-6)
+
+
 def _photos(folder, low, high, seed):
     folder.mkdir()
     rng = np.random.default_rng(seed)
