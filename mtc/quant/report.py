@@ -218,6 +218,10 @@ def render_html(report: dict, check: CheckResult) -> str:
         "<table border=1 cellpadding=4><tr><th>clip</th><th>size</th><th>ratio</th><th>MAD ×1e3</th><th>MSE ×1e3</th>"
         f"<th>Grad</th><th>dtSSD ×1e2</th><th>NaN/Inf frames</th></tr>{rows}</table>",
     ]
+    calibration = report.get("calibration") or {}
+    if calibration.get("sources") and calibration.get("frames"):
+        sections.insert(2, f"<p>Calibrated on {', '.join(html.escape(s) for s in calibration['sources'])}: "
+                           f"{calibration['frames']} frames in {len(calibration['clips'])} clips.</p>")
     speed = report.get("speed")
     if speed:
         cost = _float_layers_cost(speed) if "fps_all_int8" in speed else ""

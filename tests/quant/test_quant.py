@@ -219,6 +219,9 @@ def test_fallback_moves_exactly_the_layer_that_needs_it(tmp_path):
     assert f"class {cpu_class()}" in html
     assert "<svg" in html and "conv2" in html and "data:image/png;base64" in html
     assert "GPTQ weight rounding" in html and outcome.report["int8"]["gptq_error_ratio"]
+    calibration = outcome.report["calibration"]
+    assert calibration["sources"] == ["builtin"]
+    assert f"Calibrated on builtin: {calibration['frames']} frames in {len(calibration['clips'])} clips" in html
 
     import mtc.runtime
 
