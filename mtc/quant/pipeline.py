@@ -479,7 +479,8 @@ def _coverage(model, plan, ranges, stats, reference, config: Int8Config, timings
                   else "they stay INT8")
         log.warning("%d of %d INT8 inputs lose more than twice as much to clipping as to rounding on the check frames, "
                     "and as they lost to clipping on the calibration data (worst: %s's input, %.3g times its rounding "
-                    "error); %s. The calibration data do not cover this footage: calibrate on footage like it (--calib)",
+                    "error); %s. The calibration data do not cover this footage: calibrate on footage like it too "
+                    "(--calib builtin --calib CLIP)",
                     len(outgrown), coverage["tensors"], worst["read_by"] or worst["tensor"], worst["clip_to_round"],
                     remedy)
     return coverage

@@ -133,7 +133,7 @@ def _coverage(coverage: dict) -> str:
     return _bullets(
         f"{head}{len(worst)} of {coverage['tensors']} INT8 inputs lose more than twice as much to clipping as to "
         f"rounding, and as they lost to clipping on the calibration data{more}. {remedy}The calibration data do not "
-        "cover this footage: calibrate on footage like it (<code>--calib</code>).",
+        "cover this footage: calibrate on footage like it too (<code>--calib builtin --calib CLIP</code>).",
         [f"{html.escape(c['read_by'] or c['tensor'])}'s input: clipping error {c['clip_to_round']:.3g}× the rounding "
          f"error ({c['calibration_clip_to_round']:.3g}× on the calibration data), {c['clipped_share']:.2%} of its "
          "values clipped" for c in shown])
