@@ -17,6 +17,10 @@ child process (wall time and peak memory measured):
   of the built-in clip, so the layers whose inputs the video drives past their calibrated
   ranges stay in float (range coverage). The video stands for the user's footage: never pass
   evalset footage, on which the artifacts are scored.
+- `dense-mse-calibrated`, with `--calib-footage VIDEO`: `dense-mse` calibrated on the built-in
+  clip plus that video (`--calib builtin --calib VIDEO`), and checked on `--check-footage` if
+  given (other footage like the user's: calibrating and checking on the same frames would make
+  the check no check).
 
 Then `bench_peers.py` runs them through mtc.runtime on OpenVINO beside plain ONNX Runtime FP32
 (the speed and fidelity reference), OpenVINO FP32/BF16, ONNX Runtime's `quantize_static` and
@@ -30,6 +34,7 @@ same plan, MAD not worse; the fast preset within 15 minutes on 2 cores.
 
     python benchmarks/bench_ptq4vm.py [--artifact artifacts/rvm-mobilenetv3-fp32] [--work DIR]
         [--methods mse,percentile] [--evalset ../shared/evalset] [--check-footage street.mp4]
+        [--calib-footage street_calib.mp4]
         [--frames 16] [--rounds 3] [--json out.json]
 """
 
@@ -59,8 +64,10 @@ PLAIN_METHODS = ("mse", "minmax", "percentile", "entropy")
 TARGETS = {"mad": 0.5, "dtssd": 0.5, "dtssd_cut": 0.30, "minutes": 15.0}
 
 
-def configurations(methods: tuple[str, ...], footage: Path | None = None) -> dict[str, dict]:
-    """name -> how `make` quantizes it (placement, method, and the check video if not the built-in clip)."""
+def configurations(methods: tuple[str, ...], footage: Path | None = None,
+                   calib_footage: Path | None = None) -> dict[str, dict]:
+    """name -> how `make` quantizes it (placement, method, the check video if not the built-in
+    clip, the video calibrated on beside the built-in clip)."""
     configs = {"speed": {"placement": "speed", "method": "mse", "shipped": True}}
     for method in methods:
         configs[f"dense-{method}"] = {"placement": "dense", "method": method, "shipped": False}
@@ -69,21 +76,27 @@ def configurations(methods: tuple[str, ...], footage: Path | None = None) -> dic
                                     "overrides": {"quantize_outputs": True, "split_outlier_channels": False}}
     if footage is not None:
         configs["dense-mse-checked"] = {"placement": "dense", "method": "mse", "shipped": False, "check": str(footage)}
+    if calib_footage is not None:
+        configs["dense-mse-calibrated"] = {"placement": "dense", "method": "mse", "shipped": False,
+                                           "calib": str(calib_footage),
+                                           **({"check": str(footage)} if footage is not None else {})}
     return configs
 
 
-def make(name: str, source: Path, output: Path, methods: tuple[str, ...], footage: Path | None) -> None:
+def make(name: str, source: Path, output: Path, methods: tuple[str, ...], footage: Path | None,
+         calib_footage: Path | None = None) -> None:
     """Quantize one configuration (run in a child process, so its time and memory are its own)."""
     from mtc.quant.config import Fallback, Gates
-    from mtc.quant.pipeline import DataPlan, quantize_artifact
+    from mtc.quant.pipeline import BUILTIN, DataPlan, quantize_artifact
 
-    spec = configurations(methods, footage)[name]
+    spec = configurations(methods, footage, calib_footage)[name]
     if spec["shipped"]:
         quantize_artifact(source, output, precision="int8", overwrite=True)
         return
     quantize_artifact(source, output, precision="int8", config=preset_of(spec),
                       gates=Gates(max_mad=None, max_dtssd=None), fallback=Fallback(enabled=False),
-                      data=DataPlan(check=spec.get("check")), overwrite=True)
+                      data=DataPlan(calib=(BUILTIN, spec["calib"]) if "calib" in spec else BUILTIN,
+                                    check=spec.get("check")), overwrite=True)
 
 
 def preset_of(spec: dict):
@@ -96,12 +109,12 @@ def preset_of(spec: dict):
 
 
 def make_all(source: Path, work: Path, prefix: str, methods: tuple[str, ...],
-             footage: Path | None = None) -> tuple[dict[str, Path], dict]:
+             footage: Path | None = None, calib_footage: Path | None = None) -> tuple[dict[str, Path], dict]:
     """Every configuration quantized from `source` into `work/<prefix>-<name>`, each in a child
     process (wall time and peak memory measured), reused when already there; the folders, and
     per configuration its settings, time, memory and layer counts."""
     folders, made = {}, {}
-    for name, spec in configurations(methods, footage).items():
+    for name, spec in configurations(methods, footage, calib_footage).items():
         folders[name] = work / f"{prefix}-{name}"
         timing = folders[name] / "bench_timing.json"
         if (folders[name] / "manifest.json").exists() and timing.exists():
@@ -111,7 +124,8 @@ def make_all(source: Path, work: Path, prefix: str, methods: tuple[str, ...],
             print(f"{name}: quantizing ({spec['placement']} placement, {spec['method']})", file=sys.stderr)
             run = run_measured([sys.executable, str(Path(__file__).resolve()), "--make", name, "--output",
                                 str(folders[name]), "--artifact", str(source), "--methods", ",".join(methods),
-                                *(("--check-footage", str(footage)) if footage is not None else ())])
+                                *(("--check-footage", str(footage)) if footage is not None else ()),
+                                *(("--calib-footage", str(calib_footage)) if calib_footage is not None else ())])
             measured = {"seconds": run["seconds"], "peak_mib": run["peak_mib"]}
             timing.write_text(json.dumps(measured))
             print(f"{name}: {measured['seconds'] / 60:.1f} min, peak {measured['peak_mib']:.0f} MiB", file=sys.stderr)
@@ -122,8 +136,9 @@ def make_all(source: Path, work: Path, prefix: str, methods: tuple[str, ...],
 def placement_label(info: dict) -> str:
     """A configuration's placement as the results tables name it."""
     outputs = " + conv outputs" if info.get("overrides", {}).get("quantize_outputs") else ""
+    calibrated = f", calibrated also on {Path(info['calib']).name}" if info.get("calib") else ""
     checked = f", checked on {Path(info['check']).name}" if info.get("check") else ""
-    return info["placement"] + outputs + checked
+    return info["placement"] + outputs + calibrated + checked
 
 
 def layers_label(info: dict) -> str:
@@ -142,14 +157,15 @@ def parse_methods(parser: argparse.ArgumentParser, text: str) -> tuple[str, ...]
     return methods
 
 
-def check_footage(parser: argparse.ArgumentParser, video: Path | None, evalset: Path | None) -> Path | None:
-    """--check-footage, refused when missing or inside the evalset (the artifacts are scored there)."""
+def footage_arg(parser: argparse.ArgumentParser, flag: str, video: Path | None, evalset: Path | None) -> Path | None:
+    """--check-footage or --calib-footage, refused when missing or inside the evalset (the
+    artifacts are scored there)."""
     if video is None:
         return None
     if not video.is_file():
-        parser.error(f"--check-footage {video}: no such video file")
+        parser.error(f"{flag} {video}: no such video file")
     if evalset is not None and video.resolve().is_relative_to(evalset.resolve()):
-        parser.error(f"--check-footage {video} is evalset footage: checking on it would tune the artifact to the "
+        parser.error(f"{flag} {video} is evalset footage: quantizing on it would tune the artifact to the "
                      "clips it is scored on; pass other footage")
     return video.resolve()
 
@@ -202,7 +218,8 @@ def verdicts(result: dict) -> list[str]:
             lines.append(f"- {source}, {case['resolution']}: dense PTQ4VM vs FP32 MAD {mad:.2f} / dtSSD {dtssd:.2f} "
                          f"({'met' if met else 'missed'}: <= {TARGETS['mad']} / {TARGETS['dtssd']})")
             plain = [rows[n] for n in rows if n in made and made[n]["placement"] == "dense"
-                     and made[n]["method"] != "ptq4vm" and not made[n].get("overrides") and not made[n].get("check")]
+                     and made[n]["method"] != "ptq4vm" and not made[n].get("overrides") and not made[n].get("check")
+                     and not made[n].get("calib")]
             if plain:
                 best = min(plain, key=lambda c: c["vs_fp32"]["dtssd"])
                 cut = 1 - dtssd / best["vs_fp32"]["dtssd"]
@@ -271,6 +288,9 @@ def main() -> None:
     parser.add_argument("--check-footage", type=Path, metavar="VIDEO",
                         help="also quantize dense-mse checked on this video (footage like the user's, not the "
                              "evalset's), its outgrown layers kept in float")
+    parser.add_argument("--calib-footage", type=Path, metavar="VIDEO",
+                        help="also quantize dense-mse calibrated on the built-in clip plus this video (other "
+                             "footage than --check-footage's, which checks it)")
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
@@ -280,10 +300,14 @@ def main() -> None:
     parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     methods = parse_methods(parser, args.methods)
-    footage = check_footage(parser, args.check_footage, args.evalset)
+    footage = footage_arg(parser, "--check-footage", args.check_footage, args.evalset)
+    calib_footage = footage_arg(parser, "--calib-footage", args.calib_footage, args.evalset)
+    if calib_footage is not None and calib_footage == footage:
+        parser.error("--calib-footage and --check-footage are the same video: checking on the frames it was "
+                     "calibrated on is no check; pass other footage to one of them")
     source = ensure_artifact(args.artifact)
     if args.make:
-        make(args.make, source, args.output, methods, footage)
+        make(args.make, source, args.output, methods, footage, calib_footage)
         return
 
     from mtc.backends.cpu import cpu_class
@@ -291,7 +315,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        folders, made = make_all(source, work, "rvm-int8", methods, footage)
+        folders, made = make_all(source, work, "rvm-int8", methods, footage, calib_footage)
         runs = {"built-in clip": peers(folders, args, None)}
         if args.evalset is not None:
             runs["evalset composites (ground truth)"] = peers(folders, args, args.evalset)

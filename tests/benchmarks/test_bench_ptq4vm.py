@@ -103,7 +103,24 @@ def test_the_footage_checked_artifact_is_labelled_and_never_the_plain_calibrator
     assert "dense-mse: MAD 1.50 / dtSSD 1.60" in comparison
 
 
-def test_check_footage_from_the_evalset_is_refused(bench, tmp_path):
+def test_the_footage_calibrated_artifact_is_labelled_and_never_the_plain_calibrator_compared(bench, tmp_path):
+    check, calib = tmp_path / "street.mp4", tmp_path / "street_calib.mp4"
+    made = bench.configurations(("mse",), check, calib)
+    assert bench.placement_label(made["dense-mse-calibrated"]) == \
+        "dense, calibrated also on street_calib.mp4, checked on street.mp4"
+    assert "check" not in bench.configurations(("mse",), None, calib)["dense-mse-calibrated"]
+    result = _result(bench, [_row("mtc_int8_openvino_rvm-int8-dense-mse", 1.5, 1.6),
+                             _row("mtc_int8_openvino_rvm-int8-dense-ptq4vm", 1.2, 1.0),
+                             _row("mtc_int8_openvino_rvm-int8-dense-mse-calibrated", 0.9, 0.9)])
+    result["artifacts"]["dense-mse-calibrated"] = {**made["dense-mse-calibrated"], "seconds": 150, "peak_mib": 2048,
+                                                   "int8_layers": 81, "quantized_layers": 85}
+    result["folders"]["dense-mse-calibrated"] = "/work/rvm-int8-dense-mse-calibrated"
+    comparison = next(line for line in bench.verdicts(result) if "best plain calibrator" in line)
+    assert "dense-mse: MAD 1.50 / dtSSD 1.60" in comparison
+
+
+@pytest.mark.parametrize("flag", ["--check-footage", "--calib-footage"])
+def test_footage_from_the_evalset_is_refused(bench, tmp_path, flag):
     import argparse
 
     evalset = tmp_path / "evalset"
@@ -112,9 +129,20 @@ def test_check_footage_from_the_evalset_is_refused(bench, tmp_path):
     inside.write_bytes(b"x")
     outside.write_bytes(b"x")
     parser = argparse.ArgumentParser()
-    assert bench.check_footage(parser, outside, evalset) == outside.resolve()
-    assert bench.check_footage(parser, None, evalset) is None
+    assert bench.footage_arg(parser, flag, outside, evalset) == outside.resolve()
+    assert bench.footage_arg(parser, flag, None, evalset) is None
     with pytest.raises(SystemExit):
-        bench.check_footage(parser, inside, evalset)
+        bench.footage_arg(parser, flag, inside, evalset)
     with pytest.raises(SystemExit):
-        bench.check_footage(parser, tmp_path / "missing.mp4", None)
+        bench.footage_arg(parser, flag, tmp_path / "missing.mp4", None)
+
+
+def test_calibrating_and_checking_on_the_same_footage_is_refused(bench, tmp_path):
+    import subprocess
+    import sys
+
+    video = tmp_path / "street.mp4"
+    video.write_bytes(b"x")
+    run = subprocess.run([sys.executable, bench.__file__, "--check-footage", str(video), "--calib-footage", str(video)],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "are the same video" in run.stderr
