@@ -387,8 +387,8 @@ def _learned_weight_bits(calibrated: Calibrated, feeds, reference, config: Int8C
     measure unfaithful to its float simulation, the weights take 7 bits."""
     probe: dict = {}
 
-    def bits_for(calibrated: onnx.ModelProto) -> int:
-        probe.update(kernel_fidelity(calibrated, reference, stages, backend=config.check_backend))
+    def bits_for(quantized: onnx.ModelProto) -> int:
+        probe.update(kernel_fidelity(quantized, reference, stages, backend=config.check_backend))
         return 7 if kernels_unfaithful(probe) else 8
 
     result = _int8(calibrated, feeds, reference, config, gates, fallback, timings, stages, work=work,
