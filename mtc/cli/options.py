@@ -199,7 +199,8 @@ def quantization_options(command):
         click.option("--ptq4vm-batch", type=click.IntRange(1, None), default=None, metavar="N",
                      help="PTQ4VM: calibration samples per step [default: fast 1, thorough 2]."),
         click.option("--ptq4vm-samples", type=click.IntRange(1, None), default=None, metavar="N",
-                     help="PTQ4VM: learn from N calibration samples, the smallest frames first [default: 24]."),
+                     help="PTQ4VM: learn from N calibration samples, the smallest frames first, spread over "
+                          "every --calib source [default: 24]."),
         click.option("--ptq4vm-qdrop", type=FiniteFloat(0, 1), default=None, metavar="P",
                      help="PTQ4VM: probability of keeping an activation float while a block learns [default: 0.5]."),
         click.option("--ptq4vm-threads", type=THREADS, default=None, metavar="N",

@@ -52,8 +52,9 @@ class Ptq4vmConfig:
     Attributes:
         iterations: optimizer steps per block in stage 1 (block reconstruction).
         batch: calibration samples per step, in both stages.
-        samples: calibration samples learned from, smallest frames first (in recording order
-            among equals): a sample holds its block-boundary tensors, which for two dozen HD
+        samples: calibration samples learned from, smallest frames first (among more of one
+            size than fit, runs of consecutive frames spread over them all: mtc.quant.ptq4vm.
+            choose_samples): a sample holds its block-boundary tensors, which for two dozen HD
             frames run to gigabytes.
         drop: QDrop's probability of keeping an activation float while a block learns (0..1).
         threads: torch threads while learning (None: torch's own default).

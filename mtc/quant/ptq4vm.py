@@ -13,6 +13,7 @@ finished blocks are checkpointed: a run interrupted between blocks resumes where
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -39,6 +40,10 @@ CURVE_POINTS = 50
 # A pair of consecutive frames joins the temporal loss when at least this share of its pixels
 # can be followed from one frame to the next.
 MIN_VALID = 0.5
+# Where more frames of a size are on offer than are learned from, they are taken in runs of
+# this many consecutive frames spread over all of them: every clip and source gets a share, and
+# the temporal loss keeps pairs of consecutive frames.
+SAMPLE_RUN = 4
 
 
 @dataclass
@@ -67,7 +72,7 @@ def learn(model: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, Activation
     replaced, one of this run is resumed from.
     """
     stages = stages if stages is not None else Stages()
-    samples = sorted(feeds, key=lambda feed: sum(value.size for value in feed.values()))[: config.samples]
+    samples = choose_samples(feeds, config.samples)
     threads = torch.get_num_threads()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
@@ -95,6 +100,30 @@ def learn(model: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, Activation
               "blocks": blocks, "gac": gac.pop("report"),
               "timings": {"reconstruction_s": round(stage1, 2), "gac_s": round(stage2, 2)}}
     return Learned(dict(learned_ranges), rounded, gac["corrections"], module, report)
+
+
+def choose_samples(feeds: Sequence[Mapping[str, np.ndarray]], count: int) -> list[Mapping[str, np.ndarray]]:
+    """`count` of `feeds`, the smallest first, in recording order. Where more of one size are on
+    offer than there is room for (the built-in clip plus one's own footage, or more calibration
+    frames than samples), runs of SAMPLE_RUN consecutive frames spread evenly over them, so
+    every clip and source is learned from, not the first recorded."""
+    def size(index: int) -> int:
+        return sum(value.size for value in feeds[index].values())
+
+    chosen: list[int] = []
+    for _, same_size in itertools.groupby(sorted(range(len(feeds)), key=size), key=size):
+        group, room = list(same_size), count - len(chosen)
+        if room <= 0:
+            break
+        if len(group) <= room:
+            chosen += group
+            continue
+        # as many parts as runs; each gives its first frames (the parts are at least as long as
+        # their share of `room`, as both splits put the longer pieces first)
+        runs = -(-room // SAMPLE_RUN)
+        shares = [len(part) for part in np.array_split(np.arange(room), runs)]
+        chosen += [int(i) for part, share in zip(np.array_split(np.array(group), runs), shares) for i in part[:share]]
+    return [feeds[i] for i in chosen]
 
 
 class _BlockBars:

@@ -278,6 +278,28 @@ def _texture(height: int, width: int, seed: int) -> np.ndarray:
     return (smooth - smooth.min()) / (smooth.max() - smooth.min())
 
 
+def test_samples_are_the_smallest_and_spread_in_runs_over_every_source():
+    from mtc.quant.ptq4vm import SAMPLE_RUN, choose_samples
+
+    def feeds(source, count, side):
+        return [{"src": np.zeros((1, 3, side, side), np.float32), "tag": np.array([source, i])} for i in range(count)]
+
+    builtin, mine, hd = feeds(0, 24, 8), feeds(1, 24, 8), feeds(2, 24, 16)
+    recorded = builtin + hd + mine + feeds(3, 1, 32)
+    picked = [tuple(int(v) for v in f["tag"]) for f in choose_samples(recorded, 24)]
+    assert len(picked) == 24 and all(source in (0, 1) for source, _ in picked)  # the smallest only
+    assert sum(source == 1 for source, _ in picked) == 12  # both sources, not the first recorded
+    runs = [picked[i:i + SAMPLE_RUN] for i in range(0, 24, SAMPLE_RUN)]
+    for run in runs:  # consecutive frames of one clip
+        assert len({source for source, _ in run}) == 1 and [i for _, i in run] == list(range(run[0][1], run[0][1] + 4))
+    assert len(set(picked)) == 24 and picked == sorted(picked)  # no frame twice, recording order
+    # room left after the smallest: the next size, spread likewise; everything when it all fits
+    assert [tuple(int(v) for v in f["tag"]) for f in choose_samples(recorded, 50)][48:] == [(2, 0), (2, 1)]
+    assert choose_samples(builtin, 24) == builtin and choose_samples(builtin[:5], 24) == builtin[:5]
+    odd = [int(f["tag"][1]) for f in choose_samples(builtin, 7)]
+    assert len(odd) == len(set(odd)) == 7 and odd[0] == 0
+
+
 def test_flow_warps_a_translated_frame_back_onto_the_first():
     from mtc.quant.flow import dis_flow, warp_back
 
