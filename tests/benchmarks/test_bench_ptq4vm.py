@@ -89,34 +89,24 @@ def test_evalset_tables_show_the_error_away_from_the_subject(bench, monkeypatch)
     assert "| 0.25 |" in evalset and "farther than 4% of the frame height" in evalset
 
 
-def test_the_footage_checked_artifact_is_labelled_and_never_the_plain_calibrator_compared(bench, tmp_path):
-    video = tmp_path / "street.mp4"
-    made = bench.configurations(("mse",), video)
-    assert bench.placement_label(made["dense-mse-checked"]) == "dense, checked on street.mp4"
+@pytest.mark.parametrize(("name", "calib", "label"), [
+    ("dense-mse-checked", None, "dense, checked on street.mp4"),
+    ("dense-mse-calibrated", "street_calib.mp4", "dense, calibrated also on street_calib.mp4, checked on street.mp4")])
+def test_footage_artifacts_are_labelled_and_never_the_plain_calibrator_compared(bench, tmp_path, name, calib, label):
+    made = bench.configurations(("mse",), tmp_path / "street.mp4", calib and tmp_path / calib)
+    assert bench.placement_label(made[name]) == label
     result = _result(bench, [_row("mtc_int8_openvino_rvm-int8-dense-mse", 1.5, 1.6),
                              _row("mtc_int8_openvino_rvm-int8-dense-ptq4vm", 1.2, 1.0),
-                             _row("mtc_int8_openvino_rvm-int8-dense-mse-checked", 0.9, 0.9)])
-    result["artifacts"]["dense-mse-checked"] = {**made["dense-mse-checked"], "seconds": 150, "peak_mib": 2048,
-                                                "int8_layers": 74, "quantized_layers": 85}
-    result["folders"]["dense-mse-checked"] = "/work/rvm-int8-dense-mse-checked"
+                             _row(f"mtc_int8_openvino_rvm-int8-{name}", 0.9, 0.9)])
+    result["artifacts"][name] = {**made[name], "seconds": 150, "peak_mib": 2048, "int8_layers": 74,
+                                 "quantized_layers": 85}
+    result["folders"][name] = f"/work/rvm-int8-{name}"
     comparison = next(line for line in bench.verdicts(result) if "best plain calibrator" in line)
     assert "dense-mse: MAD 1.50 / dtSSD 1.60" in comparison
 
 
-def test_the_footage_calibrated_artifact_is_labelled_and_never_the_plain_calibrator_compared(bench, tmp_path):
-    check, calib = tmp_path / "street.mp4", tmp_path / "street_calib.mp4"
-    made = bench.configurations(("mse",), check, calib)
-    assert bench.placement_label(made["dense-mse-calibrated"]) == \
-        "dense, calibrated also on street_calib.mp4, checked on street.mp4"
-    assert "check" not in bench.configurations(("mse",), None, calib)["dense-mse-calibrated"]
-    result = _result(bench, [_row("mtc_int8_openvino_rvm-int8-dense-mse", 1.5, 1.6),
-                             _row("mtc_int8_openvino_rvm-int8-dense-ptq4vm", 1.2, 1.0),
-                             _row("mtc_int8_openvino_rvm-int8-dense-mse-calibrated", 0.9, 0.9)])
-    result["artifacts"]["dense-mse-calibrated"] = {**made["dense-mse-calibrated"], "seconds": 150, "peak_mib": 2048,
-                                                   "int8_layers": 81, "quantized_layers": 85}
-    result["folders"]["dense-mse-calibrated"] = "/work/rvm-int8-dense-mse-calibrated"
-    comparison = next(line for line in bench.verdicts(result) if "best plain calibrator" in line)
-    assert "dense-mse: MAD 1.50 / dtSSD 1.60" in comparison
+def test_the_calibrated_artifact_is_checked_on_the_built_in_clip_without_check_footage(bench, tmp_path):
+    assert "check" not in bench.configurations(("mse",), None, tmp_path / "street_calib.mp4")["dense-mse-calibrated"]
 
 
 @pytest.mark.parametrize("flag", ["--check-footage", "--calib-footage"])

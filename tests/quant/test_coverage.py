@@ -202,44 +202,38 @@ def test_check_footage_brighter_than_the_calibration_is_reported_and_its_layer_k
     assert "stay in float" not in kept_int8_html
 
 
-@pytest.mark.parametrize("flags", [[], ["--keep-outgrown-int8"]])
-def test_the_command_line_keeps_outgrown_layers_float_unless_told(tmp_path, monkeypatch, flags):
+def _quantize_call(tmp_path, monkeypatch, flags) -> dict:
+    """What `mtc quantize TOY -o OUT --int8 FLAGS` hands quantize_artifact (which then stops)."""
     import mtc.quant.pipeline
     from mtc.cli.main import main
 
     seen = {}
 
-    def capture(source, output, *, config, **_):
-        seen["config"] = config
+    def capture(source, output, **kwargs):
+        seen.update(kwargs)
         raise SystemExit(0)
 
     monkeypatch.setattr(mtc.quant.pipeline, "quantize_artifact", capture)
-    source = write_logit_artifact(tmp_path / "toy", _conv_model())
+    source = tmp_path / "toy"
+    if not source.exists():
+        write_logit_artifact(source, _conv_model())
     with pytest.raises(SystemExit):
         main(["quantize", str(source), "-o", str(tmp_path / "out"), "--int8", *flags])
-    assert seen["config"].float_outgrown is not bool(flags)
+    return seen
+
+
+@pytest.mark.parametrize("flags", [[], ["--keep-outgrown-int8"]])
+def test_the_command_line_keeps_outgrown_layers_float_unless_told(tmp_path, monkeypatch, flags):
+    assert _quantize_call(tmp_path, monkeypatch, flags)["config"].float_outgrown is not bool(flags)
 
 
 def test_the_command_line_takes_several_calibration_and_check_sources(tmp_path, monkeypatch):
-    import mtc.quant.pipeline
-    from mtc.cli.main import main
-
-    seen = {}
-
-    def capture(source, output, *, data, **_):
-        seen["data"] = data
-        raise SystemExit(0)
-
-    monkeypatch.setattr(mtc.quant.pipeline, "quantize_artifact", capture)
-    source = write_logit_artifact(tmp_path / "toy", _conv_model())
     folder = tmp_path / "mine"
     folder.mkdir()
-    for flags, calib, check in (([], ("builtin",), None),
-                                (["--calib", "builtin", "--calib", str(folder), "--check", str(folder)],
-                                 ("builtin", str(folder)), (str(folder),))):
-        with pytest.raises(SystemExit):
-            main(["quantize", str(source), "-o", str(tmp_path / "out"), "--int8", *flags])
-        assert seen["data"].calib == calib and seen["data"].check == check
+    assert _quantize_call(tmp_path, monkeypatch, [])["data"].calib == ("builtin",)
+    data = _quantize_call(tmp_path, monkeypatch, ["--calib", "builtin", "--calib", str(folder), "--check", str(folder)])["data"]
+    assert data.calib == ("builtin", str(folder)) and data.check == (str(folder),)
+    assert _quantize_call(tmp_path, monkeypatch, [])["data"].check is None
 
 
 def test_keep_outgrown_int8_without_int8_is_refused(tmp_path, capsys):
