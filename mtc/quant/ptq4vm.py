@@ -72,7 +72,10 @@ def learn(model: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, Activation
     replaced, one of this run is resumed from.
     """
     stages = stages if stages is not None else Stages()
-    samples = choose_samples(feeds, config.samples)
+    chosen = choose_samples(feeds, config.samples)
+    samples = [feeds[i] for i in chosen]
+    # stage 2's temporal loss pairs frames recorded one after the other, not two runs' ends
+    successive = [second == first + 1 for first, second in zip(chosen, chosen[1:])]
     threads = torch.get_num_threads()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
@@ -87,7 +90,7 @@ def learn(model: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, Activation
         stage1 = time.perf_counter() - started
         module, quant = reconstruction.module, reconstruction.quant
         started = time.perf_counter()
-        gac = _global_affine(model, plan, module, samples, config, outputs, image, stages)
+        gac = _global_affine(model, plan, module, samples, successive, config, outputs, image, stages)
         stage2 = time.perf_counter() - started
     finally:
         torch.set_num_threads(threads)
@@ -102,8 +105,8 @@ def learn(model: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, Activation
     return Learned(dict(learned_ranges), rounded, gac["corrections"], module, report)
 
 
-def choose_samples(feeds: Sequence[Mapping[str, np.ndarray]], count: int) -> list[Mapping[str, np.ndarray]]:
-    """`count` of `feeds`, the smallest first, in recording order. Where more of one size are on
+def choose_samples(feeds: Sequence[Mapping[str, np.ndarray]], count: int) -> list[int]:
+    """The indices of `count` of `feeds`, the smallest first, in recording order. Where more of one size are on
     offer than there is room for (the built-in clip plus one's own footage, or more calibration
     frames than samples), runs of SAMPLE_RUN consecutive frames spread evenly over them, so
     every clip and source is learned from, not the first recorded."""
@@ -123,7 +126,7 @@ def choose_samples(feeds: Sequence[Mapping[str, np.ndarray]], count: int) -> lis
         runs = -(-room // SAMPLE_RUN)
         shares = [len(part) for part in np.array_split(np.arange(room), runs)]
         chosen += [int(i) for part, share in zip(np.array_split(np.array(group), runs), shares) for i in part[:share]]
-    return [feeds[i] for i in chosen]
+    return chosen
 
 
 class _BlockBars:
@@ -163,10 +166,11 @@ def _curve(losses: Sequence[float]) -> list[float]:
     return [float(f"{w.mean():.4g}") for w in windows]
 
 
-def _global_affine(model, plan, student: GraphModule, samples, config: Ptq4vmConfig, outputs, image: str | None,
-                   stages: Stages) -> dict:
+def _global_affine(model, plan, student: GraphModule, samples, successive: Sequence[bool], config: Ptq4vmConfig,
+                   outputs, image: str | None, stages: Stages) -> dict:
     """Stage 2 on the reconstructed student. Kept only if it lowers its own objective over all
-    the samples: trained on a few samples per step, it can also move away from them."""
+    the samples: trained on a few samples per step, it can also move away from them.
+    `successive[i]`: sample i + 1 was recorded right after sample i (a pair for the temporal loss)."""
     if config.gac_iterations == 0:
         return {"corrections": {}, "report": {"iterations": 0, "kept": False}}
     teacher = GraphModule(model)
@@ -179,7 +183,7 @@ def _global_affine(model, plan, student: GraphModule, samples, config: Ptq4vmCon
     pairs, temporal = [], {"weight": 0.0}
     if image is not None and config.temporal_weight > 0:
         with stages.stage("PTQ4VM stage 2: optical flow between consecutive frames", total=len(samples) - 1) as advance:
-            pairs, temporal = _frame_pairs(samples, targets, image, names, advance)
+            pairs, temporal = _frame_pairs(samples, successive, targets, image, names, advance)
         temporal["weight"] = config.temporal_weight if pairs else 0.0
     items = pairs or [(i,) for i in range(len(samples))]
 
@@ -207,10 +211,12 @@ def _global_affine(model, plan, student: GraphModule, samples, config: Ptq4vmCon
     return {"corrections": affine_corrections(model, affines) if kept else {}, "report": report}
 
 
-def _frame_pairs(samples, targets, image: str, names: Sequence[str], advance) -> tuple[list, dict]:
-    """Consecutive samples whose frames share their size with each other and with the outputs,
-    and whose motion can mostly be followed (at least MIN_VALID of the pixels pass the
-    forward-backward check: that drops the pairs across a scene cut), with their flow."""
+def _frame_pairs(samples, successive: Sequence[bool], targets, image: str, names: Sequence[str],
+                 advance) -> tuple[list, dict]:
+    """Samples recorded one after the other (`successive`) whose frames share their size with
+    each other and with the outputs, and whose motion can mostly be followed (at least MIN_VALID
+    of the pixels pass the forward-backward check: that drops the pairs across a scene cut),
+    with their flow."""
     try:
         import cv2  # noqa: F401  (the flow's only dependency)
     except ImportError:
@@ -221,7 +227,7 @@ def _frame_pairs(samples, targets, image: str, names: Sequence[str], advance) ->
     for i in range(len(samples) - 1):
         first, second = samples[i][image], samples[i + 1][image]
         size = first.shape[-2:]
-        if second.shape == first.shape and all(targets[i][n].shape[-2:] == size for n in names):
+        if successive[i] and second.shape == first.shape and all(targets[i][n].shape[-2:] == size for n in names):
             pair = frame_pair(first[0], second[0])
             shares.append(float(pair.valid.mean()))
             if shares[-1] >= MIN_VALID:

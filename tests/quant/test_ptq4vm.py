@@ -286,7 +286,11 @@ def test_samples_are_the_smallest_and_spread_in_runs_over_every_source():
 
     builtin, mine, hd = feeds(0, 24, 8), feeds(1, 24, 8), feeds(2, 24, 16)
     recorded = builtin + hd + mine + feeds(3, 1, 32)
-    picked = [tuple(int(v) for v in f["tag"]) for f in choose_samples(recorded, 24)]
+
+    def tags(count):
+        return [tuple(int(v) for v in recorded[i]["tag"]) for i in choose_samples(recorded, count)]
+
+    picked = tags(24)
     assert len(picked) == 24 and all(source in (0, 1) for source, _ in picked)  # the smallest only
     assert sum(source == 1 for source, _ in picked) == 12  # both sources, not the first recorded
     runs = [picked[i:i + SAMPLE_RUN] for i in range(0, 24, SAMPLE_RUN)]
@@ -294,10 +298,22 @@ def test_samples_are_the_smallest_and_spread_in_runs_over_every_source():
         assert len({source for source, _ in run}) == 1 and [i for _, i in run] == list(range(run[0][1], run[0][1] + 4))
     assert len(set(picked)) == 24 and picked == sorted(picked)  # no frame twice, recording order
     # room left after the smallest: the next size, spread likewise; everything when it all fits
-    assert [tuple(int(v) for v in f["tag"]) for f in choose_samples(recorded, 50)][48:] == [(2, 0), (2, 1)]
-    assert choose_samples(builtin, 24) == builtin and choose_samples(builtin[:5], 24) == builtin[:5]
-    odd = [int(f["tag"][1]) for f in choose_samples(builtin, 7)]
+    assert tags(50)[48:] == [(2, 0), (2, 1)]
+    assert choose_samples(builtin, 24) == list(range(24)) and choose_samples(builtin[:5], 24) == list(range(5))
+    odd = choose_samples(builtin, 7)
     assert len(odd) == len(set(odd)) == 7 and odd[0] == 0
+
+
+def test_the_temporal_loss_pairs_only_frames_recorded_one_after_the_other():
+    from mtc.quant.ptq4vm import _frame_pairs
+
+    rng = np.random.default_rng(3)
+    base = rng.random((3, 40, 56)).astype(np.float32)
+    # four frames of a texture moving one pixel a frame: every neighbouring pair can be followed
+    samples = [{"src": np.roll(base, t, axis=2)[None]} for t in range(4)]
+    targets = [{"pha": np.zeros((1, 1, 40, 56), np.float32)} for _ in samples]
+    pairs, report = _frame_pairs(samples, [True, False, True], targets, "src", ["pha"], lambda: None)
+    assert [(a, b) for a, b, _ in pairs] == [(0, 1), (2, 3)] and report["candidates"] == 2
 
 
 def test_flow_warps_a_translated_frame_back_onto_the_first():
