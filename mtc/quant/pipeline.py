@@ -493,13 +493,22 @@ class Calibrated:
 
     model: onnx.ModelProto  # rewritten for INT8 (equalized, split, aligned, folded)
     planned: QdqPlan  # every layer the placement quantizes
-    plan: QdqPlan  # those the check footage leaves INT8 (`coverage`'s kept_float removed)
     ranges: dict[str, ActivationRange]
     exact: tuple[str, ...]  # tensors on an exact grid, whose step nothing learns
-    coverage: dict | None
+    coverage: dict | None  # None: not measured (mtc.quant.coverage)
     rewrites: Rewrites
     aligned: list[str]
     mac_share: dict[str, float]
+
+    @property
+    def kept_float(self) -> list[str]:
+        """The planned layers kept in float because the check frames outgrow their ranges."""
+        return self.coverage["kept_float"] if self.coverage else []
+
+    @property
+    def plan(self) -> QdqPlan:
+        """The planned layers that stay INT8."""
+        return self.planned.without(self.kept_float) if self.kept_float else self.planned
 
 
 def calibrate_int8(model, feeds, reference, config: Int8Config, timings, stages: Stages) -> Calibrated:
@@ -533,9 +542,8 @@ def calibrate_int8(model, feeds, reference, config: Int8Config, timings, stages:
     # Before any rounding is chosen or learned: what the check footage outgrows stays float, so
     # GPTQ and PTQ4VM fit the rest around it.
     coverage = _coverage(model, plan, ranges, stats, reference, config, timings, stages)
-    outgrown = coverage["kept_float"] if coverage else []
-    return Calibrated(model=model, planned=plan, plan=plan.without(outgrown) if outgrown else plan, ranges=ranges,
-                      exact=exact, coverage=coverage, rewrites=rewrites, aligned=aligned, mac_share=mac_share)
+    return Calibrated(model=model, planned=plan, ranges=ranges, exact=exact, coverage=coverage, rewrites=rewrites,
+                      aligned=aligned, mac_share=mac_share)
 
 
 def _int8(calibrated: Calibrated, feeds, reference, config: Int8Config, gates: Gates, fallback: Fallback, timings,
@@ -546,7 +554,7 @@ def _int8(calibrated: Calibrated, feeds, reference, config: Int8Config, gates: G
     bits = config.weight_bits or 8
     model, planned, plan, ranges = calibrated.model, calibrated.planned, calibrated.plan, calibrated.ranges
     exact, coverage, rewrites, mac_share = calibrated.exact, calibrated.coverage, calibrated.rewrites, calibrated.mac_share
-    outgrown_layers = coverage["kept_float"] if coverage else []
+    outgrown_layers = calibrated.kept_float
     exact_convs = {node.name for node in model.graph.node if node.input and node.input[0] in exact}
     rounded, rounding_gains = {}, {}
     if config.weight_rounding == "gptq":

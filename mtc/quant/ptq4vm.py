@@ -106,10 +106,10 @@ def learn(model: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, Activation
 
 
 def choose_samples(feeds: Sequence[Mapping[str, np.ndarray]], count: int) -> list[int]:
-    """The indices of `count` of `feeds`, the smallest first, in recording order. Where more of one size are on
-    offer than there is room for (the built-in clip plus one's own footage, or more calibration
-    frames than samples), runs of SAMPLE_RUN consecutive frames spread evenly over them, so
-    every clip and source is learned from, not the first recorded."""
+    """The indices of `count` of `feeds`: the smallest first, in recording order among equals.
+    Where more of one size are on offer than there is room for (the built-in clip plus one's own
+    footage, or more calibration frames than samples), runs of SAMPLE_RUN consecutive frames
+    spread evenly over them, so every clip and source is learned from, not the first recorded."""
     def size(index: int) -> int:
         return sum(value.size for value in feeds[index].values())
 

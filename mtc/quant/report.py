@@ -200,6 +200,14 @@ def _float_layers_cost(speed: dict) -> str:
     return f" All-INT8 ran {speed['fps_all_int8']:.1f} FPS: keeping layers in float {effect}."
 
 
+def _calibration(calibration: dict) -> str:
+    """What INT8 was calibrated on ("" where nothing was: FP16, BF16, multi-graph programs)."""
+    if not (calibration.get("sources") and calibration.get("frames")):
+        return ""
+    return (f"<p>Calibrated on {', '.join(html.escape(s) for s in calibration['sources'])}: "
+            f"{calibration['frames']} frames in {len(calibration['clips'])} clips.</p>")
+
+
 def render_html(report: dict, check: CheckResult) -> str:
     status = "PASSED" if check.passed else "FAILED"
     color = "#2ca02c" if check.passed else "#d62728"
@@ -215,13 +223,10 @@ def render_html(report: dict, check: CheckResult) -> str:
         + (f", checked on a CPU of class {html.escape(report['checked_cpu'])} (integer kernels differ between "
            "classes)." if report.get("checked_cpu") else ".")
         + ("".join(f"<br><b>{html.escape(f)}</b>" for f in check.failures)) + "</p>",
+        _calibration(report.get("calibration") or {}),
         "<table border=1 cellpadding=4><tr><th>clip</th><th>size</th><th>ratio</th><th>MAD ×1e3</th><th>MSE ×1e3</th>"
         f"<th>Grad</th><th>dtSSD ×1e2</th><th>NaN/Inf frames</th></tr>{rows}</table>",
     ]
-    calibration = report.get("calibration") or {}
-    if calibration.get("sources") and calibration.get("frames"):
-        sections.insert(2, f"<p>Calibrated on {', '.join(html.escape(s) for s in calibration['sources'])}: "
-                           f"{calibration['frames']} frames in {len(calibration['clips'])} clips.</p>")
     speed = report.get("speed")
     if speed:
         cost = _float_layers_cost(speed) if "fps_all_int8" in speed else ""
