@@ -59,7 +59,9 @@ class LosslessWriter:
             raise MtcError(f"picture {picture.shape} does not match the first {self._shape} in {self.path}",
                            hint="one lossless piece holds pictures of one size and kind")
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(picture), format=self._layout[0])
-        frame = frame.reformat(format=self._layout[1])
+        # One swscale thread, as everywhere in mtc.runtime.media: FFmpeg 8's threaded swscale is
+        # not exact on every run, and a piece must hold exactly the pictures rendered.
+        frame = frame.reformat(format=self._layout[1], threads=1)
         frame.pts, frame.time_base = self.count, _TIME_BASE
         self._container.mux(self._stream.encode(frame))
         self.count += 1
@@ -87,4 +89,4 @@ def read_lossless(path: str | os.PathLike) -> Iterator[np.ndarray]:
         stream = container.streams.video[0]
         layout = {fmt: plain for plain, fmt in _FORMATS.values()}[stream.codec_context.pix_fmt]
         for frame in container.decode(stream):
-            yield frame.to_ndarray(format=layout)
+            yield frame.to_ndarray(format=layout, threads=1)
