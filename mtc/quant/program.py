@@ -18,6 +18,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -61,9 +62,10 @@ def _load_graphs(source: Path, program: Program) -> dict[str, onnx.ModelProto]:
 
 def quantize_program(source: Path, output: Path, manifest: Manifest, *, precision: str, gates, fallback,
                      calib: list[Clip], checks: list[Clip], overwrite: bool, stages: Stages,
-                     graph_step) -> tuple[bool, CheckResult, dict]:
+                     graph_step, sources: Sequence[str] = ()) -> tuple[bool, CheckResult, dict]:
     """Quantize each graph of the program artifact at `source` (see the module docstring) and write
-    `output` (or only its report, when the whole misses the gates).
+    `output` (or only its report, when the whole misses the gates). `sources` names what the
+    calibration clips came from, for the report.
 
     `graph_step(model, feeds, reference, timings) -> (candidate, check, details)` is the
     single-graph quantizer (FP16 conversion, or INT8 placement) for one graph.
@@ -115,7 +117,9 @@ def quantize_program(source: Path, output: Path, manifest: Manifest, *, precisio
         "check": final.to_dict(), "checked_cpu": cpu_class(), "timings": {k: round(v, 2) for k, v in timings.items()},
         "graphs": graphs_report,
         "quantized_graphs": sorted(chosen), "fp32_graphs": sorted(set(models) - set(chosen)),
-        "calibration": {"clips": [{"name": c.name, "frames": len(c.frames)} for c in calib]},
+        "calibration": {"sources": list(sources), "frames": sum(len(c.frames) for c in calib),
+                        "clips": [{"name": c.name, "frames": len(c.frames), "downsample_ratio": c.downsample_ratio}
+                                  for c in calib]},
     }
     _write(output, source, manifest, chosen, report, precision, passed, final, overwrite)
     return passed, final, report

@@ -190,7 +190,12 @@ def test_quantizing_the_program_graph_by_graph(artifact, tmp_path, precision):
     wanted = {"image_encoder", "mask_encoder"} if precision == "int8" else {
         "image_encoder", "mask_encoder", "memory_readout", "segmenter"}
     assert set(report["graphs"]) == wanted and set(report["quantized_graphs"]) == wanted
-    assert "<h2>Graphs</h2>" in (tmp_path / precision / "report.html").read_text()
+    html = (tmp_path / precision / "report.html").read_text()
+    assert "<h2>Graphs</h2>" in html
+    # what the graphs were calibrated on, as for a single graph
+    calibration = report["calibration"]
+    assert calibration["sources"] == ["builtin"] and calibration["frames"] == sum(c["frames"] for c in calibration["clips"]) > 0
+    assert f"Calibrated on builtin: {calibration['frames']} frames" in html
     marker = {"fp16": lambda m: any(i.data_type == onnx.TensorProto.FLOAT16 for i in m.graph.initializer),
               "int8": lambda m: any(n.op_type == "QuantizeLinear" for n in m.graph.node)}[precision]
     for name in ("image_encoder", "mask_encoder", "memory_readout", "segmenter"):
