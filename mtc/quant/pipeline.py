@@ -112,6 +112,14 @@ class DataPlan:
         if self.check is not None:
             object.__setattr__(self, "check", _as_sources(self.check))
 
+    @property
+    def checked_on_calibration(self) -> tuple[str | Path, ...]:
+        """The check sources that are calibration sources too (a video or folder gives the same
+        frames to both): a check on them cannot show how INT8 does on footage it has not seen."""
+        calibrated = {Path(source).resolve() for source in self.calib if str(source) != BUILTIN}
+        return tuple(source for source in self.check or () if str(source) != BUILTIN
+                     and Path(source).resolve() in calibrated)
+
 
 def _as_sources(value: Sources) -> tuple[str | Path, ...]:
     sources = (value,) if isinstance(value, (str, Path)) else tuple(value)
@@ -190,6 +198,9 @@ def quantize_artifact(source: Path, output: Path, *, precision: str, config: Int
                        hint="choose another -o: --force never replaces the FP32 reference")
     if output.exists() and not overwrite:
         raise MtcError(f"{output} already exists", hint="pass --force to replace it, or choose another -o")
+    for twice in data.checked_on_calibration:  # a smoke test may want just that: not refused
+        log.warning("%s is both a calibration and a check source: the check measures the frames calibrated on, not "
+                    "footage the calibration has not seen; check on other frames of the same kind", twice)
     gates = gates or DEFAULT_GATES[precision]
     config = config if config is not None else preset(manifest.quantization.int8_preset)
     recipe = manifest.quantization
@@ -283,7 +294,8 @@ def _quantize_program(source: Path, output: Path, manifest: Manifest, *, precisi
 
     passed, check, report = quantize_program(source, output, manifest, precision=precision, gates=gates,
                                              fallback=fallback, calib=calib, checks=checks, overwrite=overwrite,
-                                             stages=stages, graph_step=graph_step)
+                                             stages=stages, graph_step=graph_step,
+                                             sources=[str(source) for source in data.calib])
     return Outcome(output, passed, check, report)
 
 

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import logging
 import re
 import subprocess
 import sys
@@ -781,7 +782,7 @@ def test_footage_keeps_its_aspect_unless_the_model_stretches_frames_to_a_fixed_s
     assert wide.shape == tall.shape == (36, 64, 3) and wide[0, :, 1].min() > 200
 
 
-def test_several_sources_each_give_their_frames_for_calibration_and_checks(tmp_path):
+def test_several_sources_each_give_their_frames_for_calibration_and_checks(tmp_path, caplog):
     from PIL import Image
 
     from calib_data.builtin_photos import CALIBRATION_PHOTOS
@@ -792,7 +793,8 @@ def test_several_sources_each_give_their_frames_for_calibration_and_checks(tmp_p
     folder.mkdir()
     for name, level in (("a.png", 40), ("b.png", 200)):
         Image.fromarray(np.full((36, 64, 3), level, np.uint8)).save(folder / name)
-    io = read_manifest(_toy_artifact(tmp_path / "toy")).io
+    toy = _toy_artifact(tmp_path / "toy")
+    io = read_manifest(toy).io
     plan = DataPlan(calib=("builtin", folder, "builtin"), calib_frames=4, check=(folder, "builtin"), check_frames=4,
                     settings=((64, 36, None),))
     assert plan.calib == ("builtin", folder)  # a repeat is dropped, the order kept
@@ -803,6 +805,13 @@ def test_several_sources_each_give_their_frames_for_calibration_and_checks(tmp_p
     # checks: the folder's images, then the built-in clip; the user's sources replace the photos
     assert [c.name for c in check[:2]] == ["a.png", "b.png"] and len(check) == 3 and check[2].frames.shape[0] == 4
     assert DataPlan(calib=folder).calib == (folder,) and DataPlan().check is None
+    # the folder both calibrates and checks: said, as the same frames; the built-in clips differ
+    assert plan.checked_on_calibration == (folder,)
+    assert DataPlan(calib=("builtin", str(folder / ".")), check=("builtin", folder)).checked_on_calibration == (folder,)
+    assert DataPlan(calib="builtin", check=("builtin", folder)).checked_on_calibration == ()
+    with caplog.at_level(logging.WARNING, logger="mtc"):
+        quantize_artifact(toy, tmp_path / "fp16", precision="fp16", data=plan, gates=Gates(None, None))
+    assert f"{folder} is both a calibration and a check source" in caplog.text
     with pytest.raises(MtcError, match="no calibration or check source"):
         DataPlan(check=())
 
