@@ -91,7 +91,9 @@ def test_evalset_tables_show_the_error_away_from_the_subject(bench, monkeypatch)
 
 @pytest.mark.parametrize(("name", "calib", "label"), [
     ("dense-mse-checked", None, "dense, checked on street.mp4"),
-    ("dense-mse-calibrated", "street_calib.mp4", "dense, calibrated also on street_calib.mp4, checked on street.mp4")])
+    ("dense-mse-calibrated", "street_calib.mp4", "dense, calibrated also on street_calib.mp4, checked on street.mp4"),
+    ("dense-ptq4vm-calibrated", "street_calib.mp4",
+     "dense, calibrated also on street_calib.mp4, checked on street.mp4")])
 def test_footage_artifacts_are_labelled_and_never_the_plain_calibrator_compared(bench, tmp_path, name, calib, label):
     made = bench.configurations(("mse",), tmp_path / "street.mp4", calib and tmp_path / calib)
     assert bench.placement_label(made[name]) == label
@@ -105,8 +107,29 @@ def test_footage_artifacts_are_labelled_and_never_the_plain_calibrator_compared(
     assert "dense-mse: MAD 1.50 / dtSSD 1.60" in comparison
 
 
-def test_the_calibrated_artifact_is_checked_on_the_built_in_clip_without_check_footage(bench, tmp_path):
-    assert "check" not in bench.configurations(("mse",), None, tmp_path / "street_calib.mp4")["dense-mse-calibrated"]
+def test_the_calibrated_artifacts_are_checked_on_the_built_in_clip_without_check_footage(bench, tmp_path):
+    made = bench.configurations(("mse",), None, tmp_path / "street_calib.mp4")
+    assert [made[name]["method"] for name in made if "check" not in made[name] and made[name].get("calib")] == [
+        "mse", "ptq4vm"]
+
+
+def test_ptq4vm_calibrated_on_footage_is_compared_with_mse_on_the_same_data_beside_the_targets(bench, tmp_path):
+    made = bench.configurations(("mse",), tmp_path / "street.mp4", tmp_path / "street_calib.mp4")
+    result = _result(bench, [_row("mtc_int8_openvino_rvm-int8-dense-mse", 1.5, 1.6),
+                             _row("mtc_int8_openvino_rvm-int8-dense-ptq4vm", 1.2, 1.0),
+                             _row("mtc_int8_openvino_rvm-int8-dense-mse-calibrated", 1.0, 1.2),
+                             _row("mtc_int8_openvino_rvm-int8-dense-ptq4vm-calibrated", 1.1, 0.9)])
+    for name in ("dense-mse-calibrated", "dense-ptq4vm-calibrated"):
+        result["artifacts"][name] = {**made[name], "seconds": 150, "peak_mib": 2048, "int8_layers": 81,
+                                     "quantized_layers": 85}
+        result["folders"][name] = f"/work/rvm-int8-{name}"
+    lines = bench.verdicts(result)
+    footage = [line for line in lines if "calibrated also on street_calib.mp4" in line]
+    assert footage == ["  - beside the targets, both calibrated also on street_calib.mp4: PTQ4VM MAD 1.10 / dtSSD 0.90 "
+                       "vs MSE 1.00 / 1.20 (dtSSD 25% lower, MAD worse)"]
+    # the targets still judge the artifact learned on the built-in data, against dense-mse
+    assert any("dense PTQ4VM vs FP32 MAD 1.20 / dtSSD 1.00" in line for line in lines)
+    assert any("dense-mse: MAD 1.50 / dtSSD 1.60): dtSSD 38% lower, MAD not worse" in line for line in lines)
 
 
 @pytest.mark.parametrize("flag", ["--check-footage", "--calib-footage"])
