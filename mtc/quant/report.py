@@ -201,7 +201,7 @@ def _float_layers_cost(speed: dict) -> str:
 
 
 def _calibration(calibration: dict) -> str:
-    """What INT8 was calibrated on ("" where nothing was: FP16, BF16, multi-graph programs)."""
+    """What the quantization was calibrated on ("" where no frames were: BF16)."""
     if not (calibration.get("sources") and calibration.get("frames")):
         return ""
     return (f"<p>Calibrated on {', '.join(html.escape(s) for s in calibration['sources'])}: "

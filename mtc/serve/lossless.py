@@ -59,8 +59,8 @@ class LosslessWriter:
             raise MtcError(f"picture {picture.shape} does not match the first {self._shape} in {self.path}",
                            hint="one lossless piece holds pictures of one size and kind")
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(picture), format=self._layout[0])
-        # One swscale thread, as everywhere in mtc.runtime.media: FFmpeg 8's threaded swscale is
-        # not exact on every run, and a piece must hold exactly the pictures rendered.
+        # One swscale thread, as in mtc.runtime.media, where FFmpeg 8's threaded swscale was seen
+        # corrupting rows: a piece must hold exactly the pictures rendered.
         frame = frame.reformat(format=self._layout[1], threads=1)
         frame.pts, frame.time_base = self.count, _TIME_BASE
         self._container.mux(self._stream.encode(frame))
