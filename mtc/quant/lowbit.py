@@ -293,7 +293,7 @@ def simulate_artifact(source: Path, output: Path, *, mode: str, config: Int8Conf
     from mtc.quant.calibration import record_feeds
     from mtc.quant.checks import Counted, ReferenceAlphas
     from mtc.quant.config import preset, with_recipe
-    from mtc.quant.pipeline import DataPlan, calibration_clips, check_clips
+    from mtc.quant.pipeline import DataPlan, calibration_clips, check_clips, warn_checked_on_calibration
     from mtc.runtime.progress import Stages, counted
 
     weight_bits, activation_bits = mode_bits(mode)
@@ -312,6 +312,7 @@ def simulate_artifact(source: Path, output: Path, *, mode: str, config: Int8Conf
 
     stages = stages if stages is not None else Stages()
     data = data if data is not None else DataPlan()
+    warn_checked_on_calibration(data)
     recipe = manifest.quantization
     config = config if config is not None else preset(recipe.int8_preset)
     config = dense_config(with_recipe(config, recipe.int8_op_types, recipe.int8_activation_matmuls))

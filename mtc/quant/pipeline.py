@@ -121,6 +121,14 @@ class DataPlan:
                      and Path(source).resolve() in calibrated)
 
 
+def warn_checked_on_calibration(data: DataPlan) -> None:
+    """Warn for each source that both calibrates and checks (not refused: a smoke test may want
+    just that)."""
+    for twice in data.checked_on_calibration:
+        log.warning("%s is both a calibration and a check source: the check measures the frames calibrated on, not "
+                    "footage the calibration has not seen; check on other frames of the same kind", twice)
+
+
 def _as_sources(value: Sources) -> tuple[str | Path, ...]:
     sources = (value,) if isinstance(value, (str, Path)) else tuple(value)
     if not sources:
@@ -198,9 +206,7 @@ def quantize_artifact(source: Path, output: Path, *, precision: str, config: Int
                        hint="choose another -o: --force never replaces the FP32 reference")
     if output.exists() and not overwrite:
         raise MtcError(f"{output} already exists", hint="pass --force to replace it, or choose another -o")
-    for twice in data.checked_on_calibration:  # a smoke test may want just that: not refused
-        log.warning("%s is both a calibration and a check source: the check measures the frames calibrated on, not "
-                    "footage the calibration has not seen; check on other frames of the same kind", twice)
+    warn_checked_on_calibration(data)
     gates = gates or DEFAULT_GATES[precision]
     config = config if config is not None else preset(manifest.quantization.int8_preset)
     recipe = manifest.quantization

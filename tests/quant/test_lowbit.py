@@ -282,6 +282,21 @@ def test_cli_simulate_writes_a_simulated_report_and_no_model(tmp_path, capsys, f
     assert not (tmp_path / "w4a4.lowbit-work").exists()
 
 
+def test_simulating_with_one_folder_to_calibrate_and_check_warns(tmp_path, capsys):
+    from PIL import Image
+
+    from mtc.cli.main import main
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name, level in (("a.png", 60), ("b.png", 180)):
+        Image.fromarray(np.full((32, 48, 3), level, np.uint8)).save(photos / name)
+    source, out = _artifact(tmp_path / "toy"), tmp_path / "w4a8"
+    main(["quantize", str(source), "--simulate", "w4a8", "-o", str(out), "--calib", str(photos), "--check", str(photos)])
+    assert "is both a calibration and a check source" in " ".join(capsys.readouterr().err.split())
+    assert (out / "report.json").exists()  # warned, not refused
+
+
 @pytest.mark.parametrize(("flags", "message"), [
     (["--fp16"], "drop --fp16"),
     (["--bf16"], "drop --bf16"),
