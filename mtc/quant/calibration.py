@@ -7,7 +7,7 @@ order; zero states would calibrate a situation that never occurs after the first
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,6 +120,13 @@ class RecordingBackend:
             self.feeds.append({k: np.array(v, copy=True) for k, v in feeds.items()})
         self._runs += 1
         return self.backend.run(feeds)
+
+
+def calibration_record(sources: Sequence[str | Path], clips: Sequence[Clip]) -> dict:
+    """What report.json says a quantization was calibrated on: the sources, the frames (one
+    recorded model input each) and the clips they came in."""
+    return {"sources": [str(source) for source in sources], "frames": sum(len(c.frames) for c in clips),
+            "clips": [{"name": c.name, "frames": len(c.frames), "downsample_ratio": c.downsample_ratio} for c in clips]}
 
 
 def record_feeds(io: ModelIO, fp32_model: bytes | Path, clips: list[Clip]) -> list[dict[str, np.ndarray]]:

@@ -42,7 +42,14 @@ from mtc.fsutil import atomic_dir, atomic_write_text
 from mtc.graph_stats import node_macs
 from mtc.quant.affine import apply_corrections, fit_layers
 from mtc.quant.align import align_conv_inputs
-from mtc.quant.calibration import BUILTIN, Clip, builtin_photo_clips, load_clips, record_feeds
+from mtc.quant.calibration import (
+    BUILTIN,
+    Clip,
+    builtin_photo_clips,
+    calibration_record,
+    load_clips,
+    record_feeds,
+)
 from mtc.quant.checks import CheckResult, Counted, ReferenceAlphas
 from mtc.quant.config import Fallback, Gates, Int8Config, preset, with_recipe
 from mtc.quant.coverage import COVERAGE_FRAMES, coverage_report, layers_to_keep_float, range_coverage
@@ -262,9 +269,7 @@ def quantize_artifact(source: Path, output: Path, *, precision: str, config: Int
         "passed": check.passed, "check": check.to_dict(), "timings": {k: round(v, 2) for k, v in timings.items()},
         # Integer kernels differ between CPU classes: the checks hold for this one.
         "checked_cpu": cpu_class(),
-        "calibration": {"sources": [str(source) for source in data.calib], "frames": len(feeds),
-                        "clips": [{"name": c.name, "frames": len(c.frames), "downsample_ratio": c.downsample_ratio}
-                                  for c in calib]},
+        "calibration": calibration_record(data.calib, calib),
         **details,
     }
     report["speed"] = measure_speed(io, fp32_path, candidate, reference.clips[0], precision=precision,
@@ -300,8 +305,7 @@ def _quantize_program(source: Path, output: Path, manifest: Manifest, *, precisi
 
     passed, check, report = quantize_program(source, output, manifest, precision=precision, gates=gates,
                                              fallback=fallback, calib=calib, checks=checks, overwrite=overwrite,
-                                             stages=stages, graph_step=graph_step,
-                                             sources=[str(source) for source in data.calib])
+                                             stages=stages, graph_step=graph_step, sources=data.calib)
     return Outcome(output, passed, check, report)
 
 

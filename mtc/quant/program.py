@@ -30,7 +30,7 @@ from mtc.backends import Backend, OrtBackend
 from mtc.backends.cpu import cpu_class
 from mtc.errors import MtcError
 from mtc.fsutil import atomic_dir, atomic_write_text
-from mtc.quant.calibration import Clip, RecordingBackend
+from mtc.quant.calibration import Clip, RecordingBackend, calibration_record
 from mtc.quant.checks import CheckResult, ReferenceAlphas, run_alphas
 from mtc.quant.pipeline import HTML_REPORT
 from mtc.quant.report import render_html
@@ -62,7 +62,7 @@ def _load_graphs(source: Path, program: Program) -> dict[str, onnx.ModelProto]:
 
 def quantize_program(source: Path, output: Path, manifest: Manifest, *, precision: str, gates, fallback,
                      calib: list[Clip], checks: list[Clip], overwrite: bool, stages: Stages,
-                     graph_step, sources: Sequence[str] = ()) -> tuple[bool, CheckResult, dict]:
+                     graph_step, sources: Sequence[str | Path]) -> tuple[bool, CheckResult, dict]:
     """Quantize each graph of the program artifact at `source` (see the module docstring) and write
     `output` (or only its report, when the whole misses the gates). `sources` names what the
     calibration clips came from, for the report.
@@ -117,9 +117,7 @@ def quantize_program(source: Path, output: Path, manifest: Manifest, *, precisio
         "check": final.to_dict(), "checked_cpu": cpu_class(), "timings": {k: round(v, 2) for k, v in timings.items()},
         "graphs": graphs_report,
         "quantized_graphs": sorted(chosen), "fp32_graphs": sorted(set(models) - set(chosen)),
-        "calibration": {"sources": list(sources), "frames": sum(len(c.frames) for c in calib),
-                        "clips": [{"name": c.name, "frames": len(c.frames), "downsample_ratio": c.downsample_ratio}
-                                  for c in calib]},
+        "calibration": calibration_record(sources, calib),
     }
     _write(output, source, manifest, chosen, report, precision, passed, final, overwrite)
     return passed, final, report
