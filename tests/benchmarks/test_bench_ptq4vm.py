@@ -71,7 +71,7 @@ def test_the_one_gray_level_yardstick_is_a_row_explained_as_no_peer(bench, monke
     assert f"| 512x288 | {bench.ONE_GRAY_LEVEL} | 2.00× | 1.1 | 0.85 |" in text
     assert f"`{bench.ONE_GRAY_LEVEL}` is no peer but a yardstick" in text
     # the verdicts still judge the learned artifact only
-    assert any("dense PTQ4VM vs FP32 MAD 0.70 / dtSSD 0.70" in line for line in bench.verdicts(result))
+    assert any("dense PTQ4VM (fast) vs FP32 MAD 0.70 / dtSSD 0.70" in line for line in bench.verdicts(result))
 
 
 def test_evalset_tables_show_the_error_away_from_the_subject(bench, monkeypatch):
@@ -128,7 +128,7 @@ def test_ptq4vm_calibrated_on_footage_is_compared_with_mse_on_the_same_data_besi
     assert footage == ["  - beside the targets, both calibrated also on street_calib.mp4: PTQ4VM MAD 1.10 / dtSSD 0.90 "
                        "vs MSE 1.00 / 1.20 (dtSSD 25% lower, MAD worse)"]
     # the targets still judge the artifact learned on the built-in data, against dense-mse
-    assert any("dense PTQ4VM vs FP32 MAD 1.20 / dtSSD 1.00" in line for line in lines)
+    assert any("dense PTQ4VM (fast) vs FP32 MAD 1.20 / dtSSD 1.00" in line for line in lines)
     assert any("dense-mse: MAD 1.50 / dtSSD 1.60): dtSSD 38% lower, MAD not worse" in line for line in lines)
 
 
@@ -159,3 +159,21 @@ def test_calibrating_and_checking_on_the_same_footage_is_refused(bench, tmp_path
     run = subprocess.run([sys.executable, bench.__file__, "--check-footage", str(video), "--calib-footage", str(video)],
                          capture_output=True, text=True)
     assert run.returncode == 2 and "are the same video" in run.stderr
+
+
+def test_the_thorough_arm_learns_longer_and_is_judged_against_the_targets_beside_fast(bench):
+    made = bench.configurations(("mse",), thorough=True)
+    assert "dense-ptq4vm-thorough" not in bench.configurations(("mse",))
+    fast, thorough = (bench.preset_of(made[name]).learning for name in ("dense-ptq4vm", "dense-ptq4vm-thorough"))
+    assert thorough.iterations > fast.iterations and thorough.gac_iterations > fast.gac_iterations
+    result = _result(bench, [_row("mtc_int8_openvino_rvm-int8-dense-mse", 1.5, 1.6),
+                             _row("mtc_int8_openvino_rvm-int8-dense-ptq4vm", 1.2, 1.0),
+                             _row("mtc_int8_openvino_rvm-int8-dense-ptq4vm-thorough", 0.45, 0.4)])
+    result["artifacts"]["dense-ptq4vm-thorough"] = {**made["dense-ptq4vm-thorough"], "seconds": 1800,
+                                                    "peak_mib": 2048, "int8_layers": 85, "quantized_layers": 85}
+    result["folders"]["dense-ptq4vm-thorough"] = "/work/rvm-int8-dense-ptq4vm-thorough"
+    lines = bench.verdicts(result)
+    assert "- thorough preset on 2 cores: 30.0 min (no time target)" in lines
+    assert any("dense PTQ4VM (fast) vs FP32 MAD 1.20 / dtSSD 1.00 (missed" in line for line in lines)
+    assert any("dense PTQ4VM (thorough) vs FP32 MAD 0.45 / dtSSD 0.40 (met" in line for line in lines)
+    assert sum("dense-mse: MAD 1.50 / dtSSD 1.60" in line for line in lines) == 2
