@@ -488,20 +488,19 @@ class VideoReader:
         if self._started:
             raise RuntimeError("VideoReader can be iterated only once; open a new one")
         self._started = True
-        to_rgb = VideoReformatter()  # keeps FFmpeg's conversion context across frames
+        to_rgb = FrameConverter()
         start = self._first.pts
         width, height = self._stored_size
         for index, frame in enumerate(itertools.chain([self._first], self._decoded)):
             if index < first:
                 continue
-            # One swscale thread, for the reasons given in VideoWriter._encoder_frame.
             if (frame.width, frame.height) != self._stored_size:
                 self._note_resize(frame)
-                rgb = to_rgb.reformat(frame, format="rgb24", width=width, height=height, threads=1).to_ndarray()
+                rgb = to_rgb(frame, format="rgb24", width=width, height=height).to_ndarray()
             elif _planar_conversion_is_exact(frame):
-                rgb = _planar_rgb(to_rgb.reformat(frame, format="gbrp", threads=1))
+                rgb = _planar_rgb(to_rgb(frame, format="gbrp"))
             else:
-                rgb = to_rgb.reformat(frame, format="rgb24", threads=1).to_ndarray()
+                rgb = to_rgb(frame, format="rgb24").to_ndarray()
             known = frame.pts is not None and start is not None and frame.time_base is not None
             yield (float((frame.pts - start) * frame.time_base) if known else None,
                    self._orientation.apply(rgb))
@@ -784,6 +783,24 @@ class _AudioCopy:
         self._input.close()
 
 
+class FrameConverter:
+    """Converts video frames to another pixel format or size (FFmpeg's swscale, taking
+    `VideoFrame.reformat`'s options), keeping the conversion context from frame to frame.
+
+    Every conversion in mtc goes through one, so that each runs on one swscale thread: FFmpeg 8's
+    threaded swscale (PyAV 18) corrupts whole rows converting odd-width RGBA to yuva444p10le, and
+    a CI run once encoded a planar and a packed copy of the same frames differently in two
+    macroblocks (not reproduced in 25 runs under load). Conversions run beside inference, so
+    their CPU time is what counts, and one thread spends no more of it.
+    """
+
+    def __init__(self):
+        self._swscale = VideoReformatter()
+
+    def __call__(self, frame: av.VideoFrame, **options) -> av.VideoFrame:
+        return self._swscale.reformat(frame, threads=1, **options)
+
+
 # 8-bit planar YUV where FFmpeg's planar G,B,R conversion gives the same pixels as packed RGB
 # (measured on PyAV 18's FFmpeg 8, every width and height up to 80 and common video sizes):
 # 4:4:4 always; 4:2:0 and 4:2:2 at even heights and widths that are multiples of 16. Elsewhere
@@ -935,6 +952,7 @@ class VideoWriter:
         self._timed = timed
         self._audio: _AudioCopy | None = None
         self._closed = False
+        self._to_encoder = FrameConverter()
 
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -1026,13 +1044,8 @@ class VideoWriter:
             frame = np.concatenate([frame, np.full((*frame.shape[:2], 1), 255, np.uint8)], axis=2)
         if any(self._pad):
             frame = np.pad(frame, ((0, self._pad[0]), (0, self._pad[1]), (0, 0)), mode="edge")
-        # One swscale thread: FFmpeg 8's threaded swscale (PyAV 18) corrupts whole rows converting
-        # odd-width RGBA to yuva444p10le, and a CI run once encoded a planar and a packed copy of
-        # the same frames differently in two macroblocks (not reproduced in 25 runs under load).
-        # The conversion runs in the encoder's thread, beside inference, so its CPU time is what
-        # counts, and one thread spends no more of it.
-        return _video_frame(frame).reformat(format=self._pix_fmt, dst_colorspace="ITU709", dst_color_range="MPEG",
-                                            threads=1)
+        return self._to_encoder(_video_frame(frame), format=self._pix_fmt, dst_colorspace="ITU709",
+                                dst_color_range="MPEG")
 
     def _end(self) -> Fraction:
         """Seconds from the first frame to the end of the last one written."""

@@ -19,6 +19,7 @@ import numpy as np
 
 from mtc.errors import MtcError
 from mtc.fsutil import finish_file, temporary_prefix
+from mtc.runtime.media import FrameConverter
 
 # Pixel formats FFV1 stores the pictures in, by channel count (2: a grey matte, HxW).
 _FORMATS = {2: ("gray", "gray"), 3: ("rgb24", "bgr0"), 4: ("rgba", "bgra")}
@@ -44,6 +45,7 @@ class LosslessWriter:
         self._stream = None
         self._layout: tuple[str, str] | None = None
         self._shape: tuple[int, ...] | None = None
+        self._to_stored = FrameConverter()
         self.count = 0
 
     def write(self, picture: np.ndarray) -> None:
@@ -58,10 +60,8 @@ class LosslessWriter:
         elif picture.shape != self._shape:
             raise MtcError(f"picture {picture.shape} does not match the first {self._shape} in {self.path}",
                            hint="one lossless piece holds pictures of one size and kind")
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(picture), format=self._layout[0])
-        # One swscale thread, as in mtc.runtime.media, where FFmpeg 8's threaded swscale was seen
-        # corrupting rows: a piece must hold exactly the pictures rendered.
-        frame = frame.reformat(format=self._layout[1], threads=1)
+        frame = self._to_stored(av.VideoFrame.from_ndarray(np.ascontiguousarray(picture), format=self._layout[0]),
+                                format=self._layout[1])
         frame.pts, frame.time_base = self.count, _TIME_BASE
         self._container.mux(self._stream.encode(frame))
         self.count += 1
@@ -88,5 +88,6 @@ def read_lossless(path: str | os.PathLike) -> Iterator[np.ndarray]:
     with av.open(str(path), "r") as container:
         stream = container.streams.video[0]
         layout = {fmt: plain for plain, fmt in _FORMATS.values()}[stream.codec_context.pix_fmt]
+        to_picture = FrameConverter()
         for frame in container.decode(stream):
-            yield frame.to_ndarray(format=layout, threads=1)
+            yield to_picture(frame, format=layout).to_ndarray()

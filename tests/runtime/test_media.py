@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import logging
 import os
 import struct
@@ -17,6 +18,7 @@ from PIL import Image
 from mtc.errors import MtcError
 from mtc.runtime.frames import check_frame
 from mtc.runtime.media import (
+    FrameConverter,
     VideoReader,
     VideoWriter,
     cover,
@@ -896,3 +898,39 @@ def test_a_full_disk_while_writing_media_says_so_and_leaves_nothing(tmp_path, mo
             writer.write(_smooth(48, 64))
     assert "free space" in info.value.hint and "re-export" not in str(info.value)
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------
+# pixel format conversion
+
+
+def test_the_frame_converter_asks_swscale_for_one_thread_and_converts_exactly():
+    asked = []
+
+    class Recording:
+        def reformat(self, frame, **options):
+            asked.append(options)
+            return frame.reformat(**options)
+
+    converter = FrameConverter()
+    converter._swscale = Recording()
+    picture = _smooth(36, 50)
+    planar = converter(av.VideoFrame.from_ndarray(picture, format="rgb24"), format="gbrp")
+    assert asked == [{"threads": 1, "format": "gbrp"}]
+    assert np.array_equal(FrameConverter()(planar, format="rgb24").to_ndarray(), picture)
+
+
+def test_every_conversion_in_mtc_goes_through_the_frame_converter():
+    """A `reformat` or a converting `to_ndarray` elsewhere would run swscale on its threads."""
+    package = Path(__file__).resolve().parents[2] / "mtc"
+    elsewhere = []
+    for path in sorted(package.rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        allowed = {id(node) for cls in ast.walk(tree) if isinstance(cls, ast.ClassDef) and cls.name == "FrameConverter"
+                   for node in ast.walk(cls)}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and id(node) not in allowed
+                    and (node.func.attr == "reformat" or (node.func.attr == "to_ndarray" and (node.args or node.keywords)))):
+                elsewhere.append(f"{path.relative_to(package.parent)}:{node.lineno}")
+    assert elsewhere == []
+
