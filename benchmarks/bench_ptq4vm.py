@@ -245,7 +245,8 @@ def verdicts(result: dict) -> list[str]:
                                  f"({label_of(best, result['folders'])}: MAD {best['vs_fp32']['mad']:.2f} / dtSSD "
                                  f"{best['vs_fp32']['dtssd']:.2f}): {change} ({'met' if ok else 'missed'}: >= "
                                  f"{100 * TARGETS['dtssd_cut']:.0f}% lower, MAD not worse)")
-            lines += _footage_comparison(rows, made)
+                if learning == "fast":
+                    lines += _footage_comparison(rows, made)
     return lines
 
 

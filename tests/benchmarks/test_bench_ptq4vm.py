@@ -161,19 +161,26 @@ def test_calibrating_and_checking_on_the_same_footage_is_refused(bench, tmp_path
     assert run.returncode == 2 and "are the same video" in run.stderr
 
 
-def test_the_thorough_arm_learns_longer_and_is_judged_against_the_targets_beside_fast(bench):
-    made = bench.configurations(("mse",), thorough=True)
+def test_the_thorough_arm_learns_longer_and_is_judged_against_the_targets_beside_fast(bench, tmp_path):
+    made = bench.configurations(("mse",), tmp_path / "street.mp4", tmp_path / "street_calib.mp4", thorough=True)
     assert "dense-ptq4vm-thorough" not in bench.configurations(("mse",))
     fast, thorough = (bench.preset_of(made[name]).learning for name in ("dense-ptq4vm", "dense-ptq4vm-thorough"))
     assert thorough.iterations > fast.iterations and thorough.gac_iterations > fast.gac_iterations
     result = _result(bench, [_row("mtc_int8_openvino_rvm-int8-dense-mse", 1.5, 1.6),
                              _row("mtc_int8_openvino_rvm-int8-dense-ptq4vm", 1.2, 1.0),
-                             _row("mtc_int8_openvino_rvm-int8-dense-ptq4vm-thorough", 0.45, 0.4)])
-    result["artifacts"]["dense-ptq4vm-thorough"] = {**made["dense-ptq4vm-thorough"], "seconds": 1800,
-                                                    "peak_mib": 2048, "int8_layers": 85, "quantized_layers": 85}
-    result["folders"]["dense-ptq4vm-thorough"] = "/work/rvm-int8-dense-ptq4vm-thorough"
+                             _row("mtc_int8_openvino_rvm-int8-dense-ptq4vm-thorough", 0.45, 0.4),
+                             _row("mtc_int8_openvino_rvm-int8-dense-mse-calibrated", 1.0, 1.2),
+                             _row("mtc_int8_openvino_rvm-int8-dense-ptq4vm-calibrated", 1.1, 0.9)])
+    for name in ("dense-ptq4vm-thorough", "dense-mse-calibrated", "dense-ptq4vm-calibrated"):
+        result["artifacts"][name] = {**made[name], "seconds": 1800, "peak_mib": 2048, "int8_layers": 85,
+                                     "quantized_layers": 85}
+        result["folders"][name] = f"/work/rvm-int8-{name}"
     lines = bench.verdicts(result)
     assert "- thorough preset on 2 cores: 30.0 min (no time target)" in lines
     assert any("dense PTQ4VM (fast) vs FP32 MAD 1.20 / dtSSD 1.00 (missed" in line for line in lines)
     assert any("dense PTQ4VM (thorough) vs FP32 MAD 0.45 / dtSSD 0.40 (met" in line for line in lines)
     assert sum("dense-mse: MAD 1.50 / dtSSD 1.60" in line for line in lines) == 2
+    # the comparison on footage (the fast preset's) stays under the fast preset's target, before the thorough one
+    order = [next(i for i, line in enumerate(lines) if text in line)
+             for text in ("(fast) vs FP32", "calibrated also on street_calib.mp4", "(thorough) vs FP32")]
+    assert order == sorted(order)
