@@ -208,9 +208,6 @@ def label_of(config: dict, folders: dict[str, str]) -> str | None:
     return named
 
 
-LEARNED = {"dense-ptq4vm": "fast", "dense-ptq4vm-thorough": "thorough"}  # the targets' artifacts, by preset
-
-
 def verdicts(result: dict) -> list[str]:
     """The issue's targets, each with what was measured (for each PTQ4VM preset quantized)."""
     lines = []
@@ -228,8 +225,9 @@ def verdicts(result: dict) -> list[str]:
             plain = [rows[n] for n in rows if n in made and made[n]["placement"] == "dense"
                      and made[n]["method"] != "ptq4vm" and not made[n].get("overrides") and not made[n].get("check")
                      and not made[n].get("calib")]
-            for name, learning in LEARNED.items():
-                learned = rows.get(name)
+            # The targets' artifacts: PTQ4VM on the built-in data, one per preset quantized.
+            for name in [n for n, info in made.items() if info["method"] == "ptq4vm" and not info.get("calib")]:
+                learned, learning = rows.get(name), made[name].get("learning", "fast")
                 if learned is None or learned["vs_fp32"] is None:
                     continue
                 mad, dtssd = learned["vs_fp32"]["mad"], learned["vs_fp32"]["dtssd"]
