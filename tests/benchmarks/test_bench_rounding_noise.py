@@ -1,5 +1,6 @@
-"""benchmarks/bench_rounding_noise.py: the perturbation it applies, its RESULTS.md section and its
-refusals. The measurement itself runs real artifacts (minutes), so it is not run here."""
+"""benchmarks/bench_rounding_noise.py: the perturbation and the dither it applies, the weights-only
+graph, its RESULTS.md section and its refusals. The measurement itself runs real artifacts
+(minutes), so it is not run here."""
 
 from __future__ import annotations
 
@@ -50,6 +51,63 @@ def test_only_activation_quantizers_read_the_scaled_input_and_only_values_at_a_t
     assert len(model.graph.node) == 5  # the original is left alone
 
 
+def _padded_qdq_model() -> onnx.ModelProto:
+    """y = DQ(Pad(Q(x))): Q/DQ hoisted over a constant Pad, which pads with the zero point."""
+    inits = [numpy_helper.from_array(np.array(1.0, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "z"),
+             numpy_helper.from_array(np.array([1, 1], np.int64), "pads")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q_x"),
+             helper.make_node("Pad", ["xq", "pads", "z"], ["xp"], name="pad"),
+             helper.make_node("DequantizeLinear", ["xp", "s", "z"], ["y"], name="dq_x")]
+    graph = helper.make_graph(nodes, "padded", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+
+
+def test_dither_redraws_the_rounding_error_of_values_off_the_grid_and_leaves_exact_and_clipped_ones(bench):
+    model = _qdq_model()
+    x = np.array([2.3, 1.0], np.float32)  # off the grid (nearest rounding: 2.0), and exactly on it
+    draws = []
+    for seed in range(1, 201):
+        dithered = bench.dithered_quantizer_inputs(model, seed)
+        draws.append(_run(dithered, x))
+    draws = np.array(draws)
+    onnx.checker.check_model(dithered)
+    assert _run(model, x).tolist() == [2.0, 1.0]
+    assert np.all(draws[:, 1] == 1.0)  # on the grid: its rounding is exact in every draw
+    assert np.all(np.abs(draws[:, 0] - 2.3) <= 0.5 + 1e-6)  # one step's spread around x...
+    assert len(np.unique(draws[:, 0])) > 20  # ...a new draw per seed...
+    assert abs(draws[:, 0].mean() - 2.3) < 0.06  # ...centred on x, where nearest rounding is 0.3 off
+    assert _run(bench.dithered_quantizer_inputs(model, 1), np.array([300.0, -0.5], np.float32))[0] == 127.0  # clipped
+    assert len(model.graph.node) == 5  # the original is left alone
+
+
+def test_dither_takes_the_offset_off_through_a_pad_and_pads_it_with_zeros(bench):
+    model = _padded_qdq_model()
+    x = np.array([0.3, -1.7, 4.0], np.float32)
+    got = np.array([_run(bench.dithered_quantizer_inputs(model, seed), x) for seed in range(1, 101)])
+    assert np.all(got[:, [0, 4]] == 0.0)  # the padding holds the zero point: 0.0 in every draw
+    assert np.all(got[:, 3] == 4.0)
+    assert abs(got[:, 1].mean() - 0.3) < 0.08 and abs(got[:, 2].mean() + 1.7) < 0.08
+
+
+def test_weights_only_leaves_activations_float_and_keeps_the_int8_weights(bench):
+    model = _qdq_model()
+    model.graph.initializer[2].CopyFrom(numpy_helper.from_array(np.array([1.4], np.float32), "w"))  # INT8: 1.0
+    x = np.array([2.3, -0.6], np.float32)
+    assert _run(model, x).tolist() == [2.0, -1.0]
+    np.testing.assert_array_equal(_run(bench.activations_in_float(model), x), x)
+    padded = bench.activations_in_float(_padded_qdq_model())
+    np.testing.assert_array_equal(_run(padded, np.array([0.3, -1.7, 4.0], np.float32)),
+                                  np.array([0.0, 0.3, -1.7, 4.0, 0.0], np.float32))
+
+
+def test_an_activation_quantizer_read_by_anything_but_its_dequantization_is_refused(bench):
+    model = _qdq_model()
+    model.graph.node.append(helper.make_node("Cast", ["xq"], ["xc"], to=TensorProto.FLOAT, name="cast"))
+    with pytest.raises(bench.UnsupportedGraph, match="read by a Cast"):
+        bench.dithered_quantizer_inputs(model, 1)
+
+
 def test_the_results_section_shows_each_change_beside_the_error_it_is_a_share_of(bench, monkeypatch):
     row = {"artifact": "rvm-int8-dense", "clip": "builtin-512x288-seed1", "frames": 16,
            "simulation_vs_fp32": {"mad": 0.6, "dtssd": 0.5},
@@ -63,11 +121,21 @@ def test_the_results_section_shows_each_change_beside_the_error_it_is_a_share_of
     assert "| artifact | clip | simulation vs FP32 | × (1 + 1e-06) vs simulation | share |" in text
     assert "| rvm-int8-dense | builtin-512x288-seed1 | 0.6 / 0.5 | 0.45 / 0.4 | 75% |" in text
     assert "class avx2" in text and "rvm-fp32" in text
+    assert "Split by subtractive dither" not in text  # no --draws: no split table
+
+    row["weights_only_vs_fp32"] = {"mad": 0.3, "dtssd": 0.35}
+    row["dithered"] = {"draws": 8, "one_draw_vs_fp32": {"mad": 0.7, "dtssd": 0.72},
+                       "mean_of_draws_vs_fp32": {"mad": 0.43, "dtssd": 0.44}}
+    bench.render(result)
+    text = written["bench_rounding_noise"]
+    assert "Split by subtractive dither (8 draws" in text
+    assert "| rvm-int8-dense | builtin-512x288-seed1 | 0.6 / 0.5 | 0.3 / 0.35 | 0.7 / 0.72 | 0.43 / 0.44 |" in text
 
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["--eps", "1e-6,abc"], "--eps takes numbers"),
     (["--eps", "0.5"], "must lie between 0 and 1e-2"),
+    (["--draws", "1"], "needs at least 2"),
     ([], "is not an mtc artifact"),
 ])
 def test_bad_arguments_stop_with_a_usage_error_naming_the_problem(bench, monkeypatch, capsys, tmp_path, argv, message):
