@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import dump, ensure_artifact, machine, summarize_times, update_results  # noqa: E402
+from common import dump, ensure_artifact, machine, ran_on, summarize_times, update_results  # noqa: E402
 
 import mtc.runtime  # noqa: E402
 from calib_data.builtin_clip import ClipSpec, builtin_clip  # noqa: E402
@@ -125,7 +125,7 @@ def render(result: dict) -> None:
     m = result["machine"]
     update_results("bench_backends", f"""## CPU backends: ONNX Runtime vs OpenVINO FP32 / BF16 (RVM MobileNetV3, FP32 artifact)
 
-`python benchmarks/bench_backends.py` — {m['date']}, {m['cpu']}, {m['cores']} cores ({', '.join(m['isa'])}),
+{ran_on(result, 'python benchmarks/bench_backends.py')} ({', '.join(m['isa'])}),
 {result['threads']} threads, onnxruntime {m['onnxruntime']}, openvino {m['openvino']}. Median per-frame time of
 mtc.runtime sessions over {result['rounds']} interleaved rounds of {result['block']} frames (built-in clip, state carried
 and reset per round, ORT spinning off). OpenVINO: static shapes per resolution unless marked dynamic; BF16 only

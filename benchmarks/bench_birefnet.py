@@ -35,7 +35,7 @@ import numpy as np
 import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import dump, machine, summarize_times, update_results  # noqa: E402
+from common import dump, machine, ran_on, summarize_times, update_results  # noqa: E402
 
 import mtc.runtime  # noqa: E402
 from calib_data.builtin_photos import builtin_photos  # noqa: E402
@@ -179,7 +179,7 @@ def render(result: dict) -> None:
                     f"| {s['max_abs_vs_fp32']:.4f} | {gate} |")
     update_results("bench_birefnet", f"""## BiRefNet-lite 1024x1024: mtc vs plain ONNX Runtime FP32
 
-`python benchmarks/bench_birefnet.py` — {m['date']}, {m['cpu']} (class {result['cpu_class']}), {m['cores']} cores,
+{ran_on(result, 'python benchmarks/bench_birefnet.py')},
 {result['threads']} threads, onnxruntime {m['onnxruntime']}. Random weights in the official layout (fidelity vs FP32
 only). {result['rounds']} interleaved rounds of 2 built-in photos; medians. INT8: the family's transformer recipe,
 `openvino` placement, no float budget or fallback; FP16 and BF16 without fallback. `mtc_bf16` is the BF16

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import dump, machine, summarize_times, update_results  # noqa: E402
+from common import dump, machine, ran_on, summarize_times, update_results  # noqa: E402
 
 import mtc.runtime  # noqa: E402
 from calib_data.builtin_clip import ClipSpec, builtin_clip  # noqa: E402
@@ -98,7 +98,7 @@ def main() -> None:
                           f"| {r['fps']:.1f} | {r['median_ms']:.0f} |" for r in rows)
         update_results("bench_export", f"""## Exporters: export time and ONNX Runtime CPU speed per model
 
-`python benchmarks/bench_export.py` — {m['date']}, {m['cpu']}, {m['cores']} cores, onnxruntime {m['onnxruntime']}.
+{ran_on(result, 'python benchmarks/bench_export.py')}, onnxruntime {m['onnxruntime']}.
 Export time includes the parity check against the reference (PyTorch, or the original ONNX). FPS: mtc.runtime on
 ONNX Runtime CPU, FP32, 2 threads, median of {args.frames} frames of the built-in clip after one warm-up frame.
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_u2netp_rembg import photos_in  # noqa: E402
-from common import dump, machine, run_measured, update_results  # noqa: E402
+from common import dump, machine, ran_on, run_measured, update_results  # noqa: E402
 
 from mtc.backends.cpu import cpu_class  # noqa: E402
 
@@ -106,13 +106,12 @@ def _size(path: Path) -> tuple[int, int]:
 
 
 def render(result: dict) -> None:
-    m = result["machine"]
     rows = "\n".join(f"| {name} | {s['seconds']:.1f} | {s['throughput_vs_rembg']:.2f}× | {s['peak_mib']:.0f} "
                      f"(max {s['peak_mib_max']:.0f}) | {s['memory_vs_rembg']:.2f}× |"
                      for name, s in result["summary"].items())
     update_results("bench_folder_memory", f"""## A folder of mixed-size photos: wall time and peak memory per tool
 
-`python benchmarks/bench_folder_memory.py --photos ...` — {m['date']}, {m['cpu']} (class {result['cpu_class']}), {m['cores']} cores,
+{ran_on(result, 'python benchmarks/bench_folder_memory.py --photos ...')},
 {result['threads']} threads. {result['photos']} photos of {result['sizes']} different sizes, RGBA PNGs out; each tool a
 fresh process (peak = its maximum resident set, from the kernel); medians over {result['rounds']} rounds, the order
 rotating. Same model on both sides: rembg's official `u2netp.onnx`.

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import dump, machine, run_measured, update_results  # noqa: E402
+from common import dump, machine, ran_on, run_measured, update_results  # noqa: E402
 
 from mtc.backends.cpu import cpu_class, has_bf16  # noqa: E402
 
@@ -172,7 +172,7 @@ def render(result: dict) -> None:
                      f"| {_cell(r['export'], 'peak_mib', '.0f')} | {runs} |")
     update_results("bench_image_export", f"""## Image families at full size: export time and peak memory, then one image per backend
 
-`python benchmarks/bench_image_export.py` — {m['date']}, {m['cpu']} (class {result['cpu_class']}), {m['cores']} cores, onnxruntime {m['onnxruntime']}.
+{ran_on(result, 'python benchmarks/bench_image_export.py')}, onnxruntime {m['onnxruntime']}.
 Random weights in the official layouts. Each step in its own process; peak = its maximum resident set. Export:
 graph build, simplification and the parity check. Per backend: the artifact loaded with 2 threads, one image at the
 standard size matted twice (the second time is the one shown); MAD: its alpha vs ONNX Runtime FP32's, ×1e3.

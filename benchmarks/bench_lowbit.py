@@ -31,7 +31,7 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_peers import evalset_clips  # noqa: E402
-from common import dump, ensure_artifact, machine, update_results  # noqa: E402
+from common import dump, ensure_artifact, machine, ran_on, update_results  # noqa: E402
 
 from mtc import metrics  # noqa: E402
 from mtc.artifact.manifest import read_manifest  # noqa: E402
@@ -189,12 +189,12 @@ def markdown(result: dict) -> str:
     for mode, published in result["published_ptq4vm"].items():
         lines.append(f"| PTQ4VM {mode.upper()}, published (VideoMatte 512×288) | | | | | {published['mad_pct']:+.0f}% | "
                      f"{published['dtssd_pct']:+.0f}% | |")
-    m, kept = result["machine"], result["kept_8bit"]
+    kept = result["kept_8bit"]
     source = (f"evalset composites ({result['evalset']})" if result["evalset"]
               else "the held-out built-in clip (no ground truth)")
     return f"""## Simulated low-bit quantization (W4A8, W4A4) of RVM MobileNetV3
 
-`python benchmarks/bench_lowbit.py` — {m['date']}, {m['cpu']} (CPU class {result['cpu_class']}), {m['cores']} cores.
+{ran_on(result, 'python benchmarks/bench_lowbit.py')}.
 **Simulated figures**: fake quantization in mtc's torch executor (no backend runs 4-bit kernels; nothing here is an
 artifact). Dense `speed` placement ({kept['quantized_layers']} convs), first and last layers at W8A8
 ({len(set(kept['first']) | set(kept['last']))} layers: first {', '.join(kept['first'])}; last {', '.join(kept['last'])}).

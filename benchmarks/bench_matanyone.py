@@ -68,7 +68,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import dump, machine, summarize_times, update_results  # noqa: E402
+from common import dump, machine, ran_on, summarize_times, update_results  # noqa: E402
 
 import mtc.runtime  # noqa: E402
 from calib_data.builtin_clip import ClipSpec, builtin_clip, builtin_frames  # noqa: E402
@@ -344,7 +344,7 @@ def results_markdown(result: dict) -> str:
     net = "reduced test network (--tiny)" if export["tiny"] else "full-size network (`MatAnyoneConfig()`)"
     return f"""## MatAnyone: compiled artifact vs PyTorch reference (random weights, FP32)
 
-`python benchmarks/bench_matanyone.py` — {m['date']}, {m['cpu']}, {m['cores']} cores (shared), {result['threads']} threads,
+{ran_on(result, 'python benchmarks/bench_matanyone.py')} (shared), {result['threads']} threads,
 load average at the start {', '.join(f'{x:.1f}' for x in m.get('load_average', ()))}; onnxruntime {m.get('onnxruntime', '?')},
 openvino {m.get('libraries', {}).get('openvino', '—')}, torch {result['torch']}. The {net}
 with seeded random weights in the official layout ({export['parameters']:,} parameters): timing does not depend

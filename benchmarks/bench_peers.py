@@ -60,6 +60,7 @@ from common import (  # noqa: E402
     OrtRvm,
     away_cell,
     one_gray_level_noise,
+    ran_on,
     update_results,
 )
 
@@ -431,7 +432,7 @@ def markdown(result: dict) -> str:
     lines = [
         "## Peers: RVM MobileNetV3 on this CPU, side by side",
         "",
-        f"`python benchmarks/bench_peers.py` — {m['date']}, {m['cpu']}, {m['cores']} cores, {result['threads']} "
+        f"{ran_on(result, 'python benchmarks/bench_peers.py')}, {result['threads']} "
         f"threads, onnxruntime {m['onnxruntime']}, openvino {m['libraries'].get('openvino', 'absent')}"
         + (f", load average {m['load_average'][0]:.1f} at start" if m.get("load_average") else "") + ". "
         f"{result['frames']} frames per clip of {source}; FPS = 1 / median per-frame time over "

@@ -58,6 +58,7 @@ from common import (  # noqa: E402
     dump,
     ensure_artifact,
     machine,
+    ran_on,
     run_measured,
     update_results,
 )
@@ -274,8 +275,7 @@ def render(result: dict) -> None:
     made = result["artifacts"]
     lines = [
         "## PTQ4VM vs plain calibration: RVM MobileNetV3, every conv in INT8, on OpenVINO", "",
-        f"`python benchmarks/bench_ptq4vm.py` — {m['date']}, {m['cpu']} (class {result['cpu_class']}), {m['cores']} "
-        f"cores, {result['threads']} threads, onnxruntime {m['onnxruntime']}, openvino "
+        f"{ran_on(result, 'python benchmarks/bench_ptq4vm.py')}, {result['threads']} threads, onnxruntime {m['onnxruntime']}, openvino "
         f"{m['libraries'].get('openvino', 'absent')}. Quantized from the official FP32 file with the built-in data; "
         f"then `bench_peers.py` ({result['frames']} frames per clip, {result['rounds']} interleaved rounds; FPS ratio "
         "× plain ONNX Runtime FP32 on the same frames; MAD ×1e3, dtSSD ×1e2 and Grad /1e3 of alpha vs FP32 and vs "

@@ -38,7 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ptq4vm import layers_label, make_all, parse_methods, placement_label  # noqa: E402
 from bench_u2netp_rembg import load_photo, photos_in  # noqa: E402
-from common import dump, machine, one_gray_level_noise, update_results  # noqa: E402
+from common import dump, machine, one_gray_level_noise, ran_on, update_results  # noqa: E402
 
 TARGET_MAD = 2.0
 REFERENCE = "fp32 (ONNX Runtime)"
@@ -118,8 +118,7 @@ def render(result: dict) -> None:
     m = result["machine"]
     lines = [
         "## PTQ4VM vs plain calibration on an image model: U²-Netp, every conv in INT8, on OpenVINO", "",
-        f"`python benchmarks/bench_ptq4vm_image.py` — {m['date']}, {m['cpu']} (class {result['cpu_class']}), "
-        f"{m['cores']} cores, {result['threads']} threads, onnxruntime {m['onnxruntime']}, openvino "
+        f"{ran_on(result, 'python benchmarks/bench_ptq4vm_image.py')}, {result['threads']} threads, onnxruntime {m['onnxruntime']}, openvino "
         f"{m['libraries'].get('openvino', 'absent')}. {result['photos']} photos ({result['with_gt']} with ground "
         f"truth), {result['rounds']} interleaved rounds. Quantized from {result['source']} with the built-in data; "
         "MAD and MAE ×1e3; speed: median per-photo ratio (read photo to alpha) × the FP32 artifact on ONNX Runtime.",

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_peers import stock_int8  # noqa: E402
-from common import dump, machine, update_results  # noqa: E402
+from common import dump, machine, ran_on, update_results  # noqa: E402
 
 from mtc.artifact.manifest import read_manifest  # noqa: E402
 from mtc.backends import OrtBackend  # noqa: E402
@@ -144,7 +144,7 @@ def main() -> None:
     m = result["machine"]
     update_results("bench_quant", f"""## Quantization: mtc vs ONNX Runtime quantize_static (RVM MobileNetV3)
 
-`python benchmarks/bench_quant.py` — {m['date']}, {m['cpu']}, {m['cores']} cores, onnxruntime {m['onnxruntime']}.
+{ran_on(result, 'python benchmarks/bench_quant.py')}, onnxruntime {m['onnxruntime']}.
 Alpha error vs the FP32 artifact on held-out built-in clips (other motion than calibration), each model with
 its own recurrent state: MAD ×1e3, dtSSD ×1e2. FPS: ONNX Runtime CPU, 2 threads, median frame time over 8 rounds
 of 8 frames, interleaved frame by frame with FP32 on the same frames. "vs stock": how many times lower MAD + dtSSD is than quantize_static's.

@@ -44,7 +44,7 @@ import onnx
 from onnx import numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import dump, machine, update_results  # noqa: E402
+from common import dump, machine, ran_on, update_results  # noqa: E402
 
 
 def scaled_quantizer_inputs(model: onnx.ModelProto, gain: float) -> onnx.ModelProto:
@@ -227,8 +227,7 @@ def render(result: dict) -> None:
     eps = result["eps"]
     lines = [
         "## Rounding noise: how far an INT8 graph carries a float-rounding-sized change", "",
-        f"`python benchmarks/bench_rounding_noise.py` — {m['date']}, {m['cpu']} (class {result['cpu_class']}), "
-        f"onnxruntime {m['onnxruntime']}. ONNX Runtime's float simulation of each artifact's Q/DQ graph (no integer "
+        f"{ran_on(result, 'python benchmarks/bench_rounding_noise.py')}, onnxruntime {m['onnxruntime']}. ONNX Runtime's float simulation of each artifact's Q/DQ graph (no integer "
         f"kernels) on the built-in check clips of {Path(result['reference']).name}; alpha MAD ×1e3 / dtSSD ×1e2. "
         "\"× (1 + eps)\": every activation quantizer's input multiplied by it, against the unperturbed simulation; "
         "\"share\": its MAD over the simulation's MAD vs FP32.", "",

@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OrtRvm, dump, ensure_artifact, machine, summarize_times, update_results  # noqa: E402
+from common import OrtRvm, dump, ensure_artifact, machine, ran_on, summarize_times, update_results  # noqa: E402
 
 import mtc.runtime  # noqa: E402
 from calib_data.builtin_clip import ClipSpec, builtin_clip, write_builtin_clip  # noqa: E402
@@ -186,7 +186,7 @@ def results_markdown(result: dict) -> str:
         for c in cases for p in c["pipeline"])
     return f"""## Runtime overhead: mtc.runtime vs plain ONNX Runtime (RVM MobileNetV3, FP32)
 
-`python benchmarks/bench_runtime.py` — {m['date']}, {m['cpu']}, {m['cores']} cores, {result['threads']} threads,
+{ran_on(result, 'python benchmarks/bench_runtime.py')}, {result['threads']} threads,
 onnxruntime {m['onnxruntime']}. Median per-frame time over {result['rounds']} rounds of {result['block']} frames, the two
 interleaved frame by frame (built-in clip, recurrent state carried, spinning off); runtime / plain is the median
 of the per-frame ratios. FPS includes uint8→float conversion for both.

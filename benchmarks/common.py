@@ -35,6 +35,18 @@ def summarize_times(seconds: list[float]) -> dict:
             "fps": 1.0 / median if median else 0.0}
 
 
+def ran_on(result: dict, command: str) -> str:
+    """How a RESULTS.md section's run line opens: the command in backticks, then the date, the
+    CPU with its class and the cores; each script goes on with what else its numbers depend on.
+    The class comes from the result, else from its machine description (older results only
+    list the ISA flags)."""
+    from mtc.backends.cpu import class_from_flags
+
+    m = result["machine"]
+    cls = result.get("cpu_class") or m.get("cpu_class") or class_from_flags(set(m.get("isa", [])))
+    return f"`{command}` — {m['date']}, {m['cpu']} (class {cls}), {m['cores']} cores"
+
+
 def update_results(section: str, markdown: str) -> None:
     """Replace (or append) the block between this section's markers in RESULTS.md."""
     start, end = f"<!-- {section}:start -->", f"<!-- {section}:end -->"

@@ -13,6 +13,8 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from mtc.backends.cpu import cpu_class
+
 # Instruction-set features that decide which kernels a CPU backend can use.
 ISA_FLAGS = frozenset({
     "sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
@@ -82,6 +84,8 @@ def machine_info() -> dict:
         "cores": cores,
         "logical_cpus": os.cpu_count(),
         "isa": flags,
+        # Integer kernels, speed and even INT8 fidelity differ between CPU classes.
+        "cpu_class": cpu_class(),
         "arch": platform.machine(),
         "memory_bytes": _memory_bytes(),
         "os": f"{platform.system()} {platform.release()}",

@@ -88,7 +88,7 @@ def test_ray_summary_speedups_against_the_reference(bench):
 
 def _machine():
     return {"date": "today", "cpu": "Intel(R) Xeon(R) Processor", "cores": 2, "onnxruntime": "1.0",
-            "isa": ["avx2", "avx512f", "amx_tile"]}
+            "isa": ["avx2", "avx512f", "avx512_vnni", "amx_tile", "amx_int8"]}
 
 
 def test_results_markdown_tables_and_skips(bench):
@@ -106,7 +106,7 @@ def test_results_markdown_tables_and_skips(bench):
                                      "unsplit_2_workers": {**row, "speedup": 1.0},
                                      "split_2_workers": {**row, "speedup": 1.1, "pieces": 4}}}}
     text = bench.results_markdown(result)
-    assert "Intel(R) Xeon(R) Processor with AMX, 2 cores" in text and "5.0 min" in text
+    assert "Intel(R) Xeon(R) Processor (class amx), 2 cores" in text and "5.0 min" in text
     assert "| 1 | 1 | 8.0 | 9.0 | 0.89 | 125 | 111 | +14.0 | 0.2 | 3.5 |" in text
     assert "| `mtc run` per clip, in turn | 10.0 | – | – | – | 19.2 | 1.00 |" in text
     assert "| Ray, 2 workers | 20.0 | 4.0 | 15.0 | 1.0 | 9.6 | 0.50 (0.67 without the cluster) |" in text
@@ -115,4 +115,4 @@ def test_results_markdown_tables_and_skips(bench):
                                       "triton": {"skipped": "no Triton server environment"},
                                       "ray": {"skipped": "ray is not installed"}})
     assert "Triton part skipped: no Triton server environment" in skipped
-    assert "Ray part skipped: ray is not installed" in skipped and "Processor, 2 cores" in skipped
+    assert "Ray part skipped: ray is not installed" in skipped and "Processor (class other), 2 cores" in skipped
