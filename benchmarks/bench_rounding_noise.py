@@ -24,7 +24,8 @@ does not:
   on the grid, such as an 8-bit image or exact zeros, and clipped values keep their own);
   one draw vs FP32, and the mean of the K draws' alphas vs FP32. The mean keeps what every
   draw shares (the weights, clipping, and what the network's nonlinearities make of the
-  noise) and averages the rest away: the part of the error that learning could cancel.
+  noise) and averages the rest away: the part of the error that is not fresh noise, the
+  only part learning could act on.
 
 Alpha MAD x1e3 and dtSSD x1e2, as everywhere in mtc.
 
@@ -77,7 +78,8 @@ def _activation_quantizers(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     return [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in constants]
 
 
-def _dequantizations(graph: onnx.GraphProto, quantizer: onnx.NodeProto) -> list[tuple[onnx.NodeProto, onnx.NodeProto | None]]:
+def _dequantizations(graph: onnx.GraphProto, quantizer: onnx.NodeProto
+                     ) -> list[tuple[onnx.NodeProto, onnx.NodeProto | None]]:
     """(DequantizeLinear, the constant Pad between it and `quantizer` or None) for every
     dequantization of `quantizer`'s output: directly, or through a Pad that Q/DQ was hoisted
     over (which pads with the zero point, that is with 0.0 once dequantized)."""
@@ -109,16 +111,15 @@ def activations_in_float(model: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
-    replaced = {}
+    replaced = {}  # by the dequantization's output (node names may be empty)
     for quantizer in _activation_quantizers(graph):
         for dequantize, pad in _dequantizations(graph, quantizer):
-            if pad is None:
-                replaced[dequantize.name] = onnx.helper.make_node("Identity", [quantizer.input[0]], [dequantize.output[0]],
-                                                                  name=dequantize.name)
-            else:
-                replaced[dequantize.name] = onnx.helper.make_node("Pad", [quantizer.input[0], *pad.input[1:2]],
-                                                                  [dequantize.output[0]], name=dequantize.name)
-    nodes = [replaced.get(node.name, node) for node in graph.node]
+            name = dequantize.output[0]
+            replaced[name] = (onnx.helper.make_node("Identity", [quantizer.input[0]], [name], name=dequantize.name)
+                              if pad is None else
+                              onnx.helper.make_node("Pad", [quantizer.input[0], *pad.input[1:2]], [name],
+                                                    name=dequantize.name))
+    nodes = [replaced.get(node.output[0], node) for node in graph.node]
     del graph.node[:]
     graph.node.extend(nodes)
     return out
@@ -173,7 +174,8 @@ def dithered_quantizer_inputs(model: onnx.ModelProto, seed: int) -> onnx.ModelPr
     return out
 
 
-def measure(reference: Path, artifacts: list[Path], *, frames: int, eps: tuple[float, ...], draws: int = 0) -> list[dict]:
+def measure(reference: Path, artifacts: list[Path], *, frames: int, eps: tuple[float, ...],
+            draws: int = 0) -> list[dict]:
     """Per artifact and check size: the simulation vs FP32, each perturbed simulation vs it,
     and with `draws`, the weights-only graph and the dithered draws vs FP32."""
     from mtc import metrics
@@ -227,7 +229,8 @@ def render(result: dict) -> None:
     eps = result["eps"]
     lines = [
         "## Rounding noise: how far an INT8 graph carries a float-rounding-sized change", "",
-        f"{ran_on(result, 'python benchmarks/bench_rounding_noise.py')}, onnxruntime {m['onnxruntime']}. ONNX Runtime's float simulation of each artifact's Q/DQ graph (no integer "
+        f"{ran_on(result, 'python benchmarks/bench_rounding_noise.py')}, onnxruntime {m['onnxruntime']}. "
+        "ONNX Runtime's float simulation of each artifact's Q/DQ graph (no integer "
         f"kernels) on the built-in check clips of {Path(result['reference']).name}; alpha MAD ×1e3 / dtSSD ×1e2. "
         "\"× (1 + eps)\": every activation quantizer's input multiplied by it, against the unperturbed simulation; "
         "\"share\": its MAD over the simulation's MAD vs FP32.", "",
@@ -246,7 +249,8 @@ def render(result: dict) -> None:
         draws = split[0]["dithered"]["draws"]
         lines += ["", f"Split by subtractive dither ({draws} draws of fresh rounding noise at every activation "
                   "quantizer; \"weights only\": the activation quantizers left out). The mean of the draws keeps "
-                  "what every draw shares, the part learning could cancel; alpha MAD ×1e3 / dtSSD ×1e2 vs FP32.", "",
+                  "what every draw shares, the part that is not fresh noise; alpha MAD ×1e3 / dtSSD ×1e2 vs "
+                  "FP32.", "",
                   "| artifact | clip | simulation | weights only | one dithered draw | mean of the draws |",
                   "|---|---|---|---|---|---|"]
         for row in split:

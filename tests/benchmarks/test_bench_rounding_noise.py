@@ -96,6 +96,11 @@ def test_weights_only_leaves_activations_float_and_keeps_the_int8_weights(bench)
     x = np.array([2.3, -0.6], np.float32)
     assert _run(model, x).tolist() == [2.0, -1.0]
     np.testing.assert_array_equal(_run(bench.activations_in_float(model), x), x)
+    for node in model.graph.node:  # nodes need no names: they are told apart by their outputs
+        node.name = ""
+    np.testing.assert_array_equal(_run(bench.activations_in_float(model), x), x)
+    np.testing.assert_array_equal(_run(bench.dithered_quantizer_inputs(model, 1), np.array([2.0, -1.0], np.float32)),
+                                  np.array([2.0, -1.0], np.float32))  # on the grid: exact in any draw
     padded = bench.activations_in_float(_padded_qdq_model())
     np.testing.assert_array_equal(_run(padded, np.array([0.3, -1.7, 4.0], np.float32)),
                                   np.array([0.0, 0.3, -1.7, 4.0, 0.0], np.float32))
