@@ -40,7 +40,7 @@ from common import dump, machine, ran_on, summarize_times, update_results  # noq
 import mtc.runtime  # noqa: E402
 from calib_data.builtin_photos import builtin_photos  # noqa: E402
 from mtc.artifact.manifest import read_manifest  # noqa: E402
-from mtc.backends.cpu import cpu_class, has_bf16  # noqa: E402
+from mtc.backends.cpu import has_bf16  # noqa: E402
 from mtc.metrics import mad  # noqa: E402
 from mtc.quant.config import Fallback, Gates, preset  # noqa: E402
 from mtc.quant.pipeline import DEFAULT_GATES, DataPlan, quantize_artifact  # noqa: E402
@@ -217,7 +217,7 @@ def main() -> None:
         if "bf16" in folders:
             clips = json.loads((folders["bf16"] / "report.json").read_text())["check"]["clips"]
             bf16_check = ", ".join(f"{c['clip']} MAD {c['mad']:.3f}" for c in clips)
-    result = {"benchmark": "birefnet_lite_1024", "machine": machine(), "cpu_class": cpu_class(),
+    result = {"benchmark": "birefnet_lite_1024", "machine": machine(),
               "threads": args.threads, "rounds": args.rounds, "timings": timings, "runners": runners,
               "bf16_check": bf16_check,
               # the FP16 overflow guard on this graph: measured peak and the ops it kept in FP32

@@ -24,8 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_u2netp_rembg import photos_in  # noqa: E402
 from common import dump, machine, ran_on, run_measured, update_results  # noqa: E402
 
-from mtc.backends.cpu import cpu_class  # noqa: E402
-
 REMBG_LOOP = """
 import os, sys
 from pathlib import Path
@@ -91,7 +89,7 @@ def main() -> None:
     for s in summary.values():
         s["throughput_vs_rembg"] = base["seconds"] / s["seconds"]
         s["memory_vs_rembg"] = s["peak_mib"] / base["peak_mib"]
-    result = {"benchmark": "folder_memory", "machine": machine(), "cpu_class": cpu_class(), "photos": len(photos), "sizes": len(sizes),
+    result = {"benchmark": "folder_memory", "machine": machine(), "photos": len(photos), "sizes": len(sizes),
               "rounds": args.rounds, "threads": args.threads, "runs": runs, "summary": summary}
     dump(result, args.json)
     if not args.no_results:

@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import dump, machine, ran_on, run_measured, update_results  # noqa: E402
 
-from mtc.backends.cpu import cpu_class, has_bf16  # noqa: E402
+from mtc.backends.cpu import has_bf16  # noqa: E402
 
 # name -> (model, variant, input side): the standard sizes of the image families
 CASES = {
@@ -149,7 +149,7 @@ def main() -> None:
                     print(f"{name}: {backend} {precision} {row['run'][f'{backend}-{precision}']}", file=sys.stderr)
                 add_fidelity(row, work)
             rows.append(row)
-    result = {"benchmark": "image_export", "machine": machine(), "cpu_class": cpu_class(), "rows": rows}
+    result = {"benchmark": "image_export", "machine": machine(), "rows": rows}
     dump(result, args.json)
     if not args.no_results:
         render(result)

@@ -36,7 +36,6 @@ from common import dump, ensure_artifact, machine, ran_on, update_results  # noq
 from mtc import metrics  # noqa: E402
 from mtc.artifact.manifest import read_manifest  # noqa: E402
 from mtc.backends import OrtBackend  # noqa: E402
-from mtc.backends.cpu import cpu_class  # noqa: E402
 from mtc.quant.calibration import Clip, record_feeds  # noqa: E402
 from mtc.quant.checks import run_alphas  # noqa: E402
 from mtc.quant.config import preset, with_recipe  # noqa: E402
@@ -165,7 +164,7 @@ def main() -> None:
         row["mean"] = {f"{m}_vs_{a}": mean_of(row["clips"], f"vs_{a}", m) for m in ("mad", "dtssd") for a in ("fp32", "gt")}
         if base["mad"] is not None:
             row["degradation_pct"] = {m: 100.0 * (row["mean"][f"{m}_vs_gt"] - base[m]) / base[m] for m in ("mad", "dtssd")}
-    result = {"benchmark": "lowbit", "simulated": True, "machine": machine(), "cpu_class": cpu_class(),
+    result = {"benchmark": "lowbit", "simulated": True, "machine": machine(),
               "evalset": str(args.evalset) if args.evalset else None, "clips": [c.name for c in clips],
               "frames": args.frames, "size": f"{width}x{height}", "downsample_ratio": args.ratio,
               "calib_frames": len(feeds), "iterations": args.iterations, "rounding_weight": learn.rounding_weight,

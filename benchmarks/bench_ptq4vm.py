@@ -351,7 +351,6 @@ def main() -> None:
         make(args.make, source, args.output, methods, footage, calib_footage, args.thorough)
         return
 
-    from mtc.backends.cpu import cpu_class
 
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
@@ -360,7 +359,7 @@ def main() -> None:
         runs = {"built-in clip": peers(folders, args, None)}
         if args.evalset is not None:
             runs["evalset composites (ground truth)"] = peers(folders, args, args.evalset)
-        result = {"benchmark": "ptq4vm_dense", "machine": machine(), "cpu_class": cpu_class(), "threads": args.threads,
+        result = {"benchmark": "ptq4vm_dense", "machine": machine(), "threads": args.threads,
                   "frames": args.frames, "rounds": args.rounds, "artifacts": made,
                   "folders": {name: str(folder) for name, folder in folders.items()}, "runs": runs}
         dump(result, args.json)

@@ -170,7 +170,6 @@ def main() -> None:
     methods = parse_methods(parser, args.methods)
     photos = photos_in(args.photos)
 
-    from mtc.backends.cpu import cpu_class
 
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
@@ -179,7 +178,7 @@ def main() -> None:
         folders, made = make_all(source, work, f"{source.name}-int8", methods)
         scores, noise_floor = score(photos, args.gt, {REFERENCE: source, "fp32 (OpenVINO)": source, **folders},
                        rounds=args.rounds, threads=args.threads)
-        result = {"benchmark": "ptq4vm_image", "machine": machine(), "cpu_class": cpu_class(), "threads": args.threads,
+        result = {"benchmark": "ptq4vm_image", "machine": machine(), "threads": args.threads,
                   "rounds": args.rounds, "photos": len(photos), "source": str(source),
                   "with_gt": sum(1 for p in photos if args.gt and (args.gt / f"{p.stem}.png").exists()),
                   "artifacts": made, "scores": scores, "noise_floor": noise_floor}

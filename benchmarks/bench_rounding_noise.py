@@ -47,6 +47,8 @@ from onnx import numpy_helper
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import dump, machine, ran_on, update_results  # noqa: E402
 
+from mtc.graph_edit import attribute  # noqa: E402
+
 
 def scaled_quantizer_inputs(model: onnx.ModelProto, gain: float) -> onnx.ModelProto:
     """A copy of `model` where every QuantizeLinear of an activation (not of an initializer)
@@ -78,22 +80,26 @@ def _activation_quantizers(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     return [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in constants]
 
 
-def _dequantizations(graph: onnx.GraphProto, quantizer: onnx.NodeProto
-                     ) -> list[tuple[onnx.NodeProto, onnx.NodeProto | None]]:
-    """(DequantizeLinear, the constant Pad between it and `quantizer` or None) for every
-    dequantization of `quantizer`'s output: directly, or through a Pad that Q/DQ was hoisted
-    over (which pads with the zero point, that is with 0.0 once dequantized)."""
+def _readers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """The nodes reading each tensor."""
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
             readers.setdefault(name, []).append(node)
+    return readers
+
+
+def _dequantizations(readers: dict[str, list[onnx.NodeProto]], quantizer: onnx.NodeProto
+                     ) -> list[tuple[onnx.NodeProto, onnx.NodeProto | None]]:
+    """(DequantizeLinear, the constant Pad between it and `quantizer` or None) for every
+    dequantization of `quantizer`'s output: directly, or through a Pad that Q/DQ was hoisted
+    over (which pads with the zero point, that is with 0.0 once dequantized)."""
     found = []
     for reader in readers.get(quantizer.output[0], []):
         if reader.op_type == "DequantizeLinear":
             found.append((reader, None))
             continue
-        modes = [a.s for a in reader.attribute if a.name == "mode"]
-        if reader.op_type != "Pad" or modes not in ([], [b"constant"]):
+        if reader.op_type != "Pad" or attribute(reader, "mode", b"constant") != b"constant":
             raise UnsupportedGraph(f"{quantizer.name}'s output is read by a {reader.op_type} ({reader.name}): only "
                                    "DequantizeLinear, or a constant Pad before it, can be followed")
         for dequantize in readers.get(reader.output[0], []):
@@ -112,8 +118,9 @@ def activations_in_float(model: onnx.ModelProto) -> onnx.ModelProto:
     out.CopyFrom(model)
     graph = out.graph
     replaced = {}  # by the dequantization's output (node names may be empty)
+    readers = _readers(graph)
     for quantizer in _activation_quantizers(graph):
-        for dequantize, pad in _dequantizations(graph, quantizer):
+        for dequantize, pad in _dequantizations(readers, quantizer):
             name = dequantize.output[0]
             replaced[name] = (onnx.helper.make_node("Identity", [quantizer.input[0]], [name], name=dequantize.name)
                               if pad is None else
@@ -138,6 +145,7 @@ def dithered_quantizer_inputs(model: onnx.ModelProto, seed: int) -> onnx.ModelPr
     # nodes to put before and after a node, by that node's (final) first output
     before: dict[str, list[onnx.NodeProto]] = {}
     after: dict[str, list[onnx.NodeProto]] = {}
+    readers = _readers(graph)  # of the tensors this leaves as they are: quantizer outputs and Pads
     for number, quantizer in enumerate(_activation_quantizers(graph)):
         x, step = quantizer.input[0], quantizer.input[1]
         tag = f"dither{number}/"
@@ -158,7 +166,7 @@ def dithered_quantizer_inputs(model: onnx.ModelProto, seed: int) -> onnx.ModelPr
             make("Mul", [tag + "u_kept", step], [tag + "r"]),
             make("Add", [x, tag + "r"], [tag + "x"]),
         ]
-        for dequantize, pad in _dequantizations(graph, quantizer):
+        for dequantize, pad in _dequantizations(readers, quantizer):
             offset, rounded = tag + "r", f"{dequantize.output[0]}__dithered"
             if pad is not None:  # the offset padded as the quantized tensor was (0.0 where it holds the zero point)
                 offset = f"{tag}r_padded_for_{dequantize.output[0]}"
@@ -289,13 +297,12 @@ def main() -> None:
         if not (folder / "manifest.json").exists():
             parser.error(f"{folder} is not an mtc artifact (no manifest.json): pass artifact folders")
 
-    from mtc.backends.cpu import cpu_class
 
     try:
         rows = measure(args.reference, list(args.artifacts), frames=args.frames, eps=eps, draws=args.draws)
     except UnsupportedGraph as problem:
         parser.error(f"--draws cannot split this artifact: {problem}")
-    result = {"benchmark": "rounding_noise", "machine": machine(), "cpu_class": cpu_class(),
+    result = {"benchmark": "rounding_noise", "machine": machine(),
               "reference": str(args.reference), "eps": list(eps), "frames": args.frames, "draws": args.draws,
               "rows": rows}
     dump(result, args.json)

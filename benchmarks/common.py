@@ -38,12 +38,11 @@ def summarize_times(seconds: list[float]) -> dict:
 def ran_on(result: dict, command: str) -> str:
     """How a RESULTS.md section's run line opens: the command in backticks, then the date, the
     CPU with its class and the cores; each script goes on with what else its numbers depend on.
-    The class comes from the result, else from its machine description (older results only
-    list the ISA flags)."""
+    The class is the machine description's (older descriptions list only the ISA flags)."""
     from mtc.backends.cpu import class_from_flags
 
     m = result["machine"]
-    cls = result.get("cpu_class") or m.get("cpu_class") or class_from_flags(set(m.get("isa", [])))
+    cls = m.get("cpu_class") or class_from_flags(set(m.get("isa", [])))
     return f"`{command}` — {m['date']}, {m['cpu']} (class {cls}), {m['cores']} cores"
 
 

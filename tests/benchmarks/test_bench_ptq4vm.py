@@ -62,8 +62,9 @@ def test_the_one_gray_level_yardstick_is_a_row_explained_as_no_peer(bench, monke
     rows = [_row("ort_fp32", 0.0, 0.0), _row(bench.ONE_GRAY_LEVEL, 1.1, 0.85),
             _row("mtc_int8_openvino_rvm-int8-dense-ptq4vm", 0.7, 0.7)]
     result = {**_result(bench, rows), "machine": {"date": "2026-12-05", "cpu": "a CPU", "cores": 2,
-                                                   "onnxruntime": "1.32.0", "libraries": {}},
-              "cpu_class": "avx2", "threads": 2, "frames": 16, "rounds": 3}
+                                                   "onnxruntime": "1.32.0", "libraries": {},
+                                                   "cpu_class": "avx2"},
+              "threads": 2, "frames": 16, "rounds": 3}
     written = {}
     monkeypatch.setattr(bench, "update_results", lambda section, text: written.update({section: text}))
     bench.render(result)
@@ -77,8 +78,9 @@ def test_the_one_gray_level_yardstick_is_a_row_explained_as_no_peer(bench, monke
 def test_evalset_tables_show_the_error_away_from_the_subject(bench, monkeypatch):
     row = {**_row("mtc_int8_openvino_rvm-int8-dense-ptq4vm", 0.7, 0.7), "mad_vs_fp32_away_from_subject": 0.25}
     result = {**_result(bench, [row]), "machine": {"date": "2026-12-05", "cpu": "a CPU", "cores": 2,
-                                                   "onnxruntime": "1.32.0", "libraries": {}},
-              "cpu_class": "avx2", "threads": 2, "frames": 16, "rounds": 3}
+                                                   "onnxruntime": "1.32.0", "libraries": {},
+                                                   "cpu_class": "avx2"},
+              "threads": 2, "frames": 16, "rounds": 3}
     result["runs"]["evalset composites (ground truth)"] = {"evalset": "/data/evalset",
                                                            "cases": [{"resolution": "512x288", "configs": [row]}]}
     written = {}

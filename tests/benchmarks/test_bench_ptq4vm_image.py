@@ -21,8 +21,8 @@ def _result(mad: float) -> dict:
     made = {"placement": "dense", "method": "ptq4vm", "int8_layers": 40, "quantized_layers": 40, "outlier_convs": 3,
             "seconds": 600, "peak_mib": 2048}
     return {"machine": {"date": "2026-12-04", "cpu": "a CPU", "cores": 2, "onnxruntime": "1.32.0",
-                        "libraries": {"openvino": "2026.4"}},
-            "cpu_class": "amx", "threads": 2, "photos": 3, "with_gt": 2, "rounds": 3, "source": "u2netp-fp32",
+                        "libraries": {"openvino": "2026.4"}, "cpu_class": "amx"},
+            "threads": 2, "photos": 3, "with_gt": 2, "rounds": 3, "source": "u2netp-fp32",
             "artifacts": {"dense-ptq4vm": made},
             "scores": {"fp32 (ONNX Runtime)": {**score, "mad_vs_fp32": 0.0, "mae_vs_gt": None},
                        "dense-ptq4vm": score},

@@ -117,7 +117,7 @@ def test_the_results_section_shows_each_change_beside_the_error_it_is_a_share_of
     row = {"artifact": "rvm-int8-dense", "clip": "builtin-512x288-seed1", "frames": 16,
            "simulation_vs_fp32": {"mad": 0.6, "dtssd": 0.5},
            "perturbed_vs_simulation": {"1e-06": {"mad": 0.45, "dtssd": 0.4}}}
-    result = {"machine": {"date": "2026-12-05", "cpu": "a CPU", "cores": 2, "onnxruntime": "1.32.0"}, "cpu_class": "avx2",
+    result = {"machine": {"date": "2026-12-05", "cpu": "a CPU", "cores": 2, "onnxruntime": "1.32.0", "cpu_class": "avx2"},
               "reference": "/work/rvm-fp32", "eps": [1e-6], "frames": 16, "rows": [row]}
     written = {}
     monkeypatch.setattr(bench, "update_results", lambda section, text: written.update({section: text}))
