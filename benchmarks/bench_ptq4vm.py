@@ -351,7 +351,6 @@ def main() -> None:
         make(args.make, source, args.output, methods, footage, calib_footage, args.thorough)
         return
 
-
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)

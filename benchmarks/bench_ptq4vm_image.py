@@ -170,7 +170,6 @@ def main() -> None:
     methods = parse_methods(parser, args.methods)
     photos = photos_in(args.photos)
 
-
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)

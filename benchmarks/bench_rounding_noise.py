@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,7 @@ from onnx import numpy_helper
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import dump, machine, ran_on, update_results  # noqa: E402
 
-from mtc.graph_edit import attribute  # noqa: E402
+from mtc.graph_edit import attribute, readers_by_tensor  # noqa: E402
 
 
 def scaled_quantizer_inputs(model: onnx.ModelProto, gain: float) -> onnx.ModelProto:
@@ -80,29 +81,20 @@ def _activation_quantizers(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     return [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in constants]
 
 
-def _readers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    """The nodes reading each tensor."""
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    return readers
-
-
-def _dequantizations(readers: dict[str, list[onnx.NodeProto]], quantizer: onnx.NodeProto
+def _dequantizations(readers: defaultdict[str, list[onnx.NodeProto]], quantizer: onnx.NodeProto
                      ) -> list[tuple[onnx.NodeProto, onnx.NodeProto | None]]:
     """(DequantizeLinear, the constant Pad between it and `quantizer` or None) for every
     dequantization of `quantizer`'s output: directly, or through a Pad that Q/DQ was hoisted
     over (which pads with the zero point, that is with 0.0 once dequantized)."""
     found = []
-    for reader in readers.get(quantizer.output[0], []):
+    for reader in readers[quantizer.output[0]]:
         if reader.op_type == "DequantizeLinear":
             found.append((reader, None))
             continue
         if reader.op_type != "Pad" or attribute(reader, "mode", b"constant") != b"constant":
             raise UnsupportedGraph(f"{quantizer.name}'s output is read by a {reader.op_type} ({reader.name}): only "
                                    "DequantizeLinear, or a constant Pad before it, can be followed")
-        for dequantize in readers.get(reader.output[0], []):
+        for dequantize in readers[reader.output[0]]:
             if dequantize.op_type != "DequantizeLinear":
                 raise UnsupportedGraph(f"{reader.name} (a Pad of {quantizer.name}'s output) is read by a "
                                        f"{dequantize.op_type}, not a DequantizeLinear")
@@ -118,7 +110,7 @@ def activations_in_float(model: onnx.ModelProto) -> onnx.ModelProto:
     out.CopyFrom(model)
     graph = out.graph
     replaced = {}  # by the dequantization's output (node names may be empty)
-    readers = _readers(graph)
+    readers = readers_by_tensor(graph)
     for quantizer in _activation_quantizers(graph):
         for dequantize, pad in _dequantizations(readers, quantizer):
             name = dequantize.output[0]
@@ -145,7 +137,7 @@ def dithered_quantizer_inputs(model: onnx.ModelProto, seed: int) -> onnx.ModelPr
     # nodes to put before and after a node, by that node's (final) first output
     before: dict[str, list[onnx.NodeProto]] = {}
     after: dict[str, list[onnx.NodeProto]] = {}
-    readers = _readers(graph)  # of the tensors this leaves as they are: quantizer outputs and Pads
+    readers = readers_by_tensor(graph)  # of the tensors this leaves as they are: quantizer outputs and Pads
     for number, quantizer in enumerate(_activation_quantizers(graph)):
         x, step = quantizer.input[0], quantizer.input[1]
         tag = f"dither{number}/"
@@ -296,7 +288,6 @@ def main() -> None:
     for folder in (args.reference, *args.artifacts):
         if not (folder / "manifest.json").exists():
             parser.error(f"{folder} is not an mtc artifact (no manifest.json): pass artifact folders")
-
 
     try:
         rows = measure(args.reference, list(args.artifacts), frames=args.frames, eps=eps, draws=args.draws)

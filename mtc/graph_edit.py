@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 import onnx
 import onnx.numpy_helper
 
@@ -25,6 +27,15 @@ def topological_order(nodes: list[onnx.NodeProto], available: set[str]) -> list[
 def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
     """The node that writes each tensor."""
     return {out: node for node in graph.node for out in node.output}
+
+
+def readers_by_tensor(graph: onnx.GraphProto) -> defaultdict[str, list[onnx.NodeProto]]:
+    """The nodes that read each tensor, in graph order (an empty list for a tensor none reads)."""
+    found: defaultdict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            found[name].append(node)
+    return found
 
 
 def reader_counts(graph: onnx.GraphProto) -> dict[str, int]:

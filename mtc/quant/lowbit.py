@@ -20,7 +20,6 @@ import json
 import logging
 import shutil
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ import onnx
 from onnx import TensorProto
 
 from mtc.errors import MtcError
+from mtc.graph_edit import producers, readers_by_tensor
 from mtc.quant.config import Gates, Int8Config
 from mtc.quant.qdq import ActivationRange, QdqPlan, plan_qdq
 
@@ -81,13 +81,7 @@ def boundary_layers(model: onnx.ModelProto, plan: QdqPlan, *, inputs: Sequence[s
 
     starts = list(inputs) if inputs is not None else [i.name for i in graph.input if flows(i.name)]
     ends = list(outputs) if outputs is not None else [o.name for o in graph.output if flows(o.name)]
-    readers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    writers: dict[str, onnx.NodeProto] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers[name].append(node)
-        for name in node.output:
-            writers[name] = node
+    readers, writers = readers_by_tensor(graph), producers(graph)
     first, last = set(), set()
     seen, pending = set(), list(starts)
     while pending:

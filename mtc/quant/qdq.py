@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from mtc.graph_edit import drop_unused_initializers, producers, sort_nodes
+from mtc.graph_edit import drop_unused_initializers, producers, readers_by_tensor, sort_nodes
 
 INT8_MAX = 127
 
@@ -290,11 +290,7 @@ def _pad_integers(graph: onnx.GraphProto) -> None:
     The same values, one float round trip fewer, and OpenVINO's low-precision Concat pass (which
     fails on a dequantized Pad feeding a Concat, as channel alignment makes) never sees it.
     """
-    writers = producers(graph)
-    readers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            readers[name].append(node)
+    writers, readers = producers(graph), readers_by_tensor(graph)
     initializers = {i.name: i for i in graph.initializer}
     dropped, retyped = set(), set()
     for pad in (n for n in graph.node if n.op_type == "Pad"):
