@@ -392,8 +392,7 @@ def simulation_report(manifest, simulated: Simulated, calibrated: CalibratedPlan
     reconstruction = simulated.reconstruction
     blocks = None
     if reconstruction is not None:
-        blocks = [{"layers": list(block.layers), "first_loss": losses[0] if losses else None,
-                   "last_loss": losses[-1] if losses else None, **(outcome or {})}
+        blocks = [{"layers": list(block.layers), "iterations": len(losses), **(outcome or {})}
                   for block, losses, outcome in zip(reconstruction.blocks, reconstruction.losses,
                                                     reconstruction.outcomes)]
     learning = config.learning

@@ -95,8 +95,7 @@ def learn(model: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, Activation
     finally:
         torch.set_num_threads(threads)
     learned_ranges, rounded = learned_parameters(module, model, quant)
-    blocks = [{"layers": list(block.layers), "iterations": len(losses), "first_loss": losses[0] if losses else None,
-               "last_loss": losses[-1] if losses else None, "curve": _curve(losses), **(outcome or {})}
+    blocks = [{"layers": list(block.layers), "iterations": len(losses), "curve": _curve(losses), **(outcome or {})}
               for block, losses, outcome in zip(reconstruction.blocks, reconstruction.losses, reconstruction.outcomes)]
     report = {"method": "ptq4vm", "samples": len(samples), "iterations": config.iterations, "batch": config.batch,
               "drop": config.drop, "threads": config.threads or threads, "max_block_layers": config.max_block_layers,

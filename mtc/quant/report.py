@@ -95,18 +95,20 @@ def bar_chart(values: dict[str, float], *, title: str, highlight: set[str] = fro
     return _figure(title, "".join(parts))
 
 
-def loss_curves(curves: list[tuple[str, list[float]]], *, title: str, width: int = 150, height: int = 64) -> str:
+def loss_curves(curves: list[tuple[str, list[float], float | None, float | None]], *, title: str,
+                width: int = 150, height: int = 64) -> str:
     """Small line charts side by side, one per learned block: each on its own vertical scale
     from 0 (losses of different blocks differ by orders of magnitude), labelled with the block
-    and its first and last loss."""
+    and its error before and after learning (each curve's own ends are one batch's losses,
+    which differ between samples far more than learning moves them)."""
     charts = []
-    for label, values in curves:
+    for label, values, before, after in curves:
         finite = [v for v in values if np.isfinite(v)]
         top = max(finite + [1e-12]) * 1.05
         axis, sx = height - 14, (width - 8) / max(len(values) - 1, 1)
         points = " ".join(f"{4 + i * sx:.1f},{axis - (v if np.isfinite(v) else top) / top * (axis - 4):.1f}"
                           for i, v in enumerate(values))
-        first, last = (_number(values[0]), _number(values[-1])) if values else ("–", "–")
+        first, last = (_number(value) if value is not None else "–" for value in (before, after))
         charts.append(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-size="9">'
                       f'<line x1="4" y1="{axis}" x2="{width - 4}" y2="{axis}" stroke="#444"/>'
                       f'<polyline fill="none" stroke="{COLORS[0]}" stroke-width="1.2" points="{points}"/>'
@@ -158,18 +160,27 @@ def _learning(learning: dict, choice: dict | None) -> list[str]:
                            for name, c in choice.items() if name != "chosen")
         stage2 += f" Affine correction on the check clips: {rivals}; kept: {names[choice['chosen']]}."
     # Labels are cut short under the charts: the mark goes before the layer names.
-    learned = [(f"{i + 1}{' (nearest)' if b.get('kept') == 'nearest' else '.'} {', '.join(b['layers'])}", b["curve"])
+    learned = [(f"{i + 1}{' (nearest)' if b.get('kept') == 'nearest' else '.'} {', '.join(b['layers'])}", b["curve"],
+                b.get("nearest_error"), b.get("learned_error"))
                for i, b in enumerate(learning["blocks"]) if b["curve"]]
     kept_nearest = sum(b.get("kept") == "nearest" for b in learning["blocks"])
     guard = (f" {kept_nearest} of them ended with a larger error than nearest rounding gives and kept nearest "
              "rounding and their calibrated step sizes." if kept_nearest else "")
+    ratios = [b["learned_error"] / b["nearest_error"] for b in learning["blocks"]
+              if b.get("nearest_error") and b.get("learned_error") is not None]
+    if ratios:
+        guard += (f" Over all samples, learning changed a block's error by a median factor of "
+                  f"{float(np.median(ratios)):.3g} against nearest rounding (from {min(ratios):.3g} to "
+                  f"{max(ratios):.3g}).")
     sections = [f"<h2>Learned quantization: PTQ4VM</h2><p>Stage 1 (block reconstruction: AdaRound weight rounding, "
                 f"LSQ step sizes, QDrop {learning['drop']:g}) on {learning['samples']} calibration samples, "
                 f"{learning['iterations']} iterations per block, batch {learning['batch']}, "
                 f"{len(learning['blocks'])} blocks.{guard} {stage2}</p>"]
     if learned:
         sections.append(loss_curves(learned, title="block reconstruction loss per iteration (squared error of the "
-                                                   "block's outputs vs FP32; each block on its own scale; "
+                                                   "block's outputs vs FP32 on one batch, averaged over windows of "
+                                                   "iterations; each block on its own scale; labelled with the "
+                                                   "error over all samples with nearest rounding → learned; "
                                                    "(nearest): kept nearest rounding)"))
     return sections
 
