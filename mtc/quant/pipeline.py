@@ -576,9 +576,7 @@ def _int8(calibrated: Calibrated, feeds, reference, config: Int8Config, gates: G
     to learn on."""
     bits = config.weight_bits or 8
     model, planned, plan, ranges = calibrated.model, calibrated.planned, calibrated.plan, calibrated.ranges
-    exact, coverage, rewrites, mac_share = calibrated.exact, calibrated.coverage, calibrated.rewrites, calibrated.mac_share
-    outgrown_layers = calibrated.kept_float
-    exact_convs = {node.name for node in model.graph.node if node.input and node.input[0] in exact}
+    exact, mac_share, outgrown_layers = calibrated.exact, calibrated.mac_share, calibrated.kept_float
     rounded, rounding_gains = {}, {}
     if config.weight_rounding == "gptq":
         started = time.perf_counter()
@@ -654,76 +652,102 @@ def _int8(calibrated: Calibrated, feeds, reference, config: Int8Config, gates: G
     timings["check_s"] = time.perf_counter() - started
     # each layer's output error with only it in INT8 (and its correction, if any), over its variance
     errors = {n: fit.error if closed_form else fit.uncorrected_error for n, fit in fits.items()}
-    details = {"int8": {"method": config.method, "quantize_outputs": config.quantize_outputs,
-                        "affine_correction": closed_form, "weight_rounding": config.weight_rounding,
-                        "learning": learned.report if learned is not None else None, "affine_choice": affine_choice,
-                        "weight_bits": bits,
-                        # per conv: layer-output error of round-to-nearest over GPTQ's (>= 1)
-                        "gptq_error_ratio": {k: round(v, 2) for k, v in rounding_gains.items()},
-                        "min_mac_share": config.min_mac_share, "activation_type": config.activation_type,
-                        "op_types": list(config.op_types), "activation_matmuls": bool(config.activation_matmuls),
-                        "quantized_layers": len(planned.nodes),
-                        "quantized_by_op": dict(Counter(n.op_type for n in model.graph.node
-                                                        if n.name in set(planned.node_names))),
-                        "one_sided_tensors": sum(lo == 0 for lo, _ in ranges.values()),
-                        "channel_aligned_layers": calibrated.aligned,
-                        "isolated_layer_error": {n: round(e, 6) for n, e in errors.items()},
-                        "equalized_concat_inputs": [{"conv": g.conv, "input": g.tensor, "scale": round(g.scale, 4)}
-                                                    for g in rewrites.equalized],
-                        "split_outlier_channels": [{"conv": c.conv, "channels": list(c.channels),
-                                                    "range_before": round(c.range_before, 4),
-                                                    "range_after": round(c.range_after, 4)} for c in rewrites.splits],
-                        "equalized_depthwise_inputs": [{"conv": c.conv, "channels": c.channels,
-                                                        "largest_scale": round(c.largest, 4)}
-                                                       for c in rewrites.depthwise],
-                        "exact_image_inputs": [{"conv": f.conv, "image": f.image, "padded": f.padded,
-                                                "exact_grid": f.conv in exact_convs} for f in rewrites.image_inputs],
-                        "range_coverage": coverage,
-                        "all_int8_check": first.to_dict()}}
+    details = {"int8": _int8_record(calibrated, config, ranges, bits=bits, closed_form=closed_form, learned=learned,
+                                    affine_choice=affine_choice, rounding_gains=rounding_gains, errors=errors,
+                                    all_int8_check=first)}
     final_plan, final_model, check, budget_layers = plan, all_int8, first, []
     if affordable and len(plan.nodes) > 1:
         started = time.perf_counter()
-        probed = most_error_per_mac(affordable, errors, mac_share)[:config.float_budget_probes]
-        if len(probed) < len(affordable):
-            log.info("float budget: %d layers fit it; probing the %d with the most INT8 error per MAC",
-                     len(affordable), len(probed))
-        probe = reference.head(clips=len(reference.clips), frames=12)  # every setting: HD has its own weak spots
-        with stages.stage("float budget: probing layers", total=len(probed) + 1) as advance:
-            baseline, removal = removal_sensitivity(run_plan, plan, probe, probed, progress=advance)
-        budget_layers = spend_float_budget(baseline, removal, mac_share, config.float_budget)
+        budget_layers = _float_budget_layers(run_plan, plan, affordable, errors, mac_share, config, reference, stages,
+                                             details)
         if budget_layers:
             final_plan = plan.without(budget_layers)
             final_model = build(final_plan)
             check = _checking(stages, "checking the float-budget model", reference, run_on(final_model), gates)
         timings["float_budget_s"] = time.perf_counter() - started
-        details["removal_sensitivity"] = {"all_int8": baseline, "layers": removal}
-        details["int8"]["float_budget"] = {
-            "budget_mac_share": config.float_budget, "layers": budget_layers, "fitting_layers": len(affordable),
-            "probed_layers": len(probed),
-            "mac_share": round(sum(mac_share.get(n, 0.0) for n in budget_layers), 4)}
     fallback_layers = []
     if not check.passed and fallback.enabled:
-        log.info("INT8 misses the gates (%s): measuring per-layer sensitivity", "; ".join(check.failures))
-        started = time.perf_counter()
-        probe = reference.head(clips=1, frames=12)  # one layer at a time: keep the probe short
-        with stages.stage("layer sensitivity, one at a time", total=len(final_plan.nodes)) as advance:
-            sensitivity = layer_sensitivity(run_plan, final_plan, probe, progress=advance)
-        timings["sensitivity_s"] = time.perf_counter() - started
-        started = time.perf_counter()
-        # The search builds one candidate per attempt; how many it needs is not known up front.
-        with stages.stage("fallback search until gates pass") as advance:
-            result = fallback_until_gates_pass(lambda subplan: _then(run_plan(subplan), advance), final_plan, reference,
-                                               gates, sensitivity, max_fraction=fallback.max_fraction)
-        timings["fallback_s"] = time.perf_counter() - started
-        final_plan, check, fallback_layers = result.plan, result.check, result.fallback_nodes
+        final_plan, check, fallback_layers = _fall_back(run_plan, final_plan, check, reference, gates, fallback,
+                                                        stages, timings, details)
         final_model = build(final_plan)
-        details["sensitivity"] = sensitivity
-        details["fallback_steps"] = result.steps
     details["int8"]["fallback_layers"] = outgrown_layers + budget_layers + fallback_layers
     details["int8"]["int8_layers"] = len(final_plan.nodes)
     # what the float layers cost in speed is measured against every planned layer in INT8
     every_layer = build(planned) if outgrown_layers else all_int8
     return final_model, (None if final_model is every_layer else every_layer), check, details
+
+
+def _int8_record(calibrated: Calibrated, config: Int8Config, ranges, *, bits: int, closed_form: bool, learned,
+                 affine_choice: dict | None, rounding_gains: dict, errors: dict, all_int8_check: CheckResult) -> dict:
+    """report.json's `int8` section: how the INT8 model was made, up to its all-INT8 check."""
+    model, planned, rewrites = calibrated.model, calibrated.planned, calibrated.rewrites
+    exact_convs = {node.name for node in model.graph.node if node.input and node.input[0] in calibrated.exact}
+    planned_names = set(planned.node_names)
+    return {"method": config.method, "quantize_outputs": config.quantize_outputs,
+            "affine_correction": closed_form, "weight_rounding": config.weight_rounding,
+            "learning": learned.report if learned is not None else None, "affine_choice": affine_choice,
+            "weight_bits": bits,
+            # per conv: layer-output error of round-to-nearest over GPTQ's (>= 1)
+            "gptq_error_ratio": {k: round(v, 2) for k, v in rounding_gains.items()},
+            "min_mac_share": config.min_mac_share, "activation_type": config.activation_type,
+            "op_types": list(config.op_types), "activation_matmuls": bool(config.activation_matmuls),
+            "quantized_layers": len(planned.nodes),
+            "quantized_by_op": dict(Counter(n.op_type for n in model.graph.node if n.name in planned_names)),
+            "one_sided_tensors": sum(lo == 0 for lo, _ in ranges.values()),
+            "channel_aligned_layers": calibrated.aligned,
+            "isolated_layer_error": {n: round(e, 6) for n, e in errors.items()},
+            "equalized_concat_inputs": [{"conv": g.conv, "input": g.tensor, "scale": round(g.scale, 4)}
+                                        for g in rewrites.equalized],
+            "split_outlier_channels": [{"conv": c.conv, "channels": list(c.channels),
+                                        "range_before": round(c.range_before, 4),
+                                        "range_after": round(c.range_after, 4)} for c in rewrites.splits],
+            "equalized_depthwise_inputs": [{"conv": c.conv, "channels": c.channels, "largest_scale": round(c.largest, 4)}
+                                           for c in rewrites.depthwise],
+            "exact_image_inputs": [{"conv": f.conv, "image": f.image, "padded": f.padded,
+                                    "exact_grid": f.conv in exact_convs} for f in rewrites.image_inputs],
+            "range_coverage": calibrated.coverage,
+            "all_int8_check": all_int8_check.to_dict()}
+
+
+def _float_budget_layers(run_plan, plan: QdqPlan, affordable: list[str], errors: dict, mac_share: dict,
+                         config: Int8Config, reference, stages: Stages, details: dict) -> list[str]:
+    """The layers that the float budget returns to float: of those it can afford, the ones with
+    the most INT8 error per MAC are probed (each returned to float alone) and spent on. Records
+    the probe in `details`."""
+    probed = most_error_per_mac(affordable, errors, mac_share)[:config.float_budget_probes]
+    if len(probed) < len(affordable):
+        log.info("float budget: %d layers fit it; probing the %d with the most INT8 error per MAC",
+                 len(affordable), len(probed))
+    probe = reference.head(clips=len(reference.clips), frames=12)  # every setting: HD has its own weak spots
+    with stages.stage("float budget: probing layers", total=len(probed) + 1) as advance:
+        baseline, removal = removal_sensitivity(run_plan, plan, probe, probed, progress=advance)
+    budget_layers = spend_float_budget(baseline, removal, mac_share, config.float_budget)
+    details["removal_sensitivity"] = {"all_int8": baseline, "layers": removal}
+    details["int8"]["float_budget"] = {
+        "budget_mac_share": config.float_budget, "layers": budget_layers, "fitting_layers": len(affordable),
+        "probed_layers": len(probed), "mac_share": round(sum(mac_share.get(n, 0.0) for n in budget_layers), 4)}
+    return budget_layers
+
+
+def _fall_back(run_plan, plan: QdqPlan, check: CheckResult, reference, gates: Gates, fallback: Fallback,
+               stages: Stages, timings, details: dict) -> tuple[QdqPlan, CheckResult, list[str]]:
+    """`plan` with layers returned to float, most sensitive first, until the gates pass (or the
+    fallback's share runs out): the plan, its check and the layers. Records the search in `details`."""
+    log.info("INT8 misses the gates (%s): measuring per-layer sensitivity", "; ".join(check.failures))
+    started = time.perf_counter()
+    probe = reference.head(clips=1, frames=12)  # one layer at a time: keep the probe short
+    with stages.stage("layer sensitivity, one at a time", total=len(plan.nodes)) as advance:
+        sensitivity = layer_sensitivity(run_plan, plan, probe, progress=advance)
+    timings["sensitivity_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    # The search builds one candidate per attempt; how many it needs is not known up front.
+    with stages.stage("fallback search until gates pass") as advance:
+        result = fallback_until_gates_pass(lambda subplan: _then(run_plan(subplan), advance), plan, reference,
+                                           gates, sensitivity, max_fraction=fallback.max_fraction)
+    timings["fallback_s"] = time.perf_counter() - started
+    details["sensitivity"] = sensitivity
+    details["fallback_steps"] = result.steps
+    return result.plan, result.check, result.fallback_nodes
 
 
 def _then(value, advance):
