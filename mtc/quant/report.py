@@ -99,8 +99,8 @@ def loss_curves(curves: list[tuple[str, list[float], float | None, float | None]
                 width: int = 150, height: int = 64) -> str:
     """Small line charts side by side, one per learned block: each on its own vertical scale
     from 0 (losses of different blocks differ by orders of magnitude), labelled with the block
-    and its error before and after learning (each curve's own ends are one batch's losses,
-    which differ between samples far more than learning moves them)."""
+    and its error before and after learning (a curve's own ends are one batch's losses, which
+    can differ between samples more than learning moves them)."""
     charts = []
     for label, values, before, after in curves:
         finite = [v for v in values if np.isfinite(v)]
@@ -168,14 +168,15 @@ def _learning(learning: dict, choice: dict | None) -> list[str]:
              "rounding and their calibrated step sizes." if kept_nearest else "")
     ratios = [b["learned_error"] / b["nearest_error"] for b in learning["blocks"]
               if b.get("nearest_error") and b.get("learned_error") is not None]
+    effect = ""
     if ratios:
-        guard += (f" Over all samples, learning changed a block's error by a median factor of "
+        effect = (f" Over all samples, learning changed a block's error by a median factor of "
                   f"{float(np.median(ratios)):.3g} against nearest rounding (from {min(ratios):.3g} to "
                   f"{max(ratios):.3g}).")
     sections = [f"<h2>Learned quantization: PTQ4VM</h2><p>Stage 1 (block reconstruction: AdaRound weight rounding, "
                 f"LSQ step sizes, QDrop {learning['drop']:g}) on {learning['samples']} calibration samples, "
                 f"{learning['iterations']} iterations per block, batch {learning['batch']}, "
-                f"{len(learning['blocks'])} blocks.{guard} {stage2}</p>"]
+                f"{len(learning['blocks'])} blocks.{guard}{effect} {stage2}</p>"]
     if learned:
         sections.append(loss_curves(learned, title="block reconstruction loss per iteration (squared error of the "
                                                    "block's outputs vs FP32 on one batch, averaged over windows of "
