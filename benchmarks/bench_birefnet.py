@@ -43,7 +43,8 @@ from mtc.artifact.manifest import read_manifest  # noqa: E402
 from mtc.backends.cpu import has_bf16  # noqa: E402
 from mtc.metrics import mad  # noqa: E402
 from mtc.quant.config import Fallback, Gates, preset  # noqa: E402
-from mtc.quant.pipeline import DEFAULT_GATES, DataPlan, quantize_artifact  # noqa: E402
+from mtc.quant.data_plan import DataPlan  # noqa: E402
+from mtc.quant.pipeline import DEFAULT_GATES, quantize_artifact  # noqa: E402
 
 SIZE = 1024
 REFERENCE = "plain_ort_fp32"

@@ -39,6 +39,7 @@ from mtc.backends import OrtBackend  # noqa: E402
 from mtc.quant.calibration import Clip, record_feeds  # noqa: E402
 from mtc.quant.checks import run_alphas  # noqa: E402
 from mtc.quant.config import preset, with_recipe  # noqa: E402
+from mtc.quant.data_plan import DataPlan, calibration_clips, check_clips  # noqa: E402
 from mtc.quant.lowbit import (  # noqa: E402
     SimulatedBackend,
     calibrated_plan,
@@ -46,7 +47,6 @@ from mtc.quant.lowbit import (  # noqa: E402
     learning_samples,
     simulate,
 )
-from mtc.quant.pipeline import DataPlan, calibration_clips, check_clips  # noqa: E402
 
 log = logging.getLogger("bench_lowbit")
 

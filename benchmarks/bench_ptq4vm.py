@@ -94,8 +94,10 @@ def configurations(methods: tuple[str, ...], footage: Path | None = None,
 def make(name: str, source: Path, output: Path, methods: tuple[str, ...], footage: Path | None,
          calib_footage: Path | None = None, thorough: bool = False) -> None:
     """Quantize one configuration (run in a child process, so its time and memory are its own)."""
+    from mtc.quant.calibration import BUILTIN
     from mtc.quant.config import Fallback, Gates
-    from mtc.quant.pipeline import BUILTIN, DataPlan, quantize_artifact
+    from mtc.quant.data_plan import DataPlan
+    from mtc.quant.pipeline import quantize_artifact
 
     spec = configurations(methods, footage, calib_footage, thorough)[name]
     if spec["shipped"]:

@@ -31,7 +31,9 @@ from mtc.models.export import export_model  # noqa: E402
 from mtc.models.rvm import MOBILENETV3_ONNX  # noqa: E402
 from mtc.quant.checks import ReferenceAlphas  # noqa: E402
 from mtc.quant.config import Fallback, Gates, Int8Config, preset  # noqa: E402
-from mtc.quant.pipeline import DataPlan, check_clips, interleaved_fps, quantize_artifact  # noqa: E402
+from mtc.quant.data_plan import DataPlan, check_clips  # noqa: E402
+from mtc.quant.pipeline import quantize_artifact  # noqa: E402
+from mtc.quant.speed import interleaved_fps  # noqa: E402
 from mtc.weights import cache_dir, fetch_weights  # noqa: E402
 
 NO_GATES = Gates(max_mad=None, max_dtssd=None)

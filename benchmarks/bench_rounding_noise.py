@@ -182,7 +182,7 @@ def measure(reference: Path, artifacts: list[Path], *, frames: int, eps: tuple[f
     from mtc.artifact.manifest import read_manifest
     from mtc.backends import OrtBackend
     from mtc.quant.checks import ReferenceAlphas
-    from mtc.quant.pipeline import DataPlan, check_clips
+    from mtc.quant.data_plan import DataPlan, check_clips
 
     manifest = read_manifest(reference)
     io = manifest.io

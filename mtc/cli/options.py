@@ -319,7 +319,8 @@ def run_quantization(source, output, *, precision, preset, method, weight_roundi
 
     from mtc.errors import MtcError
     from mtc.quant.config import Fallback
-    from mtc.quant.pipeline import DataPlan, quantize_artifact
+    from mtc.quant.data_plan import DataPlan
+    from mtc.quant.pipeline import quantize_artifact
 
     config = int8_config(source, preset=preset, method=method, weight_rounding=weight_rounding, keep_float=keep_float,
                          no_equalize=no_equalize, ptq4vm_iterations=ptq4vm_iterations, ptq4vm_batch=ptq4vm_batch,
@@ -353,8 +354,8 @@ def run_simulation(source, output, *, mode, force, preset, method, weight_roundi
     """Call the simulated low-bit evaluation (mtc.quant.lowbit) and print its figures."""
     from pathlib import Path
 
+    from mtc.quant.data_plan import DataPlan
     from mtc.quant.lowbit import NOTICE, simulate_artifact
-    from mtc.quant.pipeline import DataPlan
 
     config = int8_config(source, preset=preset, method=method, weight_rounding=weight_rounding, keep_float=keep_float,
                          no_equalize=no_equalize, ptq4vm_iterations=ptq4vm_iterations, ptq4vm_batch=ptq4vm_batch,

@@ -287,7 +287,7 @@ def simulate_artifact(source: Path, output: Path, *, mode: str, config: Int8Conf
     from mtc.quant.calibration import record_feeds
     from mtc.quant.checks import Counted, ReferenceAlphas
     from mtc.quant.config import preset, with_recipe
-    from mtc.quant.pipeline import DataPlan, calibration_clips, check_clips, warn_checked_on_calibration
+    from mtc.quant.data_plan import DataPlan, calibration_clips, check_clips, warn_checked_on_calibration
     from mtc.runtime.progress import Stages, counted
 
     weight_bits, activation_bits = mode_bits(mode)

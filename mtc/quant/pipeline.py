@@ -8,7 +8,6 @@ artifact: the folder gets the report and the rejected model, no manifest, and th
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -30,7 +29,6 @@ from mtc.artifact.manifest import (
     REPORT_NAME,
     Manifest,
     Precision,
-    default_check_sizes,
     file_entry,
     read_manifest,
     sha256_file,
@@ -42,17 +40,11 @@ from mtc.fsutil import atomic_dir, atomic_write_text
 from mtc.graph_stats import node_macs
 from mtc.quant.affine import apply_corrections, fit_layers
 from mtc.quant.align import align_conv_inputs
-from mtc.quant.calibration import (
-    BUILTIN,
-    Clip,
-    builtin_photo_clips,
-    calibration_record,
-    load_clips,
-    record_feeds,
-)
+from mtc.quant.calibration import calibration_record, record_feeds
 from mtc.quant.checks import CheckResult, Counted, ReferenceAlphas
 from mtc.quant.config import Fallback, Gates, Int8Config, preset, with_recipe
 from mtc.quant.coverage import COVERAGE_FRAMES, coverage_report, layers_to_keep_float, range_coverage
+from mtc.quant.data_plan import DataPlan, calibration_clips, check_clips, warn_checked_on_calibration
 from mtc.quant.equalize import depthwise_candidate_inputs, equalize_concat_inputs, equalize_depthwise_inputs
 from mtc.quant.fp16 import (
     activation_magnitudes,
@@ -75,6 +67,7 @@ from mtc.quant.sensitivity import (
     spend_float_budget,
     worst_clip_errors,
 )
+from mtc.quant.speed import cpu_backend, measure_speed
 from mtc.runtime.progress import Stages, counted
 
 log = logging.getLogger("mtc")
@@ -94,104 +87,12 @@ DEFAULT_GATES = {"int8": Gates(max_mad=2.0, max_dtssd=2.0), "fp16": Gates(max_ma
                  "bf16": Gates(max_mad=2.0, max_dtssd=2.0)}
 
 
-Sources = str | Path | tuple[str | Path, ...]
-
-
-@dataclass(frozen=True)
-class DataPlan:
-    """Where calibration and check frames come from, and at which resolutions they run.
-
-    `calib` and `check` take one source or several ("builtin", a video, a folder of images);
-    each source gives up to `calib_frames` / `check_frames` frames per setting, so the built-in
-    clip plus one's own footage calibrates on both. They are kept as tuples, repeats dropped.
-    """
-
-    calib: Sources = BUILTIN
-    calib_frames: int = 24
-    check: Sources | None = None  # None: the built-in check clip (and photos where the model takes them)
-    check_frames: int = 24
-    # (width, height, downsample ratio) settings; None: the check sizes the artifact declares
-    # (its family's choice, or the defaults for its input rule).
-    settings: tuple[tuple[int, int, float | None], ...] | None = None
-
-    def __post_init__(self):
-        object.__setattr__(self, "calib", _as_sources(self.calib))
-        if self.check is not None:
-            object.__setattr__(self, "check", _as_sources(self.check))
-
-    @property
-    def checked_on_calibration(self) -> tuple[str | Path, ...]:
-        """The check sources that are calibration sources too (a video or folder gives the same
-        frames to both): a check on them cannot show how INT8 does on footage it has not seen."""
-        calibrated = {Path(source).resolve() for source in self.calib if str(source) != BUILTIN}
-        return tuple(source for source in self.check or () if str(source) != BUILTIN
-                     and Path(source).resolve() in calibrated)
-
-
-def warn_checked_on_calibration(data: DataPlan) -> None:
-    """Warn for each source that both calibrates and checks (not refused: a smoke test may want
-    just that)."""
-    for twice in data.checked_on_calibration:
-        log.warning("%s is both a calibration and a check source: the check measures the frames calibrated on, not "
-                    "footage the calibration has not seen; check on other frames of the same kind", twice)
-
-
-def _as_sources(value: Sources) -> tuple[str | Path, ...]:
-    sources = (value,) if isinstance(value, (str, Path)) else tuple(value)
-    if not sources:
-        raise MtcError("no calibration or check source given", hint=f"pass a video, a folder of images, or `{BUILTIN}`")
-    return tuple(dict.fromkeys(sources))  # order kept, repeats dropped
-
-
 @dataclass
 class Outcome:
     folder: Path
     passed: bool
     check: CheckResult
     report: dict
-
-
-def _settings_for(io, settings):
-    if settings is None:
-        return tuple((c.width, c.height, c.downsample_ratio) for c in default_check_sizes(io))
-    return settings if io.downsample is not None else tuple((w, h, None) for w, h, _ in settings[:1])
-
-
-def _keeps_aspect(io) -> bool:
-    """Whether the runtime runs this model on frames at their own aspect (any input size but a
-    fixed one, to which it stretches them): footage given for calibration and checks is then
-    cropped to the check size's aspect, not squashed to it."""
-    return io.preprocess.resize != "fixed"
-
-
-def calibration_clips(io, data: DataPlan, *, photos: bool = False) -> list[Clip]:
-    clips = []
-    for width, height, ratio in _settings_for(io, data.settings):
-        # As many HD frames as small ones (about 25 MB each as model input): with half as many,
-        # the recurrent video model's INT8 MAD vs FP32 on real footage at 512x288 was 0.73 instead of 0.66.
-        for source in data.calib:
-            clips += load_clips(source, frames=data.calib_frames, size=(width, height), seed=0,
-                                downsample_ratio=ratio, keep_aspect=_keeps_aspect(io))
-            if photos and str(source) == BUILTIN:
-                clips += builtin_photo_clips("calibration", (width, height))
-    return clips
-
-
-def check_clips(io, data: DataPlan, *, photos: bool = False) -> list[Clip]:
-    from calib_data.builtin_clip import DEMO_SHOTS
-
-    clips = []
-    for width, height, ratio in _settings_for(io, data.settings):
-        frames = data.check_frames if width * height <= 1024 * 576 else max(4, data.check_frames // 2)
-        # Another seed: different motion than calibration saw. The built-in check is the two-shot
-        # demo clip: on the six-scene clip the FP16 recurrent video model misses its 0.1 MAD gate at HD (0.16, on the
-        # grey "camera" shot; 0.06 on real footage), although it passes on real footage.
-        for source in data.check or (BUILTIN,):
-            clips += load_clips(source, frames=frames, size=(width, height), seed=1, downsample_ratio=ratio,
-                                builtin_shots=DEMO_SHOTS, keep_aspect=_keeps_aspect(io))
-        if photos and data.check is None:
-            clips += builtin_photo_clips("check", (width, height))
-    return clips
 
 
 def quantize_artifact(source: Path, output: Path, *, precision: str, config: Int8Config | None = None,
@@ -334,7 +235,7 @@ def check_runner(backend: str, io) -> Callable[[onnx.ModelProto], Backend]:
 
     def on_openvino(model: onnx.ModelProto) -> Backend:
         with tempfile.TemporaryDirectory(prefix="mtc-check-") as scratch:  # OpenVINO reads the file at load only
-            return _cpu_backend("openvino", model.SerializeToString(), io, Path(scratch) / "candidate.onnx")
+            return cpu_backend("openvino", model.SerializeToString(), io, Path(scratch) / "candidate.onnx")
 
     return on_openvino
 
@@ -889,92 +790,6 @@ def gate_share(result: CheckResult) -> float:
         if result.gates.max_dtssd:
             shares.append(clip.dtssd / result.gates.max_dtssd)
     return max(shares)
-
-
-def interleaved_fps(io, models: dict[str, tuple[str, Path | bytes]], clip: Clip, *, rounds: int = 3, frames: int = 8,
-                    stages: Stages | None = None) -> dict[str, float]:
-    """FPS (1 / median frame time) of each (backend, model) over the same frames, on the CPU,
-    interleaved frame by frame (who goes first alternates) so bursts of load on a shared machine
-    hit every model alike. Backends: "onnxruntime" (spinning off) or "openvino" (FP32, static
-    shapes, no compile cache; "openvino-bf16" in BF16). With `stages`, the timing is a stage with a bar over its runs."""
-    from mtc.runtime.session import MattingSession
-
-    frames_used = clip.frames[:frames]
-    steps = len(models) * (1 + rounds * len(frames_used))
-    timing = stages.stage(f"speed timing: {len(models)} models interleaved", total=steps) \
-        if stages is not None else contextlib.nullcontext(lambda: None)
-    with timing as advance, tempfile.TemporaryDirectory(prefix="mtc-timing-") as scratch:
-        sessions = {name: MattingSession(io, _cpu_backend(backend, model, io, Path(scratch) / f"{name}.onnx"),
-                                         downsample_ratio=clip.downsample_ratio, scene_cut_threshold=None)
-                    for name, (backend, model) in models.items()}
-        for session in sessions.values():
-            session.process(frames_used[0])  # warm-up (and OpenVINO's compile)
-            advance()
-        times = {name: [] for name in sessions}
-        for _ in range(rounds):
-            for session in sessions.values():
-                session.reset()
-            for i, frame in enumerate(frames_used):
-                for name in (list(sessions) if i % 2 == 0 else list(reversed(sessions))):
-                    t0 = time.perf_counter()
-                    sessions[name].process(frame)
-                    times[name].append(time.perf_counter() - t0)
-                    advance()  # outside the timed span
-    return {name: 1.0 / float(np.median(t)) for name, t in times.items()}
-
-
-def _cpu_backend(backend: str, model: Path | bytes, io, scratch_file: Path):
-    """A CPU backend on `model`: "onnxruntime" (spinning off), "openvino" or "openvino-bf16";
-    OpenVINO reads files, so bytes are written to `scratch_file` first."""
-    if backend == "onnxruntime":
-        return OrtBackend(model, allow_spinning=False)
-    from mtc.backends.openvino.session import OpenVinoBackend
-
-    if isinstance(model, bytes):  # OpenVINO reads files
-        scratch_file.write_bytes(model)
-        model = scratch_file
-    return OpenVinoBackend(model, io=io, precision="bf16" if backend == "openvino-bf16" else "fp32", cache=False)
-
-
-def measure_speed(io, fp32_path: Path, candidate: onnx.ModelProto, clip: Clip, *, precision: str,
-                  activation_type: str | None = None, all_int8: onnx.ModelProto | None = None,
-                  stages: Stages | None = None) -> dict:
-    """FP32 vs the candidate on ONNX Runtime CPU, and vs the all-INT8 model when layers went back
-    to float: what the fallback cost. Where `backend="auto"` would run the artifact on OpenVINO
-    here, both are timed there too, in the same interleaved run: on CPUs whose ONNX Runtime
-    integer kernels gain little (1.2x on a Xeon with AMX) that is the speed users get.
-    Indicative only; benchmarks/ has the controlled comparison. `stages` reports the timing."""
-    from mtc.backends.registry import choose_backend, probe_availability
-
-    if precision == "bf16":  # the same graph: FP32 on both backends against OpenVINO's BF16
-        fps = interleaved_fps(io, {"fp32": ("onnxruntime", fp32_path), "fp32_openvino": ("openvino", fp32_path),
-                                   "candidate": ("openvino-bf16", fp32_path)}, clip, stages=stages)
-        return {"backend": "openvino-bf16", "clip": clip.name, "fps_fp32": fps["fp32"], "fps": fps["candidate"],
-                "speedup": fps["candidate"] / fps["fp32"], "auto_backend": "openvino",
-                "openvino": {"fps_fp32": fps["fp32_openvino"], "fps": fps["candidate"],
-                             "speedup": fps["candidate"] / fps["fp32_openvino"],
-                             "vs_onnxruntime_fp32": fps["candidate"] / fps["fp32"]}}
-    candidate_bytes = candidate.SerializeToString()
-    models = {"fp32": ("onnxruntime", fp32_path), "candidate": ("onnxruntime", candidate_bytes)}
-    if all_int8 is not None:
-        models["all_int8"] = ("onnxruntime", all_int8.SerializeToString())
-    available = probe_availability()
-    auto = choose_backend("auto", available, model_precision=precision, activation_type=activation_type,
-                          checked_cpu=available.cpu).name
-    if auto == "openvino":
-        models["fp32_openvino"] = ("openvino", fp32_path)
-        models["candidate_openvino"] = ("openvino", candidate_bytes)
-    fps = interleaved_fps(io, models, clip, stages=stages)
-    speed = {"backend": "onnxruntime-cpu", "clip": clip.name, "fps_fp32": fps["fp32"], "fps": fps["candidate"],
-             "speedup": fps["candidate"] / fps["fp32"], "auto_backend": auto}
-    if all_int8 is not None:
-        speed["fps_all_int8"] = fps["all_int8"]
-        speed["float_layers_cost"] = 1.0 - fps["candidate"] / fps["all_int8"]  # share of all-INT8 FPS given up
-    if auto == "openvino":
-        speed["openvino"] = {"fps_fp32": fps["fp32_openvino"], "fps": fps["candidate_openvino"],
-                             "speedup": fps["candidate_openvino"] / fps["fp32_openvino"],
-                             "vs_onnxruntime_fp32": fps["candidate_openvino"] / fps["fp32"]}
-    return speed
 
 
 def _write(output: Path, source: Path, manifest: Manifest, candidate: onnx.ModelProto, check: CheckResult, report: dict,

@@ -178,7 +178,8 @@ def test_quantizing_the_program_graph_by_graph(artifact, tmp_path, precision):
     import onnx
 
     from mtc.quant.config import Fallback, Gates
-    from mtc.quant.pipeline import DataPlan, quantize_artifact
+    from mtc.quant.data_plan import DataPlan
+    from mtc.quant.pipeline import quantize_artifact
 
     # Random weights: the gates are generous, so what is tested is the mechanism, not a fidelity
     # figure (the benchmark measures those); small clips keep it fast.

@@ -88,7 +88,8 @@ def test_the_runtime_chains_the_two_graphs(artifact, build, backend):
 
 def test_fp16_of_both_graphs(artifact, tmp_path):
     from mtc.quant.config import Fallback, Gates
-    from mtc.quant.pipeline import DataPlan, quantize_artifact
+    from mtc.quant.data_plan import DataPlan
+    from mtc.quant.pipeline import quantize_artifact
 
     # Random weights: generous gates test the mechanism; the report names each graph's precision.
     data = DataPlan(calib_frames=3, check_frames=4)

@@ -17,7 +17,8 @@ from mtc.backends import BackendOptions, _bf16_artifact
 from mtc.backends.cpu import bf16_from_flags, has_bf16
 from mtc.backends.registry import Availability, has_module
 from mtc.errors import MtcError
-from mtc.quant.pipeline import DataPlan, quantize_artifact
+from mtc.quant.data_plan import DataPlan
+from mtc.quant.pipeline import quantize_artifact
 
 from .test_quant import _toy_artifact
 

@@ -14,7 +14,8 @@ from tiny_artifacts import write_logit_artifact
 from mtc.quant.checks import spread
 from mtc.quant.config import Fallback, Gates, Int8Config
 from mtc.quant.coverage import Coverage, coverage_report, layers_to_keep_float, range_coverage, representable
-from mtc.quant.pipeline import DataPlan, quantize_artifact
+from mtc.quant.data_plan import DataPlan
+from mtc.quant.pipeline import quantize_artifact
 from mtc.quant.qdq import NodeQuant, QdqPlan
 from mtc.quant.ranges import TensorStats, clipping_error
 

@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tiny_artifacts import write_logit_artifact
 
 from mtc.quant.config import Fallback, Gates, Int8Config
+from mtc.quant.data_plan import DataPlan
 from mtc.quant.equalize import (
     MAX_CHANNEL_SCALE,
     SHORT_SIDE_SHARE,
@@ -21,7 +22,7 @@ from mtc.quant.equalize import (
     depthwise_candidate_inputs,
     equalize_depthwise_inputs,
 )
-from mtc.quant.pipeline import DataPlan, quantize_artifact
+from mtc.quant.pipeline import quantize_artifact
 from mtc.quant.ranges import channel_ranges
 
 # The expand conv's output channels reach these sizes (|bias| + what the image adds): one wide

@@ -13,8 +13,9 @@ from tiny_artifacts import write_logit_artifact
 
 from mtc.errors import MtcError
 from mtc.quant.config import Fallback, Gates, Int8Config
+from mtc.quant.data_plan import DataPlan
 from mtc.quant.image_input import IMAGE_RANGE, exact_range, fold_input_normalization
-from mtc.quant.pipeline import DataPlan, quantize_artifact
+from mtc.quant.pipeline import quantize_artifact
 
 MEAN, STD = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
 

@@ -10,8 +10,9 @@ from onnx import TensorProto, helper, numpy_helper
 from tiny_artifacts import write_logit_artifact
 
 from mtc.quant.config import Fallback, Gates, Int8Config
+from mtc.quant.data_plan import DataPlan
 from mtc.quant.outliers import outlier_channels, outlier_conv_name, split_candidate_inputs, split_outlier_channels
-from mtc.quant.pipeline import DataPlan, quantize_artifact
+from mtc.quant.pipeline import quantize_artifact
 from mtc.quant.ranges import channel_ranges
 
 WIDE = 5  # the encoder channel that sits near a large constant

@@ -29,7 +29,8 @@ from mtc.artifact.manifest import (  # noqa: E402
 from mtc.errors import MtcError  # noqa: E402
 from mtc.quant.affine import apply_corrections  # noqa: E402
 from mtc.quant.config import Fallback, Gates, Int8Config, Ptq4vmConfig  # noqa: E402
-from mtc.quant.pipeline import DataPlan, quantize_artifact, work_folder  # noqa: E402
+from mtc.quant.data_plan import DataPlan  # noqa: E402
+from mtc.quant.pipeline import quantize_artifact, work_folder  # noqa: E402
 from mtc.quant.ptq4vm import learn  # noqa: E402
 from mtc.quant.qdq import insert_qdq, plan_qdq  # noqa: E402
 from mtc.quant.ranges import asymmetric_range, collect_stats  # noqa: E402

@@ -17,8 +17,9 @@ from tiny_artifacts import write_model_artifact
 from mtc.artifact.manifest import MANIFEST_NAME, ModelIO, TensorSpec
 from mtc.errors import MtcError
 from mtc.quant.config import Fallback, Gates, Int8Config
+from mtc.quant.data_plan import DataPlan
 from mtc.quant.fp16 import convert_to_fp16, overflow_prone_nodes
-from mtc.quant.pipeline import DataPlan, quantize_artifact
+from mtc.quant.pipeline import quantize_artifact
 from mtc.quant.qdq import activation_quant, insert_qdq, plan_qdq
 from mtc.quant.ranges import TensorStats, asymmetric_range, threshold
 
@@ -724,7 +725,7 @@ def test_keep_float_flag_keeps_the_named_layer_float_and_refuses_unknown_names(t
 def test_calibration_sees_every_builtin_scene_and_checks_use_the_demo_clip(tmp_path):
     from calib_data.builtin_clip import CALIBRATION_SHOTS, DEMO_SHOTS, ClipSpec, builtin_clip
     from mtc.artifact.manifest import read_manifest
-    from mtc.quant.pipeline import calibration_clips, check_clips
+    from mtc.quant.data_plan import calibration_clips, check_clips
 
     io = read_manifest(_toy_artifact(tmp_path / "toy")).io
     plan = DataPlan(calib_frames=12, check_frames=12, settings=((64, 48, None),))
@@ -738,7 +739,7 @@ def test_calibration_sees_every_builtin_scene_and_checks_use_the_demo_clip(tmp_p
 def test_image_models_also_calibrate_and_check_on_disjoint_builtin_photos(tmp_path):
     from calib_data.builtin_photos import CALIBRATION_PHOTOS, CHECK_PHOTOS
     from mtc.artifact.manifest import default_quant_recipe, read_manifest
-    from mtc.quant.pipeline import calibration_clips, check_clips
+    from mtc.quant.data_plan import calibration_clips, check_clips
 
     io = read_manifest(_toy_artifact(tmp_path / "toy")).io
     plan = DataPlan(calib_frames=4, check_frames=4, settings=((64, 48, None),))
@@ -759,7 +760,7 @@ def test_footage_keeps_its_aspect_unless_the_model_stretches_frames_to_a_fixed_s
     from PIL import Image
 
     from mtc.artifact.manifest import Preprocess, read_manifest
-    from mtc.quant.pipeline import calibration_clips, check_clips
+    from mtc.quant.data_plan import calibration_clips, check_clips
 
     # A 4:3 photo whose top eighth is green, and a portrait one.
     landscape = np.zeros((300, 400, 3), np.uint8)
@@ -787,7 +788,7 @@ def test_several_sources_each_give_their_frames_for_calibration_and_checks(tmp_p
 
     from calib_data.builtin_photos import CALIBRATION_PHOTOS
     from mtc.artifact.manifest import read_manifest
-    from mtc.quant.pipeline import calibration_clips, check_clips
+    from mtc.quant.data_plan import calibration_clips, check_clips
 
     folder = tmp_path / "photos"
     folder.mkdir()

@@ -17,7 +17,8 @@ from mtc.export.torch_export import save_random_checkpoint  # noqa: E402
 from mtc.models.export import export_model  # noqa: E402
 from mtc.models.modnet import net as modnet_net  # noqa: E402
 from mtc.quant.config import Gates  # noqa: E402
-from mtc.quant.pipeline import DataPlan, quantize_artifact  # noqa: E402
+from mtc.quant.data_plan import DataPlan  # noqa: E402
+from mtc.quant.pipeline import quantize_artifact  # noqa: E402
 
 
 def test_modnet_fp16_has_no_nan_and_stays_within_tolerance(tmp_path):

@@ -8,7 +8,8 @@ import pytest
 
 import mtc.runtime
 from mtc.quant.config import Gates, preset
-from mtc.quant.pipeline import DataPlan, quantize_artifact
+from mtc.quant.data_plan import DataPlan
+from mtc.quant.pipeline import quantize_artifact
 
 # One setting keeps CI time reasonable; benchmarks/ covers HD at ratio 0.25 as well.
 DATA = DataPlan(calib_frames=12, check_frames=12, settings=((512, 288, 1.0),))

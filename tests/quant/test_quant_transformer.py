@@ -16,7 +16,8 @@ from mtc.artifact.manifest import MANIFEST_NAME, Manifest, ModelIO, Preprocess, 
 from mtc.errors import MtcError
 from mtc.quant.affine import apply_corrections, fit_layers
 from mtc.quant.config import QUANTIZABLE_OPS, Gates, Int8Config
-from mtc.quant.pipeline import DataPlan, quantize_artifact
+from mtc.quant.data_plan import DataPlan
+from mtc.quant.pipeline import quantize_artifact
 from mtc.quant.qdq import RULES, insert_qdq, plan_qdq
 from mtc.quant.ranges import expose_tensors
 
