@@ -40,11 +40,7 @@ def readers_by_tensor(graph: onnx.GraphProto) -> defaultdict[str, list[onnx.Node
 
 def reader_counts(graph: onnx.GraphProto) -> dict[str, int]:
     """How many node inputs read each tensor (a node reading it twice counts twice)."""
-    counts: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            counts[name] = counts.get(name, 0) + 1
-    return counts
+    return {name: len(nodes) for name, nodes in readers_by_tensor(graph).items()}
 
 
 def attribute(node: onnx.NodeProto, name: str, default=None):

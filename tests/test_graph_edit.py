@@ -1,7 +1,7 @@
 import onnx
 from onnx import helper
 
-from mtc.graph_edit import producers, readers_by_tensor
+from mtc.graph_edit import producers, reader_counts, readers_by_tensor
 
 
 def _graph() -> onnx.GraphProto:
@@ -19,3 +19,7 @@ def test_readers_by_tensor_lists_each_reading_node_in_graph_order():
     assert [n.name for n in readers["a"]] == ["twice", "twice"]  # one entry per input that reads it
     assert readers["y"] == []  # a graph output nobody reads
     assert producers(graph)["b"].name == "twice"
+
+
+def test_reader_counts_count_every_input_that_reads_a_tensor():
+    assert reader_counts(_graph()) == {"x": 2, "a": 2, "b": 1}

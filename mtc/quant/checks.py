@@ -4,14 +4,18 @@ clips, each with its own recurrent state, and measure what quantization costs, f
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+import onnx
 
 from mtc import metrics
 from mtc.artifact.manifest import ModelIO
-from mtc.backends import Backend
+from mtc.backends import Backend, OrtBackend
+from mtc.errors import MtcError
 from mtc.quant.calibration import Clip, RecordingBackend
 from mtc.quant.config import Gates
 from mtc.runtime.session import MattingSession
@@ -164,3 +168,34 @@ class Counted:
         outputs = self._backend.run(feeds)
         self._advance()
         return outputs
+
+
+def check_runner(backend: str, io) -> Callable[[onnx.ModelProto], Backend]:
+    """model -> a backend running it as `backend`'s kernels do (FP32 for whatever stays float),
+    for the INT8 checks (Int8Config.check_backend)."""
+    if backend == "onnxruntime":
+        return lambda model: OrtBackend(model.SerializeToString())
+    from mtc.backends.registry import has_module
+
+    if not has_module("openvino"):
+        raise MtcError("this INT8 placement is checked on OpenVINO, which is not installed",
+                       hint="pip install 'mtc[openvino]', or pass --check-backend onnxruntime")
+
+    def on_openvino(model: onnx.ModelProto) -> Backend:
+        with tempfile.TemporaryDirectory(prefix="mtc-check-") as scratch:  # OpenVINO reads the file at load only
+            return cpu_backend("openvino", model.SerializeToString(), io, Path(scratch) / "candidate.onnx")
+
+    return on_openvino
+
+
+def cpu_backend(backend: str, model: Path | bytes, io, scratch_file: Path):
+    """A CPU backend on `model`: "onnxruntime" (spinning off), "openvino" or "openvino-bf16";
+    OpenVINO reads files, so bytes are written to `scratch_file` first."""
+    if backend == "onnxruntime":
+        return OrtBackend(model, allow_spinning=False)
+    from mtc.backends.openvino.session import OpenVinoBackend
+
+    if isinstance(model, bytes):  # OpenVINO reads files
+        scratch_file.write_bytes(model)
+        model = scratch_file
+    return OpenVinoBackend(model, io=io, precision="bf16" if backend == "openvino-bf16" else "fp32", cache=False)

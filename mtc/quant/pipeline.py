@@ -12,7 +12,6 @@ import dataclasses
 import json
 import logging
 import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -33,7 +32,7 @@ from mtc.artifact.manifest import (
     read_manifest,
     sha256_file,
 )
-from mtc.backends import Backend, OrtBackend
+from mtc.backends import OrtBackend
 from mtc.backends.cpu import cpu_class
 from mtc.errors import MtcError
 from mtc.fsutil import atomic_dir, atomic_write_text
@@ -41,7 +40,7 @@ from mtc.graph_stats import node_macs
 from mtc.quant.affine import apply_corrections, fit_layers
 from mtc.quant.align import align_conv_inputs
 from mtc.quant.calibration import calibration_record, record_feeds
-from mtc.quant.checks import CheckResult, Counted, ReferenceAlphas
+from mtc.quant.checks import CheckResult, Counted, ReferenceAlphas, check_runner
 from mtc.quant.config import Fallback, Gates, Int8Config, preset, with_recipe
 from mtc.quant.coverage import COVERAGE_FRAMES, coverage_report, layers_to_keep_float, range_coverage
 from mtc.quant.data_plan import DataPlan, calibration_clips, check_clips, warn_checked_on_calibration
@@ -67,7 +66,7 @@ from mtc.quant.sensitivity import (
     spend_float_budget,
     worst_clip_errors,
 )
-from mtc.quant.speed import cpu_backend, measure_speed
+from mtc.quant.speed import measure_speed
 from mtc.runtime.progress import Stages, counted
 
 log = logging.getLogger("mtc")
@@ -220,24 +219,6 @@ def _checking(stages: Stages, name: str, reference: ReferenceAlphas, candidate, 
     """`reference.check(candidate, gates)` as a stage with a bar over the check frames."""
     with stages.stage(name, total=sum(len(c.frames) for c in reference.clips)) as advance:
         return reference.check(Counted(candidate, advance), gates)
-
-
-def check_runner(backend: str, io) -> Callable[[onnx.ModelProto], Backend]:
-    """model -> a backend running it as `backend`'s kernels do (FP32 for whatever stays float),
-    for the INT8 checks (Int8Config.check_backend)."""
-    if backend == "onnxruntime":
-        return lambda model: OrtBackend(model.SerializeToString())
-    from mtc.backends.registry import has_module
-
-    if not has_module("openvino"):
-        raise MtcError("this INT8 placement is checked on OpenVINO, which is not installed",
-                       hint="pip install 'mtc[openvino]', or pass --check-backend onnxruntime")
-
-    def on_openvino(model: onnx.ModelProto) -> Backend:
-        with tempfile.TemporaryDirectory(prefix="mtc-check-") as scratch:  # OpenVINO reads the file at load only
-            return cpu_backend("openvino", model.SerializeToString(), io, Path(scratch) / "candidate.onnx")
-
-    return on_openvino
 
 
 # Integer kernels that differ from their own float simulation by more than this share of what

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from mtc.backends import OrtBackend
 from mtc.quant.calibration import Clip
+from mtc.quant.checks import cpu_backend
 from mtc.runtime.progress import Stages
 
 
@@ -47,19 +47,6 @@ def interleaved_fps(io, models: dict[str, tuple[str, Path | bytes]], clip: Clip,
                     times[name].append(time.perf_counter() - t0)
                     advance()  # outside the timed span
     return {name: 1.0 / float(np.median(t)) for name, t in times.items()}
-
-
-def cpu_backend(backend: str, model: Path | bytes, io, scratch_file: Path):
-    """A CPU backend on `model`: "onnxruntime" (spinning off), "openvino" or "openvino-bf16";
-    OpenVINO reads files, so bytes are written to `scratch_file` first."""
-    if backend == "onnxruntime":
-        return OrtBackend(model, allow_spinning=False)
-    from mtc.backends.openvino.session import OpenVinoBackend
-
-    if isinstance(model, bytes):  # OpenVINO reads files
-        scratch_file.write_bytes(model)
-        model = scratch_file
-    return OpenVinoBackend(model, io=io, precision="bf16" if backend == "openvino-bf16" else "fp32", cache=False)
 
 
 def measure_speed(io, fp32_path: Path, candidate: onnx.ModelProto, clip: Clip, *, precision: str,
