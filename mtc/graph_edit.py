@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 
 import onnx
 import onnx.numpy_helper
@@ -41,6 +42,11 @@ def readers_by_tensor(graph: onnx.GraphProto) -> defaultdict[str, list[onnx.Node
 def reader_counts(graph: onnx.GraphProto) -> dict[str, int]:
     """How many node inputs read each tensor (a node reading it twice counts twice)."""
     return {name: len(nodes) for name, nodes in readers_by_tensor(graph).items()}
+
+
+def last_reader_positions(nodes: Sequence[onnx.NodeProto]) -> dict[str, int]:
+    """Each tensor's last reader: its position in `nodes` (tensors no node reads are absent)."""
+    return {name: position for position, node in enumerate(nodes) for name in node.input}
 
 
 def attribute(node: onnx.NodeProto, name: str, default=None):

@@ -1,7 +1,7 @@
 import onnx
 from onnx import helper
 
-from mtc.graph_edit import producers, reader_counts, readers_by_tensor
+from mtc.graph_edit import last_reader_positions, producers, reader_counts, readers_by_tensor
 
 
 def _graph() -> onnx.GraphProto:
@@ -23,3 +23,8 @@ def test_readers_by_tensor_lists_each_reading_node_in_graph_order():
 
 def test_reader_counts_count_every_input_that_reads_a_tensor():
     assert reader_counts(_graph()) == {"x": 2, "a": 2, "b": 1}
+
+
+def test_last_reader_positions_give_each_tensor_its_last_reading_node():
+    graph = _graph()
+    assert last_reader_positions(graph.node) == {"x": 2, "a": 1, "b": 2}  # y is read by no node

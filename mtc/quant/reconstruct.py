@@ -28,6 +28,7 @@ import onnx
 
 from mtc.errors import MtcError
 from mtc.fsutil import atomic_write_bytes
+from mtc.graph_edit import last_reader_positions
 from mtc.quant.fake_quant import FakeQuant, attach_fake_quant, layer_bits
 from mtc.quant.qdq import ActivationRange, QdqPlan, float_tensors
 from mtc.quant.torch_graph import GraphModule, nn, to_torch_feeds, torch
@@ -105,10 +106,7 @@ def _live_counts(model: onnx.ModelProto) -> tuple[list[int], dict[str, int]]:
     floats = float_tensors(model)
     constants = {i.name for i in model.graph.initializer} | {o for n in nodes if n.op_type == "Constant"
                                                               for o in n.output}
-    last_read = {}
-    for position, node in enumerate(nodes):
-        for name in node.input:
-            last_read[name] = position
+    last_read = last_reader_positions(nodes)
     made = {i.name: -1 for i in model.graph.input}
     for position, node in enumerate(nodes):
         for name in node.output:

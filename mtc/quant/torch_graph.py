@@ -24,6 +24,7 @@ import onnx
 from onnx import numpy_helper
 
 from mtc.errors import MtcError
+from mtc.graph_edit import last_reader_positions
 
 try:
     import torch
@@ -643,10 +644,7 @@ class GraphModule(nn.Module):
         self.last_use = self._last_uses()
 
     def _last_uses(self) -> dict[str, int]:
-        last = {}
-        for position, node in enumerate(self.nodes):
-            for name in node.input:
-                last[name] = position
+        last = last_reader_positions(self.nodes)
         for name in self.output_names:
             last[name] = len(self.nodes)
         return last
