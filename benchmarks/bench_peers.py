@@ -265,7 +265,8 @@ class Clip:
 
 def evalset_clips(root: Path, width: int, height: int, frames: int, count: int) -> list[Clip]:
     """Foregrounds with exact alpha moving over real background videos (I = aF + (1 - a)B)."""
-    from mtc.runtime.media import VideoReader, cover, read_image
+    from mtc.runtime.images import cover, read_image
+    from mtc.runtime.video_reader import VideoReader
 
     videos = sorted((root / "videos").glob("*.mp4"))
     if not videos:

@@ -47,7 +47,8 @@ import mtc.runtime  # noqa: E402
 from calib_data.builtin_clip import ClipSpec, builtin_clip, write_builtin_clip  # noqa: E402
 from mtc.bench.measure import measure_end_to_end  # noqa: E402
 from mtc.models.rvm import MOBILENETV3_ONNX  # noqa: E402
-from mtc.runtime.media import DEFAULT_X264_PRESET, X264_PRESETS, VideoReader  # noqa: E402
+from mtc.runtime.video_reader import VideoReader  # noqa: E402
+from mtc.runtime.video_writer import DEFAULT_X264_PRESET, X264_PRESETS  # noqa: E402
 from mtc.weights import fetch_weights  # noqa: E402
 
 CASES = ((512, 288, 1.0), (1920, 1080, 0.25))

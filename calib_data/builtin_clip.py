@@ -293,7 +293,7 @@ def write_builtin_clip(path: str | Path, spec: ClipSpec = ClipSpec()) -> Path:
     Returns:
         The written path.
     """
-    from mtc.runtime.media import VideoWriter
+    from mtc.runtime.video_writer import VideoWriter
 
     path = Path(path)
     with VideoWriter(path, width=spec.width, height=spec.height, fps=spec.fps, kind="rgb") as writer:

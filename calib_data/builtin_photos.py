@@ -22,7 +22,7 @@ from PIL import Image
 
 from calib_data.builtin_clip import _data_dir
 from mtc.errors import MtcError
-from mtc.runtime.media import cover
+from mtc.runtime.images import cover
 
 #: (file in skimage/data, what it shows, source and licence as scikit-image states them)
 CALIBRATION_PHOTOS = (

@@ -77,7 +77,7 @@ def bench_frames(source: str | Path, width: int, height: int, count: int) -> lis
         from calib_data.builtin_clip import ClipSpec, builtin_frames
 
         return list(builtin_frames(ClipSpec(width=width, height=height, frames=count)))
-    from mtc.runtime.media import VideoReader
+    from mtc.runtime.video_reader import VideoReader
 
     with VideoReader(Path(source)) as video:
         frames = [resize_rgb(f, width, height) for f in itertools.islice(video, count)]
@@ -117,13 +117,14 @@ def iter_ground_truth(source: str | Path, width: int, height: int) -> Iterator[n
     """
     source = Path(source)
     if source.is_dir():
-        from mtc.runtime.media import list_images
+        from mtc.runtime.images import list_images
 
         for path in list_images(source):
             yield resize_alpha(read_alpha(path), width, height)
         return
     check_ground_truth(source)
-    from mtc.runtime.media import VideoReader, is_image
+    from mtc.runtime.images import is_image
+    from mtc.runtime.video_reader import VideoReader
 
     if is_image(source):
         yield resize_alpha(read_alpha(source), width, height)
@@ -138,7 +139,7 @@ def check_ground_truth(source: str | Path) -> None:
     """Fail before any benchmarking when --gt cannot be read."""
     source = Path(source)
     if source.is_dir():
-        from mtc.runtime.media import list_images
+        from mtc.runtime.images import list_images
 
         list_images(source)
         return

@@ -32,7 +32,7 @@ def pair_by_stem(images: Path, ground_truth: Path | None) -> list[tuple[Path, Pa
     Raises:
         MtcError: a stem appears twice in a folder, or an image has no ground truth.
     """
-    from mtc.runtime.media import list_images
+    from mtc.runtime.images import list_images
 
     pictures = _by_stem(list_images(images), images)
     if ground_truth is None:
@@ -71,7 +71,7 @@ def bench_image_folder(session, pairs: list[tuple[Path, Path | None]], *, metric
     evaluate. Returns one result in the shape of `mtc.bench.runner.bench_resolution`'s, with
     "resolution" "images", no end-to-end timing and no GFLOPs (sizes differ).
     """
-    from mtc.runtime.media import read_image
+    from mtc.runtime.images import read_image
 
     if not pairs:
         raise MtcError("no images to benchmark", hint="put images in the --input folder")

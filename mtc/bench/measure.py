@@ -63,7 +63,7 @@ def measure_model(session, frames: Sequence[np.ndarray], *, warmup: int = 3,
 
 def write_source_video(frames: Sequence[np.ndarray], path: Path, *, fps: float = 25.0) -> Path:
     """Encode frames to an H.264 file, the input of the end-to-end measurement."""
-    from mtc.runtime.media import VideoWriter
+    from mtc.runtime.video_writer import VideoWriter
 
     height, width = frames[0].shape[:2]
     with VideoWriter(path, width=width, height=height, fps=fps, kind="rgb") as writer:
@@ -96,7 +96,8 @@ def measure_end_to_end(session, video: Path, output: Path, *, frames: int | None
         (the first interval includes pipeline start-up; nearest-rank percentiles).
     """
     from mtc.runtime.apply import Renderer, matte_stream
-    from mtc.runtime.media import VideoReader, VideoWriter
+    from mtc.runtime.video_reader import VideoReader
+    from mtc.runtime.video_writer import VideoWriter
 
     _reset(session)
     with VideoReader(video) as reader:

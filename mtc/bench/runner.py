@@ -192,7 +192,7 @@ def bench_resolution(session, config: BenchConfig, width: int, height: int, *, r
 def _e2e_source(input: str, frames, width: int, height: int, workdir: Path) -> Path:
     """Decode the user's video directly when it already has the size; else re-encode the frames."""
     if input != BUILTIN:
-        from mtc.runtime.media import VideoReader
+        from mtc.runtime.video_reader import VideoReader
 
         with VideoReader(input) as video:
             if (video.width, video.height) == (width, height):
@@ -277,7 +277,7 @@ def _with_defaults(config: BenchConfig) -> BenchConfig:
         if config.input == BUILTIN:
             resolutions = ((512, 288),)
         else:
-            from mtc.runtime.media import VideoReader
+            from mtc.runtime.video_reader import VideoReader
 
             with VideoReader(config.input) as video:
                 resolutions = ((video.width, video.height),)

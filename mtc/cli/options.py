@@ -88,7 +88,7 @@ def _frame_sources(ctx: click.Context, param: click.Parameter, value: tuple[str,
     loads; None when the flag was not given and has no default (the built-in check)."""
     from pathlib import Path
 
-    from mtc.runtime.media import is_video
+    from mtc.runtime.video_reader import is_video
 
     for source in value:
         path = Path(source)

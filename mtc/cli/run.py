@@ -103,7 +103,7 @@ def run(folder: Path, input: str, output: Path, what: str, background: str, plat
     from mtc.errors import MtcError
     from mtc.runtime import load
     from mtc.runtime.apply import CoverageTally, FinishedSession, make_renderer
-    from mtc.runtime.media import is_video
+    from mtc.runtime.video_reader import is_video
 
     if ray_address is not None:
         from mtc.cli.batch import run_library
@@ -131,7 +131,7 @@ def run(folder: Path, input: str, output: Path, what: str, background: str, plat
     source = Path(input)
     video = raw is not None or input == BUILTIN or is_video(source)
     if video and encoder not in ("auto", "x264"):
-        from mtc.runtime.media import require_hardware_encoder
+        from mtc.runtime.video_writer import require_hardware_encoder
 
         require_hardware_encoder(encoder)  # before the model loads, not after
     # Beside the codec threads (videos and image folders alike), idle ONNX Runtime workers must
@@ -140,7 +140,7 @@ def run(folder: Path, input: str, output: Path, what: str, background: str, plat
     session = FinishedSession(load(folder, backend=backend, downsample_ratio=ratio, threads=threads,
                                    precision=precision, profiles=profiles, allow_spinning=False), steps, tally)
     if plate is not None:
-        from mtc.runtime.media import read_image
+        from mtc.runtime.images import read_image
 
         session.set_background(read_image(plate))
     _give_prompt(session, mask_path, mask_from, backend=backend, threads=threads)
@@ -155,7 +155,7 @@ def run(folder: Path, input: str, output: Path, what: str, background: str, plat
                    f"{stats.model_fps:.1f} FPS model ({session.backend.name})")
         _warn_about_coverage(session.manifest, tally, every_frame=True)
         if lost:
-            from mtc.runtime.media import describe_frames
+            from mtc.runtime.video_reader import describe_frames
 
             click.echo(f"warning: {input} lost {len(lost)} frame(s) to damaged data ({describe_frames(lost)}); "
                        f"{output} holds the {stats.frames} that decode", err=True)
@@ -192,7 +192,7 @@ def _give_prompt(session, mask_path: Path | None, mask_from: Path | None, *, bac
                        hint="pass --mask FIRST_FRAME_MASK.png, or --mask-from an image-matting artifact "
                             "(e.g. artifacts/birefnet-general-fp32)")
     if mask_path is not None:
-        from mtc.runtime.media import read_mask
+        from mtc.runtime.images import read_mask
 
         session.set_prompt(read_mask(mask_path))
     elif mask_from is not None:
@@ -293,7 +293,7 @@ def _image_path_for(output: Path, renderer) -> Path:
 
 def _write_image(session, source: Path, output: Path, renderer, *, replace: bool,
                  png_compression: int = DEFAULT_PNG_COMPRESSION) -> None:
-    from mtc.runtime.media import read_image
+    from mtc.runtime.images import read_image
 
     session.reset()  # images are independent: no state carried from the previous one
     matte = session.process(read_image(source), name=source.name)
@@ -301,7 +301,7 @@ def _write_image(session, source: Path, output: Path, renderer, *, replace: bool
 
 
 def _save_matte(output: Path, matte, renderer, *, replace: bool, png_compression: int) -> None:
-    from mtc.runtime.media import write_image
+    from mtc.runtime.images import write_image
 
     write_image(_image_path_for(output, renderer), renderer.render(matte), png_compression=png_compression,
                 replace=replace)
@@ -313,7 +313,7 @@ def _run_images(session, source: Path, output: Path, renderer, force: bool,
     while the model runs (mtc.runtime.apply.matte_images)."""
     from mtc.errors import MtcError
     from mtc.runtime.apply import matte_images
-    from mtc.runtime.media import list_images, read_image
+    from mtc.runtime.images import list_images, read_image
     from mtc.runtime.progress import frame_progress
 
     images = list_images(source)
@@ -387,7 +387,7 @@ def _stop_on_signal():
 def _run_raw(session, size: tuple[int, int], output: Path, renderer, force: bool):
     """Raw rgb24 frames from standard input, in order, recurrent state carried from frame to frame."""
     from mtc.runtime.apply import matte_stream
-    from mtc.runtime.media import read_raw_frames
+    from mtc.runtime.video_reader import read_raw_frames
 
     width, height = size
     frames = read_raw_frames(sys.stdin.buffer, width, height)
@@ -425,7 +425,7 @@ def _raw_stdout():
 @contextlib.contextmanager
 def _numbered_files(pattern: Path, renderer, force: bool):
     """Frame n (from 1) to pattern % n, e.g. out/%06d.png -> out/000001.png, each written atomically."""
-    from mtc.runtime.media import write_image
+    from mtc.runtime.images import write_image
 
     _image_path_for(pattern, renderer)
     pattern.parent.mkdir(parents=True, exist_ok=True)
@@ -438,8 +438,8 @@ def _numbered_files(pattern: Path, renderer, force: bool):
 
 def _run_video(session, input: str, output: Path, renderer, x264_preset: str, encoder: str, force: bool):
     from mtc.runtime.apply import matte_stream
-    from mtc.runtime.media import VideoReader
     from mtc.runtime.progress import frame_progress
+    from mtc.runtime.video_reader import VideoReader
 
     # Frame times travel beside the pipeline, in order: the decode thread appends a frame's time
     # before the frame enters the pipeline, the writer takes it when the frame comes out.
@@ -475,7 +475,7 @@ def _run_video(session, input: str, output: Path, renderer, x264_preset: str, en
 @contextlib.contextmanager
 def _video_file(output: Path, size, fps, renderer, audio, x264_preset: str, encoder: str, timed: bool,
                 replace: bool):
-    from mtc.runtime.media import VideoWriter
+    from mtc.runtime.video_writer import VideoWriter
 
     with VideoWriter(output, width=size[0], height=size[1], fps=fps, kind="rgba" if renderer.has_alpha else "rgb",
                      audio_from=audio, x264_preset=x264_preset, timed=timed, encoder=encoder,
@@ -489,7 +489,7 @@ def _frame_folder(output: Path, force: bool):
     --force replaces only a folder of such frames, never one holding anything else."""
     from mtc.errors import MtcError
     from mtc.fsutil import atomic_dir
-    from mtc.runtime.media import write_image
+    from mtc.runtime.images import write_image
 
     if output.is_dir() and any(not FRAME_NAME.fullmatch(p.name) for p in output.iterdir()):
         raise MtcError(f"{output} holds files other than numbered frames",

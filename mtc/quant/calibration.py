@@ -60,10 +60,11 @@ def load_clips(source: str | Path, *, frames: int, size: tuple[int, int] | None 
         clip = builtin_clip(ClipSpec(width=width, height=height, frames=frames, seed=seed, shots=shots))
         return [Clip(f"builtin-{width}x{height}-seed{seed}", clip, downsample_ratio)]
     path = Path(source)
-    from mtc.runtime.media import is_video, list_images, read_image
+    from mtc.runtime.images import list_images, read_image
+    from mtc.runtime.video_reader import is_video
 
     if path.is_file() and is_video(path):
-        from mtc.runtime.media import VideoReader
+        from mtc.runtime.video_reader import VideoReader
 
         collected = []
         with VideoReader(path) as reader:
@@ -99,7 +100,7 @@ def _resize(frame: np.ndarray, size: tuple[int, int] | None, keep_aspect: bool =
         return frame
     from PIL import Image
 
-    from mtc.runtime.media import cover
+    from mtc.runtime.images import cover
 
     image = Image.fromarray(frame)
     return np.asarray(cover(image, size) if keep_aspect else image.resize(size, Image.Resampling.BILINEAR))

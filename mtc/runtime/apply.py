@@ -80,7 +80,7 @@ def make_renderer(kind: str, background: str | None) -> Renderer:
     if background is None or kind != "composite":
         return Renderer(kind=kind)
     if Path(background).is_file():
-        from mtc.runtime.media import read_image
+        from mtc.runtime.images import read_image
 
         return Renderer(kind=kind, image=read_image(background))
     return Renderer(kind=kind, color=parse_color(background))
@@ -409,7 +409,7 @@ def watch_folder(folder: Path, handle: Callable[[Path], None], *, done: Callable
 def _image_signatures(folder: Path) -> dict[Path, tuple[int, int]]:
     """(size, modification time) of each image file in the folder; hidden files left out (the
     temporaries of tools that write atomically, ours included)."""
-    from mtc.runtime.media import is_image
+    from mtc.runtime.images import is_image
 
     found = {}
     for path in folder.iterdir():

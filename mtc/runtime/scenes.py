@@ -105,7 +105,7 @@ def find_shots(path: str | os.PathLike, *, threshold: float = DEFAULT_SCENE_CUT_
     Raises:
         MtcError: A bad threshold, or the video cannot be read.
     """
-    from mtc.runtime.media import VideoReader
+    from mtc.runtime.video_reader import VideoReader
 
     detector = SceneCutDetector(threshold)
     cuts: list[int] = []

@@ -19,7 +19,7 @@ import numpy as np
 
 from mtc.errors import MtcError
 from mtc.fsutil import finish_file, temporary_prefix
-from mtc.runtime.media import FrameConverter
+from mtc.runtime.video_reader import FrameConverter
 
 # Pixel formats FFV1 stores the pictures in, by channel count (2: a grey matte, HxW).
 _FORMATS = {2: ("gray", "gray"), 3: ("rgb24", "bgr0"), 4: ("rgba", "bgra")}

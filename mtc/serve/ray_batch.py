@@ -69,7 +69,7 @@ def find_videos(inputs: Iterable[str | Path]) -> list[Path]:
     Raises:
         MtcError: an input that does not exist, or no video at all.
     """
-    from mtc.runtime.media import is_video
+    from mtc.runtime.video_reader import is_video
 
     videos = []
     for item in map(Path, inputs):
@@ -146,7 +146,8 @@ def matte_video(artifact: str, source: str, output: str, *, what: str = "composi
 
     Returns {"frames", "seconds", "lost_frames"}.
     """
-    from mtc.runtime.media import VideoReader, VideoWriter
+    from mtc.runtime.video_reader import VideoReader
+    from mtc.runtime.video_writer import VideoWriter
 
     with VideoReader(Path(source)) as reader, VideoWriter(
             output, width=reader.width, height=reader.height, fps=reader.fps, kind=_output_kind(what), timed=True,
@@ -158,7 +159,7 @@ def matte_video(artifact: str, source: str, output: str, *, what: str = "composi
 def matte_piece(artifact: str, source: str, piece: str, first: int, stop: int, *, what: str, background: str,
                 backend: str, threads: int) -> dict:
     """Matte frames [first, stop) of `source` into the lossless file `piece` (a Ray task)."""
-    from mtc.runtime.media import VideoReader
+    from mtc.runtime.video_reader import VideoReader
     from mtc.serve.lossless import LosslessWriter
 
     with VideoReader(Path(source)) as reader, LosslessWriter(piece) as writer:
@@ -170,7 +171,8 @@ def join_pieces(source: str, pieces: list[str], output: str, times: list[float |
                 x264_preset: str = "veryfast", encoder: str = "auto") -> None:
     """Encode the pieces' pictures, in order, with the source's frame times and audio, into
     `output` (a Ray task): the file a single run writes."""
-    from mtc.runtime.media import VideoReader, VideoWriter
+    from mtc.runtime.video_reader import VideoReader
+    from mtc.runtime.video_writer import VideoWriter
     from mtc.serve.lossless import read_lossless
 
     with VideoReader(Path(source)) as probe:

@@ -392,7 +392,7 @@ def test_end_to_end_on_the_tiny_artifact(tiny, tmp_path):
     assert result.exit_code == 0, result.output
     results = json.loads(out.read_text())["results"]
     assert [r["resolution"] for r in results] == ["64x48", "96x64"]
-    from mtc.runtime.media import HARDWARE_H264, hardware_encoder_problem
+    from mtc.runtime.video_writer import HARDWARE_H264, hardware_encoder_problem
 
     usable = [HARDWARE_H264[n][0] for n in HARDWARE_H264 if hardware_encoder_problem(n) is None]
     for r in results:
@@ -471,7 +471,7 @@ def test_input_video_and_alpha_video_ground_truth(tiny, tmp_path):
     """--input VIDEO at its own size is decoded directly end to end; --gt may be an alpha video."""
     from calib_data.builtin_clip import ClipSpec, builtin_alpha, write_builtin_clip
     from mtc.bench.data import iter_ground_truth
-    from mtc.runtime.media import VideoWriter
+    from mtc.runtime.video_writer import VideoWriter
 
     spec = ClipSpec(width=64, height=48, frames=5)
     video = write_builtin_clip(tmp_path / "in.mp4", spec)

@@ -172,7 +172,7 @@ def test_the_one_gray_level_runner_feeds_the_same_noise_per_frame_index_on_every
 
 
 def test_evalset_composites_have_exact_alpha(peers, tmp_path):
-    from mtc.runtime.media import VideoWriter
+    from mtc.runtime.video_writer import VideoWriter
 
     root = tmp_path / "evalset"
     for sub in ("images", "alpha", "videos"):

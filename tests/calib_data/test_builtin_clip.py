@@ -21,7 +21,7 @@ from calib_data.builtin_clip import (
     write_builtin_clip,
 )
 from mtc.errors import MtcError
-from mtc.runtime.media import VideoReader
+from mtc.runtime.video_reader import VideoReader
 
 SMALL = ClipSpec(width=160, height=96, frames=12)
 

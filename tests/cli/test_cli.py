@@ -134,7 +134,7 @@ def test_run_never_overwrites_its_input(rvm_artifact, photo, tmp_path):
 
 
 def test_run_on_builtin_clip_writes_video(rvm_artifact, tmp_path):
-    from mtc.runtime.media import VideoReader
+    from mtc.runtime.video_reader import VideoReader
 
     out = tmp_path / "demo.mp4"
     result = mtc("run", rvm_artifact, "builtin", "-o", out, check=True)
@@ -146,7 +146,7 @@ def test_run_on_builtin_clip_writes_video(rvm_artifact, tmp_path):
 def test_run_on_video_keeps_audio_and_writes_alpha_video(rvm_artifact, tmp_path):
     import av
 
-    from mtc.runtime.media import VideoReader
+    from mtc.runtime.video_reader import VideoReader
 
     source = tmp_path / "talk.mp4"
     _video_with_audio(source, frames=10)
@@ -163,7 +163,7 @@ def test_run_keeps_a_variable_frame_rate_in_step_with_the_source(rvm_artifact, t
     import av
 
     from calib_data.builtin_clip import ClipSpec, builtin_clip
-    from mtc.runtime.media import VideoReader
+    from mtc.runtime.video_reader import VideoReader
 
     # 30 fps for half a second, then 10 fps: the average rate (20) would put frame 15 at 0.75 s.
     times = [i / 30 for i in range(15)] + [0.5 + i / 10 for i in range(5)]
@@ -209,7 +209,7 @@ def test_run_frames_never_replace_a_folder_of_other_files(rvm_artifact, tmp_path
 
 
 def test_run_refuses_a_hardware_encoder_that_cannot_start(rvm_artifact, tmp_path):
-    from mtc.runtime.media import hardware_encoder_problem
+    from mtc.runtime.video_writer import hardware_encoder_problem
 
     if hardware_encoder_problem("nvenc") is None:
         pytest.skip("NVENC works on this machine")
@@ -225,7 +225,7 @@ def test_run_offers_exactly_the_writers_encoders():
     import click
 
     from mtc.cli.run import run
-    from mtc.runtime.media import ENCODERS
+    from mtc.runtime.video_writer import ENCODERS
 
     option = next(p for p in run.params if p.name == "encoder")
     assert isinstance(option.type, click.Choice) and tuple(option.type.choices) == ENCODERS

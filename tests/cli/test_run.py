@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 from tiny_artifacts import tiny_model, write_tiny_artifact
 
-from mtc.runtime.media import VideoWriter
+from mtc.runtime.video_writer import VideoWriter
 
 
 def mtc(*args, env=None, script: str | None = None) -> subprocess.CompletedProcess:
@@ -79,9 +79,9 @@ def test_a_video_with_a_damaged_packet_is_written_whole_and_exits_3(artifact, tm
 # mid-run whatever the machine's speed.
 SLOW_ENCODER = textwrap.dedent("""
     import time
-    import mtc.runtime.media as media
+    import mtc.runtime.video_writer as video_writer
 
-    write = media.VideoWriter.write
+    write = video_writer.VideoWriter.write
 
     def slow_write(self, frame, time_=None, **kwargs):
         write(self, frame, **kwargs)
@@ -89,7 +89,7 @@ SLOW_ENCODER = textwrap.dedent("""
             print("two frames written", flush=True)
         time.sleep(0.2)
 
-    media.VideoWriter.write = slow_write
+    video_writer.VideoWriter.write = slow_write
 """)
 
 

@@ -127,7 +127,7 @@ def _mtc(*args):
 def clip_files(tmp_path_factory):
     from PIL import Image
 
-    from mtc.runtime.media import VideoWriter
+    from mtc.runtime.video_writer import VideoWriter
 
     folder = tmp_path_factory.mktemp("clip")
     frames, mask = _clip(12)
@@ -144,7 +144,7 @@ def test_mtc_run_with_a_mask_or_a_mask_from_another_artifact(artifact, clip_file
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
     from tiny_artifacts import write_tiny_artifact
 
-    from mtc.runtime.media import VideoReader
+    from mtc.runtime.video_reader import VideoReader
 
     video = clip_files / "clip.mp4"
     done = _mtc("run", artifact, video, "-o", tmp_path / "masked.mp4", "--what", "alpha", "--mask",

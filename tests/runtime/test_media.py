@@ -17,17 +17,9 @@ from PIL import Image
 
 from mtc.errors import MtcError
 from mtc.runtime.frames import check_frame
-from mtc.runtime.media import (
-    FrameConverter,
-    VideoReader,
-    VideoWriter,
-    cover,
-    is_image,
-    is_video,
-    list_images,
-    read_image,
-    write_image,
-)
+from mtc.runtime.images import cover, is_image, list_images, read_image, write_image
+from mtc.runtime.video_reader import FrameConverter, VideoReader, is_video
+from mtc.runtime.video_writer import VideoWriter
 
 # --------------------------------------------------------------------------------------------
 # helpers
@@ -350,19 +342,19 @@ def test_timed_writer_spaces_unknown_and_repeated_times(tmp_path):
 def fake_hardware(monkeypatch):
     """Stand-ins for the hardware encoders, run by libx264 (nv12 like Quick Sync), and a probe
     result per name; the real probe's cache is bypassed."""
-    from mtc.runtime import media
+    from mtc.runtime import video_writer
 
-    monkeypatch.setattr(media, "HARDWARE_H264", {
+    monkeypatch.setattr(video_writer, "HARDWARE_H264", {
         "nvenc": ("libx264", "yuv420p", {"preset": "ultrafast"}),
         "qsv": ("libx264", "nv12", {"preset": "ultrafast", "crf": "20"}),
     })
     problems = {"nvenc": "h264_nvenc cannot start here (test)", "qsv": None}
-    monkeypatch.setattr(media, "hardware_encoder_problem", lambda name: problems[name])
+    monkeypatch.setattr(video_writer, "hardware_encoder_problem", lambda name: problems[name])
     return problems
 
 
 def test_auto_encoder_takes_the_first_hardware_encoder_that_starts(fake_hardware, tmp_path):
-    from mtc.runtime.media import _video_codec
+    from mtc.runtime.video_writer import _video_codec
 
     assert _video_codec(tmp_path / "a.mp4", "rgb", encoder="auto")[:2] == ("libx264", "nv12")  # the qsv stand-in
     fake_hardware["qsv"] = "h264_qsv cannot start here (test)"
@@ -387,7 +379,7 @@ def test_an_nv12_encoder_pads_odd_frames_like_yuv420p(fake_hardware, tmp_path):
 
 
 def test_hardware_encoders_take_the_pixel_format_we_give_them():
-    from mtc.runtime.media import HARDWARE_H264
+    from mtc.runtime.video_writer import HARDWARE_H264
 
     for codec, pix_fmt, _ in HARDWARE_H264.values():
         if codec not in av.codecs_available:
@@ -396,14 +388,14 @@ def test_hardware_encoders_take_the_pixel_format_we_give_them():
 
 
 def test_the_encoder_probe_opens_and_runs_the_encoder(monkeypatch):
-    from mtc.runtime import media
+    from mtc.runtime import video_writer
 
-    monkeypatch.setattr(media, "HARDWARE_H264", {
+    monkeypatch.setattr(video_writer, "HARDWARE_H264", {
         "works": ("libx264", "yuv420p", {"preset": "ultrafast"}),
         "refused": ("libx264", "yuv420p", {"preset": "no-such-preset"}),
         "absent": ("h264_no_such_encoder", "yuv420p", {}),
     })
-    probe = media.hardware_encoder_problem.__wrapped__  # uncached
+    probe = video_writer.hardware_encoder_problem.__wrapped__  # uncached
     assert probe("works") is None
     assert "libx264 cannot start here" in probe("refused")
     assert probe("absent") == "this FFmpeg build has no h264_no_such_encoder"
@@ -417,7 +409,7 @@ def _visible(plane, sample_bytes: int) -> np.ndarray:
 
 @pytest.mark.parametrize(("name", "width", "height"), [("a.mp4", 96, 64), ("odd.mp4", 97, 63), ("a.mov", 96, 64)])
 def test_planar_frames_reach_the_encoder_as_interleaved_ones_do(tmp_path, name, width, height):
-    from mtc.runtime.media import _video_frame
+    from mtc.runtime.video_writer import _video_frame
 
     frames = [_smooth(height, width, i) for i in range(3)]
     planar = [np.ascontiguousarray(f.transpose(2, 0, 1)).transpose(1, 2, 0) for f in frames]
@@ -491,7 +483,7 @@ def test_reader_frames_equal_ffmpegs_rgb24_and_are_planar_where_exact(tmp_path, 
 
 @pytest.mark.parametrize("pixel_format", ["yuv420p", "yuvj420p", "yuv422p", "yuv444p"])
 def test_planar_decoding_is_exact_at_every_size_it_is_used_for(pixel_format):
-    from mtc.runtime.media import _planar_conversion_is_exact, _planar_rgb
+    from mtc.runtime.video_reader import _planar_conversion_is_exact, _planar_rgb
 
     rng = np.random.default_rng(0)
     used = 0
@@ -863,7 +855,7 @@ def test_x264_preset_reaches_the_encoder_and_a_bad_one_is_refused(tmp_path):
     import click
 
     from mtc.cli.run import run
-    from mtc.runtime.media import X264_PRESETS
+    from mtc.runtime.video_writer import X264_PRESETS
 
     frames = [_smooth(64, 96, i) for i in range(8)]
     sizes = {}
@@ -883,7 +875,7 @@ def test_x264_preset_reaches_the_encoder_and_a_bad_one_is_refused(tmp_path):
 def test_a_full_disk_while_writing_media_says_so_and_leaves_nothing(tmp_path, monkeypatch):
     import errno
 
-    import mtc.runtime.media as media
+    from mtc.runtime import video_writer
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -892,7 +884,7 @@ def test_a_full_disk_while_writing_media_says_so_and_leaves_nothing(tmp_path, mo
     with pytest.raises(MtcError, match=r"disk full while writing .*matte.png") as info:
         write_image(tmp_path / "matte.png", _smooth(16, 16))
     assert "free space" in info.value.hint
-    monkeypatch.setattr(media, "finish_file", full)  # the encoder's last bytes, or the rename
+    monkeypatch.setattr(video_writer, "finish_file", full)  # the encoder's last bytes, or the rename
     with pytest.raises(MtcError, match=r"disk full while writing .*clip.mp4") as info:
         with VideoWriter(tmp_path / "clip.mp4", width=64, height=48, fps=24, kind="rgb") as writer:
             writer.write(_smooth(48, 64))

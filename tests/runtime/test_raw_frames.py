@@ -1,4 +1,4 @@
-"""mtc.runtime.media.read_raw_frames: packed rgb24 frames from a pipe."""
+"""mtc.runtime.video_reader.read_raw_frames: packed rgb24 frames from a pipe."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from mtc.errors import MtcError
 from mtc.runtime.frames import pixel_limit
-from mtc.runtime.media import read_raw_frames
+from mtc.runtime.video_reader import read_raw_frames
 
 
 class Trickle(io.RawIOBase):

@@ -192,7 +192,8 @@ def _modules_after(code: str) -> set:
 
 def test_runtime_import_leaves_torch_out():
     pytest.importorskip("torch", reason="torch is not installed, so importing it by accident is impossible")
-    modules = _modules_after("import mtc.runtime, mtc.runtime.session, mtc.runtime.apply, mtc.runtime.media")
+    modules = _modules_after("import mtc.runtime, mtc.runtime.session, mtc.runtime.apply, mtc.runtime.images, "
+                             "mtc.runtime.video_reader, mtc.runtime.video_writer")
     assert "torch" not in modules
 
 

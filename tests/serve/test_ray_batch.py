@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from serve.artifacts import stream, write_recurrent_artifact
 
 from mtc.errors import MtcError
-from mtc.runtime.media import VideoReader, VideoWriter
+from mtc.runtime.video_reader import VideoReader
+from mtc.runtime.video_writer import VideoWriter
 from mtc.serve.ray_batch import find_videos, matte_library, plan_outputs
 
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'mtc[ray]')")
