@@ -434,6 +434,13 @@ def frame_cost(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> FrameCos
     )
 
 
+def tensor_elements(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, int]:
+    """Elements of each tensor the cost model reads (the outputs of convolutions, matmuls and
+    elementwise ops, and the operands their MAC counts take) for one inference with `feeds`."""
+    shapes = _run_for_shapes(model, feeds)
+    return {name: math.prod(shapes[name]) for name in _needed_tensors(model) if name in shapes}
+
+
 def node_macs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, int]:
     """Multiply-accumulates of each Conv/ConvTranspose/Gemm/MatMul node for one inference with `feeds`."""
     shapes = _run_for_shapes(model, feeds)

@@ -7,7 +7,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from mtc.errors import MtcError
-from mtc.graph_stats import frame_cost, summarize_graph, zero_feeds
+from mtc.graph_stats import frame_cost, summarize_graph, tensor_elements, zero_feeds
 
 OPSET = 17
 
@@ -297,3 +297,16 @@ def test_rvm_cost_orders_sanely_across_resolutions(rvm):
         assert max(cost.per_op_type_gflops, key=cost.per_op_type_gflops.get) == "Conv"
     assert hd_quarter.gflops > 0.5 * sd.gflops
     assert 3.5 * sd.gflops < double.gflops < 4.5 * sd.gflops
+
+
+def test_tensor_elements_counts_what_one_inference_produces_at_the_feeds_size():
+    weight = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]), helper.make_node("Flatten", ["r"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "h", "w"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    elements = tensor_elements(model, {"x": np.zeros((1, 3, 5, 7), np.float32)})
+    # the conv's weight (its MAC count's operand), its output and the Relu's; Flatten is data
+    # movement, not counted
+    assert elements == {"w": 108, "c": 140, "r": 140}

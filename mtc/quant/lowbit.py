@@ -361,7 +361,7 @@ def _simulate_with_threads(calibrated: CalibratedPlan, feeds, config: Int8Config
                            activation_bits: int, learn, *, inputs, outputs, work: Path | None, mode: str,
                            stages) -> Simulated:
     """`simulate`, learning (if asked) on PTQ4VM's samples and torch threads, with a bar per block."""
-    from mtc.quant.ptq4vm import _BlockBars
+    from mtc.quant.ptq4vm import BlockBars
     from mtc.quant.torch_graph import torch
 
     learning = config.learning
@@ -369,7 +369,7 @@ def _simulate_with_threads(calibrated: CalibratedPlan, feeds, config: Int8Config
     checkpoint, samples, display = None, feeds, None
     if learn is not None:
         samples = learning_samples(feeds, learning.samples)
-        display = _BlockBars(stages, learn.iterations)
+        display = BlockBars(stages, learn.iterations, calibrated.model, samples[0])
         if work is not None:
             work.mkdir(parents=True, exist_ok=True)
             checkpoint = work / f"blocks-{mode}.pt"

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from mtc.errors import MtcError
+from mtc.graph_stats import tensor_elements
 from mtc.quant.affine import LayerFit
 from mtc.quant.config import Ptq4vmConfig
 from mtc.quant.fake_quant import learned_parameters
@@ -86,7 +88,7 @@ def learn(model: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, Activation
             fixed_steps=fixed_steps,
             config=ReconstructionConfig(iterations=config.iterations, batch=config.batch,
                                         max_block_layers=config.max_block_layers, drop=config.drop),
-            checkpoint=checkpoint, restart_stale=True, block_display=_BlockBars(stages, config.iterations))
+            checkpoint=checkpoint, restart_stale=True, block_display=BlockBars(stages, config.iterations, model, samples[0]))
         stage1 = time.perf_counter() - started
         module, quant = reconstruction.module, reconstruction.quant
         started = time.perf_counter()
@@ -128,28 +130,47 @@ def choose_samples(feeds: Sequence[Mapping[str, np.ndarray]], count: int) -> lis
     return chosen
 
 
-class _BlockBars:
+class BlockBars:
     """One stage per block, named with its place and, once a block has learned, an estimate of
-    the time left for all blocks (the per-block bar's own ETA covers only that block)."""
+    the time left for all blocks (the per-block bar's own ETA covers only that block).
 
-    def __init__(self, stages: Stages, iterations: int):
+    Blocks differ widely in cost: a decoder block at full resolution can take thirty times an
+    encoder block at a sixteenth. So each block is weighed by the elements its nodes produce on
+    one sample (`graph_stats.tensor_elements`), which follows its learning time far better than
+    a count of blocks, and the time so far per unit of that weight gives the estimate. Where
+    ONNX Runtime cannot run the model for its shapes, every block weighs the same."""
+
+    def __init__(self, stages: Stages, iterations: int, model: onnx.ModelProto, sample: Mapping[str, np.ndarray]):
         self.stages, self.iterations = stages, iterations
+        self.nodes = list(model.graph.node)
+        try:
+            self.elements = tensor_elements(model, dict(sample))
+        except MtcError as exc:
+            log.debug("block time estimates count blocks: %s", exc)
+            self.elements = None
         self.started: float | None = None
-        self.learned = 0
+        self.learned_weight = 0.0
+
+    def weight(self, block: Block) -> float:
+        """How much of the learning time `block` takes, in arbitrary units."""
+        if self.elements is None:
+            return 1.0
+        produced = sum(self.elements.get(name, 0) for node in self.nodes[block.start:block.stop] for name in node.output)
+        return float(max(produced, 1))
 
     @contextlib.contextmanager
-    def __call__(self, number: int, total: int, block: Block):
+    def __call__(self, number: int, blocks: Sequence[Block]):
         now = time.perf_counter()
         if self.started is None:
             self.started = now
         left = ""
-        if self.learned:
-            remaining = (now - self.started) / self.learned * (total - number)
+        if self.learned_weight:
+            remaining = (now - self.started) / self.learned_weight * sum(self.weight(b) for b in blocks[number:])
             left = f"; all blocks: about {format_duration(remaining)} left"
-        name = f"PTQ4VM stage 1: block {number + 1}/{total} ({_layers(block.layers)}{left})"
+        name = f"PTQ4VM stage 1: block {number + 1}/{len(blocks)} ({_layers(blocks[number].layers)}{left})"
         with self.stages.stage(name, total=self.iterations) as advance:
             yield advance
-        self.learned += 1
+        self.learned_weight += self.weight(blocks[number])
 
 
 def _layers(names: Sequence[str], most: int = 3) -> str:

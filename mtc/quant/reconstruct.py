@@ -94,8 +94,8 @@ class Block:
     exits: tuple[str, ...]
 
 
-# (block number, block count, block) -> a context yielding a callable to step once per iteration.
-BlockDisplay = Callable[[int, int, Block], contextlib.AbstractContextManager[Callable[[], None]]]
+# (block number, all blocks) -> a context yielding a callable to step once per iteration.
+BlockDisplay = Callable[[int, Sequence[Block]], contextlib.AbstractContextManager[Callable[[], None]]]
 
 
 def _live_counts(model: onnx.ModelProto) -> tuple[list[int], dict[str, int]]:
@@ -177,8 +177,9 @@ def reconstruct(model: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, Acti
                 block_display: BlockDisplay | None = None) -> Reconstruction:
     """Reconstruct every block of `model` quantized as `plan` and `ranges` say, on `feeds`
     (model inputs, recurrent state as the FP32 model produced it). `progress(done, total)` is
-    called after each block; each block runs inside `block_display(number, total,
-    block)`, a context that yields a callable stepped once per iteration (a progress bar).
+    called after each block; each block runs inside `block_display(number, blocks)` (the
+    one learning is blocks[number]), a context that yields a callable stepped once per
+    iteration (a progress bar).
     Bit widths per layer are `attach_fake_quant`'s (`weight_bits`, `activation_bits`,
     `per_layer`, `keep_8bit`). The activations named in `fixed_steps` keep the step size their
     range gives (a tensor already on its exact grid).
@@ -228,7 +229,7 @@ def reconstruct(model: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, Acti
         with torch.no_grad():
             targets = [teacher.run(dict(front), block.start, block.stop, keep=block.exits) for front in teacher_fronts]
         steps = [q for q, b in first_reader.items() if b == number and q not in fixed]
-        display = block_display(number, len(blocks), block) if block_display else contextlib.nullcontext(None)
+        display = block_display(number, blocks) if block_display else contextlib.nullcontext(None)
         with display as advance:
             losses, outcome = _train_block(student, quant, block, steps, student_fronts, targets, config, rng, advance)
         result.losses.append(losses)

@@ -305,6 +305,41 @@ def test_samples_are_the_smallest_and_spread_in_runs_over_every_source():
     assert len(odd) == len(set(odd)) == 7 and odd[0] == 0
 
 
+def test_the_time_left_weighs_each_block_by_the_elements_it_produces(monkeypatch):
+    import mtc.quant.ptq4vm as ptq4vm
+    from mtc.quant.reconstruct import Block
+
+    # relu (8x8 = 64 elements) | maxpool and relu (16 each) | relu (16)
+    nodes = [helper.make_node("Relu", ["x"], ["a"]),
+             helper.make_node("MaxPool", ["a"], ["b"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Relu", ["b"], ["c"]), helper.make_node("Relu", ["c"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 4, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    blocks = [Block(0, 1, ("a",), ("a",)), Block(1, 3, ("c",), ("c",)), Block(3, 4, ("y",), ("y",))]
+    names = []
+
+    class Recorder:
+        @contextlib.contextmanager
+        def stage(self, name, total=None):
+            names.append(name)
+            yield lambda: None
+
+    clock = iter([0.0, 4.0, 5.0])  # the first block learns for 4 s, the second for 1 s
+    monkeypatch.setattr(ptq4vm.time, "perf_counter", lambda: next(clock))
+    bars = ptq4vm.BlockBars(Recorder(), 10, model, {"x": np.zeros((1, 1, 8, 8), np.float32)})
+    assert [bars.weight(b) for b in blocks] == [64.0, 32.0, 16.0]
+    for number in range(3):
+        with bars(number, blocks):
+            pass
+    assert names[0].endswith("block 1/3 (a)")  # nothing learned yet to estimate from
+    # 4 s for 64 elements: the 48 left take 3 s (counting blocks would say 8 s)
+    assert names[1].endswith("block 2/3 (c; all blocks: about 3.0 s left)")
+    assert names[2].endswith("block 3/3 (y; all blocks: about 0.8 s left)")  # 5 s for 96: 16 more
+    unsized = ptq4vm.BlockBars(Recorder(), 10, model, {})  # ONNX Runtime cannot run it: blocks count alike
+    assert [unsized.weight(b) for b in blocks] == [1.0, 1.0, 1.0]
+
+
 def test_the_temporal_loss_pairs_only_frames_recorded_one_after_the_other():
     from mtc.quant.ptq4vm import _frame_pairs
 
