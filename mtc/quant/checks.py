@@ -190,7 +190,8 @@ def check_runner(backend: str, io) -> Callable[[onnx.ModelProto], Backend]:
 
 def cpu_backend(backend: str, model: Path | bytes, io, scratch_file: Path):
     """A CPU backend on `model`: "onnxruntime" (spinning off), "openvino" or "openvino-bf16";
-    OpenVINO reads files, so bytes are written to `scratch_file` first."""
+    OpenVINO reads files, so bytes are written to `scratch_file` first. Its compiles are logged at
+    DEBUG: a quantization builds one backend per candidate."""
     if backend == "onnxruntime":
         return OrtBackend(model, allow_spinning=False)
     from mtc.backends.openvino.session import OpenVinoBackend
@@ -198,4 +199,5 @@ def cpu_backend(backend: str, model: Path | bytes, io, scratch_file: Path):
     if isinstance(model, bytes):  # OpenVINO reads files
         scratch_file.write_bytes(model)
         model = scratch_file
-    return OpenVinoBackend(model, io=io, precision="bf16" if backend == "openvino-bf16" else "fp32", cache=False)
+    return OpenVinoBackend(model, io=io, precision="bf16" if backend == "openvino-bf16" else "fp32", cache=False,
+                           log_compiles=False)

@@ -174,6 +174,17 @@ def test_qdq_int8_model_loads_and_matches_onnxruntime(tmp_path):
     assert backend.precision == "fp32"
 
 
+def test_the_first_compile_is_logged_at_info_unless_the_backend_is_told_not_to(tmp_path, caplog):
+    path = _qdq_model(tmp_path / "qdq.onnx")
+    x = np.zeros((1, 3, 16, 24), np.float32)
+    for log_compiles, level in ((True, logging.INFO), (False, logging.DEBUG)):
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="mtc"):
+            OpenVinoBackend(path, cache=False, log_compiles=log_compiles).run({"x": x})
+        compiled = [r for r in caplog.records if "openvino: compiled for" in r.getMessage()]
+        assert [r.levelno for r in compiled] == [level]
+
+
 def test_unreadable_model_is_a_clear_error(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a model")

@@ -115,6 +115,8 @@ class OpenVinoBackend:
         rewrite_graph: run the registered OpenVINO graph passes (mtc.passes.openvino), each the
             same function within its stated exactness; False runs the file as OpenVINO reads
             it (what benchmarks compare against).
+        log_compiles: log the first compile (its shapes, time and inference precision) at INFO;
+            False logs it at DEBUG, for the many short-lived candidates a quantization checks.
     """
 
     name = "openvino"
@@ -123,7 +125,7 @@ class OpenVinoBackend:
     def __init__(self, model: str | Path, *, io: ModelIO | None = None, precision: str = "fp32",
                  threads: int | None = None, static_shapes: bool = True, cache: bool = True, device: str = "CPU",
                  max_static_shapes: int = MAX_STATIC_SHAPES,
-                 rewrite_graph: bool = True, model_sha256: str | None = None):
+                 rewrite_graph: bool = True, model_sha256: str | None = None, log_compiles: bool = True):
         ov = require("openvino", what="OpenVINO")
         self._ov = ov
         self.core = ov.Core()
@@ -153,6 +155,7 @@ class OpenVinoBackend:
         self._compiled: OrderedDict[tuple, _Compiled] = OrderedDict()
         self.precision: str | None = None  # what the compiled model actually runs, once known
         self.compile_seconds: list[float] = []
+        self._log_compiles = log_compiles
 
     def _read(self, path: Path):
         """The graph after the "onnx" and "read" passes (from the graph cache when it has it),
@@ -248,9 +251,9 @@ class OpenVinoBackend:
         self.compile_seconds.append(seconds)
         first = self.precision is None
         self.precision = _precision_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
-        (log.info if first else log.debug)("openvino: compiled for %s in %.1f s, inference precision %s (requested %s)",
-                                           self._describe_signature(feeds), seconds, self.precision,
-                                           self.requested_precision)
+        announce = log.info if first and self._log_compiles else log.debug
+        announce("openvino: compiled for %s in %.1f s, inference precision %s (requested %s)",
+                 self._describe_signature(feeds), seconds, self.precision, self.requested_precision)
         if self.precision != self.requested_precision and self.device == "CPU":
             raise MtcError(f"openvino compiled the model in {self.precision}, not the requested {self.requested_precision}",
                            hint="this OpenVINO/CPU cannot honour the precision; use precision='fp32'")
