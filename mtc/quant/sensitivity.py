@@ -103,11 +103,11 @@ def fallback_until_gates_pass(runner: Runner, plan: QdqPlan, check: ReferenceAlp
     limit = max(1, int(len(ranked) * max_fraction))
     steps = []
 
-    def attempt(excluded: list[str]) -> CheckResult:
+    def attempt(excluded: list[str], trying: str = "") -> CheckResult:
         result = check.check(runner(plan.without(excluded)), gates, with_grad=False)
         steps.append({"float_layers": len(excluded), **worst_clip_errors(result), "passed": result.passed})
-        log.info("fallback: %d layers in float -> worst MAD %.3f, dtSSD %.3f (%s)", len(excluded), steps[-1]["mad"],
-                 steps[-1]["dtssd"], "pass" if result.passed else "fail")
+        log.info("fallback: %d layers in float%s -> worst MAD %.3f, dtSSD %.3f (%s)", len(excluded), trying,
+                 steps[-1]["mad"], steps[-1]["dtssd"], "pass" if result.passed else "fail")
         return result
 
     previous, count, result = 0, 0, attempt([])
@@ -120,7 +120,7 @@ def fallback_until_gates_pass(runner: Runner, plan: QdqPlan, check: ReferenceAlp
         # doubling added, for as long as the gates stay green.
         for name in reversed(ranked[previous:count]):
             trial = [n for n in excluded if n != name]
-            trial_result = attempt(trial)
+            trial_result = attempt(trial, f" ({name} back in INT8)")
             if trial_result.passed:
                 excluded, result = trial, trial_result
     return FallbackResult(plan.without(excluded), result, excluded, steps)
