@@ -243,9 +243,13 @@ def render_html(report: dict, check: CheckResult) -> str:
     if speed:
         cost = _float_layers_cost(speed) if "fps_all_int8" in speed else ""
         openvino = speed.get("openvino")
-        auto = (f" OpenVINO, which <code>backend=\"auto\"</code> picks for this artifact here: {openvino['fps']:.1f} FPS "
-                f"vs its FP32 {openvino['fps_fp32']:.1f} FPS (×{openvino['speedup']:.2f}; "
-                f"×{openvino['vs_onnxruntime_fp32']:.2f} ONNX Runtime FP32)." if openvino else "")
+        auto = ""
+        if openvino:
+            auto = (f" OpenVINO, which <code>backend=\"auto\"</code> picks for this artifact here: {openvino['fps']:.1f} "
+                    f"FPS vs its FP32 {openvino['fps_fp32']:.1f} FPS (×{openvino['speedup']:.2f}; "
+                    f"×{openvino['vs_onnxruntime_fp32']:.2f} ONNX Runtime FP32).")
+            if "fps_all_int8" in openvino:  # the float layers' cost where the artifact will run
+                auto += _float_layers_cost(openvino)
         sections.append(f"<p>ONNX Runtime CPU, {html.escape(speed['clip'])}: {speed['fps']:.1f} FPS vs FP32 "
                         f"{speed['fps_fp32']:.1f} FPS (×{speed['speedup']:.2f}; indicative, see benchmarks/).{cost}"
                         f"{auto}</p>")

@@ -54,8 +54,9 @@ def measure_speed(io, fp32_path: Path, candidate: onnx.ModelProto, clip: Clip, *
                   stages: Stages | None = None) -> dict:
     """FP32 vs the candidate on ONNX Runtime CPU, and vs the all-INT8 model when layers went back
     to float: what the fallback cost. Where `backend="auto"` would run the artifact on OpenVINO
-    here, both are timed there too, in the same interleaved run: on CPUs whose ONNX Runtime
-    integer kernels gain little (1.2x on a Xeon with AMX) that is the speed users get.
+    here, all of them are timed there too, in the same interleaved run: on CPUs whose ONNX Runtime
+    integer kernels gain little (1.2x on a Xeon with AMX) that is the speed users get, and the
+    float layers' cost with it.
     Indicative only; benchmarks/ has the controlled comparison. `stages` reports the timing."""
     from mtc.backends.registry import choose_backend, probe_availability
 
@@ -77,6 +78,8 @@ def measure_speed(io, fp32_path: Path, candidate: onnx.ModelProto, clip: Clip, *
     if auto == "openvino":
         models["fp32_openvino"] = ("openvino", fp32_path)
         models["candidate_openvino"] = ("openvino", candidate_bytes)
+        if all_int8 is not None:  # where INT8 gains most, float layers cost most: measure it there too
+            models["all_int8_openvino"] = ("openvino", models["all_int8"][1])
     fps = interleaved_fps(io, models, clip, stages=stages)
     speed = {"backend": "onnxruntime-cpu", "clip": clip.name, "fps_fp32": fps["fp32"], "fps": fps["candidate"],
              "speedup": fps["candidate"] / fps["fp32"], "auto_backend": auto}
@@ -87,4 +90,7 @@ def measure_speed(io, fp32_path: Path, candidate: onnx.ModelProto, clip: Clip, *
         speed["openvino"] = {"fps_fp32": fps["fp32_openvino"], "fps": fps["candidate_openvino"],
                              "speedup": fps["candidate_openvino"] / fps["fp32_openvino"],
                              "vs_onnxruntime_fp32": fps["candidate_openvino"] / fps["fp32"]}
+        if all_int8 is not None:
+            speed["openvino"]["fps_all_int8"] = fps["all_int8_openvino"]
+            speed["openvino"]["float_layers_cost"] = 1.0 - fps["candidate_openvino"] / fps["all_int8_openvino"]
     return speed

@@ -879,14 +879,19 @@ def test_speed_is_also_timed_on_openvino_where_auto_would_run_the_artifact_there
     monkeypatch.setattr(select, "probe_availability", lambda: select.Availability(openvino=True))
     source = _toy_artifact(tmp_path / "toy")
     lenient = Gates(max_mad=1000.0, max_dtssd=1000.0)
-    unsigned = quantize_artifact(source, tmp_path / "u8", precision="int8",
-                                 config=Int8Config(method="minmax", activation_type="uint8"), gates=lenient, data=SMALL)
+    # the float budget keeps conv2 (72% of the MACs) in float, so there is an all-INT8 model to time
+    config = Int8Config(method="minmax", activation_type="uint8", quantize_outputs=False, float_budget=0.8)
+    unsigned = quantize_artifact(source, tmp_path / "u8", precision="int8", config=config, gates=lenient, data=SMALL)
+    assert unsigned.report["int8"]["fallback_layers"] == ["conv2"]
     speed = unsigned.report["speed"]
     assert speed["auto_backend"] == "openvino"
     openvino = speed["openvino"]
     assert openvino["fps"] > 0 and openvino["speedup"] == pytest.approx(openvino["fps"] / openvino["fps_fp32"])
     assert openvino["vs_onnxruntime_fp32"] == pytest.approx(openvino["fps"] / speed["fps_fp32"])
-    assert "OpenVINO, which" in (tmp_path / "u8" / "report.html").read_text()
+    # what the float layer costs where auto runs the artifact, beside ONNX Runtime's figure
+    assert openvino["float_layers_cost"] == pytest.approx(1 - openvino["fps"] / openvino["fps_all_int8"])
+    page = (tmp_path / "u8" / "report.html").read_text()
+    assert "OpenVINO, which" in page and page.count("All-INT8 ran") == 2
 
     # signed activations stay on ONNX Runtime under auto, so OpenVINO's speed would mislead
     signed = quantize_artifact(source, tmp_path / "s8", precision="int8",

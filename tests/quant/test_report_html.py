@@ -76,6 +76,16 @@ def test_a_slower_mixed_model_states_its_cost():
     assert "cost 10.0% of that speed" in text
 
 
+def test_the_float_layers_cost_is_stated_for_openvino_too_where_auto_runs_it():
+    report = _report(fps=9.0, fps_all_int8=10.0)  # ONNX Runtime: float layers cost little
+    report["speed"]["openvino"] = {"fps_fp32": 14.0, "fps": 19.0, "speedup": 19.0 / 14.0, "vs_onnxruntime_fp32": 19.0 / 8.0,
+                                   "fps_all_int8": 33.0, "float_layers_cost": 1.0 - 19.0 / 33.0}
+    text = html.unescape(re.sub(r"<[^>]+>", "", render_html(report, _check())))
+    openvino = text[text.index("OpenVINO, which"):]
+    assert "cost 10.0% of that speed" in text[:text.index("OpenVINO, which")]
+    assert "All-INT8 ran 33.0 FPS: keeping layers in float cost 42.4% of that speed." in openvino
+
+
 def test_isolated_error_bars_have_significant_digits():
     chart = _figure_with(render_html(_report(fps=9.0, fps_all_int8=10.0), _check()), "isolated INT8 error")
     labels = [content for attributes, content in _texts(chart) if re.fullmatch(r"-?[\d.e+-]+", content)]
