@@ -99,6 +99,7 @@ def test_cli_ptq4vm_writes_a_checked_qdq_artifact_with_its_loss_curves(tmp_path)
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "PTQ4VM stage 1: block 1/2" in result.stderr  # one stage per block
+    assert "speed: " in result.stdout and "x ONNX Runtime FP32 on " in result.stdout  # what its timing measured
     report = json.loads((out / "report.json").read_text())
     learning = report["int8"]["learning"]
     assert learning["method"] == "ptq4vm" and learning["iterations"] == 5 and learning["samples"] == 4
