@@ -347,26 +347,9 @@ def run_quantization(source, output, *, precision, preset, method, weight_roundi
     click.echo(f"artifact: {output} ({precision}, worst clip MAD {worst.mad:.3f}, dtSSD {worst.dtssd:.3f}; "
                f"report {output}/report.html)")
     if outcome.report.get("speed"):
-        click.echo(speed_summary(outcome.report))
+        from mtc.quant.report import speed_line
 
-
-def speed_summary(report: dict) -> str:
-    """One line on what the quantization's own speed timing measured: on the backend
-    `backend="auto"` picks here, against plain ONNX Runtime FP32, and what the layers kept in
-    float cost against the all-INT8 model (where any were)."""
-    speed = report["speed"]
-    where = speed.get("openvino") or speed
-    ratio = where["vs_onnxruntime_fp32"] if "openvino" in speed else speed["speedup"]
-    backend = "OpenVINO" if "openvino" in speed else "ONNX Runtime"
-    line = (f"speed: {ratio:.2f}x ONNX Runtime FP32 on {backend}, the backend auto picks here "
-            f"({speed['clip']}; indicative, benchmarks/ has the controlled comparison)")
-    if "float_layers_cost" in where:
-        int8 = report["int8"]
-        kept = int8["quantized_layers"] - int8["int8_layers"]
-        cost = where["float_layers_cost"]
-        effect = f"cost {cost:.0%} of" if cost >= 0 else f"gained {-cost:.0%} on"
-        line += f"; the {kept} layer{'s' if kept != 1 else ''} kept in float {effect} the all-INT8 speed"
-    return line
+        click.echo(speed_line(outcome.report))
 
 
 def run_simulation(source, output, *, mode, force, preset, method, weight_rounding, calib, calib_frames, check_source,

@@ -198,8 +198,9 @@ def diff_image(diff: np.ndarray) -> str:
     return f'<img alt="alpha difference" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}"/>'
 
 
-def _float_layers_cost(speed: dict) -> str:
-    """The sentence on what keeping layers in float did to speed, vs the all-INT8 model.
+def _float_layers_cost(speed: dict, kept: int | None = None) -> str:
+    """The sentence on what keeping layers (`kept` of them, where given) in float did to speed,
+    vs the all-INT8 model.
 
     `float_layers_cost` is the share of all-INT8 FPS given up (1 - fps / fps_all_int8). It is
     negative when the mixed model ran faster (some layers are quicker in float than with their
@@ -209,7 +210,24 @@ def _float_layers_cost(speed: dict) -> str:
     effect = (f"cost {cost:.1%} of that speed" if cost >= 0
               else f"gained {-cost:.1%} (the mixed model ran faster: in float those layers beat their INT8 "
                    "Q/DQ form, or the gap is timing noise)")
-    return f" All-INT8 ran {speed['fps_all_int8']:.1f} FPS: keeping layers in float {effect}."
+    layers = "layers" if kept is None else f"{kept} layer{'s' if kept != 1 else ''}"
+    return f" All-INT8 ran {speed['fps_all_int8']:.1f} FPS: keeping {layers} in float {effect}."
+
+
+def speed_line(report: dict) -> str:
+    """One line on what the quantization's own speed timing measured: on the backend
+    `backend="auto"` picks here, against plain ONNX Runtime FP32, and what the layers kept in
+    float cost against the all-INT8 model (where any were)."""
+    speed = report["speed"]
+    openvino = speed.get("openvino")
+    where = openvino or speed
+    ratio = openvino["vs_onnxruntime_fp32"] if openvino else speed["speedup"]
+    line = (f"speed: {ratio:.2f}x ONNX Runtime FP32 on {'OpenVINO' if openvino else 'ONNX Runtime'}, the backend "
+            f"auto picks here ({speed['clip']}; indicative, benchmarks/ has the controlled comparison).")
+    if "fps_all_int8" in where:
+        int8 = report["int8"]
+        line += _float_layers_cost(where, kept=int8["quantized_layers"] - int8["int8_layers"])
+    return line
 
 
 def _calibration(calibration: dict) -> str:

@@ -330,19 +330,20 @@ def test_an_unknown_backend_is_a_one_line_error(rvm_artifact, photo, tmp_path):
 
 
 def test_quantize_prints_the_speed_it_timed_on_the_backend_auto_picks():
-    from mtc.cli.options import speed_summary
+    from mtc.quant.report import speed_line
 
     on_openvino = {"speed": {"clip": "builtin-512x288-seed1", "speedup": 0.9, "fps_all_int8": 10.0,
                              "float_layers_cost": 0.04,
                              "openvino": {"vs_onnxruntime_fp32": 1.32, "fps_all_int8": 19.0,
                                           "float_layers_cost": 0.333}},
                    "int8": {"quantized_layers": 85, "int8_layers": 63}}
-    assert speed_summary(on_openvino) == (
+    assert speed_line(on_openvino) == (
         "speed: 1.32x ONNX Runtime FP32 on OpenVINO, the backend auto picks here (builtin-512x288-seed1; indicative, "
-        "benchmarks/ has the controlled comparison); the 22 layers kept in float cost 33% of the all-INT8 speed")
+        "benchmarks/ has the controlled comparison). All-INT8 ran 19.0 FPS: keeping 22 layers in float cost 33.3% "
+        "of that speed.")
     on_ort = {"speed": {"clip": "c", "speedup": 1.5}, "int8": {"quantized_layers": 4, "int8_layers": 4}}
-    assert speed_summary(on_ort).startswith("speed: 1.50x ONNX Runtime FP32 on ONNX Runtime,")
-    assert "float" not in speed_summary(on_ort)  # nothing fell back: no all-INT8 model to compare with
-    faster = {"speed": {"clip": "c", "speedup": 1.5, "float_layers_cost": -0.05},
+    assert speed_line(on_ort).startswith("speed: 1.50x ONNX Runtime FP32 on ONNX Runtime,")
+    assert "float" not in speed_line(on_ort)  # nothing fell back: no all-INT8 model to compare with
+    faster = {"speed": {"clip": "c", "speedup": 1.5, "fps_all_int8": 1.4, "float_layers_cost": -0.05},
               "int8": {"quantized_layers": 4, "int8_layers": 3}}
-    assert speed_summary(faster).endswith("the 1 layer kept in float gained 5% on the all-INT8 speed")
+    assert "keeping 1 layer in float gained 5.0%" in speed_line(faster)
