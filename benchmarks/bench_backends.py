@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import dump, ensure_artifact, machine, ran_on, summarize_times, update_results  # noqa: E402
 
 import mtc.runtime  # noqa: E402
-from calib_data.builtin_clip import ClipSpec, builtin_clip  # noqa: E402
 from mtc.backends.openvino.session import OpenVinoBackend  # noqa: E402
+from mtc.data.builtin_clip import ClipSpec, builtin_clip  # noqa: E402
 from mtc.metrics import mad  # noqa: E402
 from mtc.runtime.session import MattingSession  # noqa: E402
 

@@ -38,9 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import dump, machine, ran_on, summarize_times, update_results  # noqa: E402
 
 import mtc.runtime  # noqa: E402
-from calib_data.builtin_photos import builtin_photos  # noqa: E402
 from mtc.artifact.manifest import read_manifest  # noqa: E402
 from mtc.backends.cpu import has_bf16  # noqa: E402
+from mtc.data.builtin_photos import builtin_photos  # noqa: E402
 from mtc.metrics import mad  # noqa: E402
 from mtc.quant.config import Fallback, Gates, preset  # noqa: E402
 from mtc.quant.data_plan import DataPlan  # noqa: E402

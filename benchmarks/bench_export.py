@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import dump, machine, ran_on, summarize_times, update_results  # noqa: E402
 
 import mtc.runtime  # noqa: E402
-from calib_data.builtin_clip import ClipSpec, builtin_clip  # noqa: E402
+from mtc.data.builtin_clip import ClipSpec, builtin_clip  # noqa: E402
 from mtc.export.torch_export import save_random_checkpoint  # noqa: E402
 from mtc.models.export import export_model  # noqa: E402
 

@@ -71,7 +71,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import dump, machine, ran_on, summarize_times, update_results  # noqa: E402
 
 import mtc.runtime  # noqa: E402
-from calib_data.builtin_clip import ClipSpec, builtin_clip, builtin_frames  # noqa: E402
+from mtc.data.builtin_clip import ClipSpec, builtin_clip, builtin_frames  # noqa: E402
 from mtc.export.program import parity_prompt  # noqa: E402
 from mtc.models.matanyone import IO, PARITY_CASES, PARITY_TOLERANCE, QUANTIZATION  # noqa: E402
 from mtc.runtime.program import ProgramEngine  # noqa: E402

@@ -64,10 +64,10 @@ from common import (  # noqa: E402
     update_results,
 )
 
-from calib_data.builtin_clip import CALIBRATION_SHOTS, ClipSpec, builtin_frames  # noqa: E402
 from mtc.bench.accuracy import StreamingMetrics, as_alpha  # noqa: E402
 from mtc.bench.machine import machine_info  # noqa: E402
 from mtc.bench.runner import report_json  # noqa: E402
+from mtc.data.builtin_clip import CALIBRATION_SHOTS, ClipSpec, builtin_frames  # noqa: E402
 from mtc.models.rvm import MOBILENETV3_ONNX  # noqa: E402
 from mtc.weights import cache_dir, fetch_weights  # noqa: E402
 

@@ -44,8 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import OrtRvm, dump, ensure_artifact, machine, ran_on, summarize_times, update_results  # noqa: E402
 
 import mtc.runtime  # noqa: E402
-from calib_data.builtin_clip import ClipSpec, builtin_clip, write_builtin_clip  # noqa: E402
 from mtc.bench.measure import measure_end_to_end  # noqa: E402
+from mtc.data.builtin_clip import ClipSpec, builtin_clip, write_builtin_clip  # noqa: E402
 from mtc.models.rvm import MOBILENETV3_ONNX  # noqa: E402
 from mtc.runtime.video_reader import VideoReader  # noqa: E402
 from mtc.runtime.video_writer import DEFAULT_X264_PRESET, X264_PRESETS  # noqa: E402

@@ -62,7 +62,7 @@ from common import dump, ensure_artifact, machine, ran_on, update_results  # noq
 
 import mtc  # noqa: E402
 import mtc.runtime  # noqa: E402
-from calib_data.builtin_clip import ClipSpec, builtin_clip, write_builtin_clip  # noqa: E402
+from mtc.data.builtin_clip import ClipSpec, builtin_clip, write_builtin_clip  # noqa: E402
 from mtc.errors import MtcError  # noqa: E402
 
 SOURCE_ROOT = str(Path(mtc.__file__).resolve().parent.parent)

@@ -17,8 +17,10 @@ ALLOWED = {
     "passes": {"errors", "graph_edit"},
     "backends": {"errors", "fsutil", "artifact", "passes"},
     "runtime": {"errors", "fsutil", "artifact", "backends"},
+    # The built-in frames are drawn with the runtime's own image and video code.
+    "data": {"errors", "fsutil", "artifact", "backends", "runtime"},
 }
-GENERIC = ("artifact", "backends", "passes", "runtime", "export", "quant", "bench", "serve")
+GENERIC = ("artifact", "backends", "passes", "runtime", "data", "export", "quant", "bench", "serve")
 FAMILY = re.compile(r"\b(rvm|modnet|u2netp?|u²-?netp?|bgmv2|backgroundmattingv2|birefnet|inspyrenet|matanyone|pdfnet)\b",
                     re.IGNORECASE)
 

@@ -74,7 +74,7 @@ def bench_frames(source: str | Path, width: int, height: int, count: int) -> lis
     if count < 1:
         raise MtcError(f"--frames must be at least 1, got {count}", hint="pass --frames 8 or more")
     if str(source) == BUILTIN:
-        from calib_data.builtin_clip import ClipSpec, builtin_frames
+        from mtc.data.builtin_clip import ClipSpec, builtin_frames
 
         return list(builtin_frames(ClipSpec(width=width, height=height, frames=count)))
     from mtc.runtime.video_reader import VideoReader

@@ -445,7 +445,7 @@ def _run_video(session, input: str, output: Path, renderer, x264_preset: str, en
     # before the frame enters the pipeline, the writer takes it when the frame comes out.
     times: collections.deque = collections.deque()
     if input == BUILTIN:
-        from calib_data.builtin_clip import ClipSpec, builtin_frames
+        from mtc.data.builtin_clip import ClipSpec, builtin_frames
 
         spec = ClipSpec()
         frames, fps, size, total, audio = builtin_frames(spec), spec.fps, (spec.width, spec.height), spec.frames, None

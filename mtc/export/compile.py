@@ -190,7 +190,7 @@ def check_export_parity(io: ModelIO, ref_backend: Backend, cand_backend: Backend
                         floor: Backend | None = None) -> list[ParityResult]:
     """Compare two backends on the built-in clip at each case; raise if any output drifts.
     `floor` runs the candidate's graph by a second implementation (`compare_on_frames`)."""
-    from calib_data.builtin_clip import ClipSpec, builtin_clip
+    from mtc.data.builtin_clip import ClipSpec, builtin_clip
 
     results = []
     for case in cases:

@@ -83,7 +83,7 @@ def compare_programs(job: CompileJob, program: Program, references: dict[str, Ba
                      candidates: dict[str, Backend], case: ParityCase) -> dict:
     """Run the program on both sets of graphs over the built-in clip at `case`; return the
     worst |difference| of the alpha and of each graph's outputs on the inputs it was fed."""
-    from calib_data.builtin_clip import ClipSpec, builtin_clip
+    from mtc.data.builtin_clip import ClipSpec, builtin_clip
 
     frames = builtin_clip(ClipSpec(width=case.width, height=case.height, frames=case.frames))
     recorders = {name: _Recorder(backend) for name, backend in candidates.items()}

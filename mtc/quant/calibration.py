@@ -50,7 +50,7 @@ def load_clips(source: str | Path, *, frames: int, size: tuple[int, int] | None 
             fixed input size sees them).
     """
     if str(source) == BUILTIN:
-        from calib_data.builtin_clip import CALIBRATION_SHOTS, ClipSpec, builtin_clip
+        from mtc.data.builtin_clip import CALIBRATION_SHOTS, ClipSpec, builtin_clip
 
         width, height = size or (512, 288)
         # Every background photo gets a shot: calibrated on the two-shot demo clip instead, the
@@ -82,7 +82,7 @@ def load_clips(source: str | Path, *, frames: int, size: tuple[int, int] | None 
 
 def builtin_photo_clips(split: str, size: tuple[int, int]) -> list[Clip]:
     """The built-in still photos of `split` ("calibration" or "check"), one clip each, at `size`."""
-    from calib_data.builtin_photos import builtin_photos
+    from mtc.data.builtin_photos import builtin_photos
 
     return [Clip(f"photo-{name.rsplit('.', 1)[0]}-{size[0]}x{size[1]}", frame[None])
             for name, frame in builtin_photos(split, size)]

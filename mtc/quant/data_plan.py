@@ -94,7 +94,7 @@ def calibration_clips(io, data: DataPlan, *, photos: bool = False) -> list[Clip]
 def check_clips(io, data: DataPlan, *, photos: bool = False) -> list[Clip]:
     """The held-out check clips of `data` (the built-in check clip when it names no source),
     with the built-in check photos where `photos` and no check source is given."""
-    from calib_data.builtin_clip import DEMO_SHOTS
+    from mtc.data.builtin_clip import DEMO_SHOTS
 
     clips = []
     for width, height, ratio in _settings_for(io, data.settings):

@@ -281,8 +281,8 @@ def test_build_command_saves_ort_optimized_model(rvm_artifact, tmp_path, monkeyp
     from click.testing import CliRunner
 
     import mtc.runtime
-    from calib_data.builtin_clip import ClipSpec, builtin_clip
     from mtc.cli.build import build
+    from mtc.data.builtin_clip import ClipSpec, builtin_clip
 
     monkeypatch.setenv("MTC_CACHE", str(tmp_path / "cache"))
     plain = mtc.runtime.load(rvm_artifact, backend="onnxruntime", scene_cut_threshold=None)

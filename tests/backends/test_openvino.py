@@ -13,8 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 ov = pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'mtc[openvino]')")
 
 import mtc.runtime  # noqa: E402
-from calib_data.builtin_clip import ClipSpec, builtin_clip  # noqa: E402
 from mtc.backends.openvino.session import OpenVinoBackend  # noqa: E402
+from mtc.data.builtin_clip import ClipSpec, builtin_clip  # noqa: E402
 from mtc.errors import MtcError  # noqa: E402
 from mtc.metrics import mad  # noqa: E402
 

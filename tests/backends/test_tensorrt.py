@@ -751,8 +751,8 @@ def test_gpu_build_and_run_match_onnxruntime(rvm_artifact, tmp_path, monkeypatch
     import shutil
 
     import mtc.runtime
-    from calib_data.builtin_clip import ClipSpec, builtin_clip
     from mtc.backends.build import build
+    from mtc.data.builtin_clip import ClipSpec, builtin_clip
 
     monkeypatch.setenv("MTC_CACHE", str(tmp_path / "cache"))
     folder = tmp_path / "rvm"

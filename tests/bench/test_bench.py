@@ -345,7 +345,7 @@ def test_cli_bad_gates_file_is_a_usage_error(tiny, tmp_path):
 
 def test_cli_gt_and_reference_match_metrics(tiny, tmp_path):
     """--gt folder + --reference: figures equal mtc.metrics on the same frames."""
-    from calib_data.builtin_clip import ClipSpec, builtin_alpha, builtin_clip
+    from mtc.data.builtin_clip import ClipSpec, builtin_alpha, builtin_clip
 
     fp32, int8 = tiny
     spec = ClipSpec(width=64, height=48, frames=4)
@@ -469,8 +469,8 @@ def test_real_rvm_end_to_end(rvm_artifact, tmp_path):
 
 def test_input_video_and_alpha_video_ground_truth(tiny, tmp_path):
     """--input VIDEO at its own size is decoded directly end to end; --gt may be an alpha video."""
-    from calib_data.builtin_clip import ClipSpec, builtin_alpha, write_builtin_clip
     from mtc.bench.data import iter_ground_truth
+    from mtc.data.builtin_clip import ClipSpec, builtin_alpha, write_builtin_clip
     from mtc.runtime.video_writer import VideoWriter
 
     spec = ClipSpec(width=64, height=48, frames=5)

@@ -40,7 +40,7 @@ def assert_clean_error(result, *phrases):
 
 @pytest.fixture(scope="module")
 def photo(tmp_path_factory):
-    from calib_data.builtin_clip import ClipSpec, builtin_clip
+    from mtc.data.builtin_clip import ClipSpec, builtin_clip
 
     path = tmp_path_factory.mktemp("inputs") / "photo.png"
     Image.fromarray(builtin_clip(ClipSpec(width=320, height=180, frames=1))[0]).save(path)
@@ -162,7 +162,7 @@ def test_run_on_video_keeps_audio_and_writes_alpha_video(rvm_artifact, tmp_path)
 def test_run_keeps_a_variable_frame_rate_in_step_with_the_source(rvm_artifact, tmp_path):
     import av
 
-    from calib_data.builtin_clip import ClipSpec, builtin_clip
+    from mtc.data.builtin_clip import ClipSpec, builtin_clip
     from mtc.runtime.video_reader import VideoReader
 
     # 30 fps for half a second, then 10 fps: the average rate (20) would put frame 15 at 0.75 s.
@@ -234,7 +234,7 @@ def test_run_offers_exactly_the_writers_encoders():
 def _video_with_audio(path, frames):
     import av
 
-    from calib_data.builtin_clip import ClipSpec, builtin_clip
+    from mtc.data.builtin_clip import ClipSpec, builtin_clip
 
     clip = builtin_clip(ClipSpec(width=160, height=96, frames=frames))
     with av.open(str(path), "w") as container:

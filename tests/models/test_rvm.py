@@ -11,8 +11,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from calib_data.builtin_clip import ClipSpec, builtin_clip  # noqa: E402
 from mtc.backends import OrtBackend  # noqa: E402
+from mtc.data.builtin_clip import ClipSpec, builtin_clip  # noqa: E402
 from mtc.errors import MtcError  # noqa: E402
 from mtc.export.onnx_ingest import sanitize  # noqa: E402
 from mtc.export.torch_export import save_random_checkpoint  # noqa: E402

@@ -47,7 +47,7 @@ def artifact(u2netp_onnx, tmp_path_factory) -> Path:
 
 
 def _frames(width: int, height: int, count: int) -> np.ndarray:
-    from calib_data.builtin_clip import ClipSpec, builtin_clip
+    from mtc.data.builtin_clip import ClipSpec, builtin_clip
 
     return builtin_clip(ClipSpec(width=width, height=height, frames=count))
 

@@ -138,7 +138,7 @@ def test_rvm_refiner_is_rewritten_for_the_ratio(request, caplog, artifact, ratio
     # the channel mean padded with a channel of 1s, and alpha the channel sum of its products. The input's three 2x2 pools are rewritten where their sizes
     # are even (pooling 256x144, 128x72, 64x36; at ratio 0.25, 64x36, 32x18 but not 16x9).
     # All 28 of the encoder's HardSigmoids carry PyTorch's constants. Values: test_openvino's clip parity runs at ratio 0.25.
-    from calib_data.builtin_clip import ClipSpec, builtin_clip
+    from mtc.data.builtin_clip import ClipSpec, builtin_clip
 
     frames = builtin_clip(ClipSpec(width=256, height=144, frames=3))
     caplog.set_level(logging.DEBUG, logger="mtc")

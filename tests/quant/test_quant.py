@@ -723,8 +723,8 @@ def test_keep_float_flag_keeps_the_named_layer_float_and_refuses_unknown_names(t
 
 
 def test_calibration_sees_every_builtin_scene_and_checks_use_the_demo_clip(tmp_path):
-    from calib_data.builtin_clip import CALIBRATION_SHOTS, DEMO_SHOTS, ClipSpec, builtin_clip
     from mtc.artifact.manifest import read_manifest
+    from mtc.data.builtin_clip import CALIBRATION_SHOTS, DEMO_SHOTS, ClipSpec, builtin_clip
     from mtc.quant.data_plan import calibration_clips, check_clips
 
     io = read_manifest(_toy_artifact(tmp_path / "toy")).io
@@ -737,8 +737,8 @@ def test_calibration_sees_every_builtin_scene_and_checks_use_the_demo_clip(tmp_p
 
 
 def test_image_models_also_calibrate_and_check_on_disjoint_builtin_photos(tmp_path):
-    from calib_data.builtin_photos import CALIBRATION_PHOTOS, CHECK_PHOTOS
     from mtc.artifact.manifest import default_quant_recipe, read_manifest
+    from mtc.data.builtin_photos import CALIBRATION_PHOTOS, CHECK_PHOTOS
     from mtc.quant.data_plan import calibration_clips, check_clips
 
     io = read_manifest(_toy_artifact(tmp_path / "toy")).io
@@ -786,8 +786,8 @@ def test_footage_keeps_its_aspect_unless_the_model_stretches_frames_to_a_fixed_s
 def test_several_sources_each_give_their_frames_for_calibration_and_checks(tmp_path, caplog):
     from PIL import Image
 
-    from calib_data.builtin_photos import CALIBRATION_PHOTOS
     from mtc.artifact.manifest import read_manifest
+    from mtc.data.builtin_photos import CALIBRATION_PHOTOS
     from mtc.quant.data_plan import calibration_clips, check_clips
 
     folder = tmp_path / "photos"

@@ -76,8 +76,8 @@ def test_fp16_rvm_has_no_nan_and_stays_within_tolerance(rvm_artifact, tmp_path):
 def test_uint8_int8_artifact_runs_faithfully_on_openvino(rvm_int8):
     """The reason `auto` may send uint8-activation INT8 artifacts to OpenVINO (signed ones lose ~30e-3 MAD there)."""
     pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'mtc[openvino]')")
-    from calib_data.builtin_clip import ClipSpec, builtin_clip
     from mtc import metrics
+    from mtc.data.builtin_clip import ClipSpec, builtin_clip
 
     clip = builtin_clip(ClipSpec(width=512, height=288, frames=8, seed=2))
     alphas = {}

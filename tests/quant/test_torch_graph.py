@@ -232,7 +232,7 @@ def test_weights_are_trainable_parameters_and_gradients_reach_them():
 
 
 def _clip_frames(width: int, height: int, count: int) -> np.ndarray:
-    from calib_data.builtin_clip import ClipSpec, builtin_clip
+    from mtc.data.builtin_clip import ClipSpec, builtin_clip
 
     return builtin_clip(ClipSpec(width=width, height=height, frames=count)).astype(np.float32) / 255
 

@@ -120,7 +120,7 @@ def test_scene_cut_resets_state():
 
 @pytest.fixture(scope="module")
 def clip():
-    from calib_data.builtin_clip import ClipSpec, builtin_clip
+    from mtc.data.builtin_clip import ClipSpec, builtin_clip
 
     return builtin_clip(ClipSpec(width=320, height=192, frames=12))
 
@@ -160,7 +160,7 @@ def test_auto_downsample_ratio(rvm_artifact):
 
 
 def test_scene_cut_in_builtin_clip_is_detected(rvm_artifact):
-    from calib_data.builtin_clip import ClipSpec, builtin_clip, scene_cut_frames
+    from mtc.data.builtin_clip import ClipSpec, builtin_clip, scene_cut_frames
 
     spec = ClipSpec(width=160, height=96)
     session = mtc.runtime.load(rvm_artifact)

@@ -43,7 +43,7 @@ def example_image(size: tuple[int, int]) -> np.ndarray:
     stretch of a nearly flat sigmoid magnifies float noise beyond any tolerance."""
     from PIL import Image
 
-    from calib_data.builtin_clip import ClipSpec, builtin_clip
+    from mtc.data.builtin_clip import ClipSpec, builtin_clip
 
     frame = builtin_clip(ClipSpec(width=size[1], height=size[0], frames=1))[0]
     rgb = np.asarray(Image.fromarray(frame).resize(size[::-1], Image.BILINEAR), np.float32) / 255

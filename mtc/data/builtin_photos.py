@@ -20,7 +20,7 @@ import functools
 import numpy as np
 from PIL import Image
 
-from calib_data.builtin_clip import _data_dir
+from mtc.data.builtin_clip import _data_dir
 from mtc.errors import MtcError
 from mtc.runtime.images import cover
 

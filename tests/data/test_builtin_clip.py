@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-import calib_data.builtin_clip as clip_module
-from calib_data.builtin_clip import (
+import mtc.data.builtin_clip as clip_module
+from mtc.data.builtin_clip import (
     CALIBRATION_SHOTS,
     SOURCES,
     ClipSpec,
@@ -146,7 +146,7 @@ def test_missing_scikit_image_is_a_clear_error(monkeypatch):
 
 def test_does_not_import_skimage():
     code = (
-        "from calib_data.builtin_clip import ClipSpec, builtin_frames\n"
+        "from mtc.data.builtin_clip import ClipSpec, builtin_frames\n"
         "next(builtin_frames(ClipSpec(frames=1)))\n"
         "import sys; print('skimage' in sys.modules)"
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from calib_data.builtin_photos import CALIBRATION_PHOTOS, CHECK_PHOTOS, builtin_photos
+from mtc.data.builtin_photos import CALIBRATION_PHOTOS, CHECK_PHOTOS, builtin_photos
 from mtc.errors import MtcError
 
 
@@ -27,7 +27,7 @@ def test_photos_come_at_the_asked_size_as_rgb_uint8(size):
 def test_a_photo_is_centre_cropped_not_stretched():
     from PIL import Image
 
-    from calib_data.builtin_clip import _data_dir
+    from mtc.data.builtin_clip import _data_dir
 
     # A square crop of a wide photo equals the photo's own centre square, resized.
     name, frame = builtin_photos("calibration", (32, 32))[2]
