@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from runtime.media_helpers import smooth_frame
 from tiny_artifacts import tiny_model, write_tiny_artifact
 
 import mtc.runtime
@@ -114,3 +115,32 @@ def test_a_full_frame_of_noise_matches_the_model_exactly(tiny):
     frame = np.random.default_rng(3).integers(0, 256, (16, 23, 3), dtype=np.uint8)
     (expected,) = reference.run(None, {"img": frame.transpose(2, 0, 1)[None].astype(np.float32) / 255.0})
     np.testing.assert_allclose(session.process(frame).alpha, expected[0, 0], atol=1e-5)
+
+
+def test_check_frame_accepts_rgb_uint8_views():
+    frame = smooth_frame(32, 48)
+    check_frame(frame)
+    check_frame(frame[:, ::-1])  # not C-contiguous
+    check_frame(np.ascontiguousarray(frame[..., ::-1]))
+
+
+@pytest.mark.parametrize(
+    ("frame", "problem", "fix"),
+    [
+        (np.zeros((32, 48, 4), np.uint8), "RGBA", "frame[..., :3]"),
+        (np.zeros((32, 48), np.uint8), "grayscale", "np.repeat(frame[..., None], 3, axis=2)"),
+        (np.zeros((32, 48, 1), np.uint8), "grayscale", "np.repeat"),
+        (np.zeros((32, 48, 3), np.uint16), "uint16", "convert to uint8"),
+        (np.zeros((32, 48, 3), np.float32), "float32", "convert to uint8"),
+        (np.zeros((3, 32, 48), np.uint8), "channels-first", "transpose"),
+        (np.zeros((2, 32, 48, 3), np.uint8), "single HxWx3", "one frame at a time"),
+        (np.zeros((0, 0, 3), np.uint8), "empty", "(height, width, 3)"),
+        (np.zeros((8, 48, 3), np.uint8), "too small", "(height, width, 3)"),
+        ([[0, 0, 0]], "numpy array", "np.asarray"),
+    ],
+)
+def test_check_frame_explains_the_layout(frame, problem, fix):
+    with pytest.raises(MtcError) as err:
+        check_frame(frame)
+    assert problem in err.value.message
+    assert fix in err.value.hint
