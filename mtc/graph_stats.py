@@ -445,3 +445,10 @@ def node_macs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str,
     """Multiply-accumulates of each Conv/ConvTranspose/Gemm/MatMul node for one inference with `feeds`."""
     shapes = _run_for_shapes(model, feeds)
     return {node.name: _node_macs(node, shapes) for node in model.graph.node if node.op_type in _MAC_OPS}
+
+
+def mac_shares(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, float]:
+    """Each `node_macs` node's share of the model's multiply-accumulates (0 to 1)."""
+    macs = node_macs(model, feeds)
+    total = sum(macs.values()) or 1
+    return {name: value / total for name, value in macs.items()}

@@ -7,7 +7,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from mtc.errors import MtcError
-from mtc.graph_stats import frame_cost, summarize_graph, tensor_elements, zero_feeds
+from mtc.graph_stats import frame_cost, mac_shares, summarize_graph, tensor_elements, zero_feeds
 
 OPSET = 17
 
@@ -310,3 +310,13 @@ def test_tensor_elements_counts_what_one_inference_produces_at_the_feeds_size():
     # the conv's weight (its MAC count's operand), its output and the Relu's; Flatten is data
     # movement, not counted
     assert elements == {"w": 108, "c": 140, "r": 140}
+
+
+def test_mac_shares_split_the_models_macs_by_layer():
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="wide", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["a", "w2"], ["y"], name="narrow")]
+    model = _model(nodes, [_float_input("x", [1, 3, 8, 8])], [_float_input("y", None)],
+                   [_weight("w1", [4, 3, 3, 3]), _weight("w2", [1, 4, 1, 1])])
+    shares = mac_shares(model, {"x": np.zeros((1, 3, 8, 8), np.float32)})
+    wide, narrow = 4 * 8 * 8 * 3 * 3 * 3, 1 * 8 * 8 * 4  # output elements * C_in * kh * kw
+    assert shares == pytest.approx({"wide": wide / (wide + narrow), "narrow": narrow / (wide + narrow)})

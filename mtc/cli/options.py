@@ -347,9 +347,12 @@ def run_quantization(source, output, *, precision, preset, method, weight_roundi
     click.echo(f"artifact: {output} ({precision}, worst clip MAD {worst.mad:.3f}, dtSSD {worst.dtssd:.3f}; "
                f"report {output}/report.html)")
     if outcome.report.get("speed"):
-        from mtc.quant.report import speed_line
+        from mtc.quant.report import speed_line, speed_warning
 
         click.echo(speed_line(outcome.report))
+        warning = speed_warning(outcome.report)
+        if warning:
+            click.echo(f"warning: {warning}", err=True)
 
 
 def run_simulation(source, output, *, mode, force, preset, method, weight_rounding, calib, calib_frames, check_source,

@@ -36,7 +36,7 @@ from mtc.backends import OrtBackend
 from mtc.backends.cpu import cpu_class
 from mtc.errors import MtcError
 from mtc.fsutil import atomic_dir, atomic_write_text
-from mtc.graph_stats import node_macs
+from mtc.graph_stats import mac_shares
 from mtc.quant.affine import apply_corrections, fit_layers
 from mtc.quant.align import align_conv_inputs
 from mtc.quant.calibration import calibration_record, record_feeds
@@ -422,9 +422,7 @@ def calibrate_int8(model, feeds, reference, config: Int8Config, timings, stages:
     excluded = set(config.exclude_nodes)
     mac_share = {}
     if config.min_mac_share > 0 or config.float_budget > 0:
-        macs = node_macs(model, feeds[0])
-        total = sum(macs.values()) or 1
-        mac_share = {name: value / total for name, value in macs.items()}
+        mac_share = mac_shares(model, feeds[0])
         excluded |= {name for name, share in mac_share.items() if share < config.min_mac_share}
     plan = plan_qdq(model, op_types=config.op_types, exclude_nodes=excluded, quantize_outputs=config.quantize_outputs,
                     activation_matmuls=bool(config.activation_matmuls))
@@ -550,7 +548,7 @@ def _int8(calibrated: Calibrated, feeds, reference, config: Int8Config, gates: G
     fallback_layers = []
     if not check.passed and fallback.enabled:
         final_plan, check, fallback_layers = _fall_back(run_plan, final_plan, check, reference, gates, fallback,
-                                                        stages, timings, details)
+                                                        stages, timings, details, cost=(model, feeds[0]))
         final_model = build(final_plan)
     details["int8"]["fallback_layers"] = outgrown_layers + budget_layers + fallback_layers
     details["int8"]["int8_layers"] = len(final_plan.nodes)
@@ -612,23 +610,34 @@ def _float_budget_layers(run_plan, plan: QdqPlan, affordable: list[str], errors:
 
 
 def _fall_back(run_plan, plan: QdqPlan, check: CheckResult, reference, gates: Gates, fallback: Fallback,
-               stages: Stages, timings, details: dict) -> tuple[QdqPlan, CheckResult, list[str]]:
-    """`plan` with layers returned to float, most sensitive first, until the gates pass (or the
-    fallback's share runs out): the plan, its check and the layers. Records the search in `details`."""
+               stages: Stages, timings, details: dict, *, cost: tuple[onnx.ModelProto, dict]
+               ) -> tuple[QdqPlan, CheckResult, list[str]]:
+    """`plan` with layers returned to float, the most sensitive per MAC first, else the most
+    sensitive, until the gates pass (or the fallback's share runs out): the plan, its check and
+    the layers. `cost`: the float graph the plan quantizes and a feed, to weigh its layers by
+    MACs. Records the search in `details`."""
     log.info("INT8 misses the gates (%s): measuring per-layer sensitivity", "; ".join(check.failures))
     started = time.perf_counter()
     probe = reference.head(clips=1, frames=12)  # one layer at a time: keep the probe short
     with stages.stage("layer sensitivity, one at a time", total=len(plan.nodes)) as advance:
         sensitivity = layer_sensitivity(run_plan, plan, probe, progress=advance)
     timings["sensitivity_s"] = time.perf_counter() - started
+    try:
+        mac_share = mac_shares(*cost)
+    except MtcError as exc:  # ONNX Runtime cannot size the graph: rank by error alone
+        log.debug("fallback ranks by error alone: %s", exc)
+        mac_share = None
     started = time.perf_counter()
     # The search builds one candidate per attempt; how many it needs is not known up front.
     with stages.stage("fallback search until gates pass") as advance:
         result = fallback_until_gates_pass(lambda subplan: _then(run_plan(subplan), advance), plan, reference,
-                                           gates, sensitivity, max_fraction=fallback.max_fraction)
+                                           gates, sensitivity, mac_share=mac_share, max_fraction=fallback.max_fraction)
     timings["fallback_s"] = time.perf_counter() - started
     details["sensitivity"] = sensitivity
     details["fallback_steps"] = result.steps
+    details["int8"]["fallback_order"] = result.order
+    if mac_share:
+        details["int8"]["fallback_mac_share"] = round(sum(mac_share.get(n, 0.0) for n in result.fallback_nodes), 4)
     return result.plan, result.check, result.fallback_nodes
 
 

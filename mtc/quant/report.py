@@ -70,6 +70,11 @@ def _number(value: float) -> str:
     return f"{value:.3g}" if abs(value) < 1e3 else f"{value:.0f}"
 
 
+def _share(value: float | None) -> str:
+    """A share as a percentage, or a dash where it was not measured."""
+    return "–" if value is None else f"{value:.2%}"
+
+
 def _figure(title: str, svg: str) -> str:
     """A chart under its title as an HTML caption, which wraps at the page's width: drawn in
     the SVG, long titles ran past its fixed width and were cut off."""
@@ -198,6 +203,11 @@ def diff_image(diff: np.ndarray) -> str:
     return f'<img alt="alpha difference" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}"/>'
 
 
+# Below this ratio to its FP32 model on the same backend, the quantization's own timing cannot
+# tell the artifact's speed from FP32's.
+MIN_SPEEDUP = 1.1
+
+
 def _float_layers_cost(speed: dict, kept: int | None = None) -> str:
     """The sentence on what keeping layers (`kept` of them, where given) in float did to speed,
     vs the all-INT8 model.
@@ -216,18 +226,52 @@ def _float_layers_cost(speed: dict, kept: int | None = None) -> str:
 
 def speed_line(report: dict) -> str:
     """One line on what the quantization's own speed timing measured: on the backend
-    `backend="auto"` picks here, against plain ONNX Runtime FP32, and what the layers kept in
-    float cost against the all-INT8 model (where any were)."""
+    `backend="auto"` picks here, against plain ONNX Runtime FP32 (and the FP32 model on that
+    backend), and what the layers kept in float cost against the all-INT8 model (where any were)."""
     speed = report["speed"]
     openvino = speed.get("openvino")
     where = openvino or speed
     ratio = openvino["vs_onnxruntime_fp32"] if openvino else speed["speedup"]
-    line = (f"speed: {ratio:.2f}x ONNX Runtime FP32 on {'OpenVINO' if openvino else 'ONNX Runtime'}, the backend "
+    own = f" ({openvino['speedup']:.2f}x its FP32 there)" if openvino else ""
+    line = (f"speed: {ratio:.2f}x ONNX Runtime FP32 on {'OpenVINO' if openvino else 'ONNX Runtime'}{own}, the backend "
             f"auto picks here ({speed['clip']}; indicative, benchmarks/ has the controlled comparison).")
     if "fps_all_int8" in where:
         int8 = report["int8"]
         line += _float_layers_cost(where, kept=int8["quantized_layers"] - int8["int8_layers"])
     return line
+
+
+def speed_warning(report: dict) -> str | None:
+    """A warning where the artifact runs less than MIN_SPEEDUP times its FP32 model on the
+    backend `backend="auto"` picks here: a quantization that buys no speed (most often the
+    fallback returned most of the MACs to float) should not pass unnoticed. None otherwise."""
+    speed = report["speed"]
+    where = speed.get("openvino") or speed
+    if where["speedup"] >= MIN_SPEEDUP:
+        return None
+    backend = "OpenVINO" if "openvino" in speed else "ONNX Runtime"
+    share = (report.get("int8") or {}).get("fallback_mac_share")
+    kept = f", with {share:.0%} of its MACs returned to float by the fallback" if share else ""
+    return (f"{report['precision'].upper()} runs {where['speedup']:.2f}x the FP32 model on {backend} here{kept}: "
+            "it buys little or no speed (keep the FP32 artifact, or quantize only the layers that pay with "
+            "--preset speed)")
+
+
+def _fallback_steps(steps: list[dict]) -> str:
+    """The fallback search's attempts as a table; INT8's name the ranking and the MAC share
+    they tried (FP16's search has neither)."""
+    ranked = any("order" in s for s in steps)
+    rows = "".join("<tr>" + (f"<td>{html.escape(s['order'] or '–')}</td>" if ranked else "")
+                   + f"<td>{s['float_layers']}</td>" + (f"<td>{_share(s.get('mac_share'))}</td>" if ranked else "")
+                   + f"<td>{s['mad']:.3f}</td><td>{s['dtssd']:.3f}</td><td>{'pass' if s['passed'] else 'fail'}</td></tr>"
+                   for s in steps)
+    intro = ("<p>Layers return to float ranked by their isolated INT8 error per MAC (the least speed first), "
+             "and only where that cannot pass the gates, by their error alone.</p>"
+             if any("mac_share" in s for s in steps) else "")
+    head = ("<th>ranked by</th><th>layers in float</th><th>their share of the MACs</th>" if ranked
+            else "<th>layers in float</th>")
+    return (f"<h2>Fallback search</h2>{intro}<table border=1 cellpadding=4><tr>{head}<th>worst MAD</th>"
+            f"<th>worst dtSSD</th><th>gates</th></tr>{rows}</table>")
 
 
 def _calibration(calibration: dict) -> str:
@@ -268,9 +312,11 @@ def render_html(report: dict, check: CheckResult) -> str:
                     f"×{openvino['vs_onnxruntime_fp32']:.2f} ONNX Runtime FP32).")
             if "fps_all_int8" in openvino:  # the float layers' cost where the artifact will run
                 auto += _float_layers_cost(openvino)
+        warning = speed_warning(report)
+        warning = f"<br><b>{html.escape(warning[0].upper() + warning[1:])}.</b>" if warning else ""
         sections.append(f"<p>ONNX Runtime CPU, {html.escape(speed['clip'])}: {speed['fps']:.1f} FPS vs FP32 "
                         f"{speed['fps_fp32']:.1f} FPS (×{speed['speedup']:.2f}; indicative, see benchmarks/).{cost}"
-                        f"{auto}</p>")
+                        f"{auto}{warning}</p>")
     for c in check.clips:
         limit_mad, limit_dt = check.gates.max_mad, check.gates.max_dtssd
         sections.append(f"<h2>{html.escape(c.name)} ({c.resolution}, ratio {c.downsample_ratio})</h2>")
@@ -335,10 +381,7 @@ def render_html(report: dict, check: CheckResult) -> str:
                                   title="per-layer sensitivity: MAD + dtSSD with only that layer in INT8 (red: kept in float)",
                                   highlight=fallback))
     if report.get("fallback_steps"):
-        steps = "".join(f"<tr><td>{s['float_layers']}</td><td>{s['mad']:.3f}</td><td>{s['dtssd']:.3f}</td>"
-                        f"<td>{'pass' if s['passed'] else 'fail'}</td></tr>" for s in report["fallback_steps"])
-        sections.append("<h2>Fallback search</h2><table border=1 cellpadding=4><tr><th>layers in float</th>"
-                        f"<th>worst MAD</th><th>worst dtSSD</th><th>gates</th></tr>{steps}</table>")
+        sections.append(_fallback_steps(report["fallback_steps"]))
     if report.get("fp16"):
         fp16 = report["fp16"]
         sensitive = fp16["sensitive_fp32"]

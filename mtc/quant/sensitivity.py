@@ -5,13 +5,16 @@ Two views of a layer's sensitivity, each the temporal and spatial error (dtSSD +
 - remove one at a time: the error with every layer but that one in INT8 (what returning it to
   float buys in the real, fully quantized model, where errors compound).
 The float budget spends a small share of the model's MACs on the layers whose removal buys the
-most error per MAC. Fallback keeps the most sensitive layers in float, doubling how many until
+most error per MAC. Fallback returns layers to float in a ranked order, doubling how many until
 the gates pass, then trims the set back down (layers whose return to INT8 keeps the gates green
-go back), so the artifact keeps as much INT8 as the gates allow.
+go back), so the artifact keeps as much INT8 as the gates allow. It ranks by isolated error per
+MAC first, which spends little speed, and only where those layers cannot pass the gates by
+isolated error alone, which may return the heaviest layers.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -95,32 +98,60 @@ class FallbackResult:
     check: CheckResult
     fallback_nodes: list[str]
     steps: list[dict] = field(default_factory=list)  # what each attempt kept in float and what it measured
+    order: str = "error"  # the ranking that found `fallback_nodes`: "error per MAC" or "error"
 
 
 def fallback_until_gates_pass(runner: Runner, plan: QdqPlan, check: ReferenceAlphas, gates: Gates,
-                              sensitivity: dict[str, dict[str, float]], *, max_fraction: float = 0.5) -> FallbackResult:
-    ranked = sorted(plan.node_names, key=lambda n: -(sensitivity[n]["mad"] + sensitivity[n]["dtssd"]))
-    limit = max(1, int(len(ranked) * max_fraction))
+                              sensitivity: dict[str, dict[str, float]], *, mac_share: dict[str, float] | None = None,
+                              max_fraction: float = 0.5) -> FallbackResult:
+    """`plan` with layers returned to float until `check` passes `gates`, at most `max_fraction`
+    of them. With `mac_share` (each layer's share of the model's MACs) the layers with the most
+    isolated error (`sensitivity`) per MAC are tried first: many small layers can cost less speed
+    than one heavy one. Where those fail, the search starts again by isolated error alone."""
+    errors = {n: sensitivity[n]["mad"] + sensitivity[n]["dtssd"] for n in plan.node_names}
+    limit = max(1, int(len(plan.node_names) * max_fraction))
+    orders = [("error", sorted(plan.node_names, key=lambda n: -errors[n]))]
+    if mac_share:
+        orders.insert(0, ("error per MAC", most_error_per_mac(plan.node_names, errors, mac_share)))
     steps = []
 
-    def attempt(excluded: list[str], trying: str = "") -> CheckResult:
+    def attempt(order: str, excluded: list[str], trying: str = "") -> CheckResult:
         result = check.check(runner(plan.without(excluded)), gates, with_grad=False)
-        steps.append({"float_layers": len(excluded), **worst_clip_errors(result), "passed": result.passed})
-        log.info("fallback: %d layers in float%s -> worst MAD %.3f, dtSSD %.3f (%s)", len(excluded), trying,
+        steps.append({"order": order, "float_layers": len(excluded), **worst_clip_errors(result),
+                      "passed": result.passed})
+        macs = ""
+        if mac_share:
+            steps[-1]["mac_share"] = round(sum(mac_share.get(n, 0.0) for n in excluded), 4)
+            macs = f", {steps[-1]['mac_share']:.2%} of the MACs"
+        log.info("fallback: %d layers in float%s%s -> worst MAD %.3f, dtSSD %.3f (%s)", len(excluded), macs, trying,
                  steps[-1]["mad"], steps[-1]["dtssd"], "pass" if result.passed else "fail")
         return result
 
-    previous, count, result = 0, 0, attempt([])
+    none_in_float = attempt("", [])
+    for order, ranked in orders:
+        if len(orders) > 1:
+            log.info("fallback: returning layers to float, most isolated INT8 %s first", order)
+        excluded, result = _doubling_search(ranked, limit, none_in_float, functools.partial(attempt, order))
+        if result.passed:
+            break
+    return FallbackResult(plan.without(excluded), result, excluded, steps, order)
+
+
+def _doubling_search(ranked: list[str], limit: int, none_in_float: CheckResult,
+                     attempt: Callable[..., CheckResult]) -> tuple[list[str], CheckResult]:
+    """The first `count` of `ranked` in float, `count` doubling up to `limit` until the check
+    passes; then the last doubling's additions go back to INT8, last ranked first, while it
+    still passes. Returns the layers left in float and their check."""
+    previous, count, result = 0, 0, none_in_float
     while not result.passed and count < limit:
         previous, count = count, min(limit, max(1, count * 2))
         result = attempt(ranked[:count])
     excluded = ranked[:count]
     if result.passed and count - previous > 1:
-        # Doubling overshoots: give back to INT8, least sensitive first, the layers the last
-        # doubling added, for as long as the gates stay green.
+        # Doubling overshoots: give back what it added for as long as the gates stay green.
         for name in reversed(ranked[previous:count]):
             trial = [n for n in excluded if n != name]
             trial_result = attempt(trial, f" ({name} back in INT8)")
             if trial_result.passed:
                 excluded, result = trial, trial_result
-    return FallbackResult(plan.without(excluded), result, excluded, steps)
+    return excluded, result

@@ -334,16 +334,32 @@ def test_quantize_prints_the_speed_it_timed_on_the_backend_auto_picks():
 
     on_openvino = {"speed": {"clip": "builtin-512x288-seed1", "speedup": 0.9, "fps_all_int8": 10.0,
                              "float_layers_cost": 0.04,
-                             "openvino": {"vs_onnxruntime_fp32": 1.32, "fps_all_int8": 19.0,
+                             "openvino": {"vs_onnxruntime_fp32": 1.32, "speedup": 0.93, "fps_all_int8": 19.0,
                                           "float_layers_cost": 0.333}},
                    "int8": {"quantized_layers": 85, "int8_layers": 63}}
     assert speed_line(on_openvino) == (
-        "speed: 1.32x ONNX Runtime FP32 on OpenVINO, the backend auto picks here (builtin-512x288-seed1; indicative, "
-        "benchmarks/ has the controlled comparison). All-INT8 ran 19.0 FPS: keeping 22 layers in float cost 33.3% "
-        "of that speed.")
+        "speed: 1.32x ONNX Runtime FP32 on OpenVINO (0.93x its FP32 there), the backend auto picks here "
+        "(builtin-512x288-seed1; indicative, benchmarks/ has the controlled comparison). All-INT8 ran 19.0 FPS: "
+        "keeping 22 layers in float cost 33.3% of that speed.")
     on_ort = {"speed": {"clip": "c", "speedup": 1.5}, "int8": {"quantized_layers": 4, "int8_layers": 4}}
     assert speed_line(on_ort).startswith("speed: 1.50x ONNX Runtime FP32 on ONNX Runtime,")
     assert "float" not in speed_line(on_ort)  # nothing fell back: no all-INT8 model to compare with
     faster = {"speed": {"clip": "c", "speedup": 1.5, "fps_all_int8": 1.4, "float_layers_cost": -0.05},
               "int8": {"quantized_layers": 4, "int8_layers": 3}}
     assert "keeping 1 layer in float gained 5.0%" in speed_line(faster)
+
+
+def test_quantize_warns_when_the_artifact_buys_no_speed_over_its_fp32_model():
+    from mtc.quant.report import speed_warning
+
+    slow = {"precision": "int8",
+            "speed": {"clip": "c", "speedup": 1.5, "openvino": {"vs_onnxruntime_fp32": 1.07, "speedup": 1.0}},
+            "int8": {"quantized_layers": 119, "int8_layers": 69, "fallback_mac_share": 0.972}}
+    assert speed_warning(slow) == (
+        "INT8 runs 1.00x the FP32 model on OpenVINO here, with 97% of its MACs returned to float by the fallback: "
+        "it buys little or no speed (keep the FP32 artifact, or quantize only the layers that pay with --preset speed)")
+    # ONNX Runtime's figure decides where the artifact runs there; no fallback, no share named
+    on_ort = {"precision": "int8", "speed": {"clip": "c", "speedup": 1.02}, "int8": {}}
+    assert speed_warning(on_ort).startswith("INT8 runs 1.02x the FP32 model on ONNX Runtime here: it buys")
+    assert speed_warning({**slow, "speed": {"clip": "c", "speedup": 0.9,
+                                            "openvino": {"vs_onnxruntime_fp32": 2.4, "speedup": 1.8}}}) is None

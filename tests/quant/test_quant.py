@@ -210,6 +210,14 @@ def test_fallback_moves_exactly_the_layer_that_needs_it(tmp_path):
     assert not all_int8["passed"]  # the case is built to need fallback
     assert outcome.passed
     assert outcome.report["int8"]["fallback_layers"] == ["conv2"]
+    # the cheapest layer per error (conv3, at most one of the three) cannot pass; by error alone
+    # conv2 does, and its share of the MACs is recorded
+    steps = outcome.report["fallback_steps"]
+    assert [(s["order"], s["float_layers"], s["passed"]) for s in steps] == [
+        ("", 0, False), ("error per MAC", 1, False), ("error", 1, True)]
+    assert outcome.report["int8"]["fallback_order"] == "error"
+    assert steps[1]["mac_share"] < 0.1 < steps[2]["mac_share"] == outcome.report["int8"]["fallback_mac_share"] < 1
+    assert "<th>ranked by</th>" in (tmp_path / "int8" / "report.html").read_text()
     assert max(c.mad for c in outcome.check.clips) < min(c["mad"] for c in all_int8["clips"])
     manifest = json.loads((tmp_path / "int8" / MANIFEST_NAME).read_text())
     assert manifest["precision"]["mode"] == "int8" and manifest["precision"]["excluded_nodes"] == ["conv2"]
@@ -1020,7 +1028,9 @@ def test_fp16_fallback_keeps_the_most_sensitive_ops_in_fp32(tmp_path):
     model = onnx.load(str(tmp_path / "fp16" / "model.onnx"))
     stem = next(n for n in model.graph.node if n.name == "stem")
     assert next(i for i in model.graph.initializer if i.name == stem.input[1]).data_type == TensorProto.FLOAT
-    assert "most FP16-sensitive ops that pass the gates: stem" in (tmp_path / "fp16" / "report.html").read_text()
+    page = (tmp_path / "fp16" / "report.html").read_text()
+    assert "most FP16-sensitive ops that pass the gates: stem" in page
+    assert "<h2>Fallback search</h2>" in page and "ranked by" not in page  # INT8's rankings are not FP16's
 
     refused = quantize_artifact(source, tmp_path / "strict", precision="fp16", gates=gates, data=SMALL,
                                 fallback=Fallback(enabled=False))

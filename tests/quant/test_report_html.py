@@ -86,6 +86,14 @@ def test_the_float_layers_cost_is_stated_for_openvino_too_where_auto_runs_it():
     assert "All-INT8 ran 33.0 FPS: keeping layers in float cost 42.4% of that speed." in openvino
 
 
+def test_an_artifact_no_faster_than_fp32_where_it_runs_is_flagged():
+    report = _report(fps=9.0, fps_all_int8=10.0)
+    assert "buys little or no speed" not in render_html(report, _check())  # ×1.12 its FP32 on ONNX Runtime
+    report["speed"]["openvino"] = {"fps_fp32": 14.0, "fps": 14.2, "speedup": 14.2 / 14.0, "vs_onnxruntime_fp32": 14.2 / 8.0}
+    text = html.unescape(re.sub(r"<[^>]+>", "", render_html(report, _check())))
+    assert "INT8 runs 1.01x the FP32 model on OpenVINO here: it buys little or no speed" in text
+
+
 def test_isolated_error_bars_have_significant_digits():
     chart = _figure_with(render_html(_report(fps=9.0, fps_all_int8=10.0), _check()), "isolated INT8 error")
     labels = [content for attributes, content in _texts(chart) if re.fullmatch(r"-?[\d.e+-]+", content)]
