@@ -242,19 +242,20 @@ def speed_line(report: dict) -> str:
 
 
 def speed_warning(report: dict) -> str | None:
-    """A warning where the artifact runs less than MIN_SPEEDUP times its FP32 model on the
-    backend `backend="auto"` picks here: a quantization that buys no speed (most often the
-    fallback returned most of the MACs to float) should not pass unnoticed. None otherwise."""
-    speed = report["speed"]
+    """A warning where an INT8 or BF16 artifact, both made for CPU speed, runs less than
+    MIN_SPEEDUP times its FP32 model on the backend `backend="auto"` picks here: a quantization
+    that buys no speed (most often the fallback returned most of the MACs to float) should not
+    pass unnoticed. None otherwise, and for FP16, whose speed is a GPU's."""
+    speed, precision = report["speed"], report["precision"]
     where = speed.get("openvino") or speed
-    if where["speedup"] >= MIN_SPEEDUP:
+    if precision not in ("int8", "bf16") or where["speedup"] >= MIN_SPEEDUP:
         return None
     backend = "OpenVINO" if "openvino" in speed else "ONNX Runtime"
     share = (report.get("int8") or {}).get("fallback_mac_share")
     kept = f", with {share:.0%} of its MACs returned to float by the fallback" if share else ""
-    return (f"{report['precision'].upper()} runs {where['speedup']:.2f}x the FP32 model on {backend} here{kept}: "
-            "it buys little or no speed (keep the FP32 artifact, or quantize only the layers that pay with "
-            "--preset speed)")
+    instead = ", or quantize only the layers that pay with --preset speed" if precision == "int8" else ""
+    return (f"{precision.upper()} runs {where['speedup']:.2f}x the FP32 model on {backend} here{kept}: "
+            f"it buys little or no speed (keep the FP32 artifact{instead})")
 
 
 def _fallback_steps(steps: list[dict]) -> str:

@@ -363,3 +363,7 @@ def test_quantize_warns_when_the_artifact_buys_no_speed_over_its_fp32_model():
     assert speed_warning(on_ort).startswith("INT8 runs 1.02x the FP32 model on ONNX Runtime here: it buys")
     assert speed_warning({**slow, "speed": {"clip": "c", "speedup": 0.9,
                                             "openvino": {"vs_onnxruntime_fp32": 2.4, "speedup": 1.8}}}) is None
+    bf16 = {"precision": "bf16", "speed": {"clip": "c", "speedup": 0.95, "openvino": {"speedup": 0.95}}}
+    assert speed_warning(bf16).endswith("it buys little or no speed (keep the FP32 artifact)")
+    # FP16 is made for GPUs: slower on this CPU is no news
+    assert speed_warning({"precision": "fp16", "speed": {"clip": "c", "speedup": 0.4}}) is None
