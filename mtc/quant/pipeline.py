@@ -636,8 +636,8 @@ def _fall_back(run_plan, plan: QdqPlan, check: CheckResult, reference, gates: Ga
     details["sensitivity"] = sensitivity
     details["fallback_steps"] = result.steps
     details["int8"]["fallback_order"] = result.order
-    if mac_share:
-        details["int8"]["fallback_mac_share"] = round(sum(mac_share.get(n, 0.0) for n in result.fallback_nodes), 4)
+    if result.mac_share is not None:
+        details["int8"]["fallback_mac_share"] = result.mac_share
     return result.plan, result.check, result.fallback_nodes
 
 

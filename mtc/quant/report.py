@@ -224,16 +224,20 @@ def _float_layers_cost(speed: dict, kept: int | None = None) -> str:
     return f" All-INT8 ran {speed['fps_all_int8']:.1f} FPS: keeping {layers} in float {effect}."
 
 
+def _where_auto_runs(speed: dict) -> tuple[str, dict]:
+    """The backend `backend="auto"` picks for the artifact here, and its part of `speed`."""
+    return ("OpenVINO", speed["openvino"]) if "openvino" in speed else ("ONNX Runtime", speed)
+
+
 def speed_line(report: dict) -> str:
     """One line on what the quantization's own speed timing measured: on the backend
     `backend="auto"` picks here, against plain ONNX Runtime FP32 (and the FP32 model on that
     backend), and what the layers kept in float cost against the all-INT8 model (where any were)."""
     speed = report["speed"]
-    openvino = speed.get("openvino")
-    where = openvino or speed
-    ratio = openvino["vs_onnxruntime_fp32"] if openvino else speed["speedup"]
-    own = f" ({openvino['speedup']:.2f}x its FP32 there)" if openvino else ""
-    line = (f"speed: {ratio:.2f}x ONNX Runtime FP32 on {'OpenVINO' if openvino else 'ONNX Runtime'}{own}, the backend "
+    backend, where = _where_auto_runs(speed)
+    ratio = where.get("vs_onnxruntime_fp32", where["speedup"])
+    own = f" ({where['speedup']:.2f}x its FP32 there)" if where is not speed else ""
+    line = (f"speed: {ratio:.2f}x ONNX Runtime FP32 on {backend}{own}, the backend "
             f"auto picks here ({speed['clip']}; indicative, benchmarks/ has the controlled comparison).")
     if "fps_all_int8" in where:
         int8 = report["int8"]
@@ -246,11 +250,10 @@ def speed_warning(report: dict) -> str | None:
     MIN_SPEEDUP times its FP32 model on the backend `backend="auto"` picks here: a quantization
     that buys no speed (most often the fallback returned most of the MACs to float) should not
     pass unnoticed. None otherwise, and for FP16, whose speed is a GPU's."""
-    speed, precision = report["speed"], report["precision"]
-    where = speed.get("openvino") or speed
+    precision = report["precision"]
+    backend, where = _where_auto_runs(report["speed"])
     if precision not in ("int8", "bf16") or where["speedup"] >= MIN_SPEEDUP:
         return None
-    backend = "OpenVINO" if "openvino" in speed else "ONNX Runtime"
     share = (report.get("int8") or {}).get("fallback_mac_share")
     kept = f", with {share:.0%} of its MACs returned to float by the fallback" if share else ""
     instead = ", or quantize only the layers that pay with --preset speed" if precision == "int8" else ""

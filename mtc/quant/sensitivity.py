@@ -99,6 +99,7 @@ class FallbackResult:
     fallback_nodes: list[str]
     steps: list[dict] = field(default_factory=list)  # what each attempt kept in float and what it measured
     order: str = "error"  # the ranking that found `fallback_nodes`: "error per MAC" or "error"
+    mac_share: float | None = None  # the share of the model's MACs `fallback_nodes` hold, where known
 
 
 def fallback_until_gates_pass(runner: Runner, plan: QdqPlan, check: ReferenceAlphas, gates: Gates,
@@ -115,13 +116,16 @@ def fallback_until_gates_pass(runner: Runner, plan: QdqPlan, check: ReferenceAlp
         orders.insert(0, ("error per MAC", most_error_per_mac(plan.node_names, errors, mac_share)))
     steps = []
 
+    def share(names: Sequence[str]) -> float | None:
+        return round(sum(mac_share.get(n, 0.0) for n in names), 4) if mac_share else None
+
     def attempt(order: str, excluded: list[str], trying: str = "") -> CheckResult:
         result = check.check(runner(plan.without(excluded)), gates, with_grad=False)
         steps.append({"order": order, "float_layers": len(excluded), **worst_clip_errors(result),
                       "passed": result.passed})
         macs = ""
         if mac_share:
-            steps[-1]["mac_share"] = round(sum(mac_share.get(n, 0.0) for n in excluded), 4)
+            steps[-1]["mac_share"] = share(excluded)
             macs = f", {steps[-1]['mac_share']:.2%} of the MACs"
         log.info("fallback: %d layers in float%s%s -> worst MAD %.3f, dtSSD %.3f (%s)", len(excluded), macs, trying,
                  steps[-1]["mad"], steps[-1]["dtssd"], "pass" if result.passed else "fail")
@@ -134,7 +138,7 @@ def fallback_until_gates_pass(runner: Runner, plan: QdqPlan, check: ReferenceAlp
         excluded, result = _doubling_search(ranked, limit, none_in_float, functools.partial(attempt, order))
         if result.passed:
             break
-    return FallbackResult(plan.without(excluded), result, excluded, steps, order)
+    return FallbackResult(plan.without(excluded), result, excluded, steps, order, share(excluded))
 
 
 def _doubling_search(ranked: list[str], limit: int, none_in_float: CheckResult,

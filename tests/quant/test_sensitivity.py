@@ -76,5 +76,5 @@ def test_where_the_cheap_layers_cannot_pass_the_fallback_ranks_by_error_alone(ca
     # the all-INT8 check once, the cheap half (1, 2, 4 layers) failing, then by error: 1, 2
     assert orders == ["", "error per MAC", "error per MAC", "error per MAC", "error", "error"]
     assert [s["float_layers"] for s in result.steps] == [0, 1, 2, 4, 1, 2]
-    assert result.steps[-1]["mac_share"] == 0.8
+    assert result.steps[-1]["mac_share"] == result.mac_share == 0.8
     assert "fallback: returning layers to float, most isolated INT8 error first" in [r.getMessage() for r in caplog.records]
