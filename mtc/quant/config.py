@@ -267,7 +267,7 @@ PRESETS: dict[str, Int8Config] = {
     # output quantized before a hardswish, sigmoid or tanh spends its 256 steps on a wide
     # pre-activation range exactly where the function is steep, and OpenVINO fuses those
     # functions and the next conv's quantization into the conv anyway, so it runs faster
-    # without them too (measured: docs/quantization.md, "Dense placement"). With every conv in
+    # without them too (measured: docs/quantization.md, "Presets"). With every conv in
     # INT8, no float layer absorbs a conv whose input has an outlier channel, so such channels get
     # a float conv of their own (a sliver of the MACs), a depthwise conv, whose channels
     # spread widely and which the other presets keep in float, gets its input channels equalized,

@@ -51,7 +51,7 @@ class ReconstructionConfig:
             With a schedule of a hundred steps (AdaRound's own runs take ten thousand), the
             rounding rate and this weight must be large enough for the roundings to reach 0 or
             1 while they learn: left undecided, they are forced at the end, away from what the
-            step sizes learned against (measured: docs/quantization.md, "PTQ4VM").
+            step sizes learned against (measured: docs/ptq4vm-findings.md, "First runs").
         warmup: share of the iterations before the regulariser starts.
         exponents: the regulariser's exponent, annealed from the first to the second value
             (a high exponent lets roundings move freely, a low one pushes them to 0 or 1).
