@@ -1,5 +1,6 @@
 """The Markdown pages link to files and headings that exist (docs move; their links must follow)."""
 
+import functools
 import re
 from pathlib import Path
 
@@ -28,6 +29,11 @@ def heading_anchors(text: str) -> set[str]:
     return anchors
 
 
+@functools.cache
+def _anchors_of(page: Path) -> frozenset[str]:
+    return frozenset(heading_anchors(page.read_text(encoding="utf-8")))
+
+
 def broken_links(page: Path) -> list[str]:
     """Relative links of `page` whose file or heading does not exist."""
     broken = []
@@ -38,7 +44,7 @@ def broken_links(page: Path) -> list[str]:
         linked = (page.parent / path).resolve() if path else page
         if not linked.exists():
             broken.append(f"{target}: no such file")
-        elif fragment and linked.suffix == ".md" and fragment not in heading_anchors(linked.read_text(encoding="utf-8")):
+        elif fragment and linked.suffix == ".md" and fragment not in _anchors_of(linked):
             broken.append(f"{target}: no such heading")
     return broken
 
